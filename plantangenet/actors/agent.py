@@ -1,0 +1,118 @@
+"""Agents: the behaviour users write, and the actor that runs it.
+
+An :class:`AgentActor` is started when its agent is attached to a session
+(or when a session with attached agents is rehydrated) and stopped when the
+agent is detached, the session ends, or the runtime shuts down. It calls the
+behaviour's :meth:`Agent.setup` once when it starts and :meth:`Agent.teardown`
+once when it stops. Its state is the fold of the session events about it.
+A behaviour that raises is reported, never allowed to kill the actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from plantangenet.events.envelope import Envelope
+from plantangenet.projections.agent import AgentState, evolve_agent
+
+if TYPE_CHECKING:
+    from plantangenet.handle import SessionHandle
+
+log = logging.getLogger("plantangenet.agent")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentContext:
+    """What an agent's behaviour knows about where it runs."""
+
+    session_id: str
+    agent_id: str
+    kind: str
+    name: str
+    #: The session the agent is attached to; commands sent through it should
+    #: set ``issued_by=agent_id``.
+    session: SessionHandle
+    #: ``"attached"`` for a new agent, ``"rehydrated"`` when brought back from the log.
+    origin: str
+
+
+class Agent:
+    """Base class for agent behaviour. Every hook is optional.
+
+    Hooks run on the agent's own actor thread, one at a time.
+    """
+
+    def setup(self, context: AgentContext) -> None:
+        """Called once when the agent's actor starts."""
+
+    def teardown(self, context: AgentContext, reason: str) -> None:
+        """Called once when the agent's actor stops (detached, session ended, shutdown)."""
+
+    def on_event(self, context: AgentContext, envelope: Envelope) -> None:
+        """Called for every stored session event, after the agent's state was updated."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stored:
+    envelope: Envelope
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stop:
+    reason: str
+
+
+class AgentActor(pykka.ThreadingActor):
+    """The actor of one attached agent."""
+
+    def __init__(self, context: AgentContext, behaviour: Agent, state: AgentState) -> None:
+        super().__init__()
+        self.context = context
+        self.behaviour = behaviour
+        self.state = state
+        self.failures: list[str] = []
+        self._stop_reason = "shutdown"
+
+    def _call(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.behaviour, hook)(self.context, *args)
+        except Exception as exc:
+            message = f"agent {self.context.agent_id}: {hook} failed: {exc!r}"
+            log.exception(message)
+            self.failures.append(message)
+
+    def on_start(self) -> None:
+        self._call("setup")
+
+    def on_stop(self) -> None:
+        self._call("teardown", self._stop_reason)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Stored):
+            self.state = evolve_agent(self.state, message.envelope)
+            self._call("on_event", message.envelope)
+        elif isinstance(message, _Stop):
+            self._stop_reason = message.reason
+            self.stop()
+        elif message == "state":
+            return self.state
+        elif message == "failures":
+            return list(self.failures)
+        return None
+
+
+def notify(agent: pykka.ActorRef[Any], envelope: Envelope) -> None:
+    """Tell an agent actor about a stored event (never blocks, never raises)."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        agent.tell(_Stored(envelope))
+
+
+def retire(agent: pykka.ActorRef[Any], reason: str) -> None:
+    """Ask an agent actor to tear down and stop, after the messages it already has."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        agent.tell(_Stop(reason))

@@ -1,0 +1,431 @@
+"""The session actor: the single writer of one session's events.
+
+Commands arrive as messages. For each, the actor *decides* against the state
+its events fold into (plus the events it has decided but not yet seen
+stored), encodes the resulting envelopes, and hands them to the journal on
+the event-loop thread. Only when the log acknowledges them does it *evolve*
+its state, tell the agents, run the on-change hooks and reply.
+
+Appends are pipelined by group commit: while one append is in flight,
+newly decided commands queue up and go out together as the next atomic
+append, guarded by the sequence the previous one ended at. If an append
+fails, the actor catches up from the log, answers each command of the failed
+append (a command found in the log after all is a success), and decides the
+queued commands again on the fresh state.
+
+Every failure becomes a typed error on the caller's future. Nothing a caller
+sends can stop the actor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
+from plantangenet.commands import AttachAgent, Command
+from plantangenet.decide import decide
+from plantangenet.errors import (
+    ActorStopped,
+    CodecError,
+    CommandRejected,
+    InvalidCommand,
+    JournalError,
+    PlantangenetError,
+)
+from plantangenet.events.codec import EventCodec
+from plantangenet.events.envelope import Envelope, new_id, utc_now
+from plantangenet.events.session import AgentAttached, AgentDetached
+from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
+from plantangenet.loop import EventLoopThread
+from plantangenet.projections.agent import AgentState, concerns
+from plantangenet.projections.session import SessionState, evolve
+from plantangenet.replay import replay
+
+log = logging.getLogger("plantangenet.session")
+
+#: Called with every stored envelope, on the session actor's thread.
+OnChange = Callable[[Envelope], None]
+#: Makes the behaviour of an agent that has none given (e.g. after rehydration).
+AgentFactory = Callable[[str, str], Agent]  # (agent_id, kind) -> Agent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A command's outcome: the events it stored (empty never: refusals raise)."""
+
+    command_id: str
+    session_id: str
+    events: tuple[Envelope, ...]
+    #: True when the command had been stored before (a retry).
+    duplicate: bool = False
+
+    @property
+    def first_sequence(self) -> int:
+        """Stream sequence of the command's first event."""
+        return self.events[0].sequence or 0 if self.events else 0
+
+    @property
+    def sequence(self) -> int:
+        """Stream sequence of the command's last event."""
+        return self.events[-1].sequence or 0 if self.events else 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HookFailure:
+    """An on-change callback raised while handling a stored event."""
+
+    sequence: int
+    callback: str
+    error: str
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    command: Command
+    items: list[tuple[Envelope, bytes]]
+    replies: list[concurrent.futures.Future[CommandResult]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Execute:
+    """Message: decide and store ``command``; the outcome goes to ``reply``."""
+
+    command: Command
+    reply: concurrent.futures.Future[CommandResult]
+    behaviour: Agent | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Appended:
+    outcome: concurrent.futures.Future[AppendResult]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inspect:
+    """Message: run ``fn(actor)`` on the actor's thread; result to ``reply``."""
+
+    fn: Callable[[SessionActor], Any]
+    reply: concurrent.futures.Future[Any]
+
+
+class SessionActor(pykka.ThreadingActor):
+    """The actor that owns one session: decides, appends, evolves, notifies.
+
+    :param session_id: the session (validated by the caller).
+    :param loop: the event-loop thread owning the NATS connection.
+    :param journal: the log.
+    :param codec: encodes envelopes (size and type checks happen here).
+    :param agent_factory: behaviour for agents attached without one.
+    :param handle: the :class:`~plantangenet.handle.SessionHandle` given to agents.
+    :param max_batch: the most events one group-commit append carries.
+    """
+
+    remembered_commands = 10_000
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        loop: EventLoopThread,
+        journal: Journal,
+        codec: EventCodec,
+        agent_factory: AgentFactory,
+        handle: Any,
+        max_batch: int = 256,
+    ) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.loop = loop
+        self.journal = journal
+        self.codec = codec
+        self.agent_factory = agent_factory
+        self.handle = handle
+        self.max_batch = min(max_batch, MAX_EVENTS_PER_APPEND)
+        #: The fold of every event of this session the actor has seen stored.
+        self.state = SessionState(session_id)
+        #: ``state`` plus the events decided but not yet acknowledged.
+        self._speculative = self.state
+        self._queued: list[_Pending] = []
+        self._in_flight: list[_Pending] | None = None
+        self._needs_catch_up = True
+        self._results: OrderedDict[str, list[Envelope]] = OrderedDict()
+        self._behaviours: dict[str, Agent] = {}
+        self.agents: dict[str, pykka.ActorRef[AgentActor]] = {}
+        self.hooks: dict[int, OnChange] = {}
+        self.hook_failures: list[HookFailure] = []
+        self._next_hook = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def on_start(self) -> None:
+        try:
+            self._catch_up()
+        except PlantangenetError as exc:  # retried, and reported, by the next command
+            log.warning("session %s: rehydration failed: %s", self.session_id, exc)
+
+    def on_stop(self) -> None:
+        stopped = ActorStopped(f"session {self.session_id} stopped")
+        for pending in [*(self._in_flight or []), *self._queued]:
+            for reply in pending.replies:
+                _fail(reply, stopped)
+        for agent in self.agents.values():
+            retire(agent, "shutdown")
+        self.agents.clear()
+
+    def on_failure(self, *args: Any) -> None:  # pragma: no cover - last line of defence
+        log.error("session %s actor failed: %r", self.session_id, args)
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            if isinstance(message, Execute):
+                self._execute(message.command, message.reply, message.behaviour)
+            elif isinstance(message, _Appended):
+                self._appended(message.outcome)
+            elif isinstance(message, Inspect):
+                try:
+                    _resolve(message.reply, message.fn(self))
+                except Exception as exc:
+                    _fail(message.reply, exc)
+        except Exception:  # a bug; keep serving, and say so
+            log.exception("session %s: unexpected error handling %r", self.session_id, message)
+            if isinstance(message, Execute):
+                _fail(message.reply, PlantangenetError("internal error; see the service log"))
+        return None
+
+    # -- deciding ------------------------------------------------------------
+
+    def _execute(
+        self,
+        command: Command,
+        reply: concurrent.futures.Future[CommandResult],
+        behaviour: Agent | None,
+    ) -> None:
+        if reply.done():  # cancelled by a caller who stopped waiting
+            return
+        if not isinstance(command, Command):
+            _fail(reply, InvalidCommand(f"not a command: {type(command).__name__}"))
+            return
+        command_id = command.command_id
+        if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
+            _fail(reply, InvalidCommand("command_id must be a string of 1-128 characters"))
+            return
+        if self._needs_catch_up:
+            try:
+                self._catch_up()
+            except PlantangenetError as exc:
+                _fail(reply, exc)
+                return
+        stored = self._results.get(command_id)
+        if stored is not None:
+            _resolve(reply, self._result(command_id, stored, duplicate=True))
+            return
+        for pending in [*(self._in_flight or []), *self._queued]:
+            if pending.command.command_id == command_id:
+                pending.replies.append(reply)
+                return
+        try:
+            events = decide(self._speculative, command)
+            at = utc_now()
+            correlation = command.correlation_id or command_id
+            items = []
+            for event in events:
+                envelope = Envelope(
+                    event=event,
+                    session_id=self.session_id,
+                    event_id=new_id(),
+                    causation_id=command_id,
+                    correlation_id=correlation,
+                    occurred_at=at,
+                    agent_id=command.issued_by,
+                )
+                items.append((envelope, self.codec.encode(envelope)))
+            if len(items) > self.max_batch:
+                raise InvalidCommand(
+                    f"{type(command).__name__} would write {len(items)} events; "
+                    f"the limit is {self.max_batch}"
+                )
+        except (CommandRejected, CodecError) as exc:
+            _fail(reply, exc)
+            return
+        except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields
+            _fail(reply, InvalidCommand(f"{type(command).__name__}: {exc}"))
+            return
+        if isinstance(command, AttachAgent) and behaviour is not None:
+            self._behaviours[command.agent_id] = behaviour
+        speculative = self._speculative
+        for envelope, _ in items:
+            speculative = evolve(speculative, envelope)
+        self._speculative = speculative
+        self._queued.append(_Pending(command, items, [reply]))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._in_flight is not None or not self._queued:
+            return
+        group: list[_Pending] = []
+        size = 0
+        while self._queued and size + len(self._queued[0].items) <= self.max_batch:
+            pending = self._queued.pop(0)
+            group.append(pending)
+            size += len(pending.items)
+        self._in_flight = group
+        items = [item for pending in group for item in pending.items]
+        future = self.loop.submit(
+            self.journal.append_encoded(
+                self.session_id, items, expected_sequence=self.state.sequence
+            )
+        )
+        me = self.actor_ref
+        future.add_done_callback(lambda f: _tell(me, _Appended(f)))
+
+    # -- storing ---------------------------------------------------------------
+
+    def _appended(self, outcome: concurrent.futures.Future[AppendResult]) -> None:
+        group, self._in_flight = self._in_flight or [], None
+        try:
+            result = outcome.result()
+        except BaseException as exc:
+            self._append_failed(group, exc)
+        else:
+            for envelope in result.envelopes:
+                self._stored(envelope)
+            for pending in group:
+                command_id = pending.command.command_id
+                envelopes = self._results.get(command_id, [])
+                for reply in pending.replies:
+                    _resolve(reply, self._result(command_id, envelopes))
+        self._flush()
+
+    def _append_failed(self, group: list[_Pending], exc: BaseException) -> None:
+        error = (
+            exc if isinstance(exc, PlantangenetError) else JournalError(f"append failed: {exc!r}")
+        )
+        requeue, self._queued = self._queued, []
+        self._speculative = self.state
+        try:
+            self._catch_up()
+        except PlantangenetError as catch_up_error:
+            log.warning("session %s: catch-up failed: %s", self.session_id, catch_up_error)
+        for pending in group:
+            command_id = pending.command.command_id
+            envelopes = self._results.get(command_id)
+            for reply in pending.replies:
+                if envelopes is not None:  # stored after all (lost ack, retry)
+                    _resolve(reply, self._result(command_id, envelopes, duplicate=True))
+                else:
+                    _fail(reply, error)
+        # Queued commands were decided on a state that is gone: decide again.
+        for pending in requeue:
+            behaviour = self._behaviours.get(_agent_of(pending.command))
+            for reply in pending.replies:
+                self._execute(pending.command, reply, behaviour)
+
+    def _catch_up(self) -> None:
+        """Fold the events stored after ``state`` (other writers', lost acks')."""
+        self._needs_catch_up = True
+        state = self.loop.run(
+            replay(self.journal, self.session_id, state=self.state, observe=self._remember)
+        )
+        self.state = self._speculative = state
+        self._needs_catch_up = False
+        # Bring the agent actors in line with the log (rehydration, other writers).
+        for agent_id in set(state.agents) - set(self.agents):
+            view = state.agents[agent_id]
+            self._start_agent(agent_id, view.kind, view.name, origin="rehydrated")
+        for agent_id in set(self.agents) - set(state.agents):
+            retire(self.agents.pop(agent_id), "detached")
+
+    def _remember(self, envelope: Envelope) -> None:
+        results = self._results
+        envelopes = results.get(envelope.causation_id)
+        if envelopes is None:
+            results[envelope.causation_id] = [envelope]
+            if len(results) > self.remembered_commands:
+                results.popitem(last=False)
+        else:
+            envelopes.append(envelope)
+
+    def _stored(self, envelope: Envelope) -> None:
+        self.state = evolve(self.state, envelope)
+        self._remember(envelope)
+        event = envelope.event
+        if isinstance(event, AgentAttached):
+            self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
+        for agent_id, agent in self.agents.items():
+            if concerns(envelope, agent_id) or not hasattr(event, "agent_id"):
+                notify(agent, envelope)
+        if isinstance(event, AgentDetached):
+            leaving = self.agents.pop(event.agent_id, None)
+            if leaving is not None:
+                retire(leaving, event.reason)
+        for hook in list(self.hooks.values()):
+            try:
+                hook(envelope)
+            except Exception as exc:
+                name = getattr(hook, "__qualname__", repr(hook))
+                log.exception("session %s: on-change hook %s failed", self.session_id, name)
+                self.hook_failures.append(HookFailure(envelope.sequence or 0, name, repr(exc)))
+                del self.hook_failures[:-1000]
+
+    # -- agents and hooks -------------------------------------------------------
+
+    def _start_agent(self, agent_id: str, kind: str, name: str, *, origin: str) -> None:
+        if agent_id in self.agents:
+            return
+        behaviour = self._behaviours.pop(agent_id, None)
+        if behaviour is None:
+            try:
+                behaviour = self.agent_factory(agent_id, kind)
+            except Exception:
+                log.exception("session %s: agent factory failed for %s", self.session_id, agent_id)
+                behaviour = Agent()
+        context = AgentContext(self.session_id, agent_id, kind, name, self.handle, origin)
+        state = AgentState(agent_id, kind, name, attached=True, sequence=self.state.sequence)
+        state = dataclasses.replace(
+            state,
+            cursors={c.cursor_id: c for c in self.state.cursors_of(agent_id)},
+        )
+        self.agents[agent_id] = AgentActor.start(context, behaviour, state)
+
+    def add_hook(self, hook: OnChange) -> int:
+        """Register an on-change callback; returns a key for :meth:`remove_hook`."""
+        self._next_hook += 1
+        self.hooks[self._next_hook] = hook
+        return self._next_hook
+
+    def remove_hook(self, key: int) -> None:
+        """Unregister an on-change callback (unknown keys are ignored)."""
+        self.hooks.pop(key, None)
+
+    def _result(
+        self, command_id: str, envelopes: list[Envelope], duplicate: bool = False
+    ) -> CommandResult:
+        return CommandResult(command_id, self.session_id, tuple(envelopes), duplicate)
+
+
+def _agent_of(command: Command) -> str:
+    return getattr(command, "agent_id", "") or ""
+
+
+def _fail(reply: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+        reply.set_exception(exc)
+
+
+def _resolve(reply: concurrent.futures.Future[Any], result: Any) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+        reply.set_result(result)
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    # If the actor stopped, on_stop already failed its pending replies.
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

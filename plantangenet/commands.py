@@ -1,0 +1,107 @@
+"""Commands: what callers ask a session to do.
+
+A command is an immutable request. The session decides on it (see
+:func:`plantangenet.decide.decide`) and either emits events or refuses with a
+:class:`~plantangenet.errors.CommandRejected`. Every command has an id: the
+log stores a command at most once, so retrying with the same id is safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from plantangenet.events.envelope import new_id
+from plantangenet.events.fields import MetadataValue
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    """Fields shared by every command.
+
+    :param command_id: idempotency key; a retried command keeps its id.
+    :param correlation_id: ties the command to a larger request (defaults to
+        the command id).
+    :param issued_by: the agent on whose behalf the command is sent, if any.
+    """
+
+    command_id: str = dataclasses.field(default_factory=new_id)
+    correlation_id: str | None = None
+    issued_by: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StartSession(Command):
+    """Create the session with initial metadata."""
+
+    metadata: Mapping[str, MetadataValue] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeMetadata(Command):
+    """Set keys in (``changed``) and remove keys from (``removed``) the metadata."""
+
+    changed: Mapping[str, MetadataValue] = dataclasses.field(default_factory=dict)
+    removed: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AttachAgent(Command):
+    """Attach an agent (``kind`` is e.g. ``"bot"``, ``"client"``, ``"bridge"``)."""
+
+    agent_id: str
+    kind: str = "bot"
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DetachAgent(Command):
+    """Detach an agent; its cursors are removed first."""
+
+    agent_id: str
+    reason: str = "detached"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AddCursor(Command):
+    """Open a cursor for an agent over ``axes`` and ``[start, end]``."""
+
+    agent_id: str
+    cursor_id: str
+    axes: tuple[str, ...]
+    start: float
+    end: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MoveCursor(Command):
+    """Give an agent's cursor a new region."""
+
+    agent_id: str
+    cursor_id: str
+    axes: tuple[str, ...]
+    start: float
+    end: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveCursor(Command):
+    """Close an agent's cursor."""
+
+    agent_id: str
+    cursor_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ChangePolicy(Command):
+    """Replace the session's policy (placeholder content for now)."""
+
+    policy_id: str
+    rules: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndSession(Command):
+    """End the session: detach every agent, then close it."""
+
+    reason: str = "ended"

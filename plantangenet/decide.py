@@ -1,0 +1,193 @@
+"""The session's decisions: ``decide(state, command) -> events``.
+
+Pure: no I/O, no clock, no ids. Given the folded state and a command, it
+returns the events that the command causes, or raises a typed
+:class:`~plantangenet.errors.CommandRejected` saying why not. The actor turns
+the events into envelopes, appends them, and only then evolves its state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from plantangenet.commands import (
+    AddCursor,
+    AttachAgent,
+    ChangeMetadata,
+    ChangePolicy,
+    Command,
+    DetachAgent,
+    EndSession,
+    MoveCursor,
+    RemoveCursor,
+    StartSession,
+)
+from plantangenet.errors import (
+    AgentAlreadyAttached,
+    CursorAlreadyExists,
+    InvalidCommand,
+    SessionAlreadyStarted,
+    SessionClosed,
+    SessionNotStarted,
+    UnknownAgent,
+    UnknownCursor,
+)
+from plantangenet.events.base import Event
+from plantangenet.events.fields import MetadataValue
+from plantangenet.events.session import (
+    AgentAttached,
+    AgentDetached,
+    CursorAdded,
+    CursorMoved,
+    CursorRemoved,
+    PolicyChanged,
+    SessionEnded,
+    SessionMetadataChanged,
+    SessionStarted,
+)
+from plantangenet.projections.session import SessionState
+
+#: Ids of sessions, agents and cursors: safe as one NATS subject token.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: Axis names: dotted words, e.g. ``ocean.temperature``.
+AXIS_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+MAX_AXES = 64
+MAX_TEXT = 1024
+
+
+def check_id(value: object, label: str) -> str:
+    """``value`` if it is a valid id, else :class:`InvalidCommand` naming ``label``."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InvalidCommand(
+            f"{label} must be 1-128 characters of letters, digits, '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def _check_text(value: object, label: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise InvalidCommand(f"{label} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
+    if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes:
+        raise InvalidCommand("axes must be a non-empty list of axis names")
+    if len(axes) > MAX_AXES:
+        raise InvalidCommand(f"a cursor watches at most {MAX_AXES} axes")
+    for axis in axes:
+        if not isinstance(axis, str) or len(axis) > 256 or not AXIS_PATTERN.fullmatch(axis):
+            raise InvalidCommand(f"axis names are dotted words (e.g. 'ocean.temp'), got {axis!r}")
+    if len(set(axes)) != len(axes):
+        raise InvalidCommand("axes must not repeat")
+    for label, value in (("start", start), ("end", end)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidCommand(f"{label} must be a finite number, got {value!r}")
+    assert isinstance(start, int | float) and isinstance(end, int | float)
+    if start > end:
+        raise InvalidCommand(f"start ({start}) must not be after end ({end})")
+    return tuple(axes), float(start), float(end)
+
+
+def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
+    if not isinstance(metadata, Mapping):
+        raise InvalidCommand(f"{label} must be a map of string keys to scalar values")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidCommand(f"{label} keys must be non-empty strings, got {key!r}")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise InvalidCommand(f"{label}[{key!r}] must be a string, number, boolean or nil")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidCommand(f"{label}[{key!r}] must be a finite number")
+    return dict(metadata)
+
+
+def _require_active(state: SessionState) -> None:
+    if state.status == "new":
+        raise SessionNotStarted(f"session {state.session_id!r} has not been started")
+    if state.status == "ended":
+        raise SessionClosed(f"session {state.session_id!r} has ended")
+
+
+def _require_agent(state: SessionState, agent_id: str) -> None:
+    if agent_id not in state.agents:
+        raise UnknownAgent(f"agent {agent_id!r} is not attached to session {state.session_id!r}")
+
+
+def _require_cursor(state: SessionState, agent_id: str, cursor_id: str) -> None:
+    cursor = state.cursors.get(cursor_id)
+    if cursor is None or cursor.agent_id != agent_id:
+        raise UnknownCursor(f"agent {agent_id!r} has no cursor {cursor_id!r}")
+
+
+def _detach(state: SessionState, agent_id: str, reason: str) -> list[Event]:
+    events: list[Event] = [CursorRemoved(agent_id, c.cursor_id) for c in state.cursors_of(agent_id)]
+    events.append(AgentDetached(agent_id, reason))
+    return events
+
+
+def decide(state: SessionState, command: Command) -> list[Event]:
+    """The events ``command`` causes in ``state``; raises ``CommandRejected`` if refused."""
+    if command.issued_by is not None:
+        check_id(command.issued_by, "issued_by")
+    match command:
+        case StartSession(metadata=metadata):
+            if state.status != "new":
+                raise SessionAlreadyStarted(f"session {state.session_id!r} already exists")
+            return [SessionStarted(state.session_id, _check_metadata(metadata, "metadata"))]
+    _require_active(state)
+    match command:
+        case ChangeMetadata(changed=changed, removed=removed):
+            changed = _check_metadata(changed, "changed")
+            if isinstance(removed, str) or not isinstance(removed, Sequence):
+                raise InvalidCommand("removed must be a list of keys")
+            for key in removed:
+                _check_text(key, "removed key")
+            if not changed and not removed:
+                raise InvalidCommand("a metadata change must set or remove at least one key")
+            return [SessionMetadataChanged(changed, tuple(removed))]
+        case AttachAgent(agent_id=agent_id, kind=kind, name=name):
+            check_id(agent_id, "agent_id")
+            check_id(kind, "kind")
+            _check_text(name, "name")
+            if agent_id in state.agents:
+                raise AgentAlreadyAttached(f"agent {agent_id!r} is already attached")
+            return [AgentAttached(agent_id, kind, name)]
+        case DetachAgent(agent_id=agent_id, reason=reason):
+            _require_agent(state, agent_id)
+            return _detach(state, agent_id, _check_text(reason, "reason"))
+        case AddCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
+            _require_agent(state, agent_id)
+            check_id(cursor_id, "cursor_id")
+            if cursor_id in state.cursors:
+                raise CursorAlreadyExists(f"cursor {cursor_id!r} already exists")
+            return [CursorAdded(agent_id, cursor_id, *_check_region(axes, start, end))]
+        case MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
+            _require_agent(state, agent_id)
+            _require_cursor(state, agent_id, cursor_id)
+            return [CursorMoved(agent_id, cursor_id, *_check_region(axes, start, end))]
+        case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
+            _require_agent(state, agent_id)
+            _require_cursor(state, agent_id, cursor_id)
+            return [CursorRemoved(agent_id, cursor_id)]
+        case ChangePolicy(policy_id=policy_id, rules=rules):
+            check_id(policy_id, "policy_id")
+            if isinstance(rules, str) or not isinstance(rules, Sequence):
+                raise InvalidCommand("rules must be a list of strings")
+            for rule in rules:
+                _check_text(rule, "rule")
+            return [PolicyChanged(policy_id, tuple(rules))]
+        case EndSession(reason=reason):
+            _check_text(reason, "reason")
+            events: list[Event] = []
+            for agent_id in sorted(state.agents):
+                events.extend(_detach(state, agent_id, "session ended"))
+            events.append(SessionEnded(reason))
+            return events
+    raise InvalidCommand(f"unknown command {type(command).__name__}")

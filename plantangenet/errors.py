@@ -1,0 +1,159 @@
+"""The typed errors of plantangenet.
+
+Every failure that reaches a caller is a :class:`PlantangenetError`. Each
+subclass names one cause, so callers (and the wire protocol, later) can tell
+a refused command from a decoding problem from a lost race on the log.
+"""
+
+from __future__ import annotations
+
+
+class PlantangenetError(Exception):
+    """Base class of every error raised by plantangenet."""
+
+    #: A short, stable, machine-readable code (used in CLI and wire replies).
+    code: str = "error"
+
+
+class EmbeddedServerError(PlantangenetError):
+    """The embedded ``nats-server`` could not be found, started or stopped."""
+
+    code = "embedded_server"
+
+
+class CodecError(PlantangenetError):
+    """An event could not be encoded or decoded (see the subclasses)."""
+
+    code = "codec_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EncodeError(CodecError):
+    """An event holds a value that cannot be written to the log."""
+
+    code = "encode_error"
+
+
+class DecodeError(CodecError):
+    """Bytes from the log (or a caller) could not be turned into an event.
+
+    Raised for malformed msgpack, an unknown event type, a version with no
+    upcaster, and missing or mistyped fields. :attr:`field` names the
+    offending field (dotted path) when there is one.
+    """
+
+    code = "decode_error"
+
+
+class UnknownEventType(DecodeError):
+    """The event type name is not registered."""
+
+    code = "unknown_event_type"
+
+
+class UnknownEventVersion(DecodeError):
+    """The event version is newer than the code, or older with no upcaster."""
+
+    code = "unknown_event_version"
+
+
+class PayloadTooLarge(EncodeError):
+    """An encoded event exceeds the configured size limit."""
+
+    code = "payload_too_large"
+
+
+class CommandRejected(PlantangenetError):
+    """The session refused a command; nothing was written to the log."""
+
+    code = "command_rejected"
+
+
+class InvalidCommand(CommandRejected):
+    """The command itself is malformed (bad id, wrong type, bad range...)."""
+
+    code = "invalid_command"
+
+
+class SessionNotStarted(CommandRejected):
+    """The session has no ``SessionStarted`` event yet."""
+
+    code = "session_not_started"
+
+
+class SessionAlreadyStarted(CommandRejected):
+    """``StartSession`` was sent to a session that already exists."""
+
+    code = "session_already_started"
+
+
+class SessionClosed(CommandRejected):
+    """The session has ended; it accepts no further commands."""
+
+    code = "session_ended"
+
+
+class UnknownAgent(CommandRejected):
+    """The command names an agent that is not attached to the session."""
+
+    code = "unknown_agent"
+
+
+class AgentAlreadyAttached(CommandRejected):
+    """The agent id is already attached to the session."""
+
+    code = "agent_already_attached"
+
+
+class UnknownCursor(CommandRejected):
+    """The cursor does not exist, or belongs to another agent."""
+
+    code = "unknown_cursor"
+
+
+class CursorAlreadyExists(CommandRejected):
+    """A cursor with this id already exists in the session."""
+
+    code = "cursor_already_exists"
+
+
+class JournalError(PlantangenetError):
+    """The log could not complete an operation (server, stream or timeout)."""
+
+    code = "journal_error"
+
+
+class ConcurrencyError(JournalError):
+    """Another writer appended to the session first; nothing was written.
+
+    :attr:`expected` is the sequence the writer assumed was last,
+    :attr:`actual` the one the server reported (when it says).
+    """
+
+    code = "concurrency_conflict"
+
+    def __init__(self, message: str, *, expected: int, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class DuplicateCommand(JournalError):
+    """The command id was already stored (a retry); nothing new was written."""
+
+    code = "duplicate_command"
+
+
+class UnknownSession(PlantangenetError):
+    """No events exist for this session id."""
+
+    code = "unknown_session"
+
+
+class ActorStopped(PlantangenetError):
+    """The actor that should handle the request is not running."""
+
+    code = "actor_stopped"

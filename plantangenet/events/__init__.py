@@ -1,0 +1,42 @@
+"""Events: immutable facts, their envelope, registry, upcasters and codec."""
+
+from plantangenet.events.base import EVENTS, Event, EventRegistry, Upcaster, event_type
+from plantangenet.events.codec import CODEC, EventCodec
+from plantangenet.events.envelope import Envelope, new_id, utc_now
+from plantangenet.events.fields import MetadataValue
+from plantangenet.events.session import (
+    SESSION_EVENTS,
+    AgentAttached,
+    AgentDetached,
+    CursorAdded,
+    CursorMoved,
+    CursorRemoved,
+    PolicyChanged,
+    SessionEnded,
+    SessionMetadataChanged,
+    SessionStarted,
+)
+
+__all__ = [
+    "CODEC",
+    "EVENTS",
+    "SESSION_EVENTS",
+    "AgentAttached",
+    "AgentDetached",
+    "CursorAdded",
+    "CursorMoved",
+    "CursorRemoved",
+    "Envelope",
+    "Event",
+    "EventCodec",
+    "EventRegistry",
+    "MetadataValue",
+    "PolicyChanged",
+    "SessionEnded",
+    "SessionMetadataChanged",
+    "SessionStarted",
+    "Upcaster",
+    "event_type",
+    "new_id",
+    "utc_now",
+]

@@ -1,0 +1,155 @@
+"""Typed conversion between event field values and msgpack primitives.
+
+Decoding never trusts its input: every value read from the log is checked
+against the field's annotation, and a mismatch raises
+:class:`~plantangenet.errors.DecodeError` naming the field. Converters are
+compiled once per event type, so the replay hot path does no introspection.
+
+Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``None``,
+unions of those (``X | None``), ``tuple[X, ...]``, ``Mapping[str, X]``.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from plantangenet.errors import DecodeError, EncodeError
+
+#: ``convert(value, path) -> value``; ``path`` names the field for errors.
+Converter = Callable[[Any, str], Any]
+
+#: Values allowed in free-form metadata mappings.
+MetadataValue = str | int | float | bool | None
+
+_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def _identity(value: Any, path: str) -> Any:
+    return value
+
+
+def _describe(value: Any) -> str:
+    return type(value).__name__
+
+
+def _scalar_decoder(tp: type) -> Converter:
+    if tp is float:
+
+        def decode_float(value: Any, path: str) -> float:
+            if type(value) is float or (type(value) is int):
+                number = float(value)
+                if math.isfinite(number):
+                    return number
+                raise DecodeError(f"{path}: must be a finite number", field=path)
+            raise DecodeError(f"{path}: expected a number, got {_describe(value)}", field=path)
+
+        return decode_float
+    if tp is type(None):
+
+        def decode_none(value: Any, path: str) -> None:
+            if value is not None:
+                raise DecodeError(f"{path}: expected nil, got {_describe(value)}", field=path)
+
+        return decode_none
+
+    name = _NAMES[tp]
+
+    def decode_exact(value: Any, path: str) -> Any:
+        # ``type(...) is`` rather than isinstance: a bool is not an int here.
+        if type(value) is not tp:
+            raise DecodeError(f"{path}: expected {name}, got {_describe(value)}", field=path)
+        return value
+
+    return decode_exact
+
+
+def _scalar_encoder(tp: type) -> Converter:
+    if tp is float:
+
+        def encode_float(value: Any, path: str) -> float:
+            if type(value) in (float, int) and math.isfinite(value):
+                return float(value)
+            raise EncodeError(f"{path}: must be a finite number, got {value!r}", field=path)
+
+        return encode_float
+    if tp is type(None):
+        return _scalar_decoder(tp)
+    name = _NAMES[tp]
+
+    def encode_exact(value: Any, path: str) -> Any:
+        if type(value) is not tp:
+            raise EncodeError(f"{path}: expected {name}, got {_describe(value)}", field=path)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EncodeError(f"{path}: not encodable as UTF-8", field=path) from None
+        return value
+
+    return encode_exact
+
+
+def _union(
+    members: tuple[Converter, ...], error: type[DecodeError] | type[EncodeError], label: str
+) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        for member in members:
+            try:
+                return member(value, path)
+            except (DecodeError, EncodeError):
+                continue
+        raise error(f"{path}: expected {label}, got {_describe(value)}", field=path)
+
+    return convert
+
+
+def _compile(tp: Any, encode: bool) -> Converter:
+    error: type[DecodeError] | type[EncodeError] = EncodeError if encode else DecodeError
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp in _NAMES or tp is type(None) or tp is None:
+        scalar = type(None) if tp is None else tp
+        return _scalar_encoder(scalar) if encode else _scalar_decoder(scalar)
+    if origin in (typing.Union, types.UnionType):
+        label = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        return _union(tuple(_compile(a, encode) for a in args), error, label)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _compile(args[0], encode)
+
+        def convert_tuple(value: Any, path: str) -> Any:
+            if not isinstance(value, list | tuple):
+                raise error(f"{path}: expected a list, got {_describe(value)}", field=path)
+            out = tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+            return list(out) if encode else out
+
+        return convert_tuple
+    if origin in (Mapping, dict, typing.Mapping) and len(args) == 2 and args[0] is str:
+        item = _compile(args[1], encode)
+
+        def convert_mapping(value: Any, path: str) -> Any:
+            if not isinstance(value, Mapping):
+                raise error(f"{path}: expected a map, got {_describe(value)}", field=path)
+            out: dict[str, Any] = {}
+            for key, v in value.items():
+                if type(key) is not str:
+                    raise error(f"{path}: keys must be strings, got {_describe(key)}", field=path)
+                out[key] = item(v, f"{path}.{key}")
+            # Decoded events are immutable values: hand out a read-only view.
+            return out if encode else types.MappingProxyType(out)
+
+        return convert_mapping
+    raise TypeError(f"unsupported event field annotation: {tp!r}")
+
+
+def compile_decoder(tp: Any) -> Converter:
+    """A converter that checks a msgpack value against annotation ``tp``."""
+    return _compile(tp, encode=False)
+
+
+def compile_encoder(tp: Any) -> Converter:
+    """A converter that checks an event value and returns its msgpack form."""
+    return _compile(tp, encode=True)

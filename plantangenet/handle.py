@@ -1,0 +1,216 @@
+"""A thread-safe, synchronous handle on a running session actor."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import pykka
+
+from plantangenet.actors.agent import Agent
+from plantangenet.actors.session import (
+    CommandResult,
+    Execute,
+    HookFailure,
+    Inspect,
+    OnChange,
+    SessionActor,
+)
+from plantangenet.commands import (
+    AddCursor,
+    AttachAgent,
+    ChangeMetadata,
+    ChangePolicy,
+    Command,
+    DetachAgent,
+    EndSession,
+    MoveCursor,
+    RemoveCursor,
+    StartSession,
+)
+from plantangenet.errors import ActorStopped
+from plantangenet.events.fields import MetadataValue
+from plantangenet.projections.agent import AgentState
+from plantangenet.projections.session import SessionState
+
+T = TypeVar("T")
+
+#: Seconds a blocking call waits for the session by default.
+DEFAULT_TIMEOUT = 30.0
+
+
+class Subscription:
+    """An on-change registration; :meth:`cancel` removes it."""
+
+    def __init__(self, handle: SessionHandle, key: int) -> None:
+        self._handle = handle
+        self._key = key
+
+    def cancel(self) -> None:
+        """Stop receiving events (idempotent)."""
+        self._handle._inspect(lambda actor: actor.remove_hook(self._key))
+
+
+class SessionHandle:
+    """Talk to one session from any thread.
+
+    Every method that changes the session sends a command and waits for the
+    log to store its events; it returns a :class:`CommandResult` or raises a
+    typed :class:`~plantangenet.errors.PlantangenetError`. Use :meth:`submit`
+    to pipeline commands without waiting.
+    """
+
+    def __init__(self, session_id: str, actor: pykka.ActorRef[SessionActor]) -> None:
+        self.session_id = session_id
+        self._actor = actor
+        self.timeout = DEFAULT_TIMEOUT
+
+    def __repr__(self) -> str:
+        return f"SessionHandle({self.session_id!r})"
+
+    # -- commands -------------------------------------------------------------
+
+    def submit(
+        self, command: Command, *, behaviour: Agent | None = None
+    ) -> concurrent.futures.Future[CommandResult]:
+        """Send ``command``; the future resolves once it is stored (or refused)."""
+        reply: concurrent.futures.Future[CommandResult] = concurrent.futures.Future()
+        try:
+            self._actor.tell(Execute(command, reply, behaviour))
+        except pykka.ActorDeadError:
+            reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+        return reply
+
+    def execute(
+        self, command: Command, *, behaviour: Agent | None = None, timeout: float | None = None
+    ) -> CommandResult:
+        """Send ``command`` and wait until it is stored; raises if refused."""
+        return _wait(self.submit(command, behaviour=behaviour), timeout or self.timeout)
+
+    def start(
+        self, metadata: Mapping[str, MetadataValue] | None = None, **kw: Any
+    ) -> CommandResult:
+        """Start the session."""
+        return self.execute(StartSession(metadata=dict(metadata or {}), **kw))
+
+    def change_metadata(
+        self,
+        changed: Mapping[str, MetadataValue] | None = None,
+        removed: Sequence[str] = (),
+        **kw: Any,
+    ) -> CommandResult:
+        """Set and/or remove metadata keys."""
+        return self.execute(
+            ChangeMetadata(changed=dict(changed or {}), removed=tuple(removed), **kw)
+        )
+
+    def attach(
+        self,
+        agent_id: str,
+        kind: str = "bot",
+        name: str = "",
+        *,
+        behaviour: Agent | None = None,
+        **kw: Any,
+    ) -> CommandResult:
+        """Attach an agent; ``behaviour`` runs in its actor (setup/teardown/on_event)."""
+        command = AttachAgent(agent_id=agent_id, kind=kind, name=name, **kw)
+        return self.execute(command, behaviour=behaviour)
+
+    def detach(self, agent_id: str, reason: str = "detached", **kw: Any) -> CommandResult:
+        """Detach an agent (its cursors are removed)."""
+        return self.execute(DetachAgent(agent_id=agent_id, reason=reason, **kw))
+
+    def add_cursor(
+        self,
+        agent_id: str,
+        cursor_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        **kw: Any,
+    ) -> CommandResult:
+        """Open a cursor for ``agent_id``."""
+        return self.execute(
+            AddCursor(
+                agent_id=agent_id, cursor_id=cursor_id, axes=tuple(axes), start=start, end=end, **kw
+            )
+        )
+
+    def move_cursor(
+        self,
+        agent_id: str,
+        cursor_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        **kw: Any,
+    ) -> CommandResult:
+        """Give a cursor a new region."""
+        return self.execute(
+            MoveCursor(
+                agent_id=agent_id, cursor_id=cursor_id, axes=tuple(axes), start=start, end=end, **kw
+            )
+        )
+
+    def remove_cursor(self, agent_id: str, cursor_id: str, **kw: Any) -> CommandResult:
+        """Close a cursor."""
+        return self.execute(RemoveCursor(agent_id=agent_id, cursor_id=cursor_id, **kw))
+
+    def change_policy(self, policy_id: str, rules: Sequence[str] = (), **kw: Any) -> CommandResult:
+        """Replace the session's policy."""
+        return self.execute(ChangePolicy(policy_id=policy_id, rules=tuple(rules), **kw))
+
+    def end(self, reason: str = "ended", **kw: Any) -> CommandResult:
+        """End the session: every agent is detached and torn down."""
+        return self.execute(EndSession(reason=reason, **kw))
+
+    # -- reading --------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """The session as folded from every event the actor has seen stored."""
+        return self._inspect(lambda actor: actor.state)
+
+    def agent_state(self, agent_id: str) -> AgentState:
+        """The state of a running agent actor (``KeyError`` if not attached)."""
+        agent = self._inspect(lambda actor: actor.agents[agent_id])
+        state = agent.ask("state", timeout=self.timeout)
+        assert isinstance(state, AgentState)
+        return state
+
+    @property
+    def hook_failures(self) -> list[HookFailure]:
+        """On-change callbacks that raised (most recent last, at most 1,000)."""
+        return self._inspect(lambda actor: list(actor.hook_failures))
+
+    def on_change(self, callback: OnChange) -> Subscription:
+        """Call ``callback(envelope)`` for every event stored from now on.
+
+        Callbacks run on the session's thread, in order, once per event; one
+        that raises is recorded in :attr:`hook_failures` and logged.
+        """
+        key: int = self._inspect(lambda actor: actor.add_hook(callback))
+        return Subscription(self, key)
+
+    def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
+        reply: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            self._actor.tell(Inspect(fn, reply))
+        except pykka.ActorDeadError:
+            raise ActorStopped(f"session {self.session_id} is not running") from None
+        return _wait(reply, self.timeout)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the session's actor is alive."""
+        return bool(self._actor.is_alive())
+
+
+def _wait(future: concurrent.futures.Future[T], timeout: float) -> T:
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"no answer from the session within {timeout}s") from None

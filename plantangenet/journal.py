@@ -1,0 +1,342 @@
+"""The journal: the only code that talks to the log (a NATS JetStream stream).
+
+One stream holds every session; each session has its own subject,
+``<prefix>.<session_id>``. Appends are guarded by
+``Nats-Expected-Last-Subject-Sequence`` (optimistic concurrency: a stale
+writer gets :class:`~plantangenet.errors.ConcurrencyError` and nothing is
+written), carry ``Nats-Msg-Id`` derived from the command id (a retried command
+is stored once), and a command that yields several events is written as one
+JetStream *atomic batch* (all or nothing). Replays use ordered consumers.
+
+All methods are coroutines and must run on the event loop that owns the NATS
+connection (see :class:`plantangenet.loop.EventLoopThread`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from plantangenet.errors import ConcurrencyError, DuplicateCommand, JournalError, UnknownSession
+from plantangenet.events.codec import CODEC, EventCodec
+from plantangenet.events.envelope import Envelope, new_id
+
+_WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
+_BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
+_LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
+#: JetStream refuses atomic batches above 1000 messages.
+MAX_EVENTS_PER_APPEND = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Where and how the log is kept.
+
+    :param stream: JetStream stream name.
+    :param subject_prefix: a session's events go to ``<prefix>.<session_id>``.
+    :param replicas: stream replicas (3 on a cluster).
+    :param duplicate_window: seconds during which a command id is deduplicated.
+    :param ack_timeout: seconds to wait for the server to acknowledge an append.
+    :param idle_timeout: seconds a replay may wait for its next message.
+    :param max_bytes: stream size limit (``-1``: unlimited).
+    """
+
+    stream: str = "PLANTANGENET"
+    subject_prefix: str = "plantangenet.events"
+    replicas: int = 1
+    duplicate_window: float = 120.0
+    ack_timeout: float = 10.0
+    idle_timeout: float = 10.0
+    max_bytes: int = -1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What the log acknowledged: the stored envelopes, with their sequences."""
+
+    session_id: str
+    envelopes: tuple[Envelope, ...]
+
+    @property
+    def first_sequence(self) -> int:
+        """The stream sequence of the first stored event."""
+        return self.envelopes[0].sequence or 0
+
+    @property
+    def last_sequence(self) -> int:
+        """The stream sequence of the last stored event."""
+        return self.envelopes[-1].sequence or 0
+
+
+class Journal:
+    """Appends to and reads from a session's events on JetStream.
+
+    :param nc: a connected nats-py client (its loop is where this runs).
+    :param config: stream name, subjects and limits.
+    :param codec: how envelopes are encoded and decoded.
+    """
+
+    def __init__(
+        self, nc: NATS, config: JournalConfig | None = None, codec: EventCodec = CODEC
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.config = config or JournalConfig()
+        self.codec = codec
+
+    def subject(self, session_id: str) -> str:
+        """The subject that holds ``session_id``'s events."""
+        return f"{self.config.subject_prefix}.{session_id}"
+
+    async def ensure_stream(self) -> None:
+        """Create the stream if it does not exist (idempotent)."""
+        cfg = self.config
+        config = StreamConfig(
+            name=cfg.stream,
+            subjects=[f"{cfg.subject_prefix}.*"],
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window,
+            max_bytes=cfg.max_bytes,
+            allow_atomic=True,
+            allow_direct=True,
+            deny_delete=True,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # stream name already in use with another config
+                raise JournalError(f"cannot create stream {cfg.stream}: {exc.description}") from exc
+            info = await self.js.stream_info(cfg.stream)
+            if info.config.subjects != config.subjects:
+                raise JournalError(
+                    f"stream {cfg.stream} exists with subjects {info.config.subjects}, "
+                    f"expected {config.subjects}"
+                ) from exc
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot create stream {cfg.stream}: {exc}") from exc
+
+    async def append(
+        self, session_id: str, envelopes: Sequence[Envelope], *, expected_sequence: int
+    ) -> AppendResult:
+        """Store ``envelopes`` after the session's event at ``expected_sequence``.
+
+        All of them are stored, contiguously and in order, or none is.
+
+        :param expected_sequence: the stream sequence of the session's last
+            event as the writer knows it (0 for a new session).
+        :raises ConcurrencyError: another writer appended first.
+        :raises DuplicateCommand: these command ids were already stored.
+        :raises JournalError: the server refused or did not answer.
+        """
+        return await self.append_encoded(
+            session_id,
+            [(e, self.codec.encode(e)) for e in envelopes],
+            expected_sequence=expected_sequence,
+        )
+
+    async def append_encoded(
+        self,
+        session_id: str,
+        items: Sequence[tuple[Envelope, bytes]],
+        *,
+        expected_sequence: int,
+    ) -> AppendResult:
+        """:meth:`append` for envelopes the caller has already encoded."""
+        if not items:
+            raise ValueError("append needs at least one envelope")
+        if len(items) > MAX_EVENTS_PER_APPEND:
+            raise JournalError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+        subject = self.subject(session_id)
+        envelopes = [e for e, _ in items]
+        payloads = [p for _, p in items]
+        headers = _message_headers(session_id, envelopes)
+        headers[0]["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
+        timeout = self.config.ack_timeout
+        try:
+            if len(payloads) == 1:
+                reply = await self.nc.request(subject, payloads[0], timeout, headers=headers[0])
+            else:
+                batch_id = new_id()
+                last = len(payloads) - 1
+                for i, (payload, hdr) in enumerate(zip(payloads, headers, strict=True)):
+                    hdr["Nats-Batch-Id"] = batch_id
+                    hdr["Nats-Batch-Sequence"] = str(i + 1)
+                    if i < last:
+                        await self.nc.publish(subject, payload, headers=hdr)
+                hdr["Nats-Batch-Commit"] = "1"
+                reply = await self.nc.request(subject, payloads[last], timeout, headers=hdr)
+        except nats.errors.NoRespondersError:
+            raise JournalError(
+                f"no stream accepts {subject}; was the stream {self.config.stream} created?"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise JournalError(
+                f"no acknowledgement for {session_id} within {timeout}s; "
+                "the append may or may not be stored"
+            ) from None
+        except nats.errors.Error as exc:
+            raise JournalError(f"append to {session_id} failed: {exc}") from exc
+        ack = _parse_ack(reply.data, expected_sequence, session_id)
+        last_seq = int(ack["seq"])
+        first_seq = last_seq - len(envelopes) + 1
+        stored = tuple(e.stored_at(first_seq + i) for i, e in enumerate(envelopes))
+        return AppendResult(session_id, stored)
+
+    async def last_sequence(self, session_id: str) -> int:
+        """The stream sequence of the session's last event (0 if it has none)."""
+        try:
+            msg = await self.js.get_last_msg(self.config.stream, self.subject(session_id))
+        except nats.js.errors.NotFoundError:
+            return 0
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc}") from exc
+        return int(msg.seq or 0)
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        from_sequence: int = 1,
+        to_sequence: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AsyncIterator[Envelope]:
+        """The session's events in order, from/up to stream sequences (inclusive).
+
+        Stops at the last event that existed when the read began (or at
+        ``to_sequence``). ``progress(sequence, end)`` is called every 1,000 events.
+        """
+        end = await self.last_sequence(session_id)
+        if to_sequence is not None:
+            end = min(end, to_sequence)
+        if end < max(from_sequence, 1):
+            return
+        decode = self.codec.decode
+        count = 0
+        async for seq, data in self._ordered(session_id, from_sequence, stop_at=end):
+            yield decode(data, sequence=seq)
+            count += 1
+            if progress is not None and count % 1000 == 0:
+                progress(seq, end)
+        if progress is not None:
+            progress(end, end)
+
+    async def read_all(self, session_id: str, **kwargs: Any) -> list[Envelope]:
+        """:meth:`read` into a list; raises :class:`UnknownSession` if there are no events."""
+        out = [e async for e in self.read(session_id, **kwargs)]
+        if not out and await self.last_sequence(session_id) == 0:
+            raise UnknownSession(f"no events for session {session_id!r}")
+        return out
+
+    async def tail(
+        self, session_id: str, *, from_sequence: int | None = None
+    ) -> AsyncIterator[Envelope]:
+        """Events as they are stored, from ``from_sequence`` (default: only new ones).
+
+        Runs until the consumer of the iterator stops it.
+        """
+        async for seq, data in self._ordered(session_id, from_sequence, stop_at=None):
+            yield self.codec.decode(data, sequence=seq)
+
+    async def _ordered(
+        self, session_id: str, from_sequence: int | None, *, stop_at: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        subject = self.subject(session_id)
+        if from_sequence is None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        else:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(from_sequence, 1),
+            )
+        try:
+            sub = await self.js.subscribe(subject, ordered_consumer=True, config=config)
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc}") from exc
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self.config.idle_timeout)
+                except nats.errors.TimeoutError:
+                    if stop_at is None:
+                        continue
+                    raise JournalError(
+                        f"replay of {session_id} stalled before sequence {stop_at}"
+                    ) from None
+                seq = _stream_sequence(msg.reply)
+                yield seq, msg.data
+                if stop_at is not None and seq >= stop_at:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def sessions(self) -> dict[str, int]:
+        """Every session in the log, with its number of events."""
+        prefix = self.config.subject_prefix + "."
+        try:
+            info = await self.js.stream_info(self.config.stream, subjects_filter=prefix + "*")
+        except nats.js.errors.NotFoundError:
+            return {}
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot list sessions: {exc}") from exc
+        subjects = info.state.subjects or {}
+        return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+def _message_headers(session_id: str, envelopes: Sequence[Envelope]) -> list[dict[str, str]]:
+    """One header map per message; ``Nats-Msg-Id`` is ``session:command:index``."""
+    headers: list[dict[str, str]] = []
+    index: dict[str, int] = {}
+    for envelope in envelopes:
+        n = index.get(envelope.causation_id, 0)
+        index[envelope.causation_id] = n + 1
+        headers.append({"Nats-Msg-Id": f"{session_id}:{envelope.causation_id}:{n}"})
+    return headers
+
+
+def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
+    try:
+        ack: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise JournalError(f"unreadable acknowledgement from the server: {data[:200]!r}") from None
+    error = ack.get("error")
+    if error:
+        code = error.get("err_code")
+        description = error.get("description", "")
+        if code == _WRONG_LAST:
+            match = _LAST_SEQ.search(description)
+            actual = int(match.group(1)) if match else None
+            raise ConcurrencyError(
+                f"session {session_id} moved on: expected last sequence {expected}, "
+                f"the log has {actual}",
+                expected=expected,
+                actual=actual,
+            )
+        if code == _BATCH_DUPLICATE:
+            raise DuplicateCommand(f"session {session_id}: command already stored ({description})")
+        raise JournalError(f"append to {session_id} refused: {description} (err_code {code})")
+    if ack.get("duplicate"):
+        raise DuplicateCommand(f"session {session_id}: command already stored at {ack.get('seq')}")
+    if "seq" not in ack:
+        raise JournalError(f"acknowledgement without a sequence: {ack}")
+    return ack
+
+
+def _stream_sequence(reply: str) -> int:
+    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+    # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>...
+    tokens = reply.split(".")
+    try:
+        return int(tokens[5] if len(tokens) == 9 else tokens[7])
+    except (IndexError, ValueError):
+        raise JournalError(f"not a JetStream message (reply subject {reply!r})") from None

@@ -1,0 +1,158 @@
+"""The session projection: the state a session's events fold into.
+
+:func:`evolve` is the only way state changes, and it is pure: the same fold
+rehydrates an actor, answers "the session as it was at sequence N", and
+builds views for auditors. There is no snapshot of these fields anywhere;
+they are always derived from the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+from plantangenet.events.envelope import Envelope
+from plantangenet.events.fields import MetadataValue
+from plantangenet.events.session import (
+    AgentAttached,
+    AgentDetached,
+    CursorAdded,
+    CursorMoved,
+    CursorRemoved,
+    PolicyChanged,
+    SessionEnded,
+    SessionMetadataChanged,
+    SessionStarted,
+)
+
+SessionStatus = Literal["new", "active", "ended"]
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentView:
+    """An attached agent as the session knows it."""
+
+    agent_id: str
+    kind: str
+    name: str
+    attached_at: int  # stream sequence of its AgentAttached
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CursorView:
+    """A cursor: an agent's region of interest over ``axes`` and ``[start, end]``."""
+
+    cursor_id: str
+    agent_id: str
+    axes: tuple[str, ...]
+    start: float
+    end: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyView:
+    """The session's current policy (placeholder content until policies land)."""
+
+    policy_id: str
+    rules: tuple[str, ...]
+    version: int  # how many times the policy was set
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionState:
+    """Everything a session is, as folded from its events.
+
+    ``sequence`` is the stream sequence of the last event folded in (0 before
+    any); ``event_count`` how many events were folded.
+    """
+
+    session_id: str
+    status: SessionStatus = "new"
+    metadata: Mapping[str, MetadataValue] = dataclasses.field(default_factory=_empty)
+    agents: Mapping[str, AgentView] = dataclasses.field(default_factory=_empty)
+    cursors: Mapping[str, CursorView] = dataclasses.field(default_factory=_empty)
+    policy: PolicyView | None = None
+    sequence: int = 0
+    event_count: int = 0
+    end_reason: str | None = None
+
+    def cursors_of(self, agent_id: str) -> tuple[CursorView, ...]:
+        """The cursors owned by ``agent_id``, in cursor-id order."""
+        return tuple(c for _, c in sorted(self.cursors.items()) if c.agent_id == agent_id)
+
+
+def _with(mapping: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
+    copy = dict(mapping)
+    copy[key] = value
+    return MappingProxyType(copy)
+
+
+def _without(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    copy = dict(mapping)
+    copy.pop(key, None)
+    return MappingProxyType(copy)
+
+
+def evolve(state: SessionState, envelope: Envelope) -> SessionState:
+    """The state after ``envelope``'s event; ``state`` itself is not changed.
+
+    Events that make no sense for the state (which :func:`decide` never emits)
+    are folded leniently, so a replay never fails on history.
+    """
+    event = envelope.event
+    sequence = envelope.sequence if envelope.sequence is not None else state.sequence
+    changes: dict[str, object] = {"sequence": sequence, "event_count": state.event_count + 1}
+    match event:
+        case CursorMoved(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e):
+            cursor = CursorView(cursor_id, agent_id, axes, s, e)
+            changes["cursors"] = _with(state.cursors, cursor_id, cursor)
+        case CursorAdded(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e):
+            cursor = CursorView(cursor_id, agent_id, axes, s, e)
+            changes["cursors"] = _with(state.cursors, cursor_id, cursor)
+        case CursorRemoved(cursor_id=cursor_id):
+            changes["cursors"] = _without(state.cursors, cursor_id)
+        case AgentAttached(agent_id=agent_id, kind=kind, name=name):
+            view = AgentView(agent_id, kind, name, sequence)
+            changes["agents"] = _with(state.agents, agent_id, view)
+        case AgentDetached(agent_id=agent_id):
+            changes["agents"] = _without(state.agents, agent_id)
+            owned = [cid for cid, c in state.cursors.items() if c.agent_id == agent_id]
+            if owned:
+                cursors = dict(state.cursors)
+                for cid in owned:
+                    del cursors[cid]
+                changes["cursors"] = MappingProxyType(cursors)
+        case SessionMetadataChanged(changed=changed, removed=removed):
+            metadata = dict(state.metadata)
+            for key in removed:
+                metadata.pop(key, None)
+            metadata.update(changed)
+            changes["metadata"] = MappingProxyType(metadata)
+        case SessionStarted(metadata=metadata):
+            changes["status"] = "active"
+            changes["metadata"] = MappingProxyType(dict(metadata))
+        case PolicyChanged(policy_id=policy_id, rules=rules):
+            version = state.policy.version + 1 if state.policy else 1
+            changes["policy"] = PolicyView(policy_id, rules, version)
+        case SessionEnded(reason=reason):
+            changes["status"] = "ended"
+            changes["end_reason"] = reason
+        case _:
+            pass  # an event type this projection does not follow
+    return dataclasses.replace(state, **changes)  # type: ignore[arg-type]
+
+
+def fold(
+    session_id: str, envelopes: Iterable[Envelope], state: SessionState | None = None
+) -> SessionState:
+    """Fold ``envelopes`` into ``state`` (or a new session's initial state)."""
+    current = state if state is not None else SessionState(session_id)
+    for envelope in envelopes:
+        current = evolve(current, envelope)
+    return current

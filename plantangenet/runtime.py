@@ -1,0 +1,242 @@
+"""The runtime: a NATS connection, its event loop, the journal, and session actors.
+
+>>> from plantangenet import Plantangenet
+>>> with Plantangenet.open() as pg:            # embedded nats-server unless NATS_URL is set
+...     session = pg.session("doc-example")
+...     _ = session.start({"purpose": "docs"})
+...     _ = session.attach("bot-1", kind="bot", name="Bot One")
+...     pg.replay("doc-example") == session.state
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import nats.errors
+
+from plantangenet.actors.agent import Agent
+from plantangenet.actors.session import AgentFactory, SessionActor
+from plantangenet.decide import check_id
+from plantangenet.embedded import EmbeddedNats
+from plantangenet.errors import JournalError, UnknownSession
+from plantangenet.events.codec import CODEC, EventCodec
+from plantangenet.events.envelope import Envelope
+from plantangenet.handle import SessionHandle
+from plantangenet.journal import Journal, JournalConfig
+from plantangenet.loop import EventLoopThread
+from plantangenet.projections.session import SessionState
+from plantangenet.replay import Progress, replay
+
+#: Environment variable naming an external NATS server or cluster.
+NATS_URL_ENV = "NATS_URL"
+
+
+def default_store_dir() -> Path:
+    """Where the embedded server keeps its JetStream store unless told otherwise."""
+    configured = os.environ.get("PLANTANGENET_STORE_DIR")
+    if configured:
+        return Path(configured)
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "plantangenet" / "nats"
+
+
+def _default_agent(agent_id: str, kind: str) -> Agent:
+    return Agent()
+
+
+class Plantangenet:
+    """Entry point: connects to NATS (or starts an embedded server) and hosts sessions.
+
+    :param nats_url: server or cluster URL(s), comma-separated. ``None`` reads
+        ``NATS_URL``; if that is unset too, an embedded ``nats-server`` is
+        started on loopback with its store in ``store_dir``.
+    :param store_dir: the embedded server's store (default
+        :func:`default_store_dir`); ignored with an external server.
+    :param journal: stream name, subjects, replicas and timeouts.
+    :param agent_factory: behaviour for agents attached without one, and for
+        agents brought back by rehydration: ``factory(agent_id, kind)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        nats_url: str | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
+        journal: JournalConfig | None = None,
+        codec: EventCodec = CODEC,
+        agent_factory: AgentFactory = _default_agent,
+        max_batch: int = 256,
+    ) -> None:
+        self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        self.journal_config = journal or JournalConfig()
+        self.codec = codec
+        self.agent_factory = agent_factory
+        self.max_batch = max_batch
+        self.server: EmbeddedNats | None = None
+        self.loop = EventLoopThread()
+        self._nc: Any = None
+        self._journal: Journal | None = None
+        self._sessions: dict[str, SessionHandle] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, **kwargs: Any) -> Self:
+        """Create and :meth:`start` a runtime (use it as a context manager)."""
+        return cls(**kwargs).start()
+
+    def start(self) -> Self:
+        """Start the embedded server if needed, connect, and ensure the stream."""
+        url = self.nats_url
+        if url is None:
+            self.server = EmbeddedNats(self.store_dir or default_store_dir()).start()
+            url = self.server.url
+        self.loop.start()
+        try:
+            self._nc = self.loop.run(self._connect(url), timeout=30)
+            self._journal = Journal(self._nc, self.journal_config, self.codec)
+            self.loop.run(self._journal.ensure_stream(), timeout=30)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def _connect(self, url: str) -> Any:
+        try:
+            return await nats.connect(
+                servers=[u.strip() for u in url.split(",")],
+                name="plantangenet",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise JournalError(f"cannot connect to NATS at {url}: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop every session actor, close the connection, stop the embedded server."""
+        with self._lock:
+            handles, self._sessions = list(self._sessions.values()), {}
+        for handle in handles:
+            handle._actor.stop(block=True, timeout=10)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                self.loop.run(self._nc.drain(), timeout=10)
+            self._nc = None
+        self.loop.stop()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def journal(self) -> Journal:
+        """The journal (raises if the runtime is not started)."""
+        if self._journal is None:
+            raise RuntimeError("the runtime is not started; call start() or use open()")
+        return self._journal
+
+    @property
+    def url(self) -> str:
+        """The NATS URL in use."""
+        return self.server.url if self.server is not None else str(self.nats_url)
+
+    # -- sessions ----------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionHandle:
+        """The handle of ``session_id``'s actor, started (and rehydrated) on first use."""
+        check_id(session_id, "session_id")
+        journal = self.journal
+        with self._lock:
+            handle = self._sessions.get(session_id)
+            if handle is not None and handle.is_running:
+                return handle
+            holder: list[SessionHandle] = []
+            actor = SessionActor.start(
+                session_id,
+                loop=self.loop,
+                journal=journal,
+                codec=self.codec,
+                agent_factory=self.agent_factory,
+                handle=_LazyHandle(holder),
+                max_batch=self.max_batch,
+            )
+            handle = SessionHandle(session_id, actor)
+            holder.append(handle)
+            self._sessions[session_id] = handle
+            return handle
+
+    def stop_session(self, session_id: str) -> None:
+        """Stop a session's actor (its agents are torn down); the log is untouched."""
+        with self._lock:
+            handle = self._sessions.pop(session_id, None)
+        if handle is not None:
+            handle._actor.stop(block=True, timeout=10)
+
+    # -- reading the log -----------------------------------------------------------
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the runtime's loop (for journal calls from threads)."""
+        return self.loop.run(coro, timeout)
+
+    def replay(
+        self, session_id: str, *, to_sequence: int | None = None, progress: Progress | None = None
+    ) -> SessionState:
+        """Fold the session's events from the log, independently of any actor."""
+        check_id(session_id, "session_id")
+        state: SessionState = self.loop.run(
+            replay(self.journal, session_id, to_sequence=to_sequence, progress=progress)
+        )
+        if state.event_count == 0:
+            raise UnknownSession(f"no events for session {session_id!r}")
+        return state
+
+    def state_at(self, session_id: str, sequence: int) -> SessionState:
+        """The session as it was right after the event at stream ``sequence``."""
+        return self.replay(session_id, to_sequence=sequence)
+
+    def history(self, session_id: str, **kwargs: Any) -> list[Envelope]:
+        """Every event of the session, in order."""
+        check_id(session_id, "session_id")
+        events: list[Envelope] = self.loop.run(self.journal.read_all(session_id, **kwargs))
+        return events
+
+    def sessions(self) -> dict[str, int]:
+        """Every session in the log with its number of events."""
+        result: dict[str, int] = self.loop.run(self.journal.sessions())
+        return result
+
+    def tail(self, session_id: str, *, from_sequence: int | None = None) -> AsyncIterator[Envelope]:
+        """An async iterator of the session's events as they are stored (run it on your loop
+        with your own connection, or via :meth:`run`)."""
+        return self.journal.tail(session_id, from_sequence=from_sequence)
+
+
+class _LazyHandle:
+    """Stands in for the session's handle inside its own actor's agents."""
+
+    def __init__(self, holder: list[SessionHandle]) -> None:
+        self._holder = holder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._holder[0], name)

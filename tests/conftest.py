@@ -1,0 +1,99 @@
+"""Shared fixtures: one real nats-server per test run, a fresh stream per test.
+
+A test that needs NATS never skips: if the server cannot start, the fixture
+raises and the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet
+
+_streams = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream, on a free loopback port, for the whole run."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats-store")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def journal_config() -> JournalConfig:
+    """A stream of its own for each test (no test sees another's events)."""
+    n = next(_streams)
+    return JournalConfig(stream=f"T{n}", subject_prefix=f"t{n}.events")
+
+
+@pytest.fixture
+def runtime(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterator[Plantangenet]:
+    """A started runtime on the shared server, with the test's own stream."""
+    pg = Plantangenet.open(nats_url=nats_server.url, journal=journal_config)
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def make_runtime(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> Iterator[Callable[[], Plantangenet]]:
+    """Start more runtimes on the same stream (other writers, other processes)."""
+    started: list[Plantangenet] = []
+
+    def make() -> Plantangenet:
+        pg = Plantangenet.open(nats_url=nats_server.url, journal=journal_config)
+        started.append(pg)
+        return pg
+
+    yield make
+    for pg in started:
+        pg.close()
+
+
+class AsyncJournal:
+    """Runs journal coroutines on a private loop, for tests of the journal alone."""
+
+    def __init__(self, url: str, config: JournalConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.nc = self.run(nats.connect(url))
+        self.journal = Journal(self.nc, config)
+        self.run(self.journal.ensure_stream())
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.nc.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def journal(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterator[AsyncJournal]:
+    j = AsyncJournal(nats_server.url, journal_config)
+    yield j
+    j.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within timeout")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
