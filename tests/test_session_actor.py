@@ -1,0 +1,363 @@
+"""Session and agent actors on a real JetStream log."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from plantangenet import (
+    Agent,
+    AgentContext,
+    AttachAgent,
+    ConcurrencyError,
+    CursorAlreadyExists,
+    DecodeError,
+    Envelope,
+    InvalidCommand,
+    MoveCursor,
+    PayloadTooLarge,
+    Plantangenet,
+    SessionClosed,
+    StartSession,
+    UnknownAgent,
+    UnknownSession,
+)
+from tests.conftest import wait_until
+
+
+class Recorder(Agent):
+    """Counts hook calls (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def setup(self, context: AgentContext) -> None:
+        with self.lock:
+            self.calls.append(("setup", context.origin))
+
+    def teardown(self, context: AgentContext, reason: str) -> None:
+        with self.lock:
+            self.calls.append(("teardown", reason))
+
+    def count(self, hook: str) -> int:
+        with self.lock:
+            return sum(1 for name, _ in self.calls if name == hook)
+
+
+def started(runtime: Plantangenet, session_id: str = "s1") -> object:
+    session = runtime.session(session_id)
+    session.start({"owner": "tests"})
+    return session
+
+
+def test_commands_emit_events_and_state_follows(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    result = session.start({"owner": "tests"})
+    assert result.sequence == 1 and result.events[0].type_name == "SessionStarted"
+    session.attach("bot-1", "bot", "Bot One")
+    session.add_cursor("bot-1", "c1", ["ocean.temperature"], 0, 10)
+    session.move_cursor("bot-1", "c1", ["ocean.temperature", "ocean.salinity"], 5, 20)
+    session.change_metadata({"topic": "tides"}, removed=["owner"])
+    state = session.state
+    assert state.status == "active"
+    assert dict(state.metadata) == {"topic": "tides"}
+    assert list(state.agents) == ["bot-1"]
+    cursor = state.cursors["c1"]
+    assert (cursor.axes, cursor.start, cursor.end) == (
+        ("ocean.temperature", "ocean.salinity"),
+        5,
+        20,
+    )
+    assert state.event_count == 5
+    assert runtime.replay("s1") == state
+    types = [e.type_name for e in runtime.history("s1")]
+    assert types == [
+        "SessionStarted",
+        "AgentAttached",
+        "CursorAdded",
+        "CursorMoved",
+        "SessionMetadataChanged",
+    ]
+
+
+def test_envelope_carries_ids_and_issuer(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bot-1")
+    command = MoveCursor(agent_id="bot-1", cursor_id="c1", axes=("x",), start=0, end=1)
+    with pytest.raises(Exception):  # noqa: B017 - cursor does not exist yet
+        session.execute(command)
+    result = session.add_cursor(
+        "bot-1", "c1", ["x"], 0, 1, issued_by="bot-1", correlation_id="req-7"
+    )
+    stored = runtime.history("s1")[-1]
+    assert stored == result.events[0]
+    assert stored.agent_id == "bot-1"
+    assert stored.correlation_id == "req-7"
+    assert stored.causation_id == result.command_id
+    assert stored.occurred_at.tzinfo is not None
+    assert stored.sequence == 3
+
+
+def test_refused_commands_write_nothing_and_the_actor_keeps_serving(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bot-1")
+    session.add_cursor("bot-1", "c1", ["x"], 0, 1)
+    before = runtime.sessions()["s1"]
+    bad: list[tuple[Callable[[], object], type[Exception]]] = [
+        (lambda: session.detach("ghost"), UnknownAgent),
+        (lambda: session.add_cursor("bot-1", "c1", ["x"], 0, 1), CursorAlreadyExists),
+        (lambda: session.add_cursor("bot-1", "c2", ["x"], 5, 1), InvalidCommand),
+        (lambda: session.add_cursor("bot-1", "c.2", ["x"], 0, 1), InvalidCommand),
+        (lambda: session.add_cursor("bot-1", "c2", ["x"], float("nan"), 1), InvalidCommand),
+        (lambda: session.attach("a b"), InvalidCommand),
+        (lambda: session.attach("bot-9", name=123), InvalidCommand),  # type: ignore[arg-type]
+        (lambda: session.execute("not a command"), InvalidCommand),  # type: ignore[arg-type]
+        (lambda: session.change_metadata({"blob": "x" * 300_000}), PayloadTooLarge),
+        (lambda: session.change_metadata({"nested": {"a": 1}}), InvalidCommand),  # type: ignore[dict-item]
+        (lambda: session.start(), Exception),
+    ]
+    for call, error in bad:
+        with pytest.raises(error):
+            call()
+    assert runtime.sessions()["s1"] == before
+    assert session.is_running
+    session.move_cursor("bot-1", "c1", ["x"], 1, 2)
+    assert runtime.sessions()["s1"] == before + 1
+
+
+def test_ended_session_refuses_commands(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.end("done")
+    with pytest.raises(SessionClosed):
+        session.attach("late")
+    assert runtime.replay("s1").status == "ended"
+
+
+def test_unknown_session_replay_is_a_clear_error(runtime: Plantangenet) -> None:
+    with pytest.raises(UnknownSession):
+        runtime.replay("never-started")
+    with pytest.raises(InvalidCommand):
+        runtime.session("bad.id")
+
+
+def test_same_command_sent_twice_is_stored_once(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    command = AttachAgent(agent_id="bot-1", command_id="retry-me")
+    first = session.execute(command)
+    second = session.execute(command)
+    assert not first.duplicate and second.duplicate
+    assert second.events == first.events
+    assert runtime.sessions()["s1"] == 2
+    # Also after the actor was stopped and the session rehydrated from the log.
+    runtime.stop_session("s1")
+    third = runtime.session("s1").execute(command)
+    assert third.duplicate and third.events == first.events
+    assert runtime.sessions()["s1"] == 2
+
+
+def test_two_writers_one_wins_the_other_gets_concurrency_error(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    first, second = make_runtime(), make_runtime()
+    a = first.session("s1")
+    a.start()
+    b = second.session("s1")
+    assert b.state.sequence == 1  # both rehydrated at the same point
+    a.attach("from-a")
+    with pytest.raises(ConcurrencyError):
+        b.attach("from-b")
+    # The loser caught up with the log and can go on.
+    assert set(b.state.agents) == {"from-a"}
+    b.attach("from-b")
+    history = first.history("s1")
+    sequences = [e.sequence for e in history]
+    assert sequences == list(range(1, len(history) + 1)) == [1, 2, 3]
+    assert len({e.event_id for e in history}) == 3
+
+
+def test_racing_writers_leave_no_gap_and_no_duplicate(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    runtimes = [make_runtime(), make_runtime()]
+    runtimes[0].session("s1").start()
+    handles = [pg.session("s1") for pg in runtimes]
+    outcomes: dict[str, str] = {}
+
+    def write(index: int) -> None:
+        for n in range(40):
+            command = AttachAgent(agent_id=f"w{index}-{n}")
+            try:
+                handles[index].execute(command)
+                outcomes[command.agent_id] = "ok"
+            except ConcurrencyError:
+                outcomes[command.agent_id] = "conflict"
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = runtimes[0].history("s1")
+    attached = [e.event.agent_id for e in history[1:]]  # type: ignore[attr-defined]
+    assert [e.sequence for e in history] == list(range(1, len(history) + 1))
+    assert sorted(attached) == sorted(a for a, o in outcomes.items() if o == "ok")
+    assert len(attached) == len(set(attached))
+
+
+def test_pipelined_commands_are_stored_in_order(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bot")
+    session.add_cursor("bot", "c", ["x"], 0, 1)
+    futures = [
+        session.submit(MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1))
+        for i in range(500)
+    ]
+    results = [f.result(30) for f in futures]
+    assert [r.sequence for r in results] == list(range(4, 504))
+    assert session.state.cursors["c"].start == 499
+    assert runtime.replay("s1") == session.state
+
+
+def test_setup_and_teardown_run_exactly_once(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    bots = {name: Recorder() for name in ("a", "b", "c")}
+    for name, behaviour in bots.items():
+        session.attach(name, behaviour=behaviour)
+    session.add_cursor("a", "ca", ["x"], 0, 1)
+    wait_until(lambda: all(b.count("setup") == 1 for b in bots.values()))
+    session.detach("b", "leaving")
+    wait_until(lambda: bots["b"].count("teardown") == 1)
+    assert bots["a"].count("teardown") == 0
+    session.end("over")
+    wait_until(lambda: all(b.count("teardown") == 1 for b in bots.values()))
+    for behaviour in bots.values():
+        assert behaviour.count("setup") == 1
+        assert behaviour.count("teardown") == 1
+    assert bots["b"].calls == [("setup", "attached"), ("teardown", "leaving")]
+    assert bots["a"].calls == [("setup", "attached"), ("teardown", "session ended")]
+    history = [e.type_name for e in runtime.history("s1")]
+    assert history[-4:] == ["CursorRemoved", "AgentDetached", "AgentDetached", "SessionEnded"]
+
+
+def test_agents_come_back_on_rehydration(
+    make_runtime: Callable[[], Plantangenet], nats_server: object
+) -> None:
+    first = make_runtime()
+    session = first.session("s1")
+    session.start()
+    session.attach("keeper", "bot", "Keeper")
+    session.add_cursor("keeper", "k1", ["x"], 0, 1)
+    made: list[Recorder] = []
+
+    def factory(agent_id: str, kind: str) -> Agent:
+        made.append(Recorder())
+        return made[-1]
+
+    second = Plantangenet.open(
+        nats_url=first.url, journal=first.journal_config, agent_factory=factory
+    )
+    try:
+        again = second.session("s1")
+        assert again.state == session.state
+        wait_until(lambda: len(made) == 1 and made[0].count("setup") == 1)
+        assert made[0].calls[0] == ("setup", "rehydrated")
+        agent = again.agent_state("keeper")
+        assert agent.attached and list(agent.cursors) == ["k1"]
+    finally:
+        second.close()
+    wait_until(lambda: made[0].count("teardown") == 1)
+
+
+def test_on_change_callbacks_see_every_event_once_in_order(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    seen: list[int] = []
+    session.on_change(lambda e: seen.append(e.sequence or 0))
+    session.start()
+    futures = [session.submit(AttachAgent(agent_id=f"a{i}")) for i in range(50)]
+    for f in futures:
+        f.result(30)
+    session.end()  # 50 AgentDetached + SessionEnded in one command
+    assert seen == list(range(1, 103))
+
+
+def test_failing_callback_is_reported_and_breaks_nothing(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    seen: list[Envelope] = []
+
+    def broken(envelope: Envelope) -> None:
+        raise RuntimeError("boom")
+
+    session.on_change(broken)
+    subscription = session.on_change(seen.append)
+    session.start()
+    session.attach("a")
+    assert [e.sequence for e in seen] == [1, 2]
+    failures = session.hook_failures
+    assert [f.sequence for f in failures] == [1, 2]
+    assert "boom" in failures[0].error
+    subscription.cancel()
+    session.attach("b")
+    assert len(seen) == 2
+    assert session.state.event_count == 3
+
+
+def test_failing_agent_hooks_are_contained(runtime: Plantangenet) -> None:
+    class Broken(Agent):
+        def setup(self, context: AgentContext) -> None:
+            raise RuntimeError("setup failed")
+
+        def on_event(self, context: AgentContext, envelope: Envelope) -> None:
+            raise RuntimeError("on_event failed")
+
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bad", behaviour=Broken())
+    session.add_cursor("bad", "c", ["x"], 0, 1)
+    assert session.agent_state("bad").cursors["c"].end == 1
+    session.detach("bad")
+    assert session.state.agents == {}
+
+
+def test_agent_can_send_commands_through_its_session(runtime: Plantangenet) -> None:
+    done = concurrent.futures.Future[int]()
+
+    class Mover(Agent):
+        def on_event(self, context: AgentContext, envelope: Envelope) -> None:
+            if envelope.type_name == "CursorAdded" and not done.done():
+                result = context.session.move_cursor(
+                    context.agent_id, "c", ["x"], 2, 3, issued_by=context.agent_id
+                )
+                done.set_result(result.sequence)
+
+    session = runtime.session("s1")
+    session.start()
+    session.attach("mover", behaviour=Mover())
+    session.add_cursor("mover", "c", ["x"], 0, 1)
+    assert done.result(10) == 4
+    assert session.state.cursors["c"].start == 2
+
+
+def test_corrupt_event_in_log_is_a_decode_error(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    subject = runtime.journal.subject("s1")
+    runtime.run(runtime.journal.js.publish(subject, b"\xc1 not msgpack"))
+    with pytest.raises(DecodeError):
+        runtime.replay("s1")
+
+
+def test_start_command_with_explicit_id_and_correlation(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    result = session.execute(StartSession(metadata={"k": 1}, command_id="cmd-1"))
+    assert result.command_id == "cmd-1"
+    assert runtime.history("s1")[0].correlation_id == "cmd-1"
