@@ -33,6 +33,9 @@ from plantangenet.events.envelope import Envelope, new_id
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
 _LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
+#: The stream and subject prefix used unless configured otherwise.
+DEFAULT_STREAM = "PLANTANGENET"
+DEFAULT_SUBJECT_PREFIX = "plantangenet.events"
 #: JetStream refuses atomic batches above 1000 messages.
 MAX_EVENTS_PER_APPEND = 1000
 
@@ -50,8 +53,8 @@ class JournalConfig:
     :param max_bytes: stream size limit (``-1``: unlimited).
     """
 
-    stream: str = "PLANTANGENET"
-    subject_prefix: str = "plantangenet.events"
+    stream: str = DEFAULT_STREAM
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX
     replicas: int = 1
     duplicate_window: float = 120.0
     ack_timeout: float = 10.0

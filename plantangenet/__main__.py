@@ -1,0 +1,7 @@
+"""``python -m plantangenet``: the command line."""
+
+import sys
+
+from plantangenet.cli import main
+
+sys.exit(main())

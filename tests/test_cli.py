@@ -1,0 +1,105 @@
+"""The command line, against the test server and (once) on its own embedded server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from plantangenet import EmbeddedNats, JournalConfig
+from plantangenet.cli import main
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(args, out=out)
+    return status, out.getvalue()
+
+
+def external(server: EmbeddedNats, config: JournalConfig) -> list[str]:
+    return [
+        "--nats-url",
+        server.url,
+        "--stream",
+        config.stream,
+        "--subject-prefix",
+        config.subject_prefix,
+    ]
+
+
+def test_demo_sessions_and_history_against_an_external_server(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    opts = external(nats_server, journal_config)
+    status, text = run(["demo", "--session-id", "demo-1", *opts])
+    assert status == 0, text
+    assert "rehydrated state EQUALS the live state" in text
+    assert "[weather-bot] teardown (storm over)" in text
+
+    status, text = run(["sessions", *opts, "--json"])
+    assert status == 0
+    assert json.loads(text) == [{"session_id": "demo-1", "events": 14}]
+    status, text = run(["sessions", *opts])
+    assert "demo-1" in text and "14" in text
+
+    status, text = run(["history", "demo-1", *opts, "--json"])
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["sequence"] for r in records] == list(range(1, 15))
+    assert records[0]["type"] == "SessionStarted"
+    assert records[0]["data"]["metadata"] == {"purpose": "demo", "region": "north-sea"}
+    assert {"event_id", "causation_id", "correlation_id", "occurred_at", "agent_id"} <= set(
+        records[0]
+    )
+    assert [r["type"] for r in records[-2:]] == ["CursorRemoved", "AgentDetached"]
+
+    status, text = run(["history", "demo-1", *opts, "--from", "2", "--to", "4"])
+    assert status == 0
+    assert len(text.splitlines()) == 1 + 3  # header + three events
+    assert "AgentAttached" in text
+
+
+def test_demo_json_output(nats_server: EmbeddedNats, journal_config: JournalConfig) -> None:
+    status, text = run(
+        ["demo", "--session-id", "d2", "--json", *external(nats_server, journal_config)]
+    )
+    assert status == 0
+    report = json.loads(text)
+    assert report["equal"] is True
+    assert sorted(report["state"]["agents"]) == ["tide-bot", "viewer"]
+    assert len(report["events"]) == 14
+
+
+def test_unknown_session_is_a_clear_error(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, capsys: object
+) -> None:
+    status, _ = run(["history", "nope", *external(nats_server, journal_config)])
+    assert status == 2
+
+
+def test_cli_uses_an_embedded_server_when_no_url_is_given(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "plantangenet"]
+    demo = subprocess.run(
+        [*cmd, "demo", "--session-id", "emb", "--store-dir", str(store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "embedded nats-server at nats://127.0.0.1:" in demo.stdout
+    # The store persists: a second process (a new embedded server) sees the session.
+    listed = subprocess.run(
+        [*cmd, "sessions", "--json", "--store-dir", str(store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [{"session_id": "emb", "events": 14}]
+    assert (store / "jetstream").is_dir()
