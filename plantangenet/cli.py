@@ -270,9 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"embedded server store (default: $PLANTANGENET_STORE_DIR or {default_store_dir()})",
     )
-    common.add_argument("--stream", default=DEFAULT_STREAM, help="JetStream stream name")
     common.add_argument(
-        "--subject-prefix", default=DEFAULT_SUBJECT_PREFIX, help="subject prefix of sessions"
+        "--stream",
+        default=os.environ.get("PLANTANGENET_STREAM") or DEFAULT_STREAM,
+        help="JetStream stream name",
+    )
+    common.add_argument(
+        "--subject-prefix",
+        default=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
+        help="subject prefix of sessions",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -60,6 +61,14 @@ class JournalConfig:
     ack_timeout: float = 10.0
     idle_timeout: float = 10.0
     max_bytes: int = -1
+
+    @classmethod
+    def from_env(cls) -> JournalConfig:
+        """Defaults, with ``PLANTANGENET_STREAM`` / ``PLANTANGENET_SUBJECT_PREFIX`` applied."""
+        return cls(
+            stream=os.environ.get("PLANTANGENET_STREAM") or DEFAULT_STREAM,
+            subject_prefix=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

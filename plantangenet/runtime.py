@@ -60,7 +60,8 @@ class Plantangenet:
         started on loopback with its store in ``store_dir``.
     :param store_dir: the embedded server's store (default
         :func:`default_store_dir`); ignored with an external server.
-    :param journal: stream name, subjects, replicas and timeouts.
+    :param journal: stream name, subjects, replicas and timeouts (default:
+        :meth:`JournalConfig.from_env`).
     :param agent_factory: behaviour for agents attached without one, and for
         agents brought back by rehydration: ``factory(agent_id, kind)``.
     """
@@ -77,7 +78,7 @@ class Plantangenet:
     ) -> None:
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
-        self.journal_config = journal or JournalConfig()
+        self.journal_config = journal or JournalConfig.from_env()
         self.codec = codec
         self.agent_factory = agent_factory
         self.max_batch = max_batch
