@@ -78,6 +78,28 @@ class InvalidCommand(CommandRejected):
     code = "invalid_command"
 
 
+class InvalidPolicy(InvalidCommand):
+    """A policy document is malformed (unknown effect, empty actions, bad pattern...)."""
+
+    code = "invalid_policy"
+
+
+class AccessDenied(CommandRejected):
+    """The session's policy refused the command; the refusal is in the log.
+
+    :attr:`decision` is the :class:`~plantangenet.policy.Decision` (statement,
+    reason, policy version); :attr:`sequence` where the ``AccessDenied`` event
+    was stored.
+    """
+
+    code = "access_denied"
+
+    def __init__(self, message: str, *, decision: object = None, sequence: int = 0) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.sequence = sequence
+
+
 class SessionNotStarted(CommandRejected):
     """The session has no ``SessionStarted`` event yet."""
 
