@@ -72,6 +72,13 @@ def _check_text(value: object, label: str) -> str:
     return value
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
     if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes:
         raise InvalidCommand("axes must be a non-empty list of axis names")
@@ -83,11 +90,7 @@ def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, 
     if len(set(axes)) != len(axes):
         raise InvalidCommand("axes must not repeat")
     for label, value in (("start", start), ("end", end)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise InvalidCommand(f"{label} must be a finite number, got {value!r}")
     assert isinstance(start, int | float) and isinstance(end, int | float)
     if start > end:
@@ -116,11 +119,13 @@ def _require_active(state: SessionState) -> None:
 
 
 def _require_agent(state: SessionState, agent_id: str) -> None:
+    check_id(agent_id, "agent_id")  # also keeps unhashable values out of the lookup
     if agent_id not in state.agents:
         raise UnknownAgent(f"agent {agent_id!r} is not attached to session {state.session_id!r}")
 
 
 def _require_cursor(state: SessionState, agent_id: str, cursor_id: str) -> None:
+    check_id(cursor_id, "cursor_id")
     cursor = state.cursors.get(cursor_id)
     if cursor is None or cursor.agent_id != agent_id:
         raise UnknownCursor(f"agent {agent_id!r} has no cursor {cursor_id!r}")

@@ -71,8 +71,13 @@ def _scalar_encoder(tp: type) -> Converter:
     if tp is float:
 
         def encode_float(value: Any, path: str) -> float:
-            if type(value) in (float, int) and math.isfinite(value):
-                return float(value)
+            if type(value) in (float, int):
+                try:
+                    number = float(value)
+                except OverflowError:  # an int too large for a float
+                    number = math.inf
+                if math.isfinite(number):
+                    return number
             raise EncodeError(f"{path}: must be a finite number, got {value!r}", field=path)
 
         return encode_float

@@ -1,0 +1,285 @@
+"""Tests of the event registry: type names, versions and upcaster chains.
+
+Everything here uses private registries, so plantangenet's own events are
+untouched. Old versions are written by hand, with the envelope layout
+documented in :mod:`plantangenet.events.codec`, as an older program would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plantangenet.errors import DecodeError, InvalidCommand, UnknownEventType, UnknownEventVersion
+from plantangenet.events import Envelope, Event, EventCodec, EventRegistry, event_type
+
+AT = datetime(2024, 11, 25, 13, 0, 0, 654321, tzinfo=UTC)
+AT_MICROS = (AT - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+REG = EventRegistry()
+
+
+@event_type("ThingRenamed", version=3, registry=REG)
+class ThingRenamed(Event):
+    """v1: ``{thing_id, name}``; v2: ``name`` became ``title``; v3: adds ``color``."""
+
+    thing_id: str
+    title: str
+    color: str
+
+
+def v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    data["title"] = data.pop("name")
+    return data
+
+
+def v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "color": "grey"}
+
+
+REG.add_upcaster("ThingRenamed", 1, v1_to_v2)
+REG.add_upcaster("ThingRenamed", 2, v2_to_v3)
+CODEC = EventCodec(REG)
+
+
+def stored(type_name: str, version: int, data: dict[str, Any], event_id: str = "e1") -> bytes:
+    """An envelope as an older program wrote it."""
+    payload = msgpack.packb(
+        {
+            "f": 1,
+            "t": type_name,
+            "v": version,
+            "id": event_id,
+            "s": "s1",
+            "a": None,
+            "c": "c1",
+            "r": "r1",
+            "at": AT_MICROS,
+            "d": data,
+        },
+        use_bin_type=True,
+    )
+    assert isinstance(payload, bytes)
+    return payload
+
+
+def v3_envelope(event: Event, event_id: str = "e1") -> Envelope:
+    return Envelope(
+        event=event,
+        session_id="s1",
+        event_id=event_id,
+        causation_id="c1",
+        correlation_id="r1",
+        occurred_at=AT,
+    )
+
+
+def test_registration_sets_name_and_version() -> None:
+    assert ThingRenamed.type_name == "ThingRenamed"
+    assert ThingRenamed.version == 3
+    assert REG.types() == {"ThingRenamed": ThingRenamed}
+    assert REG.spec("ThingRenamed").field_names == ("thing_id", "title", "color")
+    thing = ThingRenamed("t", "x", "grey")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        thing.title = "y"  # type: ignore[misc]
+    assert dataclasses.is_dataclass(ThingRenamed)
+
+
+def test_old_versions_are_upcast_to_the_current_one() -> None:
+    expected = ThingRenamed("t1", "The Thing", "grey")
+    v1 = CODEC.decode(
+        stored("ThingRenamed", 1, {"thing_id": "t1", "name": "The Thing"}), sequence=1
+    )
+    v2 = CODEC.decode(
+        stored("ThingRenamed", 2, {"thing_id": "t1", "title": "The Thing"}), sequence=2
+    )
+    v3 = CODEC.decode(
+        stored("ThingRenamed", 3, {"thing_id": "t1", "title": "The Thing", "color": "grey"}),
+        sequence=3,
+    )
+    assert v1.event == v2.event == v3.event == expected
+    assert type(v1.event) is ThingRenamed
+    assert [v1.sequence, v2.sequence, v3.sequence] == [1, 2, 3]
+    assert v1.occurred_at == AT
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    things=st.lists(
+        st.tuples(st.text(max_size=10), st.text(max_size=10), st.sampled_from([1, 2, 3])),
+        max_size=8,
+    )
+)
+def test_a_mixed_version_log_reads_like_an_all_v3_log(
+    things: list[tuple[str, str, int]],
+) -> None:
+    mixed: list[Envelope] = []
+    modern: list[Envelope] = []
+    for n, (thing_id, title, version) in enumerate(things, start=1):
+        event_id = f"e{n}"
+        if version == 1:
+            data: dict[str, Any] = {"thing_id": thing_id, "name": title}
+        elif version == 2:
+            data = {"thing_id": thing_id, "title": title}
+        else:
+            data = {"thing_id": thing_id, "title": title, "color": "grey"}
+        mixed.append(CODEC.decode(stored("ThingRenamed", version, data, event_id), sequence=n))
+        payload = CODEC.encode(v3_envelope(ThingRenamed(thing_id, title, "grey"), event_id))
+        modern.append(CODEC.decode(payload, sequence=n))
+    assert mixed == modern
+
+
+def test_stored_data_is_not_changed_by_upcasting() -> None:
+    seen: list[dict[str, Any]] = []
+    reg = EventRegistry()
+
+    @event_type("Noted", version=2, registry=reg)
+    class Noted(Event):
+        text: str
+
+    def upcast(data: dict[str, Any]) -> dict[str, Any]:
+        seen.append(data)
+        data["text"] = data.pop("note").upper()
+        return data
+
+    reg.add_upcaster("Noted", 1, upcast)
+    raw = {"note": "hi"}
+    assert reg.upcast("Noted", 1, raw) == {"text": "HI"}
+    assert raw == {"note": "hi"}  # the upcaster got a copy
+    assert seen[0] is not raw
+    assert EventCodec(reg).decode(stored("Noted", 1, {"note": "hi"})).event == Noted("HI")
+
+
+def test_missing_upcaster_in_the_chain_names_the_version() -> None:
+    reg = EventRegistry()
+
+    @event_type("ThingRenamed", version=3, registry=reg)
+    class Thing(Event):
+        thing_id: str
+        title: str
+        color: str
+
+    reg.add_upcaster("ThingRenamed", 2, v2_to_v3)  # no v1 -> v2
+    codec = EventCodec(reg)
+    assert codec.decode(stored("ThingRenamed", 2, {"thing_id": "t", "title": "x"})).event == (
+        Thing("t", "x", "grey")
+    )
+    with pytest.raises(UnknownEventVersion) as excinfo:
+        codec.decode(stored("ThingRenamed", 1, {"thing_id": "t", "name": "x"}))
+    assert "v1" in str(excinfo.value)
+    assert excinfo.value.field == "version"
+
+    other = EventRegistry()
+    other.register(Thing, "ThingRenamed", 3)
+    other.add_upcaster("ThingRenamed", 1, v1_to_v2)  # no v2 -> v3
+    with pytest.raises(UnknownEventVersion) as excinfo:
+        EventCodec(other).decode(stored("ThingRenamed", 1, {"thing_id": "t", "name": "x"}))
+    assert "v2" in str(excinfo.value)
+    with pytest.raises(UnknownEventVersion) as excinfo:
+        EventCodec(other).decode(stored("ThingRenamed", 4, {"thing_id": "t"}))
+    assert "v4" in str(excinfo.value)
+
+
+def test_registering_a_type_name_twice_with_another_class_is_refused() -> None:
+    reg = EventRegistry()
+
+    @event_type("Dup", registry=reg)
+    class First(Event):
+        a: str
+
+    with pytest.raises(ValueError, match="Dup"):
+
+        @event_type("Dup", registry=reg)
+        class Second(Event):
+            a: str
+
+    assert reg.types() == {"Dup": First}
+    # Registering the same class again under its own name is harmless.
+    reg.register(First, "Dup", 1)
+    assert reg.types() == {"Dup": First}
+
+
+def test_duplicate_upcaster_is_refused() -> None:
+    reg = EventRegistry()
+    reg.add_upcaster("X", 1, v1_to_v2)
+    with pytest.raises(ValueError, match="X v1"):
+        reg.add_upcaster("X", 1, v2_to_v3)
+    reg.add_upcaster("X", 2, v2_to_v3)  # another version is fine
+
+
+def test_invalid_registrations_are_refused() -> None:
+    reg = EventRegistry()
+
+    class NotADataclass(Event):
+        pass
+
+    with pytest.raises(TypeError):
+        reg.register(NotADataclass, "NotADataclass", 1)
+    with pytest.raises(ValueError):
+
+        @event_type("Zero", version=0, registry=reg)
+        class Zero(Event):
+            a: str
+
+    with pytest.raises(TypeError, match="unsupported"):
+
+        @event_type("Listy", registry=reg)
+        class Listy(Event):
+            items: list[str]
+
+    assert reg.types() == {}
+
+
+def test_unknown_names_and_classes() -> None:
+    with pytest.raises(UnknownEventType):
+        REG.spec("Nope")
+
+    @dataclasses.dataclass(frozen=True)
+    class Stray(Event):
+        a: str
+
+    with pytest.raises(UnknownEventType):
+        REG.spec_of(Stray)
+    with pytest.raises(UnknownEventType):
+        CODEC.decode(stored("Nope", 1, {}))
+
+
+class Boom(Exception):
+    pass
+
+
+def _failing_upcaster(exc: Exception) -> Any:
+    def upcast(data: dict[str, Any]) -> dict[str, Any]:
+        raise exc
+
+    return upcast
+
+
+@pytest.mark.parametrize(
+    "upcaster",
+    [
+        _failing_upcaster(Boom("boom")),
+        _failing_upcaster(KeyError("name")),
+        _failing_upcaster(RecursionError("deep")),
+        _failing_upcaster(InvalidCommand("not a decode error")),
+        lambda data: None,  # not a dict
+        lambda data: ["not", "a", "dict"],
+        lambda data: {"thing_id": "t"},  # loses a required field
+        lambda data: {**data, 1: "non-string key"},
+    ],
+)
+def test_a_failing_upcaster_is_a_decode_error(upcaster: Any) -> None:
+    reg = EventRegistry()
+    reg.register(ThingRenamed, "ThingRenamed", 3)
+    reg.add_upcaster("ThingRenamed", 1, upcaster)
+    reg.add_upcaster("ThingRenamed", 2, v2_to_v3)
+    with pytest.raises(DecodeError) as excinfo:
+        EventCodec(reg).decode(stored("ThingRenamed", 1, {"thing_id": "t", "name": "x"}))
+    assert type(excinfo.value) is DecodeError
+    assert str(excinfo.value)
