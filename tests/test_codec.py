@@ -355,7 +355,7 @@ def test_envelope_shaped_random_maps_never_raise_anything_but_decode_error(
 # The label each envelope key is reported under, and the types it accepts.
 ENVELOPE_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     # key: (error field, word in the message, accepted types)
-    "f": ("f", "format", (int,)),
+    "f": ("format", "format", (int,)),
     "t": ("type", "type", (str,)),
     "v": ("version", "version", (int,)),
     "id": ("event_id", "event_id", (str,)),
@@ -488,7 +488,7 @@ def test_missing_envelope_key() -> None:
     for key in raw:
         with pytest.raises(DecodeError) as excinfo:
             CODEC.decode(pack({k: v for k, v in raw.items() if k != key}))
-        assert excinfo.value.field == key
+        assert excinfo.value.field == ENVELOPE_KEYS[key][0]
 
 
 def test_extra_unknown_field() -> None:
@@ -649,3 +649,23 @@ def test_decoded_mappings_are_read_only() -> None:
     with pytest.raises(TypeError):
         typing.cast(Any, changed.event.changed)["a"] = 1
     assert isinstance(changed.event.removed, tuple)
+
+
+def test_encoding_an_unregistered_event_or_a_bad_time_is_an_encode_error() -> None:
+    import dataclasses as _dc
+
+    from plantangenet.errors import EncodeError as _EncodeError
+    from plantangenet.events import Envelope as _Envelope
+
+    @_dc.dataclass(frozen=True, slots=True)
+    class Stray(Event):
+        x: int
+
+    stray = _Envelope(Stray(1), "s", "e", "c", "r", AT)  # type: ignore[arg-type]
+    with pytest.raises(_EncodeError) as excinfo:
+        CODEC.encode(stray)
+    assert excinfo.value.field == "type"
+    good = envelope_of(example_of(SESSION_EVENTS[0]))
+    bad_time = _dc.replace(good, occurred_at="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(_EncodeError, match="occurred_at"):
+        CODEC.encode(bad_time)

@@ -29,7 +29,13 @@ from typing import Any
 
 import msgpack
 
-from plantangenet.errors import DecodeError, EncodeError, PayloadTooLarge, PlantangenetError
+from plantangenet.errors import (
+    DecodeError,
+    EncodeError,
+    PayloadTooLarge,
+    PlantangenetError,
+    UnknownEventType,
+)
 from plantangenet.events.base import EVENTS, EventRegistry
 from plantangenet.events.envelope import Envelope
 
@@ -39,7 +45,20 @@ ENVELOPE_FORMAT = 1
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ENVELOPE_KEYS = frozenset({"f", "t", "v", "id", "s", "a", "c", "r", "at", "d"})
+#: Stored key -> the name errors use for it.
+_ENVELOPE_FIELDS = {
+    "f": "format",
+    "t": "type",
+    "v": "version",
+    "id": "event_id",
+    "s": "session_id",
+    "a": "agent_id",
+    "c": "causation_id",
+    "r": "correlation_id",
+    "at": "occurred_at",
+    "d": "data",
+}
+_ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
 
 
 def _micros(moment: datetime) -> int:
@@ -67,7 +86,12 @@ class EventCodec:
 
     def encode(self, envelope: Envelope) -> bytes:
         """The msgpack bytes of ``envelope``; raises :class:`EncodeError` on bad values."""
-        spec = self.registry.spec_of(envelope.event)
+        try:
+            spec = self.registry.spec_of(envelope.event)
+        except UnknownEventType as exc:
+            raise EncodeError(str(exc), field="type") from None
+        if not isinstance(envelope.occurred_at, datetime):
+            raise EncodeError("occurred_at: expected a datetime", field="occurred_at")
         data: dict[str, Any] = {}
         for name, encode in zip(spec.field_names, spec.encoders, strict=True):
             data[name] = encode(getattr(envelope.event, name), name)
@@ -136,13 +160,13 @@ class EventCodec:
             raise DecodeError(f"expected an envelope map, got {type(raw).__name__}")
         missing = _ENVELOPE_KEYS - raw.keys()
         if missing:
-            first = sorted(missing)[0]
+            first = _ENVELOPE_FIELDS[sorted(missing)[0]]
             raise DecodeError(f"envelope field {first!r} is missing", field=first)
         extra = raw.keys() - _ENVELOPE_KEYS
         if extra:
             raise DecodeError(f"unknown envelope field {sorted(extra)[0]!r}", field="envelope")
         if raw["f"] != ENVELOPE_FORMAT or type(raw["f"]) is not int:
-            raise DecodeError(f"unsupported envelope format {raw['f']!r}", field="f")
+            raise DecodeError(f"unsupported envelope format {raw['f']!r}", field="format")
         type_name, version, data = raw["t"], raw["v"], raw["d"]
         if type(type_name) is not str:
             raise DecodeError("type: expected a string", field="type")
