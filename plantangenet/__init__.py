@@ -7,21 +7,26 @@ only source of truth. Rehydration is replaying those events.
 """
 
 from plantangenet.actors import Agent, AgentContext, CommandResult, HookFailure, SessionActor
+from plantangenet.authorize import authorize, request_of
 from plantangenet.commands import (
     AddCursor,
     AttachAgent,
+    BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
     DetachAgent,
     EndSession,
+    GrantRole,
     MoveCursor,
     RemoveCursor,
+    RevokeRole,
     StartSession,
 )
-from plantangenet.decide import decide
+from plantangenet.decide import decide, decide_authorized
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import (
+    AccessRefused,
     ActorStopped,
     AgentAlreadyAttached,
     CodecError,
@@ -33,6 +38,7 @@ from plantangenet.errors import (
     EmbeddedServerError,
     EncodeError,
     InvalidCommand,
+    InvalidPolicy,
     JournalError,
     PayloadTooLarge,
     PlantangenetError,
@@ -48,8 +54,10 @@ from plantangenet.errors import (
 from plantangenet.events import (
     CODEC,
     EVENTS,
+    AccessDenied,
     AgentAttached,
     AgentDetached,
+    Authorization,
     CursorAdded,
     CursorMoved,
     CursorRemoved,
@@ -57,7 +65,10 @@ from plantangenet.events import (
     Event,
     EventCodec,
     EventRegistry,
+    IdentityBound,
     PolicyChanged,
+    RoleGranted,
+    RoleRevoked,
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
@@ -66,16 +77,21 @@ from plantangenet.events import (
 from plantangenet.handle import SessionHandle, Subscription
 from plantangenet.journal import AppendResult, Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
-from plantangenet.projections import AgentView, CursorView, PolicyView, SessionState, evolve, fold
+from plantangenet.policy import Condition, Decision, Policy, Statement, evaluate
+from plantangenet.projections import AgentView, CursorView, IdentityView, SessionState, evolve, fold
 from plantangenet.projections.agent import AgentState
+from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.replay import replay
 from plantangenet.runtime import Plantangenet
+from plantangenet.verify import VerifyResult, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CODEC",
     "EVENTS",
+    "AccessDenied",
+    "AccessRefused",
     "ActorStopped",
     "AddCursor",
     "Agent",
@@ -87,6 +103,10 @@ __all__ = [
     "AgentView",
     "AppendResult",
     "AttachAgent",
+    "Audit",
+    "AuditEntry",
+    "Authorization",
+    "BindIdentity",
     "ChangeMetadata",
     "ChangePolicy",
     "CodecError",
@@ -94,11 +114,13 @@ __all__ = [
     "CommandRejected",
     "CommandResult",
     "ConcurrencyError",
+    "Condition",
     "CursorAdded",
     "CursorAlreadyExists",
     "CursorMoved",
     "CursorRemoved",
     "CursorView",
+    "Decision",
     "DecodeError",
     "DetachAgent",
     "DuplicateCommand",
@@ -111,8 +133,12 @@ __all__ = [
     "EventCodec",
     "EventLoopThread",
     "EventRegistry",
+    "GrantRole",
     "HookFailure",
+    "IdentityBound",
+    "IdentityView",
     "InvalidCommand",
+    "InvalidPolicy",
     "Journal",
     "JournalConfig",
     "JournalError",
@@ -120,9 +146,12 @@ __all__ = [
     "PayloadTooLarge",
     "Plantangenet",
     "PlantangenetError",
+    "Policy",
     "PolicyChanged",
-    "PolicyView",
     "RemoveCursor",
+    "RevokeRole",
+    "RoleGranted",
+    "RoleRevoked",
     "SessionActor",
     "SessionAlreadyStarted",
     "SessionClosed",
@@ -133,16 +162,23 @@ __all__ = [
     "SessionStarted",
     "SessionState",
     "StartSession",
+    "Statement",
     "Subscription",
     "UnknownAgent",
     "UnknownCursor",
     "UnknownEventType",
     "UnknownEventVersion",
     "UnknownSession",
+    "VerifyResult",
     "__version__",
+    "authorize",
     "decide",
+    "decide_authorized",
+    "evaluate",
     "event_type",
     "evolve",
     "fold",
     "replay",
+    "request_of",
+    "verify",
 ]

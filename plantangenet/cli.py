@@ -2,7 +2,9 @@
 
 ``plantangenet demo`` runs a short scripted session on the embedded server;
 ``plantangenet sessions`` lists the sessions in the log; ``plantangenet
-history SESSION_ID`` lists a session's events. Every command takes
+history SESSION_ID`` lists a session's events; ``plantangenet audit
+SESSION_ID`` shows who did or tried what and which statement decided;
+``plantangenet verify SESSION_ID`` checks the hash chain. Every command takes
 ``--json`` for machine output and ``--nats-url`` (or ``NATS_URL``) to use an
 external server or cluster instead of the embedded one.
 """
@@ -20,11 +22,13 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from plantangenet.actors.agent import Agent, AgentContext
-from plantangenet.errors import PlantangenetError
+from plantangenet.errors import AccessRefused, PlantangenetError, UnknownSession
 from plantangenet.events.envelope import Envelope
 from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
+from plantangenet.projections.audit import Audit
 from plantangenet.projections.session import SessionState
 from plantangenet.runtime import Plantangenet, default_store_dir
+from plantangenet.verify import verify
 
 
 def plain(value: Any) -> Any:
@@ -160,14 +164,42 @@ class _DemoAgent(Agent):
         self.say(f"    [{context.agent_id}] teardown ({reason})")
 
 
-def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    lines: list[str] = []
+DEMO_POLICY = [
+    {
+        "id": "bots-watch-the-sea",
+        "effect": "allow",
+        "roles": ["bot"],
+        "actions": ["cursor.*"],
+        "resources": ["axis.ocean.*", "axis.air.*", "cursor.*"],
+    },
+    {
+        "id": "viewers-look",
+        "effect": "allow",
+        "roles": ["viewer"],
+        "actions": ["cursor.add", "cursor.move"],
+        "resources": ["axis.*"],
+    },
+    {
+        "id": "operators-annotate",
+        "effect": "allow",
+        "roles": ["operator"],
+        "actions": ["metadata.change"],
+        "resources": ["metadata.*"],
+    },
+    {
+        "id": "status-is-for-owners",
+        "effect": "deny",
+        "actions": ["metadata.change"],
+        "resources": ["metadata.owner"],
+    },
+]
 
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     def say(text: str) -> None:
         if not args.json:
             out.write(text + "\n")
             out.flush()
-        lines.append(text)
 
     session_id = args.session_id or datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     with _runtime(args) as pg:
@@ -178,42 +210,59 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         )
         say(f"plantangenet demo: session {session_id} on {where}")
         session = pg.session(session_id)
+        live_audit = Audit()
         events: list[Envelope] = []
         session.on_change(events.append)
+        session.on_change(live_audit)
 
         def step(title: str, result: Any) -> None:
-            say(f"  {title:<48} -> sequence {result.sequence}")
+            say(f"  {title:<56} -> sequence {result.sequence}")
 
-        step("start the session", session.start({"purpose": "demo", "region": "north-sea"}))
-        for agent_id, kind, name in (
-            ("tide-bot", "bot", "Tide gauge bot"),
-            ("weather-bot", "bot", "Weather bot"),
-            ("viewer", "client", "Harbour viewer"),
+        step("start the session", session.start({"purpose": "demo", "owner": "harbour"}))
+        step(
+            "bind identity harbour-ops",
+            session.bind_identity("harbour-ops", "Harbour operations", {"tier": "gold"}),
+        )
+        step(
+            f"set a policy of {len(DEMO_POLICY)} statements",
+            session.change_policy(replace=DEMO_POLICY),
+        )
+        for agent_id, kind, name, role in (
+            ("tide-bot", "bot", "Tide gauge bot", "bot"),
+            ("weather-bot", "bot", "Weather bot", "bot"),
+            ("viewer", "client", "Harbour viewer", "viewer"),
         ):
             step(
                 f"attach {agent_id} ({kind})",
                 session.attach(agent_id, kind, name, behaviour=_DemoAgent(say)),
             )
             time.sleep(0.05)  # let the agent's setup line print in order
-        step(
-            "tide-bot watches ocean.tide over [0, 60]",
-            session.add_cursor("tide-bot", "tide", ["ocean.tide"], 0, 60),
-        )
-        step(
-            "weather-bot watches air.* over [0, 30]",
-            session.add_cursor("weather-bot", "wx", ["air.wind", "air.pressure"], 0, 30),
-        )
-        step(
-            "viewer watches both over [0, 120]",
-            session.add_cursor("viewer", "view", ["ocean.tide", "air.wind"], 0, 120),
-        )
+            step(f"grant {agent_id} the role {role!r}", session.grant_role(agent_id, role))
+        for agent_id, cursor, axes, end in (
+            ("tide-bot", "tide", ["ocean.tide"], 60),
+            ("weather-bot", "wx", ["air.wind", "air.pressure"], 30),
+            ("viewer", "view", ["ocean.tide", "air.wind"], 120),
+        ):
+            result = session.add_cursor(agent_id, cursor, axes, 0, end, issued_by=agent_id)
+            step(f"{agent_id} watches {','.join(axes)} over [0, {end}]", result)
         for t in (10, 20, 30):
-            step(
-                f"tide-bot moves its cursor to [{t}, {t + 60}]",
-                session.move_cursor("tide-bot", "tide", ["ocean.tide"], t, t + 60),
+            result = session.move_cursor(
+                "tide-bot", "tide", ["ocean.tide"], t, t + 60, issued_by="tide-bot"
             )
-        step("metadata: status=observing", session.change_metadata({"status": "observing"}))
-        step("policy p1 set", session.change_policy("p1", ["viewer may read ocean.*"]))
+            step(f"tide-bot moves its cursor to [{t}, {t + 60}]", result)
+        try:
+            session.change_metadata({"status": "observing"}, issued_by="viewer")
+        except AccessRefused as refused:
+            say(
+                "  viewer tries to change metadata: REFUSED "
+                f"(recorded at sequence {refused.sequence})"
+            )
+            say(f"      {refused}")
+        step("grant viewer the role 'operator'", session.grant_role("viewer", "operator"))
+        step(
+            "viewer changes metadata: status=observing",
+            session.change_metadata({"status": "observing"}, issued_by="viewer"),
+        )
         step(
             "weather-bot leaves (its cursor goes with it)",
             session.detach("weather-bot", "storm over"),
@@ -221,11 +270,10 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         time.sleep(0.05)
         live = session.state
         say(
-            f"  live state: {len(live.agents)} agents {sorted(live.agents)}, "
-            f"cursors {sorted(live.cursors)}, {live.event_count} events, "
-            f"last sequence {live.sequence}"
+            f"  live state: agents {sorted(live.agents)}, cursors {sorted(live.cursors)}, "
+            f"roles {dict(live.roles)}, policy v{live.policy.version}, "
+            f"{live.event_count} events, last sequence {live.sequence}"
         )
-        say(f"  the on-change hook saw {len(events)} events")
 
         pg.stop_session(session_id)
         time.sleep(0.05)
@@ -235,24 +283,100 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         replayed = pg.replay(session_id)
         same = rehydrated == live == replayed
         say(f"  rehydrated state {'EQUALS' if same else 'DIFFERS FROM'} the live state")
-        middle = pg.state_at(session_id, live.sequence - 4)
+        middle = pg.state_at(session_id, live.sequence - 5)
+        tide = middle.cursors["tide"]
         say(
             f"  state at sequence {middle.sequence}: agents {sorted(middle.agents)}, "
-            f"tide cursor at [{middle.cursors['tide'].start:g}, {middle.cursors['tide'].end:g}]"
+            f"tide cursor at [{tide.start:g}, {tide.end:g}]"
         )
-        say(f"  see it all: plantangenet history {session_id}")
+        replayed_audit = Audit.of(pg.history(session_id))
+        audit_same = replayed_audit.entries == live_audit.entries
+        denied = replayed_audit.query(outcome="denied")
+        say(
+            f"  audit: {len(replayed_audit.entries)} decisions, {len(denied)} denied; "
+            f"replayed audit {'EQUALS' if audit_same else 'DIFFERS FROM'} the live one"
+        )
+        checked = pg.run(verify(pg.journal, session_id))
+        say(f"  verify: {checked.describe()}")
+        say(f"  see it all: plantangenet history {session_id}; plantangenet audit {session_id}")
+        ok = same and audit_same and checked.intact
         if args.json:
             json.dump(
                 {
                     "session_id": session_id,
                     "equal": same,
+                    "audit_equal": audit_same,
+                    "intact": checked.intact,
                     "state": state_summary(live),
                     "events": [envelope_record(e) for e in events],
                 },
                 out,
             )
             out.write("\n")
-    return 0 if same else 1
+    return 0 if ok else 1
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PlantangenetError(f"not an ISO time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
+    progress = _Progress(sys.stderr)
+    with _runtime(args) as pg:
+        audit = Audit()
+        count = pg.run(_fold_history(pg, args.session_id, audit, progress))
+    if count == 0:
+        raise UnknownSession(f"no events for session {args.session_id!r}")
+    entries = audit.query(
+        agent=args.agent,
+        action=args.action,
+        resource=args.resource,
+        outcome=args.outcome,
+        since=_parse_time(args.since),
+        until=_parse_time(args.until),
+    )
+    if args.json:
+        for entry in entries:
+            out.write(json.dumps(plain(entry)) + "\n")
+        return 0
+    out.write(
+        f"{'SEQ':>6}  {'TIME (UTC)':<19}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
+        f"{'RESOURCE':<24}  {'STATEMENT':<22}  POLICY\n"
+    )
+    for e in entries:
+        out.write(
+            f"{e.sequence:>6}  {e.occurred_at:%Y-%m-%d %H:%M:%S}  {e.agent_id or '(owner)':<12}  "
+            f"{e.outcome:<7}  {e.action:<16}  {e.resource:<24}  {e.statement_id or '-':<22}  "
+            f"v{e.policy_version}\n"
+        )
+    return 0
+
+
+async def _fold_history(
+    pg: Plantangenet, session_id: str, audit: Audit, progress: _Progress
+) -> int:
+    count = 0
+    async for envelope in pg.journal.read(session_id, progress=progress):
+        audit(envelope)
+        count += 1
+    return count
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    with _runtime(args) as pg:
+        result = pg.run(verify(pg.journal, args.session_id, progress=_Progress(sys.stderr)))
+    if args.json:
+        json.dump(plain(result), out)
+        out.write("\n")
+    else:
+        out.write(result.describe() + "\n")
+    return 0 if result.intact else 1
 
 
 # -- entry point ----------------------------------------------------------------------
@@ -294,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--from", dest="from_sequence", type=int, default=1, help="first sequence")
     history.add_argument("--to", dest="to_sequence", type=int, default=None, help="last sequence")
     history.set_defaults(run=cmd_history)
+    audit = sub.add_parser("audit", parents=[common], help="who did or tried what, and why")
+    audit.add_argument("session_id")
+    audit.add_argument("--agent", help="only this agent's decisions")
+    audit.add_argument("--action", help="action pattern, e.g. 'cursor.*'")
+    audit.add_argument("--resource", help="resource pattern, e.g. 'axis.ocean.*'")
+    audit.add_argument("--outcome", choices=["allowed", "denied"])
+    audit.add_argument("--since", help="ISO time (UTC if no offset)")
+    audit.add_argument("--until", help="ISO time (UTC if no offset)")
+    audit.set_defaults(run=cmd_audit)
+    check = sub.add_parser("verify", parents=[common], help="check a session's hash chain")
+    check.add_argument("session_id")
+    check.set_defaults(run=cmd_verify)
     return parser
 
 

@@ -9,10 +9,12 @@ log stores a command at most once, so retrying with the same id is safe.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from plantangenet.events.envelope import new_id
 from plantangenet.events.fields import MetadataValue
+from plantangenet.policy import Statement
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,12 +24,17 @@ class Command:
     :param command_id: idempotency key; a retried command keeps its id.
     :param correlation_id: ties the command to a larger request (defaults to
         the command id).
-    :param issued_by: the agent on whose behalf the command is sent, if any.
+    :param issued_by: the agent on whose behalf the command is sent; ``None``
+        means the session's owner (its connection), which policy does not restrict.
+    :param context: request attributes that policy conditions may test (e.g.
+        ``{"resolution": 3}``); the session adds ``hour``, ``weekday``,
+        ``identity.*`` and ``agent.*``, which callers cannot override.
     """
 
     command_id: str = dataclasses.field(default_factory=new_id)
     correlation_id: str | None = None
     issued_by: str | None = None
+    context: Mapping[str, MetadataValue] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,10 +101,42 @@ class RemoveCursor(Command):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ChangePolicy(Command):
-    """Replace the session's policy (placeholder content for now)."""
+    """Change the session's policy.
 
-    policy_id: str
-    rules: tuple[str, ...] = ()
+    ``replace`` (if given) becomes the whole policy; then statements with ids
+    in ``remove`` are dropped and ``add`` statements appended. Statements are
+    :class:`~plantangenet.policy.Statement` s or mappings of the same fields;
+    they are validated, and a malformed one refuses the whole change.
+    """
+
+    replace: Sequence[Statement | Mapping[str, Any]] | None = None
+    add: Sequence[Statement | Mapping[str, Any]] = ()
+    remove: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BindIdentity(Command):
+    """Bind the session's connection to an identity (id, display name, attributes)."""
+
+    identity_id: str
+    display_name: str = ""
+    attributes: Mapping[str, MetadataValue] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GrantRole(Command):
+    """Give an attached agent a role."""
+
+    agent_id: str
+    role: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeRole(Command):
+    """Take a role away from an agent."""
+
+    agent_id: str
+    role: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,23 +11,29 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
+from plantangenet.authorize import authorize
 from plantangenet.commands import (
     AddCursor,
     AttachAgent,
+    BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
     DetachAgent,
     EndSession,
+    GrantRole,
     MoveCursor,
     RemoveCursor,
+    RevokeRole,
     StartSession,
 )
 from plantangenet.errors import (
     AgentAlreadyAttached,
     CursorAlreadyExists,
     InvalidCommand,
+    InvalidPolicy,
     SessionAlreadyStarted,
     SessionClosed,
     SessionNotStarted,
@@ -35,6 +41,7 @@ from plantangenet.errors import (
     UnknownCursor,
 )
 from plantangenet.events.base import Event
+from plantangenet.events.envelope import Authorization
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     AgentAttached,
@@ -42,12 +49,18 @@ from plantangenet.events.session import (
     CursorAdded,
     CursorMoved,
     CursorRemoved,
+    IdentityBound,
     PolicyChanged,
+    RoleGranted,
+    RoleRevoked,
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.policy import check_role, parse_statements
 from plantangenet.projections.session import SessionState
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Ids of sessions, agents and cursors: safe as one NATS subject token.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -137,16 +150,68 @@ def _detach(state: SessionState, agent_id: str, reason: str) -> list[Event]:
     return events
 
 
-def decide(state: SessionState, command: Command) -> list[Event]:
-    """The events ``command`` causes in ``state``; raises ``CommandRejected`` if refused."""
+def decide(state: SessionState, command: Command, *, now: datetime | None = None) -> list[Event]:
+    """The events ``command`` causes in ``state``; raises ``CommandRejected`` if refused.
+
+    A command issued by an agent is checked against the session's policy first
+    (see :mod:`plantangenet.authorize`); ``now`` feeds its time conditions.
+    """
+    return decide_authorized(state, command, now=now)[1]
+
+
+def decide_authorized(
+    state: SessionState, command: Command, *, now: datetime | None = None
+) -> tuple[Authorization, list[Event]]:
+    """:func:`decide`, also returning the authorization that let the command through."""
+    if not isinstance(command, Command):
+        raise InvalidCommand(f"not a command: {type(command).__name__}")
     if command.issued_by is not None:
         check_id(command.issued_by, "issued_by")
+    if not isinstance(command.context, Mapping):
+        raise InvalidCommand("context must be a map")
     match command:
         case StartSession(metadata=metadata):
             if state.status != "new":
                 raise SessionAlreadyStarted(f"session {state.session_id!r} already exists")
-            return [SessionStarted(state.session_id, _check_metadata(metadata, "metadata"))]
+            if command.issued_by is not None:
+                raise InvalidCommand("a session is started by its owner, not by an agent")
+            events: list[Event] = [
+                SessionStarted(state.session_id, _check_metadata(metadata, "metadata"))
+            ]
+            return authorize(state, command, now or _EPOCH), events
     _require_active(state)
+    _check_shape(command)
+    authorization = authorize(state, command, now or _EPOCH)
+    return authorization, _decide(state, command)
+
+
+def _check_shape(command: Command) -> None:
+    """Validate the parts of a command that name resources, before authorizing it."""
+    match command:
+        case AttachAgent(agent_id=agent_id) | DetachAgent(agent_id=agent_id):
+            check_id(agent_id, "agent_id")
+        case (
+            AddCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e)
+            | MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e)
+        ):
+            check_id(agent_id, "agent_id")
+            check_id(cursor_id, "cursor_id")
+            _check_region(axes, s, e)
+        case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
+            check_id(agent_id, "agent_id")
+            check_id(cursor_id, "cursor_id")
+        case ChangeMetadata(changed=changed, removed=removed):
+            _check_metadata(changed, "changed")
+            if isinstance(removed, str) or not isinstance(removed, Sequence):
+                raise InvalidCommand("removed must be a list of keys")
+            for key in removed:
+                _check_text(key, "removed key")
+        case GrantRole(agent_id=agent_id, role=role) | RevokeRole(agent_id=agent_id, role=role):
+            check_id(agent_id, "agent_id")
+            check_role(role)
+
+
+def _decide(state: SessionState, command: Command) -> list[Event]:
     match command:
         case ChangeMetadata(changed=changed, removed=removed):
             changed = _check_metadata(changed, "changed")
@@ -181,13 +246,22 @@ def decide(state: SessionState, command: Command) -> list[Event]:
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)
             return [CursorRemoved(agent_id, cursor_id)]
-        case ChangePolicy(policy_id=policy_id, rules=rules):
-            check_id(policy_id, "policy_id")
-            if isinstance(rules, str) or not isinstance(rules, Sequence):
-                raise InvalidCommand("rules must be a list of strings")
-            for rule in rules:
-                _check_text(rule, "rule")
-            return [PolicyChanged(policy_id, tuple(rules))]
+        case ChangePolicy(replace=replace, add=add, remove=remove):
+            return [_policy_change(state, replace, add, remove)]
+        case BindIdentity(identity_id=identity_id, display_name=name, attributes=attributes):
+            check_id(identity_id, "identity_id")
+            _check_text(name, "display_name")
+            return [IdentityBound(identity_id, name, _check_metadata(attributes, "attributes"))]
+        case GrantRole(agent_id=agent_id, role=role):
+            _require_agent(state, agent_id)
+            if role in state.roles_of(agent_id):
+                raise InvalidCommand(f"agent {agent_id!r} already holds role {role!r}")
+            return [RoleGranted(agent_id, role)]
+        case RevokeRole(agent_id=agent_id, role=role):
+            _require_agent(state, agent_id)
+            if role not in state.roles_of(agent_id):
+                raise InvalidCommand(f"agent {agent_id!r} does not hold role {role!r}")
+            return [RoleRevoked(agent_id, role)]
         case EndSession(reason=reason):
             _check_text(reason, "reason")
             events: list[Event] = []
@@ -196,3 +270,29 @@ def decide(state: SessionState, command: Command) -> list[Event]:
             events.append(SessionEnded(reason))
             return events
     raise InvalidCommand(f"unknown command {type(command).__name__}")
+
+
+def _policy_change(
+    state: SessionState, replace: object, add: object, remove: object
+) -> PolicyChanged:
+    current = state.policy.statements
+    base = current if replace is None else parse_statements(replace)
+    if isinstance(remove, str) or not isinstance(remove, Sequence):
+        raise InvalidPolicy("remove must be a list of statement ids")
+    known = {s.id for s in base}
+    for sid in remove:
+        if not isinstance(sid, str) or sid not in known:
+            raise InvalidPolicy(f"cannot remove statement {sid!r}: the policy has none")
+    kept = tuple(s for s in base if s.id not in set(remove))
+    added = parse_statements(add)
+    statements = parse_statements([*kept, *added])  # validates ids stay unique
+    if replace is None and not added and not remove:
+        raise InvalidPolicy("a policy change must replace, add or remove statements")
+    before = {s.id for s in current}
+    after = {s.id for s in statements}
+    changed = {s.id for s in statements if s not in current}
+    return PolicyChanged(
+        statements,
+        added=tuple(sorted(changed)),
+        removed=tuple(sorted(before - after)),
+    )

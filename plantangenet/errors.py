@@ -7,6 +7,8 @@ a refused command from a decoding problem from a lost race on the log.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PlantangenetError(Exception):
     """Base class of every error raised by plantangenet."""
@@ -84,19 +86,19 @@ class InvalidPolicy(InvalidCommand):
     code = "invalid_policy"
 
 
-class AccessDenied(CommandRejected):
+class AccessRefused(CommandRejected):
     """The session's policy refused the command; the refusal is in the log.
 
-    :attr:`decision` is the :class:`~plantangenet.policy.Decision` (statement,
-    reason, policy version); :attr:`sequence` where the ``AccessDenied`` event
-    was stored.
+    :attr:`event` is the ``AccessDenied`` event recorded for it (agent,
+    action, resource, statement, reason, policy version); :attr:`sequence`
+    is where it was stored (0 until it is).
     """
 
-    code = "access_denied"
+    code = "access_refused"
 
-    def __init__(self, message: str, *, decision: object = None, sequence: int = 0) -> None:
+    def __init__(self, message: str, *, event: Any = None, sequence: int = 0) -> None:
         super().__init__(message)
-        self.decision = decision
+        self.event = event
         self.sequence = sequence
 
 

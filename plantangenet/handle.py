@@ -20,17 +20,21 @@ from plantangenet.actors.session import (
 from plantangenet.commands import (
     AddCursor,
     AttachAgent,
+    BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
     DetachAgent,
     EndSession,
+    GrantRole,
     MoveCursor,
     RemoveCursor,
+    RevokeRole,
     StartSession,
 )
 from plantangenet.errors import ActorStopped
 from plantangenet.events.fields import MetadataValue
+from plantangenet.policy import Statement
 from plantangenet.projections.agent import AgentState
 from plantangenet.projections.session import SessionState
 
@@ -158,9 +162,48 @@ class SessionHandle:
         """Close a cursor."""
         return self.execute(RemoveCursor(agent_id=agent_id, cursor_id=cursor_id, **kw))
 
-    def change_policy(self, policy_id: str, rules: Sequence[str] = (), **kw: Any) -> CommandResult:
-        """Replace the session's policy."""
-        return self.execute(ChangePolicy(policy_id=policy_id, rules=tuple(rules), **kw))
+    def change_policy(
+        self,
+        *,
+        replace: Sequence[Statement | Mapping[str, Any]] | None = None,
+        add: Sequence[Statement | Mapping[str, Any]] = (),
+        remove: Sequence[str] = (),
+        **kw: Any,
+    ) -> CommandResult:
+        """Replace the policy and/or add and remove statements (see :class:`ChangePolicy`)."""
+        return self.execute(
+            ChangePolicy(
+                replace=None if replace is None else tuple(replace),
+                add=tuple(add),
+                remove=tuple(remove),
+                **kw,
+            )
+        )
+
+    def bind_identity(
+        self,
+        identity_id: str,
+        display_name: str = "",
+        attributes: Mapping[str, MetadataValue] | None = None,
+        **kw: Any,
+    ) -> CommandResult:
+        """Bind the session to an identity."""
+        return self.execute(
+            BindIdentity(
+                identity_id=identity_id,
+                display_name=display_name,
+                attributes=dict(attributes or {}),
+                **kw,
+            )
+        )
+
+    def grant_role(self, agent_id: str, role: str, **kw: Any) -> CommandResult:
+        """Give an attached agent a role."""
+        return self.execute(GrantRole(agent_id=agent_id, role=role, **kw))
+
+    def revoke_role(self, agent_id: str, role: str, **kw: Any) -> CommandResult:
+        """Take a role away from an agent."""
+        return self.execute(RevokeRole(agent_id=agent_id, role=role, **kw))
 
     def end(self, reason: str = "ended", **kw: Any) -> CommandResult:
         """End the session: every agent is detached and torn down."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -52,6 +53,8 @@ class JournalConfig:
     :param ack_timeout: seconds to wait for the server to acknowledge an append.
     :param idle_timeout: seconds a replay may wait for its next message.
     :param max_bytes: stream size limit (``-1``: unlimited).
+    :param deny_delete: refuse deleting single messages through the JetStream
+        API (tamper resistance; :mod:`plantangenet.verify` detects it anyway).
     """
 
     stream: str = DEFAULT_STREAM
@@ -61,6 +64,7 @@ class JournalConfig:
     ack_timeout: float = 10.0
     idle_timeout: float = 10.0
     max_bytes: int = -1
+    deny_delete: bool = True
 
     @classmethod
     def from_env(cls) -> JournalConfig:
@@ -121,7 +125,7 @@ class Journal:
             max_bytes=cfg.max_bytes,
             allow_atomic=True,
             allow_direct=True,
-            deny_delete=True,
+            deny_delete=cfg.deny_delete,
         )
         try:
             await self.js.add_stream(config)
@@ -201,7 +205,10 @@ class Journal:
         ack = _parse_ack(reply.data, expected_sequence, session_id)
         last_seq = int(ack["seq"])
         first_seq = last_seq - len(envelopes) + 1
-        stored = tuple(e.stored_at(first_seq + i) for i, e in enumerate(envelopes))
+        stored = tuple(
+            e.stored_at(first_seq + i, e.digest or hashlib.sha256(p).digest())
+            for i, (e, p) in enumerate(zip(envelopes, payloads, strict=True))
+        )
         return AppendResult(session_id, stored)
 
     async def last_sequence(self, session_id: str) -> int:
@@ -241,6 +248,18 @@ class Journal:
                 progress(seq, end)
         if progress is not None:
             progress(end, end)
+
+    async def read_raw(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """``(sequence, payload)`` of the session's stored messages, undecoded, in order."""
+        end = await self.last_sequence(session_id)
+        if to_sequence is not None:
+            end = min(end, to_sequence)
+        if end < max(from_sequence, 1):
+            return
+        async for item in self._ordered(session_id, from_sequence, stop_at=end):
+            yield item
 
     async def read_all(self, session_id: str, **kwargs: Any) -> list[Envelope]:
         """:meth:`read` into a list; raises :class:`UnknownSession` if there are no events."""

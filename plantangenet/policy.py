@@ -25,7 +25,7 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from plantangenet.errors import InvalidPolicy
 
@@ -234,7 +234,7 @@ def _condition(raw: object, label: str) -> Condition:
     key, op, value = raw.get("key"), raw.get("op"), raw.get("value")
     if not isinstance(key, str) or not key:
         raise InvalidPolicy(f"{label}.key: must be a non-empty string")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise InvalidPolicy(f"{label}.op: unknown operator {op!r} (one of {sorted(OPS)})")
     if op in ("in", "not_in"):
         if isinstance(value, str) or not isinstance(value, Sequence):
@@ -242,7 +242,7 @@ def _condition(raw: object, label: str) -> Condition:
         value = tuple(_scalar(v, f"{label}.value") for v in value)
     else:
         value = _scalar(value, f"{label}.value")
-    return Condition(key, op, value)
+    return Condition(key, cast(ConditionOp, op), value)
 
 
 def _scalar(value: object, label: str) -> ConditionValue:
@@ -277,7 +277,7 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
         raise InvalidPolicy(f"{label}.id: 1-64 letters, digits, '_' or '-', got {sid!r}")
     label = f"statement {sid!r}"
     effect = raw.get("effect")
-    if effect not in EFFECTS:
+    if not isinstance(effect, str) or effect not in EFFECTS:
         raise InvalidPolicy(f"{label}.effect: must be 'allow' or 'deny', got {effect!r}")
     roles = raw.get("roles", ())
     if isinstance(roles, str) or not isinstance(roles, Sequence):
@@ -287,7 +287,7 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
         raise InvalidPolicy(f"{label}.conditions: must be a list")
     return Statement(
         id=sid,
-        effect=effect,
+        effect=cast(Effect, effect),
         actions=_patterns(raw.get("actions"), f"{label}.actions"),
         resources=_patterns(raw.get("resources"), f"{label}.resources"),
         roles=tuple(check_role(r, f"{label}.roles") for r in roles),

@@ -37,19 +37,23 @@ def test_demo_sessions_and_history_against_an_external_server(
     status, text = run(["demo", "--session-id", "demo-1", *opts])
     assert status == 0, text
     assert "rehydrated state EQUALS the live state" in text
+    assert "replayed audit EQUALS the live one" in text
+    assert "history intact (20 events verified)" in text
+    assert "viewer tries to change metadata: REFUSED" in text
     assert "[weather-bot] teardown (storm over)" in text
 
     status, text = run(["sessions", *opts, "--json"])
     assert status == 0
-    assert json.loads(text) == [{"session_id": "demo-1", "events": 14}]
+    assert json.loads(text) == [{"session_id": "demo-1", "events": 20}]
     status, text = run(["sessions", *opts])
-    assert "demo-1" in text and "14" in text
+    assert "demo-1" in text and "20" in text
 
     status, text = run(["history", "demo-1", *opts, "--json"])
     records = [json.loads(line) for line in text.splitlines()]
-    assert [r["sequence"] for r in records] == list(range(1, 15))
+    assert [r["sequence"] for r in records] == list(range(1, 21))
     assert records[0]["type"] == "SessionStarted"
-    assert records[0]["data"]["metadata"] == {"purpose": "demo", "region": "north-sea"}
+    assert records[0]["data"]["metadata"] == {"purpose": "demo", "owner": "harbour"}
+    assert "AccessDenied" in [r["type"] for r in records]
     assert {"event_id", "causation_id", "correlation_id", "occurred_at", "agent_id"} <= set(
         records[0]
     )
@@ -69,7 +73,8 @@ def test_demo_json_output(nats_server: EmbeddedNats, journal_config: JournalConf
     report = json.loads(text)
     assert report["equal"] is True
     assert sorted(report["state"]["agents"]) == ["tide-bot", "viewer"]
-    assert len(report["events"]) == 14
+    assert len(report["events"]) == 20
+    assert report["audit_equal"] is True and report["intact"] is True
 
 
 def test_unknown_session_is_a_clear_error(
@@ -101,5 +106,5 @@ def test_cli_uses_an_embedded_server_when_no_url_is_given(tmp_path: Path) -> Non
         timeout=60,
     )
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == [{"session_id": "emb", "events": 14}]
+    assert json.loads(listed.stdout) == [{"session_id": "emb", "events": 20}]
     assert (store / "jetstream").is_dir()

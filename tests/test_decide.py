@@ -1,35 +1,48 @@
 """Table-driven tests of ``decide``: pure, no NATS, no clock.
 
 Each case is a state (new, active, ended), a command, and either the exact
-events the command must cause or the exact typed error it must raise.
+events the command must cause or the exact typed error it must raise. The
+second half covers the trust boundary: the owner (``issued_by=None``) is
+always allowed, agents are held to the session's policy (roles, deny over
+allow, conditions on time, identity and request context), and every refusal
+carries the ``AccessDenied`` event to record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from plantangenet import commands as commands_module
+from plantangenet.authorize import request_of
 from plantangenet.commands import (
     AddCursor,
     AttachAgent,
+    BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
     DetachAgent,
     EndSession,
+    GrantRole,
     MoveCursor,
     RemoveCursor,
+    RevokeRole,
     StartSession,
 )
-from plantangenet.decide import decide
+from plantangenet.decide import decide, decide_authorized
 from plantangenet.errors import (
+    AccessRefused,
     AgentAlreadyAttached,
     CommandRejected,
     CursorAlreadyExists,
     InvalidCommand,
+    InvalidPolicy,
     SessionAlreadyStarted,
     SessionClosed,
     SessionNotStarted,
@@ -37,28 +50,35 @@ from plantangenet.errors import (
     UnknownCursor,
 )
 from plantangenet.events import (
+    CODEC,
+    AccessDenied,
     AgentAttached,
     AgentDetached,
+    Authorization,
     CursorAdded,
     CursorMoved,
     CursorRemoved,
     Envelope,
     Event,
+    IdentityBound,
     PolicyChanged,
+    RoleGranted,
+    RoleRevoked,
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
 )
-from plantangenet.projections.session import SessionState, evolve
+from plantangenet.policy import Condition, Policy, Statement
+from plantangenet.projections.session import IdentityView, SessionState, evolve
 
 SID = "s1"
-AT = __import__("datetime").datetime(2024, 1, 1, tzinfo=__import__("datetime").UTC)
+AT = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, at midnight
 
 
-def apply(state: SessionState, *commands: Command) -> SessionState:
+def apply(state: SessionState, *commands: Command, now: datetime | None = None) -> SessionState:
     """``state`` after deciding and evolving each command in turn."""
     for command in commands:
-        for event in decide(state, command):
+        for event in decide(state, command, now=now):
             envelope = Envelope(
                 event=event,
                 session_id=state.session_id,
@@ -66,14 +86,36 @@ def apply(state: SessionState, *commands: Command) -> SessionState:
                 causation_id=command.command_id,
                 correlation_id=command.command_id,
                 occurred_at=AT,
+                agent_id=command.issued_by,
                 sequence=state.sequence + 1,
             )
             state = evolve(state, envelope)
     return state
 
 
+def wrong(value: object) -> Any:
+    """``value``, typed as anything: the commands below are deliberately ill-typed."""
+    return value
+
+
+def as_agent(command: Command, agent_id: str | None) -> Command:
+    """``command`` (same id, same fields) issued on behalf of ``agent_id``."""
+    return dataclasses.replace(command, issued_by=agent_id)
+
+
+WATCHERS = Statement("watchers", "allow", ("cursor.*",), ("axis.*", "cursor.*"), roles=("watcher",))
+ADMINS_DOC: dict[str, Any] = {
+    "id": "admins",
+    "effect": "allow",
+    "actions": ["*"],
+    "resources": ["*"],
+    "roles": ["admin"],
+}
+ADMINS = Statement("admins", "allow", ("*",), ("*",), roles=("admin",))
+
 NEW = SessionState(SID)
-# a1 owns c0 and c1, a2 owns c2, a3 owns nothing.
+# a1 owns c0 and c1 and is a watcher, a2 owns c2 and is a viewer, a3 owns
+# nothing and holds no role. The policy (version 1) lets watchers use cursors.
 ACTIVE = apply(
     NEW,
     StartSession(metadata={"k": "v", "n": 1}),
@@ -83,6 +125,9 @@ ACTIVE = apply(
     AddCursor(agent_id="a1", cursor_id="c1", axes=("x",), start=0.0, end=1.0),
     AddCursor(agent_id="a2", cursor_id="c2", axes=("y",), start=0.0, end=1.0),
     AddCursor(agent_id="a1", cursor_id="c0", axes=("x", "y"), start=-1.0, end=1.0),
+    ChangePolicy(replace=[WATCHERS]),
+    GrantRole(agent_id="a1", role="watcher"),
+    GrantRole(agent_id="a2", role="viewer"),
 )
 ENDED = apply(ACTIVE, EndSession(reason="done"))
 STATES = {"new": NEW, "active": ACTIVE, "ended": ENDED}
@@ -90,6 +135,7 @@ STATES = {"new": NEW, "active": ACTIVE, "ended": ENDED}
 
 def test_fixture_states() -> None:
     assert NEW.status == "new"
+    assert NEW.policy == Policy((), 0)
     assert ACTIVE.status == "active"
     assert set(ACTIVE.agents) == {"a1", "a2", "a3"}
     assert {c: v.agent_id for c, v in ACTIVE.cursors.items()} == {
@@ -97,9 +143,14 @@ def test_fixture_states() -> None:
         "c1": "a1",
         "c2": "a2",
     }
+    assert ACTIVE.policy == Policy((WATCHERS,), 1)
+    assert dict(ACTIVE.roles) == {"a1": ("watcher",), "a2": ("viewer",)}
+    assert ACTIVE.roles_of("a3") == ()
+    assert ACTIVE.identity is None
     assert ENDED.status == "ended"
     assert ENDED.agents == {}
     assert ENDED.cursors == {}
+    assert ENDED.roles == {}
     assert ENDED.end_reason == "done"
 
 
@@ -112,7 +163,12 @@ COMMANDS: dict[str, Command] = {
     "AddCursor": AddCursor(agent_id="a3", cursor_id="c9", axes=("z",), start=1, end=2),
     "MoveCursor": MoveCursor(agent_id="a1", cursor_id="c1", axes=("x", "t"), start=2.0, end=3.0),
     "RemoveCursor": RemoveCursor(agent_id="a2", cursor_id="c2"),
-    "ChangePolicy": ChangePolicy(policy_id="p1", rules=("allow all",)),
+    "ChangePolicy": ChangePolicy(replace=[ADMINS_DOC]),
+    "BindIdentity": BindIdentity(
+        identity_id="ops", display_name="Operations", attributes={"tier": "gold"}
+    ),
+    "GrantRole": GrantRole(agent_id="a3", role="watcher"),
+    "RevokeRole": RevokeRole(agent_id="a2", role="viewer"),
     "EndSession": EndSession(reason="over"),
 }
 
@@ -123,7 +179,10 @@ EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
     "AddCursor": [CursorAdded("a3", "c9", ("z",), 1.0, 2.0)],
     "MoveCursor": [CursorMoved("a1", "c1", ("x", "t"), 2.0, 3.0)],
     "RemoveCursor": [CursorRemoved("a2", "c2")],
-    "ChangePolicy": [PolicyChanged("p1", ("allow all",))],
+    "ChangePolicy": [PolicyChanged((ADMINS,), added=("admins",), removed=("watchers",))],
+    "BindIdentity": [IdentityBound("ops", "Operations", {"tier": "gold"})],
+    "GrantRole": [RoleGranted("a3", "watcher")],
+    "RevokeRole": [RoleRevoked("a2", "viewer")],
     "EndSession": [
         CursorRemoved("a1", "c0"),
         CursorRemoved("a1", "c1"),
@@ -134,6 +193,23 @@ EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
         SessionEnded("over"),
     ],
 }
+
+# The action and resources of each command above (the table in plantangenet.authorize).
+REQUESTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "StartSession": ("session.start", ("session",)),
+    "ChangeMetadata": ("metadata.change", ("metadata.k", "metadata.n")),
+    "AttachAgent": ("session.attach", ("agent.a9",)),
+    "DetachAgent": ("session.detach", ("agent.a2",)),
+    "AddCursor": ("cursor.add", ("axis.z",)),
+    "MoveCursor": ("cursor.move", ("axis.x", "axis.t")),
+    "RemoveCursor": ("cursor.remove", ("cursor.c2",)),
+    "ChangePolicy": ("policy.change", ("policy",)),
+    "BindIdentity": ("identity.bind", ("identity",)),
+    "GrantRole": ("role.grant", ("role.watcher",)),
+    "RevokeRole": ("role.revoke", ("role.viewer",)),
+    "EndSession": ("session.end", ("session",)),
+}
+IN_SESSION = [name for name in COMMANDS if name != "StartSession"]
 
 Outcome = list[Event] | type[CommandRejected]
 
@@ -152,15 +228,15 @@ def _status_table() -> list[tuple[str, str, Outcome]]:
     return table
 
 
-def check(state: SessionState, command: Command, expected: Outcome) -> None:
+def check(state: SessionState, command: Command, expected: Outcome, **kw: Any) -> None:
     before = state
     if isinstance(expected, list):
-        events = decide(state, command)
+        events = decide(state, command, **kw)
         assert events == expected
         assert [type(e) for e in events] == [type(e) for e in expected]
     else:
         with pytest.raises(CommandRejected) as excinfo:
-            decide(state, command)
+            decide(state, command, **kw)
         assert type(excinfo.value) is expected, excinfo.value
         assert str(excinfo.value)
     assert state is before and state == before
@@ -171,14 +247,57 @@ def test_every_command_in_every_status(status: str, name: str, expected: Outcome
     check(STATES[status], COMMANDS[name], expected)
 
 
-def test_the_table_covers_every_command_class() -> None:
+@pytest.mark.parametrize(("status", "name", "expected"), _status_table())
+def test_lifecycle_is_checked_before_authorization(
+    status: str, name: str, expected: Outcome
+) -> None:
+    # Issued by an agent that is not even attached: a closed or unstarted
+    # session says so, rather than refusing access.
+    if status == "active" or isinstance(expected, list):
+        return
+    check(STATES[status], as_agent(COMMANDS[name], "zz"), expected)
+
+
+def test_the_tables_cover_every_command_class() -> None:
     declared = {
         obj
         for obj in vars(commands_module).values()
         if isinstance(obj, type) and issubclass(obj, Command) and obj is not Command
     }
     assert {type(c) for c in COMMANDS.values()} == declared
+    assert set(REQUESTS) == set(COMMANDS)
+    assert set(EXPECTED_IN_ACTIVE) == set(IN_SESSION)
 
+
+POLICY_ONE = {"id": "one", "effect": "allow", "actions": ["cursor.add"], "resources": ["axis.x"]}
+POLICY_TWO = {
+    "id": "two",
+    "effect": "deny",
+    "actions": ["cursor.*", "metadata.change"],
+    "resources": ["axis.secret.*"],
+    "roles": ["watcher", "viewer"],
+    "conditions": [
+        {"key": "hour", "op": "in", "value": [1, 2]},
+        {"key": "identity.tier", "op": "ne", "value": "gold"},
+        {"key": "resolution", "op": "le", "value": 2.5},
+        {"key": "flag", "op": "eq", "value": None},
+    ],
+}
+ONE = Statement("one", "allow", ("cursor.add",), ("axis.x",))
+TWO = Statement(
+    "two",
+    "deny",
+    ("cursor.*", "metadata.change"),
+    ("axis.secret.*",),
+    roles=("watcher", "viewer"),
+    conditions=(
+        Condition("hour", "in", (1, 2)),
+        Condition("identity.tier", "ne", "gold"),
+        Condition("resolution", "le", 2.5),
+        Condition("flag", "eq", None),
+    ),
+)
+WATCHERS_NARROW = dataclasses.replace(WATCHERS, resources=("axis.x",))
 
 CASES: list[tuple[str, Command, Outcome]] = [
     # agents
@@ -214,7 +333,7 @@ CASES: list[tuple[str, Command, Outcome]] = [
     ),
     (
         "add axes as a list",
-        AddCursor(agent_id="a3", cursor_id="c9", axes=["a_b", "c-d"], start=-1, end=1),  # type: ignore[arg-type]
+        AddCursor(agent_id="a3", cursor_id="c9", axes=wrong(["a_b", "c-d"]), start=-1, end=1),
         [CursorAdded("a3", "c9", ("a_b", "c-d"), -1.0, 1.0)],
     ),
     (
@@ -235,23 +354,83 @@ CASES: list[tuple[str, Command, Outcome]] = [
     ("remove unknown cursor", RemoveCursor(agent_id="a1", cursor_id="c9"), UnknownCursor),
     ("remove another agent's cursor", RemoveCursor(agent_id="a3", cursor_id="c1"), UnknownCursor),
     ("remove as unknown agent", RemoveCursor(agent_id="zz", cursor_id="c1"), UnknownAgent),
-    # metadata, policy, end
+    # metadata, end
     ("metadata remove only", ChangeMetadata(removed=("k",)), [SessionMetadataChanged({}, ("k",))]),
     (
         "metadata scalar values",
         ChangeMetadata(changed={"s": "x", "i": -3, "f": 0.5, "b": False, "z": None}),
         [SessionMetadataChanged({"s": "x", "i": -3, "f": 0.5, "b": False, "z": None}, ())],
     ),
-    ("policy without rules", ChangePolicy(policy_id="p"), [PolicyChanged("p", ())]),
-    (
-        "issued by any valid id",
-        ChangePolicy(policy_id="p", issued_by="x"),
-        [PolicyChanged("p", ())],
-    ),
     (
         "longest valid ids",
         AttachAgent(agent_id="a" * 128, kind="k" * 128),
         [AgentAttached("a" * 128, "k" * 128, "")],
+    ),
+    # identity
+    ("bind minimal identity", BindIdentity(identity_id="ops"), [IdentityBound("ops", "", {})]),
+    (
+        "bind identity with scalar attributes",
+        BindIdentity(identity_id="u-1", attributes={"s": "x", "i": 3, "f": 0.5, "b": True}),
+        [IdentityBound("u-1", "", {"s": "x", "i": 3, "f": 0.5, "b": True})],
+    ),
+    # roles
+    ("grant a second role", GrantRole(agent_id="a1", role="admin"), [RoleGranted("a1", "admin")]),
+    (
+        "grant a role another agent holds",
+        GrantRole(agent_id="a3", role="viewer"),
+        [RoleGranted("a3", "viewer")],
+    ),
+    ("grant a held role", GrantRole(agent_id="a1", role="watcher"), InvalidCommand),
+    ("grant to an unknown agent", GrantRole(agent_id="zz", role="watcher"), UnknownAgent),
+    ("revoke a role not held", RevokeRole(agent_id="a3", role="viewer"), InvalidCommand),
+    ("revoke another agent's role", RevokeRole(agent_id="a1", role="viewer"), InvalidCommand),
+    ("revoke from an unknown agent", RevokeRole(agent_id="zz", role="viewer"), UnknownAgent),
+    ("longest valid role", GrantRole(agent_id="a3", role="r" * 64), [RoleGranted("a3", "r" * 64)]),
+    # policy
+    (
+        "policy add",
+        ChangePolicy(add=[POLICY_ONE]),
+        [PolicyChanged((WATCHERS, ONE), added=("one",))],
+    ),
+    (
+        "policy remove",
+        ChangePolicy(remove=["watchers"]),
+        [PolicyChanged((), removed=("watchers",))],
+    ),
+    (
+        "policy replace with nothing",
+        ChangePolicy(replace=[]),
+        [PolicyChanged((), removed=("watchers",))],
+    ),
+    (
+        "policy replace with the same statement",
+        ChangePolicy(replace=[WATCHERS]),
+        [PolicyChanged((WATCHERS,))],
+    ),
+    (
+        "policy replace a statement under the same id",
+        ChangePolicy(replace=[WATCHERS_NARROW]),
+        [PolicyChanged((WATCHERS_NARROW,), added=("watchers",))],
+    ),
+    (
+        "policy replace, remove and add at once",
+        ChangePolicy(replace=[POLICY_ONE, WATCHERS], remove=["one"], add=[POLICY_TWO]),
+        [PolicyChanged((WATCHERS, TWO), added=("two",))],
+    ),
+    (
+        "policy documents become statements",
+        ChangePolicy(replace=[POLICY_TWO, POLICY_ONE]),
+        [PolicyChanged((TWO, ONE), added=("one", "two"), removed=("watchers",))],
+    ),
+    (
+        "policy remove then re-add an id",
+        ChangePolicy(remove=["watchers"], add=[WATCHERS_NARROW]),
+        [PolicyChanged((WATCHERS_NARROW,), added=("watchers",))],
+    ),
+    (
+        "policy from tuples",
+        ChangePolicy(add=({**POLICY_ONE, "actions": ("cursor.add",)},), remove=()),
+        [PolicyChanged((WATCHERS, ONE), added=("one",))],
     ),
 ]
 
@@ -261,6 +440,16 @@ def test_case_in_active_session(label: str, command: Command, expected: Outcome)
     check(ACTIVE, command, expected)
 
 
+def test_policy_changes_fold_into_versions() -> None:
+    state = apply(ACTIVE, ChangePolicy(add=[POLICY_ONE]), ChangePolicy(remove=["watchers"]))
+    assert state.policy == Policy((ONE,), 3)
+    (event,) = decide(state, ChangePolicy(replace=[WATCHERS, POLICY_TWO]))
+    assert event == PolicyChanged((WATCHERS, TWO), added=("two", "watchers"), removed=("one",))
+    assert isinstance(event, PolicyChanged)
+    assert all(type(s) is Statement for s in event.statements)
+    assert all(type(c) is Condition for s in event.statements for c in s.conditions)
+
+
 def test_end_session_detaches_everyone_in_one_decision() -> None:
     events = decide(ACTIVE, EndSession(reason="over"))
     assert events == EXPECTED_IN_ACTIVE["EndSession"]
@@ -268,6 +457,7 @@ def test_end_session_detaches_everyone_in_one_decision() -> None:
     assert ended.status == "ended"
     assert ended.agents == {}
     assert ended.cursors == {}
+    assert ended.roles == {}
     assert ended.event_count == ACTIVE.event_count + len(events)
     # An empty session ends with just SessionEnded.
     assert decide(apply(NEW, StartSession()), EndSession()) == [SessionEnded("ended")]
@@ -317,8 +507,10 @@ def _bad_id_commands(bad: Any) -> list[tuple[SessionState, Command]]:
         (ACTIVE, RemoveCursor(agent_id=bad, cursor_id="c1")),
         (ACTIVE, RemoveCursor(agent_id="a1", cursor_id=bad)),
         (ACTIVE, DetachAgent(agent_id=bad)),
-        (ACTIVE, ChangePolicy(policy_id=bad)),
-        (ACTIVE, ChangePolicy(policy_id="p", issued_by=bad)),
+        (ACTIVE, BindIdentity(identity_id=bad)),
+        (ACTIVE, GrantRole(agent_id=bad, role="watcher")),
+        (ACTIVE, RevokeRole(agent_id=bad, role="watcher")),
+        (ACTIVE, ChangePolicy(add=[ADMINS_DOC], issued_by=bad)),
         (NEW, StartSession(issued_by=bad)),
     ]
 
@@ -334,9 +526,15 @@ def test_bad_ids_are_invalid_commands(bad: Any) -> None:
         assert type(excinfo.value) is InvalidCommand, command
 
 
-def wrong(value: object) -> Any:
-    """``value``, typed as anything: the commands below are deliberately ill-typed."""
-    return value
+@pytest.mark.parametrize(
+    "bad", ["", "a b", "a.b", "*", "r" * 65, "\u00e9", "a\n", None, 5, ["r"]], ids=repr
+)
+def test_bad_role_names_are_invalid_commands(bad: Any) -> None:
+    for command in (GrantRole(agent_id="a1", role=bad), RevokeRole(agent_id="a1", role=bad)):
+        # Checked before authorization: even an unattached agent hears about the role.
+        for issuer in (None, "a3", "zz"):
+            with pytest.raises(InvalidCommand, match="role"):
+                decide(ACTIVE, as_agent(command, issuer))
 
 
 def _cursor(**overrides: Any) -> list[Command]:
@@ -376,19 +574,25 @@ INVALID: list[tuple[str, list[Command]]] = [
     ("metadata empty key", [StartSession(metadata={"": 1})]),
     ("metadata int key", [StartSession(metadata=wrong({1: 1}))]),
     ("metadata not a map", [StartSession(metadata=wrong([("k", 1)]))]),
+    ("started by an agent", [StartSession(issued_by="a1")]),
     ("changed nested dict", [ChangeMetadata(changed=wrong({"k": {"n": 1}}))]),
     ("changed not a map", [ChangeMetadata(changed=wrong("k"))]),
     ("empty change", [ChangeMetadata()]),
     ("removed is a string", [ChangeMetadata(removed=wrong("k"))]),
     ("removed key not a string", [ChangeMetadata(removed=wrong((1,)))]),
-    ("rules is a string", [ChangePolicy(policy_id="p", rules=wrong("allow"))]),
-    ("rule not a string", [ChangePolicy(policy_id="p", rules=wrong((1,)))]),
-    ("rule too long", [ChangePolicy(policy_id="p", rules=("r" * 1025,))]),
     ("name not a string", [AttachAgent(agent_id="b", name=wrong(1))]),
     ("name too long", [AttachAgent(agent_id="b", name="n" * 1025)]),
     ("detach reason not a string", [DetachAgent(agent_id="a1", reason=wrong(None))]),
     ("end reason too long", [EndSession(reason="r" * 1025)]),
+    ("display name not a string", [BindIdentity(identity_id="ops", display_name=wrong(1))]),
+    ("display name too long", [BindIdentity(identity_id="ops", display_name="n" * 1025)]),
+    ("attributes nested", [BindIdentity(identity_id="ops", attributes=wrong({"k": {"n": 1}}))]),
+    ("attributes not a map", [BindIdentity(identity_id="ops", attributes=wrong(["k"]))]),
+    ("attributes nan", [BindIdentity(identity_id="ops", attributes={"k": math.nan})]),
+    ("context not a map", [AttachAgent(agent_id="b", context=wrong("ctx"))]),
+    ("context a list", [EndSession(context=wrong([("k", 1)]))]),
     ("not a known command", [Command()]),
+    ("not a command", [wrong(object())]),
 ]
 
 
@@ -399,3 +603,554 @@ def test_invalid_commands(label: str, commands: list[Command]) -> None:
         with pytest.raises(InvalidCommand) as excinfo:
             decide(state, command)
         assert type(excinfo.value) is InvalidCommand, command
+
+
+def _statement(**overrides: Any) -> dict[str, Any]:
+    return {**POLICY_ONE, **overrides}
+
+
+def _condition(**overrides: Any) -> dict[str, Any]:
+    return _statement(conditions=[{"key": "hour", "op": "ge", "value": 9, **overrides}])
+
+
+MALFORMED_POLICIES: list[tuple[str, ChangePolicy]] = [
+    ("unknown effect", ChangePolicy(add=[_statement(effect="maybe")])),
+    ("effect in capitals", ChangePolicy(add=[_statement(effect="ALLOW")])),
+    ("missing effect", ChangePolicy(add=[{k: v for k, v in POLICY_ONE.items() if k != "effect"}])),
+    ("empty actions", ChangePolicy(add=[_statement(actions=[])])),
+    (
+        "missing actions",
+        ChangePolicy(add=[{k: v for k, v in POLICY_ONE.items() if k != "actions"}]),
+    ),
+    ("actions a string", ChangePolicy(add=[_statement(actions="cursor.add")])),
+    ("empty resources", ChangePolicy(add=[_statement(resources=[])])),
+    *[
+        (f"bad pattern {pattern!r}", ChangePolicy(add=[_statement(resources=[pattern])]))
+        for pattern in ("", "a..b", "a b", ".a", "a.", "axis.x*", "a>", "x" * 257, 5, None)
+    ],
+    ("bad action pattern", ChangePolicy(add=[_statement(actions=["cursor add"])])),
+    ("missing id", ChangePolicy(add=[{k: v for k, v in POLICY_ONE.items() if k != "id"}])),
+    ("bad id", ChangePolicy(add=[_statement(id="a.b")])),
+    ("unknown field", ChangePolicy(add=[_statement(priority=1)])),
+    ("roles a string", ChangePolicy(add=[_statement(roles="admin")])),
+    ("bad role", ChangePolicy(add=[_statement(roles=["a b"])])),
+    ("conditions a map", ChangePolicy(add=[_statement(conditions={"key": "hour"})])),
+    ("condition not a map", ChangePolicy(add=[_statement(conditions=["hour ge 9"])])),
+    ("unknown operator", ChangePolicy(add=[_condition(op="between")])),
+    ("empty condition key", ChangePolicy(add=[_condition(key="")])),
+    ("unknown condition field", ChangePolicy(add=[_condition(unit="h")])),
+    ("'in' without a list", ChangePolicy(add=[_condition(op="in", value="9")])),
+    ("nested condition value", ChangePolicy(add=[_condition(value={"h": 9})])),
+    ("non-finite condition value", ChangePolicy(add=[_condition(value=math.inf)])),
+    ("statement not a map", ChangePolicy(add=["allow everything"])),
+    (
+        "statement object with unknown effect",
+        ChangePolicy(add=[dataclasses.replace(ONE, effect=wrong("maybe"))]),
+    ),
+    ("statement object with no actions", ChangePolicy(add=[dataclasses.replace(ONE, actions=())])),
+    ("duplicate ids", ChangePolicy(replace=[POLICY_ONE, POLICY_ONE])),
+    ("adding an existing id", ChangePolicy(add=[{**POLICY_ONE, "id": "watchers"}])),
+    ("removing an unknown id", ChangePolicy(remove=["nope"])),
+    ("removing an id the replacement lacks", ChangePolicy(remove=["watchers"], replace=[])),
+    ("remove a string", ChangePolicy(remove=wrong("watchers"))),
+    ("replace a string", ChangePolicy(replace=wrong("allow"))),
+    ("replace a single statement", ChangePolicy(replace=wrong(POLICY_ONE))),
+    ("add None", ChangePolicy(add=wrong(None))),
+    ("no change at all", ChangePolicy()),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "command"), MALFORMED_POLICIES, ids=[c[0] for c in MALFORMED_POLICIES]
+)
+def test_malformed_policy_documents_are_invalid_policy(label: str, command: ChangePolicy) -> None:
+    with pytest.raises(InvalidPolicy) as excinfo:
+        decide(ACTIVE, command)
+    assert type(excinfo.value) is InvalidPolicy
+    assert isinstance(excinfo.value, InvalidCommand)
+    assert str(excinfo.value)
+    # An agent allowed to change the policy gets the same answer.
+    admin = apply(ACTIVE, ChangePolicy(add=[ADMINS_DOC]), GrantRole(agent_id="a3", role="admin"))
+    with pytest.raises(InvalidPolicy):
+        decide(admin, as_agent(command, "a3"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ChangePolicy(remove=wrong([["watchers"]])),
+        ChangePolicy(add=[_statement(effect=["allow"])]),
+        ChangePolicy(add=[_condition(op=["ge"])]),
+    ],
+    ids=["unhashable remove id", "unhashable effect", "unhashable operator"],
+)
+def test_unhashable_policy_values_are_invalid_policy(command: ChangePolicy) -> None:
+    with pytest.raises(InvalidPolicy):
+        decide(ACTIVE, command)
+
+
+# -- authorization ----------------------------------------------------------
+
+
+def _refusal(state: SessionState, command: Command, **kw: Any) -> AccessDenied:
+    """The AccessDenied event of a refused command (and nothing else happened)."""
+    before = state
+    with pytest.raises(AccessRefused) as excinfo:
+        decide_authorized(state, command, **kw)
+    assert state is before and state == before
+    event = excinfo.value.event
+    assert type(event) is AccessDenied
+    assert excinfo.value.sequence == 0  # not stored yet
+    assert event.action in str(excinfo.value)
+    assert event.resource in str(excinfo.value)
+    assert f"version {event.policy_version}" in str(excinfo.value)
+    # The refusal is itself an event for the log.
+    envelope = Envelope(event, SID, "e", command.command_id, command.command_id, AT, "x")
+    assert CODEC.decode(CODEC.encode(envelope)).event == event
+    return event
+
+
+@pytest.mark.parametrize("name", IN_SESSION)
+def test_the_owner_is_always_allowed(name: str) -> None:
+    action, resources = REQUESTS[name]
+    command = COMMANDS[name]
+    assert command.issued_by is None
+    authorization, events = decide_authorized(ACTIVE, command)
+    assert authorization == Authorization(action, resources, (None,) * len(resources), 1)
+    assert events == EXPECTED_IN_ACTIVE[name]
+    # Even a policy that denies everything to everyone does not bind the owner.
+    locked = apply(
+        ACTIVE,
+        ChangePolicy(add=[_statement(id="nothing", effect="deny", actions=["*"], resources=["*"])]),
+    )
+    authorization, _ = decide_authorized(locked, command)
+    assert authorization.statements == (None,) * len(resources)
+    assert authorization.policy_version == 2
+
+
+def test_the_owner_starts_the_session() -> None:
+    authorization, events = decide_authorized(NEW, StartSession())
+    assert authorization == Authorization("session.start", ("session",), (None,), 0)
+    assert events == [SessionStarted(SID, {})]
+
+
+@pytest.mark.parametrize("name", IN_SESSION)
+def test_an_attached_agent_without_a_role_is_refused(name: str) -> None:
+    action, resources = REQUESTS[name]
+    command = as_agent(COMMANDS[name], "a3")
+    assert ACTIVE.roles_of("a3") == ()
+    event = _refusal(ACTIVE, command)
+    assert event == AccessDenied(
+        agent_id="a3",
+        command=name,
+        action=action,
+        resource=resources[0],
+        statement_id=None,
+        reason=event.reason,
+        policy_version=1,
+    )
+    assert "default deny" in event.reason
+    assert action in event.reason and resources[0] in event.reason
+    with pytest.raises(AccessRefused):
+        decide(ACTIVE, command)
+
+
+@pytest.mark.parametrize("name", IN_SESSION)
+def test_an_unattached_agent_is_refused_whatever_the_policy(name: str) -> None:
+    action, resources = REQUESTS[name]
+    open_to_all = apply(
+        ACTIVE,
+        ChangePolicy(replace=[_statement(id="all", actions=["*"], resources=["*"])]),
+    )
+    # Anyone attached may do it ...
+    decide(open_to_all, as_agent(COMMANDS[name], "a3"))
+    # ... but an agent that is not attached may not.
+    event = _refusal(open_to_all, as_agent(COMMANDS[name], "zz"))
+    assert event == AccessDenied("zz", name, action, resources[0], None, event.reason, 2)
+    assert "not attached" in event.reason
+
+
+@pytest.mark.parametrize("name", IN_SESSION)
+def test_a_statement_for_the_agents_role_lets_exactly_that_command_through(name: str) -> None:
+    action, resources = request_of(
+        as_agent(COMMANDS[name], "a3")
+    )  # + agent.<owner> for others' cursors
+    only_this = {
+        "id": "only-this",
+        "effect": "allow",
+        "actions": [action],
+        "resources": list(resources),
+        "roles": ["helper"],
+    }
+    state = apply(ACTIVE, ChangePolicy(add=[only_this]), GrantRole(agent_id="a3", role="helper"))
+    assert state.policy.version == 2
+    command = as_agent(COMMANDS[name], "a3")
+    authorization, events = decide_authorized(state, command)
+    assert authorization == Authorization(action, resources, ("only-this",) * len(resources), 2)
+    # The issuer changes nothing in what the command does.
+    assert events == decide(state, COMMANDS[name])
+    # The same statement for another role, or another action, lets nothing through.
+    for statement in (
+        {**only_this, "roles": ["other"]},
+        {**only_this, "actions": ["other.action"]},
+        {**only_this, "resources": ["other"]},
+    ):
+        other = apply(
+            ACTIVE, ChangePolicy(add=[statement]), GrantRole(agent_id="a3", role="helper")
+        )
+        event = _refusal(other, command)
+        assert (event.statement_id, event.policy_version) == (None, 2)
+        assert (event.action, event.resource) == (action, resources[0])
+
+
+@pytest.mark.parametrize("name", IN_SESSION)
+def test_a_wildcard_admin_role_is_allowed_everything(name: str) -> None:
+    action, resources = request_of(
+        as_agent(COMMANDS[name], "a3")
+    )  # + agent.<owner> for others' cursors
+    state = apply(ACTIVE, ChangePolicy(add=[ADMINS_DOC]), GrantRole(agent_id="a3", role="admin"))
+    authorization, events = decide_authorized(state, as_agent(COMMANDS[name], "a3"))
+    assert authorization == Authorization(action, resources, ("admins",) * len(resources), 2)
+    assert events == decide(state, COMMANDS[name])
+
+
+def test_authorization_names_the_allowing_statement_per_resource() -> None:
+    ocean = {
+        "id": "ocean",
+        "effect": "allow",
+        "actions": ["cursor.add"],
+        "resources": ["axis.ocean.*"],
+        "roles": ["watcher"],
+    }
+    wind = {**ocean, "id": "wind", "actions": ["cursor.*"], "resources": ["axis.wind"]}
+    state = apply(ACTIVE, ChangePolicy(replace=[ocean, wind, WATCHERS]))
+    command = AddCursor(
+        agent_id="a1",
+        cursor_id="c7",
+        axes=("ocean.temp", "wind", "ocean.salt.deep", "x"),
+        start=0,
+        end=1,
+        issued_by="a1",
+    )
+    authorization, events = decide_authorized(state, command)
+    assert authorization == Authorization(
+        "cursor.add",
+        ("axis.ocean.temp", "axis.wind", "axis.ocean.salt.deep", "axis.x"),
+        ("ocean", "wind", "ocean", "watchers"),  # the first allow, in policy order
+        2,
+    )
+    assert events == [
+        CursorAdded("a1", "c7", ("ocean.temp", "wind", "ocean.salt.deep", "x"), 0.0, 1.0)
+    ]
+    metadata = {
+        "id": "meta",
+        "effect": "allow",
+        "actions": ["metadata.*"],
+        "resources": ["metadata.*"],
+    }
+    public = {**metadata, "id": "public", "resources": ["metadata.public"]}
+    state = apply(ACTIVE, ChangePolicy(add=[public, metadata]))
+    authorization, _ = decide_authorized(
+        state, ChangeMetadata(changed={"public": 1}, removed=("k",), issued_by="a3")
+    )
+    assert authorization == Authorization(
+        "metadata.change", ("metadata.public", "metadata.k"), ("public", "meta"), 2
+    )
+
+
+SECRET = {
+    "id": "no-secrets",
+    "effect": "deny",
+    "actions": ["cursor.*"],
+    "resources": ["axis.secret"],
+    "roles": ["watcher"],
+}
+
+
+@pytest.mark.parametrize("deny_first", [True, False])
+def test_an_explicit_deny_wins_over_any_allow(deny_first: bool) -> None:
+    everything = _statement(id="everything", actions=["*"], resources=["*"])
+    statements = [SECRET, WATCHERS, everything]
+    if not deny_first:
+        statements.reverse()
+    state = apply(ACTIVE, ChangePolicy(replace=statements))
+    command = AddCursor(
+        agent_id="a1", cursor_id="c7", axes=("x", "secret"), start=0, end=1, issued_by="a1"
+    )
+    event = _refusal(state, command)
+    assert event == AccessDenied(
+        "a1", "AddCursor", "cursor.add", "axis.secret", "no-secrets", event.reason, 2
+    )
+    assert "no-secrets" in event.reason
+    # Another role is not bound by the deny; other axes stay allowed.
+    decide(state, dataclasses.replace(command, issued_by="a3"))
+    decide(state, dataclasses.replace(command, axes=("x", "y")))
+    # A deny naming no role binds every agent.
+    state = apply(state, ChangePolicy(add=[{**SECRET, "id": "nobody", "roles": []}]))
+    event = _refusal(state, dataclasses.replace(command, issued_by="a3"))
+    assert (event.statement_id, event.policy_version) == ("nobody", 3)
+
+
+def test_roles_come_and_go() -> None:
+    command = AddCursor(agent_id="a3", cursor_id="c7", axes=("x",), start=0, end=1, issued_by="a3")
+    _refusal(ACTIVE, command)
+    granted = apply(ACTIVE, GrantRole(agent_id="a3", role="watcher"))
+    authorization, _ = decide_authorized(granted, command)
+    assert authorization.statements == ("watchers",)
+    revoked = apply(granted, RevokeRole(agent_id="a3", role="watcher"))
+    _refusal(revoked, command)
+    # Detaching drops the roles: attached again, the agent starts with none.
+    again = apply(granted, DetachAgent(agent_id="a3"), AttachAgent(agent_id="a3"))
+    assert again.roles_of("a3") == ()
+    _refusal(again, command)
+
+
+def test_an_agent_may_be_allowed_to_grant_roles_but_not_others() -> None:
+    grants = {
+        "id": "grant-watchers",
+        "effect": "allow",
+        "actions": ["role.grant", "role.revoke"],
+        "resources": ["role.watcher"],
+        "roles": ["lead"],
+    }
+    state = apply(ACTIVE, ChangePolicy(add=[grants]), GrantRole(agent_id="a2", role="lead"))
+    authorization, events = decide_authorized(
+        state, GrantRole(agent_id="a3", role="watcher", issued_by="a2")
+    )
+    assert events == [RoleGranted("a3", "watcher")]
+    assert authorization.statements == ("grant-watchers",)
+    event = _refusal(state, GrantRole(agent_id="a3", role="admin", issued_by="a2"))
+    assert (event.action, event.resource) == ("role.grant", "role.admin")
+    # Authorized, but the role is already held: the command itself is invalid.
+    with pytest.raises(InvalidCommand):
+        decide(state, GrantRole(agent_id="a1", role="watcher", issued_by="a2"))
+
+
+def test_shape_is_checked_before_authorization() -> None:
+    bad = [
+        AddCursor(agent_id="a3", cursor_id="c9", axes=(), start=0, end=1),
+        AddCursor(agent_id="a3", cursor_id="c9", axes=("x",), start=2, end=1),
+        MoveCursor(agent_id="a1", cursor_id="c.1", axes=("x",), start=0, end=1),
+        RemoveCursor(agent_id="a 1", cursor_id="c1"),
+        AttachAgent(agent_id="*"),
+        DetachAgent(agent_id=">"),
+        ChangeMetadata(changed=wrong({"k": [1]})),
+        ChangeMetadata(removed=wrong("k")),
+    ]
+    for command in bad:
+        for issuer in ("a3", "zz"):
+            with pytest.raises(InvalidCommand) as excinfo:
+                decide(ACTIVE, as_agent(command, issuer))
+            assert type(excinfo.value) is InvalidCommand, command
+
+
+def test_a_session_is_not_started_by_an_agent() -> None:
+    with pytest.raises(InvalidCommand) as excinfo:
+        decide_authorized(NEW, StartSession(issued_by="a1"))
+    assert type(excinfo.value) is InvalidCommand
+    with pytest.raises(SessionAlreadyStarted):
+        decide(ACTIVE, StartSession(issued_by="a1"))
+
+
+# -- conditions: time, identity, agent and request context -----------------
+
+OFFICE = {
+    "id": "office-hours",
+    "effect": "allow",
+    "actions": ["cursor.add"],
+    "resources": ["axis.*"],
+    "roles": ["day"],
+    "conditions": [
+        {"key": "hour", "op": "ge", "value": 9},
+        {"key": "hour", "op": "lt", "value": 17},
+    ],
+}
+DAY = apply(ACTIVE, ChangePolicy(add=[OFFICE]), GrantRole(agent_id="a3", role="day"))
+ADD = AddCursor(agent_id="a3", cursor_id="c7", axes=("x",), start=0, end=1, issued_by="a3")
+
+
+@pytest.mark.parametrize(
+    ("now", "allowed"),
+    [
+        (AT.replace(hour=9), True),
+        (AT.replace(hour=12, minute=30), True),
+        (AT.replace(hour=16, minute=59, second=59), True),
+        (AT.replace(hour=17), False),
+        (AT.replace(hour=8, minute=59), False),
+        (AT.replace(hour=23), False),
+        (None, False),  # no clock given: the epoch, at midnight
+    ],
+    ids=str,
+)
+def test_hour_conditions_use_now(now: datetime | None, allowed: bool) -> None:
+    if allowed:
+        authorization, _ = decide_authorized(DAY, ADD, now=now)
+        assert authorization.statements == ("office-hours",)
+    else:
+        event = _refusal(DAY, ADD, now=now)
+        assert (event.statement_id, event.resource) == (None, "axis.x")
+    # The owner is not bound by the clock.
+    decide(DAY, as_agent(ADD, None), now=now)
+
+
+def test_weekday_conditions_use_now() -> None:
+    weekdays = {
+        **OFFICE,
+        "id": "weekdays",
+        "conditions": [{"key": "weekday", "op": "le", "value": 5}],
+    }
+    state = apply(ACTIVE, ChangePolicy(add=[weekdays]), GrantRole(agent_id="a3", role="day"))
+    for day in range(7):  # 2024-01-01 is a Monday (ISO weekday 1)
+        now = AT + timedelta(days=day, hours=12)
+        if day < 5:
+            decide(state, ADD, now=now)
+        else:
+            _refusal(state, ADD, now=now)
+
+
+def _with_identity(**attributes: Any) -> SessionState:
+    tiers = {
+        "id": "gold",
+        "effect": "allow",
+        "actions": ["cursor.add"],
+        "resources": ["axis.*"],
+        "conditions": [
+            {"key": "identity.tier", "op": "eq", "value": "gold"},
+            {"key": "identity.id", "op": "eq", "value": "ops"},
+            {"key": "identity.level", "op": "ge", "value": 3},
+        ],
+    }
+    suspended = {
+        "id": "suspended",
+        "effect": "deny",
+        "actions": ["*"],
+        "resources": ["*"],
+        "conditions": [{"key": "identity.suspended", "op": "eq", "value": True}],
+    }
+    return apply(
+        ACTIVE,
+        ChangePolicy(add=[tiers, suspended]),
+        BindIdentity(identity_id="ops", display_name="Ops", attributes=attributes),
+    )
+
+
+def test_identity_attributes_appear_as_identity_keys_in_the_context() -> None:
+    gold = _with_identity(tier="gold", level=3)
+    assert gold.identity == IdentityView(
+        "ops", "Ops", MappingProxyType({"tier": "gold", "level": 3})
+    )
+    authorization, _ = decide_authorized(gold, ADD)
+    assert authorization.statements == ("gold",)
+    for attributes in (
+        {"tier": "silver", "level": 3},
+        {"tier": "gold", "level": 2},
+        {"tier": "gold"},
+    ):
+        _refusal(_with_identity(**attributes), ADD)
+    # Rebinding the identity changes the context.
+    rebound = apply(
+        gold, BindIdentity(identity_id="guest", attributes={"tier": "gold", "level": 9})
+    )
+    _refusal(rebound, ADD)  # identity.id is now "guest"
+    # Without any identity, identity conditions do not hold.
+    no_identity = apply(
+        ACTIVE,
+        ChangePolicy(
+            add=[
+                {
+                    **OFFICE,
+                    "id": "id",
+                    "conditions": [{"key": "identity.id", "op": "ne", "value": "x"}],
+                }
+            ]
+        ),
+        GrantRole(agent_id="a3", role="day"),
+    )
+    _refusal(no_identity, ADD)
+    # An identity attribute can switch on a deny.
+    event = _refusal(_with_identity(tier="gold", level=3, suspended=True), ADD)
+    assert event.statement_id == "suspended"
+
+
+def test_agent_attributes_appear_in_the_context() -> None:
+    clients = {
+        "id": "clients",
+        "effect": "allow",
+        "actions": ["cursor.add"],
+        "resources": ["axis.*"],
+        "conditions": [{"key": "agent.kind", "op": "eq", "value": "client"}],
+    }
+    myself = {
+        "id": "myself",
+        "effect": "allow",
+        "actions": ["cursor.add"],
+        "resources": ["axis.*"],
+        "conditions": [{"key": "agent.id", "op": "in", "value": ["a3"]}],
+    }
+    state = apply(ACTIVE, ChangePolicy(replace=[clients]))
+    decide(state, as_agent(dataclasses.replace(ADD, agent_id="a2"), "a2"))  # a2 is a client
+    _refusal(state, ADD)  # a3 is a bot
+    state = apply(ACTIVE, ChangePolicy(replace=[myself]))
+    decide(state, ADD)
+    _refusal(state, as_agent(dataclasses.replace(ADD, agent_id="a1"), "a1"))
+
+
+def test_command_context_feeds_conditions_but_cannot_override_the_session() -> None:
+    resolution = {
+        "id": "coarse",
+        "effect": "allow",
+        "actions": ["cursor.add"],
+        "resources": ["axis.*"],
+        "conditions": [{"key": "resolution", "op": "le", "value": 3}],
+    }
+    state = apply(ACTIVE, ChangePolicy(replace=[resolution]))
+    decide(state, dataclasses.replace(ADD, context={"resolution": 2}))
+    _refusal(state, dataclasses.replace(ADD, context={"resolution": 5}))
+    _refusal(state, dataclasses.replace(ADD, context={"resolution": "2"}))  # str vs int: no
+    _refusal(state, ADD)
+    # Keys the session sets itself cannot be supplied by the caller.
+    night = AT.replace(hour=22)
+    _refusal(DAY, dataclasses.replace(ADD, context={"hour": 10}), now=night)
+    silver = _with_identity(tier="silver", level=3)
+    for context in ({"identity.tier": "gold"}, {"identity.id": "ops", "identity.tier": "gold"}):
+        _refusal(silver, dataclasses.replace(ADD, context=context))
+    bots = {
+        **resolution,
+        "id": "bots",
+        "conditions": [{"key": "agent.kind", "op": "eq", "value": "client"}],
+    }
+    state = apply(ACTIVE, ChangePolicy(replace=[bots]))
+    _refusal(state, dataclasses.replace(ADD, context={"agent.kind": "client"}))
+    _refusal(state, dataclasses.replace(ADD, context={"agent.id": "a2"}))
+
+
+def test_metadata_keys_are_authorized_whatever_mapping_type_carries_them() -> None:
+    # a3 holds no role; the owner's ChangeMetadata takes any Mapping.
+    command = ChangeMetadata(changed=MappingProxyType({"owner": "a3"}), issued_by="a3")
+    _refusal(ACTIVE, command)
+
+
+def test_moving_another_agents_cursor_needs_the_action_on_that_agent() -> None:
+    bots = {
+        "id": "bots",
+        "effect": "allow",
+        "roles": ["bot"],
+        "actions": ["cursor.*"],
+        "resources": ["axis.*", "cursor.*"],
+    }
+    state = apply(
+        ACTIVE,
+        ChangePolicy(replace=[bots]),
+        AttachAgent(agent_id="b1"),
+        AttachAgent(agent_id="b2"),
+        GrantRole(agent_id="b1", role="bot"),
+        GrantRole(agent_id="b2", role="bot"),
+        AddCursor(agent_id="b1", cursor_id="own", axes=("x",), start=0, end=1, issued_by="b1"),
+    )
+    move = MoveCursor(agent_id="b1", cursor_id="own", axes=("x",), start=1, end=2, issued_by="b2")
+    refused = _refusal(state, move)
+    assert refused.resource == "agent.b1"
+    decide(state, dataclasses.replace(move, issued_by="b1"))
+    overseers = {**bots, "id": "overseers", "resources": ["axis.*", "agent.*"]}
+    allowed = apply(state, ChangePolicy(add=[overseers]))
+    decide(allowed, move)

@@ -50,6 +50,16 @@ def test_readme_python_example_runs(
     assert "probe is up (rehydrated)" in again
 
 
+def test_readme_policy_example_runs(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 2
+    out = run_python(blocks[1], nats_server, journal_config)
+    assert "refused:" in out and "default deny" in out
+    assert "('ocean.temp',)" in out
+
+
 def test_quickstart_example_runs(nats_server: EmbeddedNats, journal_config: JournalConfig) -> None:
     code = (ROOT / "examples" / "quickstart.py").read_text()
     out = run_python(code, nats_server, journal_config)

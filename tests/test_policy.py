@@ -169,7 +169,12 @@ def reference_decision(
 
 
 @settings(max_examples=300)
-@given(st.lists(STATEMENTS, max_size=8), st.lists(ROLES, max_size=3), NAMES, NAMES)
+@given(
+    st.lists(STATEMENTS, max_size=8, unique_by=lambda s: s.id),
+    st.lists(ROLES, max_size=3),
+    NAMES,
+    NAMES,
+)
 def test_decisions_agree_with_the_reference_model(
     statements: list[Statement], roles: list[str], action: str, resource: str
 ) -> None:

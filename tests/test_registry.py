@@ -1,8 +1,10 @@
 """Tests of the event registry: type names, versions and upcaster chains.
 
 Everything here uses private registries, so plantangenet's own events are
-untouched. Old versions are written by hand, with the envelope layout
-documented in :mod:`plantangenet.events.codec`, as an older program would have.
+untouched, except the last tests, which read plantangenet's own
+``PolicyChanged`` v1 through the real codec and its registered upcaster. Old
+versions are written by hand, with the envelope layout documented in
+:mod:`plantangenet.events.codec`, as an older program would have.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plantangenet.errors import DecodeError, InvalidCommand, UnknownEventType, UnknownEventVersion
-from plantangenet.events import Envelope, Event, EventCodec, EventRegistry, event_type
+from plantangenet.events import CODEC as REAL_CODEC
+from plantangenet.events import (
+    EVENTS,
+    Envelope,
+    Event,
+    EventCodec,
+    EventRegistry,
+    PolicyChanged,
+    event_type,
+)
+from plantangenet.policy import Condition, Statement
+from plantangenet.projections.session import fold
 
 AT = datetime(2024, 11, 25, 13, 0, 0, 654321, tzinfo=UTC)
 AT_MICROS = (AT - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
@@ -61,6 +74,8 @@ def stored(type_name: str, version: int, data: dict[str, Any], event_id: str = "
             "c": "c1",
             "r": "r1",
             "at": AT_MICROS,
+            "p": b"",
+            "z": None,
             "d": data,
         },
         use_bin_type=True,
@@ -283,3 +298,95 @@ def test_a_failing_upcaster_is_a_decode_error(upcaster: Any) -> None:
         EventCodec(reg).decode(stored("ThingRenamed", 1, {"thing_id": "t", "name": "x"}))
     assert type(excinfo.value) is DecodeError
     assert str(excinfo.value)
+
+
+# -- plantangenet's own upcaster: PolicyChanged v1 -> v2 ---------------------
+
+POLICY_V1 = {"policy_id": "p1", "rules": ["allow all", "deny nothing"]}
+
+
+def test_policy_changed_v1_is_upcast_to_an_empty_v2_by_the_real_codec() -> None:
+    assert PolicyChanged.version == 2
+    payload = stored("PolicyChanged", 1, POLICY_V1)
+    envelope = REAL_CODEC.decode(payload, sequence=7)
+    assert envelope.event == PolicyChanged(statements=())
+    assert type(envelope.event) is PolicyChanged
+    assert (envelope.event.statements, envelope.event.added, envelope.event.removed) == (
+        (),
+        (),
+        (),
+    )
+    assert envelope.sequence == 7
+    assert envelope.occurred_at == AT
+    assert (envelope.previous_hash, envelope.authorization) == (b"", None)
+    # Read back and written again, it is stored as v2.
+    rewritten = msgpack.unpackb(REAL_CODEC.encode(envelope), raw=False)
+    assert rewritten["v"] == 2
+    assert rewritten["d"] == {"statements": [], "added": [], "removed": []}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [POLICY_V1, {"policy_id": "p2", "rules": []}, {"policy_id": "p3"}, {}],
+    ids=repr,
+)
+def test_policy_changed_v1_payloads_carry_no_statements(data: dict[str, Any]) -> None:
+    # v1 rules were opaque placeholder strings: none of them becomes a statement.
+    assert EVENTS.upcast("PolicyChanged", 1, data) == {
+        "statements": [],
+        "added": [],
+        "removed": [],
+    }
+    assert REAL_CODEC.decode(stored("PolicyChanged", 1, data)).event == PolicyChanged(())
+
+
+def test_policy_changed_v2_is_read_as_is_and_v3_is_refused() -> None:
+    statement = {
+        "id": "watchers",
+        "effect": "allow",
+        "actions": ["cursor.*"],
+        "resources": ["axis.*"],
+        "roles": ["watcher"],
+        "conditions": [{"key": "hour", "op": "lt", "value": 17}],
+    }
+    v2 = REAL_CODEC.decode(
+        stored("PolicyChanged", 2, {"statements": [statement], "added": ["watchers"]})
+    )
+    assert v2.event == PolicyChanged(
+        (
+            Statement(
+                "watchers",
+                "allow",
+                ("cursor.*",),
+                ("axis.*",),
+                ("watcher",),
+                (Condition("hour", "lt", 17),),
+            ),
+        ),
+        added=("watchers",),
+    )
+    # v2 data claiming to be v1 is still upcast (the v1 fields are ignored).
+    assert REAL_CODEC.decode(
+        stored("PolicyChanged", 1, {"statements": [statement]})
+    ).event == PolicyChanged(())
+    with pytest.raises(UnknownEventVersion) as excinfo:
+        REAL_CODEC.decode(stored("PolicyChanged", 3, {"statements": []}))
+    assert "v3" in str(excinfo.value)
+    with pytest.raises(UnknownEventVersion):
+        REAL_CODEC.decode(stored("PolicyChanged", 0, POLICY_V1))
+
+
+def test_a_log_mixing_policy_versions_folds_to_the_latest_policy() -> None:
+    statement = {"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}
+    log = [
+        REAL_CODEC.decode(
+            stored("PolicyChanged", 2, {"statements": [statement]}, "e1"), sequence=1
+        ),
+        REAL_CODEC.decode(stored("PolicyChanged", 1, POLICY_V1, "e2"), sequence=2),
+    ]
+    state = fold("s1", log)
+    assert state.policy.version == 2
+    assert state.policy.statements == ()  # the v1 change left no statements
+    state = fold("s1", log[:1])
+    assert state.policy.version == 1
+    assert [s.id for s in state.policy.statements] == ["all"]

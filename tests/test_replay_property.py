@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 
 from hypothesis import HealthCheck, given, settings
@@ -11,20 +12,40 @@ from hypothesis import strategies as st
 from plantangenet import (
     AddCursor,
     AttachAgent,
+    BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
     CommandRejected,
+    Condition,
     DetachAgent,
     EndSession,
+    GrantRole,
     MoveCursor,
     Plantangenet,
     RemoveCursor,
+    RevokeRole,
     StartSession,
+    Statement,
     fold,
 )
+from plantangenet.projections.audit import Audit
+from plantangenet.verify import verify
 
 AGENTS = st.sampled_from(["a", "b", "c"])
+ROLES = st.sampled_from(["watcher", "admin"])
+STATEMENTS = {
+    "watch": Statement("watch", "allow", ("cursor.*",), ("axis.*", "cursor.*"), ("watcher",)),
+    "admin": Statement("admin", "allow", ("*",), ("*",), ("admin",)),
+    "no-air": Statement("no-air", "deny", ("cursor.*",), ("axis.air.*",)),
+    "gold": Statement(
+        "gold",
+        "allow",
+        ("metadata.change",),
+        ("metadata.*",),
+        conditions=(Condition("identity.tier", "eq", "gold"),),
+    ),
+}
 CURSORS = st.sampled_from(["c1", "c2", "c3", "c4"])
 AXES = st.lists(
     st.sampled_from(["x", "ocean.temp", "ocean.salt", "air.wind"]),
@@ -61,9 +82,24 @@ COMMANDS: st.SearchStrategy[Command] = st.one_of(
         st.lists(st.sampled_from(["k1", "k2"]), max_size=2).map(tuple),
     ),
     st.builds(
-        lambda p: ChangePolicy(policy_id=p, rules=("allow *",)), st.sampled_from(["p1", "p2"])
+        lambda ids, remove: ChangePolicy(
+            add=tuple(STATEMENTS[i] for i in ids), remove=tuple(remove)
+        ),
+        st.lists(st.sampled_from(sorted(STATEMENTS)), max_size=2, unique=True),
+        st.lists(st.sampled_from(sorted(STATEMENTS)), max_size=1),
+    ),
+    st.builds(lambda a, r: GrantRole(agent_id=a, role=r), AGENTS, ROLES),
+    st.builds(lambda a, r: RevokeRole(agent_id=a, role=r), AGENTS, ROLES),
+    st.builds(
+        lambda t: BindIdentity(identity_id="ops", display_name="Ops", attributes={"tier": t}),
+        st.sampled_from(["gold", "silver"]),
     ),
     st.just(EndSession(reason="done")),
+).flatmap(
+    # Any command but the start may be issued on behalf of an agent: policy applies.
+    lambda c: st.sampled_from([None, "a", "b", "c"]).map(
+        lambda who: c if isinstance(c, StartSession) else dataclasses.replace(c, issued_by=who)
+    )
 )
 
 _ids = itertools.count()
@@ -76,6 +112,8 @@ _ids = itertools.count()
 def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: list[Command]) -> None:
     session_id = f"prop-{next(_ids)}"
     session = runtime.session(session_id)
+    live_audit = Audit()
+    session.on_change(live_audit)
     session.start()
     for command in commands:
         with contextlib.suppress(CommandRejected):
@@ -86,6 +124,9 @@ def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: lis
     assert runtime.session(session_id).state == live
     # "State at sequence N" equals folding the first N events.
     history = runtime.history(session_id)
+    # The audit built live equals the audit of the replay, and the chain is intact.
+    assert Audit.of(history).entries == live_audit.entries
+    assert runtime.run(verify(runtime.journal, session_id)).checked == len(history)
     assert len(history) == live.event_count
     for n in sorted({1, len(history) // 2 or 1, len(history)}):
         at = runtime.state_at(session_id, history[n - 1].sequence or 0)

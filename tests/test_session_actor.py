@@ -27,6 +27,8 @@ from plantangenet import (
 )
 from tests.conftest import wait_until
 
+ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources": ["*"]}
+
 
 class Recorder(Agent):
     """Counts hook calls (thread-safe)."""
@@ -87,6 +89,7 @@ def test_commands_emit_events_and_state_follows(runtime: Plantangenet) -> None:
 def test_envelope_carries_ids_and_issuer(runtime: Plantangenet) -> None:
     session = runtime.session("s1")
     session.start()
+    session.change_policy(replace=[ALLOW_ALL])
     session.attach("bot-1")
     command = MoveCursor(agent_id="bot-1", cursor_id="c1", axes=("x",), start=0, end=1)
     with pytest.raises(Exception):  # noqa: B017 - cursor does not exist yet
@@ -100,7 +103,9 @@ def test_envelope_carries_ids_and_issuer(runtime: Plantangenet) -> None:
     assert stored.correlation_id == "req-7"
     assert stored.causation_id == result.command_id
     assert stored.occurred_at.tzinfo is not None
-    assert stored.sequence == 3
+    assert stored.sequence == 4
+    assert stored.authorization is not None
+    assert stored.authorization.statements == ("everything",)
 
 
 def test_refused_commands_write_nothing_and_the_actor_keeps_serving(runtime: Plantangenet) -> None:
@@ -341,9 +346,10 @@ def test_agent_can_send_commands_through_its_session(runtime: Plantangenet) -> N
 
     session = runtime.session("s1")
     session.start()
+    session.change_policy(replace=[ALLOW_ALL])
     session.attach("mover", behaviour=Mover())
     session.add_cursor("mover", "c", ["x"], 0, 1)
-    assert done.result(10) == 4
+    assert done.result(10) == 5
     assert session.state.cursors["c"].start == 2
 
 

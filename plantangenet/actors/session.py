@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,8 +32,9 @@ import pykka
 
 from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
 from plantangenet.commands import AttachAgent, Command
-from plantangenet.decide import decide
+from plantangenet.decide import decide_authorized
 from plantangenet.errors import (
+    AccessRefused,
     ActorStopped,
     CodecError,
     CommandRejected,
@@ -42,7 +44,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import Envelope, new_id, utc_now
-from plantangenet.events.session import AgentAttached, AgentDetached
+from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState, concerns
@@ -92,6 +94,8 @@ class _Pending:
     command: Command
     items: list[tuple[Envelope, bytes]]
     replies: list[concurrent.futures.Future[CommandResult]]
+    #: Set when the policy refused the command: its AccessDenied is being stored.
+    refusal: AccessRefused | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,6 +161,10 @@ class SessionActor(pykka.ThreadingActor):
         self._in_flight: list[_Pending] | None = None
         self._needs_catch_up = True
         self._results: OrderedDict[str, list[Envelope]] = OrderedDict()
+        #: SHA-256 of the last stored event (the hash chain's head), and of the
+        #: last decided one.
+        self._last_hash = b""
+        self._speculative_hash = b""
         self._behaviours: dict[str, Agent] = {}
         self.agents: dict[str, pykka.ActorRef[AgentActor]] = {}
         self.hooks: dict[int, OnChange] = {}
@@ -225,17 +233,22 @@ class SessionActor(pykka.ThreadingActor):
                 return
         stored = self._results.get(command_id)
         if stored is not None:
-            _resolve(reply, self._result(command_id, stored, duplicate=True))
+            self._answer(reply, command_id, stored, duplicate=True)
             return
         for pending in [*(self._in_flight or []), *self._queued]:
             if pending.command.command_id == command_id:
                 pending.replies.append(reply)
                 return
+        refusal: AccessRefused | None = None
         try:
-            events = decide(self._speculative, command)
             at = utc_now()
+            try:
+                authorization, events = decide_authorized(self._speculative, command, now=at)
+            except AccessRefused as refused:  # recorded for the audit, then reported
+                refusal, authorization, events = refused, None, [refused.event]
             correlation = command.correlation_id or command_id
             items = []
+            previous = self._speculative_hash
             for event in events:
                 envelope = Envelope(
                     event=event,
@@ -245,8 +258,13 @@ class SessionActor(pykka.ThreadingActor):
                     correlation_id=correlation,
                     occurred_at=at,
                     agent_id=command.issued_by,
+                    previous_hash=previous,
+                    authorization=authorization,
                 )
-                items.append((envelope, self.codec.encode(envelope)))
+                authorization = None  # recorded once, on the command's first event
+                payload = self.codec.encode(envelope)
+                previous = hashlib.sha256(payload).digest()
+                items.append((envelope, payload))
             if len(items) > self.max_batch:
                 raise InvalidCommand(
                     f"{type(command).__name__} would write {len(items)} events; "
@@ -258,13 +276,14 @@ class SessionActor(pykka.ThreadingActor):
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields
             _fail(reply, InvalidCommand(f"{type(command).__name__}: {exc}"))
             return
+        self._speculative_hash = previous
         if isinstance(command, AttachAgent) and behaviour is not None:
             self._behaviours[command.agent_id] = behaviour
         speculative = self._speculative
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        self._queued.append(_Pending(command, items, [reply]))
+        self._queued.append(_Pending(command, items, [reply], refusal))
         self._flush()
 
     def _flush(self) -> None:
@@ -301,7 +320,7 @@ class SessionActor(pykka.ThreadingActor):
                 command_id = pending.command.command_id
                 envelopes = self._results.get(command_id, [])
                 for reply in pending.replies:
-                    _resolve(reply, self._result(command_id, envelopes))
+                    self._answer(reply, command_id, envelopes)
         self._flush()
 
     def _append_failed(self, group: list[_Pending], exc: BaseException) -> None:
@@ -310,6 +329,7 @@ class SessionActor(pykka.ThreadingActor):
         )
         requeue, self._queued = self._queued, []
         self._speculative = self.state
+        self._speculative_hash = self._last_hash
         try:
             self._catch_up()
         except PlantangenetError as catch_up_error:
@@ -319,7 +339,7 @@ class SessionActor(pykka.ThreadingActor):
             envelopes = self._results.get(command_id)
             for reply in pending.replies:
                 if envelopes is not None:  # stored after all (lost ack, retry)
-                    _resolve(reply, self._result(command_id, envelopes, duplicate=True))
+                    self._answer(reply, command_id, envelopes, duplicate=True)
                 else:
                     _fail(reply, error)
         # Queued commands were decided on a state that is gone: decide again.
@@ -335,6 +355,7 @@ class SessionActor(pykka.ThreadingActor):
             replay(self.journal, self.session_id, state=self.state, observe=self._remember)
         )
         self.state = self._speculative = state
+        self._speculative_hash = self._last_hash
         self._needs_catch_up = False
         # Bring the agent actors in line with the log (rehydration, other writers).
         for agent_id in set(state.agents) - set(self.agents):
@@ -344,6 +365,7 @@ class SessionActor(pykka.ThreadingActor):
             retire(self.agents.pop(agent_id), "detached")
 
     def _remember(self, envelope: Envelope) -> None:
+        self._last_hash = envelope.digest
         results = self._results
         envelopes = results.get(envelope.causation_id)
         if envelopes is None:
@@ -405,10 +427,25 @@ class SessionActor(pykka.ThreadingActor):
         """Unregister an on-change callback (unknown keys are ignored)."""
         self.hooks.pop(key, None)
 
-    def _result(
-        self, command_id: str, envelopes: list[Envelope], duplicate: bool = False
-    ) -> CommandResult:
-        return CommandResult(command_id, self.session_id, tuple(envelopes), duplicate)
+    def _answer(
+        self,
+        reply: concurrent.futures.Future[CommandResult],
+        command_id: str,
+        envelopes: list[Envelope],
+        duplicate: bool = False,
+    ) -> None:
+        """Resolve ``reply`` with the command's stored outcome (its events or its refusal)."""
+        if len(envelopes) == 1 and isinstance(envelopes[0].event, AccessDenied):
+            event = envelopes[0].event
+            refusal = AccessRefused(
+                f"{event.agent_id or 'the owner'} may not {event.action} on {event.resource}: "
+                f"{event.reason} (policy version {event.policy_version})",
+                event=event,
+                sequence=envelopes[0].sequence or 0,
+            )
+            _fail(reply, refusal)
+            return
+        _resolve(reply, CommandResult(command_id, self.session_id, tuple(envelopes), duplicate))
 
 
 def _agent_of(command: Command) -> str:

@@ -2,16 +2,20 @@
 
 from plantangenet.events.base import EVENTS, Event, EventRegistry, Upcaster, event_type
 from plantangenet.events.codec import CODEC, EventCodec
-from plantangenet.events.envelope import Envelope, new_id, utc_now
+from plantangenet.events.envelope import Authorization, Envelope, new_id, utc_now
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     SESSION_EVENTS,
+    AccessDenied,
     AgentAttached,
     AgentDetached,
     CursorAdded,
     CursorMoved,
     CursorRemoved,
+    IdentityBound,
     PolicyChanged,
+    RoleGranted,
+    RoleRevoked,
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
@@ -21,8 +25,10 @@ __all__ = [
     "CODEC",
     "EVENTS",
     "SESSION_EVENTS",
+    "AccessDenied",
     "AgentAttached",
     "AgentDetached",
+    "Authorization",
     "CursorAdded",
     "CursorMoved",
     "CursorRemoved",
@@ -30,8 +36,11 @@ __all__ = [
     "Event",
     "EventCodec",
     "EventRegistry",
+    "IdentityBound",
     "MetadataValue",
     "PolicyChanged",
+    "RoleGranted",
+    "RoleRevoked",
     "SessionEnded",
     "SessionMetadataChanged",
     "SessionStarted",

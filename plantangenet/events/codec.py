@@ -11,6 +11,8 @@ Layout of a stored envelope (a msgpack map with short keys)::
      "c": "...",             # causation id (the command)
      "r": "...",             # correlation id
      "at": 1732540000000000, # occurred at, microseconds since the epoch, UTC
+     "p": b"...",            # SHA-256 of the session's previous event (b"" for the first)
+     "z": {...} | nil,       # the authorization that let the command through
      "d": {...}}             # the event's fields
 
 The stream sequence is not in the payload: the log assigns it, and
@@ -24,6 +26,7 @@ subclasses) with a message naming the field; nothing else escapes.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +40,8 @@ from plantangenet.errors import (
     UnknownEventType,
 )
 from plantangenet.events.base import EVENTS, EventRegistry
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import Authorization, Envelope
+from plantangenet.events.fields import compile_decoder, compile_encoder
 
 #: The envelope layout written by this code.
 ENVELOPE_FORMAT = 1
@@ -45,6 +49,8 @@ ENVELOPE_FORMAT = 1
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_encode_authorization = compile_encoder(Authorization | None)
+_decode_authorization = compile_decoder(Authorization | None)
 #: Stored key -> the name errors use for it.
 _ENVELOPE_FIELDS = {
     "f": "format",
@@ -56,6 +62,8 @@ _ENVELOPE_FIELDS = {
     "c": "causation_id",
     "r": "correlation_id",
     "at": "occurred_at",
+    "p": "previous_hash",
+    "z": "authorization",
     "d": "data",
 }
 _ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
@@ -105,6 +113,9 @@ class EventCodec:
                 raise EncodeError(f"{label}: expected a string", field=label)
         if envelope.agent_id is not None and type(envelope.agent_id) is not str:
             raise EncodeError("agent_id: expected a string or None", field="agent_id")
+        if type(envelope.previous_hash) is not bytes:
+            raise EncodeError("previous_hash: expected bytes", field="previous_hash")
+        authorization = _encode_authorization(envelope.authorization, "authorization")
         try:
             payload: bytes = msgpack.packb(
                 {
@@ -117,6 +128,8 @@ class EventCodec:
                     "c": envelope.causation_id,
                     "r": envelope.correlation_id,
                     "at": _micros(envelope.occurred_at),
+                    "p": envelope.previous_hash,
+                    "z": authorization,
                     "d": data,
                 },
                 use_bin_type=True,
@@ -192,6 +205,10 @@ class EventCodec:
             occurred_at = _EPOCH + timedelta(microseconds=at)
         except OverflowError:
             raise DecodeError("occurred_at: out of range", field="occurred_at") from None
+        previous_hash = raw["p"]
+        if type(previous_hash) is not bytes:
+            raise DecodeError("previous_hash: expected bytes", field="previous_hash")
+        authorization = _decode_authorization(raw["z"], "authorization")
 
         spec = self.registry.spec(type_name)
         if version != spec.version:
@@ -215,6 +232,9 @@ class EventCodec:
             occurred_at=occurred_at,
             agent_id=agent_id,
             sequence=sequence,
+            previous_hash=previous_hash,
+            authorization=authorization,
+            digest=hashlib.sha256(payload).digest(),
         )
 
 

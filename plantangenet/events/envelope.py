@@ -20,6 +20,20 @@ def utc_now() -> datetime:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Authorization:
+    """Why a command was let through: the policy decision per resource.
+
+    ``statements[i]`` is the id of the statement that allowed
+    ``resources[i]`` (``None`` when the session's owner issued the command).
+    """
+
+    action: str
+    resources: tuple[str, ...]
+    statements: tuple[str | None, ...]
+    policy_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Envelope:
     """One event as it travels to and from the log.
 
@@ -28,6 +42,11 @@ class Envelope:
     ``causation_id`` is the id of the command that produced the event;
     ``correlation_id`` ties together everything one original request caused.
     ``sequence`` is the JetStream stream sequence, known once stored.
+    ``previous_hash`` is the SHA-256 of the session's previous stored event
+    (empty for the first): the events of a session form a hash chain.
+    ``authorization`` (on the first event of a command) records the policy
+    decision that let the command through. ``digest`` is the SHA-256 of this
+    envelope's own encoding, known once encoded or read (not compared).
     """
 
     event: Event
@@ -38,12 +57,17 @@ class Envelope:
     occurred_at: datetime
     agent_id: str | None = None
     sequence: int | None = None
+    previous_hash: bytes = b""
+    authorization: Authorization | None = None
+    digest: bytes = dataclasses.field(default=b"", compare=False, repr=False)
 
     @property
     def type_name(self) -> str:
         """The stable type name of the event."""
         return self.event.type_name
 
-    def stored_at(self, sequence: int) -> Envelope:
-        """This envelope with the stream sequence the log gave it."""
-        return dataclasses.replace(self, sequence=sequence)
+    def stored_at(self, sequence: int, digest: bytes | None = None) -> Envelope:
+        """This envelope with the stream sequence the log gave it (and its digest)."""
+        return dataclasses.replace(
+            self, sequence=sequence, digest=self.digest if digest is None else digest
+        )

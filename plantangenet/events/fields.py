@@ -5,12 +5,15 @@ against the field's annotation, and a mismatch raises
 :class:`~plantangenet.errors.DecodeError` naming the field. Converters are
 compiled once per event type, so the replay hot path does no introspection.
 
-Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``None``,
-unions of those (``X | None``), ``tuple[X, ...]``, ``Mapping[str, X]``.
+Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``bytes``,
+``None``, ``Literal[...]`` of strings, unions (``X | None``),
+``tuple[X, ...]``, ``Mapping[str, X]``, and frozen dataclasses of those
+(value objects such as policy statements, stored as maps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 import typing
@@ -147,7 +150,63 @@ def _compile(tp: Any, encode: bool) -> Converter:
             return out if encode else types.MappingProxyType(out)
 
         return convert_mapping
+    if origin is typing.Literal:
+        allowed = frozenset(args)
+        label = " or ".join(repr(a) for a in args)
+
+        def convert_literal(value: Any, path: str) -> Any:
+            if type(value) is not str or value not in allowed:
+                raise error(f"{path}: expected {label}, got {value!r}", field=path)
+            return value
+
+        return convert_literal
+    if tp is bytes:
+
+        def convert_bytes(value: Any, path: str) -> Any:
+            if type(value) is not bytes:
+                raise error(f"{path}: expected bytes, got {_describe(value)}", field=path)
+            return value
+
+        return convert_bytes
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _dataclass_converter(tp, encode, error)
     raise TypeError(f"unsupported event field annotation: {tp!r}")
+
+
+def _dataclass_converter(
+    cls: type, encode: bool, error: type[DecodeError] | type[EncodeError]
+) -> Converter:
+    """Nested value objects (frozen dataclasses) travel as maps of their fields."""
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    names = frozenset(f.name for f in fields)
+    members = tuple((f.name, _compile(hints[f.name], encode)) for f in fields)
+    required = frozenset(
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+
+    def convert(value: Any, path: str) -> Any:
+        if encode:
+            if not isinstance(value, cls):
+                raise error(f"{path}: expected {cls.__name__}, got {_describe(value)}", field=path)
+            return {name: conv(getattr(value, name), f"{path}.{name}") for name, conv in members}
+        if type(value) is not dict:
+            raise error(f"{path}: expected a map, got {_describe(value)}", field=path)
+        unknown = value.keys() - names
+        if unknown:
+            name = sorted(map(str, unknown))[0]
+            raise error(f"{path}: unknown field {name!r}", field=f"{path}.{name}")
+        values = {}
+        for name, conv in members:
+            if name in value:
+                values[name] = conv(value[name], f"{path}.{name}")
+            elif name in required:
+                raise error(f"{path}.{name}: missing", field=f"{path}.{name}")
+        return cls(**values)
+
+    return convert
 
 
 def compile_decoder(tp: Any) -> Converter:

@@ -8,9 +8,11 @@ why and where in the log; these classes carry only what happened.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from plantangenet.events.base import Event, event_type
+from plantangenet.events.base import EVENTS, Event, event_type
 from plantangenet.events.fields import MetadataValue
+from plantangenet.policy import Statement
 
 
 @event_type("SessionStarted", version=1)
@@ -76,17 +78,70 @@ class CursorRemoved(Event):
     cursor_id: str
 
 
-@event_type("PolicyChanged", version=1)
+@event_type("PolicyChanged", version=2)
 class PolicyChanged(Event):
-    """The session's policy was replaced.
+    """The session's policy changed; ``statements`` is the complete new policy.
 
-    Version 1 is a placeholder: a policy id and opaque rule strings. Policy
-    semantics (statements, effects, conditions) arrive with a later version
-    and an upcaster from this one.
+    ``added`` and ``removed`` name the statement ids the change added and
+    removed (a replacement lists both). Each ``PolicyChanged`` increments the
+    policy version. Version 1 was a placeholder (a policy id and opaque rule
+    strings); it is upcast to an empty statement list.
     """
 
-    policy_id: str
-    rules: tuple[str, ...]
+    statements: tuple[Statement, ...]
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+def _policy_changed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 held {"policy_id", "rules"}: opaque placeholder strings with no meaning.
+    return {"statements": [], "added": [], "removed": []}
+
+
+EVENTS.add_upcaster("PolicyChanged", 1, _policy_changed_v1_to_v2)
+
+
+@event_type("IdentityBound", version=1)
+class IdentityBound(Event):
+    """The session's connection was bound to an identity (its trust context)."""
+
+    identity_id: str
+    display_name: str
+    attributes: Mapping[str, MetadataValue]
+
+
+@event_type("RoleGranted", version=1)
+class RoleGranted(Event):
+    """An attached agent was given a role inside the session."""
+
+    agent_id: str
+    role: str
+
+
+@event_type("RoleRevoked", version=1)
+class RoleRevoked(Event):
+    """An agent's role was taken away."""
+
+    agent_id: str
+    role: str
+
+
+@event_type("AccessDenied", version=1)
+class AccessDenied(Event):
+    """The policy refused a command; nothing else was written for it.
+
+    ``agent_id`` is who tried (``None``: the session owner), ``command`` the
+    command's name, ``statement_id`` the deny statement that decided
+    (``None``: no statement allowed it, default deny).
+    """
+
+    agent_id: str | None
+    command: str
+    action: str
+    resource: str
+    statement_id: str | None
+    reason: str
+    policy_version: int
 
 
 @event_type("SessionEnded", version=1)
@@ -105,5 +160,9 @@ SESSION_EVENTS: tuple[type[Event], ...] = (
     CursorMoved,
     CursorRemoved,
     PolicyChanged,
+    IdentityBound,
+    RoleGranted,
+    RoleRevoked,
+    AccessDenied,
     SessionEnded,
 )

@@ -3,7 +3,7 @@
 from plantangenet.projections.session import (
     AgentView,
     CursorView,
-    PolicyView,
+    IdentityView,
     SessionState,
     SessionStatus,
     evolve,
@@ -13,7 +13,7 @@ from plantangenet.projections.session import (
 __all__ = [
     "AgentView",
     "CursorView",
-    "PolicyView",
+    "IdentityView",
     "SessionState",
     "SessionStatus",
     "evolve",

@@ -21,11 +21,15 @@ from plantangenet.events.session import (
     CursorAdded,
     CursorMoved,
     CursorRemoved,
+    IdentityBound,
     PolicyChanged,
+    RoleGranted,
+    RoleRevoked,
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.policy import Policy
 
 SessionStatus = Literal["new", "active", "ended"]
 
@@ -56,12 +60,12 @@ class CursorView:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PolicyView:
-    """The session's current policy (placeholder content until policies land)."""
+class IdentityView:
+    """The identity the session's connection is bound to."""
 
-    policy_id: str
-    rules: tuple[str, ...]
-    version: int  # how many times the policy was set
+    identity_id: str
+    display_name: str
+    attributes: Mapping[str, MetadataValue]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,10 +81,18 @@ class SessionState:
     metadata: Mapping[str, MetadataValue] = dataclasses.field(default_factory=_empty)
     agents: Mapping[str, AgentView] = dataclasses.field(default_factory=_empty)
     cursors: Mapping[str, CursorView] = dataclasses.field(default_factory=_empty)
-    policy: PolicyView | None = None
+    identity: IdentityView | None = None
+    #: Roles granted to attached agents.
+    roles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=_empty)
+    #: The current policy; version 0 (no statements: default deny) until one is set.
+    policy: Policy = dataclasses.field(default_factory=Policy)
     sequence: int = 0
     event_count: int = 0
     end_reason: str | None = None
+
+    def roles_of(self, agent_id: str) -> tuple[str, ...]:
+        """The roles ``agent_id`` holds (empty if none or not attached)."""
+        return self.roles.get(agent_id, ())
 
     def cursors_of(self, agent_id: str) -> tuple[CursorView, ...]:
         """The cursors owned by ``agent_id``, in cursor-id order."""
@@ -122,6 +134,8 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             changes["agents"] = _with(state.agents, agent_id, view)
         case AgentDetached(agent_id=agent_id):
             changes["agents"] = _without(state.agents, agent_id)
+            if agent_id in state.roles:
+                changes["roles"] = _without(state.roles, agent_id)
             owned = [cid for cid, c in state.cursors.items() if c.agent_id == agent_id]
             if owned:
                 cursors = dict(state.cursors)
@@ -137,9 +151,21 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
         case SessionStarted(metadata=metadata):
             changes["status"] = "active"
             changes["metadata"] = MappingProxyType(dict(metadata))
-        case PolicyChanged(policy_id=policy_id, rules=rules):
-            version = state.policy.version + 1 if state.policy else 1
-            changes["policy"] = PolicyView(policy_id, rules, version)
+        case PolicyChanged(statements=statements):
+            changes["policy"] = Policy(statements, state.policy.version + 1)
+        case RoleGranted(agent_id=agent_id, role=role):
+            held = state.roles.get(agent_id, ())
+            if role not in held:
+                changes["roles"] = _with(state.roles, agent_id, (*held, role))
+        case RoleRevoked(agent_id=agent_id, role=role):
+            held = tuple(r for r in state.roles.get(agent_id, ()) if r != role)
+            changes["roles"] = (
+                _with(state.roles, agent_id, held) if held else _without(state.roles, agent_id)
+            )
+        case IdentityBound(identity_id=identity_id, display_name=name, attributes=attributes):
+            changes["identity"] = IdentityView(
+                identity_id, name, MappingProxyType(dict(attributes))
+            )
         case SessionEnded(reason=reason):
             changes["status"] = "ended"
             changes["end_reason"] = reason
