@@ -214,7 +214,10 @@ class Journal:
     async def last_sequence(self, session_id: str) -> int:
         """The stream sequence of the session's last event (0 if it has none)."""
         try:
-            msg = await self.js.get_last_msg(self.config.stream, self.subject(session_id))
+            # A direct get by subject: readable with per-session permissions.
+            msg = await self.js.get_last_msg(
+                self.config.stream, self.subject(session_id), direct=True
+            )
         except nats.js.errors.NotFoundError:
             return 0
         except nats.errors.Error as exc:
@@ -282,15 +285,24 @@ class Journal:
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
     ) -> AsyncIterator[tuple[int, bytes]]:
         subject = self.subject(session_id)
+        # A named consumer is created through $JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>,
+        # so a user allowed to read one session's subject needs no wider permission.
         if from_sequence is None:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            config = ConsumerConfig(name=new_id(), deliver_policy=DeliverPolicy.NEW)
         else:
             config = ConsumerConfig(
+                name=new_id(),
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=max(from_sequence, 1),
             )
         try:
-            sub = await self.js.subscribe(subject, ordered_consumer=True, config=config)
+            sub = await self.js.subscribe(
+                subject,
+                stream=self.config.stream,
+                ordered_consumer=True,
+                config=config,
+                inactive_threshold=30.0,
+            )
         except nats.errors.Error as exc:
             raise JournalError(f"cannot read {session_id}: {exc}") from exc
         try:
