@@ -12,10 +12,11 @@ external server or cluster instead of the embedded one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -27,49 +28,11 @@ from plantangenet.events.envelope import Envelope
 from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
 from plantangenet.projections.audit import Audit
 from plantangenet.projections.session import SessionState
+from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
 from plantangenet.runtime import Plantangenet, default_store_dir
+from plantangenet.service import SessionService
 from plantangenet.verify import verify
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-friendly data (events, views, mappings, tuples, datetimes)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "items"):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def envelope_record(envelope: Envelope) -> dict[str, Any]:
-    """One event as a flat JSON-friendly record."""
-    return {
-        "sequence": envelope.sequence,
-        "type": envelope.type_name,
-        "version": envelope.event.version,
-        "occurred_at": envelope.occurred_at.isoformat(),
-        "session_id": envelope.session_id,
-        "agent_id": envelope.agent_id,
-        "event_id": envelope.event_id,
-        "causation_id": envelope.causation_id,
-        "correlation_id": envelope.correlation_id,
-        "data": plain(envelope.event),
-    }
-
-
-def describe(envelope: Envelope) -> str:
-    """A short human-readable summary of an event's content."""
-    data = plain(envelope.event)
-    parts = []
-    for key, value in data.items():
-        if value in ({}, [], None, ""):
-            continue
-        shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        parts.append(f"{key}={shown}")
-    return " ".join(parts)
+from plantangenet.views import describe, envelope_record, plain
 
 
 def state_summary(state: SessionState) -> dict[str, Any]:
@@ -96,7 +59,11 @@ def _runtime(args: argparse.Namespace) -> Plantangenet:
     return Plantangenet.open(
         nats_url=args.nats_url,
         store_dir=args.store_dir,
-        journal=JournalConfig(stream=args.stream, subject_prefix=args.subject_prefix),
+        journal=JournalConfig(
+            stream=args.stream,
+            subject_prefix=args.subject_prefix,
+            replicas=getattr(args, "replicas", 1),
+        ),
     )
 
 
@@ -379,6 +346,31 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.intact else 1
 
 
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        with _runtime(args) as pg:
+            service = SessionService(
+                pg, idle_timeout=args.idle_timeout, command_prefix=args.command_prefix
+            )
+            pg.run(service.start())
+            out.write(f"plantangenet serve: listening on {pg.url} ({args.command_prefix}.*.*)\n")
+            out.flush()
+            while not stop.wait(0.2):
+                pass
+            out.write("plantangenet serve: shutting down, finishing requests in flight\n")
+            out.flush()
+            pg.run(service.stop())
+            out.write(f"plantangenet serve: stopped after {service.handled} requests\n")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------
 
 
@@ -427,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="ISO time (UTC if no offset)")
     audit.add_argument("--until", help="ISO time (UTC if no offset)")
     audit.set_defaults(run=cmd_audit)
+    serve = sub.add_parser("serve", parents=[common], help="serve sessions to bots over NATS")
+    serve.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a cluster)")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=300.0, help="stop session actors idle this long (s)"
+    )
+    serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
+    serve.set_defaults(run=cmd_serve)
     check = sub.add_parser("verify", parents=[common], help="check a session's hash chain")
     check.add_argument("session_id")
     check.set_defaults(run=cmd_verify)

@@ -237,13 +237,20 @@ class SessionHandle:
         key: int = self._inspect(lambda actor: actor.add_hook(callback))
         return Subscription(self, key)
 
-    def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
+    def query(self, fn: Callable[[SessionActor], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn(actor)`` on the session's thread; the future holds its result.
+
+        Never blocks: use it from an event loop with ``asyncio.wrap_future``.
+        """
         reply: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
             self._actor.tell(Inspect(fn, reply))
         except pykka.ActorDeadError:
-            raise ActorStopped(f"session {self.session_id} is not running") from None
-        return _wait(reply, self.timeout)
+            reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+        return reply
+
+    def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
+        return _wait(self.query(fn), self.timeout)
 
     @property
     def is_running(self) -> bool:

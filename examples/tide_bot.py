@@ -1,0 +1,52 @@
+"""A tide-gauge bot: opens a session over NATS and sweeps its cursor along the tide axis.
+
+Needs a running session service (``plantangenet serve``)::
+
+    NATS_URL=nats://127.0.0.1:4222 .venv/bin/python examples/tide_bot.py harbour
+
+It talks to the session only through NATS: commands are requests, events are
+read from the log. See ``watcher_bot.py`` for the bot that follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from plantangenet.client import BotClient
+
+#: Every attached agent may work cursors over ocean and air axes.
+POLICY = [
+    {
+        "id": "agents-work-cursors",
+        "effect": "allow",
+        "actions": ["cursor.*"],
+        "resources": ["axis.ocean.*", "axis.air.*", "cursor.*"],
+    }
+]
+
+
+async def run(url: str, session_id: str, *, steps: int = 5, pause: float = 0.05) -> None:
+    async with await BotClient.connect(url, agent_id="tide-bot") as bot:
+        state = await bot.open(session_id, {"purpose": "tides"})
+        if state["policy"]["version"] == 0:
+            await bot.change_policy(session_id, replace=POLICY)
+        await bot.attach(session_id, kind="bot", name="Tide gauge bot")
+        await bot.add_cursor(session_id, "tide", ["ocean.tide"], 0, 60)
+        # Wait for the watcher to join, so it sees every sweep live.
+        async for envelope in bot.events(session_id, from_sequence=1):
+            if envelope.type_name == "CursorAdded" and envelope.agent_id == "watcher-bot":
+                break
+        for step in range(1, steps + 1):
+            await asyncio.sleep(pause)
+            reply = await bot.move_cursor(
+                session_id, "tide", ["ocean.tide"], step * 10, step * 10 + 60
+            )
+            print(f"tide-bot: cursor at [{step * 10}, {step * 10 + 60}] (seq {reply['seq']})")
+        await bot.detach(session_id, reason="sweep done")
+        print("tide-bot: done")
+
+
+if __name__ == "__main__":
+    asyncio.run(run(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), sys.argv[1]))

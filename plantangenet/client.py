@@ -1,0 +1,271 @@
+"""The bot client: everything a bot needs to work with sessions, over a NATS connection.
+
+>>> async def bot(url: str) -> None:                                # doctest: +SKIP
+...     async with await BotClient.connect(url, agent_id="tide-bot") as client:
+...         await client.open("harbour", {"purpose": "tides"})
+...         await client.attach("harbour", kind="bot", name="Tide bot")
+...         await client.add_cursor("harbour", "tide", ["ocean.tide"], 0, 60)
+...         async for envelope in client.events("harbour", from_sequence=1):
+...             print(envelope.sequence, envelope.type_name)
+
+Commands are requests (see :mod:`plantangenet.protocol`); a failure reply is
+raised as its typed :class:`~plantangenet.errors.PlantangenetError`. A request
+whose reply is lost is retried with the same command id, so it is applied once.
+Events are read straight from the JetStream log with an ordered consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from plantangenet.errors import JournalError, SessionAlreadyStarted
+from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.journal import Journal, JournalConfig
+from plantangenet.protocol import (
+    DEFAULT_COMMAND_PREFIX,
+    command_subject,
+    decode_reply,
+    encode_request,
+)
+
+
+class BotClient:
+    """An asyncio client for one bot.
+
+    :param nc: a connected nats-py client.
+    :param agent_id: the agent this bot acts as; commands are issued on its
+        behalf (``issued_by``), so the session's policy applies to them.
+    :param timeout: seconds to wait for each reply.
+    :param retries: how often a request with no reply is sent again (same id).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        agent_id: str | None = None,
+        command_prefix: str = DEFAULT_COMMAND_PREFIX,
+        journal: JournalConfig | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+    ) -> None:
+        self.nc = nc
+        self.agent_id = agent_id
+        self.command_prefix = command_prefix
+        self.journal = Journal(nc, journal or JournalConfig.from_env())
+        self.timeout = timeout
+        self.retries = retries
+        self._owns_connection = False
+
+    @classmethod
+    async def connect(cls, url: str, *, agent_id: str | None = None, **kwargs: Any) -> Self:
+        """Connect to ``url`` (comma-separated for a cluster) and make a client.
+
+        Keyword arguments other than the client's own go to ``nats.connect``
+        (``user``, ``password``, ``inbox_prefix``...).
+        """
+        own = {
+            k: kwargs.pop(k)
+            for k in ("command_prefix", "journal", "timeout", "retries")
+            if k in kwargs
+        }
+        try:
+            nc = await nats.connect(servers=[u.strip() for u in url.split(",")], **kwargs)
+        except (OSError, nats.errors.Error) as exc:
+            raise JournalError(f"cannot connect to NATS at {url}: {exc}") from exc
+        client = cls(nc, agent_id=agent_id, **own)
+        client._owns_connection = True
+        return client
+
+    async def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owns_connection and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- requests -------------------------------------------------------------------
+
+    async def request(
+        self,
+        session_id: str,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        command_id: str | None = None,
+        issued_by: str | None = None,
+        correlation_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send one command (or query) and return the reply map; failures are raised."""
+        command_id = command_id or new_id()
+        payload = encode_request(
+            args or {},
+            command_id=command_id,
+            issued_by=issued_by,
+            correlation_id=correlation_id,
+            context=context,
+        )
+        subject = command_subject(session_id, name, self.command_prefix)
+        for attempt in range(self.retries + 1):
+            try:
+                msg = await self.nc.request(subject, payload, timeout=self.timeout)
+            except nats.errors.TimeoutError:
+                if attempt == self.retries:
+                    raise JournalError(
+                        f"no reply to {name} on {session_id} after {attempt + 1} tries"
+                    ) from None
+                continue  # same command id: the service applies it at most once
+            except nats.errors.NoRespondersError:
+                raise JournalError(f"no session service is serving {subject}") from None
+            return decode_reply(msg.data)
+        raise AssertionError("unreachable")
+
+    async def open(
+        self, session_id: str, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Start the session, or join it if it exists; returns its state."""
+        with contextlib.suppress(SessionAlreadyStarted):
+            await self.request(session_id, "start", {"metadata": dict(metadata or {})})
+        return await self.state(session_id)
+
+    async def state(self, session_id: str) -> dict[str, Any]:
+        """The session's current state (plain data)."""
+        reply = await self.request(session_id, "state")
+        state: dict[str, Any] = reply["state"]
+        return state
+
+    async def attach(
+        self,
+        session_id: str,
+        agent_id: str | None = None,
+        *,
+        kind: str = "bot",
+        name: str = "",
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """Attach this bot (or ``agent_id``) to the session."""
+        agent = agent_id or self.agent_id
+        return await self.request(
+            session_id, "attach", {"agent_id": agent, "kind": kind, "name": name}, **kw
+        )
+
+    async def detach(
+        self, session_id: str, agent_id: str | None = None, reason: str = "detached", **kw: Any
+    ) -> dict[str, Any]:
+        """Detach this bot (or ``agent_id``); like :meth:`attach`, sent by the connection."""
+        agent = agent_id or self.agent_id
+        return await self.request(session_id, "detach", {"agent_id": agent, "reason": reason}, **kw)
+
+    async def add_cursor(
+        self,
+        session_id: str,
+        cursor_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """Open a cursor for this bot."""
+        return await self._cursor("add_cursor", session_id, cursor_id, axes, start, end, **kw)
+
+    async def move_cursor(
+        self,
+        session_id: str,
+        cursor_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """Give this bot's cursor a new region."""
+        return await self._cursor("move_cursor", session_id, cursor_id, axes, start, end, **kw)
+
+    async def _cursor(
+        self,
+        name: str,
+        session_id: str,
+        cursor_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        kw.setdefault("issued_by", self.agent_id)
+        args = {
+            "agent_id": self.agent_id,
+            "cursor_id": cursor_id,
+            "axes": list(axes),
+            "start": start,
+            "end": end,
+        }
+        return await self.request(session_id, name, args, **kw)
+
+    async def remove_cursor(self, session_id: str, cursor_id: str, **kw: Any) -> dict[str, Any]:
+        """Close this bot's cursor."""
+        kw.setdefault("issued_by", self.agent_id)
+        args = {"agent_id": self.agent_id, "cursor_id": cursor_id}
+        return await self.request(session_id, "remove_cursor", args, **kw)
+
+    async def change_metadata(
+        self,
+        session_id: str,
+        changed: Mapping[str, Any] | None = None,
+        removed: Sequence[str] = (),
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """Set and/or remove metadata keys (on this bot's behalf)."""
+        kw.setdefault("issued_by", self.agent_id)
+        args = {"changed": dict(changed or {}), "removed": list(removed)}
+        return await self.request(session_id, "change_metadata", args, **kw)
+
+    async def change_policy(
+        self,
+        session_id: str,
+        *,
+        replace: Sequence[Any] | None = None,
+        add: Sequence[Any] = (),
+        remove: Sequence[str] = (),
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """Change the session's policy (as the owner unless ``issued_by`` is given)."""
+        args: dict[str, Any] = {"add": list(add), "remove": list(remove)}
+        if replace is not None:
+            args["replace"] = list(replace)
+        return await self.request(session_id, "change_policy", args, **kw)
+
+    async def end(self, session_id: str, reason: str = "ended", **kw: Any) -> dict[str, Any]:
+        """End the session."""
+        return await self.request(session_id, "end", {"reason": reason}, **kw)
+
+    # -- events ----------------------------------------------------------------------
+
+    async def events(
+        self, session_id: str, *, from_sequence: int | None = 1
+    ) -> AsyncIterator[Envelope]:
+        """The session's events from ``from_sequence`` (``None``: new ones only), then live.
+
+        Runs until the caller stops iterating.
+        """
+        async for envelope in self.journal.tail(session_id, from_sequence=from_sequence):
+            yield envelope
+
+    async def history(self, session_id: str, **kwargs: Any) -> list[Envelope]:
+        """The session's events so far."""
+        return [e async for e in self.journal.read(session_id, **kwargs)]

@@ -1,0 +1,239 @@
+"""The wire protocol bots use to talk to sessions over NATS (see ``docs/protocol.md``).
+
+Commands are NATS requests on ``<prefix>.cmd.<session_id>.<command>``, with a
+msgpack map payload; the reply is a msgpack map. Events are read from the
+JetStream stream (subject ``<events prefix>.<session_id>``) with ordered
+consumers. This module turns payloads into :class:`~plantangenet.commands.Command`
+objects and outcomes into replies; it never trusts its input: anything
+malformed becomes an ``InvalidCommand`` (or ``DecodeError``) naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from plantangenet import commands as c
+from plantangenet import errors
+from plantangenet.actors.session import CommandResult
+from plantangenet.errors import DecodeError, InvalidCommand, PlantangenetError
+
+#: The protocol version this code speaks.
+PROTOCOL_VERSION = 1
+#: Default prefix of command subjects: ``plantangenet.cmd.<session_id>.<command>``.
+DEFAULT_COMMAND_PREFIX = "plantangenet.cmd"
+#: Largest request payload accepted (bytes).
+MAX_REQUEST_BYTES = 256 * 1024
+
+#: Wire name -> command class. Queries (``state``) are handled by the service.
+COMMANDS: dict[str, type[c.Command]] = {
+    "start": c.StartSession,
+    "change_metadata": c.ChangeMetadata,
+    "attach": c.AttachAgent,
+    "detach": c.DetachAgent,
+    "add_cursor": c.AddCursor,
+    "move_cursor": c.MoveCursor,
+    "remove_cursor": c.RemoveCursor,
+    "change_policy": c.ChangePolicy,
+    "bind_identity": c.BindIdentity,
+    "grant_role": c.GrantRole,
+    "revoke_role": c.RevokeRole,
+    "end": c.EndSession,
+}
+#: Wire names that read instead of write.
+QUERIES = frozenset({"state"})
+_ENVELOPE_KEYS = frozenset({"v", "id", "by", "corr", "ctx", "args"})
+_BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(c.Command))
+
+
+def command_subject(session_id: str, name: str, prefix: str = DEFAULT_COMMAND_PREFIX) -> str:
+    """The subject a command ``name`` for ``session_id`` is sent to."""
+    return f"{prefix}.{session_id}.{name}"
+
+
+def parse_subject(subject: str, prefix: str = DEFAULT_COMMAND_PREFIX) -> tuple[str, str]:
+    """``(session_id, command name)`` from a command subject."""
+    rest = subject[len(prefix) + 1 :] if subject.startswith(prefix + ".") else ""
+    session_id, _, name = rest.partition(".")
+    if not session_id or not name or "." in name:
+        raise InvalidCommand(f"not a command subject: {subject!r}")
+    return session_id, name
+
+
+def encode_request(
+    args: Mapping[str, Any],
+    *,
+    command_id: str,
+    issued_by: str | None = None,
+    correlation_id: str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The payload of a request (used by the bot client)."""
+    payload: bytes = msgpack.packb(
+        {
+            "v": PROTOCOL_VERSION,
+            "id": command_id,
+            "by": issued_by,
+            "corr": correlation_id,
+            "ctx": dict(context or {}),
+            "args": _plain(args),
+        },
+        use_bin_type=True,
+    )
+    return payload
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def decode_request(name: str, payload: bytes) -> c.Command:
+    """The command in a request payload; raises ``InvalidCommand``/``DecodeError``."""
+    if name not in COMMANDS:
+        raise InvalidCommand(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise InvalidCommand(f"request is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    if type(raw) is not dict:
+        raise DecodeError(f"a request is a map, got {type(raw).__name__}")
+    unknown = raw.keys() - _ENVELOPE_KEYS
+    if unknown:
+        raise InvalidCommand(f"unknown request field {sorted(map(str, unknown))[0]!r}")
+    version = raw.get("v")
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise InvalidCommand(
+            f"unsupported protocol version {version!r}; this service speaks {PROTOCOL_VERSION}"
+        )
+    command_id = raw.get("id")
+    if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
+        raise InvalidCommand("id: the command id must be a string of 1-128 characters")
+    issued_by, correlation = raw.get("by"), raw.get("corr")
+    if issued_by is not None and not isinstance(issued_by, str):
+        raise InvalidCommand("by: must be an agent id or nil")
+    if correlation is not None and not isinstance(correlation, str):
+        raise InvalidCommand("corr: must be a string or nil")
+    context = raw.get("ctx") or {}
+    if type(context) is not dict:
+        raise InvalidCommand("ctx: must be a map")
+    args = raw.get("args") or {}
+    if type(args) is not dict:
+        raise InvalidCommand("args: must be a map")
+    cls = COMMANDS[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in args.items():
+        if key not in fields or key in _BASE_FIELDS:
+            raise InvalidCommand(f"args.{key}: {name} has no such field")
+        values[key] = _tuples(value) if _is_sequence(hints[key]) else value
+    for key, f in fields.items():
+        if key in _BASE_FIELDS:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and key not in values:
+            raise InvalidCommand(f"args.{key}: missing (required by {name})")
+    return cls(
+        command_id=command_id,
+        issued_by=issued_by,
+        correlation_id=correlation,
+        context=context,
+        **values,
+    )
+
+
+def _is_sequence(tp: Any) -> bool:
+    text = str(tp)
+    return "tuple" in text or "Sequence" in text
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# -- replies -----------------------------------------------------------------------
+
+
+def ok_reply(result: CommandResult) -> bytes:
+    """The reply to a stored command."""
+    return _pack(
+        {
+            "v": PROTOCOL_VERSION,
+            "ok": True,
+            "id": result.command_id,
+            "first": result.first_sequence,
+            "seq": result.sequence,
+            "events": [e.type_name for e in result.events],
+            "duplicate": result.duplicate,
+        }
+    )
+
+
+def data_reply(data: Mapping[str, Any]) -> bytes:
+    """The reply to a query."""
+    return _pack({"v": PROTOCOL_VERSION, "ok": True, **data})
+
+
+def error_reply(exc: BaseException) -> bytes:
+    """The reply for a failure: a stable code, a message, and the field when known."""
+    if not isinstance(exc, PlantangenetError):
+        exc = PlantangenetError("internal error; see the service log")
+    error: dict[str, Any] = {"code": exc.code, "message": str(exc)}
+    field = getattr(exc, "field", None)
+    if field:
+        error["field"] = field
+    sequence = getattr(exc, "sequence", 0)
+    if sequence:
+        error["seq"] = sequence
+    return _pack({"v": PROTOCOL_VERSION, "ok": False, "error": error})
+
+
+def _pack(value: Any) -> bytes:
+    payload: bytes = msgpack.packb(_plain(value), use_bin_type=True, default=str)
+    return payload
+
+
+#: Error code -> exception class, for clients turning replies back into errors.
+ERROR_CLASSES: dict[str, type[PlantangenetError]] = {
+    cls.code: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, PlantangenetError)
+}
+
+
+def decode_reply(payload: bytes) -> dict[str, Any]:
+    """A reply as a map; a failure reply is raised as its typed error."""
+    try:
+        reply = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"malformed reply: {exc}") from None
+    if type(reply) is not dict or "ok" not in reply:
+        raise DecodeError("a reply is a map with 'ok'")
+    if not reply["ok"]:
+        raise error_from(reply.get("error"))
+    return reply
+
+
+def error_from(error: object) -> PlantangenetError:
+    """The typed exception for an ``error`` map of a failure reply."""
+    info: dict[str, Any] = error if isinstance(error, dict) else {}
+    code = str(info.get("code", "error"))
+    message = str(info.get("message", "error"))
+    cls = ERROR_CLASSES.get(code, PlantangenetError)
+    failure = cls.__new__(cls)
+    PlantangenetError.__init__(failure, message)
+    failure.code = code
+    vars(failure).update(field=info.get("field"), sequence=info.get("seq", 0))
+    return failure

@@ -1,0 +1,444 @@
+"""The session service and the bot client over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+import nats
+import pytest
+
+from plantangenet import (
+    EmbeddedNats,
+    InvalidCommand,
+    JournalConfig,
+    Plantangenet,
+    SessionAlreadyStarted,
+    UnknownAgent,
+)
+from plantangenet.client import BotClient
+from plantangenet.errors import AccessRefused, DecodeError, PlantangenetError
+from plantangenet.protocol import COMMANDS, command_subject, decode_reply, encode_request
+from plantangenet.service import SessionService
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def service(runtime: Plantangenet) -> Iterator[SessionService]:
+    svc = SessionService(runtime, idle_timeout=300)
+    runtime.run(svc.start())
+    yield svc
+    runtime.run(svc.stop())
+
+
+def with_client(
+    url: str, config: JournalConfig, body: Callable[[BotClient], Awaitable[T]], **kw: Any
+) -> T:
+    async def scenario() -> T:
+        async with await BotClient.connect(url, journal=config, **kw) as client:
+            return await body(client)
+
+    return asyncio.run(scenario())
+
+
+def test_two_example_bots_interact_through_a_session(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+    service: SessionService,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import tide_bot
+    import watcher_bot
+
+    monkeypatch.setenv("PLANTANGENET_STREAM", journal_config.stream)
+    monkeypatch.setenv("PLANTANGENET_SUBJECT_PREFIX", journal_config.subject_prefix)
+
+    async def both() -> None:
+        await asyncio.wait_for(
+            asyncio.gather(
+                tide_bot.run(nats_server.url, "harbour", steps=5),
+                watcher_bot.run(nats_server.url, "harbour"),
+            ),
+            timeout=60,
+        )
+
+    asyncio.run(both())
+    out = capsys.readouterr().out
+    assert "tide-bot: done" in out and "watcher-bot: done" in out
+    # The session, rehydrated from the log, holds exactly what the bots did.
+    runtime.stop_session("harbour")
+    state = runtime.session("harbour").state
+    assert state == runtime.replay("harbour")
+    assert state.agents == {} and state.cursors == {}
+    history = runtime.history("harbour")
+    moves = [
+        (e.event.agent_id, e.event.start, e.event.end)  # type: ignore[attr-defined]
+        for e in history
+        if e.type_name == "CursorMoved"
+    ]
+    tide = [m for m in moves if m[0] == "tide-bot"]
+    watcher = [m for m in moves if m[0] == "watcher-bot"]
+    assert [m[1:] for m in tide] == [(10.0 * s, 10.0 * s + 60) for s in range(1, 6)]
+    # The watcher looked just ahead of every tide position, in order.
+    assert [m[1:] for m in watcher] == [(end, end + 10) for _, _, end in tide]
+    assert all(
+        e.agent_id == "watcher-bot"
+        for e in history
+        if e.type_name == "CursorMoved" and e.event.agent_id == "watcher-bot"
+    )  # type: ignore[attr-defined]
+    detached = [e.event.agent_id for e in history if e.type_name == "AgentDetached"]  # type: ignore[attr-defined]
+    assert detached == ["tide-bot", "watcher-bot"]
+
+
+def test_client_commands_state_and_events(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    async def body(bot: BotClient) -> None:
+        state = await bot.open("s1", {"k": "v"})
+        assert state["status"] == "active" and state["metadata"] == {"k": "v"}
+        assert (await bot.open("s1"))["event_count"] == 1  # joining does not start it again
+        with pytest.raises(SessionAlreadyStarted):
+            await bot.request("s1", "start")
+        reply = await bot.attach("s1", kind="bot", name="B")
+        assert reply["seq"] == 2 and reply["events"] == ["AgentAttached"]
+        with pytest.raises(AccessRefused) as refused:  # no policy yet: default deny
+            await bot.add_cursor("s1", "c", ["ocean.x"], 0, 1)
+        assert refused.value.sequence == 3
+        await bot.change_policy(
+            "s1", replace=[{"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}]
+        )
+        await bot.add_cursor("s1", "c", ["ocean.x"], 0, 1)
+        with pytest.raises(UnknownAgent):
+            await bot.detach("s1", "ghost")
+        seen = []
+        async for envelope in bot.events("s1", from_sequence=1):
+            seen.append(envelope.type_name)
+            if len(seen) == 5:
+                break
+        assert seen == [
+            "SessionStarted",
+            "AgentAttached",
+            "AccessDenied",
+            "PolicyChanged",
+            "CursorAdded",
+        ]
+        assert (await bot.state("s1"))["cursors"]["c"]["axes"] == ["ocean.x"]
+
+    with_client(nats_server.url, journal_config, body, agent_id="bot")
+
+
+def raw_request(url: str, subject: str, payload: bytes, timeout: float = 5.0) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        nc = await nats.connect(url)
+        try:
+            msg = await nc.request(subject, payload, timeout=timeout)
+            reply = msgpack.unpackb(msg.data, raw=False)
+            assert isinstance(reply, dict)
+            return reply
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def good(args: dict[str, Any], **kw: Any) -> bytes:
+    return encode_request(args, command_id=os.urandom(8).hex(), **kw)
+
+
+BAD_PAYLOADS: list[tuple[str, bytes, str]] = [
+    ("garbage bytes", b"\xc1\xff\x00 not msgpack", "decode_error"),
+    ("truncated", good({"agent_id": "a"})[:-3], "decode_error"),
+    ("not a map", msgpack.packb([1, 2, 3]), "decode_error"),
+    ("no version", msgpack.packb({"id": "x", "args": {}}), "invalid_command"),
+    ("future version", msgpack.packb({"v": 99, "id": "x", "args": {}}), "invalid_command"),
+    ("no command id", msgpack.packb({"v": 1, "args": {}}), "invalid_command"),
+    ("id wrong type", msgpack.packb({"v": 1, "id": 5, "args": {}}), "invalid_command"),
+    ("args not a map", msgpack.packb({"v": 1, "id": "x", "args": [1]}), "invalid_command"),
+    ("unknown field", msgpack.packb({"v": 1, "id": "x", "args": {}, "x": 1}), "invalid_command"),
+    ("unknown arg", good({"nonsense": 1}), "invalid_command"),
+    ("oversized", good({"reason": "x" * 300_000}), "invalid_command"),
+    ("deep nesting", b"\x81\xa1v" + b"\x91" * 5000 + b"\x01", "decode_error"),
+]
+
+WRONG_TYPES: dict[str, dict[str, Any]] = {
+    "start": {"metadata": [1, 2]},
+    "change_metadata": {"changed": "x"},
+    "attach": {"agent_id": 17},
+    "detach": {"agent_id": ["x"]},
+    "add_cursor": {"agent_id": "a", "cursor_id": "c", "axes": "x", "start": "0", "end": 1},
+    "move_cursor": {"agent_id": "a", "cursor_id": "c", "axes": [1], "start": 0, "end": None},
+    "remove_cursor": {"agent_id": "a", "cursor_id": {"x": 1}},
+    "change_policy": {"replace": [{"id": "s", "effect": "maybe", "actions": [], "resources": []}]},
+    "bind_identity": {"identity_id": 3.5},
+    "grant_role": {"agent_id": "a", "role": "bad role"},
+    "revoke_role": {"agent_id": "a", "role": 1},
+    "end": {"reason": 42},
+}
+
+
+def test_every_malformed_payload_gets_a_typed_error_and_nothing_is_written(
+    nats_server: EmbeddedNats, runtime: Plantangenet, service: SessionService
+) -> None:
+    runtime.session("s1").start()
+    runtime.session("s1").attach("a")
+    runtime.session("s1").add_cursor("a", "c", ["x"], 0, 1)
+    before = runtime.sessions()["s1"]
+    assert set(WRONG_TYPES) == set(COMMANDS)
+    for name in COMMANDS:
+        subject = command_subject("s1", name)
+        for label, payload, code in BAD_PAYLOADS:
+            reply = raw_request(nats_server.url, subject, payload)
+            assert reply["ok"] is False, (name, label)
+            assert reply["error"]["code"] == code, (name, label, reply)
+            assert reply["error"]["message"]
+        reply = raw_request(nats_server.url, subject, good(WRONG_TYPES[name]))
+        assert reply["ok"] is False and reply["error"]["code"] in (
+            "invalid_command",
+            "invalid_policy",
+            "session_already_started",
+        ), (name, reply)
+        if name not in ("start",):
+            missing = raw_request(nats_server.url, subject, good({}))
+            if not missing["ok"]:
+                assert missing["error"]["code"].startswith("invalid"), (name, missing)
+    for subject in ("plantangenet.cmd.s1.no_such_command", "plantangenet.cmd.bad@id.start"):
+        reply = raw_request(nats_server.url, subject, good({}))
+        assert reply["error"]["code"] == "invalid_command"
+    # Only `end` with no args (all defaults) went through: it detached `a` and ended.
+    history = runtime.history("s1")
+    assert len(history) == before + 3
+    assert [e.type_name for e in history[before:]] == [
+        "CursorRemoved",
+        "AgentDetached",
+        "SessionEnded",
+    ]
+    assert runtime.session("s1").state.status == "ended"
+    assert service.failed > 100
+
+
+def test_service_keeps_serving_others_while_flooded_with_garbage(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    async def scenario() -> list[int]:
+        nc = await nats.connect(nats_server.url)
+        client = BotClient(nc, journal=journal_config)
+        await client.open("good")
+        garbage = [
+            nc.request(command_subject("bad", "attach"), os.urandom(64), timeout=10)
+            for _ in range(300)
+        ]
+        work = [client.attach("good", f"a{i}") for i in range(50)]
+        results = await asyncio.gather(*garbage, *work)
+        codes = {decode_error_code(m.data) for m in results[:300]}
+        assert codes == {"decode_error"}
+        await nc.close()
+        return [r["seq"] for r in results[300:]]
+
+    sequences = asyncio.run(scenario())
+    assert sorted(sequences) == list(range(2, 52))
+
+
+def decode_error_code(data: bytes) -> str:
+    try:
+        decode_reply(data)
+    except PlantangenetError as exc:
+        return exc.code
+    return "ok"
+
+
+def test_retried_command_after_a_lost_reply_is_applied_once(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+    service: SessionService,
+) -> None:
+    runtime.session("s1").start()
+    payload = encode_request({"agent_id": "bot"}, command_id="attach-bot-once")
+
+    async def scenario() -> dict[str, Any]:
+        nc = await nats.connect(nats_server.url)
+        # First try: the reply goes to an inbox nobody listens on (the reply is lost).
+        await nc.publish(command_subject("s1", "attach"), payload, reply="_INBOX.lost.reply")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        msg = await nc.request(command_subject("s1", "attach"), payload, timeout=5)
+        await nc.close()
+        return decode_reply(msg.data)
+
+    reply = asyncio.run(scenario())
+    assert reply["duplicate"] is True and reply["seq"] == 2
+    assert [e.type_name for e in runtime.history("s1")] == ["SessionStarted", "AgentAttached"]
+
+
+def test_idle_sessions_are_stopped_and_come_back_from_the_log(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, runtime: Plantangenet
+) -> None:
+    svc = SessionService(runtime, idle_timeout=0.2)
+    runtime.run(svc.start())
+    try:
+
+        async def first(bot: BotClient) -> None:
+            await bot.open("idle")
+            await bot.attach("idle", "a")
+
+        with_client(nats_server.url, journal_config, first)
+        wait_until(lambda: "idle" not in svc.active_sessions)
+        assert "idle" not in runtime._sessions
+
+        async def again(bot: BotClient) -> dict[str, Any]:
+            return await bot.attach("idle", "b")
+
+        assert with_client(nats_server.url, journal_config, again)["seq"] == 3
+        assert sorted(runtime.session("idle").state.agents) == ["a", "b"]
+    finally:
+        runtime.run(svc.stop())
+
+
+# -- the serve process -------------------------------------------------------------------
+
+
+def serve(url: str, config: JournalConfig) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "plantangenet",
+            "serve",
+            "--nats-url",
+            url,
+            "--stream",
+            config.stream,
+            "--subject-prefix",
+            config.subject_prefix,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "listening" in line, line + (process.stderr.read() if process.poll() else "")
+    return process
+
+
+def load(
+    url: str, config: JournalConfig, count: int, kill: Callable[[int], None]
+) -> dict[str, str]:
+    """Send ``count`` attach commands, calling ``kill(n)`` after n replies; retry failures."""
+
+    async def scenario() -> dict[str, str]:
+        bot = await BotClient.connect(url, journal=config, timeout=2.0, retries=0)
+        await bot.open("load")
+        acked: dict[str, str] = {}
+        pending = {f"cmd-{n}": f"agent-{n}" for n in range(count)}
+        killed = False
+        deadline = time.monotonic() + 90
+        while pending and time.monotonic() < deadline:
+            command_id, agent = next(iter(pending.items()))
+            try:
+                await bot.attach("load", agent, command_id=command_id)
+                acked[command_id] = agent
+                pending.pop(command_id)
+            except PlantangenetError:
+                await asyncio.sleep(0.1)  # service down: retry the same command id
+            if not killed and len(acked) >= count // 3:
+                killed = True
+                kill(len(acked))
+        await bot.close()
+        return acked
+
+    return asyncio.run(scenario())
+
+
+def test_killed_service_loses_no_acknowledged_command(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    processes = [serve(nats_server.url, journal_config)]
+
+    def kill_and_restart(_: int) -> None:
+        processes[-1].kill()
+        processes[-1].wait()
+        processes.append(serve(nats_server.url, journal_config))
+
+    try:
+        acked = load(nats_server.url, journal_config, 60, kill_and_restart)
+    finally:
+        for p in processes:
+            p.kill()
+            p.wait()
+    assert len(acked) == 60
+    pg = make_runtime()
+    history = pg.history("load")
+    stored = [e.causation_id for e in history if e.type_name == "AgentAttached"]
+    assert sorted(stored) == sorted(acked)  # every acknowledged command, exactly once
+    assert len(pg.replay("load").agents) == 60
+
+
+def test_sigterm_finishes_requests_in_flight(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    process = serve(nats_server.url, journal_config)
+
+    async def scenario() -> list[Any]:
+        bot = await BotClient.connect(nats_server.url, journal=journal_config, retries=0)
+        await bot.open("drain")
+        calls = [bot.attach("drain", f"a{i}") for i in range(200)]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await bot.close()
+        return results
+
+    results = asyncio.run(scenario())
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopped after" in out
+    acked = {r["seq"] for r in results if isinstance(r, dict)}
+    history = make_runtime().history("drain")
+    assert acked <= {e.sequence for e in history}
+    assert len(history) - 1 >= len(acked)
+    # Whatever was not answered was refused (no responders) or timed out, never half-written.
+    assert len({e.event.agent_id for e in history[1:]}) == len(history) - 1  # type: ignore[attr-defined]
+
+
+def test_bad_subject_parts_and_invalid_reply_do_not_crash(
+    nats_server: EmbeddedNats, runtime: Plantangenet, service: SessionService
+) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.publish(command_subject("s1", "start"), b"\x00")  # no reply subject at all
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(scenario())
+    reply = raw_request(nats_server.url, command_subject("s1", "start"), good({}))
+    assert reply["ok"] is True and reply["seq"] == 1
+    with pytest.raises(InvalidCommand):
+        decode_reply(
+            msgpack.packb(
+                {"v": 1, "ok": False, "error": {"code": "invalid_command", "message": "m"}}
+            )
+        )
+    with pytest.raises(DecodeError):
+        decode_reply(b"\xc1")
