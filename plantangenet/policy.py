@@ -116,12 +116,48 @@ class Decision:
     resource: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class Policy:
     """A versioned set of statements. Version 0 is the empty default-deny policy."""
 
     statements: tuple[Statement, ...] = ()
     version: int = 0
+    #: For each role, the statements that can apply to it (its own and the
+    #: role-less ones), in policy order: evaluation skips the rest.
+    _by_role: dict[str, tuple[Statement, ...]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _any_role: tuple[Statement, ...] = dataclasses.field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_role: dict[str, list[Statement]] = {}
+        any_role = []
+        for statement in self.statements:
+            if not statement.roles:
+                any_role.append(statement)
+                for listed in by_role.values():
+                    listed.append(statement)
+                continue
+            for role in dict.fromkeys(statement.roles):
+                if role not in by_role:
+                    by_role[role] = list(any_role)
+                by_role[role].append(statement)
+        object.__setattr__(self, "_by_role", {r: tuple(v) for r, v in by_role.items()})
+        object.__setattr__(self, "_any_role", tuple(any_role))
+
+    def candidates(self, roles: Sequence[str]) -> Sequence[Statement]:
+        """The statements that may apply to an agent holding ``roles``, in policy order."""
+        if len(roles) == 1:
+            return self._by_role.get(roles[0], self._any_role)
+        if not roles:
+            return self._any_role
+        order = {id(s): i for i, s in enumerate(self.statements)}
+        merged = {id(s): s for role in roles for s in self._by_role.get(role, ())}
+        for statement in self._any_role:
+            merged[id(statement)] = statement
+        return sorted(merged.values(), key=lambda s: order[id(s)])
 
     def evaluate(
         self,
@@ -134,7 +170,7 @@ class Policy:
         roles = tuple(roles)
         context = context or {}
         allow: Statement | None = None
-        for statement in self.statements:
+        for statement in self.candidates(roles):
             if not statement.matches(roles, action, resource):
                 continue
             if not all(c.holds(context) for c in statement.conditions):
