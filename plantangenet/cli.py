@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
-from plantangenet.errors import AccessRefused, PlantangenetError, UnknownSession
+from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
 from plantangenet.events.envelope import Envelope
 from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
 from plantangenet.projections.audit import Audit
@@ -371,6 +372,30 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_nats_config(args: argparse.Namespace, out: TextIO) -> int:
+    bots = []
+    for spec in args.bot:
+        user, _, rest = spec.partition(":")
+        password, _, sessions = rest.rpartition(":")
+        if not user or not password or not sessions:
+            raise InvalidCommand(f"--bot expects USER:PASSWORD:SESSION[,SESSION...], got {user}:…")
+        bots.append(BotAccess(user, password, tuple(sessions.split(","))))
+    options: dict[str, Any] = {
+        "service_user": args.service_user,
+        "service_password": args.service_password,
+        "bots": bots,
+        "stream": args.stream,
+        "event_prefix": args.subject_prefix,
+        "command_prefix": args.command_prefix,
+    }
+    if args.out:
+        path = write_config(args.out, **options)
+        out.write(f"wrote {path} ({len(bots)} bots); start: nats-server -c {path} -sd STORE\n")
+    else:
+        out.write(server_config(**options))
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------
 
 
@@ -426,6 +451,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     serve.set_defaults(run=cmd_serve)
+    access = sub.add_parser(
+        "nats-config",
+        help="write nats-server accounts/users: bots may only use their own sessions",
+    )
+    access.add_argument("--service-user", default="plantangenet")
+    access.add_argument(
+        "--service-password",
+        default=os.environ.get("PLANTANGENET_SERVICE_PASSWORD"),
+        required=os.environ.get("PLANTANGENET_SERVICE_PASSWORD") is None,
+        help="(default: $PLANTANGENET_SERVICE_PASSWORD)",
+    )
+    access.add_argument(
+        "--bot",
+        action="append",
+        default=[],
+        metavar="USER:PASSWORD:SESSIONS",
+        help="a bot and the comma-separated sessions it may command and read (repeatable)",
+    )
+    access.add_argument("--stream", default=DEFAULT_STREAM)
+    access.add_argument("--subject-prefix", default=DEFAULT_SUBJECT_PREFIX)
+    access.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
+    access.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
+    access.set_defaults(run=cmd_nats_config)
     check = sub.add_parser("verify", parents=[common], help="check a session's hash chain")
     check.add_argument("session_id")
     check.set_defaults(run=cmd_verify)

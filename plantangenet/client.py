@@ -34,6 +34,7 @@ from plantangenet.protocol import (
     decode_reply,
     encode_request,
 )
+from plantangenet.runtime import redact
 
 
 class BotClient:
@@ -76,10 +77,13 @@ class BotClient:
             for k in ("command_prefix", "journal", "timeout", "retries")
             if k in kwargs
         }
+        if "user" in kwargs and "inbox_prefix" not in kwargs:
+            # Bots may only subscribe to their own inboxes (see plantangenet.access).
+            kwargs["inbox_prefix"] = "_INBOX_" + str(kwargs["user"])
         try:
             nc = await nats.connect(servers=[u.strip() for u in url.split(",")], **kwargs)
         except (OSError, nats.errors.Error) as exc:
-            raise JournalError(f"cannot connect to NATS at {url}: {exc}") from exc
+            raise JournalError(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
         client = cls(nc, agent_id=agent_id, **own)
         client._owns_connection = True
         return client

@@ -26,7 +26,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from plantangenet.errors import ConcurrencyError, DuplicateCommand, JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
@@ -53,6 +53,8 @@ class JournalConfig:
     :param ack_timeout: seconds to wait for the server to acknowledge an append.
     :param idle_timeout: seconds a replay may wait for its next message.
     :param max_bytes: stream size limit (``-1``: unlimited).
+    :param api_timeout: seconds to wait for JetStream API answers (consumer
+        creation, direct gets, stream management).
     :param deny_delete: refuse deleting single messages through the JetStream
         API (tamper resistance; :mod:`plantangenet.verify` detects it anyway).
     """
@@ -65,6 +67,7 @@ class JournalConfig:
     idle_timeout: float = 10.0
     max_bytes: int = -1
     deny_delete: bool = True
+    api_timeout: float = 5.0
 
     @classmethod
     def from_env(cls) -> JournalConfig:
@@ -105,8 +108,8 @@ class Journal:
         self, nc: NATS, config: JournalConfig | None = None, codec: EventCodec = CODEC
     ) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
         self.config = config or JournalConfig()
+        self.js = nc.jetstream(timeout=self.config.api_timeout)
         self.codec = codec
 
     def subject(self, session_id: str) -> str:
@@ -284,44 +287,75 @@ class Journal:
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
     ) -> AsyncIterator[tuple[int, bytes]]:
+        """``(stream sequence, payload)`` in order, with no gap and no duplicate.
+
+        This is an ordered consumer done here rather than by nats-py: a push
+        consumer with flow control, no acks and heartbeats whose consumer
+        sequence is checked on every message. On a gap, a stall, or (for a
+        live tail) a long silence, it is replaced by a fresh consumer starting
+        right after the last delivered event. Each consumer is *named* and
+        filtered, created through ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>``,
+        so a user allowed to read one session's subject needs no wider permission.
+        """
         subject = self.subject(session_id)
-        # A named consumer is created through $JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>,
-        # so a user allowed to read one session's subject needs no wider permission.
-        if from_sequence is None:
-            config = ConsumerConfig(name=new_id(), deliver_policy=DeliverPolicy.NEW)
-        else:
-            config = ConsumerConfig(
-                name=new_id(),
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=max(from_sequence, 1),
-            )
+        next_sequence = (
+            from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
+        )
+        stalls = 0
+        while True:
+            sub = await self._consumer(session_id, subject, max(next_sequence, 1))
+            expected = 1
+            try:
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=self.config.idle_timeout)
+                    except nats.errors.TimeoutError:
+                        break  # stalled, or a quiet tail: start a fresh consumer
+                    sequence, delivered = _sequences(msg.reply)
+                    if delivered != expected:
+                        break  # a message was lost in transit: start again after the last
+                    expected += 1
+                    next_sequence = sequence + 1
+                    stalls = 0
+                    yield sequence, msg.data
+                    if stop_at is not None and sequence >= stop_at:
+                        return
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+            if stop_at is not None:
+                stalls += 1
+                if stalls > 3:
+                    raise JournalError(
+                        f"replay of {session_id} stalled before sequence {stop_at} "
+                        f"(at {next_sequence})"
+                    )
+
+    async def _consumer(self, session_id: str, subject: str, start: int) -> Any:
+        config = ConsumerConfig(
+            name=new_id(),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            max_deliver=1,
+            flow_control=True,
+            idle_heartbeat=5.0,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=30.0,
+        )
         try:
-            sub = await self.js.subscribe(
+            # (nats-py overwrites these two from its own arguments: pass them twice.)
+            return await self.js.subscribe(
                 subject,
                 stream=self.config.stream,
-                ordered_consumer=True,
                 config=config,
-                inactive_threshold=30.0,
+                manual_ack=True,
+                flow_control=True,
+                idle_heartbeat=5.0,
             )
         except nats.errors.Error as exc:
             raise JournalError(f"cannot read {session_id}: {exc}") from exc
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=self.config.idle_timeout)
-                except nats.errors.TimeoutError:
-                    if stop_at is None:
-                        continue
-                    raise JournalError(
-                        f"replay of {session_id} stalled before sequence {stop_at}"
-                    ) from None
-                seq = _stream_sequence(msg.reply)
-                yield seq, msg.data
-                if stop_at is not None and seq >= stop_at:
-                    return
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
     async def sessions(self) -> dict[str, int]:
         """Every session in the log, with its number of events."""
@@ -375,11 +409,13 @@ def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
     return ack
 
 
-def _stream_sequence(reply: str) -> int:
+def _sequences(reply: str) -> tuple[int, int]:
+    """``(stream sequence, consumer sequence)`` from a JetStream message's reply subject."""
     # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
     # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>...
     tokens = reply.split(".")
+    offset = 5 if len(tokens) == 9 else 7
     try:
-        return int(tokens[5] if len(tokens) == 9 else tokens[7])
+        return int(tokens[offset]), int(tokens[offset + 1])
     except (IndexError, ValueError):
         raise JournalError(f"not a JetStream message (reply subject {reply!r})") from None

@@ -11,8 +11,10 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,6 +50,11 @@ def default_store_dir() -> Path:
     return Path(state_home) / "plantangenet" / "nats"
 
 
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@,]+):[^@/,]*@", r"\1:***@", url)
+
+
 def _default_agent(agent_id: str, kind: str) -> Agent:
     return Agent()
 
@@ -64,6 +71,8 @@ class Plantangenet:
         :meth:`JournalConfig.from_env`).
     :param agent_factory: behaviour for agents attached without one, and for
         agents brought back by rehydration: ``factory(agent_id, kind)``.
+    :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
+        ``password``, ``user_credentials``, ``tls``...).
     """
 
     def __init__(
@@ -75,6 +84,7 @@ class Plantangenet:
         codec: EventCodec = CODEC,
         agent_factory: AgentFactory = _default_agent,
         max_batch: int = 256,
+        nats_options: dict[str, Any] | None = None,
     ) -> None:
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -82,6 +92,7 @@ class Plantangenet:
         self.codec = codec
         self.agent_factory = agent_factory
         self.max_batch = max_batch
+        self.nats_options = dict(nats_options or {})
         self.server: EmbeddedNats | None = None
         self.loop = EventLoopThread()
         self._nc: Any = None
@@ -113,16 +124,35 @@ class Plantangenet:
         return self
 
     async def _connect(self, url: str) -> Any:
+        options: dict[str, Any] = {
+            "name": "plantangenet",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            **self.nats_options,
+        }
+        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        user_error_cb = options.pop("error_cb", None)
+
+        async def error_cb(error: BaseException) -> None:
+            # nats-py keeps retrying a refused login; fail fast instead.
+            if "authorization" in str(error).lower() and not refused.done():
+                refused.set_result(error)
+            if user_error_cb is not None:
+                await user_error_cb(error)
+
+        connecting = asyncio.ensure_future(
+            nats.connect(servers=[u.strip() for u in url.split(",")], error_cb=error_cb, **options)
+        )
         try:
-            return await nats.connect(
-                servers=[u.strip() for u in url.split(",")],
-                name="plantangenet",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-            )
+            racing: set[asyncio.Future[Any]] = {connecting, refused}
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():
+                connecting.cancel()
+                raise JournalError(f"NATS at {redact(url)} refused the login: {refused.result()}")
+            return connecting.result()
         except (OSError, nats.errors.Error) as exc:
-            raise JournalError(f"cannot connect to NATS at {url}: {exc}") from exc
+            raise JournalError(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
 
     def close(self) -> None:
         """Stop every session actor, close the connection, stop the embedded server."""
@@ -160,7 +190,7 @@ class Plantangenet:
     @property
     def url(self) -> str:
         """The NATS URL in use."""
-        return self.server.url if self.server is not None else str(self.nats_url)
+        return self.server.url if self.server is not None else redact(str(self.nats_url))
 
     # -- sessions ----------------------------------------------------------------
 

@@ -107,6 +107,10 @@ class SessionService:
     # -- requests --------------------------------------------------------------------
 
     async def _on_message(self, msg: Msg) -> None:
+        if msg.reply.startswith("$"):
+            # Replies go to inboxes; never let a request make us publish to a system subject.
+            log.warning("ignoring request on %s with reply subject %s", msg.subject, msg.reply)
+            return
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
