@@ -112,7 +112,9 @@ class EmbeddedCluster:
             missing and never removed, so a cluster can be stopped and started
             again with its data. If `None`, a temporary directory is created by
             `start()` and removed by `stop()`.
-        size: the number of nodes (at least 1; JetStream needs 3 for R3 streams)
+        size: the number of nodes: at least 2 (nats-server refuses a JetStream
+            cluster without routes; use `EmbeddedNats` for a single server),
+            and at least 3 for R3 streams and for surviving the loss of a node
         name: the cluster name (``--cluster_name``)
         host: the address every port listens on
         startup_timeout: seconds `start()` waits for each node to accept
@@ -122,7 +124,7 @@ class EmbeddedCluster:
             [`find_nats_server_binary()`][plantangenet.embedded.find_nats_server_binary]
 
     Raises:
-        ValueError: if `size` is less than 1.
+        ValueError: if `size` is less than 2.
 
     """
 
@@ -136,8 +138,8 @@ class EmbeddedCluster:
         startup_timeout: float = 30.0,
         binary: str | os.PathLike[str] | None = None,
     ) -> None:
-        if size < 1:
-            msg = f"a cluster needs at least one node, not {size}"
+        if size < 2:
+            msg = f"a JetStream cluster needs at least two nodes, not {size}"
             raise ValueError(msg)
         self._size = size
         self._name = name
@@ -247,10 +249,11 @@ class EmbeddedCluster:
         """Start every node and wait until JetStream has a meta leader.
 
         The nodes are started concurrently. Then each node's ``/jsz`` is
-        polled until every node names the same meta leader in a meta group
-        of `size` peers, and each node's ``/healthz`` answers ``ok``: from
-        then on the cluster accepts JetStream API requests (creating streams
-        and consumers) on any node.
+        polled until every node names the same meta leader in a meta group of
+        `size` peers, and each node's ``/healthz?js-meta-only=true`` answers
+        ``ok``: from then on the cluster accepts JetStream API requests
+        (creating streams and consumers) on any node. Started again on a
+        `base_dir` with data, the nodes take a few seconds longer to agree.
 
         Returns:
             this instance, so that ``cluster = EmbeddedCluster().start()`` works
@@ -349,11 +352,16 @@ class EmbeddedCluster:
             timeout: seconds to wait for a running node's graceful exit
 
         Raises:
-            EmbeddedServerError: if the node does not start, or does not agree
-                on a meta leader within `startup_timeout` seconds.
+            EmbeddedServerError: if the cluster was stopped and its temporary
+                base directory removed, if the node does not start, or if it
+                does not agree on a meta leader within `startup_timeout` seconds.
 
         """
-        self._node(i).restart(timeout)
+        node = self._node(i)
+        if not node.store_dir.is_dir():
+            msg = f"cannot restart node {i}: its store {node.store_dir} was removed by stop()"
+            raise EmbeddedServerError(msg)
+        node.restart(timeout)
         self.wait_for_meta_leader(self._startup_timeout)
 
     # -- Monitoring ------------------------------------------------------------

@@ -111,6 +111,11 @@ def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, 
     return tuple(axes), float(start), float(end)
 
 
+def _region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
+    """The region of a cursor command whose shape :func:`_check_shape` already checked."""
+    return tuple(axes), float(start), float(end)  # type: ignore[arg-type]
+
+
 def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
     if not isinstance(metadata, Mapping):
         raise InvalidCommand(f"{label} must be a map of string keys to scalar values")
@@ -237,11 +242,11 @@ def _decide(state: SessionState, command: Command) -> list[Event]:
             check_id(cursor_id, "cursor_id")
             if cursor_id in state.cursors:
                 raise CursorAlreadyExists(f"cursor {cursor_id!r} already exists")
-            return [CursorAdded(agent_id, cursor_id, *_check_region(axes, start, end))]
+            return [CursorAdded(agent_id, cursor_id, *_region(axes, start, end))]
         case MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)
-            return [CursorMoved(agent_id, cursor_id, *_check_region(axes, start, end))]
+            return [CursorMoved(agent_id, cursor_id, *_region(axes, start, end))]
         case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)

@@ -59,7 +59,7 @@ class Agent:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Stored:
-    envelope: Envelope
+    envelopes: list[Envelope]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,8 +94,9 @@ class AgentActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Stored):
-            self.state = evolve_agent(self.state, message.envelope)
-            self._call("on_event", message.envelope)
+            for envelope in message.envelopes:
+                self.state = evolve_agent(self.state, envelope)
+                self._call("on_event", envelope)
         elif isinstance(message, _Stop):
             self._stop_reason = message.reason
             self.stop()
@@ -106,10 +107,10 @@ class AgentActor(pykka.ThreadingActor):
         return None
 
 
-def notify(agent: pykka.ActorRef[Any], envelope: Envelope) -> None:
-    """Tell an agent actor about a stored event (never blocks, never raises)."""
+def notify(agent: pykka.ActorRef[Any], envelopes: list[Envelope]) -> None:
+    """Tell an agent actor about stored events, in order (never blocks, never raises)."""
     with contextlib.suppress(pykka.ActorDeadError):
-        agent.tell(_Stored(envelope))
+        agent.tell(_Stored(envelopes))
 
 
 def retire(agent: pykka.ActorRef[Any], reason: str) -> None:

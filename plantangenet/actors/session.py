@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -157,8 +157,12 @@ class SessionActor(pykka.ThreadingActor):
         self.state = SessionState(session_id)
         #: ``state`` plus the events decided but not yet acknowledged.
         self._speculative = self.state
-        self._queued: list[_Pending] = []
+        self._queued: deque[_Pending] = deque()
         self._in_flight: list[_Pending] | None = None
+        #: Commands decided but not yet answered, by command id (retries join them).
+        self._pending: dict[str, _Pending] = {}
+        #: Stored envelopes not yet handed to each agent actor (one message per append).
+        self._outbox: dict[str, list[Envelope]] = {}
         self._needs_catch_up = True
         self._results: OrderedDict[str, list[Envelope]] = OrderedDict()
         #: SHA-256 of the last stored event (the hash chain's head), and of the
@@ -235,10 +239,10 @@ class SessionActor(pykka.ThreadingActor):
         if stored is not None:
             self._answer(reply, command_id, stored, duplicate=True)
             return
-        for pending in [*(self._in_flight or []), *self._queued]:
-            if pending.command.command_id == command_id:
-                pending.replies.append(reply)
-                return
+        joined = self._pending.get(command_id)
+        if joined is not None:
+            joined.replies.append(reply)
+            return
         refusal: AccessRefused | None = None
         try:
             at = utc_now()
@@ -283,7 +287,9 @@ class SessionActor(pykka.ThreadingActor):
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        self._queued.append(_Pending(command, items, [reply], refusal))
+        pending = _Pending(command, items, [reply], refusal)
+        self._queued.append(pending)
+        self._pending[command_id] = pending
         self._flush()
 
     def _flush(self) -> None:
@@ -292,7 +298,7 @@ class SessionActor(pykka.ThreadingActor):
         group: list[_Pending] = []
         size = 0
         while self._queued and size + len(self._queued[0].items) <= self.max_batch:
-            pending = self._queued.pop(0)
+            pending = self._queued.popleft()
             group.append(pending)
             size += len(pending.items)
         self._in_flight = group
@@ -309,6 +315,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def _appended(self, outcome: concurrent.futures.Future[AppendResult]) -> None:
         group, self._in_flight = self._in_flight or [], None
+        for pending in group:
+            self._pending.pop(pending.command.command_id, None)
         try:
             result = outcome.result()
         except BaseException as exc:
@@ -316,6 +324,7 @@ class SessionActor(pykka.ThreadingActor):
         else:
             for envelope in result.envelopes:
                 self._stored(envelope)
+            self._deliver()
             for pending in group:
                 command_id = pending.command.command_id
                 envelopes = self._results.get(command_id, [])
@@ -327,7 +336,9 @@ class SessionActor(pykka.ThreadingActor):
         error = (
             exc if isinstance(exc, PlantangenetError) else JournalError(f"append failed: {exc!r}")
         )
-        requeue, self._queued = self._queued, []
+        requeue, self._queued = self._queued, deque()
+        for pending in requeue:
+            self._pending.pop(pending.command.command_id, None)
         self._speculative = self.state
         self._speculative_hash = self._last_hash
         try:
@@ -381,10 +392,12 @@ class SessionActor(pykka.ThreadingActor):
         event = envelope.event
         if isinstance(event, AgentAttached):
             self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
-        for agent_id, agent in self.agents.items():
+        outbox = self._outbox
+        for agent_id in self.agents:
             if concerns(envelope, agent_id) or not hasattr(event, "agent_id"):
-                notify(agent, envelope)
+                outbox.setdefault(agent_id, []).append(envelope)
         if isinstance(event, AgentDetached):
+            self._deliver(event.agent_id)
             leaving = self.agents.pop(event.agent_id, None)
             if leaving is not None:
                 retire(leaving, event.reason)
@@ -396,6 +409,14 @@ class SessionActor(pykka.ThreadingActor):
                 log.exception("session %s: on-change hook %s failed", self.session_id, name)
                 self.hook_failures.append(HookFailure(envelope.sequence or 0, name, repr(exc)))
                 del self.hook_failures[:-1000]
+
+    def _deliver(self, agent_id: str | None = None) -> None:
+        """Hand the agents (or one agent) the envelopes stored for them so far."""
+        for target in [agent_id] if agent_id is not None else list(self._outbox):
+            envelopes = self._outbox.pop(target, None)
+            agent = self.agents.get(target)
+            if envelopes and agent is not None:
+                notify(agent, envelopes)
 
     # -- agents and hooks -------------------------------------------------------
 

@@ -115,7 +115,7 @@ class EventCodec:
             raise EncodeError("agent_id: expected a string or None", field="agent_id")
         if type(envelope.previous_hash) is not bytes:
             raise EncodeError("previous_hash: expected bytes", field="previous_hash")
-        authorization = _encode_authorization(envelope.authorization, "authorization")
+        authorization = _encode_auth(envelope.authorization)
         try:
             payload: bytes = msgpack.packb(
                 {
@@ -171,44 +171,31 @@ class EventCodec:
             raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
         if type(raw) is not dict:
             raise DecodeError(f"expected an envelope map, got {type(raw).__name__}")
-        missing = _ENVELOPE_KEYS - raw.keys()
-        if missing:
-            first = _ENVELOPE_FIELDS[sorted(missing)[0]]
-            raise DecodeError(f"envelope field {first!r} is missing", field=first)
-        extra = raw.keys() - _ENVELOPE_KEYS
-        if extra:
-            raise DecodeError(f"unknown envelope field {sorted(extra)[0]!r}", field="envelope")
-        if raw["f"] != ENVELOPE_FORMAT or type(raw["f"]) is not int:
-            raise DecodeError(f"unsupported envelope format {raw['f']!r}", field="format")
-        type_name, version, data = raw["t"], raw["v"], raw["d"]
-        if type(type_name) is not str:
-            raise DecodeError("type: expected a string", field="type")
-        if type(version) is not int:
-            raise DecodeError("version: expected an integer", field="version")
-        if type(data) is not dict:
-            raise DecodeError("data: expected a map", field="data")
-        for key, label in (
-            ("id", "event_id"),
-            ("s", "session_id"),
-            ("c", "causation_id"),
-            ("r", "correlation_id"),
+        if raw.keys() != _ENVELOPE_KEYS:
+            _check_keys(raw)
+        type_name, version, data, agent_id, at = raw["t"], raw["v"], raw["d"], raw["a"], raw["at"]
+        previous_hash = raw["p"]
+        # One combined test for the common case; _check_values names what is wrong.
+        if not (
+            raw["f"] == ENVELOPE_FORMAT
+            and type(raw["f"]) is int
+            and type(type_name) is str
+            and type(version) is int
+            and type(data) is dict
+            and type(raw["id"]) is str
+            and type(raw["s"]) is str
+            and type(raw["c"]) is str
+            and type(raw["r"]) is str
+            and (agent_id is None or type(agent_id) is str)
+            and type(at) is int
+            and type(previous_hash) is bytes
         ):
-            if type(raw[key]) is not str:
-                raise DecodeError(f"{label}: expected a string", field=label)
-        agent_id = raw["a"]
-        if agent_id is not None and type(agent_id) is not str:
-            raise DecodeError("agent_id: expected a string or nil", field="agent_id")
-        at = raw["at"]
-        if type(at) is not int:
-            raise DecodeError("occurred_at: expected integer microseconds", field="occurred_at")
+            _check_values(raw)
         try:
             occurred_at = _EPOCH + timedelta(microseconds=at)
         except OverflowError:
             raise DecodeError("occurred_at: out of range", field="occurred_at") from None
-        previous_hash = raw["p"]
-        if type(previous_hash) is not bytes:
-            raise DecodeError("previous_hash: expected bytes", field="previous_hash")
-        authorization = _decode_authorization(raw["z"], "authorization")
+        authorization = _authorization(raw["z"])
 
         spec = self.registry.spec(type_name)
         if version != spec.version:
@@ -224,18 +211,107 @@ class EventCodec:
             elif name in spec.required:
                 raise DecodeError(f"{type_name}: field {name!r} is missing", field=name)
         return Envelope(
-            event=spec.cls(**values),
-            session_id=raw["s"],
-            event_id=raw["id"],
-            causation_id=raw["c"],
-            correlation_id=raw["r"],
-            occurred_at=occurred_at,
-            agent_id=agent_id,
-            sequence=sequence,
-            previous_hash=previous_hash,
-            authorization=authorization,
-            digest=hashlib.sha256(payload).digest(),
+            spec.cls(**values),
+            raw["s"],
+            raw["id"],
+            raw["c"],
+            raw["r"],
+            occurred_at,
+            agent_id,
+            sequence,
+            previous_hash,
+            authorization,
+            hashlib.sha256(payload).digest(),
         )
+
+
+def _check_keys(raw: dict[Any, Any]) -> None:
+    missing = _ENVELOPE_KEYS - raw.keys()
+    if missing:
+        first = _ENVELOPE_FIELDS[sorted(missing)[0]]
+        raise DecodeError(f"envelope field {first!r} is missing", field=first)
+    extra = raw.keys() - _ENVELOPE_KEYS
+    raise DecodeError(f"unknown envelope field {sorted(map(str, extra))[0]!r}", field="envelope")
+
+
+def _check_values(raw: dict[str, Any]) -> None:
+    """Raise the :class:`DecodeError` naming the first envelope value of the wrong type."""
+    if raw["f"] != ENVELOPE_FORMAT or type(raw["f"]) is not int:
+        raise DecodeError(f"unsupported envelope format {raw['f']!r}", field="format")
+    if type(raw["t"]) is not str:
+        raise DecodeError("type: expected a string", field="type")
+    if type(raw["v"]) is not int:
+        raise DecodeError("version: expected an integer", field="version")
+    if type(raw["d"]) is not dict:
+        raise DecodeError("data: expected a map", field="data")
+    for key, label in (
+        ("id", "event_id"),
+        ("s", "session_id"),
+        ("c", "causation_id"),
+        ("r", "correlation_id"),
+    ):
+        if type(raw[key]) is not str:
+            raise DecodeError(f"{label}: expected a string", field=label)
+    if raw["a"] is not None and type(raw["a"]) is not str:
+        raise DecodeError("agent_id: expected a string or nil", field="agent_id")
+    if type(raw["at"]) is not int:
+        raise DecodeError("occurred_at: expected integer microseconds", field="occurred_at")
+    raise DecodeError("previous_hash: expected bytes", field="previous_hash")
+
+
+#: Decoded authorizations repeat (same action, resources, statements, version): share them.
+_AUTHORIZATIONS: dict[tuple[Any, ...], Authorization] = {}
+
+
+def _authorization(raw: Any) -> Authorization | None:
+    """Decode the ``z`` field; the common well-formed case is a cache lookup."""
+    if raw is None:
+        return None
+    if type(raw) is dict and len(raw) == 4:
+        action = raw.get("action")
+        resources = raw.get("resources")
+        statements = raw.get("statements")
+        version = raw.get("policy_version")
+        if (
+            type(action) is str
+            and type(resources) is list
+            and type(statements) is list
+            and type(version) is int
+            and all(type(r) is str for r in resources)
+            and all(s is None or type(s) is str for s in statements)
+        ):
+            key = (action, tuple(resources), tuple(statements), version)
+            cached = _AUTHORIZATIONS.get(key)
+            if cached is None:
+                if len(_AUTHORIZATIONS) >= 4096:
+                    _AUTHORIZATIONS.clear()
+                cached = _AUTHORIZATIONS[key] = Authorization(*key)
+            return cached
+    result: Authorization | None = _decode_authorization(raw, "authorization")
+    return result
+
+
+def _encode_auth(authorization: Authorization | None) -> dict[str, Any] | None:
+    if authorization is None:
+        return None
+    a = authorization
+    if (
+        type(a) is Authorization
+        and type(a.action) is str
+        and type(a.resources) is tuple
+        and type(a.statements) is tuple
+        and type(a.policy_version) is int
+        and all(type(r) is str for r in a.resources)
+        and all(s is None or type(s) is str for s in a.statements)
+    ):
+        return {
+            "action": a.action,
+            "resources": list(a.resources),
+            "statements": list(a.statements),
+            "policy_version": a.policy_version,
+        }
+    encoded: dict[str, Any] | None = _encode_authorization(a, "authorization")
+    return encoded
 
 
 #: The codec over plantangenet's own events, with default limits.

@@ -102,9 +102,14 @@ def _scalar_encoder(tp: type) -> Converter:
 
 
 def _union(
-    members: tuple[Converter, ...], error: type[DecodeError] | type[EncodeError], label: str
+    members: tuple[Converter, ...],
+    error: type[DecodeError] | type[EncodeError],
+    label: str,
+    optional: bool,
 ) -> Converter:
     def convert(value: Any, path: str) -> Any:
+        if value is None and optional:
+            return None
         for member in members:
             try:
                 return member(value, path)
@@ -124,13 +129,22 @@ def _compile(tp: Any, encode: bool) -> Converter:
         return _scalar_encoder(scalar) if encode else _scalar_decoder(scalar)
     if origin in (typing.Union, types.UnionType):
         label = " or ".join(getattr(a, "__name__", str(a)) for a in args)
-        return _union(tuple(_compile(a, encode) for a in args), error, label)
+        optional = type(None) in args
+        members = tuple(_compile(a, encode) for a in args if a is not type(None))
+        return _union(members, error, label, optional)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         item = _compile(args[0], encode)
+        exact = args[0] if args[0] in (str, int, bool) else None
 
         def convert_tuple(value: Any, path: str) -> Any:
             if not isinstance(value, list | tuple):
                 raise error(f"{path}: expected a list, got {_describe(value)}", field=path)
+            if (
+                exact is not None
+                and all(type(v) is exact for v in value)
+                and (exact is not str or encode is False)
+            ):
+                return list(value) if encode else tuple(value)  # the common case, checked
             out = tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
             return list(out) if encode else out
 

@@ -171,7 +171,20 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             changes["end_reason"] = reason
         case _:
             pass  # an event type this projection does not follow
-    return dataclasses.replace(state, **changes)  # type: ignore[arg-type]
+    return _changed(state, changes)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
+_set = object.__setattr__
+
+
+def _changed(state: SessionState, changes: dict[str, object]) -> SessionState:
+    """``dataclasses.replace`` without its per-call introspection (the fold's hot path)."""
+    new = object.__new__(SessionState)
+    get = changes.get
+    for name in _FIELDS:
+        _set(new, name, get(name, getattr(state, name)))
+    return new
 
 
 def fold(
