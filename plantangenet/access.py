@@ -12,7 +12,7 @@ bot may only command and read the sessions it is given:
     (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<event prefix>.<session>``),
     direct-get a session's last message
     (``$JS.API.DIRECT.GET.<stream>.<event prefix>.<session>``), and answer
-    the consumers' flow control (``$JS.FC.<stream>.>``).
+    the consumers' flow control (``$JS.FC.<stream>.>``) and acks (``$JS.ACK.<stream>.>``).
 
 Publishing to the event subjects is denied to bots explicitly, and so is
 subscribing to event and command subjects; no bot gets the wider JetStream
@@ -110,6 +110,9 @@ def bot_permissions(
     # Flow control replies of push consumers: $JS.FC.<stream>.<consumer>.<token>.
     # The server asks for it after about 0.8 MB in flight; unanswered, a replay stalls.
     publish.append(f"$JS.FC.{stream}.>")
+    # Acks of the reader's consumers: the journal acks every quarter of its read window
+    # (AckAll) so that a replay keeps a bounded number of events in flight.
+    publish.append(f"$JS.ACK.{stream}.>")
     return {
         "publish": {"allow": publish, "deny": [f"{event_prefix}.>"]},
         "subscribe": {

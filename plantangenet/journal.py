@@ -55,6 +55,8 @@ class JournalConfig:
     :param max_bytes: stream size limit (``-1``: unlimited).
     :param api_timeout: seconds to wait for JetStream API answers (consumer
         creation, direct gets, stream management).
+    :param read_window: events a reader may have delivered but not yet
+        processed; it bounds a replay's memory whatever the session's length.
     :param deny_delete: refuse deleting single messages through the JetStream
         API (tamper resistance; :mod:`plantangenet.verify` detects it anyway).
     """
@@ -68,6 +70,7 @@ class JournalConfig:
     max_bytes: int = -1
     deny_delete: bool = True
     api_timeout: float = 5.0
+    read_window: int = 2048
 
     @classmethod
     def from_env(cls) -> JournalConfig:
@@ -290,7 +293,8 @@ class Journal:
         """``(stream sequence, payload)`` in order, with no gap and no duplicate.
 
         This is an ordered consumer done here rather than by nats-py: a push
-        consumer with flow control, no acks and heartbeats whose consumer
+        consumer with flow control, heartbeats and acks used only as a window,
+        whose consumer
         sequence is checked on every message. On a gap, a stall, or (for a
         live tail) a long silence, it is replaced by a fresh consumer starting
         right after the last delivered event. Each consumer is *named* and
@@ -302,6 +306,7 @@ class Journal:
             from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
         )
         stalls = 0
+        ack_every = max(self.config.read_window // 4, 1)
         while True:
             sub = await self._consumer(session_id, subject, max(next_sequence, 1))
             expected = 1
@@ -314,6 +319,8 @@ class Journal:
                     sequence, delivered = _sequences(msg.reply)
                     if delivered != expected:
                         break  # a message was lost in transit: start again after the last
+                    if delivered % ack_every == 0:
+                        await self.nc.publish(msg.reply, b"")
                     expected += 1
                     next_sequence = sequence + 1
                     stalls = 0
@@ -336,7 +343,11 @@ class Journal:
             name=new_id(),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
+            # Acks are only backpressure: acking every quarter window (AckAll) keeps at
+            # most `read_window` events in flight, so memory does not grow with the replay.
+            ack_policy=AckPolicy.ALL,
+            max_ack_pending=self.config.read_window,
+            ack_wait=300.0,
             max_deliver=1,
             flow_control=True,
             idle_heartbeat=5.0,

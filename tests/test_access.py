@@ -500,6 +500,7 @@ def test_bot_permissions_follow_the_prefixes() -> None:
                 "$JS.API.DIRECT.GET.LOG.ev.s1",
                 "$JS.API.DIRECT.GET.LOG.ev.s2",
                 "$JS.FC.LOG.>",
+                "$JS.ACK.LOG.>",
             ],
             "deny": ["ev.>"],
         },
