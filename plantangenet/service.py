@@ -60,7 +60,7 @@ class SessionService:
         queue: str = QUEUE_GROUP,
         idle_timeout: float = 300.0,
         max_in_flight: int = 1000,
-        conflict_retries: int = 3,
+        conflict_retries: int = 8,
     ) -> None:
         self.runtime = runtime
         self.command_prefix = command_prefix

@@ -442,3 +442,30 @@ def test_bad_subject_parts_and_invalid_reply_do_not_crash(
         )
     with pytest.raises(DecodeError):
         decode_reply(b"\xc1")
+
+
+def test_two_services_share_a_session_and_every_command_lands_once(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    runtimes = [make_runtime(), make_runtime()]
+    services = [SessionService(pg) for pg in runtimes]
+    for pg, svc in zip(runtimes, services, strict=True):
+        pg.run(svc.start())
+    try:
+
+        async def body(bot: BotClient) -> list[dict[str, Any]]:
+            await bot.open("shared")
+            return list(await asyncio.gather(*(bot.attach("shared", f"a{i}") for i in range(120))))
+
+        replies = with_client(nats_server.url, journal_config, body)
+    finally:
+        for pg, svc in zip(runtimes, services, strict=True):
+            pg.run(svc.stop())
+    assert all(s.handled > 0 for s in services)  # the queue group used both
+    history = runtimes[0].history("shared")
+    attached = [e.event.agent_id for e in history if e.type_name == "AgentAttached"]  # type: ignore[attr-defined]
+    assert sorted(attached) == sorted(f"a{i}" for i in range(120))
+    assert sorted(r["seq"] for r in replies) == [e.sequence for e in history[1:]]
+    assert runtimes[1].replay("shared") == runtimes[0].replay("shared")
