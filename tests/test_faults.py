@@ -1,0 +1,126 @@
+"""Faults: the nats-server killed under load, actors that must come back, nothing lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plantangenet import (
+    AttachAgent,
+    EmbeddedNats,
+    JournalConfig,
+    Plantangenet,
+    PlantangenetError,
+)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "store").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("downtime", [0.5, 3.0])
+def test_server_killed_under_load_loses_no_acknowledged_command(
+    own_server: EmbeddedNats, downtime: float
+) -> None:
+    config = JournalConfig(
+        stream="FAULTS",
+        subject_prefix="faults.events",
+        ack_timeout=2.0,
+        idle_timeout=2.0,
+        api_timeout=2.0,
+    )
+    pg = Plantangenet.open(nats_url=own_server.url, journal=config)
+    outcomes: dict[str, str] = {}
+    try:
+        session = pg.session("s1")
+        session.start()
+        stop = threading.Event()
+
+        def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                command = AttachAgent(agent_id=f"a{n}", command_id=f"cmd-{n}")
+                try:
+                    session.execute(command, timeout=15)
+                    outcomes[command.command_id] = "acked"
+                except (PlantangenetError, TimeoutError):
+                    outcomes[command.command_id] = "failed"
+                n += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sum(1 for o in outcomes.values() if o == "acked") < 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        killed = own_server.pid
+        own_server.kill()  # SIGKILL: no flush, no goodbye
+        time.sleep(downtime)  # longer than the ack timeout: appends fail meanwhile
+        own_server.restart()  # same port, same store
+        assert own_server.pid != killed
+        acked_before = sum(1 for o in outcomes.values() if o == "acked")
+        deadline = time.monotonic() + 60
+        # The actor reconnects by itself and serves again.
+        while sum(1 for o in outcomes.values() if o == "acked") < acked_before + 50:
+            assert time.monotonic() < deadline, "the session did not serve again"
+            time.sleep(0.05)
+        stop.set()
+        thread.join(30)
+        history = pg.history("s1")
+    finally:
+        pg.close()
+    stored = [e.causation_id for e in history if e.type_name == "AgentAttached"]
+    assert len(stored) == len(set(stored)), "a command was stored twice"
+    acked = {c for c, o in outcomes.items() if o == "acked"}
+    assert acked <= set(stored), "an acknowledged command is missing from the log"
+    assert set(stored) <= set(outcomes)  # nothing in the log that nobody sent
+    assert [e.sequence for e in history] == sorted(e.sequence for e in history)
+    # Commands that failed were reported to their caller; if one was stored after all
+    # (its acknowledgement was lost with the server), it is there exactly once.
+    failed = {c for c, o in outcomes.items() if o == "failed"}
+    assert all(stored.count(c) <= 1 for c in failed)
+    if downtime > config.ack_timeout:
+        assert failed, "commands during the outage were reported as failed"
+
+
+def test_tail_follows_a_session_across_a_server_restart(own_server: EmbeddedNats) -> None:
+    config = JournalConfig(
+        stream="TAIL", subject_prefix="tail.events", idle_timeout=1.0, api_timeout=2.0
+    )
+    pg = Plantangenet.open(nats_url=own_server.url, journal=config)
+    try:
+        session = pg.session("s1")
+        session.start()
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for envelope in pg.journal.tail("s1", from_sequence=1):
+                seen.append(envelope.sequence or 0)
+                if len(seen) == 3:
+                    return
+
+        following = pg.loop.submit(follow())
+        session.attach("before")
+        own_server.kill()
+        own_server.restart()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                session.attach(
+                    "after",
+                )
+                break
+            except PlantangenetError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        following.result(timeout=30)
+        assert seen == [1, 2, 3]
+    finally:
+        pg.close()
