@@ -1,0 +1,744 @@
+"""Session service throughput and latency: concurrent BotClients vs raw request/reply.
+
+Library: ONE session service -- a ``plantangenet serve`` subprocess by default
+(``--in-process``: a ``SessionService`` on a ``Plantangenet`` runtime inside
+this process) -- and, for each level of ``--bots`` (default 1, 10, 100), that
+many bots in this process, each a ``BotClient`` with its own NATS connection
+(``retries=0``, so nothing is hidden by a retry). Each bot works on its OWN
+session (``--shared-session``: its own agent and cursor in one shared session)
+that it opened, gave a policy allowing cursor moves, attached itself to and
+added a cursor to (not timed). Then every bot sends ``BotClient.move_cursor``
+requests one after the other, all bots at once, ``--commands`` in all per
+level (split evenly). Reported: commands/s (all replies / wall time) and the
+p50/p99 of the per-request reply latency seen by the bots.
+
+Raw: the same number of bots, each with its own plain nats-py connection,
+sending ``await nc.request(...)`` one after the other with a request payload
+of the same bytes a BotClient sends (encoded once), to a trivial responder: a
+nats-py subprocess that answers every request with its payload (echo). Same
+server, same concurrency, same counts, same run.
+
+Both are measured on one ``nats-server`` (stream replicas 1), then on a three-node
+``EmbeddedCluster`` (``serve --replicas 3``; ``--no-cluster`` skips it), and the
+cluster is reported relative to the one node. Everything shares this machine's
+cores: the servers, the service, the responder and the bots. The CPU time each
+process used during the timed part (from /proc) is reported per command, which
+shows which process is the limit. Each run checks that the service and the echo
+answered exactly the requests sent, and that every bot's cursor ended where its
+last move put it. ``--profile``: the service runs under cProfile (all threads).
+
+Run: .venv/bin/python bench/bench_service.py [--commands 2000] [--bots 1,10,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+# isort: off
+import _harness as h  # first: puts the checkout on sys.path
+# isort: on
+
+import nats
+
+from plantangenet import JournalConfig, Plantangenet
+from plantangenet.client import BotClient
+from plantangenet.cluster import EmbeddedCluster
+from plantangenet.embedded import EmbeddedNats
+from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, encode_request
+from plantangenet.service import SessionService
+
+STREAM = "BENCH_SERVICE"
+PREFIX = "bench.service"
+ECHO_PREFIX = "bench.echo"
+AXES = ("ocean.x",)
+POLICY = [
+    {
+        "id": "bots-move-cursors",
+        "effect": "allow",
+        "actions": ["cursor.*"],
+        "resources": ["axis.ocean.*", "cursor.*"],
+    }
+]
+SIDES = ("library", "raw")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--commands", type=int, default=2000, help="timed commands per level (split over bots)"
+    )
+    p.add_argument("--bots", default="1,10,100", help="comma-separated concurrency levels")
+    p.add_argument("--warmup", type=int, default=5, help="untimed commands per bot first")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="rounds per level (rates: median; latency: pooled)"
+    )
+    p.add_argument("--no-cluster", action="store_true", help="skip the three-node cluster")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run SessionService in this process instead of a `plantangenet serve` subprocess",
+    )
+    p.add_argument(
+        "--shared-session",
+        action="store_true",
+        help="all bots in one session (own agent + cursor each) instead of a session per bot",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one node only, library only: the service runs in a child process under "
+        "cProfile (all threads); print its top costs",
+    )
+    p.add_argument("--echo-child", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--service-child", nargs=2, metavar=("URL", "REPLICAS"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    try:
+        args.levels = [int(b) for b in args.bots.split(",") if b.strip()]
+    except ValueError:
+        p.error("--bots takes comma-separated integers")
+    if not args.levels or min(args.levels) < 1:
+        p.error("--bots needs positive levels")
+    if args.commands < max(args.levels) or args.repeats < 1 or args.warmup < 0:
+        p.error("--commands must be at least the largest level; --repeats positive")
+    return args
+
+
+# -- the trivial responder (a child process) ------------------------------------------------
+
+
+def echo_child(url: str) -> int:
+    """Answer every request on ``bench.echo.>`` with its own payload until SIGTERM."""
+
+    async def serve() -> None:
+        nc = await nats.connect(servers=url.split(","), name="bench-echo")
+        answered = 0
+
+        async def answer(msg: Any) -> None:
+            nonlocal answered
+            await msg.respond(msg.data)
+            answered += 1
+
+        await nc.subscribe(f"{ECHO_PREFIX}.>", queue="bench-echo", cb=answer)
+        await nc.flush()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"bench echo: listening on {ECHO_PREFIX}.>", flush=True)
+        await stop.wait()
+        await nc.drain()
+        print(f"bench echo: stopped after {answered} requests", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def service_child(url: str, replicas: int) -> int:
+    """A session service under cProfile (all threads) until SIGTERM; then print the profile."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    profiler = h.ThreadProfiler().start()
+    config = JournalConfig(stream=STREAM, subject_prefix=PREFIX, replicas=replicas)
+    with Plantangenet.open(nats_url=url, journal=config) as pg:
+        service = SessionService(pg)
+        pg.run(service.start())
+        print("service child: listening", flush=True)
+        while not stop.wait(0.2):
+            pass
+        pg.run(service.stop())
+        handled = service.handled
+    print(f"service child: stopped after {handled} requests", flush=True)
+    print(profiler.report(40), flush=True)
+    return 0
+
+
+class Child:
+    """A child process that prints a ready line first and stops on SIGTERM."""
+
+    def __init__(self, name: str, cmd: list[str], ready: str, timeout: float = 60.0) -> None:
+        self.name = name
+        self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._err, cwd=h.ROOT, start_new_session=True
+        )
+        try:
+            line = self._readline(timeout)
+            if ready not in line:
+                raise RuntimeError(f"{name} did not start: {line!r}\n{self.stderr_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _readline(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise RuntimeError(f"{self.name}: no output within {timeout}s")
+        return self.proc.stdout.readline().decode(errors="replace")
+
+    def stderr_tail(self, size: int = 3000) -> str:
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace")[-size:]
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """SIGTERM, wait, kill if needed; returns what it printed after the ready line."""
+        out = b""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self._err.close()
+        return (out or b"").decode(errors="replace")
+
+
+def handled_count(output: str) -> int | None:
+    """The request count a child printed on exit ("... stopped after N requests")."""
+    for line in output.splitlines():
+        if "stopped after" in line:
+            return int(line.split("stopped after", 1)[1].split()[0])
+    return None
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+class Service:
+    """One session service on ``url``: a ``plantangenet serve`` child, or in this process."""
+
+    def __init__(self, url: str, replicas: int, in_process: bool, profile: bool = False) -> None:
+        self.in_process = in_process
+        self.pid: int | None = None
+        self.profile_output = ""
+        self._child: Child | None = None
+        self._pg: Plantangenet | None = None
+        self._service: SessionService | None = None
+        if in_process:
+            config = JournalConfig(stream=STREAM, subject_prefix=PREFIX, replicas=replicas)
+            self._pg = Plantangenet.open(nats_url=url, journal=config)
+            try:
+                self._service = SessionService(self._pg)
+                self._pg.run(self._service.start())
+            except BaseException:
+                self._pg.close()
+                raise
+        elif profile:
+            cmd = [sys.executable, __file__, "--service-child", url, str(replicas)]
+            self._child = Child("profiled service", cmd, "listening")
+            self.pid = self._child.proc.pid
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "plantangenet",
+                "serve",
+                "--nats-url",
+                url,
+                "--stream",
+                STREAM,
+                "--subject-prefix",
+                PREFIX,
+                "--replicas",
+                str(replicas),
+            ]
+            self._child = Child("plantangenet serve", cmd, "listening")
+            self.pid = self._child.proc.pid
+
+    def stop(self) -> int | None:
+        """Stop it; the number of requests it says it handled."""
+        if self._child is not None:
+            out = self._child.stop()
+            self.profile_output = out
+            return handled_count(out)
+        assert self._pg is not None and self._service is not None
+        try:
+            self._pg.run(self._service.stop())
+            return self._service.handled
+        finally:
+            self._pg.close()
+
+
+# -- bots ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """What one round of one concurrency level measured."""
+
+    rate: float
+    latencies: list[float]
+    requests: int  # every request sent, setup included
+    cpu: dict[str, float]  # CPU seconds per process group during the timed part
+
+
+@dataclass
+class Results:
+    """Per side and level: rates of every round, pooled latencies."""
+
+    rates: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    latencies: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    cpu: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+
+    def add(self, side: str, bots: int, level: Level, commands: int) -> None:
+        self.rates.setdefault((side, bots), []).append(level.rate)
+        self.latencies.setdefault((side, bots), []).extend(level.latencies)
+        per_command = {k: v / commands for k, v in level.cpu.items()}
+        per_command["wall"] = 1 / level.rate
+        self.cpu.setdefault((side, bots), []).append(per_command)
+
+    def cpu_per_command(self, side: str, bots: int) -> dict[str, float]:
+        """Median CPU seconds per timed command of each process group (and wall time)."""
+        rounds = self.cpu[(side, bots)]
+        return {k: h.median([r[k] for r in rounds]) for k in rounds[0]}
+
+    def summary(self, side: str, bots: int) -> dict[str, float]:
+        ordered = sorted(self.latencies[(side, bots)])
+        return {
+            "rate": h.median(self.rates[(side, bots)]),
+            "p50": h.percentile(ordered, 50),
+            "p99": h.percentile(ordered, 99),
+        }
+
+
+def bot_urls(urls: Sequence[str], i: int) -> str:
+    """Bot ``i``'s server list: rotated, so bots spread round-robin over a cluster's nodes."""
+    k = i % len(urls)
+    return ",".join([*urls[k:], *urls[:k]])
+
+
+def split(total: int, bots: int) -> list[int]:
+    return [total // bots + (1 if i < total % bots else 0) for i in range(bots)]
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+
+
+async def timed(
+    calls: Sequence[Any], pids: dict[str, list[int]]
+) -> tuple[float, list[list[float]], dict[str, float]]:
+    """Run ``calls`` at once; wall time, their results, CPU seconds used per process group."""
+    gc.collect()
+    before = cpu_snapshot(pids)
+    start = time.perf_counter()
+    out = await asyncio.gather(*calls)
+    elapsed = time.perf_counter() - start
+    after = cpu_snapshot(pids)
+    return elapsed, list(out), {k: after[k] - before[k] for k in pids}
+
+
+async def library_level(
+    urls: Sequence[str], bots: int, args: argparse.Namespace, tag: str
+) -> Level:
+    config = JournalConfig(stream=STREAM, subject_prefix=PREFIX)
+    clients = await asyncio.gather(
+        *(
+            BotClient.connect(
+                bot_urls(urls, i),
+                agent_id=f"bot-{i}",
+                journal=config,
+                timeout=args.timeout,
+                retries=0,
+                name=f"bench-bot-{i}",
+                dont_randomize=True,
+            )
+            for i in range(bots)
+        )
+    )
+    requests = 0
+    try:
+        shared = args.shared_session
+        sessions = [f"{tag}" if shared else f"{tag}-b{i}" for i in range(bots)]
+        cursors = [f"c{i}" if shared else "c" for i in range(bots)]
+
+        async def open_session(client: BotClient, session_id: str) -> int:
+            await client.request(session_id, "start", {"metadata": {"bench": "service"}})
+            await client.change_policy(session_id, replace=POLICY)
+            return 2
+
+        async def join(client: BotClient, session_id: str, cursor: str) -> int:
+            await client.attach(session_id, kind="bot", name=client.agent_id or "")
+            await client.add_cursor(session_id, cursor, AXES, 0.0, 1.0)
+            return 2
+
+        if shared:
+            requests += await open_session(clients[0], sessions[0])
+        else:
+            requests += sum(await asyncio.gather(*map(open_session, clients, sessions)))
+        requests += sum(await asyncio.gather(*map(join, clients, sessions, cursors)))
+
+        async def moves(i: int, count: int, first: int) -> list[float]:
+            client, session_id, cursor = clients[i], sessions[i], cursors[i]
+            out: list[float] = []
+            last_seq = 0
+            perf = time.perf_counter
+            for k in range(first, first + count):
+                start = perf()
+                reply = await client.move_cursor(session_id, cursor, AXES, float(k), float(k + 1))
+                out.append(perf() - start)
+                if reply["events"] != ["CursorMoved"] or reply["seq"] <= last_seq:
+                    raise RuntimeError(f"library: unexpected reply {reply}")
+                last_seq = reply["seq"]
+            return out
+
+        if args.warmup:
+            await asyncio.gather(*(moves(i, args.warmup, 1) for i in range(bots)))
+        counts = split(args.commands, bots)
+        first = args.warmup + 1
+        elapsed, samples, cpu = await timed(
+            [moves(i, counts[i], first) for i in range(bots)], args.pids
+        )
+        requests += bots * args.warmup + args.commands
+
+        # Every bot's cursor ended where its last move put it.
+        queried = [0] if shared else list(range(bots))
+        states = await asyncio.gather(*(clients[i].state(sessions[i]) for i in queried))
+        requests += len(states)
+        for i in range(bots):
+            state = states[0 if shared else i]
+            end = state["cursors"][cursors[i]]["end"]
+            if end != float(first + counts[i]):
+                raise RuntimeError(f"library: bot {i}'s cursor ends at {end}")
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    flat = [x for s in samples for x in s]
+    return Level(args.commands / elapsed, flat, requests, cpu)
+
+
+async def raw_level(urls: Sequence[str], bots: int, args: argparse.Namespace, tag: str) -> Level:
+    conns = await asyncio.gather(
+        *(
+            nats.connect(
+                servers=bot_urls(urls, i).split(","),
+                name=f"bench-raw-{i}",
+                dont_randomize=True,
+            )
+            for i in range(bots)
+        )
+    )
+    try:
+
+        async def requests(i: int, count: int) -> list[float]:
+            nc = conns[i]
+            session_id = tag if args.shared_session else f"{tag}-b{i}"
+            subject = f"{ECHO_PREFIX}.{session_id}.move_cursor"
+            # The bytes a BotClient sends for a move (encoded once here).
+            payload = encode_request(
+                {
+                    "agent_id": f"bot-{i}",
+                    "cursor_id": "c",
+                    "axes": list(AXES),
+                    "start": 1.0,
+                    "end": 2.0,
+                },
+                command_id=h.new_id(),
+                issued_by=f"bot-{i}",
+            )
+            out: list[float] = []
+            perf = time.perf_counter
+            for _ in range(count):
+                start = perf()
+                msg = await nc.request(subject, payload, timeout=args.timeout)
+                out.append(perf() - start)
+                if msg.data != payload:
+                    raise RuntimeError("raw: the echo did not echo")
+            return out
+
+        if args.warmup:
+            await asyncio.gather(*(requests(i, args.warmup) for i in range(bots)))
+        counts = split(args.commands, bots)
+        elapsed, samples, cpu = await timed(
+            [requests(i, counts[i]) for i in range(bots)], args.pids
+        )
+    finally:
+        await asyncio.gather(*(nc.drain() for nc in conns), return_exceptions=True)
+    flat = [x for s in samples for x in s]
+    return Level(args.commands / elapsed, flat, bots * args.warmup + args.commands, cpu)
+
+
+# -- one deployment (one node or the cluster) --------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    name: str
+    urls: list[str]
+    replicas: int
+    server_pids: list[int]
+    cluster: EmbeddedCluster | None = None
+
+
+def connection_nodes(cluster: EmbeddedCluster, name_prefix: str) -> list[int]:
+    """The nodes holding client connections whose name starts with ``name_prefix``."""
+    nodes = []
+    for i in range(cluster.size):
+        url = f"{cluster.monitor_url(i)}/connz?limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            conns = json.load(response).get("connections") or []
+        if any((c.get("name") or "").startswith(name_prefix) for c in conns):
+            nodes.append(i)
+    return nodes
+
+
+def check_stream(urls: Sequence[str], replicas: int) -> None:
+    async def info() -> Any:
+        nc = await nats.connect(servers=list(urls), name="bench-check")
+        try:
+            return await nc.jetstream().stream_info(STREAM)
+        finally:
+            await nc.close()
+
+    got = asyncio.run(info())
+    if got.config.num_replicas != replicas:
+        raise RuntimeError(f"stream {STREAM} has {got.config.num_replicas} replicas")
+
+
+def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list[str]:
+    """Run every level on ``dep``, library and raw in alternating order; notes to print."""
+    notes: list[str] = []
+    url = ",".join(dep.urls)
+    service = Service(url, dep.replicas, args.in_process, args.profile)
+    stopped = False
+    echo: Child | None = None
+    try:
+        echo = Child("echo responder", [sys.executable, __file__, "--echo-child", url], "listening")
+        sent = {"library": 0, "raw": 0}
+        args.pids = {
+            "nats-server": dep.server_pids,
+            "service": [service.pid] if service.pid else [],
+            "echo": [echo.proc.pid],
+            "bots": [os.getpid()],
+        }
+        runner = asyncio.Runner()
+        with runner:
+            for r in range(args.repeats):
+                for n, bots in enumerate(args.levels):
+                    sides = ["library"] if args.profile else h.rotate(list(SIDES), r + n)
+                    for side in sides:
+                        tag = f"{dep.name[:3]}-r{r}-n{bots}"
+                        run_level = library_level if side == "library" else raw_level
+                        level = runner.run(run_level(dep.urls, bots, args, tag))
+                        sent[side] += level.requests
+                        results.add(side, bots, level, args.commands)
+                        print(
+                            f"  {dep.name}, {bots:>3} bots, {side:<7}: "
+                            f"{level.rate:>8,.0f} commands/s",
+                            flush=True,
+                        )
+                    if r == 0 and n == 0:
+                        check_stream(dep.urls, dep.replicas)
+        if dep.cluster is not None:
+            service_nodes = (
+                connection_nodes(dep.cluster, "plantangenet") if not args.in_process else []
+            )
+            notes.append(
+                f"{dep.name}: stream leader node-{dep.cluster.stream_leader(STREAM)}, "
+                f"service on node(s) {service_nodes or '?'}, "
+                f"echo on node(s) {connection_nodes(dep.cluster, 'bench-echo')}, "
+                "bot i on node i mod 3"
+            )
+        handled = service.stop()
+        stopped = True
+        if handled is not None and handled != sent["library"]:
+            raise RuntimeError(f"service handled {handled} requests, the bots sent {sent}")
+        echoed = handled_count(echo.stop())
+        echo = None
+        if args.profile:
+            print(service.profile_output)
+        if echoed is not None and echoed != sent["raw"]:
+            raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent['raw']}")
+        notes.append(
+            f"{dep.name}: service handled {handled} requests, echo {echoed} (as sent: no loss, "
+            "no retry)"
+        )
+    finally:
+        if echo is not None:
+            echo.stop()
+        if not stopped:
+            with contextlib.suppress(Exception):
+                service.stop()
+    return notes
+
+
+@contextlib.contextmanager
+def deployment(kind: str) -> Iterator[Deployment]:
+    if kind == "one node":
+        with EmbeddedNats() as server:
+            yield Deployment(kind, [server.url], 1, [server.pid or 0])
+    else:
+        with EmbeddedCluster() as cluster:
+            yield Deployment(kind, cluster.urls, 3, [n.pid or 0 for n in cluster.nodes], cluster)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def report(name: str, results: Results, levels: Sequence[int]) -> None:
+    rows = []
+    for bots in levels:
+        lib, raw = results.summary("library", bots), results.summary("raw", bots)
+        rows.append(
+            [
+                str(bots),
+                f"{lib['rate']:,.0f}",
+                ms(lib["p50"]),
+                ms(lib["p99"]),
+                f"{raw['rate']:,.0f}",
+                ms(raw["p50"]),
+                ms(raw["p99"]),
+                f"{lib['rate'] / raw['rate']:.3f}",
+                f"{lib['p50'] / raw['p50']:.1f}",
+                f"{lib['p99'] / raw['p99']:.1f}",
+            ]
+        )
+    print()
+    print(f"{name}:")
+    print(
+        h.table(
+            [
+                "bots",
+                "library cmd/s",
+                "p50 ms",
+                "p99 ms",
+                "raw req/s",
+                "p50 ms",
+                "p99 ms",
+                "rate lib/raw",
+                "p50 lib/raw",
+                "p99 lib/raw",
+            ],
+            rows,
+        )
+    )
+
+
+def report_cpu(name: str, results: Results, levels: Sequence[int]) -> None:
+    rows = []
+    for bots in levels:
+        for side in SIDES:
+            if (side, bots) not in results.cpu:
+                continue
+            cpu = results.cpu_per_command(side, bots)
+            worker = "service" if side == "library" else "echo"
+            total = cpu["nats-server"] + cpu[worker] + cpu["bots"]
+            rows.append(
+                [
+                    f"{bots} bots, {side}",
+                    f"{cpu['nats-server'] * 1e6:,.0f}",
+                    f"{cpu[worker] * 1e6:,.0f}" + ("" if side == "library" else " (echo)"),
+                    f"{cpu['bots'] * 1e6:,.0f}",
+                    f"{total / cpu['wall']:.2f}",
+                ]
+            )
+    print()
+    print(f"{name}: CPU µs per timed command (/proc utime+stime), and cores busy")
+    print(h.table(["", "nats-server(s)", "service", "bots (this process)", "cores"], rows))
+
+
+def report_cluster(one: Results, three: Results, levels: Sequence[int]) -> None:
+    rows = []
+    for bots in levels:
+        row = [str(bots)]
+        for side in SIDES:
+            a, b = one.summary(side, bots), three.summary(side, bots)
+            row += [
+                f"{b['rate'] / a['rate']:.2f}",
+                f"{b['p50'] / a['p50']:.2f}",
+                f"{b['p99'] / a['p99']:.2f}",
+            ]
+        rows.append(row)
+    print()
+    print("three-node cluster (replicas 3) relative to one node (replicas 1):")
+    print(
+        h.table(
+            ["bots", "library rate", "lib p50", "lib p99", "raw rate", "raw p50", "raw p99"],
+            rows,
+        )
+    )
+
+
+def run() -> int:
+    args = parse_args()
+    if args.echo_child:
+        return echo_child(args.echo_child)
+    if args.service_child:
+        return service_child(args.service_child[0], int(args.service_child[1]))
+    if args.profile:
+        args.no_cluster = True
+        args.in_process = False
+    mode = "in-process SessionService" if args.in_process else "`plantangenet serve` subprocess"
+    layout = "one shared session" if args.shared_session else "a session per bot"
+    print(
+        f"bench_service: {args.commands} timed move_cursor commands per level, bots "
+        f"{args.levels}, {args.warmup} warm-up per bot, {args.repeats} round(s); {mode}, "
+        f"{layout}; command subjects {DEFAULT_COMMAND_PREFIX}.*.*"
+    )
+    print(h.environment_line())
+    kinds = ["one node"] + ([] if args.no_cluster else ["cluster"])
+    results: dict[str, Results] = {}
+    notes: list[str] = []
+    for kind in kinds:
+        started = time.perf_counter()
+        with deployment(kind) as dep:
+            print(f"{kind}: {len(dep.urls)} server(s) up in {time.perf_counter() - started:.1f}s")
+            results[kind] = Results()
+            notes += measure(dep, args, results[kind])
+    if args.profile:
+        return 0
+    for kind in kinds:
+        report(
+            f"{kind} (stream replicas {3 if kind == 'cluster' else 1})", results[kind], args.levels
+        )
+    for kind in kinds:
+        report_cpu(kind, results[kind], args.levels)
+    if "cluster" in results:
+        report_cluster(results["one node"], results["cluster"], args.levels)
+    print()
+    for note in notes:
+        print(note)
+    print(
+        "note: raw = nats-py request/reply to an echo subprocess (same payload bytes, encoded "
+        "once): transport only -- no decoding, no decision, no append, no fold. The library "
+        "reply means the event is stored (and replicated on the cluster) and folded."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    h.main(run)
