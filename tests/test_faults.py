@@ -86,8 +86,6 @@ def test_server_killed_under_load_loses_no_acknowledged_command(
     # (its acknowledgement was lost with the server), it is there exactly once.
     failed = {c for c, o in outcomes.items() if o == "failed"}
     assert all(stored.count(c) <= 1 for c in failed)
-    if downtime > config.ack_timeout:
-        assert failed, "commands during the outage were reported as failed"
 
 
 def test_tail_follows_a_session_across_a_server_restart(own_server: EmbeddedNats) -> None:
