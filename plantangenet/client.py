@@ -17,6 +17,7 @@ Events are read straight from the JetStream log with an ordered consumer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -60,7 +61,9 @@ class BotClient:
         self.nc = nc
         self.agent_id = agent_id
         self.command_prefix = command_prefix
-        self.journal = Journal(nc, journal or JournalConfig.from_env())
+        config = journal or JournalConfig.from_env()
+        # Bots hold per-session permissions: read last sequences with direct gets.
+        self.journal = Journal(nc, dataclasses.replace(config, leader_reads=False))
         self.timeout = timeout
         self.retries = retries
         self._owns_connection = False

@@ -14,6 +14,7 @@ connection (see :class:`plantangenet.loop.EventLoopThread`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -57,6 +58,10 @@ class JournalConfig:
         creation, direct gets, stream management).
     :param read_window: events a reader may have delivered but not yet
         processed; it bounds a replay's memory whatever the session's length.
+    :param leader_reads: ask the stream leader for a session's last sequence
+        (always current, but needs stream-wide read permission). ``False`` uses a
+        direct get by subject, which any replica answers (per-session permission
+        suffices; on a cluster it may lag the leader by a few events). Bots use ``False``.
     :param deny_delete: refuse deleting single messages through the JetStream
         API (tamper resistance; :mod:`plantangenet.verify` detects it anyway).
     """
@@ -71,6 +76,7 @@ class JournalConfig:
     deny_delete: bool = True
     api_timeout: float = 5.0
     read_window: int = 2048
+    leader_reads: bool = True
 
     @classmethod
     def from_env(cls) -> JournalConfig:
@@ -146,6 +152,23 @@ class Journal:
                 ) from exc
         except nats.errors.Error as exc:
             raise JournalError(f"cannot create stream {cfg.stream}: {exc}") from exc
+        await self._wait_for_leader()
+
+    async def _wait_for_leader(self, timeout: float = 30.0) -> None:
+        """On a cluster, wait until the stream has a leader (a new R3 stream elects one)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                info = await self.js.stream_info(self.config.stream)
+                cluster = info.cluster
+                if cluster is None or cluster.leader:
+                    return
+            except nats.errors.Error:
+                pass
+            if loop.time() > deadline:
+                raise JournalError(f"stream {self.config.stream} elected no leader in {timeout}s")
+            await asyncio.sleep(0.05)
 
     async def append(
         self, session_id: str, envelopes: Sequence[Envelope], *, expected_sequence: int
@@ -199,7 +222,8 @@ class Journal:
                 reply = await self.nc.request(subject, payloads[last], timeout, headers=hdr)
         except nats.errors.NoRespondersError:
             raise JournalError(
-                f"no stream accepts {subject}; was the stream {self.config.stream} created?"
+                f"no stream leader answered for {subject}: stream {self.config.stream} is "
+                "missing, or its replicas are electing a leader"
             ) from None
         except nats.errors.TimeoutError:
             raise JournalError(
@@ -220,9 +244,8 @@ class Journal:
     async def last_sequence(self, session_id: str) -> int:
         """The stream sequence of the session's last event (0 if it has none)."""
         try:
-            # A direct get by subject: readable with per-session permissions.
             msg = await self.js.get_last_msg(
-                self.config.stream, self.subject(session_id), direct=True
+                self.config.stream, self.subject(session_id), direct=not self.config.leader_reads
             )
         except nats.js.errors.NotFoundError:
             return 0

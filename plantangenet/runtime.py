@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -36,6 +37,8 @@ from plantangenet.journal import Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.session import SessionState
 from plantangenet.replay import Progress, replay
+
+log = logging.getLogger("plantangenet.runtime")
 
 #: Environment variable naming an external NATS server or cluster.
 NATS_URL_ENV = "NATS_URL"
@@ -140,6 +143,8 @@ class Plantangenet:
                 refused.set_result(error)
             if user_error_cb is not None:
                 await user_error_cb(error)
+            else:  # one line per problem (nats-py's default logs a traceback)
+                log.warning("nats: %s", error or type(error).__name__)
 
         connecting = asyncio.ensure_future(
             nats.connect(servers=[u.strip() for u in url.split(",")], error_cb=error_cb, **options)

@@ -128,7 +128,7 @@ class Bot:
     def __init__(self, nc: Any, errors: list[str]) -> None:
         self.nc = nc
         self.errors = errors
-        self.journal = Journal(nc, JournalConfig())
+        self.journal = Journal(nc, JournalConfig(leader_reads=False))  # bots: per-session rights
         self.journal.js = nc.jetstream(timeout=1.0)  # refused API calls time out quickly
 
     async def violation(

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from plantangenet.events.base import Event
 
-
 _PROCESS = os.urandom(8).hex()
 _COUNTER = itertools.count(int.from_bytes(os.urandom(4)))
 
