@@ -36,6 +36,8 @@ def envelope_record(envelope: Envelope) -> dict[str, Any]:
         "event_id": envelope.event_id,
         "causation_id": envelope.causation_id,
         "correlation_id": envelope.correlation_id,
+        "previous_hash": envelope.previous_hash.hex(),
+        "authorization": plain(envelope.authorization),
         "data": plain(envelope.event),
     }
 
