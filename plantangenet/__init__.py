@@ -23,7 +23,7 @@ from plantangenet.commands import (
     RevokeRole,
     StartSession,
 )
-from plantangenet.decide import decide, decide_authorized
+from plantangenet.decide import DEFAULT_LIMITS, Limits, decide, decide_authorized
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import (
     AccessRefused,
@@ -40,6 +40,7 @@ from plantangenet.errors import (
     InvalidCommand,
     InvalidPolicy,
     JournalError,
+    LimitExceeded,
     PayloadTooLarge,
     PlantangenetError,
     SessionAlreadyStarted,
@@ -89,6 +90,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CODEC",
+    "DEFAULT_LIMITS",
     "EVENTS",
     "AccessDenied",
     "AccessRefused",
@@ -142,6 +144,8 @@ __all__ = [
     "Journal",
     "JournalConfig",
     "JournalError",
+    "LimitExceeded",
+    "Limits",
     "MoveCursor",
     "PayloadTooLarge",
     "Plantangenet",

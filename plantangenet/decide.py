@@ -8,6 +8,7 @@ the events into envelopes, appends them, and only then evolves its state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from plantangenet.errors import (
     CursorAlreadyExists,
     InvalidCommand,
     InvalidPolicy,
+    LimitExceeded,
     SessionAlreadyStarted,
     SessionClosed,
     SessionNotStarted,
@@ -68,6 +70,23 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 AXIS_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_AXES = 64
 MAX_TEXT = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-session limits, enforced before any event is written (``LimitExceeded``).
+
+    Payload sizes are bounded separately: 256 KiB per event by the codec, 256 KiB
+    per request by the wire protocol.
+    """
+
+    max_agents: int = 1_000
+    max_cursors_per_agent: int = 100
+    max_metadata_keys: int = 256
+
+
+#: The limits used unless a runtime is configured with others.
+DEFAULT_LIMITS = Limits()
 
 
 def check_id(value: object, label: str) -> str:
@@ -155,17 +174,27 @@ def _detach(state: SessionState, agent_id: str, reason: str) -> list[Event]:
     return events
 
 
-def decide(state: SessionState, command: Command, *, now: datetime | None = None) -> list[Event]:
+def decide(
+    state: SessionState,
+    command: Command,
+    *,
+    now: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Event]:
     """The events ``command`` causes in ``state``; raises ``CommandRejected`` if refused.
 
     A command issued by an agent is checked against the session's policy first
     (see :mod:`plantangenet.authorize`); ``now`` feeds its time conditions.
     """
-    return decide_authorized(state, command, now=now)[1]
+    return decide_authorized(state, command, now=now, limits=limits)[1]
 
 
 def decide_authorized(
-    state: SessionState, command: Command, *, now: datetime | None = None
+    state: SessionState,
+    command: Command,
+    *,
+    now: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Authorization, list[Event]]:
     """:func:`decide`, also returning the authorization that let the command through."""
     if not isinstance(command, Command):
@@ -180,14 +209,15 @@ def decide_authorized(
                 raise SessionAlreadyStarted(f"session {state.session_id!r} already exists")
             if command.issued_by is not None:
                 raise InvalidCommand("a session is started by its owner, not by an agent")
-            events: list[Event] = [
-                SessionStarted(state.session_id, _check_metadata(metadata, "metadata"))
-            ]
+            initial = _check_metadata(metadata, "metadata")
+            if len(initial) > limits.max_metadata_keys:
+                raise LimitExceeded(f"metadata holds at most {limits.max_metadata_keys} keys")
+            events: list[Event] = [SessionStarted(state.session_id, initial)]
             return authorize(state, command, now or _EPOCH), events
     _require_active(state)
     _check_shape(command)
     authorization = authorize(state, command, now or _EPOCH)
-    return authorization, _decide(state, command)
+    return authorization, _decide(state, command, limits)
 
 
 def _check_shape(command: Command) -> None:
@@ -216,23 +246,25 @@ def _check_shape(command: Command) -> None:
             check_role(role)
 
 
-def _decide(state: SessionState, command: Command) -> list[Event]:
+def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event]:
     match command:
-        case ChangeMetadata(changed=changed, removed=removed):
-            changed = _check_metadata(changed, "changed")
-            if isinstance(removed, str) or not isinstance(removed, Sequence):
-                raise InvalidCommand("removed must be a list of keys")
-            for key in removed:
-                _check_text(key, "removed key")
+        case ChangeMetadata(changed=changed, removed=removed):  # shape checked already
             if not changed and not removed:
                 raise InvalidCommand("a metadata change must set or remove at least one key")
-            return [SessionMetadataChanged(changed, tuple(removed))]
+            keys = (set(state.metadata) - set(removed)) | set(changed)
+            if len(keys) > limits.max_metadata_keys:
+                raise LimitExceeded(
+                    f"metadata would hold {len(keys)} keys; the limit is {limits.max_metadata_keys}"
+                )
+            return [SessionMetadataChanged(dict(changed), tuple(removed))]
         case AttachAgent(agent_id=agent_id, kind=kind, name=name):
             check_id(agent_id, "agent_id")
             check_id(kind, "kind")
             _check_text(name, "name")
             if agent_id in state.agents:
                 raise AgentAlreadyAttached(f"agent {agent_id!r} is already attached")
+            if len(state.agents) >= limits.max_agents:
+                raise LimitExceeded(f"the session already has {limits.max_agents} agents")
             return [AgentAttached(agent_id, kind, name)]
         case DetachAgent(agent_id=agent_id, reason=reason):
             _require_agent(state, agent_id)
@@ -242,6 +274,10 @@ def _decide(state: SessionState, command: Command) -> list[Event]:
             check_id(cursor_id, "cursor_id")
             if cursor_id in state.cursors:
                 raise CursorAlreadyExists(f"cursor {cursor_id!r} already exists")
+            if len(state.cursors_of(agent_id)) >= limits.max_cursors_per_agent:
+                raise LimitExceeded(
+                    f"agent {agent_id!r} already has {limits.max_cursors_per_agent} cursors"
+                )
             return [CursorAdded(agent_id, cursor_id, *_region(axes, start, end))]
         case MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
             _require_agent(state, agent_id)

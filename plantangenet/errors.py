@@ -102,6 +102,12 @@ class AccessRefused(CommandRejected):
         self.sequence = sequence
 
 
+class LimitExceeded(CommandRejected):
+    """The command would take the session past a configured limit (see ``decide.Limits``)."""
+
+    code = "limit_exceeded"
+
+
 class SessionNotStarted(CommandRejected):
     """The session has no ``SessionStarted`` event yet."""
 

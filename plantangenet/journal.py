@@ -27,7 +27,14 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from plantangenet.errors import ConcurrencyError, DuplicateCommand, JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
@@ -135,6 +142,8 @@ class Journal:
             num_replicas=cfg.replicas,
             duplicate_window=cfg.duplicate_window,
             max_bytes=cfg.max_bytes,
+            # A full stream must refuse new events, never drop old ones: the log is the truth.
+            discard=DiscardPolicy.NEW,
             allow_atomic=True,
             allow_direct=True,
             deny_delete=cfg.deny_delete,

@@ -27,7 +27,7 @@ import nats.errors
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.session import AgentFactory, SessionActor
-from plantangenet.decide import check_id
+from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
@@ -74,6 +74,7 @@ class Plantangenet:
         :meth:`JournalConfig.from_env`).
     :param agent_factory: behaviour for agents attached without one, and for
         agents brought back by rehydration: ``factory(agent_id, kind)``.
+    :param limits: per-session limits (agents, cursors per agent, metadata keys).
     :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``user_credentials``, ``tls``...).
     """
@@ -88,6 +89,7 @@ class Plantangenet:
         agent_factory: AgentFactory = _default_agent,
         max_batch: int = 256,
         nats_options: dict[str, Any] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -96,6 +98,7 @@ class Plantangenet:
         self.agent_factory = agent_factory
         self.max_batch = max_batch
         self.nats_options = dict(nats_options or {})
+        self.limits = limits
         self.server: EmbeddedNats | None = None
         self.loop = EventLoopThread()
         self._nc: Any = None
@@ -216,6 +219,7 @@ class Plantangenet:
                 agent_factory=self.agent_factory,
                 handle=_LazyHandle(holder),
                 max_batch=self.max_batch,
+                limits=self.limits,
             )
             handle = SessionHandle(session_id, actor)
             holder.append(handle)

@@ -32,7 +32,7 @@ import pykka
 
 from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
 from plantangenet.commands import AttachAgent, Command
-from plantangenet.decide import decide_authorized
+from plantangenet.decide import DEFAULT_LIMITS, Limits, decide_authorized
 from plantangenet.errors import (
     AccessRefused,
     ActorStopped,
@@ -144,6 +144,7 @@ class SessionActor(pykka.ThreadingActor):
         agent_factory: AgentFactory,
         handle: Any,
         max_batch: int = 256,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__()
         self.session_id = session_id
@@ -153,6 +154,7 @@ class SessionActor(pykka.ThreadingActor):
         self.agent_factory = agent_factory
         self.handle = handle
         self.max_batch = min(max_batch, MAX_EVENTS_PER_APPEND)
+        self.limits = limits
         #: The fold of every event of this session the actor has seen stored.
         self.state = SessionState(session_id)
         #: ``state`` plus the events decided but not yet acknowledged.
@@ -247,7 +249,9 @@ class SessionActor(pykka.ThreadingActor):
         try:
             at = utc_now()
             try:
-                authorization, events = decide_authorized(self._speculative, command, now=at)
+                authorization, events = decide_authorized(
+                    self._speculative, command, now=at, limits=self.limits
+                )
             except AccessRefused as refused:  # recorded for the audit, then reported
                 refusal, authorization, events = refused, None, [refused.event]
             correlation = command.correlation_id or command_id
