@@ -122,3 +122,37 @@ def test_tail_follows_a_session_across_a_server_restart(own_server: EmbeddedNats
         assert seen == [1, 2, 3]
     finally:
         pg.close()
+
+
+def test_a_dead_session_actor_comes_back_from_the_log(runtime: Plantangenet) -> None:
+    from plantangenet import ActorStopped, MoveCursor
+
+    session = runtime.session("s1")
+    session.start()
+    session.attach("a")
+    session.add_cursor("a", "c", ["x"], 0, 1)
+    commands = [
+        MoveCursor(
+            agent_id="a", cursor_id="c", axes=("x",), start=i, end=i + 1, command_id=f"move-{i}"
+        )
+        for i in range(300)
+    ]
+    futures = [session.submit(c) for c in commands]
+    session._actor.stop(block=False)  # the actor dies with commands in flight
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(30).sequence)
+        except ActorStopped:
+            outcomes.append(None)
+    assert not session.is_running
+    # The next use brings the session back from the log, identical to a fresh replay.
+    again = runtime.session("s1")
+    assert again.state == runtime.replay("s1")
+    # Every command that got an error can be retried with its id: applied once.
+    for command, outcome in zip(commands, outcomes, strict=True):
+        if outcome is None:
+            again.execute(command)
+    moved = [e.causation_id for e in runtime.history("s1") if e.type_name == "CursorMoved"]
+    assert sorted(moved) == sorted(c.command_id for c in commands)
+    assert again.state.cursors["c"].start == 299
