@@ -647,7 +647,7 @@ def report(name: str, results: Results, levels: Sequence[int]) -> None:
     )
 
 
-def report_cpu(name: str, results: Results, levels: Sequence[int]) -> None:
+def report_cpu(name: str, results: Results, levels: Sequence[int], in_process: bool) -> None:
     rows = []
     for bots in levels:
         for side in SIDES:
@@ -656,11 +656,17 @@ def report_cpu(name: str, results: Results, levels: Sequence[int]) -> None:
             cpu = results.cpu_per_command(side, bots)
             worker = "service" if side == "library" else "echo"
             total = cpu["nats-server"] + cpu[worker] + cpu["bots"]
+            if side == "raw":
+                worker_cell = f"{cpu[worker] * 1e6:,.0f} (echo)"
+            elif in_process:
+                worker_cell = "in this process"
+            else:
+                worker_cell = f"{cpu[worker] * 1e6:,.0f}"
             rows.append(
                 [
                     f"{bots} bots, {side}",
                     f"{cpu['nats-server'] * 1e6:,.0f}",
-                    f"{cpu[worker] * 1e6:,.0f}" + ("" if side == "library" else " (echo)"),
+                    worker_cell,
                     f"{cpu['bots'] * 1e6:,.0f}",
                     f"{total / cpu['wall']:.2f}",
                 ]
@@ -725,7 +731,7 @@ def run() -> int:
             f"{kind} (stream replicas {3 if kind == 'cluster' else 1})", results[kind], args.levels
         )
     for kind in kinds:
-        report_cpu(kind, results[kind], args.levels)
+        report_cpu(kind, results[kind], args.levels, args.in_process)
     if "cluster" in results:
         report_cluster(results["one node"], results["cluster"], args.levels)
     print()

@@ -11,6 +11,7 @@ malformed becomes an ``InvalidCommand`` (or ``DecodeError``) naming the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -132,8 +133,7 @@ def decode_request(name: str, payload: bytes) -> c.Command:
     if type(args) is not dict:
         raise InvalidCommand("args: must be a map")
     cls = COMMANDS[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields, hints = _shape(cls)
     values: dict[str, Any] = {}
     for key, value in args.items():
         if key not in fields or key in _BASE_FIELDS:
@@ -152,6 +152,12 @@ def decode_request(name: str, payload: bytes) -> c.Command:
         context=context,
         **values,
     )
+
+
+@functools.cache
+def _shape(cls: type[c.Command]) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
+    """A command class's fields and resolved annotations (resolving them is slow: cache)."""
+    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
 
 
 def _is_sequence(tp: Any) -> bool:
