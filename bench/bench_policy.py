@@ -2,9 +2,9 @@
 
 Pure CPU (no NATS): each decision evaluates roles, a dotted action and a
 dotted resource against every statement, as the session does for each
-resource of each agent command. The baseline is a tight loop over the same
-number of statements doing only the role check, to show the cost per
-statement. Run: ``.venv/bin/python bench/bench_policy.py``.
+resource of each agent command; statements are indexed by role, so a
+decision only walks the statements that can apply to the agent's roles.
+Run: ``.venv/bin/python bench/bench_policy.py``.
 """
 
 from __future__ import annotations
