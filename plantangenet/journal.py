@@ -337,10 +337,20 @@ class Journal:
         next_sequence = (
             from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
         )
-        stalls = 0
+        stalls = failures = 0
         ack_every = max(self.config.read_window // 4, 1)
         while True:
-            sub = await self._consumer(session_id, subject, max(next_sequence, 1))
+            try:
+                sub = await self._consumer(session_id, subject, max(next_sequence, 1))
+            except JournalError:
+                # The server is away (restarting, electing a leader): a tail waits for
+                # it; a bounded read tries once more, then reports.
+                failures += 1
+                if stop_at is not None and failures > 1:
+                    raise
+                await asyncio.sleep(min(0.2 * failures, 2.0))
+                continue
+            failures = 0
             expected = 1
             try:
                 while True:
