@@ -11,7 +11,6 @@ malformed becomes an ``InvalidCommand`` (or ``DecodeError``) naming the field.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -154,10 +153,18 @@ def decode_request(name: str, payload: bytes) -> c.Command:
     )
 
 
-@functools.cache
+_SHAPES: dict[type[c.Command], tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {}
+
+
 def _shape(cls: type[c.Command]) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
     """A command class's fields and resolved annotations (resolving them is slow: cache)."""
-    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = (
+            {f.name: f for f in dataclasses.fields(cls)},
+            typing.get_type_hints(cls),
+        )
+    return shape
 
 
 def _is_sequence(tp: Any) -> bool:
