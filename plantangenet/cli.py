@@ -4,7 +4,8 @@
 ``plantangenet sessions`` lists the sessions in the log; ``plantangenet
 history SESSION_ID`` lists a session's events; ``plantangenet audit
 SESSION_ID`` shows who did or tried what and which statement decided;
-``plantangenet verify SESSION_ID`` checks the hash chain. Every command takes
+``plantangenet verify SESSION_ID`` checks the hash chain; ``state``, ``diff``,
+``why`` and ``fork`` travel in a session's history (see docs/time-travel.md). Every command takes
 ``--json`` for machine output and ``--nats-url`` (or ``NATS_URL``) to use an
 external server or cluster instead of the embedded one.
 """
@@ -24,8 +25,23 @@ from typing import Any, TextIO
 
 from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
+from plantangenet.decide import check_id
 from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
+from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
+from plantangenet.fork import fork
+from plantangenet.history import (
+    Position,
+    Why,
+    describe_position,
+    describe_state,
+    diff,
+    fork_origin,
+    parse_position,
+    state_record,
+    states_at,
+    why,
+)
 from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
 from plantangenet.projections.audit import Audit
 from plantangenet.projections.session import SessionState
@@ -96,10 +112,39 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _history_filter(args: argparse.Namespace) -> Callable[[Envelope], bool]:
+    """The ``--type``/``--agent``/``--since``/``--until`` filters of ``history``."""
+    types = frozenset(args.types or ())
+    unknown = sorted(types - set(EVENTS.types()))
+    if unknown:
+        raise InvalidCommand(
+            f"unknown event type {unknown[0]!r}; known: {', '.join(sorted(EVENTS.types()))}"
+        )
+    agent = args.agent
+    since, until = _parse_time(args.since), _parse_time(args.until)
+
+    def keep(envelope: Envelope) -> bool:
+        if types and envelope.type_name not in types:
+            return False
+        if agent is not None and agent not in (
+            envelope.agent_id,
+            getattr(envelope.event, "agent_id", None),
+        ):
+            return False
+        if since is not None and envelope.occurred_at < since:
+            return False
+        return until is None or envelope.occurred_at <= until
+
+    return keep
+
+
 async def _print_history(
     pg: Plantangenet, args: argparse.Namespace, out: TextIO, progress: _Progress
 ) -> int:
     count = 0
+    shown = 0
+    keep = _history_filter(args)
+    filtered = bool(args.types or args.agent or args.since or args.until)
     if not args.json:
         out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
     async for envelope in pg.journal.read(
@@ -109,6 +154,9 @@ async def _print_history(
         progress=progress,
     ):
         count += 1
+        if not keep(envelope):
+            continue
+        shown += 1
         if args.json:
             out.write(json.dumps(envelope_record(envelope)) + "\n")
         else:
@@ -118,6 +166,8 @@ async def _print_history(
                 f"{envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  {by:<12}  "
                 f"{describe(envelope)}\n"
             )
+    if filtered and not args.json and count and not shown:
+        out.write(f"(none of the {count} events matches the filters)\n")
     return count
 
 
@@ -347,6 +397,126 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.intact else 1
 
 
+def _position(text: str | None) -> Position | None:
+    return None if text is None else parse_position(text)
+
+
+def _dump(data: Any, out: TextIO) -> None:
+    json.dump(data, out)
+    out.write("\n")
+
+
+def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
+    position = _position(args.at)
+    progress = _Progress(sys.stderr)
+    with _runtime(args) as pg:
+        if position is None:
+            state = pg.replay(args.session_id, progress=progress)
+        else:
+            state = pg.state_at(args.session_id, position, progress=progress)
+    if args.json:
+        _dump(state_record(state), out)
+    else:
+        out.write("\n".join(describe_state(state)) + "\n")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    a, b = parse_position(args.a), parse_position(args.b)
+    progress = _Progress(sys.stderr)
+    with _runtime(args) as pg:
+        check_id(args.session_id, "session_id")
+        before, after = pg.run(states_at(pg.journal, args.session_id, [a, b], progress=progress))
+    change = diff(before, after)
+    if args.json:
+        _dump(change.to_dict(), out)
+    else:
+        out.write(f"session {args.session_id}: {describe_position(a)} -> {describe_position(b)}\n")
+        out.write("".join(f"  {line}\n" for line in change.describe()))
+    return 0
+
+
+def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
+    position = parse_position(args.event)
+    with _runtime(args) as pg:
+        check_id(args.session_id, "session_id")
+        answer = pg.run(why(pg.journal, args.session_id, position, progress=_Progress(sys.stderr)))
+    if args.json:
+        _dump(answer.to_dict(), out)
+    else:
+        _print_why(answer, out, "")
+    return 0
+
+
+def _print_why(answer: Why, out: TextIO, indent: str) -> None:
+    event = answer.event
+    first = answer.command_events[0] if answer.command_events else event
+    by = f"agent {first.agent_id}" if first.agent_id else "the session owner"
+    out.write(
+        f"{indent}session {answer.session_id}, sequence {event.sequence}: {event.type_name} "
+        f"{describe(event)}\n"
+        f"{indent}  event {event.event_id} at {event.occurred_at.isoformat()}\n"
+        f"{indent}command {answer.command_id}, issued by {by}, "
+        f"{len(answer.command_events)} event(s):\n"
+    )
+    for envelope in answer.command_events:
+        mark = "*" if envelope.event_id == event.event_id else " "
+        out.write(
+            f"{indent}  {mark}{envelope.sequence:>6}  {envelope.type_name:<22}  "
+            f"{describe(envelope)}\n"
+        )
+    auth = first.authorization
+    if auth is not None:
+        decided = ", ".join(
+            f"{r} by {s or 'owner'}" for r, s in zip(auth.resources, auth.statements, strict=False)
+        )
+        out.write(f"{indent}  allowed: {auth.action} ({decided}), policy v{auth.policy_version}\n")
+    commands = answer.commands
+    out.write(
+        f"{indent}correlation {answer.correlation_id}: {len(commands)} command(s), "
+        f"{len(answer.chain)} event(s)\n"
+    )
+    for envelope in answer.chain:
+        mark = "*" if envelope.event_id == event.event_id else " "
+        out.write(
+            f"{indent}  {mark}{envelope.sequence:>6}  {envelope.type_name:<22}  "
+            f"command {envelope.causation_id}\n"
+        )
+    if answer.origin is not None:
+        session, sequence = answer.origin
+        out.write(f"{indent}copied by a fork from session {session}, sequence {sequence}\n")
+        if answer.origin_why is not None:
+            _print_why(answer.origin_why, out, indent + "    ")
+
+
+def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
+    position = _position(args.at)
+    with _runtime(args) as pg:
+        if position is None:
+            check_id(args.session_id, "session_id")
+            position = pg.run(pg.journal.last_sequence(args.session_id))
+        state = fork(pg, args.session_id, position, args.new_id, progress=_Progress(sys.stderr))
+        last = pg.history(state.session_id, from_sequence=state.sequence)[-1]
+    origin = fork_origin(last)
+    origin_sequence = origin[1] if origin is not None else None
+    if args.json:
+        _dump(
+            {
+                "origin": args.session_id,
+                "origin_sequence": origin_sequence,
+                "state": state_record(state),
+            },
+            out,
+        )
+    else:
+        out.write(
+            f"forked {args.session_id} at {describe_position(position)} as {state.session_id}: "
+            f"{state.event_count} events copied (up to origin sequence {origin_sequence}), "
+            f"last sequence {state.sequence}, status {state.status}\n"
+        )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     stop = threading.Event()
     previous = {
@@ -434,7 +604,40 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("session_id")
     history.add_argument("--from", dest="from_sequence", type=int, default=1, help="first sequence")
     history.add_argument("--to", dest="to_sequence", type=int, default=None, help="last sequence")
+    history.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        metavar="TYPE",
+        help="only events of this type, e.g. CursorMoved (repeatable)",
+    )
+    history.add_argument("--agent", help="only events issued by or about this agent")
+    history.add_argument("--since", help="only events at or after this ISO time (UTC if no offset)")
+    history.add_argument("--until", help="only events at or before this ISO time")
     history.set_defaults(run=cmd_history)
+    position_help = "a stream sequence, an event id (32 hex) or an ISO time (UTC if no offset)"
+    state = sub.add_parser("state", parents=[common], help="a session's state, now or back then")
+    state.add_argument("session_id")
+    state.add_argument("--at", metavar="POSITION", help=f"{position_help} (default: now)")
+    state.set_defaults(run=cmd_state)
+    differ = sub.add_parser("diff", parents=[common], help="what changed between two positions")
+    differ.add_argument("session_id")
+    differ.add_argument("a", metavar="A", help=position_help)
+    differ.add_argument("b", metavar="B", help=position_help)
+    differ.set_defaults(run=cmd_diff)
+    explain = sub.add_parser(
+        "why", parents=[common], help="the command and request chain behind an event"
+    )
+    explain.add_argument("session_id")
+    explain.add_argument("event", metavar="EVENT", help=position_help)
+    explain.set_defaults(run=cmd_why)
+    forking = sub.add_parser(
+        "fork", parents=[common], help="a new session with another's history up to a position"
+    )
+    forking.add_argument("session_id")
+    forking.add_argument("--at", metavar="POSITION", help=f"{position_help} (default: now)")
+    forking.add_argument("--as", dest="new_id", metavar="NEW_ID", required=True)
+    forking.set_defaults(run=cmd_fork)
     audit = sub.add_parser("audit", parents=[common], help="who did or tried what, and why")
     audit.add_argument("session_id")
     audit.add_argument("--agent", help="only this agent's decisions")

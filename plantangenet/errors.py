@@ -183,6 +183,22 @@ class UnknownSession(PlantangenetError):
     code = "unknown_session"
 
 
+class UnknownPosition(PlantangenetError):
+    """A position names no point of the session's history.
+
+    An event id that is not one of the session's events, a sequence or a time
+    before its first event, or text that is no position at all.
+    """
+
+    code = "unknown_position"
+
+
+class SessionExists(PlantangenetError):
+    """The session already has events (e.g. the target of a fork)."""
+
+    code = "session_exists"
+
+
 class ActorStopped(PlantangenetError):
     """The actor that should handle the request is not running."""
 

@@ -342,11 +342,11 @@ class Journal:
         while True:
             try:
                 sub = await self._consumer(session_id, subject, max(next_sequence, 1))
-            except JournalError:
+            except _Unavailable:
                 # The server is away (restarting, electing a leader): a tail waits for
-                # it; a bounded read tries once more, then reports.
+                # it; a bounded read tries a few times, then reports.
                 failures += 1
-                if stop_at is not None and failures > 1:
+                if stop_at is not None and failures > 3:
                     raise
                 await asyncio.sleep(min(0.2 * failures, 2.0))
                 continue
@@ -407,8 +407,12 @@ class Journal:
                 flow_control=True,
                 idle_heartbeat=5.0,
             )
+        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
+            raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
         except nats.errors.Error as exc:
-            raise JournalError(f"cannot read {session_id}: {exc}") from exc
+            if not self.nc.is_connected:
+                raise _Unavailable(f"cannot read {session_id}: disconnected") from exc
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
 
     async def sessions(self) -> dict[str, int]:
         """Every session in the log, with its number of events."""
@@ -421,6 +425,14 @@ class Journal:
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+class _Unavailable(JournalError):
+    """The server could not be reached or had no JetStream answer yet (worth retrying).
+
+    Other failures to create a reader (a timeout while connected: typically a
+    permission the user lacks) are reported at once.
+    """
 
 
 def _message_headers(session_id: str, envelopes: Sequence[Envelope]) -> list[dict[str, str]]:

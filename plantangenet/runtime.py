@@ -33,6 +33,8 @@ from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope
 from plantangenet.handle import SessionHandle
+from plantangenet.history import Position
+from plantangenet.history import state_at as history_state_at
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.session import SessionState
@@ -251,9 +253,16 @@ class Plantangenet:
             raise UnknownSession(f"no events for session {session_id!r}")
         return state
 
-    def state_at(self, session_id: str, sequence: int) -> SessionState:
-        """The session as it was right after the event at stream ``sequence``."""
-        return self.replay(session_id, to_sequence=sequence)
+    def state_at(
+        self, session_id: str, position: Position, *, progress: Progress | None = None
+    ) -> SessionState:
+        """The session right after the event ``position`` resolves to: a stream sequence,
+        an event id or a time (see :mod:`plantangenet.history`)."""
+        check_id(session_id, "session_id")
+        state: SessionState = self.loop.run(
+            history_state_at(self.journal, session_id, position, progress=progress)
+        )
+        return state
 
     def history(self, session_id: str, **kwargs: Any) -> list[Envelope]:
         """Every event of the session, in order."""
