@@ -84,6 +84,13 @@ from plantangenet.policy import Condition, Decision, Policy, Statement, evaluate
 from plantangenet.projections import AgentView, CursorView, IdentityView, SessionState, evolve, fold
 from plantangenet.projections.agent import AgentState
 from plantangenet.projections.audit import Audit, AuditEntry
+from plantangenet.projections.user import (
+    PROJECTIONS,
+    Projection,
+    ProjectionRegistry,
+    rebuild,
+    reset,
+)
 from plantangenet.replay import replay
 from plantangenet.runtime import Plantangenet
 from plantangenet.verify import VerifyResult, verify
@@ -94,6 +101,7 @@ __all__ = [
     "CODEC",
     "DEFAULT_LIMITS",
     "EVENTS",
+    "PROJECTIONS",
     "AccessDenied",
     "AccessRefused",
     "ActorStopped",
@@ -154,6 +162,8 @@ __all__ = [
     "PlantangenetError",
     "Policy",
     "PolicyChanged",
+    "Projection",
+    "ProjectionRegistry",
     "RemoveCursor",
     "RevokeRole",
     "RoleGranted",
@@ -186,7 +196,9 @@ __all__ = [
     "event_type",
     "evolve",
     "fold",
+    "rebuild",
     "replay",
     "request_of",
+    "reset",
     "verify",
 ]

@@ -489,6 +489,13 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
             _print_why(answer.origin_why, out, indent + "    ")
 
 
+def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
+    from plantangenet.explore import run  # curses: loaded only when needed
+
+    with _runtime(args) as pg:
+        return run(pg, args.session_id)
+
+
 def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
     position = _position(args.at)
     with _runtime(args) as pg:
@@ -638,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     forking.add_argument("--at", metavar="POSITION", help=f"{position_help} (default: now)")
     forking.add_argument("--as", dest="new_id", metavar="NEW_ID", required=True)
     forking.set_defaults(run=cmd_fork)
+    explore = sub.add_parser(
+        "explore", parents=[common], help="step through a session's history in the terminal"
+    )
+    explore.add_argument("session_id")
+    explore.set_defaults(run=cmd_explore)
     audit = sub.add_parser("audit", parents=[common], help="who did or tried what, and why")
     audit.add_argument("session_id")
     audit.add_argument("--agent", help="only this agent's decisions")

@@ -108,3 +108,11 @@ def test_cli_uses_an_embedded_server_when_no_url_is_given(tmp_path: Path) -> Non
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == [{"session_id": "emb", "events": 20}]
     assert (store / "jetstream").is_dir()
+
+
+def test_explore_without_a_terminal_is_a_clear_error(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, capsys: object
+) -> None:
+    run(["demo", "--session-id", "d3", *external(nats_server, journal_config)])
+    status, _ = run(["explore", "d3", *external(nats_server, journal_config)])
+    assert status == 2  # stdin/stdout are not a terminal under pytest: refused, not crashed
