@@ -221,6 +221,7 @@ class SessionActor(pykka.ThreadingActor):
         command: Command,
         reply: concurrent.futures.Future[CommandResult],
         behaviour: Agent | None,
+        rechecked: bool = False,
     ) -> None:
         if reply.done():  # cancelled by a caller who stopped waiting
             return
@@ -279,6 +280,12 @@ class SessionActor(pykka.ThreadingActor):
                     f"the limit is {self.max_batch}"
                 )
         except (CommandRejected, CodecError) as exc:
+            depends_on_state = isinstance(exc, CommandRejected) and type(exc) is not InvalidCommand
+            if depends_on_state and not rechecked and self._stale():
+                # Another writer moved the session on: decide again on the log's state
+                # (the command may even be stored already, as a retry of it).
+                self._execute(command, reply, behaviour, rechecked=True)
+                return
             _fail(reply, exc)
             return
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields
@@ -362,6 +369,24 @@ class SessionActor(pykka.ThreadingActor):
             behaviour = self._behaviours.get(_agent_of(pending.command))
             for reply in pending.replies:
                 self._execute(pending.command, reply, behaviour)
+
+    def _stale(self) -> bool:
+        """Whether the log holds events this actor has not seen (then catch up).
+
+        Asked only before refusing a command, and only with nothing in flight: a
+        single writer pays one round trip per refusal, a second writer stops
+        refusing on a state that is gone.
+        """
+        if self._in_flight is not None or self._queued:
+            return False
+        try:
+            last = self.loop.run(self.journal.last_sequence(self.session_id))
+            if last == self.state.sequence:
+                return False
+            self._catch_up()
+        except PlantangenetError:
+            return False
+        return True
 
     def _catch_up(self) -> None:
         """Fold the events stored after ``state`` (other writers', lost acks')."""
