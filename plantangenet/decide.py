@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -89,11 +90,26 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 3
+_SHOW.maxstring = 80
+_SHOW.maxother = 80
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 6
+
+
+def show(value: object) -> str:
+    """A short, safe ``repr`` for error messages (bounded depth and length)."""
+    try:
+        return _SHOW.repr(value)
+    except Exception:  # RecursionError or a hostile __repr__
+        return f"<{type(value).__name__}>"
+
+
 def check_id(value: object, label: str) -> str:
     """``value`` if it is a valid id, else :class:`InvalidCommand` naming ``label``."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise InvalidCommand(
-            f"{label} must be 1-128 characters of letters, digits, '_' or '-', got {value!r}"
+            f"{label} must be 1-128 characters of letters, digits, '_' or '-', got {show(value)}"
         )
     return value
 
@@ -123,7 +139,7 @@ def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, 
         raise InvalidCommand("axes must not repeat")
     for label, value in (("start", start), ("end", end)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            raise InvalidCommand(f"{label} must be a finite number, got {value!r}")
+            raise InvalidCommand(f"{label} must be a finite number, got {show(value)}")
     assert isinstance(start, int | float) and isinstance(end, int | float)
     if start > end:
         raise InvalidCommand(f"start ({start}) must not be after end ({end})")
@@ -140,11 +156,11 @@ def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
         raise InvalidCommand(f"{label} must be a map of string keys to scalar values")
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
-            raise InvalidCommand(f"{label} keys must be non-empty strings, got {key!r}")
+            raise InvalidCommand(f"{label} keys must be non-empty strings, got {show(key)}")
         if value is not None and not isinstance(value, str | int | float | bool):
-            raise InvalidCommand(f"{label}[{key!r}] must be a string, number, boolean or nil")
+            raise InvalidCommand(f"{label}[{show(key)}] must be a string, number, boolean or nil")
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidCommand(f"{label}[{key!r}] must be a finite number")
+            raise InvalidCommand(f"{label}[{show(key)}] must be a finite number")
     return dict(metadata)
 
 

@@ -11,6 +11,7 @@ malformed becomes an ``InvalidCommand`` (or ``DecodeError``) naming the field.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +48,7 @@ COMMANDS: dict[str, type[c.Command]] = {
 #: Wire names that read instead of write.
 QUERIES = frozenset({"state"})
 _ENVELOPE_KEYS = frozenset({"v", "id", "by", "corr", "ctx", "args"})
+_COMMAND_ID = re.compile(r"[!-~]{1,128}")
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(c.Command))
 
 
@@ -118,8 +120,8 @@ def decode_request(name: str, payload: bytes) -> c.Command:
             f"unsupported protocol version {version!r}; this service speaks {PROTOCOL_VERSION}"
         )
     command_id = raw.get("id")
-    if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
-        raise InvalidCommand("id: the command id must be a string of 1-128 characters")
+    if not isinstance(command_id, str) or not _COMMAND_ID.fullmatch(command_id):
+        raise InvalidCommand("id: the command id must be 1-128 printable ASCII characters")
     issued_by, correlation = raw.get("by"), raw.get("corr")
     if issued_by is not None and not isinstance(issued_by, str):
         raise InvalidCommand("by: must be an agent id or nil")
@@ -203,7 +205,10 @@ def error_reply(exc: BaseException) -> bytes:
     """The reply for a failure: a stable code, a message, and the field when known."""
     if not isinstance(exc, PlantangenetError):
         exc = PlantangenetError("internal error; see the service log")
-    error: dict[str, Any] = {"code": exc.code, "message": str(exc)}
+    message = str(exc)
+    if len(message) > 2000:  # an error about a huge value must still fit in a reply
+        message = message[:2000] + "…"
+    error: dict[str, Any] = {"code": exc.code, "message": message}
     field = getattr(exc, "field", None)
     if field:
         error["field"] = field

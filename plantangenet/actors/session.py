@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,9 @@ from plantangenet.projections.session import SessionState, evolve
 from plantangenet.replay import replay
 
 log = logging.getLogger("plantangenet.session")
+
+#: Command ids travel in NATS headers (Nats-Msg-Id): visible ASCII only.
+COMMAND_ID = re.compile(r"[!-~]{1,128}")
 
 #: Called with every stored envelope, on the session actor's thread.
 OnChange = Callable[[Envelope], None]
@@ -209,7 +213,11 @@ class SessionActor(pykka.ThreadingActor):
                 except Exception as exc:
                     _fail(message.reply, exc)
         except Exception:  # a bug; keep serving, and say so
-            log.exception("session %s: unexpected error handling %r", self.session_id, message)
+            log.exception(
+                "session %s: unexpected error handling a %s",
+                self.session_id,
+                type(message).__name__,
+            )
             if isinstance(message, Execute):
                 _fail(message.reply, PlantangenetError("internal error; see the service log"))
         return None
@@ -229,8 +237,11 @@ class SessionActor(pykka.ThreadingActor):
             _fail(reply, InvalidCommand(f"not a command: {type(command).__name__}"))
             return
         command_id = command.command_id
-        if not isinstance(command_id, str) or not 0 < len(command_id) <= 128:
-            _fail(reply, InvalidCommand("command_id must be a string of 1-128 characters"))
+        if not isinstance(command_id, str) or not COMMAND_ID.fullmatch(command_id):
+            _fail(
+                reply,
+                InvalidCommand("command_id must be 1-128 printable ASCII characters, no spaces"),
+            )
             return
         if self._needs_catch_up:
             try:
