@@ -136,7 +136,9 @@ class SessionActor(pykka.ThreadingActor):
     :param max_batch: the most events one group-commit append carries.
     """
 
-    remembered_commands = 10_000
+    #: How many recent commands (with their events) each actor keeps to answer retries
+    #: at once; older retries are caught by JetStream's duplicate window. Bounds memory.
+    remembered_commands = 1_000
 
     def __init__(
         self,
