@@ -205,7 +205,7 @@ class Bot:
                 model.cursors[cursor] = region
         elif roll < 0.14:
             cursor = rng.choice(cursors)
-            args = {"agent_id": self.agent_id, "cursor_id": cursor}
+            args: dict[str, Any] = {"agent_id": self.agent_id, "cursor_id": cursor}
             if await self.send(client, "remove_cursor", args):
                 del model.cursors[cursor]
         elif roll < 0.26:

@@ -38,11 +38,13 @@ from plantangenet import (
     CommandRejected,
     ConcurrencyError,
     DetachAgent,
+    JournalError,
     MoveCursor,
     Plantangenet,
     RemoveCursor,
     SessionHandle,
     StartSession,
+    decide,
 )
 from plantangenet.actors.session import CommandResult
 from plantangenet.projections.session import SessionState
@@ -151,7 +153,6 @@ class SplitWriters(RuleBasedStateMachine):
         #: command id -> how often it was submitted (to either writer)
         self.submissions: dict[str, int] = {}
         self.conflicts = 0
-        self.stale_refusals = 0
 
     # -- driving the writers -----------------------------------------------------------
 
@@ -182,6 +183,9 @@ class SplitWriters(RuleBasedStateMachine):
                 continue
             except CommandRejected as refused:
                 event(f"refused: {refused.code}")
+                if alone:  # a refusal is the log's, not a stale writer's: the log refuses it too
+                    with pytest.raises(CommandRejected):
+                        decide(self.replay(), command)
                 self.refuse(command, refused.code)
                 return
             event("acknowledged" + (" after a lost race" if attempt == 2 else ""))
@@ -250,8 +254,6 @@ class SplitWriters(RuleBasedStateMachine):
     @rule(command=commands())
     def one_command_on_both_at_once(self, command: Command) -> None:
         """The same new command reaches both writers (a retry racing its original)."""
-        head = self.replay().sequence
-        seen = [h.state.sequence for h in self.handles]
         futures = [self.submit(writer, command) for writer in (0, 1)]
         outcomes: list[CommandResult | BaseException] = []
         for future in futures:
@@ -264,12 +266,10 @@ class SplitWriters(RuleBasedStateMachine):
             self.acknowledge(command, result)
         if results:
             event(f"one command on both: {len(results)} acknowledged")
-            # A writer at the head decides as the other does: only a stale one can refuse
-            # what the other stored (the known bug of the xfail tests below).
-            for outcome, at in zip(outcomes, seen, strict=True):
-                if isinstance(outcome, CommandRejected):
-                    assert at < head, (command, outcome)
-                    self.stale_refusals += 1
+            # A writer that would refuse checks the log first: it never refuses what the
+            # other stored (it finds the command there, or decides on the same state).
+            refusals = [o for o in outcomes if isinstance(o, CommandRejected)]
+            assert not refusals, (command, refusals)
         else:
             event("one command on both: refused by both")
             self.refuse(command, "refused by both")
@@ -281,17 +281,9 @@ class SplitWriters(RuleBasedStateMachine):
         cid = in_log_order[-1 - pick % len(in_log_order)]
         command = self.sent[cid]
         fresh = self.handles[writer].state.sequence == self.replay().sequence
-        try:
-            result = self.submit(writer, command).result(WAIT)
-        except CommandRejected as refused:
-            # Known bug (test_a_retry_reaching_a_stale_writer_is_answered_as_a_duplicate):
-            # a writer that has not seen the command refuses it on its stale state. It must
-            # still write nothing (the invariants check that).
-            assert not fresh, (command, refused)
-            self.stale_refusals += 1
-            event("retry refused by a stale writer (known bug)")
-            return
-        event("retry answered as a duplicate")
+        event(f"retry of an acknowledged command on a {'fresh' if fresh else 'stale'} writer")
+        # Even a writer that has not seen it answers from the log: a duplicate, not a refusal.
+        result = self.submit(writer, command).result(WAIT)
         assert result.duplicate, command
         assert (result.first_sequence, result.sequence) == self.acked[cid]
 
@@ -382,10 +374,14 @@ def two_writers(make_runtime: Callable[[], Plantangenet]) -> Iterator[list[Plant
 def test_two_writers_of_one_session_keep_one_consistent_log(
     two_writers: list[Plantangenet],
 ) -> None:
+    class OnTheseRuntimes(SplitWriters):
+        def __init__(self) -> None:
+            super().__init__(two_writers)
+
     run_state_machine_as_test(
-        lambda: SplitWriters(two_writers),
+        OnTheseRuntimes,
         settings=settings(
-            max_examples=120,
+            max_examples=100,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -421,3 +417,20 @@ def test_a_stale_writer_does_not_refuse_what_the_log_allows(
     a.execute(AddCursor(agent_id="bot", cursor_id="c", axes=("x",), start=0, end=1))
     moved = b.execute(MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=1, end=2))
     assert moved.sequence == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=JournalError,
+    reason="bug: every read (history, replay, verify, an actor's rehydration or catch-up) leaves "
+    "a named consumer for 30 s (inactive_threshold) and nats-server 2.15 caps a stream at 1,000 "
+    "consumers: past 1,000 reads in 30 s every read of the stream fails, catch-ups included",
+)
+def test_many_reads_do_not_lock_the_stream(make_runtime: Callable[[], Plantangenet]) -> None:
+    pg = make_runtime()
+    session = pg.session("s")
+    session.start()
+    for _ in range(1_001):
+        pg.history("s")  # the 1,001st raises "maximum consumers limit reached"
+    pg.stop_session("s")
+    assert pg.session("s").attach("a").sequence == 2
