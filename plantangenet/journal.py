@@ -6,7 +6,10 @@ One stream holds every session; each session has its own subject,
 writer gets :class:`~plantangenet.errors.ConcurrencyError` and nothing is
 written), carry ``Nats-Msg-Id`` derived from the command id (a retried command
 is stored once), and a command that yields several events is written as one
-JetStream *atomic batch* (all or nothing). Replays use ordered consumers.
+JetStream *atomic batch* (all or nothing). Replays use ordered consumers, each
+deleted as soon as its read ends (a stream holds at most 1,000 consumers).
+An append the log has no room for raises :class:`StorageExhausted`; a read the
+stream has no consumer left for raises :class:`TooManyReaders`.
 
 All methods are coroutines and must run on the event loop that owns the NATS
 connection (see :class:`plantangenet.loop.EventLoopThread`).
@@ -42,6 +45,14 @@ from plantangenet.events.envelope import Envelope, new_id
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
+_INSUFFICIENT_RESOURCES = 10023  # JSInsufficientResourcesErr: the server's store is full
+_STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no space left"...
+_MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
+#: Store failures (err_code 10077) that mean "no room", not "broken".
+_NO_ROOM = ("maximum bytes", "maximum messages", "no space left", "insufficient")
+#: Seconds a reader's consumer outlives its reader if deleting it failed (a backstop:
+#: a stream holds at most 1,000 consumers, so readers must not linger).
+READER_INACTIVE_THRESHOLD = 5.0
 _LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
 #: The stream and subject prefix used unless configured otherwise.
 DEFAULT_STREAM = "PLANTANGENET"
@@ -71,6 +82,13 @@ class JournalConfig:
         suffices; on a cluster it may lag the leader by a few events). Bots use ``False``.
     :param deny_delete: refuse deleting single messages through the JetStream
         API (tamper resistance; :mod:`plantangenet.verify` detects it anyway).
+    :param delete_readers: delete each read's consumer as soon as the read ends
+        (``$JS.API.CONSUMER.DELETE``, fire and forget), so that many short reads
+        never fill the stream's 1,000 consumers. ``None`` (default): only with
+        ``leader_reads``, i.e. for users with stream-wide rights; a bot's
+        per-session permissions do not include deleting consumers, and the
+        server drops its finished readers' consumers after
+        :data:`READER_INACTIVE_THRESHOLD` seconds.
     """
 
     stream: str = DEFAULT_STREAM
@@ -84,6 +102,7 @@ class JournalConfig:
     api_timeout: float = 5.0
     read_window: int = 2048
     leader_reads: bool = True
+    delete_readers: bool | None = None
 
     @classmethod
     def from_env(cls) -> JournalConfig:
@@ -340,8 +359,9 @@ class Journal:
         stalls = failures = 0
         ack_every = max(self.config.read_window // 4, 1)
         while True:
+            name = new_id()
             try:
-                sub = await self._consumer(session_id, subject, max(next_sequence, 1))
+                sub = await self._consumer(session_id, subject, max(next_sequence, 1), name)
             except _Unavailable:
                 # The server is away (restarting, electing a leader): a tail waits for
                 # it; a bounded read tries a few times, then reports.
@@ -372,6 +392,7 @@ class Journal:
             finally:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+                await self._delete_consumer(name)
             if stop_at is not None:
                 stalls += 1
                 if stalls > 3:
@@ -380,9 +401,9 @@ class Journal:
                         f"(at {next_sequence})"
                     )
 
-    async def _consumer(self, session_id: str, subject: str, start: int) -> Any:
+    async def _consumer(self, session_id: str, subject: str, start: int, name: str) -> Any:
         config = ConsumerConfig(
-            name=new_id(),
+            name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
             # Acks are only backpressure: acking every quarter window (AckAll) keeps at
@@ -395,7 +416,8 @@ class Journal:
             idle_heartbeat=5.0,
             mem_storage=True,
             num_replicas=1,
-            inactive_threshold=30.0,
+            # Deleted when the read ends (see _delete_consumer); this is the backstop.
+            inactive_threshold=READER_INACTIVE_THRESHOLD,
         )
         try:
             # (nats-py overwrites these two from its own arguments: pass them twice.)
@@ -409,10 +431,33 @@ class Journal:
             )
         except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _MAX_CONSUMERS:
+                raise TooManyReaders(
+                    f"cannot read {session_id}: stream {self.config.stream} holds as many "
+                    f"readers (consumers) as it may ({exc.description}, err_code "
+                    f"{exc.err_code}); retry when reads finish"
+                ) from exc
+            raise JournalError(f"cannot read {session_id}: {exc}") from exc
         except nats.errors.Error as exc:
             if not self.nc.is_connected:
                 raise _Unavailable(f"cannot read {session_id}: disconnected") from exc
             raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+
+    async def _delete_consumer(self, name: str) -> None:
+        """Delete a finished reader's consumer: best effort, fire and forget.
+
+        A stream holds at most 1,000 consumers; a reader that left its consumer
+        behind would count against that until the inactive threshold expires.
+        The request is only published (the server needs no reply subject to act on
+        it), so a read never waits for it, and nothing it raises reaches the reader.
+        """
+        delete = self.config.delete_readers
+        if not (self.config.leader_reads if delete is None else delete) or self.nc.is_closed:
+            return
+        prefix = getattr(self.js, "_prefix", "$JS.API")
+        with contextlib.suppress(Exception):
+            await self.nc.publish(f"{prefix}.CONSUMER.DELETE.{self.config.stream}.{name}", b"")
 
     async def sessions(self) -> dict[str, int]:
         """Every session in the log, with its number of events."""
@@ -425,6 +470,28 @@ class Journal:
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+class StorageExhausted(JournalError):
+    """The log has no room for an append: nothing of it was stored.
+
+    Either the stream is full (its ``max_bytes``/``max_msgs``; it refuses new
+    events rather than drop history), or the server's JetStream store is out of
+    space (its ``max_file_store``, or the disk). Retrying does not help until an
+    operator makes room; every event stored before is still there.
+    """
+
+    code = "storage_exhausted"
+
+
+class TooManyReaders(JournalError):
+    """The stream holds as many consumers as it may (1,000 by default): a read could not start.
+
+    Readers delete their consumers when they finish; this is transient unless
+    something keeps creating consumers. Retry later.
+    """
+
+    code = "too_many_readers"
 
 
 class _Unavailable(JournalError):
@@ -466,6 +533,14 @@ def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
             )
         if code == _BATCH_DUPLICATE:
             raise DuplicateCommand(f"session {session_id}: command already stored ({description})")
+        if code == _INSUFFICIENT_RESOURCES or (
+            code == _STORE_FAILED and any(word in description.lower() for word in _NO_ROOM)
+        ):
+            where = "the stream is full" if code == _STORE_FAILED else "the store is out of space"
+            raise StorageExhausted(
+                f"append to {session_id} refused, storage exhausted ({where}: {description}, "
+                f"err_code {code}); nothing of it was stored"
+            )
         raise JournalError(f"append to {session_id} refused: {description} (err_code {code})")
     if ack.get("duplicate"):
         raise DuplicateCommand(f"session {session_id}: command already stored at {ack.get('seq')}")

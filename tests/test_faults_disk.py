@@ -1,0 +1,144 @@
+"""Faults: the store runs out of space.
+
+A dedicated nats-server whose JetStream file store may hold only a few hundred KiB
+(``jetstream { max_file_store }``), and a stream with no size limit of its own: the
+session is written to until the *server* refuses for lack of storage (err_code 10023,
+"insufficient resources"). Appends must then fail with a typed, clear error, never
+silently; every acknowledged command must be in the log, whole, at the sequences it
+was acknowledged at, with no gap; and nothing half-written: a group-committed atomic
+batch of several commands, or a command of several events, is all there or absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import msgpack
+import nats
+import pytest
+
+from plantangenet import (
+    ChangeMetadata,
+    EmbeddedNats,
+    JournalConfig,
+    JournalError,
+    Plantangenet,
+    verify,
+)
+from plantangenet.actors.session import CommandResult
+from plantangenet.journal import StorageExhausted
+from plantangenet.protocol import command_subject, encode_request
+from plantangenet.service import SessionService
+
+#: What the server's JetStream file store may hold.
+STORE_BYTES = 384 * 1024
+CONFIG = JournalConfig(stream="DISK", subject_prefix="disk.events")
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"jetstream {{\n  max_file_store: {STORE_BYTES}\n}}\n")
+    server = EmbeddedNats(tmp_path / "store", extra_args=["-c", str(conf)]).start()
+    yield server
+    server.stop()
+
+
+def wire_request(url: str, subject: str, payload: bytes) -> dict[str, object]:
+    async def go() -> dict[str, object]:
+        nc = await nats.connect(url)
+        try:
+            msg = await nc.request(subject, payload, timeout=15)
+        finally:
+            await nc.close()
+        reply: dict[str, object] = msgpack.unpackb(msg.data, raw=False)
+        return reply
+
+    return asyncio.run(go())
+
+
+def test_a_store_out_of_space_refuses_appends_clearly_and_loses_nothing(
+    small_store: EmbeddedNats,
+) -> None:
+    rng = random.Random(7)
+    acked: dict[str, CommandResult] = {}
+    refused: dict[str, BaseException] = {}
+    with Plantangenet.open(nats_url=small_store.url, journal=CONFIG) as pg:
+        info = pg.run(pg.journal.js.stream_info(CONFIG.stream))
+        assert info.config.max_bytes == -1  # no stream limit: the server's store runs out
+        session = pg.session("s")
+        for result in (
+            session.start({"purpose": "disk"}),
+            session.attach("a"),
+            *(session.add_cursor("a", f"c{i}", ["x"], 0, 1) for i in range(3)),
+        ):
+            acked[result.command_id] = result
+        # Pipelined waves: while one append is in flight the others queue up and go out
+        # together as one atomic batch (group commit), so batches of several commands
+        # and events meet the end of the store.
+        n = 0
+        while len(refused) < 8:
+            wave: list[tuple[str, Future[CommandResult]]] = []
+            for _ in range(8):
+                n += 1
+                blob = f"{n}:" + "x" * rng.randrange(500, 4000)
+                command = ChangeMetadata(changed={"blob": blob}, command_id=f"m{n}")
+                wave.append((command.command_id, session.submit(command)))
+            for command_id, future in wave:
+                try:
+                    acked[command_id] = future.result(timeout=30)
+                except JournalError as exc:
+                    refused[command_id] = exc
+            assert n < 2_000, "the store never filled up"
+        # A command of several events (cursors removed, agent detached) is refused whole.
+        with pytest.raises(StorageExhausted) as whole:
+            session.detach("a", command_id="detach-a")
+        refused["detach-a"] = whole.value
+        for error in refused.values():
+            assert isinstance(error, StorageExhausted), repr(error)
+            assert error.code == "storage_exhausted"
+            assert "storage exhausted" in str(error) and "insufficient resources" in str(error)
+            assert "err_code 10023" in str(error)
+        assert session.is_running
+        # Over the wire the refusal is the same typed error.
+        service = SessionService(pg)
+        pg.run(service.start())
+        try:
+            payload = encode_request({"changed": {"k": "v"}}, command_id="wire-1")
+            reply = wire_request(small_store.url, command_subject("s", "change_metadata"), payload)
+        finally:
+            pg.run(service.stop())
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "storage_exhausted", reply  # type: ignore[index]
+        refused["wire-1"] = StorageExhausted("over the wire")
+
+        history = pg.history("s")
+        # No gap: one session on its own stream holds the sequences 1..N.
+        assert [e.sequence for e in history] == list(range(1, len(history) + 1))
+        by_command: dict[str, list[int]] = {}
+        for envelope in history:
+            by_command.setdefault(envelope.causation_id, []).append(envelope.sequence or 0)
+        # Every acknowledged command is there, whole, where it was acknowledged...
+        for command_id, result in acked.items():
+            assert by_command.get(command_id) == [e.sequence for e in result.events], command_id
+        # ...and nothing else: no refused command left a single event behind.
+        assert set(by_command) == set(acked)
+        assert not set(refused) & set(by_command)
+        assert pg.run(verify(pg.journal, "s")).intact
+        assert pg.replay("s") == session.state
+        assert session.state.agents["a"] and len(session.state.cursors) == 3
+        stored = [(e.sequence, e.event_id) for e in history]
+
+    # After a restart the log is what was acknowledged; the store is still full.
+    small_store.restart()
+    with Plantangenet.open(nats_url=small_store.url, journal=CONFIG) as pg:
+        assert [(e.sequence, e.event_id) for e in pg.history("s")] == stored
+        session = pg.session("s")
+        assert session.state == pg.replay("s") and session.state.sequence == len(stored)
+        with pytest.raises(StorageExhausted):
+            session.change_metadata({"after": "restart"})
+        assert pg.sessions() == {"s": len(stored)}

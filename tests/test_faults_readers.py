@@ -1,0 +1,157 @@
+"""Faults around reading the log: consumers that must not pile up, reads that fail.
+
+A stream holds at most 1,000 consumers (fewer if its ``max_consumers`` says so), and
+every read of the log (a replay, a rehydration, a catch-up, ``history``, a tail) is a
+consumer. Readers delete theirs when they end; what cannot delete (a bot without the
+permission) is dropped by the server after a short inactive threshold. When a stream
+is out of consumers anyway, a read fails with a typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+
+import nats
+import pytest
+from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
+
+from plantangenet import EmbeddedNats, JournalConfig, SessionStarted
+from plantangenet import journal as journal_module
+from plantangenet.journal import TooManyReaders
+from tests.conftest import AsyncJournal, wait_until
+from tests.test_journal import env
+
+
+def consumers(j: AsyncJournal) -> int:
+    info = j.run(j.journal.js.stream_info(j.journal.config.stream))
+    return int(info.state.consumer_count)
+
+
+def fill(j: AsyncJournal, n: int) -> None:
+    for i in range(n):
+        j.run(j.journal.append("s1", [env(SessionStarted("s1", {}), f"c{i}")], expected_sequence=i))
+
+
+def test_reads_and_tails_delete_their_consumers(journal: AsyncJournal) -> None:
+    fill(journal, 5)
+    j = journal.journal
+
+    async def partial() -> int:
+        reader = j.read("s1")
+        first = await anext(reader)
+        await reader.aclose()  # the reader stops early
+        return first.sequence or 0
+
+    async def tail() -> int:
+        seen = 0
+        async for _ in j.tail("s1", from_sequence=1):
+            seen += 1
+            if seen == 5:
+                break
+        return seen
+
+    async def cancelled_tail() -> None:
+        task = asyncio.ensure_future(tail_forever())
+        await asyncio.sleep(0)  # let it create its consumer
+        while (await j.js.stream_info(j.config.stream)).state.consumer_count == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def tail_forever() -> None:
+        async for _ in j.tail("s1"):
+            pass
+
+    for _ in range(20):
+        assert len(journal.run(j.read_all("s1"))) == 5
+    assert journal.run(partial()) == 1
+    assert journal.run(tail()) == 5
+    wait_until(lambda: consumers(journal) == 0)
+    journal.run(cancelled_tail())
+    wait_until(lambda: consumers(journal) == 0)
+
+
+def test_readers_that_may_not_delete_expire_on_their_own(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bots hold per-session permissions, without CONSUMER.DELETE: they leave their
+    # consumers to the server, which drops them after a short inactive threshold
+    # (5 s; shortened here so that the test does not wait that long).
+    assert journal_module.READER_INACTIVE_THRESHOLD <= 5.0
+    monkeypatch.setattr(journal_module, "READER_INACTIVE_THRESHOLD", 1.5)
+    bot = AsyncJournal(nats_server.url, dataclasses.replace(journal_config, leader_reads=False))
+    try:
+        assert bot.journal.config.delete_readers is None
+        fill(bot, 2)
+        assert len(bot.run(bot.journal.read_all("s1"))) == 2
+        assert consumers(bot) == 1  # left behind...
+        wait_until(lambda: consumers(bot) == 0, timeout=20)  # ...and dropped by the server
+    finally:
+        bot.close()
+
+
+# -- a stream out of consumers -------------------------------------------------------------
+
+
+def create_stream(url: str, config: JournalConfig, max_consumers: int) -> None:
+    """The journal's stream, made beforehand with a small consumer limit."""
+
+    async def create() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().add_stream(
+                StreamConfig(
+                    name=config.stream,
+                    subjects=[f"{config.subject_prefix}.*"],
+                    storage=StorageType.FILE,
+                    discard=DiscardPolicy.NEW,
+                    allow_atomic=True,
+                    allow_direct=True,
+                    max_consumers=max_consumers,
+                )
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+
+
+def hold_consumer(j: AsyncJournal, name: str) -> None:
+    """A consumer that stays (another reader, somewhere), taking one of the stream's slots."""
+    config = ConsumerConfig(
+        name=name,
+        filter_subject=f"{j.journal.config.subject_prefix}.other",
+        deliver_subject=f"nowhere.{name}",
+        inactive_threshold=300.0,
+        mem_storage=True,
+    )
+    j.run(j.journal.js.add_consumer(j.journal.config.stream, config))
+
+
+def release_consumer(j: AsyncJournal, name: str) -> None:
+    j.run(j.journal.js.delete_consumer(j.journal.config.stream, name))
+
+
+@pytest.fixture
+def tight(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterator[AsyncJournal]:
+    """A journal on a stream that holds at most one consumer."""
+    create_stream(nats_server.url, journal_config, max_consumers=1)
+    j = AsyncJournal(nats_server.url, journal_config)
+    yield j
+    j.close()
+
+
+def test_a_stream_out_of_consumers_refuses_reads_with_a_typed_error(tight: AsyncJournal) -> None:
+    fill(tight, 3)
+    assert len(tight.run(tight.journal.read_all("s1"))) == 3
+    hold_consumer(tight, "elsewhere")
+    with pytest.raises(TooManyReaders) as refused:
+        tight.run(tight.journal.read_all("s1"))
+    assert refused.value.code == "too_many_readers"
+    assert "readers" in str(refused.value) and "maximum consumers" in str(refused.value)
+    release_consumer(tight, "elsewhere")
+    wait_until(lambda: consumers(tight) == 0)
+    assert len(tight.run(tight.journal.read_all("s1"))) == 3
