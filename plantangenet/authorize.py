@@ -21,34 +21,62 @@ GrantRole          ``role.grant``       ``role.<role>``
 RevokeRole         ``role.revoke``      ``role.<role>``
 BindIdentity       ``identity.bind``    ``identity``
 EndSession         ``session.end``      ``session``
+RegisterCompositor ``compositor.register`` ``compositor.<name>``
+QueryCursor        ``cursor.query``     ``axis.<axis>`` for each axis (*) (**)
+SetPrices          ``dust.price``       ``dust.prices``
+DepositDust        ``dust.deposit``     ``dust.agent.<id>`` or ``dust.treasury``
+GrantDust          ``dust.grant``       the source account, as above
+ProposeChem        ``chem.propose``     ``chem.<chem_id>`` (also counters)
+AcceptChem         ``chem.accept``      ``chem.<chem_id>``
+RefuseChem         ``chem.refuse``      ``chem.<chem_id>``
+RevokeChem         ``chem.revoke``      ``chem.<chem_id>``
+QueryChem          ``chem.query``       ``chem.<chem_id>`` (*)
+DiscloseChem       ``chem.disclose``    decided by the chem's terms, not the policy
 =================  ===================  ==================================
 
 (*) An agent acting on *another* agent's cursors also needs the action on
 ``agent.<owner>``, so a policy that lets bots move cursors over ``axis.*``
 does not let one bot move another's.
+
+(**) A cursor query is evaluated for the agent whose view it is (``agent_id``),
+even when the owner sends it: the policy's allowing statement also says how
+much each axis discloses (see :meth:`~plantangenet.policy.Policy.disclose`).
+A chem query's disclosure is set by the chem's terms instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from plantangenet.commands import (
+    AcceptChem,
     AddCursor,
     AttachAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
+    DepositDust,
     DetachAgent,
+    DiscloseChem,
     EndSession,
+    GrantDust,
     GrantRole,
     MoveCursor,
+    ProposeChem,
+    QueryChem,
+    QueryCursor,
+    RefuseChem,
+    RegisterCompositor,
     RemoveCursor,
+    RevokeChem,
     RevokeRole,
+    SetPrices,
     StartSession,
 )
+from plantangenet.dust import account_resource
 from plantangenet.errors import AccessRefused, InvalidCommand
 from plantangenet.events.envelope import Authorization
 from plantangenet.events.session import AccessDenied
@@ -87,6 +115,28 @@ def request_of(command: Command) -> tuple[str, tuple[str, ...]]:
             return "session.end", ("session",)
         case StartSession():
             return "session.start", ("session",)
+        case RegisterCompositor(name=name):
+            return "compositor.register", (f"compositor.{name}",)
+        case QueryCursor(agent_id=agent_id):
+            return "cursor.query", _other(command, agent_id)
+        case SetPrices():
+            return "dust.price", ("dust.prices",)
+        case DepositDust(account=account):
+            return "dust.deposit", (account_resource(str(account)),)
+        case GrantDust(source=source):
+            return "dust.grant", (account_resource(str(source)),)
+        case ProposeChem(chem_id=chem_id):
+            return "chem.propose", (f"chem.{chem_id}",)
+        case AcceptChem(chem_id=chem_id):
+            return "chem.accept", (f"chem.{chem_id}",)
+        case RefuseChem(chem_id=chem_id):
+            return "chem.refuse", (f"chem.{chem_id}",)
+        case RevokeChem(chem_id=chem_id):
+            return "chem.revoke", (f"chem.{chem_id}",)
+        case QueryChem(chem_id=chem_id, agent_id=agent_id):
+            return "chem.query", (f"chem.{chem_id}", *_other(command, agent_id))
+        case DiscloseChem(chem_id=chem_id):
+            return "chem.disclose", (f"chem.{chem_id}",)
     raise InvalidCommand(f"unknown command {type(command).__name__}")
 
 
@@ -172,7 +222,7 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
     return Authorization(action, resources, tuple(statements), policy.version)
 
 
-def refuse(event: AccessDenied) -> None:
+def refuse(event: AccessDenied) -> NoReturn:
     """Raise :class:`AccessRefused` for ``event``."""
     who = event.agent_id or "the owner"
     raise AccessRefused(

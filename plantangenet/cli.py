@@ -44,8 +44,11 @@ from plantangenet.history import (
 )
 from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
 from plantangenet.projections.audit import Audit
+from plantangenet.projections.cursors import CursorIndex
+from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
+from plantangenet.reports import cursors_report, describe_cursors, describe_ledger, ledger_report
 from plantangenet.runtime import Plantangenet, default_store_dir
 from plantangenet.service import SessionService
 from plantangenet.verify import verify
@@ -377,13 +380,43 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _fold_history(
-    pg: Plantangenet, session_id: str, audit: Audit, progress: _Progress
+    pg: Plantangenet, session_id: str, fold: Callable[[Envelope], None], progress: _Progress
 ) -> int:
     count = 0
     async for envelope in pg.journal.read(session_id, progress=progress):
-        audit(envelope)
+        fold(envelope)
         count += 1
     return count
+
+
+def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
+    index = CursorIndex()
+    with _runtime(args) as pg:
+        count = pg.run(_fold_history(pg, args.session_id, index.apply, _Progress(sys.stderr)))
+    if count == 0:
+        raise UnknownSession(f"no events for session {args.session_id!r}")
+    if args.time is not None and args.axis is None:
+        raise PlantangenetError("--time needs --axis")
+    report = cursors_report(index, args.axis, args.time)
+    if args.json:
+        _dump(report, out)
+    else:
+        out.write("\n".join(describe_cursors(report)) + "\n")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
+    ledger = Ledger()
+    with _runtime(args) as pg:
+        count = pg.run(_fold_history(pg, args.session_id, ledger.apply, _Progress(sys.stderr)))
+    if count == 0:
+        raise UnknownSession(f"no events for session {args.session_id!r}")
+    report = ledger_report(ledger, args.account)
+    if args.json:
+        _dump(report, out)
+    else:
+        out.write("\n".join(describe_ledger(report)) + "\n")
+    return 0 if report["reconciles"] else 1
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -689,6 +722,19 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     access.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
     access.set_defaults(run=cmd_nats_config)
+    cursors = sub.add_parser(
+        "cursors", parents=[common], help="a session's cursors, or those covering an axis"
+    )
+    cursors.add_argument("session_id")
+    cursors.add_argument("--axis", help="only cursors watching this axis (or a parent axis)")
+    cursors.add_argument("--time", type=float, help="... at this time (needs --axis)")
+    cursors.set_defaults(run=cmd_cursors)
+    ledger = sub.add_parser(
+        "ledger", parents=[common], help="a session's dust balances and movements"
+    )
+    ledger.add_argument("session_id")
+    ledger.add_argument("--account", help="only this account's movements")
+    ledger.set_defaults(run=cmd_ledger)
     check = sub.add_parser("verify", parents=[common], help="check a session's hash chain")
     check.add_argument("session_id")
     check.set_defaults(run=cmd_verify)

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plantangenet.events.chem import ChemClause
 from plantangenet.events.envelope import new_id
 from plantangenet.events.fields import MetadataValue
 from plantangenet.policy import Statement
@@ -71,24 +72,26 @@ class DetachAgent(Command):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AddCursor(Command):
-    """Open a cursor for an agent over ``axes`` and ``[start, end]``."""
+    """Open a cursor for an agent over ``axes`` and ``[start, end]``, at ``resolution``."""
 
     agent_id: str
     cursor_id: str
     axes: tuple[str, ...]
     start: float
     end: float
+    resolution: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class MoveCursor(Command):
-    """Give an agent's cursor a new region."""
+    """Give an agent's cursor a new region: move it, resize it, or change its resolution."""
 
     agent_id: str
     cursor_id: str
     axes: tuple[str, ...]
     start: float
     end: float
+    resolution: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,3 +147,164 @@ class EndSession(Command):
     """End the session: detach every agent, then close it."""
 
     reason: str = "ended"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterCompositor(Command):
+    """Record that the session coordinates with the compositor ``name``.
+
+    The compositor's code is provided to the process (see
+    :meth:`~plantangenet.runtime.Plantangenet.add_compositor`); the session
+    records only that it uses it.
+    """
+
+    name: str
+    description: str = ""
+
+
+class DataQuery(Command):
+    """Base of the commands that fetch data from a compositor.
+
+    They are not decided by :func:`~plantangenet.decide.decide` alone: the
+    session plans them (:func:`plantangenet.disclose.plan`), asks the
+    compositor, then shapes the data and records the disclosure
+    (:func:`plantangenet.disclose.disclose`).
+    """
+
+    __slots__ = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QueryCursor(DataQuery):
+    """Ask ``compositor`` for the data under ``agent_id``'s cursor, as policy discloses it."""
+
+    agent_id: str
+    cursor_id: str
+    compositor: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DiscloseChem(DataQuery):
+    """Disclose data to the peer of a chem (``agent_id`` is the peer's agent asking).
+
+    Sent by :class:`~plantangenet.chems.Chems` to the disclosing session
+    after the asking session recorded (and charged) the query.
+    """
+
+    chem_id: str
+    peer: str
+    agent_id: str
+    axes: tuple[str, ...]
+    start: float
+    end: float
+    compositor: str
+    resolution: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SetPrices(Command):
+    """Make ``prices`` (action or ``action.level`` -> dust) the session's price table."""
+
+    prices: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DepositDust(Command):
+    """Create ``amount`` dust in ``account`` (an agent id, or the treasury)."""
+
+    account: str
+    amount: int
+    memo: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GrantDust(Command):
+    """Move ``amount`` dust from ``source`` to ``target``."""
+
+    source: str
+    target: str
+    amount: int
+    memo: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ProposeChem(Command):
+    """Record a proposal (or, on a proposed chem, a counter-proposal) of chem terms.
+
+    Both sessions record it: ``proposed_by`` is the session proposing,
+    ``peer`` the other session (from the recording session's point of view).
+    Terms are :class:`~plantangenet.events.chem.ChemClause` s or mappings of
+    their fields (``disclosure`` as a level name or a mapping).
+    """
+
+    chem_id: str
+    peer: str
+    proposed_by: str
+    terms: Sequence[ChemClause | Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptChem(Command):
+    """Record that ``accepted_by`` accepted the chem's latest proposal."""
+
+    chem_id: str
+    accepted_by: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RefuseChem(Command):
+    """Record that ``refused_by`` refused (or withdrew) the chem's proposal."""
+
+    chem_id: str
+    refused_by: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeChem(Command):
+    """Record that ``revoked_by`` revoked the active chem."""
+
+    chem_id: str
+    revoked_by: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QueryChem(Command):
+    """Record (and charge) ``agent_id``'s query of the chem's peer for ``axes``."""
+
+    chem_id: str
+    agent_id: str
+    axes: tuple[str, ...]
+    start: float
+    end: float
+    resolution: float | None = None
+
+
+__all__ = [
+    "AcceptChem",
+    "AddCursor",
+    "AttachAgent",
+    "BindIdentity",
+    "ChangeMetadata",
+    "ChangePolicy",
+    "Command",
+    "DataQuery",
+    "DepositDust",
+    "DetachAgent",
+    "DiscloseChem",
+    "EndSession",
+    "GrantDust",
+    "GrantRole",
+    "MoveCursor",
+    "ProposeChem",
+    "QueryChem",
+    "QueryCursor",
+    "RefuseChem",
+    "RegisterCompositor",
+    "RemoveCursor",
+    "RevokeChem",
+    "RevokeRole",
+    "SetPrices",
+    "StartSession",
+]

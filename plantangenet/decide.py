@@ -15,22 +15,37 @@ import reprlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from plantangenet.authorize import authorize
+from plantangenet import chem, dust
+from plantangenet.authorize import authorize, request_of
 from plantangenet.commands import (
+    AcceptChem,
     AddCursor,
     AttachAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
+    DataQuery,
+    DepositDust,
     DetachAgent,
+    DiscloseChem,
     EndSession,
+    GrantDust,
     GrantRole,
     MoveCursor,
+    ProposeChem,
+    QueryChem,
+    QueryCursor,
+    RefuseChem,
+    RegisterCompositor,
     RemoveCursor,
+    RevokeChem,
     RevokeRole,
+    SetPrices,
     StartSession,
 )
+from plantangenet.disclose import Plan
+from plantangenet.disclose import plan as plan_disclosure
 from plantangenet.errors import (
     AgentAlreadyAttached,
     CursorAlreadyExists,
@@ -44,6 +59,8 @@ from plantangenet.errors import (
     UnknownCursor,
 )
 from plantangenet.events.base import Event
+from plantangenet.events.chem import ChemQueried
+from plantangenet.events.disclosure import CompositorRegistered
 from plantangenet.events.envelope import Authorization
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
@@ -84,6 +101,10 @@ class Limits:
     max_agents: int = 1_000
     max_cursors_per_agent: int = 100
     max_metadata_keys: int = 256
+    #: The most samples one data query may disclose (more: ``CompositorFailed``).
+    max_samples_per_query: int = 100_000
+    #: The most compositors a session coordinates with.
+    max_compositors: int = 64
 
 
 #: The limits used unless a runtime is configured with others.
@@ -127,6 +148,19 @@ def _finite(value: int | float) -> bool:
         return False
 
 
+def _check_resolution(resolution: object) -> float | None:
+    if resolution is None:
+        return None
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int | float)
+        or not _finite(resolution)
+        or resolution <= 0
+    ):
+        raise InvalidCommand(f"resolution must be a positive number or nil, got {show(resolution)}")
+    return float(resolution)
+
+
 def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
     if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes:
         raise InvalidCommand("axes must be a non-empty list of axis names")
@@ -146,9 +180,12 @@ def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, 
     return tuple(axes), float(start), float(end)
 
 
-def _region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
+def _region(
+    axes: object, start: object, end: object, resolution: object
+) -> tuple[tuple[str, ...], float, float, float | None]:
     """The region of a cursor command whose shape :func:`_check_shape` already checked."""
-    return tuple(axes), float(start), float(end)  # type: ignore[arg-type]
+    res = None if resolution is None else float(resolution)  # type: ignore[arg-type]
+    return tuple(axes), float(start), float(end), res  # type: ignore[arg-type]
 
 
 def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
@@ -232,8 +269,47 @@ def decide_authorized(
             return authorize(state, command, now or _EPOCH), events
     _require_active(state)
     _check_shape(command)
+    if isinstance(command, DataQuery):
+        raise InvalidCommand(
+            f"{type(command).__name__} fetches data from a compositor: send it to the session "
+            "(the actor plans it with plan_query, asks the compositor, then discloses)"
+        )
     authorization = authorize(state, command, now or _EPOCH)
-    return authorization, _decide(state, command, limits)
+    events = _decide(state, command, limits)
+    return authorization, _priced(state, command, authorization.action, events)
+
+
+def plan_query(
+    state: SessionState,
+    command: DataQuery,
+    *,
+    now: datetime | None = None,
+) -> tuple[Authorization, Plan]:
+    """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
+    if not isinstance(command, DataQuery):
+        raise InvalidCommand(f"not a data query: {type(command).__name__}")
+    if command.issued_by is not None:
+        check_id(command.issued_by, "issued_by")
+    if not isinstance(command.context, Mapping):
+        raise InvalidCommand("context must be a map")
+    _require_active(state)
+    _check_shape(command)
+    if isinstance(command, QueryCursor):
+        _require_agent(state, command.agent_id)
+        _require_cursor(state, command.agent_id, command.cursor_id)
+    authorize(state, command, now or _EPOCH)  # the sender may send it
+    return plan_disclosure(state, command, now or _EPOCH)
+
+
+def _priced(state: SessionState, command: Command, action: str, events: list[Event]) -> list[Event]:
+    """``events``, preceded by the ``DustCharged`` the price table asks for (if any)."""
+    if action in dust.FREE_ACTIONS or not state.prices:
+        return events
+    payer = command.issued_by or getattr(command, "agent_id", None)
+    if not isinstance(payer, str) or payer not in state.agents:
+        return events  # the owner's own commands are not charged
+    price = state.price(action)
+    return [*dust.charge(state, payer, price, action, type(command).__name__), *events]
 
 
 def _check_shape(command: Command) -> None:
@@ -241,16 +317,35 @@ def _check_shape(command: Command) -> None:
     match command:
         case AttachAgent(agent_id=agent_id) | DetachAgent(agent_id=agent_id):
             check_id(agent_id, "agent_id")
+        case AddCursor() | MoveCursor():
+            check_id(command.agent_id, "agent_id")
+            check_id(command.cursor_id, "cursor_id")
+            _check_region(command.axes, command.start, command.end)
+            _check_resolution(command.resolution)
         case (
-            AddCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e)
-            | MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e)
+            RemoveCursor(agent_id=agent_id, cursor_id=cursor_id)
+            | QueryCursor(agent_id=agent_id, cursor_id=cursor_id)
         ):
             check_id(agent_id, "agent_id")
             check_id(cursor_id, "cursor_id")
-            _check_region(axes, s, e)
-        case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
-            check_id(agent_id, "agent_id")
-            check_id(cursor_id, "cursor_id")
+        case QueryChem() | DiscloseChem():
+            check_id(command.chem_id, "chem_id")
+            check_id(command.agent_id, "agent_id")
+            _check_region(command.axes, command.start, command.end)
+            _check_resolution(command.resolution)
+        case (
+            ProposeChem(chem_id=chem_id)
+            | AcceptChem(chem_id=chem_id)
+            | RefuseChem(chem_id=chem_id)
+            | RevokeChem(chem_id=chem_id)
+        ):
+            check_id(chem_id, "chem_id")
+        case RegisterCompositor(name=name):
+            check_id(name, "compositor name")
+        case DepositDust(account=account):
+            _check_text(account, "account")
+        case GrantDust(source=source):
+            _check_text(source, "source")
         case ChangeMetadata(changed=changed, removed=removed):
             _check_metadata(changed, "changed")
             if isinstance(removed, str) or not isinstance(removed, Sequence):
@@ -285,7 +380,9 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
         case DetachAgent(agent_id=agent_id, reason=reason):
             _require_agent(state, agent_id)
             return _detach(state, agent_id, _check_text(reason, "reason"))
-        case AddCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
+        case AddCursor(
+            agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end, resolution=res
+        ):
             _require_agent(state, agent_id)
             check_id(cursor_id, "cursor_id")
             if cursor_id in state.cursors:
@@ -294,11 +391,13 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
                 raise LimitExceeded(
                     f"agent {agent_id!r} already has {limits.max_cursors_per_agent} cursors"
                 )
-            return [CursorAdded(agent_id, cursor_id, *_region(axes, start, end))]
-        case MoveCursor(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end):
+            return [CursorAdded(agent_id, cursor_id, *_region(axes, start, end, res))]
+        case MoveCursor(
+            agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end, resolution=res
+        ):
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)
-            return [CursorMoved(agent_id, cursor_id, *_region(axes, start, end))]
+            return [CursorMoved(agent_id, cursor_id, *_region(axes, start, end, res))]
         case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)
@@ -319,6 +418,27 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
             if role not in state.roles_of(agent_id):
                 raise InvalidCommand(f"agent {agent_id!r} does not hold role {role!r}")
             return [RoleRevoked(agent_id, role)]
+        case RegisterCompositor(name=name, description=description):
+            _check_text(description, "description")
+            if name not in state.compositors and len(state.compositors) >= limits.max_compositors:
+                raise LimitExceeded(f"a session coordinates with at most {limits.max_compositors}")
+            return [CompositorRegistered(name, description)]
+        case SetPrices(prices=prices):
+            return dust.set_prices(prices)
+        case DepositDust(account=account, amount=amount, memo=memo):
+            return dust.deposit(state, account, amount, _check_text(memo, "memo"))
+        case GrantDust(source=source, target=target, amount=amount, memo=memo):
+            return dust.grant(state, source, target, amount, _check_text(memo, "memo"))
+        case ProposeChem(chem_id=chem_id, peer=peer, proposed_by=by, terms=terms):
+            return [chem.propose(state, chem_id, check_id(peer, "peer"), by, terms)]
+        case AcceptChem(chem_id=chem_id, accepted_by=by):
+            return [chem.accept(state, chem_id, by)]
+        case RefuseChem(chem_id=chem_id, refused_by=by, reason=reason):
+            return [chem.refuse(state, chem_id, by, _check_text(reason, "reason"))]
+        case RevokeChem(chem_id=chem_id, revoked_by=by, reason=reason):
+            return [chem.revoke(state, chem_id, by, _check_text(reason, "reason"))]
+        case QueryChem(chem_id=chem_id, agent_id=agent_id, axes=axes, start=start, end=end):
+            return _query_chem(state, command, chem_id, agent_id, axes, start, end)
         case EndSession(reason=reason):
             _check_text(reason, "reason")
             events: list[Event] = []
@@ -353,3 +473,27 @@ def _policy_change(
         added=tuple(sorted(changed)),
         removed=tuple(sorted(before - after)),
     )
+
+
+def _query_chem(
+    state: SessionState,
+    command: QueryChem,
+    chem_id: str,
+    agent_id: str,
+    axes: tuple[str, ...],
+    start: float,
+    end: float,
+) -> list[Event]:
+    """The asking side of a chem query: every axis must be in the peer's terms; pay for it."""
+    _require_agent(state, agent_id)
+    active = chem.active_chem(state, chem_id)
+    price = 0
+    for axis in axes:
+        clause = chem.terms_for(active, active.peer, axis)
+        if clause is None:
+            raise InvalidCommand(f"chem {chem_id!r}: {active.peer!r} does not disclose {axis}")
+        price += clause.price
+    action = request_of(command)[0]
+    charged = dust.charge(state, agent_id, price, action, type(command).__name__, chem_id)
+    region = _region(axes, start, end, command.resolution)
+    return [*charged, ChemQueried(chem_id, agent_id, *region[:3], price)]

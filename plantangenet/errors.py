@@ -86,20 +86,39 @@ class InvalidPolicy(InvalidCommand):
     code = "invalid_policy"
 
 
-class AccessRefused(CommandRejected):
-    """The session's policy refused the command; the refusal is in the log.
+class RecordedRefusal(CommandRejected):
+    """A refusal the session writes to its log before reporting it (see the subclasses).
 
-    :attr:`event` is the ``AccessDenied`` event recorded for it (agent,
-    action, resource, statement, reason, policy version); :attr:`sequence`
-    is where it was stored (0 until it is).
+    :attr:`event` is the event recorded for it; :attr:`sequence` is where it
+    was stored (0 until it is).
     """
 
-    code = "access_refused"
+    code = "refused"
 
     def __init__(self, message: str, *, event: Any = None, sequence: int = 0) -> None:
         super().__init__(message)
         self.event = event
         self.sequence = sequence
+
+
+class AccessRefused(RecordedRefusal):
+    """The session's policy refused the command; the refusal is in the log.
+
+    :attr:`event` is the ``AccessDenied`` event recorded for it (agent,
+    action, resource, statement, reason, policy version).
+    """
+
+    code = "access_refused"
+
+
+class InsufficientDust(RecordedRefusal):
+    """The paying account's dust does not cover the command's price; nothing was done.
+
+    :attr:`event` is the ``ChargeRefused`` event recorded for it (account,
+    price, balance, action).
+    """
+
+    code = "insufficient_dust"
 
 
 class LimitExceeded(CommandRejected):
@@ -148,6 +167,33 @@ class CursorAlreadyExists(CommandRejected):
     """A cursor with this id already exists in the session."""
 
     code = "cursor_already_exists"
+
+
+class UnknownCompositor(CommandRejected):
+    """The session does not coordinate with a compositor of that name."""
+
+    code = "unknown_compositor"
+
+
+class CompositorFailed(PlantangenetError):
+    """A compositor could not answer (it raised, returned bad data, or is not in this process).
+
+    Nothing was written and no dust was charged.
+    """
+
+    code = "compositor_failed"
+
+
+class UnknownChem(CommandRejected):
+    """The session has no chem of that id."""
+
+    code = "unknown_chem"
+
+
+class ChemInactive(CommandRejected):
+    """The chem is not in a state that allows this (not accepted yet, refused or revoked)."""
+
+    code = "chem_inactive"
 
 
 class JournalError(PlantangenetError):

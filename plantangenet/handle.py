@@ -24,19 +24,24 @@ from plantangenet.commands import (
     ChangeMetadata,
     ChangePolicy,
     Command,
+    DepositDust,
     DetachAgent,
     EndSession,
+    GrantDust,
     GrantRole,
     MoveCursor,
+    QueryCursor,
+    RegisterCompositor,
     RemoveCursor,
     RevokeRole,
+    SetPrices,
     StartSession,
 )
 from plantangenet.errors import ActorStopped
 from plantangenet.events.fields import MetadataValue
 from plantangenet.policy import Statement
 from plantangenet.projections.agent import AgentState
-from plantangenet.projections.session import SessionState
+from plantangenet.projections.session import CursorView, SessionState
 
 T = TypeVar("T")
 
@@ -133,14 +138,12 @@ class SessionHandle:
         axes: Sequence[str],
         start: float,
         end: float,
+        resolution: float | None = None,
         **kw: Any,
     ) -> CommandResult:
-        """Open a cursor for ``agent_id``."""
-        return self.execute(
-            AddCursor(
-                agent_id=agent_id, cursor_id=cursor_id, axes=tuple(axes), start=start, end=end, **kw
-            )
-        )
+        """Open a cursor for ``agent_id`` (``resolution``: time step of the data it wants)."""
+        region = _region(axes, start, end, resolution)
+        return self.execute(AddCursor(agent_id=agent_id, cursor_id=cursor_id, **region, **kw))
 
     def move_cursor(
         self,
@@ -149,14 +152,12 @@ class SessionHandle:
         axes: Sequence[str],
         start: float,
         end: float,
+        resolution: float | None = None,
         **kw: Any,
     ) -> CommandResult:
-        """Give a cursor a new region."""
-        return self.execute(
-            MoveCursor(
-                agent_id=agent_id, cursor_id=cursor_id, axes=tuple(axes), start=start, end=end, **kw
-            )
-        )
+        """Give a cursor a new region: move, resize or change its resolution."""
+        region = _region(axes, start, end, resolution)
+        return self.execute(MoveCursor(agent_id=agent_id, cursor_id=cursor_id, **region, **kw))
 
     def remove_cursor(self, agent_id: str, cursor_id: str, **kw: Any) -> CommandResult:
         """Close a cursor."""
@@ -205,6 +206,34 @@ class SessionHandle:
         """Take a role away from an agent."""
         return self.execute(RevokeRole(agent_id=agent_id, role=role, **kw))
 
+    def register_compositor(self, name: str, description: str = "", **kw: Any) -> CommandResult:
+        """Record that the session coordinates with compositor ``name``."""
+        return self.execute(RegisterCompositor(name=name, description=description, **kw))
+
+    def query_cursor(
+        self, agent_id: str, cursor_id: str, compositor: str, **kw: Any
+    ) -> CommandResult:
+        """Ask ``compositor`` for the data under the cursor; ``.samples`` holds what policy
+        discloses to ``agent_id`` (``AccessRefused`` if an axis is denied,
+        ``InsufficientDust`` if the agent cannot pay)."""
+        return self.execute(
+            QueryCursor(agent_id=agent_id, cursor_id=cursor_id, compositor=compositor, **kw)
+        )
+
+    def set_prices(self, prices: Mapping[str, int], **kw: Any) -> CommandResult:
+        """Make ``prices`` the session's price table (action or ``action.level`` -> dust)."""
+        return self.execute(SetPrices(prices=dict(prices), **kw))
+
+    def deposit(self, account: str, amount: int, memo: str = "", **kw: Any) -> CommandResult:
+        """Create ``amount`` dust in ``account``."""
+        return self.execute(DepositDust(account=account, amount=amount, memo=memo, **kw))
+
+    def grant(
+        self, source: str, target: str, amount: int, memo: str = "", **kw: Any
+    ) -> CommandResult:
+        """Move ``amount`` dust from ``source`` to ``target``."""
+        return self.execute(GrantDust(source=source, target=target, amount=amount, memo=memo, **kw))
+
     def end(self, reason: str = "ended", **kw: Any) -> CommandResult:
         """End the session: every agent is detached and torn down."""
         return self.execute(EndSession(reason=reason, **kw))
@@ -222,6 +251,10 @@ class SessionHandle:
         state = agent.ask("state", timeout=self.timeout)
         assert isinstance(state, AgentState)
         return state
+
+    def cursors_covering(self, axis: str, time: float) -> list[CursorView]:
+        """The cursors watching ``axis`` (or a parent axis) at ``time``, by cursor id."""
+        return self._inspect(lambda actor: actor.cursor_index.covering(axis, time))
 
     @property
     def hook_failures(self) -> list[HookFailure]:
@@ -256,6 +289,12 @@ class SessionHandle:
     def is_running(self) -> bool:
         """Whether the session's actor is alive."""
         return bool(self._actor.is_alive())
+
+
+def _region(
+    axes: Sequence[str], start: float, end: float, resolution: float | None
+) -> dict[str, Any]:
+    return {"axes": tuple(axes), "start": start, "end": end, "resolution": resolution}
 
 
 def _wait(future: concurrent.futures.Future[T], timeout: float) -> T:

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
+from plantangenet.disclosure import DENIED, FULL, RANK, Disclosure, parse_disclosure
 from plantangenet.errors import InvalidPolicy
 
 Effect = Literal["allow", "deny"]
@@ -93,6 +94,8 @@ class Statement:
     resources: tuple[str, ...]
     roles: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    #: What an ``allow`` discloses of data queried under it (``None``: everything).
+    disclosure: Disclosure | None = None
 
     def matches(self, roles: Iterable[str], action: str, resource: str) -> bool:
         """Whether roles, action and resource fit (conditions not considered)."""
@@ -167,8 +170,35 @@ class Policy:
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Decide whether an agent holding ``roles`` may do ``action`` on ``resource``."""
-        roles = tuple(roles)
-        context = context or {}
+        return self._decide(tuple(roles), action, resource, context or {}, widest=False)[0]
+
+    def disclose(
+        self,
+        roles: Iterable[str],
+        action: str,
+        resource: str,
+        context: Mapping[str, Any] | None = None,
+    ) -> tuple[Decision, Disclosure]:
+        """Like :meth:`evaluate`, also saying how much an allowed query discloses.
+
+        A deny still wins. Among the allowing statements that apply, the one that
+        discloses most decides (allows add up; to disclose less, narrow the
+        allows or add a deny); a statement without a disclosure discloses
+        everything. A refusal comes with the ``denied`` disclosure.
+        """
+        decision, statement = self._decide(tuple(roles), action, resource, context or {}, True)
+        if not decision.allowed or statement is None:
+            return decision, DENIED
+        return decision, statement.disclosure or FULL
+
+    def _decide(
+        self,
+        roles: tuple[str, ...],
+        action: str,
+        resource: str,
+        context: Mapping[str, Any],
+        widest: bool,
+    ) -> tuple[Decision, Statement | None]:
         allow: Statement | None = None
         for statement in self.candidates(roles):
             if not statement.matches(roles, action, resource):
@@ -176,28 +206,21 @@ class Policy:
             if not all(c.holds(context) for c in statement.conditions):
                 continue
             if statement.effect == "deny":
+                reason = f"denied by statement {statement.id!r}"
                 return Decision(
-                    False,
-                    statement.id,
-                    f"denied by statement {statement.id!r}",
-                    self.version,
-                    action,
-                    resource,
-                )
-            if allow is None:
+                    False, statement.id, reason, self.version, action, resource
+                ), statement
+            if allow is None or (widest and _rank(statement) > _rank(allow)):
                 allow = statement
         if allow is not None:
-            return Decision(
-                True, allow.id, f"allowed by statement {allow.id!r}", self.version, action, resource
-            )
-        return Decision(
-            False,
-            None,
-            f"no statement allows {action} on {resource} (default deny)",
-            self.version,
-            action,
-            resource,
-        )
+            reason = f"allowed by statement {allow.id!r}"
+            return Decision(True, allow.id, reason, self.version, action, resource), allow
+        reason = f"no statement allows {action} on {resource} (default deny)"
+        return Decision(False, None, reason, self.version, action, resource), None
+
+
+def _rank(statement: Statement) -> int:
+    return RANK[(statement.disclosure or FULL).level]
 
 
 def evaluate(
@@ -302,10 +325,19 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
             "resources": raw.resources,
             "roles": raw.roles,
             "conditions": raw.conditions,
+            "disclosure": raw.disclosure,
         }
     if not isinstance(raw, Mapping):
         raise InvalidPolicy(f"{label}: a statement is a map")
-    unknown = set(raw) - {"id", "effect", "actions", "resources", "roles", "conditions"}
+    unknown = set(raw) - {
+        "id",
+        "effect",
+        "actions",
+        "resources",
+        "roles",
+        "conditions",
+        "disclosure",
+    }
     if unknown:
         raise InvalidPolicy(f"{label}: unknown field {sorted(unknown)[0]!r}")
     sid = raw.get("id")
@@ -321,6 +353,11 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
     conditions = raw.get("conditions", ())
     if isinstance(conditions, str | Mapping) or not isinstance(conditions, Sequence):
         raise InvalidPolicy(f"{label}.conditions: must be a list")
+    disclosure = raw.get("disclosure")
+    if disclosure is not None:
+        if effect == "deny":
+            raise InvalidPolicy(f"{label}.disclosure: only an 'allow' discloses")
+        disclosure = parse_disclosure(disclosure, f"{label}.disclosure")
     return Statement(
         id=sid,
         effect=cast(Effect, effect),
@@ -330,6 +367,7 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
         conditions=tuple(
             _condition(c, f"{label}.conditions[{i}]") for i, c in enumerate(conditions)
         ),
+        disclosure=disclosure,
     )
 
 

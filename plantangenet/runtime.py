@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +27,8 @@ import nats.errors
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.session import AgentFactory, SessionActor
+from plantangenet.chems import Chems
+from plantangenet.compositors import Compositor
 from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import JournalError, UnknownSession
@@ -37,6 +39,8 @@ from plantangenet.history import Position
 from plantangenet.history import state_at as history_state_at
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
+from plantangenet.projections.cursors import CursorIndex
+from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
 from plantangenet.replay import Progress, replay
 
@@ -79,6 +83,8 @@ class Plantangenet:
     :param limits: per-session limits (agents, cursors per agent, metadata keys).
     :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``user_credentials``, ``tls``...).
+    :param compositors: the data producers this process provides to its sessions
+        (more with :meth:`add_compositor`).
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class Plantangenet:
         max_batch: int = 256,
         nats_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        compositors: Iterable[Compositor] = (),
     ) -> None:
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -107,6 +114,11 @@ class Plantangenet:
         self._journal: Journal | None = None
         self._sessions: dict[str, SessionHandle] = {}
         self._lock = threading.Lock()
+        #: The compositors sessions of this process can query, by name.
+        self.compositors: dict[str, Compositor] = {}
+        for compositor in compositors:
+            self.add_compositor(compositor)
+        self._chems: Chems | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -222,11 +234,30 @@ class Plantangenet:
                 handle=_LazyHandle(holder),
                 max_batch=self.max_batch,
                 limits=self.limits,
+                compositors=self.compositors,
             )
             handle = SessionHandle(session_id, actor)
             holder.append(handle)
             self._sessions[session_id] = handle
             return handle
+
+    def add_compositor(self, compositor: Compositor) -> None:
+        """Provide ``compositor`` to this process's sessions, under its name.
+
+        A session queries it once the session has registered it
+        (:meth:`SessionHandle.register_compositor`).
+        """
+        if not isinstance(compositor, Compositor):
+            raise TypeError(f"not a compositor (needs name and query): {compositor!r}")
+        check_id(compositor.name, "compositor name")
+        self.compositors[compositor.name] = compositor
+
+    @property
+    def chems(self) -> Chems:
+        """Negotiate chems between this process's sessions and query across them."""
+        if self._chems is None:
+            self._chems = Chems(self.session)
+        return self._chems
 
     def stop_session(self, session_id: str) -> None:
         """Stop a session's actor (its agents are torn down); the log is untouched."""
@@ -269,6 +300,14 @@ class Plantangenet:
         check_id(session_id, "session_id")
         events: list[Envelope] = self.loop.run(self.journal.read_all(session_id, **kwargs))
         return events
+
+    def ledger(self, session_id: str, *, to_sequence: int | None = None) -> Ledger:
+        """The session's dust ledger, folded from the log."""
+        return Ledger.of(self.history(session_id, to_sequence=to_sequence))
+
+    def cursor_index(self, session_id: str, *, to_sequence: int | None = None) -> CursorIndex:
+        """The session's cursor index, folded from the log."""
+        return CursorIndex.of(self.history(session_id, to_sequence=to_sequence))
 
     def sessions(self) -> dict[str, int]:
         """Every session in the log with its number of events."""

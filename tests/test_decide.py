@@ -21,21 +21,33 @@ import pytest
 from plantangenet import commands as commands_module
 from plantangenet.authorize import request_of
 from plantangenet.commands import (
+    AcceptChem,
     AddCursor,
     AttachAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
     Command,
+    DepositDust,
     DetachAgent,
+    DiscloseChem,
     EndSession,
+    GrantDust,
     GrantRole,
     MoveCursor,
+    ProposeChem,
+    QueryChem,
+    QueryCursor,
+    RefuseChem,
+    RegisterCompositor,
     RemoveCursor,
+    RevokeChem,
     RevokeRole,
+    SetPrices,
     StartSession,
 )
 from plantangenet.decide import decide, decide_authorized
+from plantangenet.disclosure import Disclosure
 from plantangenet.errors import (
     AccessRefused,
     AgentAlreadyAttached,
@@ -68,6 +80,16 @@ from plantangenet.events import (
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.events.chem import (
+    ChemAccepted,
+    ChemClause,
+    ChemProposed,
+    ChemQueried,
+    ChemRefused,
+    ChemRevoked,
+)
+from plantangenet.events.disclosure import CompositorRegistered
+from plantangenet.events.dust import DustCharged, DustDeposited, DustGranted, PricesChanged
 from plantangenet.policy import Condition, Policy, Statement
 from plantangenet.projections.session import IdentityView, SessionState, evolve
 
@@ -128,6 +150,23 @@ ACTIVE = apply(
     ChangePolicy(replace=[WATCHERS]),
     GrantRole(agent_id="a1", role="watcher"),
     GrantRole(agent_id="a2", role="viewer"),
+    # Data, dust and chems: a compositor, 100 dust for a1, chem k1 with s2 active
+    # (s2 discloses wind, s1 discloses x rounded), chem k2 proposed by s2.
+    RegisterCompositor(name="synthetic"),
+    DepositDust(account="a1", amount=100),
+    ProposeChem(
+        chem_id="k1",
+        peer="s2",
+        proposed_by="s1",
+        terms=[
+            {"discloser": "s2", "axes": ["wind.*"], "price": 3},
+            {"discloser": "s1", "axes": ["x"], "disclosure": {"level": "degraded", "decimals": 0}},
+        ],
+    ),
+    AcceptChem(chem_id="k1", accepted_by="s2"),
+    ProposeChem(
+        chem_id="k2", peer="s2", proposed_by="s2", terms=[{"discloser": "s2", "axes": ["y"]}]
+    ),
 )
 ENDED = apply(ACTIVE, EndSession(reason="done"))
 STATES = {"new": NEW, "active": ACTIVE, "ended": ENDED}
@@ -170,6 +209,24 @@ COMMANDS: dict[str, Command] = {
     "GrantRole": GrantRole(agent_id="a3", role="watcher"),
     "RevokeRole": RevokeRole(agent_id="a2", role="viewer"),
     "EndSession": EndSession(reason="over"),
+    "RegisterCompositor": RegisterCompositor(name="recorded", description="buoys"),
+    "SetPrices": SetPrices(prices={"cursor.query": 2, "cursor.query.full": 5}),
+    "DepositDust": DepositDust(account="a3", amount=5, memo="top-up"),
+    "GrantDust": GrantDust(source="a1", target="a2", amount=10),
+    "ProposeChem": ProposeChem(
+        chem_id="k2", peer="s2", proposed_by="s1", terms=[{"discloser": "s1", "axes": ["x"]}]
+    ),
+    "AcceptChem": AcceptChem(chem_id="k2", accepted_by="s1"),
+    "RefuseChem": RefuseChem(chem_id="k2", refused_by="s1", reason="no"),
+    "RevokeChem": RevokeChem(chem_id="k1", revoked_by="s1"),
+    "QueryChem": QueryChem(chem_id="k1", agent_id="a1", axes=("wind.speed",), start=0, end=1),
+}
+#: Data queries: decided in steps by the session actor (see test_disclosure.py).
+DATA_QUERIES: dict[str, Command] = {
+    "QueryCursor": QueryCursor(agent_id="a1", cursor_id="c1", compositor="synthetic"),
+    "DiscloseChem": DiscloseChem(
+        chem_id="k1", peer="s2", agent_id="b1", axes=("x",), start=0, end=1, compositor="synthetic"
+    ),
 }
 
 EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
@@ -192,6 +249,18 @@ EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
         AgentDetached("a3", "session ended"),
         SessionEnded("over"),
     ],
+    "RegisterCompositor": [CompositorRegistered("recorded", "buoys")],
+    "SetPrices": [PricesChanged({"cursor.query": 2, "cursor.query.full": 5})],
+    "DepositDust": [DustDeposited("a3", 5, "top-up")],
+    "GrantDust": [DustGranted("a1", "a2", 10)],
+    "ProposeChem": [ChemProposed("k2", "s2", "s1", 2, (ChemClause("s1", ("x",), Disclosure()),))],
+    "AcceptChem": [ChemAccepted("k2", "s1", 1)],
+    "RefuseChem": [ChemRefused("k2", "s1", "no")],
+    "RevokeChem": [ChemRevoked("k1", "s1")],
+    "QueryChem": [
+        DustCharged("a1", 3, "chem.query", "k1"),
+        ChemQueried("k1", "a1", ("wind.speed",), 0.0, 1.0, 3),
+    ],
 }
 
 # The action and resources of each command above (the table in plantangenet.authorize).
@@ -208,6 +277,15 @@ REQUESTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "GrantRole": ("role.grant", ("role.watcher",)),
     "RevokeRole": ("role.revoke", ("role.viewer",)),
     "EndSession": ("session.end", ("session",)),
+    "RegisterCompositor": ("compositor.register", ("compositor.recorded",)),
+    "SetPrices": ("dust.price", ("dust.prices",)),
+    "DepositDust": ("dust.deposit", ("dust.agent.a3",)),
+    "GrantDust": ("dust.grant", ("dust.agent.a1",)),
+    "ProposeChem": ("chem.propose", ("chem.k2",)),
+    "AcceptChem": ("chem.accept", ("chem.k2",)),
+    "RefuseChem": ("chem.refuse", ("chem.k2",)),
+    "RevokeChem": ("chem.revoke", ("chem.k1",)),
+    "QueryChem": ("chem.query", ("chem.k1",)),
 }
 IN_SESSION = [name for name in COMMANDS if name != "StartSession"]
 
@@ -242,6 +320,13 @@ def check(state: SessionState, command: Command, expected: Outcome, **kw: Any) -
     assert state is before and state == before
 
 
+@pytest.mark.parametrize("name", DATA_QUERIES)
+def test_data_queries_are_not_decided_alone(name: str) -> None:
+    # They need the compositor's answer: the session actor plans, fetches, then discloses.
+    with pytest.raises(InvalidCommand, match="compositor"):
+        decide(ACTIVE, DATA_QUERIES[name])
+
+
 @pytest.mark.parametrize(("status", "name", "expected"), _status_table())
 def test_every_command_in_every_status(status: str, name: str, expected: Outcome) -> None:
     check(STATES[status], COMMANDS[name], expected)
@@ -264,7 +349,9 @@ def test_the_tables_cover_every_command_class() -> None:
         for obj in vars(commands_module).values()
         if isinstance(obj, type) and issubclass(obj, Command) and obj is not Command
     }
-    assert {type(c) for c in COMMANDS.values()} == declared
+    assert {type(c) for c in [*COMMANDS.values(), *DATA_QUERIES.values()]} == declared - {
+        commands_module.DataQuery
+    }
     assert set(REQUESTS) == set(COMMANDS)
     assert set(EXPECTED_IN_ACTIVE) == set(IN_SESSION)
 

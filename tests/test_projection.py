@@ -56,6 +56,22 @@ from plantangenet.events import (
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.events.chem import (
+    ChemAccepted,
+    ChemProposed,
+    ChemQueried,
+    ChemRefused,
+    ChemRevoked,
+)
+from plantangenet.events.disclosure import CompositorRegistered, DisclosureMade
+from plantangenet.events.dust import (
+    TREASURY,
+    ChargeRefused,
+    DustCharged,
+    DustDeposited,
+    DustGranted,
+    PricesChanged,
+)
 from plantangenet.policy import Condition, Policy, Statement
 from plantangenet.projections.session import (
     AgentView,
@@ -119,6 +135,7 @@ LOG: list[Envelope] = [
     env(RoleRevoked("a1", "watcher"), 23),
     env(CursorRemoved("a2", "c2"), 24),
     env(AgentDetached("a2", "bye"), 25),
+    env(ChemProposed("k1", "s2", "s2", 1, ()), 26),
 ]
 
 
@@ -137,8 +154,9 @@ def test_fold_of_a_hand_made_log() -> None:
     assert state.roles == {"a1": ("admin",)}  # a2's role went with a2
     assert state.roles_of("a1") == ("admin",)
     assert state.roles_of("a2") == state.roles_of("a3") == state.roles_of("nobody") == ()
-    assert state.sequence == 25
+    assert state.sequence == 26
     assert state.event_count == len(LOG)
+    assert list(state.chems) == ["k1"] and state.chems["k1"].status == "proposed"
     assert state.end_reason is None
     assert state.cursors_of("a1") == (CursorView("c1", "a1", ("x", "t"), 2.0, 4.0),)
     assert state.cursors_of("a3") == ()
@@ -316,9 +334,18 @@ EVERY_EVENT: list[Event] = [
     RoleGranted("a1", "watcher"),
     RoleRevoked("a1", "admin"),
     SessionEnded("stop"),
+    CompositorRegistered("synthetic", "test data"),
+    PricesChanged({"cursor.query": 2}),
+    DustDeposited("a1", 5),
+    DustGranted("a1", TREASURY, 2),
+    DustCharged("a1", 1, "cursor.query", "c1"),
+    ChemProposed("k2", "s3", "s1", 1, ()),
+    ChemAccepted("k1", "s1", 1),
+    ChemRefused("k1", "s1", "no"),
+    ChemRevoked("k1", "s1"),  # lenient: the fold follows even a step decide would refuse
 ]
 #: Session events that the session state does not follow (they are audit records).
-NOT_FOLDED: set[type[Event]] = {AccessDenied}
+NOT_FOLDED: set[type[Event]] = {AccessDenied, DisclosureMade, ChargeRefused, ChemQueried}
 
 
 def test_the_event_list_covers_every_session_event() -> None:

@@ -22,6 +22,8 @@ from plantangenet.errors import DecodeError, InvalidCommand, UnknownEventType, U
 from plantangenet.events import CODEC as REAL_CODEC
 from plantangenet.events import (
     EVENTS,
+    CursorAdded,
+    CursorMoved,
     Envelope,
     Event,
     EventCodec,
@@ -305,8 +307,8 @@ def test_a_failing_upcaster_is_a_decode_error(upcaster: Any) -> None:
 POLICY_V1 = {"policy_id": "p1", "rules": ["allow all", "deny nothing"]}
 
 
-def test_policy_changed_v1_is_upcast_to_an_empty_v2_by_the_real_codec() -> None:
-    assert PolicyChanged.version == 2
+def test_policy_changed_v1_is_upcast_to_an_empty_policy_by_the_real_codec() -> None:
+    assert PolicyChanged.version == 3
     payload = stored("PolicyChanged", 1, POLICY_V1)
     envelope = REAL_CODEC.decode(payload, sequence=7)
     assert envelope.event == PolicyChanged(statements=())
@@ -319,9 +321,9 @@ def test_policy_changed_v1_is_upcast_to_an_empty_v2_by_the_real_codec() -> None:
     assert envelope.sequence == 7
     assert envelope.occurred_at == AT
     assert (envelope.previous_hash, envelope.authorization) == (b"", None)
-    # Read back and written again, it is stored as v2.
+    # Read back and written again, it is stored as the current version.
     rewritten = msgpack.unpackb(REAL_CODEC.encode(envelope), raw=False)
-    assert rewritten["v"] == 2
+    assert rewritten["v"] == 3
     assert rewritten["d"] == {"statements": [], "added": [], "removed": []}
 
 
@@ -340,7 +342,7 @@ def test_policy_changed_v1_payloads_carry_no_statements(data: dict[str, Any]) ->
     assert REAL_CODEC.decode(stored("PolicyChanged", 1, data)).event == PolicyChanged(())
 
 
-def test_policy_changed_v2_is_read_as_is_and_v3_is_refused() -> None:
+def test_policy_changed_v2_is_upcast_and_v4_is_refused() -> None:
     statement = {
         "id": "watchers",
         "effect": "allow",
@@ -370,8 +372,8 @@ def test_policy_changed_v2_is_read_as_is_and_v3_is_refused() -> None:
         stored("PolicyChanged", 1, {"statements": [statement]})
     ).event == PolicyChanged(())
     with pytest.raises(UnknownEventVersion) as excinfo:
-        REAL_CODEC.decode(stored("PolicyChanged", 3, {"statements": []}))
-    assert "v3" in str(excinfo.value)
+        REAL_CODEC.decode(stored("PolicyChanged", 4, {"statements": []}))
+    assert "v4" in str(excinfo.value)
     with pytest.raises(UnknownEventVersion):
         REAL_CODEC.decode(stored("PolicyChanged", 0, POLICY_V1))
 
@@ -390,3 +392,18 @@ def test_a_log_mixing_policy_versions_folds_to_the_latest_policy() -> None:
     state = fold("s1", log[:1])
     assert state.policy.version == 1
     assert [s.id for s in state.policy.statements] == ["all"]
+
+
+# -- CursorAdded / CursorMoved v1 -> v2 (resolution added) -------------------------------
+
+
+@pytest.mark.parametrize("cls", [CursorAdded, CursorMoved], ids=lambda c: c.type_name)
+def test_cursor_events_v1_are_read_with_no_resolution(cls: type[Event]) -> None:
+    assert cls.version == 2
+    v1 = {"agent_id": "a1", "cursor_id": "c1", "axes": ["ocean"], "start": 0.0, "end": 5.0}
+    event = REAL_CODEC.decode(stored(cls.type_name, 1, v1)).event
+    assert event == cls("a1", "c1", ("ocean",), 0.0, 5.0, None)  # type: ignore[call-arg]
+    # A v1 event that somehow carried a resolution does not keep it: v1 had none.
+    assert REAL_CODEC.decode(stored(cls.type_name, 1, {**v1, "resolution": 2.0})).event == event
+    with pytest.raises(UnknownEventVersion):
+        REAL_CODEC.decode(stored(cls.type_name, 3, {**v1, "resolution": 1.0}))

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plantangenet import (
+    TREASURY,
     AddCursor,
     AttachAgent,
     BindIdentity,
@@ -18,15 +19,23 @@ from plantangenet import (
     Command,
     CommandRejected,
     Condition,
+    CursorIndex,
+    DepositDust,
     DetachAgent,
     EndSession,
+    GrantDust,
     GrantRole,
+    Ledger,
     MoveCursor,
     Plantangenet,
+    QueryCursor,
+    RegisterCompositor,
     RemoveCursor,
     RevokeRole,
+    SetPrices,
     StartSession,
     Statement,
+    SyntheticCompositor,
     fold,
 )
 from plantangenet.projections.audit import Audit
@@ -95,6 +104,19 @@ COMMANDS: st.SearchStrategy[Command] = st.one_of(
         st.sampled_from(["gold", "silver"]),
     ),
     st.just(EndSession(reason="done")),
+    # Data and dust: queries through cursors, priced actions, deposits and grants.
+    st.just(RegisterCompositor(name="synthetic")),
+    st.just(SetPrices(prices={"cursor.move": 1, "cursor.query": 1, "cursor.query.full": 2})),
+    st.builds(lambda a, n: DepositDust(account=a, amount=n), AGENTS, st.integers(1, 5)),
+    st.builds(
+        lambda s, t, n: GrantDust(source=s, target=t, amount=n),
+        st.sampled_from(["a", "b", TREASURY]),
+        st.sampled_from(["b", "c", TREASURY]),
+        st.integers(1, 5),
+    ),
+    st.builds(
+        lambda a, c: QueryCursor(agent_id=a, cursor_id=c, compositor="synthetic"), AGENTS, CURSORS
+    ),
 ).flatmap(
     # Any command but the start may be issued on behalf of an agent: policy applies.
     lambda c: st.sampled_from([None, "a", "b", "c"]).map(
@@ -110,15 +132,20 @@ _ids = itertools.count()
 )
 @given(commands=st.lists(COMMANDS, min_size=1, max_size=25))
 def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: list[Command]) -> None:
+    if "synthetic" not in runtime.compositors:
+        runtime.add_compositor(SyntheticCompositor())
     session_id = f"prop-{next(_ids)}"
     session = runtime.session(session_id)
     live_audit = Audit()
     session.on_change(live_audit)
+    live_ledger = Ledger()
+    session.on_change(live_ledger.apply)
     session.start()
     for command in commands:
         with contextlib.suppress(CommandRejected):
             session.execute(command)
     live = session.state
+    covering = {axis: session.cursors_covering(axis, 0.0) for axis in ("ocean", "ocean.temp", "x")}
     runtime.stop_session(session_id)
     # A new actor rehydrates from the log alone.
     assert runtime.session(session_id).state == live
@@ -126,6 +153,16 @@ def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: lis
     history = runtime.history(session_id)
     # The audit built live equals the audit of the replay, and the chain is intact.
     assert Audit.of(history).entries == live_audit.entries
+    # So do the dust ledger (which reconciles) and the cursor index.
+    ledger = Ledger.of(history)
+    ledger.check()
+    assert (ledger.balances, ledger.movements) == (live_ledger.balances, live_ledger.movements)
+    assert {a: v for a, v in ledger.balances.items() if v} == {
+        a: v for a, v in live.balances.items() if v
+    }
+    index = CursorIndex.of(history)
+    assert index.cursors == dict(live.cursors)
+    assert {axis: index.covering(axis, 0.0) for axis in covering} == covering
     assert runtime.run(verify(runtime.journal, session_id)).checked == len(history)
     assert len(history) == live.event_count
     for n in sorted({1, len(history) // 2 or 1, len(history)}):
@@ -142,6 +179,8 @@ def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: lis
 def test_pipelined_commands_rehydrate_to_the_live_state(
     runtime: Plantangenet, commands: list[Command]
 ) -> None:
+    if "synthetic" not in runtime.compositors:
+        runtime.add_compositor(SyntheticCompositor())
     session_id = f"pipe-{next(_ids)}"
     session = runtime.session(session_id)
     session.start()

@@ -26,29 +26,39 @@ import hashlib
 import logging
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import pykka
 
 from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
-from plantangenet.commands import AttachAgent, Command
-from plantangenet.decide import DEFAULT_LIMITS, Limits, decide_authorized
+from plantangenet.commands import AttachAgent, Command, DataQuery
+from plantangenet.compositors import Compositor
+from plantangenet.decide import DEFAULT_LIMITS, Limits, decide_authorized, plan_query, show
+from plantangenet.disclose import disclose
+from plantangenet.disclosure import Sample
 from plantangenet.errors import (
     AccessRefused,
     ActorStopped,
     CodecError,
     CommandRejected,
+    CompositorFailed,
+    InsufficientDust,
     InvalidCommand,
     JournalError,
     PlantangenetError,
+    RecordedRefusal,
 )
+from plantangenet.events.base import Event
 from plantangenet.events.codec import EventCodec
-from plantangenet.events.envelope import Envelope, new_id, utc_now
+from plantangenet.events.dust import ChargeRefused
+from plantangenet.events.envelope import Authorization, Envelope, new_id, utc_now
 from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState, concerns
+from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve
 from plantangenet.replay import replay
 
@@ -72,6 +82,9 @@ class CommandResult:
     events: tuple[Envelope, ...]
     #: True when the command had been stored before (a retry).
     duplicate: bool = False
+    #: The data a query disclosed, shaped by policy (empty for other commands, and
+    #: for a retried query: data is never stored, so a retry does not repeat it).
+    samples: tuple[Sample, ...] = ()
 
     @property
     def first_sequence(self) -> int:
@@ -98,8 +111,8 @@ class _Pending:
     command: Command
     items: list[tuple[Envelope, bytes]]
     replies: list[concurrent.futures.Future[CommandResult]]
-    #: Set when the policy refused the command: its AccessDenied is being stored.
-    refusal: AccessRefused | None = None
+    #: What a data query disclosed, handed to the caller once its events are stored.
+    samples: tuple[Sample, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,6 +147,8 @@ class SessionActor(pykka.ThreadingActor):
     :param agent_factory: behaviour for agents attached without one.
     :param handle: the :class:`~plantangenet.handle.SessionHandle` given to agents.
     :param max_batch: the most events one group-commit append carries.
+    :param compositors: the compositors this process provides, by name (data queries
+        ask them; the session's log says which ones it coordinates with).
     """
 
     #: How many recent commands (with their events) each actor keeps to answer retries
@@ -151,6 +166,7 @@ class SessionActor(pykka.ThreadingActor):
         handle: Any,
         max_batch: int = 256,
         limits: Limits = DEFAULT_LIMITS,
+        compositors: Mapping[str, Compositor] | None = None,
     ) -> None:
         super().__init__()
         self.session_id = session_id
@@ -161,6 +177,9 @@ class SessionActor(pykka.ThreadingActor):
         self.handle = handle
         self.max_batch = min(max_batch, MAX_EVENTS_PER_APPEND)
         self.limits = limits
+        self.compositors: Mapping[str, Compositor] = compositors if compositors is not None else {}
+        #: Coverage lookups over the stored cursors (folded with ``state``).
+        self.cursor_index = CursorIndex()
         #: The fold of every event of this session the actor has seen stored.
         self.state = SessionState(session_id)
         #: ``state`` plus the events decided but not yet acknowledged.
@@ -259,15 +278,19 @@ class SessionActor(pykka.ThreadingActor):
         if joined is not None:
             joined.replies.append(reply)
             return
-        refusal: AccessRefused | None = None
+        samples: tuple[Sample, ...] = ()
         try:
             at = utc_now()
+            authorization: Authorization | None
             try:
-                authorization, events = decide_authorized(
-                    self._speculative, command, now=at, limits=self.limits
-                )
-            except AccessRefused as refused:  # recorded for the audit, then reported
-                refusal, authorization, events = refused, None, [refused.event]
+                if isinstance(command, DataQuery):
+                    authorization, events, samples = self._query(command, at)
+                else:
+                    authorization, events = decide_authorized(
+                        self._speculative, command, now=at, limits=self.limits
+                    )
+            except RecordedRefusal as refused:  # recorded for the audit, then reported
+                authorization, events = None, [refused.event]
             correlation = command.correlation_id or command_id
             items = []
             previous = self._speculative_hash
@@ -292,7 +315,7 @@ class SessionActor(pykka.ThreadingActor):
                     f"{type(command).__name__} would write {len(items)} events; "
                     f"the limit is {self.max_batch}"
                 )
-        except (CommandRejected, CodecError) as exc:
+        except (CommandRejected, CodecError, CompositorFailed) as exc:
             depends_on_state = isinstance(exc, CommandRejected) and type(exc) is not InvalidCommand
             if depends_on_state and not rechecked and self._stale():
                 # Another writer moved the session on: decide again on the log's state
@@ -311,10 +334,34 @@ class SessionActor(pykka.ThreadingActor):
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        pending = _Pending(command, items, [reply], refusal)
+        pending = _Pending(command, items, [reply], samples)
         self._queued.append(pending)
         self._pending[command_id] = pending
         self._flush()
+
+    def _query(
+        self, command: DataQuery, at: datetime
+    ) -> tuple[Authorization, list[Event], tuple[Sample, ...]]:
+        """Plan a data query, ask its compositor, shape the answer (see ``disclose``)."""
+        state = self._speculative
+        authorization, plan = plan_query(state, command, now=at)
+        compositor = self.compositors.get(plan.compositor)
+        if compositor is None:
+            raise CompositorFailed(
+                f"compositor {plan.compositor!r} is registered with session {self.session_id!r} "
+                "but this process does not provide it (Plantangenet.add_compositor)"
+            )
+        try:
+            answer = compositor.query(plan.region)
+        except Exception as exc:
+            raise CompositorFailed(f"compositor {plan.compositor!r} failed: {show(exc)}") from None
+        try:
+            disclosed = disclose(state, plan, answer, max_samples=self.limits.max_samples_per_query)
+        except (TypeError, ValueError, AttributeError) as exc:  # malformed samples
+            raise CompositorFailed(
+                f"compositor {plan.compositor!r} returned bad data: {show(exc)}"
+            ) from None
+        return authorization, list(disclosed.events), disclosed.samples
 
     def _flush(self) -> None:
         if self._in_flight is not None or not self._queued:
@@ -353,7 +400,7 @@ class SessionActor(pykka.ThreadingActor):
                 command_id = pending.command.command_id
                 envelopes = self._results.get(command_id, [])
                 for reply in pending.replies:
-                    self._answer(reply, command_id, envelopes)
+                    self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
 
     def _append_failed(self, group: list[_Pending], exc: BaseException) -> None:
@@ -374,7 +421,9 @@ class SessionActor(pykka.ThreadingActor):
             envelopes = self._results.get(command_id)
             for reply in pending.replies:
                 if envelopes is not None:  # stored after all (lost ack, retry)
-                    self._answer(reply, command_id, envelopes, duplicate=True)
+                    self._answer(
+                        reply, command_id, envelopes, duplicate=True, samples=pending.samples
+                    )
                 else:
                     _fail(reply, error)
         # Queued commands were decided on a state that is gone: decide again.
@@ -419,6 +468,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _remember(self, envelope: Envelope) -> None:
         self._last_hash = envelope.digest
+        self.cursor_index.apply(envelope)
         results = self._results
         envelopes = results.get(envelope.causation_id)
         if envelopes is None:
@@ -496,19 +546,36 @@ class SessionActor(pykka.ThreadingActor):
         command_id: str,
         envelopes: list[Envelope],
         duplicate: bool = False,
+        samples: tuple[Sample, ...] = (),
     ) -> None:
         """Resolve ``reply`` with the command's stored outcome (its events or its refusal)."""
-        if len(envelopes) == 1 and isinstance(envelopes[0].event, AccessDenied):
-            event = envelopes[0].event
-            refusal = AccessRefused(
-                f"{event.agent_id or 'the owner'} may not {event.action} on {event.resource}: "
-                f"{event.reason} (policy version {event.policy_version})",
-                event=event,
-                sequence=envelopes[0].sequence or 0,
-            )
-            _fail(reply, refusal)
-            return
-        _resolve(reply, CommandResult(command_id, self.session_id, tuple(envelopes), duplicate))
+        if len(envelopes) == 1:
+            refusal = refusal_of(envelopes[0])
+            if refusal is not None:
+                _fail(reply, refusal)
+                return
+        result = CommandResult(command_id, self.session_id, tuple(envelopes), duplicate, samples)
+        _resolve(reply, result)
+
+
+def refusal_of(envelope: Envelope) -> RecordedRefusal | None:
+    """The error a stored refusal event (``AccessDenied``, ``ChargeRefused``) reports."""
+    event = envelope.event
+    sequence = envelope.sequence or 0
+    if isinstance(event, AccessDenied):
+        return AccessRefused(
+            f"{event.agent_id or 'the owner'} may not {event.action} on {event.resource}: "
+            f"{event.reason} (policy version {event.policy_version})",
+            event=event,
+            sequence=sequence,
+        )
+    if isinstance(event, ChargeRefused):
+        return InsufficientDust(
+            f"{event.account} holds {event.balance} dust; {event.action} costs {event.amount}",
+            event=event,
+            sequence=sequence,
+        )
+    return None
 
 
 def _agent_of(command: Command) -> str:

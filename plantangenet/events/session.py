@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from plantangenet.events.base import EVENTS, Event, event_type
+from plantangenet.events.chem import CHEM_EVENTS
+from plantangenet.events.disclosure import DISCLOSURE_EVENTS
+from plantangenet.events.dust import DUST_EVENTS
 from plantangenet.events.fields import MetadataValue
 from plantangenet.policy import Statement
 
@@ -48,26 +51,44 @@ class AgentDetached(Event):
     reason: str
 
 
-@event_type("CursorAdded", version=1)
+@event_type("CursorAdded", version=2)
 class CursorAdded(Event):
-    """An agent opened a region of interest: ``axes`` over ``[start, end]``."""
+    """An agent opened a region of interest: ``axes`` over ``[start, end]``.
+
+    ``resolution`` (time units between samples; ``None``: the compositor's
+    own) was added in version 2; version 1 events are upcast with ``None``.
+    """
 
     agent_id: str
     cursor_id: str
     axes: tuple[str, ...]
     start: float
     end: float
+    resolution: float | None = None
 
 
-@event_type("CursorMoved", version=1)
+@event_type("CursorMoved", version=2)
 class CursorMoved(Event):
-    """A cursor now covers ``axes`` over ``[start, end]``."""
+    """A cursor now covers ``axes`` over ``[start, end]`` at ``resolution``.
+
+    The event carries the whole new region, so it records a move (new
+    interval or axes) and a resize (longer, shorter, finer, coarser) alike.
+    """
 
     agent_id: str
     cursor_id: str
     axes: tuple[str, ...]
     start: float
     end: float
+    resolution: float | None = None
+
+
+def _cursor_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "resolution": None}
+
+
+EVENTS.add_upcaster("CursorAdded", 1, _cursor_v1_to_v2)
+EVENTS.add_upcaster("CursorMoved", 1, _cursor_v1_to_v2)
 
 
 @event_type("CursorRemoved", version=1)
@@ -78,14 +99,15 @@ class CursorRemoved(Event):
     cursor_id: str
 
 
-@event_type("PolicyChanged", version=2)
+@event_type("PolicyChanged", version=3)
 class PolicyChanged(Event):
     """The session's policy changed; ``statements`` is the complete new policy.
 
     ``added`` and ``removed`` name the statement ids the change added and
     removed (a replacement lists both). Each ``PolicyChanged`` increments the
     policy version. Version 1 was a placeholder (a policy id and opaque rule
-    strings); it is upcast to an empty statement list.
+    strings); it is upcast to an empty statement list. Version 3 added each
+    statement's optional ``disclosure``; a version 2 statement has none.
     """
 
     statements: tuple[Statement, ...]
@@ -98,7 +120,12 @@ def _policy_changed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {"statements": [], "added": [], "removed": []}
 
 
+def _policy_changed_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # statements without "disclosure" decode with None: nothing to add
+
+
 EVENTS.add_upcaster("PolicyChanged", 1, _policy_changed_v1_to_v2)
+EVENTS.add_upcaster("PolicyChanged", 2, _policy_changed_v2_to_v3)
 
 
 @event_type("IdentityBound", version=1)
@@ -165,4 +192,8 @@ SESSION_EVENTS: tuple[type[Event], ...] = (
     RoleRevoked,
     AccessDenied,
     SessionEnded,
+    *DISCLOSURE_EVENTS,
+    *DUST_EVENTS,
+    *CHEM_EVENTS,
 )
+"""Every event type a session's log holds."""

@@ -13,6 +13,22 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
+from plantangenet.events.chem import (
+    ChemAccepted,
+    ChemClause,
+    ChemProposed,
+    ChemRefused,
+    ChemRevoked,
+    ChemStatus,
+)
+from plantangenet.events.disclosure import CompositorRegistered
+from plantangenet.events.dust import (
+    DustCharged,
+    DustDeposited,
+    DustGranted,
+    PricesChanged,
+    movements,
+)
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
@@ -50,13 +66,18 @@ class AgentView:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CursorView:
-    """A cursor: an agent's region of interest over ``axes`` and ``[start, end]``."""
+    """A cursor: an agent's region of interest over ``axes`` and ``[start, end]``.
+
+    ``resolution`` is the time step the agent wants data at (``None``: the
+    compositor's own).
+    """
 
     cursor_id: str
     agent_id: str
     axes: tuple[str, ...]
     start: float
     end: float
+    resolution: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +87,22 @@ class IdentityView:
     identity_id: str
     display_name: str
     attributes: Mapping[str, MetadataValue]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChemView:
+    """A chem as this session knows it: its peer, where the negotiation is, the terms."""
+
+    chem_id: str
+    peer: str
+    status: ChemStatus
+    proposed_by: str
+    round: int
+    terms: tuple[ChemClause, ...]
+
+    def clauses_by(self, discloser: str) -> tuple[ChemClause, ...]:
+        """The clauses under which ``discloser`` discloses to the other side."""
+        return tuple(c for c in self.terms if c.discloser == discloser)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +123,14 @@ class SessionState:
     roles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=_empty)
     #: The current policy; version 0 (no statements: default deny) until one is set.
     policy: Policy = dataclasses.field(default_factory=Policy)
+    #: Compositors the session coordinates with: name -> description.
+    compositors: Mapping[str, str] = dataclasses.field(default_factory=_empty)
+    #: The price table: action (or ``action.level``) -> dust.
+    prices: Mapping[str, int] = dataclasses.field(default_factory=_empty)
+    #: Dust balances by account (agent ids and the treasury); accounts never go negative.
+    balances: Mapping[str, int] = dataclasses.field(default_factory=_empty)
+    #: Chems with other sessions, by chem id.
+    chems: Mapping[str, ChemView] = dataclasses.field(default_factory=_empty)
     sequence: int = 0
     event_count: int = 0
     end_reason: str | None = None
@@ -93,6 +138,18 @@ class SessionState:
     def roles_of(self, agent_id: str) -> tuple[str, ...]:
         """The roles ``agent_id`` holds (empty if none or not attached)."""
         return self.roles.get(agent_id, ())
+
+    def balance(self, account: str) -> int:
+        """The dust ``account`` holds (0 if it never held any)."""
+        return self.balances.get(account, 0)
+
+    def price(self, action: str, level: str | None = None) -> int:
+        """Dust per unit for ``action`` (at ``level``, if priced separately); 0 if unpriced."""
+        if level is not None:
+            priced = self.prices.get(f"{action}.{level}")
+            if priced is not None:
+                return priced
+        return self.prices.get(action, 0)
 
     def cursors_of(self, agent_id: str) -> tuple[CursorView, ...]:
         """The cursors owned by ``agent_id``, in cursor-id order."""
@@ -121,12 +178,16 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
     sequence = envelope.sequence if envelope.sequence is not None else state.sequence
     changes: dict[str, object] = {"sequence": sequence, "event_count": state.event_count + 1}
     match event:
-        case CursorMoved(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e):
-            cursor = CursorView(cursor_id, agent_id, axes, s, e)
-            changes["cursors"] = _with(state.cursors, cursor_id, cursor)
-        case CursorAdded(agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=s, end=e):
-            cursor = CursorView(cursor_id, agent_id, axes, s, e)
-            changes["cursors"] = _with(state.cursors, cursor_id, cursor)
+        case CursorMoved() | CursorAdded():
+            cursor = CursorView(
+                event.cursor_id,
+                event.agent_id,
+                event.axes,
+                event.start,
+                event.end,
+                event.resolution,
+            )
+            changes["cursors"] = _with(state.cursors, event.cursor_id, cursor)
         case CursorRemoved(cursor_id=cursor_id):
             changes["cursors"] = _without(state.cursors, cursor_id)
         case AgentAttached(agent_id=agent_id, kind=kind, name=name):
@@ -169,10 +230,39 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
         case SessionEnded(reason=reason):
             changes["status"] = "ended"
             changes["end_reason"] = reason
+        case DustDeposited() | DustGranted() | DustCharged():
+            balances = dict(state.balances)
+            for account, amount in movements(event).items():
+                balances[account] = balances.get(account, 0) + amount
+            changes["balances"] = MappingProxyType(balances)
+        case PricesChanged(prices=prices):
+            changes["prices"] = MappingProxyType(dict(prices))
+        case CompositorRegistered(name=name, description=description):
+            changes["compositors"] = _with(state.compositors, name, description)
+        case ChemProposed(chem_id=chem_id, peer=peer, proposed_by=by, round=n, terms=terms):
+            chem = ChemView(chem_id, peer, "proposed", by, n, terms)
+            changes["chems"] = _with(state.chems, chem_id, chem)
+        case (
+            ChemAccepted(chem_id=chem_id)
+            | ChemRefused(chem_id=chem_id)
+            | ChemRevoked(chem_id=chem_id)
+        ):
+            known = state.chems.get(chem_id)
+            if known is not None:
+                status = _CHEM_STATUS[type(event)]
+                changes["chems"] = _with(
+                    state.chems, chem_id, dataclasses.replace(known, status=status)
+                )
         case _:
             pass  # an event type this projection does not follow
     return _changed(state, changes)
 
+
+_CHEM_STATUS: dict[type, ChemStatus] = {
+    ChemAccepted: "active",
+    ChemRefused: "refused",
+    ChemRevoked: "revoked",
+}
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
 _set = object.__setattr__
