@@ -60,6 +60,21 @@ def test_readme_policy_example_runs(
     assert "('ocean.temp',)" in out
 
 
+def test_readme_dust_example_runs(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 3
+    first = run_python(blocks[2], nats_server, journal_config)
+    lines = first.splitlines()
+    assert lines[0].startswith("[(0.0, ") and lines[0].count("(") == 4  # 4 buckets
+    assert lines[1] == "balance: 1 reconciles: True"
+    again = run_python(blocks[2], nats_server, journal_config)
+    assert "[(0.0, " in again and "balance: 0" in again
+    third = run_python(blocks[2], nats_server, journal_config)
+    assert "refused: stu holds 0 dust" in third and "balance: 0 reconciles: True" in third
+
+
 def test_quickstart_example_runs(nats_server: EmbeddedNats, journal_config: JournalConfig) -> None:
     code = (ROOT / "examples" / "quickstart.py").read_text()
     out = run_python(code, nats_server, journal_config)
