@@ -8,6 +8,12 @@ or a typed error (see :mod:`plantangenet.protocol`). If two processes write
 the same session, the journal's optimistic concurrency makes the later one
 fail cleanly; the service retries it on the caught-up state.
 
+Requests that cannot change a session whose log is empty (a ``state`` query,
+any command but ``start``) are answered from the log without starting an
+actor: clients name session ids at will, and must not start threads at will.
+A ``state`` query never answers an actor's state from a failed rehydration (it
+reports the failure).
+
 Nothing here blocks the event loop: requests become tasks, actors are reached
 through futures.
 """
@@ -22,8 +28,12 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from plantangenet.decide import check_id
-from plantangenet.errors import ConcurrencyError, PlantangenetError
+from plantangenet.actors.session import SessionActor
+from plantangenet.commands import Command, StartSession
+from plantangenet.decide import check_id, decide_authorized
+from plantangenet.errors import ConcurrencyError, InvalidCommand, PlantangenetError
+from plantangenet.handle import SessionHandle
+from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     DEFAULT_COMMAND_PREFIX,
     QUERIES,
@@ -137,7 +147,11 @@ class SessionService:
         finally:
             if session_id in self._busy:
                 self._busy[session_id] -= 1
-                self._last_used[session_id] = time.monotonic()
+                if self._running(session_id) is not None:  # an actor serves it: keep it warm
+                    self._last_used[session_id] = time.monotonic()
+                elif not self._busy[session_id]:  # answered without an actor: nothing to keep
+                    del self._busy[session_id]
+                    self._last_used.pop(session_id, None)
         self.handled += 1
         if msg.reply:
             try:
@@ -145,10 +159,26 @@ class SessionService:
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
+    def _running(self, session_id: str) -> SessionHandle | None:
+        """The session's actor if one is running in this process (none is started)."""
+        handle = self.runtime._sessions.get(session_id)
+        return handle if handle is not None and handle.is_running else None
+
+    async def _log_is_empty(self, session_id: str) -> bool:
+        return await self.runtime.journal.last_sequence(session_id) == 0
+
     async def _answer(self, session_id: str, name: str, payload: bytes) -> bytes:
         if name in QUERIES:
             return await self._query(session_id, name)
         command = decode_request(name, payload)
+        if (
+            not isinstance(command, StartSession)
+            and self._running(session_id) is None
+            and await self._log_is_empty(session_id)
+        ):
+            # Anyone may name any session id: a command that cannot apply to a session
+            # that was never started is refused without starting an actor for it.
+            self._refuse_unstarted(session_id, command)
         handle = self.runtime.session(session_id)
         for attempt in range(self.conflict_retries + 1):
             try:
@@ -160,9 +190,24 @@ class SessionService:
                     raise
         raise AssertionError("unreachable")
 
+    def _refuse_unstarted(self, session_id: str, command: Command) -> None:
+        """Raise what the session's actor would for ``command`` on a session with no events.
+
+        Returns only if the command could apply (then an actor must handle it).
+        """
+        try:
+            decide_authorized(SessionState(session_id), command, limits=self.runtime.limits)
+        except (TypeError, ValueError, AttributeError) as exc:  # as the actor reports them
+            raise InvalidCommand(f"{type(command).__name__}: {exc}") from None
+
     async def _query(self, session_id: str, name: str) -> bytes:
-        handle = self.runtime.session(session_id)
-        state = await asyncio.wrap_future(handle.query(lambda actor: actor.state))
+        handle = self._running(session_id)
+        if handle is None and await self._log_is_empty(session_id):
+            # A read starts no actor for a session that does not exist: its state is new.
+            state = SessionState(session_id)
+        else:
+            handle = handle or self.runtime.session(session_id)
+            state = await asyncio.wrap_future(handle.query(_caught_up_state))
         return data_reply({"state": plain(state)})
 
     # -- idle sessions --------------------------------------------------------------
@@ -187,3 +232,15 @@ class SessionService:
     def active_sessions(self) -> list[str]:
         """Sessions whose actors this service has used and not yet stopped."""
         return sorted(self._last_used)
+
+
+def _caught_up_state(actor: SessionActor) -> SessionState:
+    """The actor's state, once it has every event of the log it has not seen yet.
+
+    An actor whose rehydration (or last catch-up) failed holds an empty or stale
+    state: it catches up first, and a failure is raised (a typed error reply),
+    never answered as if the session were new. Runs on the actor's thread.
+    """
+    if actor._needs_catch_up:
+        actor._catch_up()
+    return actor.state

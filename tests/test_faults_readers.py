@@ -4,7 +4,8 @@ A stream holds at most 1,000 consumers (fewer if its ``max_consumers`` says so),
 every read of the log (a replay, a rehydration, a catch-up, ``history``, a tail) is a
 consumer. Readers delete theirs when they end; what cannot delete (a bot without the
 permission) is dropped by the server after a short inactive threshold. When a stream
-is out of consumers anyway, a read fails with a typed error.
+is out of consumers anyway, a read fails with a typed error, and a session that cannot
+rehydrate answers a ``state`` query with that error, never with an empty state.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
+import msgpack
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 
-from plantangenet import EmbeddedNats, JournalConfig, SessionStarted
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, SessionStarted
 from plantangenet import journal as journal_module
 from plantangenet.journal import TooManyReaders
+from plantangenet.protocol import command_subject
+from plantangenet.service import SessionService
 from tests.conftest import AsyncJournal, wait_until
 from tests.test_journal import env
 
@@ -155,3 +160,62 @@ def test_a_stream_out_of_consumers_refuses_reads_with_a_typed_error(tight: Async
     release_consumer(tight, "elsewhere")
     wait_until(lambda: consumers(tight) == 0)
     assert len(tight.run(tight.journal.read_all("s1"))) == 3
+
+
+def state_query(url: str, session_id: str) -> dict[str, Any]:
+    async def ask() -> dict[str, Any]:
+        nc = await nats.connect(url)
+        try:
+            msg = await nc.request(command_subject(session_id, "state"), b"", timeout=10)
+        finally:
+            await nc.close()
+        reply: dict[str, Any] = msgpack.unpackb(msg.data, raw=False)
+        return reply
+
+    return asyncio.run(ask())
+
+
+def test_a_session_that_cannot_rehydrate_answers_state_with_an_error(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, tight: AsyncJournal
+) -> None:
+    with Plantangenet.open(nats_url=nats_server.url, journal=journal_config) as pg:
+        service = SessionService(pg)
+        pg.run(service.start())
+        try:
+            session = pg.session("s")
+            session.start({"k": "v"})
+            session.attach("a")
+            pg.stop_session("s")
+            wait_until(lambda: consumers(tight) == 0)
+            hold_consumer(tight, "elsewhere")
+            # The service starts the session's actor, whose rehydration cannot read the log:
+            # the query reports why, instead of answering a new, empty session.
+            failed = state_query(nats_server.url, "s")
+            assert failed["ok"] is False, failed
+            assert failed["error"]["code"] == "too_many_readers", failed
+            release_consumer(tight, "elsewhere")
+            # The same actor catches up on the next query.
+            state = state_query(nats_server.url, "s")["state"]
+            assert state["status"] == "active" and state["sequence"] == 2
+            assert list(state["agents"]) == ["a"] and state["metadata"] == {"k": "v"}
+        finally:
+            pg.run(service.stop())
+
+
+def test_a_session_whose_log_cannot_be_decoded_answers_state_with_an_error(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+) -> None:
+    service = SessionService(runtime)
+    runtime.run(service.start())
+    try:
+        runtime.session("s").start()
+        runtime.stop_session("s")
+        # Something wrote a message that is no event into the session's subject.
+        subject = runtime.journal.subject("s")
+        runtime.run(runtime._nc.request(subject, b"\xc1 not msgpack", timeout=5))
+        failed = state_query(nats_server.url, "s")
+        assert failed["ok"] is False and failed["error"]["code"] == "decode_error", failed
+    finally:
+        runtime.run(service.stop())

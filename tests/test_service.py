@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import nats
+import pykka
 import pytest
 
 from plantangenet import (
@@ -24,10 +25,13 @@ from plantangenet import (
     SessionAlreadyStarted,
     UnknownAgent,
 )
+from plantangenet.actors.session import SessionActor
 from plantangenet.client import BotClient
 from plantangenet.errors import AccessRefused, DecodeError, PlantangenetError
+from plantangenet.projections.session import SessionState
 from plantangenet.protocol import COMMANDS, command_subject, decode_reply, encode_request
 from plantangenet.service import SessionService
+from plantangenet.views import plain
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -469,3 +473,44 @@ def test_two_services_share_a_session_and_every_command_lands_once(
     assert sorted(attached) == sorted(f"a{i}" for i in range(120))
     assert sorted(r["seq"] for r in replies) == [e.sequence for e in history[1:]]
     assert runtimes[1].replay("shared") == runtimes[0].replay("shared")
+
+
+def test_reads_and_refusals_for_sessions_never_started_start_no_actor(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+    service: SessionService,
+) -> None:
+    # Anyone may name any session id. A `state` query, or a command that cannot apply to a
+    # session without events, is answered from the (empty) log: no actor thread is started
+    # per id, so clients cannot make the service run threads at will.
+    runtime.session("real").start()
+    actors = len(pykka.ActorRegistry.get_by_class(SessionActor))  # (other tests' may linger)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[str]]:
+        async with await BotClient.connect(nats_server.url, journal=journal_config) as bot:
+            states = await asyncio.gather(*(bot.state(f"ghost-{i}") for i in range(300)))
+            refused = []
+            for i in range(50):
+                try:
+                    await bot.attach(f"phantom-{i}", "a")
+                    refused.append("ok")
+                except PlantangenetError as exc:
+                    refused.append(exc.code)
+            return list(states), refused
+
+    states, refused = asyncio.run(scenario())
+    assert [s["status"] for s in states] == ["new"] * 300
+    assert states[7] == plain(SessionState("ghost-7"))  # what an actor would have answered
+    assert refused == ["session_not_started"] * 50
+    assert len(pykka.ActorRegistry.get_by_class(SessionActor)) == actors
+    assert sorted(runtime._sessions) == ["real"] and service.active_sessions == []
+    assert runtime.sessions() == {"real": 1}  # nothing written
+    assert service.handled == service.failed + 300 == 350
+    # A session that exists is still served by its actor, and a start still starts one.
+    real = with_client(nats_server.url, journal_config, lambda bot: bot.state("real"))
+    assert real["status"] == "active"
+    created = with_client(nats_server.url, journal_config, lambda bot: bot.open("ghost-7"))
+    assert created["status"] == "active" and created["event_count"] == 1
+    assert sorted(runtime._sessions) == ["ghost-7", "real"]
+    assert service.active_sessions == ["ghost-7", "real"]
