@@ -31,11 +31,14 @@ from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.protocol import (
     DEFAULT_COMMAND_PREFIX,
+    ReplyTooLarge,
     command_subject,
     decode_reply,
     encode_request,
 )
+from plantangenet.replay import replay
 from plantangenet.runtime import redact
+from plantangenet.views import plain
 
 
 class BotClient:
@@ -153,8 +156,18 @@ class BotClient:
         return await self.state(session_id)
 
     async def state(self, session_id: str) -> dict[str, Any]:
-        """The session's current state (plain data)."""
-        reply = await self.request(session_id, "state")
+        """The session's current state (plain data).
+
+        A state too large for one NATS message (``reply_too_large``) is folded
+        from the session's events in the log instead, up to the sequence the
+        service reported.
+        """
+        try:
+            reply = await self.request(session_id, "state")
+        except ReplyTooLarge as too_large:
+            folded = await replay(self.journal, session_id, to_sequence=too_large.sequence or None)
+            whole: dict[str, Any] = plain(folded)
+            return whole
         state: dict[str, Any] = reply["state"]
         return state
 

@@ -12,7 +12,8 @@ Requests that cannot change a session whose log is empty (a ``state`` query,
 any command but ``start``) are answered from the log without starting an
 actor: clients name session ids at will, and must not start threads at will.
 A ``state`` query never answers an actor's state from a failed rehydration (it
-reports the failure).
+reports the failure), and a reply larger than the connection's
+``max_payload`` becomes a ``reply_too_large`` error.
 
 Nothing here blocks the event loop: requests become tasks, actors are reached
 through futures.
@@ -37,6 +38,7 @@ from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     DEFAULT_COMMAND_PREFIX,
     QUERIES,
+    ReplyTooLarge,
     data_reply,
     decode_request,
     error_reply,
@@ -137,6 +139,12 @@ class SessionService:
             check_id(session_id, "session_id")
             self._busy[session_id] = self._busy.get(session_id, 0) + 1
             reply = await self._answer(session_id, name, msg.data)
+            limit = self._max_payload()
+            if len(reply) > limit:
+                raise ReplyTooLarge(
+                    f"the reply to {name} is {len(reply)} bytes; this connection carries at "
+                    f"most {limit}"
+                )
         except PlantangenetError as exc:
             self.failed += 1
             reply = error_reply(exc)
@@ -158,6 +166,11 @@ class SessionService:
                 await self.runtime._nc.publish(msg.reply, reply)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
+
+    def _max_payload(self) -> int:
+        """The largest message the connection may publish (the server's ``max_payload``)."""
+        limit = getattr(self.runtime._nc, "max_payload", 0)
+        return limit if isinstance(limit, int) and limit > 0 else 1024 * 1024
 
     def _running(self, session_id: str) -> SessionHandle | None:
         """The session's actor if one is running in this process (none is started)."""
@@ -208,7 +221,16 @@ class SessionService:
         else:
             handle = handle or self.runtime.session(session_id)
             state = await asyncio.wrap_future(handle.query(_caught_up_state))
-        return data_reply({"state": plain(state)})
+        reply = data_reply({"state": plain(state)})
+        limit = self._max_payload()
+        if len(reply) > limit:
+            raise ReplyTooLarge(
+                f"the state of session {session_id} is {len(reply)} bytes, more than this "
+                f"connection carries ({limit}); fold its events from the log up to sequence "
+                f"{state.sequence} instead",
+                sequence=state.sequence,
+            )
+        return reply
 
     # -- idle sessions --------------------------------------------------------------
 

@@ -31,19 +31,22 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, errors
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet.client import BotClient
 from plantangenet.events.base import EVENTS
-from plantangenet.protocol import COMMANDS, QUERIES, command_subject, encode_request
+from plantangenet.protocol import (
+    COMMANDS,
+    ERROR_CLASSES,
+    QUERIES,
+    command_subject,
+    encode_request,
+)
 from plantangenet.service import SessionService
 from plantangenet.verify import verify
+from plantangenet.views import plain
 
 #: Error codes a reply may carry; ``error`` (an unexpected exception) is a bug.
-CODES = {
-    cls.code
-    for cls in vars(errors).values()
-    if isinstance(cls, type) and issubclass(cls, errors.PlantangenetError)
-} - {"error"}
+CODES = set(ERROR_CLASSES) - {"error"}
 EVENT_TYPES = set(EVENTS.types())
 NATS_MAX_PAYLOAD = 1024 * 1024
 GOOD = "good-bot-session"
@@ -512,19 +515,34 @@ def test_command_ids_with_line_breaks_or_spaces_are_refused(
     assert ok["ok"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=nats.errors.TimeoutError,
-    reason="bug: a session's state can outgrow the 1 MiB NATS payload limit (256 metadata keys "
-    "of up to ~256 KiB each, 1,000 agents...); the `state` reply then cannot be published "
-    "(MaxPayloadError, logged) and the caller gets no answer instead of a typed error",
-)
 def test_the_state_of_a_session_larger_than_a_reply_gets_an_answer(
-    runtime: Plantangenet, service: SessionService, wire: Wire
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+    service: SessionService,
+    wire: Wire,
 ) -> None:
+    # A session's state can outgrow the 1 MiB NATS payload limit (256 metadata keys of up
+    # to ~256 KiB each, 1,000 agents...): its `state` reply cannot be published. The caller
+    # gets a typed error naming the sequence the state was at, never silence.
     session = runtime.session("big")
     session.start()
     for i in range(6):  # six events of 200 KB each: every one within the 256 KiB event limit
         session.change_metadata({f"k{i}": "x" * 200_000})
     reply = wire.request(command_subject("big", "state"), b"", timeout=5)
-    assert reply["ok"] is True or reply["error"]["code"] == "payload_too_large"
+    assert reply["ok"] is False and reply["error"]["code"] == "reply_too_large", reply
+    assert reply["error"]["seq"] == 7 and "sequence 7" in reply["error"]["message"]
+    assert service.handled == service.failed == 1
+
+    # The bot client then folds the state from the log itself: the same state.
+    async def state() -> dict[str, Any]:
+        async with await BotClient.connect(nats_server.url, journal=journal_config) as bot:
+            return await bot.state("big")
+
+    folded = asyncio.run(state())
+    assert folded == plain(session.state)
+    assert sorted(folded["metadata"]) == [f"k{i}" for i in range(6)]
+    # A state that fits is answered as before.
+    session.change_metadata(removed=[f"k{i}" for i in range(5)])
+    small = wire.request(command_subject("big", "state"), b"", timeout=5)
+    assert small["ok"] is True and small["state"]["metadata"] == {"k5": "x" * 200_000}
