@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,9 +28,15 @@ from plantangenet import (
 )
 from plantangenet.actors.session import SessionActor
 from plantangenet.client import BotClient
-from plantangenet.errors import AccessRefused, DecodeError, PlantangenetError
+from plantangenet.errors import AccessRefused, DecodeError, JournalError, PlantangenetError
 from plantangenet.projections.session import SessionState
-from plantangenet.protocol import COMMANDS, command_subject, decode_reply, encode_request
+from plantangenet.protocol import (
+    COMMANDS,
+    ERROR_CLASSES,
+    command_subject,
+    decode_reply,
+    encode_request,
+)
 from plantangenet.service import SessionService
 from plantangenet.views import plain
 from tests.conftest import wait_until
@@ -514,3 +521,20 @@ def test_reads_and_refusals_for_sessions_never_started_start_no_actor(
     assert created["status"] == "active" and created["event_count"] == 1
     assert sorted(runtime._sessions) == ["ghost-7", "real"]
     assert service.active_sessions == ["ghost-7", "real"]
+
+
+def test_every_error_code_a_reply_can_carry_is_documented() -> None:
+    table = (ROOT / "docs" / "protocol.md").read_text().split("| code | meaning |")[1]
+    table = table.split("\n\n")[0]
+    documented = set(re.findall(r"`([a-z_]+)`", table))
+    journal_codes = {c.code for c in ERROR_CLASSES.values() if issubclass(c, JournalError)}
+    expected = journal_codes | {
+        *("decode_error", "unknown_event_type", "unknown_event_version", "invalid_command"),
+        *("invalid_policy", "access_refused", "session_not_started", "session_already_started"),
+        *("session_ended", "unknown_agent", "agent_already_attached", "unknown_cursor"),
+        *("cursor_already_exists", "limit_exceeded", "encode_error", "payload_too_large"),
+        *("duplicate_command", "storage_exhausted", "too_many_readers", "reply_too_large"),
+        *("actor_stopped", "error"),
+    }
+    assert expected <= set(ERROR_CLASSES)
+    assert expected - documented == set()
