@@ -60,9 +60,7 @@ def test_readme_policy_example_runs(
     assert "('ocean.temp',)" in out
 
 
-def test_readme_dust_example_runs(
-    nats_server: EmbeddedNats, journal_config: JournalConfig
-) -> None:
+def test_readme_dust_example_runs(nats_server: EmbeddedNats, journal_config: JournalConfig) -> None:
     blocks = python_blocks((ROOT / "README.md").read_text())
     assert len(blocks) >= 3
     first = run_python(blocks[2], nats_server, journal_config)
