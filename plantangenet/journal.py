@@ -419,6 +419,7 @@ class Journal:
             # Deleted when the read ends (see _delete_consumer); this is the backstop.
             inactive_threshold=READER_INACTIVE_THRESHOLD,
         )
+        reconnects = self.nc.stats.get("reconnects", 0)
         try:
             # (nats-py overwrites these two from its own arguments: pass them twice.)
             return await self.js.subscribe(
@@ -442,6 +443,10 @@ class Journal:
         except nats.errors.Error as exc:
             if not self.nc.is_connected:
                 raise _Unavailable(f"cannot read {session_id}: disconnected") from exc
+            if self.nc.stats.get("reconnects", 0) != reconnects:
+                # The connection was lost and regained meanwhile (a server restart): the
+                # request went down with the old connection. Not a permission problem.
+                raise _Unavailable(f"cannot read {session_id}: reconnected meanwhile") from exc
             raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
 
     async def _delete_consumer(self, name: str) -> None:
@@ -497,8 +502,9 @@ class TooManyReaders(JournalError):
 class _Unavailable(JournalError):
     """The server could not be reached or had no JetStream answer yet (worth retrying).
 
-    Other failures to create a reader (a timeout while connected: typically a
-    permission the user lacks) are reported at once.
+    So is a request that failed while the connection was lost and regained (a
+    server restart). Other failures to create a reader (a timeout on a steady
+    connection: typically a permission the user lacks) are reported at once.
     """
 
 
