@@ -432,3 +432,27 @@ def test_many_reads_do_not_lock_the_stream(make_runtime: Callable[[], Plantangen
     assert pg.session("s").attach("a").sequence == 2
     stream = pg.journal_config.stream
     wait_until(lambda: pg.run(pg.journal.js.stream_info(stream)).state.consumer_count == 0)
+
+
+def test_a_stale_writer_does_not_refuse_pipelined_commands_on_a_state_that_is_gone(
+    two_writers: list[Plantangenet],
+) -> None:
+    a = two_writers[0].session("s")
+    a.execute(StartSession())
+    b = two_writers[1].session("s")  # B rehydrates now and will not hear of A's writes
+    a.execute(AttachAgent(agent_id="bot"))
+    a.execute(AddCursor(agent_id="bot", cursor_id="c", axes=("x",), start=0, end=1))
+    # B pipelines: the first append is stale (ConcurrencyError); the moves behind it
+    # were decided, on B's stale state, as refusals (no agent, no cursor). They must be
+    # decided again on the log's state, not answered with those refusals.
+    first = b.submit(ChangeMetadata(changed={"k": 1}))
+    moves = [
+        b.submit(MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1))
+        for i in range(5)
+    ]
+    with pytest.raises(ConcurrencyError):
+        first.result(10)
+    stored = [m.result(10).sequence for m in moves]
+    assert stored == sorted(stored) and len(set(stored)) == 5
+    assert b.state.cursors["c"].start == 4
+    assert b.state == two_writers[0].replay("s")

@@ -113,6 +113,9 @@ class _Pending:
     replies: list[concurrent.futures.Future[CommandResult]]
     #: What a data query disclosed, handed to the caller once its events are stored.
     samples: tuple[Sample, ...] = ()
+    #: A refusal decided while earlier commands were still unacknowledged: it stands
+    #: if they are stored, and the command is decided again if their append fails.
+    refused: CommandRejected | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -317,6 +320,15 @@ class SessionActor(pykka.ThreadingActor):
                 )
         except (CommandRejected, CodecError, CompositorFailed) as exc:
             depends_on_state = isinstance(exc, CommandRejected) and type(exc) is not InvalidCommand
+            if depends_on_state and (self._in_flight is not None or self._queued):
+                # Decided on a state that unacknowledged appends still have to confirm:
+                # answer in order, after them (see _Pending.refused).
+                assert isinstance(exc, CommandRejected)
+                pending = _Pending(command, [], [reply], refused=exc)
+                self._queued.append(pending)
+                self._pending[command_id] = pending
+                self._flush()
+                return
             if depends_on_state and not rechecked and self._stale():
                 # Another writer moved the session on: decide again on the log's state
                 # (the command may even be stored already, as a retry of it).
@@ -364,7 +376,12 @@ class SessionActor(pykka.ThreadingActor):
         return authorization, list(disclosed.events), disclosed.samples
 
     def _flush(self) -> None:
-        if self._in_flight is not None or not self._queued:
+        if self._in_flight is not None:
+            return
+        while self._queued and self._queued[0].refused is not None:
+            # Everything before it is stored: the state it was refused on is the log's.
+            self._refuse(self._queued.popleft())
+        if not self._queued:
             return
         group: list[_Pending] = []
         size = 0
@@ -397,11 +414,22 @@ class SessionActor(pykka.ThreadingActor):
                 self._stored(envelope)
             self._deliver()
             for pending in group:
+                if pending.refused is not None:
+                    self._refuse(pending, unindexed=True)
+                    continue
                 command_id = pending.command.command_id
                 envelopes = self._results.get(command_id, [])
                 for reply in pending.replies:
                     self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
+
+    def _refuse(self, pending: _Pending, unindexed: bool = False) -> None:
+        """Answer a refusal that waited for the appends before it."""
+        if not unindexed:
+            self._pending.pop(pending.command.command_id, None)
+        assert pending.refused is not None
+        for reply in pending.replies:
+            _fail(reply, pending.refused)
 
     def _append_failed(self, group: list[_Pending], exc: BaseException) -> None:
         error = (
@@ -417,6 +445,8 @@ class SessionActor(pykka.ThreadingActor):
         except PlantangenetError as catch_up_error:
             log.warning("session %s: catch-up failed: %s", self.session_id, catch_up_error)
         for pending in group:
+            if pending.refused is not None:
+                continue  # decided again below, on the state the log really has
             command_id = pending.command.command_id
             envelopes = self._results.get(command_id)
             for reply in pending.replies:
@@ -426,8 +456,8 @@ class SessionActor(pykka.ThreadingActor):
                     )
                 else:
                     _fail(reply, error)
-        # Queued commands were decided on a state that is gone: decide again.
-        for pending in requeue:
+        # Queued commands were decided on a state that is gone: decide again, in order.
+        for pending in [*(p for p in group if p.refused is not None), *requeue]:
             behaviour = self._behaviours.get(_agent_of(pending.command))
             for reply in pending.replies:
                 self._execute(pending.command, reply, behaviour)
