@@ -26,12 +26,11 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from plantangenet.errors import JournalError, SessionAlreadyStarted
+from plantangenet.errors import JournalError, ReplyTooLarge, SessionAlreadyStarted
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.protocol import (
     DEFAULT_COMMAND_PREFIX,
-    ReplyTooLarge,
     command_subject,
     decode_reply,
     encode_request,

@@ -217,6 +217,28 @@ class ConcurrencyError(JournalError):
         self.actual = actual
 
 
+class StorageExhausted(JournalError):
+    """The log has no room for an append: nothing of it was stored.
+
+    Either the stream is full (its ``max_bytes``/``max_msgs``; it refuses new
+    events rather than drop history), or the server's JetStream store is out of
+    space (its ``max_file_store``, or the disk). Retrying does not help until an
+    operator makes room; every event stored before is still there.
+    """
+
+    code = "storage_exhausted"
+
+
+class TooManyReaders(JournalError):
+    """The stream holds as many consumers as it may (1,000 by default): a read could not start.
+
+    Readers delete their consumers when they finish; this is transient unless
+    something keeps creating consumers. Retry later.
+    """
+
+    code = "too_many_readers"
+
+
 class DuplicateCommand(JournalError):
     """The command id was already stored (a retry); nothing new was written."""
 
@@ -249,3 +271,19 @@ class ActorStopped(PlantangenetError):
     """The actor that should handle the request is not running."""
 
     code = "actor_stopped"
+
+
+class ReplyTooLarge(PlantangenetError):
+    """A reply would exceed the largest message the NATS connection may carry.
+
+    Only a ``state`` reply can grow that large (a session's metadata and agents
+    are bounded per event, not in total). :attr:`sequence` is the stream
+    sequence the state was at: fold the session's events from the log up to
+    it to get the same state (:meth:`plantangenet.client.BotClient.state` does).
+    """
+
+    code = "reply_too_large"
+
+    def __init__(self, message: str, *, sequence: int = 0) -> None:
+        super().__init__(message)
+        self.sequence = sequence

@@ -242,8 +242,12 @@ class SessionHandle:
 
     @property
     def state(self) -> SessionState:
-        """The session as folded from every event the actor has seen stored."""
-        return self._inspect(lambda actor: actor.state)
+        """The session as folded from every event the actor has seen stored.
+
+        If the actor could not read its log yet, it tries again first; a failure
+        raises its typed error (never an empty state standing in for the session's).
+        """
+        return self._inspect(lambda actor: actor.current_state())
 
     def agent_state(self, agent_id: str) -> AgentState:
         """The state of a running agent actor (``KeyError`` if not attached)."""

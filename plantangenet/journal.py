@@ -39,7 +39,14 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from plantangenet.errors import ConcurrencyError, DuplicateCommand, JournalError, UnknownSession
+from plantangenet.errors import (
+    ConcurrencyError,
+    DuplicateCommand,
+    JournalError,
+    StorageExhausted,
+    TooManyReaders,
+    UnknownSession,
+)
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope, new_id
 
@@ -475,28 +482,6 @@ class Journal:
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
-
-
-class StorageExhausted(JournalError):
-    """The log has no room for an append: nothing of it was stored.
-
-    Either the stream is full (its ``max_bytes``/``max_msgs``; it refuses new
-    events rather than drop history), or the server's JetStream store is out of
-    space (its ``max_file_store``, or the disk). Retrying does not help until an
-    operator makes room; every event stored before is still there.
-    """
-
-    code = "storage_exhausted"
-
-
-class TooManyReaders(JournalError):
-    """The stream holds as many consumers as it may (1,000 by default): a read could not start.
-
-    Readers delete their consumers when they finish; this is transient unless
-    something keeps creating consumers. Retry later.
-    """
-
-    code = "too_many_readers"
 
 
 class _Unavailable(JournalError):

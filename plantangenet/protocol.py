@@ -22,7 +22,6 @@ from plantangenet import commands as c
 from plantangenet import errors
 from plantangenet.actors.session import CommandResult
 from plantangenet.errors import DecodeError, InvalidCommand, PlantangenetError
-from plantangenet.journal import StorageExhausted, TooManyReaders
 
 #: The protocol version this code speaks.
 PROTOCOL_VERSION = 1
@@ -182,22 +181,6 @@ def _tuples(value: Any) -> Any:
 # -- replies -----------------------------------------------------------------------
 
 
-class ReplyTooLarge(PlantangenetError):
-    """A reply would exceed the largest message the NATS connection may carry.
-
-    Only a ``state`` reply can grow that large (a session's metadata and agents
-    are bounded per event, not in total). :attr:`sequence` is the stream
-    sequence the state was at: fold the session's events from the log up to
-    it to get the same state (:meth:`plantangenet.client.BotClient.state` does).
-    """
-
-    code = "reply_too_large"
-
-    def __init__(self, message: str, *, sequence: int = 0) -> None:
-        super().__init__(message)
-        self.sequence = sequence
-
-
 def ok_reply(result: CommandResult) -> bytes:
     """The reply to a stored command."""
     return _pack(
@@ -243,7 +226,7 @@ def _pack(value: Any) -> bytes:
 #: Error code -> exception class, for clients turning replies back into errors.
 ERROR_CLASSES: dict[str, type[PlantangenetError]] = {
     cls.code: cls
-    for cls in [*vars(errors).values(), StorageExhausted, TooManyReaders, ReplyTooLarge]
+    for cls in vars(errors).values()
     if isinstance(cls, type) and issubclass(cls, PlantangenetError)
 }
 

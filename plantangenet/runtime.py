@@ -241,6 +241,19 @@ class Plantangenet:
             self._sessions[session_id] = handle
             return handle
 
+    def running_session(self, session_id: str) -> SessionHandle | None:
+        """The handle of ``session_id``'s actor if it is running here (none is started)."""
+        with self._lock:
+            handle = self._sessions.get(session_id)
+        return handle if handle is not None and handle.is_running else None
+
+    @property
+    def connection(self) -> Any:
+        """The NATS connection (a ``nats.aio.client.Client``; use it on :attr:`loop`)."""
+        if self._nc is None:
+            raise RuntimeError("the runtime is not started; call start() or use open()")
+        return self._nc
+
     def add_compositor(self, compositor: Compositor) -> None:
         """Provide ``compositor`` to this process's sessions, under its name.
 

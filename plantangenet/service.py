@@ -32,13 +32,17 @@ from nats.aio.msg import Msg
 from plantangenet.actors.session import SessionActor
 from plantangenet.commands import Command, StartSession
 from plantangenet.decide import check_id, decide_authorized
-from plantangenet.errors import ConcurrencyError, InvalidCommand, PlantangenetError
+from plantangenet.errors import (
+    ConcurrencyError,
+    InvalidCommand,
+    PlantangenetError,
+    ReplyTooLarge,
+)
 from plantangenet.handle import SessionHandle
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     DEFAULT_COMMAND_PREFIX,
     QUERIES,
-    ReplyTooLarge,
     data_reply,
     decode_request,
     error_reply,
@@ -94,7 +98,7 @@ class SessionService:
 
     async def start(self) -> None:
         """Subscribe and begin serving."""
-        nc = self.runtime._nc
+        nc = self.runtime.connection
         self._sub = await nc.subscribe(
             f"{self.command_prefix}.*.*", queue=self.queue, cb=self._on_message
         )
@@ -163,19 +167,18 @@ class SessionService:
         self.handled += 1
         if msg.reply:
             try:
-                await self.runtime._nc.publish(msg.reply, reply)
+                await self.runtime.connection.publish(msg.reply, reply)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
     def _max_payload(self) -> int:
         """The largest message the connection may publish (the server's ``max_payload``)."""
-        limit = getattr(self.runtime._nc, "max_payload", 0)
+        limit = getattr(self.runtime.connection, "max_payload", 0)
         return limit if isinstance(limit, int) and limit > 0 else 1024 * 1024
 
     def _running(self, session_id: str) -> SessionHandle | None:
         """The session's actor if one is running in this process (none is started)."""
-        handle = self.runtime._sessions.get(session_id)
-        return handle if handle is not None and handle.is_running else None
+        return self.runtime.running_session(session_id)
 
     async def _log_is_empty(self, session_id: str) -> bool:
         return await self.runtime.journal.last_sequence(session_id) == 0
@@ -220,7 +223,7 @@ class SessionService:
             state = SessionState(session_id)
         else:
             handle = handle or self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.query(_caught_up_state))
+            state = await asyncio.wrap_future(handle.query(SessionActor.current_state))
         reply = data_reply({"state": plain(state)})
         limit = self._max_payload()
         if len(reply) > limit:
@@ -254,15 +257,3 @@ class SessionService:
     def active_sessions(self) -> list[str]:
         """Sessions whose actors this service has used and not yet stopped."""
         return sorted(self._last_used)
-
-
-def _caught_up_state(actor: SessionActor) -> SessionState:
-    """The actor's state, once it has every event of the log it has not seen yet.
-
-    An actor whose rehydration (or last catch-up) failed holds an empty or stale
-    state: it catches up first, and a failure is raised (a typed error reply),
-    never answered as if the session were new. Runs on the actor's thread.
-    """
-    if actor._needs_catch_up:
-        actor._catch_up()
-    return actor.state

@@ -27,10 +27,10 @@ from plantangenet import (
     JournalConfig,
     JournalError,
     Plantangenet,
+    StorageExhausted,
     verify,
 )
 from plantangenet.actors.session import CommandResult
-from plantangenet.journal import StorageExhausted
 from plantangenet.protocol import command_subject, encode_request
 from plantangenet.service import SessionService
 

@@ -20,9 +20,8 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 
-from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, SessionStarted
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, SessionStarted, TooManyReaders
 from plantangenet import journal as journal_module
-from plantangenet.journal import TooManyReaders
 from plantangenet.protocol import command_subject
 from plantangenet.service import SessionService
 from tests.conftest import AsyncJournal, wait_until

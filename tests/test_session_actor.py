@@ -367,3 +367,20 @@ def test_start_command_with_explicit_id_and_correlation(runtime: Plantangenet) -
     result = session.execute(StartSession(metadata={"k": 1}, command_id="cmd-1"))
     assert result.command_id == "cmd-1"
     assert runtime.history("s1")[0].correlation_id == "cmd-1"
+
+
+def test_an_actor_that_cannot_read_its_log_raises_instead_of_showing_an_empty_session(
+    runtime: Plantangenet,
+) -> None:
+    session = runtime.session("unreadable")
+    session.start()
+    runtime.stop_session("unreadable")
+    # Something that is not an event lands in the session's log.
+    subject = runtime.journal.subject("unreadable")
+    runtime.run(runtime.journal.js.publish(subject, b"\xc1 not msgpack"))
+    again = runtime.session("unreadable")  # its rehydration fails
+    with pytest.raises(DecodeError):
+        again.state  # noqa: B018 - the property is the call under test
+    with pytest.raises(DecodeError):
+        again.change_metadata({"k": 1})
+    assert again.is_running  # the actor serves on, and says what is wrong each time

@@ -496,6 +496,17 @@ class SessionActor(pykka.ThreadingActor):
         for agent_id in set(self.agents) - set(state.agents):
             retire(self.agents.pop(agent_id), "detached")
 
+    def current_state(self) -> SessionState:
+        """The state, caught up first if rehydration (or the last catch-up) failed.
+
+        Raises the typed error of a catch-up that fails again: an actor that could
+        not read its log never answers with an empty or stale state as if it were
+        the session's.
+        """
+        if self._needs_catch_up:
+            self._catch_up()
+        return self.state
+
     def _remember(self, envelope: Envelope) -> None:
         self._last_hash = envelope.digest
         self.cursor_index.apply(envelope)
