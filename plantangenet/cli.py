@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
+from plantangenet.compositors import load_compositor
 from plantangenet.decide import check_id
 from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
 from plantangenet.events.base import EVENTS
@@ -564,6 +565,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     }
     try:
         with _runtime(args) as pg:
+            for spec in args.compositor:
+                try:
+                    pg.add_compositor(load_compositor(spec))
+                except (ImportError, AttributeError, ValueError, TypeError) as exc:
+                    raise PlantangenetError(f"--compositor {spec}: {exc}") from None
             service = SessionService(
                 pg, idle_timeout=args.idle_timeout, command_prefix=args.command_prefix
             )
@@ -698,6 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=float, default=300.0, help="stop session actors idle this long (s)"
     )
     serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
+    serve.add_argument(
+        "--compositor",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="provide a compositor: 'synthetic', 'recorded' or 'module:attribute' (repeatable)",
+    )
     serve.set_defaults(run=cmd_serve)
     access = sub.add_parser(
         "nats-config",

@@ -26,6 +26,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from plantangenet.disclosure import Sample
 from plantangenet.errors import JournalError, ReplyTooLarge, SessionAlreadyStarted
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.journal import Journal, JournalConfig
@@ -199,10 +200,12 @@ class BotClient:
         axes: Sequence[str],
         start: float,
         end: float,
+        resolution: float | None = None,
         **kw: Any,
     ) -> dict[str, Any]:
-        """Open a cursor for this bot."""
-        return await self._cursor("add_cursor", session_id, cursor_id, axes, start, end, **kw)
+        """Open a cursor for this bot (``resolution``: the time step of the data it wants)."""
+        region = (axes, start, end, resolution)
+        return await self._cursor("add_cursor", session_id, cursor_id, *region, **kw)
 
     async def move_cursor(
         self,
@@ -211,10 +214,12 @@ class BotClient:
         axes: Sequence[str],
         start: float,
         end: float,
+        resolution: float | None = None,
         **kw: Any,
     ) -> dict[str, Any]:
-        """Give this bot's cursor a new region."""
-        return await self._cursor("move_cursor", session_id, cursor_id, axes, start, end, **kw)
+        """Give this bot's cursor a new region (move, resize, change its resolution)."""
+        region = (axes, start, end, resolution)
+        return await self._cursor("move_cursor", session_id, cursor_id, *region, **kw)
 
     async def _cursor(
         self,
@@ -224,6 +229,7 @@ class BotClient:
         axes: Sequence[str],
         start: float,
         end: float,
+        resolution: float | None,
         **kw: Any,
     ) -> dict[str, Any]:
         kw.setdefault("issued_by", self.agent_id)
@@ -233,6 +239,7 @@ class BotClient:
             "axes": list(axes),
             "start": start,
             "end": end,
+            "resolution": resolution,
         }
         return await self.request(session_id, name, args, **kw)
 
@@ -268,6 +275,29 @@ class BotClient:
         if replace is not None:
             args["replace"] = list(replace)
         return await self.request(session_id, "change_policy", args, **kw)
+
+    async def query_cursor(
+        self, session_id: str, cursor_id: str, compositor: str, **kw: Any
+    ) -> list[Sample]:
+        """The data under this bot's cursor, as the session's policy discloses it to the bot.
+
+        Priced queries are paid from the bot's dust (``InsufficientDust`` if it cannot).
+        """
+        kw.setdefault("issued_by", self.agent_id)
+        args = {"agent_id": self.agent_id, "cursor_id": cursor_id, "compositor": compositor}
+        reply = await self.request(session_id, "query_cursor", args, **kw)
+        return [
+            Sample(s["axis"], s["time"], s["value"], s.get("fields") or {})
+            for s in reply.get("samples", ())
+        ]
+
+    async def grant(
+        self, session_id: str, target: str, amount: int, memo: str = "", **kw: Any
+    ) -> dict[str, Any]:
+        """Give ``amount`` of this bot's dust to ``target`` (an agent or the treasury)."""
+        kw.setdefault("issued_by", self.agent_id)
+        args = {"source": self.agent_id, "target": target, "amount": amount, "memo": memo}
+        return await self.request(session_id, "grant", args, **kw)
 
     async def end(self, session_id: str, reason: str = "ended", **kw: Any) -> dict[str, Any]:
         """End the session."""

@@ -176,11 +176,17 @@ class DataQuery(Command):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class QueryCursor(DataQuery):
-    """Ask ``compositor`` for the data under ``agent_id``'s cursor, as policy discloses it."""
+    """Ask ``compositor`` for the data under ``agent_id``'s cursor, as policy discloses it.
+
+    ``max_bytes`` (optional) bounds the disclosed data's encoded size: a larger
+    answer is refused (``LimitExceeded``) before anything is recorded or charged.
+    The wire service sets it so that an answer always fits in a reply.
+    """
 
     agent_id: str
     cursor_id: str
     compositor: str
+    max_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ or recorded).
 from __future__ import annotations
 
 import bisect
+import importlib
 import math
 import threading
 import zlib
@@ -154,3 +155,28 @@ class RecordedCompositor:
                 else:
                     out.extend(picked)
             return out
+
+
+def load_compositor(spec: str) -> Compositor:
+    """A compositor from a command-line spec.
+
+    ``synthetic`` and ``recorded`` are the built-ins (default names); otherwise
+    ``package.module:attribute``, where the attribute is a compositor or a
+    callable (e.g. a class) returning one.
+    """
+    if spec == "synthetic":
+        return SyntheticCompositor()
+    if spec == "recorded":
+        return RecordedCompositor()
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"a compositor is 'synthetic', 'recorded' or 'module:attribute', not {spec!r}"
+        )
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, type) or (callable(target) and not isinstance(target, Compositor)):
+        target = target()
+    made = target
+    if not isinstance(made, Compositor):
+        raise ValueError(f"{spec} is not a compositor (it needs a name and a query method)")
+    return made

@@ -24,13 +24,20 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+import msgpack
+
 from plantangenet.authorize import refuse, request_context
 from plantangenet.chem import active_chem, terms_for
 from plantangenet.commands import DataQuery, DiscloseChem, QueryCursor
 from plantangenet.compositors import covers
 from plantangenet.disclosure import Disclosure, Level, Region, Sample, least, shape
 from plantangenet.dust import charge
-from plantangenet.errors import CompositorFailed, InvalidCommand, UnknownCompositor
+from plantangenet.errors import (
+    CompositorFailed,
+    InvalidCommand,
+    LimitExceeded,
+    UnknownCompositor,
+)
 from plantangenet.events.base import Event
 from plantangenet.events.disclosure import DisclosureMade
 from plantangenet.events.envelope import Authorization
@@ -77,6 +84,11 @@ class Disclosed:
     samples: tuple[Sample, ...]
     events: tuple[Event, ...]
     level: Level
+
+
+def encoded_size(samples: Iterable[Sample]) -> int:
+    """Bytes the samples take as msgpack maps (what a wire reply carries)."""
+    return sum(len(msgpack.packb(s.to_dict(), use_bin_type=True)) for s in samples)
 
 
 def plan(state: SessionState, command: DataQuery, now: datetime) -> tuple[Authorization, Plan]:
@@ -213,6 +225,12 @@ def disclose(
     shaped: list[Sample] = []
     for disclosure, group in by_disclosure.items():
         shaped.extend(shape(group, disclosure))
+    max_bytes = getattr(plan.command, "max_bytes", None)
+    if max_bytes is not None and (size := encoded_size(shaped)) > max_bytes:
+        raise LimitExceeded(
+            f"the answer holds {len(shaped)} samples ({size} bytes); this query takes at most "
+            f"{max_bytes} bytes: narrow the cursor or coarsen its resolution"
+        )
     level = least(plan.disclosures.values())
     events: list[Event] = []
     if plan.payer is not None:

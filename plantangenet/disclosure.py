@@ -142,7 +142,12 @@ class Sample:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (for JSON and the wire)."""
-        return {"axis": self.axis, "time": self.time, "value": self.value, **self.fields}
+        return {
+            "axis": self.axis,
+            "time": self.time,
+            "value": self.value,
+            "fields": dict(self.fields),
+        }
 
 
 def shape(samples: Iterable[Sample], disclosure: Disclosure) -> list[Sample]:

@@ -44,6 +44,11 @@ COMMANDS: dict[str, type[c.Command]] = {
     "grant_role": c.GrantRole,
     "revoke_role": c.RevokeRole,
     "end": c.EndSession,
+    "register_compositor": c.RegisterCompositor,
+    "query_cursor": c.QueryCursor,
+    "set_prices": c.SetPrices,
+    "deposit": c.DepositDust,
+    "grant": c.GrantDust,
 }
 #: Wire names that read instead of write.
 QUERIES = frozenset({"state"})
@@ -192,6 +197,7 @@ def ok_reply(result: CommandResult) -> bytes:
             "seq": result.sequence,
             "events": [e.type_name for e in result.events],
             "duplicate": result.duplicate,
+            **({"samples": [s.to_dict() for s in result.samples]} if result.samples else {}),
         }
     )
 

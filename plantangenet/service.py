@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from plantangenet.actors.session import SessionActor
-from plantangenet.commands import Command, StartSession
+from plantangenet.commands import Command, QueryCursor, StartSession
 from plantangenet.decide import check_id, decide_authorized
 from plantangenet.errors import (
     ConcurrencyError,
@@ -187,6 +188,12 @@ class SessionService:
         if name in QUERIES:
             return await self._query(session_id, name)
         command = decode_request(name, payload)
+        if isinstance(command, QueryCursor):
+            # The answer must fit in a reply: a larger one is refused before it is
+            # recorded or charged (the reply's own fields need a little room).
+            room = self._max_payload() - 4096
+            if command.max_bytes is None or command.max_bytes > room:
+                command = dataclasses.replace(command, max_bytes=room)
         if (
             not isinstance(command, StartSession)
             and self._running(session_id) is None
