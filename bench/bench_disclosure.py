@@ -5,11 +5,12 @@ Part 1, the cursor index (pure CPU, no NATS): a ``CursorIndex`` folded from
 axes at 2 and 3 levels; random intervals in ``[0, 1000]``, 1-50 long), then
 ``--lookups`` random ``covering(axis, t)`` lookups once every axis is built,
 against a brute-force scan of every cursor doing the same lookups (results
-checked equal). Also: the fold, the first lookup after the fold (it rebuilds
-the axes on its path), a lookup on every axis (rebuilds them all), and lookups
-that each follow one ``CursorMoved`` (which marks the moved cursor's axes for
-a rebuild): on a random axis, and on an axis the moved cursor watches (a
-rebuild every time: the worst case).
+checked equal). Also: the fold, the first lookup after the fold (it computes
+the block maxima of the axes on its path), a lookup on every axis (computes
+them all), and lookups that each follow one ``CursorMoved`` (which moves the
+cursor within its axes' sorted arrays and marks their block maxima from there
+stale): on a random axis, and on an axis the moved cursor watches (a refresh
+every time: the worst case).
 
 Part 2, disclosure queries through the session actor: one session with a
 ``SyntheticCompositor``, one agent and one cursor on one axis over 24 time
@@ -143,7 +144,7 @@ def rebuilt_share(
 ) -> float:
     """Untimed replay of move+lookup pairs: the share of lookups that met a stale axis.
 
-    Peeks at the index's private per-axis ``dirty`` flags (the benchmark's business only).
+    Peeks at the index's private per-axis ``dirty_from`` marks (the benchmark's business only).
     """
     index = CursorIndex.of(added)
     for a in axes:
@@ -153,7 +154,7 @@ def rebuilt_share(
         index.apply(env)
         parts = axis.split(".")
         path = (index._axes.get(".".join(parts[:d])) for d in range(1, len(parts) + 1))
-        stale += any(entry is not None and entry.dirty for entry in path)
+        stale += any(entry is not None and entry.dirty_from is not None for entry in path)
         index.covering(axis, t)
     return stale / len(moves)
 
@@ -247,9 +248,9 @@ def report_index(args: argparse.Namespace, r: dict[str, list[float]]) -> None:
     med = {k: h.median(v) for k, v in r.items()}
     rows = [
         ["fold of the CursorAdded envelopes", f"{med['fold_s'] * 1e3:,.1f} ms", ""],
-        ["first lookup after the fold (rebuilds its axes)", f"{med['first_ms']:.2f} ms", ""],
+        ["first lookup after the fold (refreshes its axes)", f"{med['first_ms']:.2f} ms", ""],
         [
-            "one lookup on each of the 50 axes (rebuilds all)",
+            "one lookup on each of the 50 axes (refreshes all)",
             f"{med['all_axes_ms']:.2f} ms",
             f"{med['all_axes_ms'] * 1e3 / 50:.0f} µs/axis",
         ],
@@ -287,7 +288,7 @@ def report_index(args: argparse.Namespace, r: dict[str, list[float]]) -> None:
         f"{med['move_same'] / med['brute']:,.0f}x (moved cursor's axis)"
     )
     print(
-        f"lookups after a move that met an axis marked for rebuild (random axis): "
+        f"lookups after a move that met an axis marked for refresh (random axis): "
         f"{r['rebuilt_share'][0]:.0%}"
     )
     print()

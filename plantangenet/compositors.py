@@ -44,6 +44,9 @@ class Compositor(Protocol):
         ...
 
 
+_TAU = 2 * math.pi
+
+
 def covers(watched: str, axis: str) -> bool:
     """Whether watching axis ``watched`` includes ``axis`` (itself or a dotted child)."""
     return axis == watched or (axis.startswith(watched) and axis[len(watched)] == ".")

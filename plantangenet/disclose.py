@@ -206,7 +206,8 @@ def disclose(
     the answer is a :class:`CompositorFailed` (nothing is recorded).
     """
     region = plan.region
-    by_disclosure: dict[Disclosure, list[Sample]] = {}
+    by_axis: dict[str, list[Sample]] = {}
+    disclosures: dict[str, Disclosure | None] = {}
     seen = 0
     for sample in samples:
         seen += 1
@@ -218,12 +219,19 @@ def disclose(
             raise CompositorFailed(
                 f"compositor {plan.compositor!r} returned {type(sample).__name__}, not a Sample"
             )
-        disclosure = plan.disclosure_of(sample.axis)
-        if disclosure is None or not region.start <= sample.time <= region.end:
+        axis = sample.axis
+        if axis not in disclosures:
+            disclosures[axis] = plan.disclosure_of(axis)
+        if disclosures[axis] is None or not region.start <= sample.time <= region.end:
             continue
-        by_disclosure.setdefault(disclosure, []).append(sample)
+        group = by_axis.get(axis)
+        if group is None:
+            group = by_axis[axis] = []
+        group.append(sample)
     shaped: list[Sample] = []
-    for disclosure, group in by_disclosure.items():
+    for axis, group in by_axis.items():
+        disclosure = disclosures[axis]
+        assert disclosure is not None
         shaped.extend(shape(group, disclosure))
     max_bytes = getattr(plan.command, "max_bytes", None)
     if max_bytes is not None and (size := encoded_size(shaped)) > max_bytes:

@@ -8,7 +8,8 @@ For each watched axis the index keeps its cursors' intervals sorted by start,
 with the largest end of every block of :data:`BLOCK` intervals: a lookup
 bisects to the intervals that start early enough and skips every block that
 ends too early, so it costs about ``n / BLOCK + matches`` steps rather than
-``n``. An axis's arrays are rebuilt on the first lookup after a change.
+``n``. A change inserts into (or deletes from) the sorted arrays; the block
+maxima after it are recomputed on the next lookup.
 """
 
 from __future__ import annotations
@@ -24,30 +25,57 @@ BLOCK = 32
 
 
 class _Axis:
-    """The intervals of the cursors watching one axis."""
+    """The intervals of the cursors watching one axis, sorted by ``(start, cursor id)``.
 
-    __slots__ = ("block_ends", "cursors", "dirty", "ends", "ids", "starts")
+    Changes insert into and delete from the sorted arrays (no re-sorting); the
+    block maxima are recomputed from the first block a change touched, on the
+    next lookup.
+    """
+
+    __slots__ = ("block_ends", "dirty_from", "ends", "ids", "keys")
 
     def __init__(self) -> None:
-        self.cursors: dict[str, tuple[float, float]] = {}
-        self.dirty = True
-        self.starts: list[float] = []
+        self.keys: list[tuple[float, str]] = []  # (start, cursor id), sorted
         self.ends: list[float] = []
         self.ids: list[str] = []
         self.block_ends: list[float] = []
+        #: Index of the first element whose block maximum may be stale (None: none).
+        self.dirty_from: int | None = None
 
-    def rebuild(self) -> None:
-        ordered = sorted((s, e, cid) for cid, (s, e) in self.cursors.items())
-        self.starts = [s for s, _, _ in ordered]
-        self.ends = [e for _, e, _ in ordered]
-        self.ids = [cid for _, _, cid in ordered]
-        self.block_ends = [max(self.ends[i : i + BLOCK]) for i in range(0, len(self.ends), BLOCK)]
-        self.dirty = False
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def put(self, cursor_id: str, start: float, end: float) -> None:
+        key = (start, cursor_id)
+        at = bisect.bisect_left(self.keys, key)
+        self.keys.insert(at, key)
+        self.ends.insert(at, end)
+        self.ids.insert(at, cursor_id)
+        self._touch(at)
+
+    def drop(self, cursor_id: str, start: float) -> None:
+        at = bisect.bisect_left(self.keys, (start, cursor_id))
+        del self.keys[at], self.ends[at], self.ids[at]
+        self._touch(at)
+
+    def _touch(self, at: int) -> None:
+        if self.dirty_from is None or at < self.dirty_from:
+            self.dirty_from = at
+
+    def _refresh(self) -> None:
+        first_block = (self.dirty_from or 0) // BLOCK
+        ends = self.ends
+        del self.block_ends[first_block:]
+        self.block_ends.extend(
+            max(ends[i : i + BLOCK]) for i in range(first_block * BLOCK, len(ends), BLOCK)
+        )
+        self.dirty_from = None
 
     def overlapping(self, lo: float, hi: float, out: set[str]) -> None:
-        if self.dirty:
-            self.rebuild()
-        stop = bisect.bisect_right(self.starts, hi)  # intervals starting at or before hi
+        if self.dirty_from is not None:
+            self._refresh()
+        # Intervals starting at or before hi (every cursor id sorts before U+10FFFF).
+        stop = bisect.bisect_right(self.keys, (hi, "\U0010ffff"))
         ends, ids = self.ends, self.ids
         for block, block_end in enumerate(self.block_ends):
             first = block * BLOCK
@@ -138,8 +166,7 @@ class CursorIndex:
             entry = self._axes.get(axis)
             if entry is None:
                 entry = self._axes[axis] = _Axis()
-            entry.cursors[cursor.cursor_id] = (cursor.start, cursor.end)
-            entry.dirty = True
+            entry.put(cursor.cursor_id, cursor.start, cursor.end)
 
     def _drop(self, cursor_id: str) -> None:
         cursor = self._cursors.pop(cursor_id, None)
@@ -147,7 +174,6 @@ class CursorIndex:
             return
         for axis in cursor.axes:
             entry = self._axes[axis]
-            del entry.cursors[cursor_id]
-            entry.dirty = True
-            if not entry.cursors:
+            entry.drop(cursor_id, cursor.start)
+            if not entry:
                 del self._axes[axis]
