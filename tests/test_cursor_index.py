@@ -137,6 +137,8 @@ def test_live_index_equals_the_replayed_one(runtime: Plantangenet) -> None:
             session.remove_cursor(live.pop(cursor_id), cursor_id)
         else:
             session.move_cursor(live[cursor_id], cursor_id, axes, start, end, resolution=0.5)
+        if step == 50:  # the live index is built now, and folded along from here on
+            session.cursors_covering("ocean", 0.0)
         if step == 200:
             session.detach("a3")
             agents.remove("a3")

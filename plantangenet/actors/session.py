@@ -181,8 +181,9 @@ class SessionActor(pykka.ThreadingActor):
         self.max_batch = min(max_batch, MAX_EVENTS_PER_APPEND)
         self.limits = limits
         self.compositors: Mapping[str, Compositor] = compositors if compositors is not None else {}
-        #: Coverage lookups over the stored cursors (folded with ``state``).
-        self.cursor_index = CursorIndex()
+        #: Coverage lookups over the stored cursors: built from ``state`` on first use,
+        #: then folded along with it (sessions nobody asks pay nothing for it).
+        self._cursor_index: CursorIndex | None = None
         #: The fold of every event of this session the actor has seen stored.
         self.state = SessionState(session_id)
         #: ``state`` plus the events decided but not yet acknowledged.
@@ -496,6 +497,13 @@ class SessionActor(pykka.ThreadingActor):
         for agent_id in set(self.agents) - set(state.agents):
             retire(self.agents.pop(agent_id), "detached")
 
+    @property
+    def cursor_index(self) -> CursorIndex:
+        """Which cursors cover an axis at a time (see :class:`CursorIndex`), as stored."""
+        if self._cursor_index is None:
+            self._cursor_index = CursorIndex.from_state(self.current_state())
+        return self._cursor_index
+
     def current_state(self) -> SessionState:
         """The state, caught up first if rehydration (or the last catch-up) failed.
 
@@ -509,7 +517,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def _remember(self, envelope: Envelope) -> None:
         self._last_hash = envelope.digest
-        self.cursor_index.apply(envelope)
+        if self._cursor_index is not None:
+            self._cursor_index.apply(envelope)
         results = self._results
         envelopes = results.get(envelope.causation_id)
         if envelopes is None:
