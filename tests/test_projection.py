@@ -651,3 +651,16 @@ def test_decide_then_evolve_equals_refolding(
         assert after.previous_hash == (before.digest if before is not None else b"")
     if accepted and commands and isinstance(commands[0], StartSession):
         assert state.status in ("active", "ended")
+
+
+def test_the_agent_fold_keeps_every_field_and_the_cursor_resolution() -> None:
+    from plantangenet.projections.agent import AgentState, evolve_agent
+
+    cursor = CursorView("c0", "a1", ("x",), 0.0, 1.0, 0.5)
+    state = AgentState("a1", "bot", "One", True, MappingProxyType({"c0": cursor}), 7)
+    after = evolve_agent(state, env(RoleGranted("a1", "watcher"), 9))
+    assert dataclasses.replace(after, sequence=7) == state and after.sequence == 9
+    after = evolve_agent(after, env(CursorMoved("a1", "c1", ("y",), 2.0, 3.0, 0.25), 10))
+    assert after.cursors["c1"] == CursorView("c1", "a1", ("y",), 2.0, 3.0, 0.25)
+    assert after.cursors["c0"] == cursor and (after.kind, after.name) == ("bot", "One")
+    assert evolve_agent(after, env(RoleGranted("a2", "x"), 11)) is after  # not about a1

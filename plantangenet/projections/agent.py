@@ -43,23 +43,37 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
         return state
     sequence = envelope.sequence or state.sequence
     match event:
-        case (
-            CursorAdded(cursor_id=cid, axes=axes, start=s, end=e)
-            | CursorMoved(cursor_id=cid, axes=axes, start=s, end=e)
-        ):
+        case CursorAdded() | CursorMoved():
             cursors = dict(state.cursors)
-            cursors[cid] = CursorView(cid, state.agent_id, axes, s, e)
-            return dataclasses.replace(state, cursors=MappingProxyType(cursors), sequence=sequence)
+            cursors[event.cursor_id] = CursorView(
+                event.cursor_id,
+                state.agent_id,
+                event.axes,
+                event.start,
+                event.end,
+                event.resolution,
+            )
+            return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
         case CursorRemoved(cursor_id=cid):
             cursors = dict(state.cursors)
             cursors.pop(cid, None)
-            return dataclasses.replace(state, cursors=MappingProxyType(cursors), sequence=sequence)
+            return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
         case AgentAttached(kind=kind, name=name):
-            return dataclasses.replace(
-                state, kind=kind, name=name, attached=True, sequence=sequence
-            )
+            return _with(state, kind=kind, name=name, attached=True, sequence=sequence)
         case AgentDetached():
-            return dataclasses.replace(
-                state, attached=False, cursors=MappingProxyType({}), sequence=sequence
-            )
-    return dataclasses.replace(state, sequence=sequence)
+            return _with(state, attached=False, cursors=MappingProxyType({}), sequence=sequence)
+    return _with(state, sequence=sequence)
+
+
+def _with(state: AgentState, **changes: object) -> AgentState:
+    """``dataclasses.replace`` without its per-call introspection (folded per event)."""
+    values = {
+        "agent_id": state.agent_id,
+        "kind": state.kind,
+        "name": state.name,
+        "attached": state.attached,
+        "cursors": state.cursors,
+        "sequence": state.sequence,
+    }
+    values.update(changes)
+    return AgentState(**values)  # type: ignore[arg-type]
