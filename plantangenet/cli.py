@@ -390,33 +390,37 @@ async def _fold_history(
     return count
 
 
-def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
-    index = CursorIndex()
+def _fold_projection(args: argparse.Namespace, fold: Callable[[Envelope], None]) -> None:
+    """Fold the session's whole history into ``fold`` (``UnknownSession`` if it has none)."""
     with _runtime(args) as pg:
-        count = pg.run(_fold_history(pg, args.session_id, index.apply, _Progress(sys.stderr)))
+        count = pg.run(_fold_history(pg, args.session_id, fold, _Progress(sys.stderr)))
     if count == 0:
         raise UnknownSession(f"no events for session {args.session_id!r}")
-    if args.time is not None and args.axis is None:
-        raise PlantangenetError("--time needs --axis")
-    report = cursors_report(index, args.axis, args.time)
+
+
+def _write_report(
+    args: argparse.Namespace, out: TextIO, report: Any, describe: Callable[[Any], list[str]]
+) -> None:
     if args.json:
         _dump(report, out)
     else:
-        out.write("\n".join(describe_cursors(report)) + "\n")
+        out.write("\n".join(describe(report)) + "\n")
+
+
+def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
+    if args.time is not None and args.axis is None:
+        raise PlantangenetError("--time needs --axis")
+    index = CursorIndex()
+    _fold_projection(args, index.apply)
+    _write_report(args, out, cursors_report(index, args.axis, args.time), describe_cursors)
     return 0
 
 
 def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
     ledger = Ledger()
-    with _runtime(args) as pg:
-        count = pg.run(_fold_history(pg, args.session_id, ledger.apply, _Progress(sys.stderr)))
-    if count == 0:
-        raise UnknownSession(f"no events for session {args.session_id!r}")
+    _fold_projection(args, ledger.apply)
     report = ledger_report(ledger, args.account)
-    if args.json:
-        _dump(report, out)
-    else:
-        out.write("\n".join(describe_ledger(report)) + "\n")
+    _write_report(args, out, report, describe_ledger)
     return 0 if report["reconciles"] else 1
 
 

@@ -250,12 +250,7 @@ def decide_authorized(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Authorization, list[Event]]:
     """:func:`decide`, also returning the authorization that let the command through."""
-    if not isinstance(command, Command):
-        raise InvalidCommand(f"not a command: {type(command).__name__}")
-    if command.issued_by is not None:
-        check_id(command.issued_by, "issued_by")
-    if not isinstance(command.context, Mapping):
-        raise InvalidCommand("context must be a map")
+    _check_envelope(command, Command)
     match command:
         case StartSession(metadata=metadata):
             if state.status != "new":
@@ -286,12 +281,7 @@ def plan_query(
     now: datetime | None = None,
 ) -> tuple[Authorization, Plan]:
     """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
-    if not isinstance(command, DataQuery):
-        raise InvalidCommand(f"not a data query: {type(command).__name__}")
-    if command.issued_by is not None:
-        check_id(command.issued_by, "issued_by")
-    if not isinstance(command.context, Mapping):
-        raise InvalidCommand("context must be a map")
+    _check_envelope(command, DataQuery)
     _require_active(state)
     _check_shape(command)
     if isinstance(command, QueryCursor):
@@ -306,6 +296,17 @@ def plan_query(
         _require_cursor(state, command.agent_id, command.cursor_id)
     authorize(state, command, now or _EPOCH)  # the sender may send it
     return plan_disclosure(state, command, now or _EPOCH)
+
+
+def _check_envelope(command: object, kind: type[Command]) -> None:
+    """The fields every command has: its class, issuer and context."""
+    if not isinstance(command, kind):
+        label = "data query" if kind is DataQuery else "command"
+        raise InvalidCommand(f"not a {label}: {type(command).__name__}")
+    if command.issued_by is not None:
+        check_id(command.issued_by, "issued_by")
+    if not isinstance(command.context, Mapping):
+        raise InvalidCommand("context must be a map")
 
 
 def _priced(state: SessionState, command: Command, action: str, events: list[Event]) -> list[Event]:

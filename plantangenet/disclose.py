@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import NoReturn
 
 import msgpack
 
@@ -125,16 +126,14 @@ def _plan_cursor(
         resource = f"axis.{axis}"
         decision, disclosure = policy.disclose(roles, QUERY_ACTION, resource, context)
         if not decision.allowed:
-            refuse(
-                AccessDenied(
-                    agent_id,
-                    type(command).__name__,
-                    QUERY_ACTION,
-                    resource,
-                    decision.statement_id,
-                    decision.reason,
-                    policy.version,
-                )
+            _deny(
+                state,
+                command,
+                agent_id,
+                QUERY_ACTION,
+                resource,
+                decision.statement_id,
+                decision.reason,
             )
         disclosures[axis] = disclosure
         statements.append(decision.statement_id)
@@ -165,17 +164,8 @@ def _plan_chem(state: SessionState, command: DiscloseChem) -> tuple[Authorizatio
     for axis in command.axes:
         clause = terms_for(chem, state.session_id, axis)
         if clause is None:
-            refuse(
-                AccessDenied(
-                    None,
-                    type(command).__name__,
-                    CHEM_ACTION,
-                    f"axis.{axis}",
-                    None,
-                    f"chem {chem.chem_id!r} does not disclose {axis} to {chem.peer!r}",
-                    state.policy.version,
-                )
-            )
+            reason = f"chem {chem.chem_id!r} does not disclose {axis} to {chem.peer!r}"
+            _deny(state, command, None, CHEM_ACTION, f"axis.{axis}", None, reason)
         disclosures[axis] = clause.disclosure
         price += clause.price
     resources = tuple(f"axis.{axis}" for axis in command.axes)
@@ -194,6 +184,27 @@ def _plan_chem(state: SessionState, command: DiscloseChem) -> tuple[Authorizatio
         chem_id=chem.chem_id,
         peer=chem.peer,
     )
+
+
+def _deny(
+    state: SessionState,
+    command: DataQuery,
+    agent_id: str | None,
+    action: str,
+    resource: str,
+    statement_id: str | None,
+    reason: str,
+) -> NoReturn:
+    event = AccessDenied(
+        agent_id,
+        type(command).__name__,
+        action,
+        resource,
+        statement_id,
+        reason,
+        state.policy.version,
+    )
+    refuse(event)
 
 
 def disclose(

@@ -85,6 +85,19 @@ def journal(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterato
     j.close()
 
 
+def log_options(runtime: Plantangenet) -> list[str]:
+    """CLI options that point ``plantangenet`` at ``runtime``'s server and stream."""
+    config = runtime.journal_config
+    return [
+        "--nats-url",
+        runtime.url,
+        "--stream",
+        config.stream,
+        "--subject-prefix",
+        config.subject_prefix,
+    ]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

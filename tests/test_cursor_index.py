@@ -21,6 +21,7 @@ from plantangenet.events import (
     Event,
 )
 from plantangenet.projections.session import CursorView
+from tests.conftest import log_options
 
 AXES = [
     "ocean",
@@ -168,8 +169,7 @@ def test_cli_cursors_lists_and_answers_coverage(
     session.add_cursor("a", "c1", ["ocean"], 0, 10, resolution=2)
     session.add_cursor("a", "c2", ["ocean.temperature"], 5, 20)
     session.add_cursor("a", "c3", ["wind"], 0, 10)
-    args = ["--nats-url", runtime.url, "--stream", runtime.journal_config.stream]
-    args += ["--subject-prefix", runtime.journal_config.subject_prefix]
+    args = log_options(runtime)
     assert main(["cursors", "cli-cursors", *args]) == 0
     text = capsys.readouterr().out
     assert "3 cursors" in text and "c1" in text and "ocean.temperature" in text

@@ -22,6 +22,7 @@ from plantangenet import (
     UnknownAgent,
 )
 from plantangenet.cli import main
+from tests.conftest import log_options
 
 AGENTS = ["a", "b", "c"]
 ACCOUNTS = [*AGENTS, TREASURY]
@@ -187,8 +188,7 @@ def test_cli_ledger_renders_balances_and_movements(
     session.set_prices({"cursor.add": 2})
     session.deposit("a", 5, memo="welcome")
     session.add_cursor("a", "c1", ["ocean"], 0, 1)
-    args = ["--nats-url", runtime.url, "--stream", runtime.journal_config.stream]
-    args += ["--subject-prefix", runtime.journal_config.subject_prefix]
+    args = log_options(runtime)
     assert main(["ledger", "cli-ledger", *args]) == 0
     text = capsys.readouterr().out
     assert "a" in text and "3" in text and "welcome" in text and "cursor.add" in text

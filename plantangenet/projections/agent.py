@@ -14,7 +14,7 @@ from plantangenet.events.session import (
     CursorMoved,
     CursorRemoved,
 )
-from plantangenet.projections.session import CursorView
+from plantangenet.projections.session import CursorView, cursor_view
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,14 +45,7 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     match event:
         case CursorAdded() | CursorMoved():
             cursors = dict(state.cursors)
-            cursors[event.cursor_id] = CursorView(
-                event.cursor_id,
-                state.agent_id,
-                event.axes,
-                event.start,
-                event.end,
-                event.resolution,
-            )
+            cursors[event.cursor_id] = cursor_view(event)
             return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
         case CursorRemoved(cursor_id=cid):
             cursors = dict(state.cursors)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import AgentDetached, CursorAdded, CursorMoved, CursorRemoved
-from plantangenet.projections.session import CursorView, SessionState
+from plantangenet.projections.session import CursorView, SessionState, cursor_view
 
 BLOCK = 32
 
@@ -130,16 +130,7 @@ class CursorIndex:
         match event:
             case CursorAdded() | CursorMoved():
                 self._drop(event.cursor_id)
-                self._put(
-                    CursorView(
-                        event.cursor_id,
-                        event.agent_id,
-                        event.axes,
-                        event.start,
-                        event.end,
-                        event.resolution,
-                    )
-                )
+                self._put(cursor_view(event))
             case CursorRemoved(cursor_id=cursor_id):
                 self._drop(cursor_id)
             case AgentDetached(agent_id=agent_id):

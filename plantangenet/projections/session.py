@@ -80,6 +80,13 @@ class CursorView:
     resolution: float | None = None
 
 
+def cursor_view(event: CursorAdded | CursorMoved) -> CursorView:
+    """The cursor a ``CursorAdded`` or ``CursorMoved`` describes."""
+    return CursorView(
+        event.cursor_id, event.agent_id, event.axes, event.start, event.end, event.resolution
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class IdentityView:
     """The identity the session's connection is bound to."""
