@@ -37,7 +37,6 @@ Run (see fuzz/README.md)::
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -68,7 +67,6 @@ with atheris.instrument_imports(include=["plantangenet", "msgpack"]):
 
 WIRE_NAME = {cls: name for name, cls in COMMANDS.items()}
 CLASSES = {cls.__name__: cls for cls in fuzzlib.COMMAND_CLASSES}
-STRICT = os.environ.get("PLANTANGENET_FUZZ_STRICT") == "1"
 STATES = fuzzlib.STATES
 
 
@@ -140,32 +138,12 @@ def query(
     limit = v.pick([DEFAULT_LIMITS.max_samples_per_query, 2])
     try:
         disclosed = disclose(state, plan, answer, max_samples=limit)
-    except (TypeError, ValueError, AttributeError) as exc:  # the actor: CompositorFailed
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # the actor:
+        # CompositorFailed
         raise CompositorFailed(f"bad data: {exc}") from None
-    except OverflowError as exc:
-        if not known_bug(exc):
-            raise
-        raise CompositorFailed(f"known bug: {exc}") from None
     for sample in disclosed.samples:  # never more than was authorized
         assert plan.disclosure_of(sample.axis) is not None, (plan, sample)
     return authorization, list(disclosed.events)
-
-
-def known_bug(exc: OverflowError) -> bool:
-    """Whether ``exc`` is the known (reported, not yet fixed) overflow in degrading samples.
-
-    ``disclosure._degrade`` overflows on a huge finite resolution ratio (``math.floor`` of
-    ``time / resolution`` with e.g. a policy's ``resolution: 5e-324``) or huge values in
-    one bucket (``math.fsum``); the session actor then answers "internal error". See
-    ``fuzz/crashes/README.md``. Let through (so fuzzing goes on past it) unless
-    ``PLANTANGENET_FUZZ_STRICT=1``; delete this once it is fixed.
-    """
-    if STRICT:
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "_degrade"
 
 
 def samples(v: fuzzlib.Values, region: Region) -> list[Sample]:

@@ -31,6 +31,8 @@ from plantangenet.events.fields import MetadataValue
 
 Level = Literal["full", "degraded", "masked", "denied"]
 LEVELS: tuple[Level, ...] = ("denied", "masked", "degraded", "full")
+#: The finest resolution a degraded disclosure may ask for (time units per bucket).
+MIN_RESOLUTION = 1e-9
 #: How much each level discloses (higher discloses more).
 RANK: Mapping[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
@@ -90,9 +92,11 @@ def parse_disclosure(raw: object, label: str = "disclosure") -> Disclosure:
         isinstance(resolution, bool)
         or not isinstance(resolution, int | float)
         or not math.isfinite(resolution)
-        or resolution <= 0
+        or not resolution >= MIN_RESOLUTION
     ):
-        raise InvalidPolicy(f"{label}.resolution: a positive number, got {resolution!r}")
+        raise InvalidPolicy(
+            f"{label}.resolution: a number of at least {MIN_RESOLUTION:g}, got {resolution!r}"
+        )
     decimals = raw.get("decimals")
     if decimals is not None and (
         isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 15
@@ -174,17 +178,30 @@ def _degrade(
         ]
     buckets: dict[tuple[str, float], list[float]] = {}
     for s in samples:
-        key = (s.axis, math.floor(s.time / resolution) * resolution)
-        values = buckets.setdefault(key, [])
+        steps = s.time / resolution
+        # A time too far from 0 for this resolution (or not finite) is its own bucket.
+        start = math.floor(steps) * resolution if math.isfinite(steps) else s.time
+        values = buckets.setdefault((s.axis, start), [])
         if s.value is not None:
             values.append(s.value)
     out = []
     for (axis, time), values in buckets.items():
-        mean = math.fsum(values) / len(values) if values else None
+        mean = _mean(values)
         if mean is not None and decimals is not None:
             mean = round(mean, decimals)
         out.append(Sample(axis, time, mean))
     return out
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean, without overflowing on large values (``fsum`` of the sum would)."""
+    if not values:
+        return None
+    count = len(values)
+    try:
+        return math.fsum(v / count for v in values)
+    except (OverflowError, ValueError):  # infinities of both signs, or inf - inf
+        return math.nan
 
 
 def _mask(sample: Sample, mask: tuple[str, ...]) -> Sample:

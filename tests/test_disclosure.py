@@ -17,6 +17,7 @@ from plantangenet import (
     DisclosureMade,
     DustCharged,
     InsufficientDust,
+    InvalidPolicy,
     Plantangenet,
     QueryCursor,
     RecordedCompositor,
@@ -26,7 +27,7 @@ from plantangenet import (
     SyntheticCompositor,
     UnknownCompositor,
 )
-from plantangenet.disclosure import Disclosure, shape
+from plantangenet.disclosure import Disclosure, parse_disclosure, shape
 
 OCEAN = ("ocean.temperature", "ocean.salinity")
 POLICY = [
@@ -323,3 +324,23 @@ def test_the_recorded_compositor_answers_from_its_buffer(
     ocean.move_cursor("stu", "c-stu", ["ocean.temperature"], 0, 7)
     degraded = ocean.query_cursor("stu", "c-stu", "buoys").samples
     assert [(s.time, s.value) for s in degraded] == [(0.0, 11.5), (4.0, 15.5)]
+
+
+def test_degrading_extreme_values_and_resolutions_never_crashes(
+    runtime: Plantangenet, ocean: SessionHandle
+) -> None:
+    # Found by fuzzing: these overflowed and were answered "internal error".
+    with pytest.raises(InvalidPolicy, match="at least"):
+        parse_disclosure({"level": "degraded", "resolution": 5e-324})
+    stored_before_the_check = Disclosure("degraded", resolution=5e-324)
+    far = [Sample("x", 1.0, 2.0), Sample("x", 1e300, 3.0)]
+    assert shape(far, stored_before_the_check) == [Sample("x", 1.0, 2.0), Sample("x", 1e300, 3.0)]
+    coarse = Disclosure("degraded", resolution=2.0)
+    assert shape([Sample("x", 0.5, 1e308)] * 2, coarse) == [Sample("x", 0.0, 1e308)]
+    (mixed,) = shape([Sample("x", 0.5, math.inf), Sample("x", 1.0, -math.inf)], coarse)
+    assert math.isnan(mixed.value or 0.0)
+    # Through the session: a compositor answering huge values is shaped, not a crash.
+    runtime.add_compositor(Broken([Sample("ocean.temperature", 0.5, 1e308)] * 2))  # type: ignore[arg-type]
+    ocean.register_compositor("broken")
+    result = ocean.query_cursor("stu", "c-stu", "broken")
+    assert [(s.time, s.value) for s in result.samples] == [(0.0, 1e308)]

@@ -370,7 +370,7 @@ class SessionActor(pykka.ThreadingActor):
             raise CompositorFailed(f"compositor {plan.compositor!r} failed: {show(exc)}") from None
         try:
             disclosed = disclose(state, plan, answer, max_samples=self.limits.max_samples_per_query)
-        except (TypeError, ValueError, AttributeError) as exc:  # malformed samples
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # bad samples
             raise CompositorFailed(
                 f"compositor {plan.compositor!r} returned bad data: {show(exc)}"
             ) from None
