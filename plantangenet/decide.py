@@ -126,12 +126,28 @@ def show(value: object) -> str:
         return f"<{type(value).__name__}>"
 
 
+#: Ids and axis names seen valid lately: most commands repeat the same few.
+_VALID_IDS: set[str] = set()
+_VALID_AXES: set[str] = set()
+_REMEMBERED = 4096
+
+
+def _remember(valid: set[str], value: str) -> None:
+    if len(valid) >= _REMEMBERED:
+        valid.clear()
+    valid.add(value)
+
+
 def check_id(value: object, label: str) -> str:
     """``value`` if it is a valid id, else :class:`InvalidCommand` naming ``label``."""
+    if type(value) is str and value in _VALID_IDS:
+        return value
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise InvalidCommand(
             f"{label} must be 1-128 characters of letters, digits, '_' or '-', got {show(value)}"
         )
+    if type(value) is str:
+        _remember(_VALID_IDS, value)
     return value
 
 
@@ -162,6 +178,18 @@ def _check_resolution(resolution: object) -> float | None:
 
 
 def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
+    if (
+        type(axes) is tuple
+        and 0 < len(axes) <= MAX_AXES
+        and all(type(axis) is str and axis in _VALID_AXES for axis in axes)
+        and len(set(axes)) == len(axes)
+        and type(start) is float
+        and type(end) is float
+        and math.isfinite(start)
+        and math.isfinite(end)
+        and start <= end
+    ):
+        return axes, start, end  # the common case: names seen valid, finite floats
     if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes:
         raise InvalidCommand("axes must be a non-empty list of axis names")
     if len(axes) > MAX_AXES:
@@ -169,6 +197,7 @@ def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, 
     for axis in axes:
         if not isinstance(axis, str) or len(axis) > 256 or not AXIS_PATTERN.fullmatch(axis):
             raise InvalidCommand(f"axis names are dotted words (e.g. 'ocean.temp'), got {axis!r}")
+        _remember(_VALID_AXES, axis)
     if len(set(axes)) != len(axes):
         raise InvalidCommand("axes must not repeat")
     for label, value in (("start", start), ("end", end)):
@@ -305,7 +334,7 @@ def _check_envelope(command: object, kind: type[Command]) -> None:
         raise InvalidCommand(f"not a {label}: {type(command).__name__}")
     if command.issued_by is not None:
         check_id(command.issued_by, "issued_by")
-    if not isinstance(command.context, Mapping):
+    if type(command.context) is not dict and not isinstance(command.context, Mapping):
         raise InvalidCommand("context must be a map")
 
 

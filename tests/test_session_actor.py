@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from plantangenet import (
+    AddCursor,
     Agent,
     AgentContext,
     AttachAgent,
@@ -229,6 +230,39 @@ def test_pipelined_commands_are_stored_in_order(runtime: Plantangenet) -> None:
     results = [f.result(30) for f in futures]
     assert [r.sequence for r in results] == list(range(4, 504))
     assert session.state.cursors["c"].start == 499
+    assert runtime.replay("s1") == session.state
+
+
+def test_pipelined_attaches_among_moves_fold_to_the_replayed_state(
+    runtime: Plantangenet,
+) -> None:
+    # A stored group's state is its speculative fold stamped with the log's sequence,
+    # except where the fold records an event's own sequence (an agent's attached_at):
+    # those groups, and every command queued behind them, are folded again.
+    session = runtime.session("s1")
+    session.start()
+    futures = [session.submit(AttachAgent(agent_id="a0"))]
+    futures.append(
+        session.submit(AddCursor(agent_id="a0", cursor_id="c0", axes=("x",), start=0, end=1))
+    )
+    for i in range(1, 300):
+        if i % 50 == 0:
+            futures.append(session.submit(AttachAgent(agent_id=f"a{i}")))
+        futures.append(
+            session.submit(
+                MoveCursor(agent_id="a0", cursor_id="c0", axes=("x",), start=i, end=i + 1)
+            )
+        )
+    for future in futures:
+        future.result(30)
+    state = session.state
+    assert [view.attached_at for view in state.agents.values()] == [
+        r.sequence
+        for r in (f.result() for f in futures)
+        if r.events[0].type_name == "AgentAttached"
+    ]
+    assert runtime.replay("s1") == state
+    session.move_cursor("a0", "c0", ["x"], 0, 1)
     assert runtime.replay("s1") == session.state
 
 

@@ -59,7 +59,7 @@ from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState, concerns
 from plantangenet.projections.cursors import CursorIndex
-from plantangenet.projections.session import SessionState, evolve
+from plantangenet.projections.session import SessionState, evolve, settled
 from plantangenet.replay import replay
 
 log = logging.getLogger("plantangenet.session")
@@ -116,6 +116,8 @@ class _Pending:
     #: A refusal decided while earlier commands were still unacknowledged: it stands
     #: if they are stored, and the command is decided again if their append fails.
     refused: CommandRejected | None = None
+    #: The speculative state once this command's events were folded in (see ``settled``).
+    decided: SessionState | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -347,7 +349,7 @@ class SessionActor(pykka.ThreadingActor):
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        pending = _Pending(command, items, [reply], samples)
+        pending = _Pending(command, items, [reply], samples, decided=speculative)
         self._queued.append(pending)
         self._pending[command_id] = pending
         self._flush()
@@ -411,8 +413,15 @@ class SessionActor(pykka.ThreadingActor):
         except BaseException as exc:
             self._append_failed(group, exc)
         else:
-            for envelope in result.envelopes:
-                self._stored(envelope)
+            stored = result.envelopes
+            decided = next((p.decided for p in reversed(group) if p.decided is not None), None)
+            state = None if decided is None else settled(self.state, decided, stored)
+            for envelope in stored:
+                self._stored(envelope, fold=state is None)
+            if state is not None:  # what folding them again would give, without the work
+                self.state = state
+            else:  # the speculative states of queued commands lack these sequences
+                self._refold_queued()
             self._deliver()
             for pending in group:
                 if pending.refused is not None:
@@ -423,6 +432,16 @@ class SessionActor(pykka.ThreadingActor):
                 for reply in pending.replies:
                     self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
+
+    def _refold_queued(self) -> None:
+        """Fold the queued commands' events again, on the state the log acknowledged."""
+        speculative = self.state
+        for pending in self._queued:
+            for envelope, _ in pending.items:
+                speculative = evolve(speculative, envelope)
+            if pending.decided is not None:
+                pending.decided = speculative
+        self._speculative = speculative
 
     def _refuse(self, pending: _Pending, unindexed: bool = False) -> None:
         """Answer a refusal that waited for the appends before it."""
@@ -528,8 +547,9 @@ class SessionActor(pykka.ThreadingActor):
         else:
             envelopes.append(envelope)
 
-    def _stored(self, envelope: Envelope) -> None:
-        self.state = evolve(self.state, envelope)
+    def _stored(self, envelope: Envelope, fold: bool = True) -> None:
+        if fold:
+            self.state = evolve(self.state, envelope)
         self._remember(envelope)
         event = envelope.event
         if isinstance(event, AgentAttached):

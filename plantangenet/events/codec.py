@@ -27,6 +27,7 @@ subclasses) with a message naming the field; nothing else escapes.
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,6 +70,18 @@ _ENVELOPE_FIELDS = {
 _ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
 
 
+_PACKERS = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack packer (a packer is not thread-safe; making one costs)."""
+    try:
+        packer: msgpack.Packer = _PACKERS.packer
+    except AttributeError:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
 def _micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise EncodeError("occurred_at: must be timezone-aware (UTC)", field="occurred_at")
@@ -100,24 +113,24 @@ class EventCodec:
             raise EncodeError(str(exc), field="type") from None
         if not isinstance(envelope.occurred_at, datetime):
             raise EncodeError("occurred_at: expected a datetime", field="occurred_at")
-        data: dict[str, Any] = {}
-        for name, encode in zip(spec.field_names, spec.encoders, strict=True):
-            data[name] = encode(getattr(envelope.event, name), name)
-        for label, value in (
-            ("session_id", envelope.session_id),
-            ("event_id", envelope.event_id),
-            ("causation_id", envelope.causation_id),
-            ("correlation_id", envelope.correlation_id),
+        event = envelope.event
+        data = {
+            name: encode(getattr(event, name), name)
+            for name, encode in zip(spec.field_names, spec.encoders, strict=True)
+        }
+        agent_id = envelope.agent_id
+        if not (
+            type(envelope.session_id) is str
+            and type(envelope.event_id) is str
+            and type(envelope.causation_id) is str
+            and type(envelope.correlation_id) is str
+            and (agent_id is None or type(agent_id) is str)
+            and type(envelope.previous_hash) is bytes
         ):
-            if type(value) is not str:
-                raise EncodeError(f"{label}: expected a string", field=label)
-        if envelope.agent_id is not None and type(envelope.agent_id) is not str:
-            raise EncodeError("agent_id: expected a string or None", field="agent_id")
-        if type(envelope.previous_hash) is not bytes:
-            raise EncodeError("previous_hash: expected bytes", field="previous_hash")
+            _reject_envelope_fields(envelope)
         authorization = _encode_auth(envelope.authorization)
         try:
-            payload: bytes = msgpack.packb(
+            payload: bytes = _packer().pack(
                 {
                     "f": ENVELOPE_FORMAT,
                     "t": spec.type_name,
@@ -131,8 +144,7 @@ class EventCodec:
                     "p": envelope.previous_hash,
                     "z": authorization,
                     "d": data,
-                },
-                use_bin_type=True,
+                }
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"{spec.type_name}: cannot encode: {exc}") from None
@@ -289,6 +301,21 @@ def _authorization(raw: Any) -> Authorization | None:
             return cached
     result: Authorization | None = _decode_authorization(raw, "authorization")
     return result
+
+
+def _reject_envelope_fields(envelope: Envelope) -> None:
+    """Raise the :class:`EncodeError` naming the first mistyped envelope field."""
+    for label, value in (
+        ("session_id", envelope.session_id),
+        ("event_id", envelope.event_id),
+        ("causation_id", envelope.causation_id),
+        ("correlation_id", envelope.correlation_id),
+    ):
+        if type(value) is not str:
+            raise EncodeError(f"{label}: expected a string", field=label)
+    if envelope.agent_id is not None and type(envelope.agent_id) is not str:
+        raise EncodeError("agent_id: expected a string or None", field="agent_id")
+    raise EncodeError("previous_hash: expected bytes", field="previous_hash")
 
 
 def _encode_auth(authorization: Authorization | None) -> dict[str, Any] | None:

@@ -91,7 +91,7 @@ def _scalar_encoder(tp: type) -> Converter:
     def encode_exact(value: Any, path: str) -> Any:
         if type(value) is not tp:
             raise EncodeError(f"{path}: expected {name}, got {_describe(value)}", field=path)
-        if isinstance(value, str):
+        if isinstance(value, str) and not value.isascii():  # ASCII is UTF-8 (an O(1) check)
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
@@ -139,10 +139,8 @@ def _compile(tp: Any, encode: bool) -> Converter:
         def convert_tuple(value: Any, path: str) -> Any:
             if not isinstance(value, list | tuple):
                 raise error(f"{path}: expected a list, got {_describe(value)}", field=path)
-            if (
-                exact is not None
-                and all(type(v) is exact for v in value)
-                and (exact is not str or encode is False)
+            if exact is not None and all(
+                type(v) is exact and (exact is not str or not encode or v.isascii()) for v in value
             ):
                 return list(value) if encode else tuple(value)  # the common case, checked
             out = tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))

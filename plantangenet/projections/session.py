@@ -9,7 +9,8 @@ they are always derived from the log.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -272,16 +273,48 @@ _CHEM_STATUS: dict[type, ChemStatus] = {
 }
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
-_set = object.__setattr__
+_INDEX = {name: i for i, name in enumerate(_FIELDS)}
+_values = operator.attrgetter(*_FIELDS)
+#: The slots' own setters: they bypass the frozen ``__setattr__``.
+_SETTERS = tuple(getattr(SessionState, name).__set__ for name in _FIELDS)
 
 
 def _changed(state: SessionState, changes: dict[str, object]) -> SessionState:
     """``dataclasses.replace`` without its per-call introspection (the fold's hot path)."""
+    values = list(_values(state))
+    for name, value in changes.items():
+        values[_INDEX[name]] = value
     new = object.__new__(SessionState)
-    get = changes.get
-    for name in _FIELDS:
-        _set(new, name, get(name, getattr(state, name)))
+    for set_value, value in zip(_SETTERS, values, strict=True):
+        set_value(new, value)
     return new
+
+
+def settled(
+    state: SessionState, decided: SessionState, stored: Sequence[Envelope]
+) -> SessionState | None:
+    """``fold`` of ``stored`` onto ``state``, reusing ``decided``: the same fold done before
+    the log numbered the events.
+
+    A single writer folds the events it decides before they are stored; once the
+    log acknowledges them, folding them again would change only the stream
+    sequence. This returns ``decided`` stamped with the last one, or ``None``
+    (fold ``stored`` instead) when an event's fold records its own sequence or
+    ``decided`` is not ``state`` plus exactly ``len(stored)`` events.
+    """
+    if (
+        not stored
+        or decided.session_id != state.session_id
+        or decided.event_count != state.event_count + len(stored)
+        or any(type(e.event) in _NUMBERED for e in stored)
+    ):
+        return None
+    last = stored[-1].sequence
+    return decided if last is None else _changed(decided, {"sequence": last})
+
+
+#: Events whose fold records the envelope's own stream sequence.
+_NUMBERED = frozenset({AgentAttached})
 
 
 def fold(
