@@ -89,14 +89,14 @@ RESERVED_CONTEXT = ("hour", "weekday", "identity.", "agent.")
 def request_of(command: Command) -> tuple[str, tuple[str, ...]]:
     """The action a command performs and the resources it touches."""
     match command:
+        case MoveCursor(agent_id=agent_id, axes=axes):  # first: the most frequent command
+            return "cursor.move", _each("axis", axes) + _other(command, agent_id)
         case AttachAgent(agent_id=agent_id):
             return "session.attach", (f"agent.{agent_id}",)
         case DetachAgent(agent_id=agent_id):
             return "session.detach", (f"agent.{agent_id}",)
         case AddCursor(agent_id=agent_id, axes=axes):
             return "cursor.add", _each("axis", axes) + _other(command, agent_id)
-        case MoveCursor(agent_id=agent_id, axes=axes):
-            return "cursor.move", _each("axis", axes) + _other(command, agent_id)
         case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
             return "cursor.remove", (f"cursor.{cursor_id}", *_other(command, agent_id))
         case ChangeMetadata(changed=changed, removed=removed):
@@ -150,7 +150,7 @@ def _other(command: Command, owner: object) -> tuple[str, ...]:
 def _each(prefix: str, names: object) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, Sequence):
         raise InvalidCommand(f"{prefix} names must be a list")
-    return tuple(f"{prefix}.{name}" for name in names)
+    return tuple([f"{prefix}.{name}" for name in names])
 
 
 def request_context(

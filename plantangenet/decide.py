@@ -352,13 +352,13 @@ def _priced(state: SessionState, command: Command, action: str, events: list[Eve
 def _check_shape(command: Command) -> None:
     """Validate the parts of a command that name resources, before authorizing it."""
     match command:
-        case AttachAgent(agent_id=agent_id) | DetachAgent(agent_id=agent_id):
-            check_id(agent_id, "agent_id")
-        case AddCursor() | MoveCursor():
+        case MoveCursor() | AddCursor():
             check_id(command.agent_id, "agent_id")
             check_id(command.cursor_id, "cursor_id")
             _check_region(command.axes, command.start, command.end)
             _check_resolution(command.resolution)
+        case AttachAgent(agent_id=agent_id) | DetachAgent(agent_id=agent_id):
+            check_id(agent_id, "agent_id")
         case (
             RemoveCursor(agent_id=agent_id, cursor_id=cursor_id)
             | QueryCursor(agent_id=agent_id, cursor_id=cursor_id)
@@ -396,6 +396,12 @@ def _check_shape(command: Command) -> None:
 
 def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event]:
     match command:
+        case MoveCursor(  # first: the most frequent command
+            agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end, resolution=res
+        ):
+            _require_agent(state, agent_id)
+            _require_cursor(state, agent_id, cursor_id)
+            return [CursorMoved(agent_id, cursor_id, *_region(axes, start, end, res))]
         case ChangeMetadata(changed=changed, removed=removed):  # shape checked already
             if not changed and not removed:
                 raise InvalidCommand("a metadata change must set or remove at least one key")
@@ -429,12 +435,6 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
                     f"agent {agent_id!r} already has {limits.max_cursors_per_agent} cursors"
                 )
             return [CursorAdded(agent_id, cursor_id, *_region(axes, start, end, res))]
-        case MoveCursor(
-            agent_id=agent_id, cursor_id=cursor_id, axes=axes, start=start, end=end, resolution=res
-        ):
-            _require_agent(state, agent_id)
-            _require_cursor(state, agent_id, cursor_id)
-            return [CursorMoved(agent_id, cursor_id, *_region(axes, start, end, res))]
         case RemoveCursor(agent_id=agent_id, cursor_id=cursor_id):
             _require_agent(state, agent_id)
             _require_cursor(state, agent_id, cursor_id)

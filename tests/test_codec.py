@@ -316,6 +316,35 @@ def test_every_session_event_round_trips(cls: type[Event], data: st.DataObject) 
     assert decoded.occurred_at.utcoffset() == timedelta(0)
 
 
+@pytest.mark.parametrize("cls", SESSION_EVENTS, ids=lambda c: c.type_name)
+@FAST
+@given(data=st.data())
+def test_generated_field_encoder_equals_the_field_converters(
+    cls: type[Event], data: st.DataObject
+) -> None:
+    event = data.draw(EVENT_STRATEGIES[cls])
+    spec = EVENTS.spec_of(cls)
+    expected = {
+        name: encode(getattr(event, name), name)
+        for name, encode in zip(spec.field_names, spec.encoders, strict=True)
+    }
+    assert spec.encode_fields(event) == expected
+    assert list(spec.encode_fields(event)) == list(spec.field_names)
+
+
+def test_generated_field_encoder_sends_uncommon_values_to_the_converters() -> None:
+    encode = EVENTS.spec_of(CursorAdded).encode_fields
+    # an int start is stored as a float; a non-ASCII name passes; bad values are named
+    assert encode(CursorAdded("agént", "c1", ("x",), 0, 1.0, None))["start"] == 0.0
+    assert type(encode(CursorAdded("agént", "c1", ("x",), 0, 1.0, 2))["resolution"]) is float
+    with pytest.raises(EncodeError, match="end"):
+        encode(CursorAdded("a1", "c1", ("x",), 0.0, float("nan")))
+    with pytest.raises(EncodeError, match="resolution"):
+        encode(CursorAdded("a1", "c1", ("x",), 0.0, 1.0, "fine"))  # type: ignore[arg-type]
+    with pytest.raises(EncodeError, match="cursor_id"):
+        encode(CursorAdded("a1", 7, ("x",), 0.0, 1.0))  # type: ignore[arg-type]
+
+
 @settings(max_examples=60, deadline=None)
 @given(envelope=ANY_ENVELOPE)
 def test_round_trip_is_stable(envelope: Envelope) -> None:

@@ -301,16 +301,17 @@ class SessionActor(pykka.ThreadingActor):
             items = []
             previous = self._speculative_hash
             for event in events:
-                envelope = Envelope(
-                    event=event,
-                    session_id=self.session_id,
-                    event_id=new_id(),
-                    causation_id=command_id,
-                    correlation_id=correlation,
-                    occurred_at=at,
-                    agent_id=command.issued_by,
-                    previous_hash=previous,
-                    authorization=authorization,
+                envelope = Envelope(  # positionally: binding keywords costs ~1 µs here
+                    event,
+                    self.session_id,
+                    new_id(),  # event_id
+                    command_id,  # causation_id
+                    correlation,
+                    at,  # occurred_at
+                    command.issued_by,  # agent_id
+                    None,  # sequence: given by the log
+                    previous,  # previous_hash
+                    authorization,
                 )
                 authorization = None  # recorded once, on the command's first event
                 payload = self.codec.encode(envelope)

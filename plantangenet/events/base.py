@@ -14,7 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from plantangenet.errors import UnknownEventType, UnknownEventVersion
-from plantangenet.events.fields import Converter, compile_decoder, compile_encoder
+from plantangenet.events.fields import (
+    Converter,
+    compile_decoder,
+    compile_encoder,
+    compile_fields_encoder,
+)
 
 
 class Event:
@@ -50,6 +55,8 @@ class EventSpec:
     encoders: tuple[Converter, ...]
     decoders: tuple[Converter, ...]
     required: frozenset[str]
+    #: All of ``encoders`` as one call: the event's fields as msgpack values.
+    encode_fields: Callable[[Any], dict[str, Any]]
 
 
 class EventRegistry:
@@ -82,6 +89,7 @@ class EventRegistry:
                 for f in fields
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             ),
+            encode_fields=compile_fields_encoder(tuple(f.name for f in fields), hints),
         )
         self._specs[type_name] = spec
         self._by_class[cls] = spec

@@ -113,11 +113,7 @@ class EventCodec:
             raise EncodeError(str(exc), field="type") from None
         if not isinstance(envelope.occurred_at, datetime):
             raise EncodeError("occurred_at: expected a datetime", field="occurred_at")
-        event = envelope.event
-        data = {
-            name: encode(getattr(event, name), name)
-            for name, encode in zip(spec.field_names, spec.encoders, strict=True)
-        }
+        data = spec.encode_fields(envelope.event)
         agent_id = envelope.agent_id
         if not (
             type(envelope.session_id) is str

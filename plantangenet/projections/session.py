@@ -9,7 +9,6 @@ they are always derived from the log.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
@@ -113,12 +112,15 @@ class ChemView:
         return tuple(c for c in self.terms if c.discloser == discloser)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class SessionState:
     """Everything a session is, as folded from its events.
 
     ``sequence`` is the stream sequence of the last event folded in (0 before
     any); ``event_count`` how many events were folded.
+
+    Frozen but not slotted: the fold makes one per event, and copying a
+    ``__dict__`` is several times cheaper than setting sixteen slots.
     """
 
     session_id: str
@@ -272,21 +274,13 @@ _CHEM_STATUS: dict[type, ChemStatus] = {
     ChemRevoked: "revoked",
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
-_INDEX = {name: i for i, name in enumerate(_FIELDS)}
-_values = operator.attrgetter(*_FIELDS)
-#: The slots' own setters: they bypass the frozen ``__setattr__``.
-_SETTERS = tuple(getattr(SessionState, name).__set__ for name in _FIELDS)
-
 
 def _changed(state: SessionState, changes: dict[str, object]) -> SessionState:
     """``dataclasses.replace`` without its per-call introspection (the fold's hot path)."""
-    values = list(_values(state))
-    for name, value in changes.items():
-        values[_INDEX[name]] = value
     new = object.__new__(SessionState)
-    for set_value, value in zip(_SETTERS, values, strict=True):
-        set_value(new, value)
+    fields = new.__dict__  # filled directly: a frozen dataclass refuses setattr
+    fields.update(state.__dict__)
+    fields.update(changes)
     return new
 
 
