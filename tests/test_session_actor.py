@@ -387,6 +387,19 @@ def test_agent_can_send_commands_through_its_session(runtime: Plantangenet) -> N
     assert session.state.cursors["c"].start == 2
 
 
+def test_on_event_given_on_the_instance_is_called_too(runtime: Plantangenet) -> None:
+    # The actor skips on_event only for behaviours that keep the base class's no-op.
+    seen: list[str] = []
+    behaviour = Agent()
+    behaviour.on_event = lambda context, envelope: seen.append(envelope.type_name)  # type: ignore[method-assign]
+    session = runtime.session("s1")
+    session.start()
+    session.attach("listener", behaviour=behaviour)
+    session.add_cursor("listener", "c", ["x"], 0, 1)
+    wait_until(lambda: len(seen) >= 2)
+    assert seen == ["AgentAttached", "CursorAdded"]
+
+
 def test_corrupt_event_in_log_is_a_decode_error(runtime: Plantangenet) -> None:
     session = runtime.session("s1")
     session.start()

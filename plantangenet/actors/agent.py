@@ -77,6 +77,9 @@ class AgentActor(pykka.ThreadingActor):
         self.state = state
         self.failures: list[str] = []
         self._stop_reason = "shutdown"
+        #: Whether the behaviour has an ``on_event`` of its own (the base one does nothing).
+        handler = getattr(behaviour, "on_event", None)
+        self._listens = getattr(handler, "__func__", handler) is not Agent.on_event
 
     def _call(self, hook: str, *args: Any) -> None:
         try:
@@ -96,7 +99,8 @@ class AgentActor(pykka.ThreadingActor):
         if isinstance(message, _Stored):
             for envelope in message.envelopes:
                 self.state = evolve_agent(self.state, envelope)
-                self._call("on_event", envelope)
+                if self._listens:
+                    self._call("on_event", envelope)
         elif isinstance(message, _Stop):
             self._stop_reason = message.reason
             self.stop()

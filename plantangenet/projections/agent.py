@@ -17,9 +17,12 @@ from plantangenet.events.session import (
 from plantangenet.projections.session import CursorView, cursor_view
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class AgentState:
-    """One agent as folded from the session events about it."""
+    """One agent as folded from the session events about it.
+
+    Frozen but not slotted, like :class:`SessionState`: the fold copies a ``__dict__``.
+    """
 
     agent_id: str
     kind: str = ""
@@ -60,13 +63,8 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
 
 def _with(state: AgentState, **changes: object) -> AgentState:
     """``dataclasses.replace`` without its per-call introspection (folded per event)."""
-    values = {
-        "agent_id": state.agent_id,
-        "kind": state.kind,
-        "name": state.name,
-        "attached": state.attached,
-        "cursors": state.cursors,
-        "sequence": state.sequence,
-    }
-    values.update(changes)
-    return AgentState(**values)  # type: ignore[arg-type]
+    new = object.__new__(AgentState)
+    fields = new.__dict__  # filled directly: a frozen dataclass refuses setattr
+    fields.update(state.__dict__)
+    fields.update(changes)
+    return new
