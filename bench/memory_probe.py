@@ -12,14 +12,14 @@ After ``--warmup`` seconds ``tracemalloc`` starts (``--frames`` frames); after
 ``--snapshots`` times. Each snapshot also records the sizes of the bounded caches and
 per-command structures (session actors' ``_results``/``_pending``/``_outbox``, the
 service's ``_tasks``/``_busy``/``_last_used``, nats-py's ``_resp_map`` and pending
-queues, ``policy.pattern_matches``'s lru_cache, the codec's ``_AUTHORIZATIONS``...),
+queues, the policy's wildcard-match lru_cache, the codec's ``_AUTHORIZATIONS``...),
 the live GC objects by type, ``sys.getallocatedblocks()`` and glibc ``mallinfo2``. RSS is
 sampled every ``--sample-every`` seconds throughout.
 
 Prints: RSS / allocated blocks / malloc state over time; the cache sizes per snapshot;
 the top ``--top`` growth sites of ``last.compare_to(first, 'traceback')`` with bytes per
 command and their size at every snapshot (linear or levelling off); growth by file; the
-live-object type diff; the measured cost of one ``pattern_matches`` cache entry with
+live-object type diff; the measured cost of one wildcard-match cache entry with
 the ceiling of that cache; pymalloc arenas per snapshot (untraced runs); and RSS before
 and after a diagnostic ``malloc_trim(0)`` at the end, under load (RSS that it returns
 was free heap glibc kept, not live objects).
@@ -63,7 +63,7 @@ from plantangenet.client import BotClient
 from plantangenet.errors import PlantangenetError
 from plantangenet.events import codec as codec_module
 from plantangenet.events.envelope import new_id
-from plantangenet.policy import pattern_matches
+from plantangenet.policy import _wildcard_matches as pattern_cache
 from plantangenet.protocol import _SHAPES
 from plantangenet.service import SessionService
 
@@ -401,7 +401,7 @@ def holdings(pg: Plantangenet, svc: SessionService) -> dict[str, int]:
             sizes.update(handle.query(_actor_sizes).result(10))
         except Exception as exc:  # only informative
             print(f"  (could not inspect {handle.session_id}: {exc!r})")
-    info = pattern_matches.cache_info()
+    info = pattern_cache.cache_info()
     sizes.update(
         {
             "sessions": len(handles),
@@ -476,17 +476,21 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def measure_full_pattern_cache(maxsize: int = 65_536) -> int:
-    """Bytes a copy of ``pattern_matches``'s cache holds when full of ``cursor.c<N>`` names.
+#: The policy's wildcard-match cache bound.
+CACHE_SIZE: int = pattern_cache.cache_info().maxsize or 0
 
-    Pattern ``*`` against new names, as ``RemoveCursor`` authorizations bring them (the
-    names are built here and kept alive only by the cache, so they are counted too).
+
+def measure_full_pattern_cache(maxsize: int = CACHE_SIZE) -> int:
+    """Bytes a copy of the policy's wildcard-match cache holds when full of new names.
+
+    Pattern ``cursor.*`` against ``cursor.c<N>``, as ``RemoveCursor`` authorizations bring
+    them (the names are built here and kept alive only by the cache, so they are counted).
     """
-    cache = functools.lru_cache(maxsize=maxsize)(pattern_matches.__wrapped__)
+    cache = functools.lru_cache(maxsize=maxsize)(pattern_cache.__wrapped__)
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(maxsize):
-        cache("*", f"cursor.c{i}")
+        cache("cursor.*", f"cursor.c{i}")
     full = tracemalloc.get_traced_memory()[0] - before
     cache.cache_clear()
     return full
@@ -677,10 +681,10 @@ def report(
         )
         entries = [float(m["held"]["pattern_matches"]) for m in marks]
         if len(marks) >= 3:
-            per_entry = full_cache / 65_536
+            per_entry = full_cache / max(CACHE_SIZE, 1)
             cache_min = slope_per_min([m["t"] for m in marks], entries) * per_entry
             print(
-                f"of which the pattern_matches cache ({per_entry:.0f} B per new entry): "
+                f"of which the wildcard-match cache ({per_entry:.0f} B per new entry): "
                 f"{cache_min / 2**20:+.3f} MiB/min ({cache_min / rate:+.2f} B/command)"
             )
 
@@ -807,14 +811,16 @@ def report(
 
     held = [m["held"] for m in marks]
     new_entries = held[-1]["pattern_matches"] - held[0]["pattern_matches"]
-    print("\n== policy.pattern_matches lru_cache (maxsize 65,536) ==")
+    hours_left = (CACHE_SIZE - held[-1]["pattern_matches"]) / max(new_entries, 1) * seconds / 3600
+    print(f"\n== policy wildcard-match lru_cache (maxsize {CACHE_SIZE:,}) ==")
     print(
         f"entries {held[0]['pattern_matches']:,} -> {held[-1]['pattern_matches']:,} "
         f"(+{new_entries:,} = {new_entries / max(commands, 1) * 1000:.2f} per 1000 commands; "
-        f"{new_entries / max(seconds, 1) * 60:.0f}/min); full (65,536 'cursor.c<N>' entries, "
-        f"measured on a copy): {mib(full_cache)} MiB = {full_cache / 65_536:.0f} B per entry "
+        f"{new_entries / max(seconds, 1) * 60:.0f}/min); full ({CACHE_SIZE:,} 'cursor.c<N>' "
+        f"entries, measured on a copy): {mib(full_cache)} MiB = "
+        f"{full_cache / max(CACHE_SIZE, 1):.0f} B per entry "
         f"(cache node, key tuple, dict slot, the name it keeps alive); at this rate full after "
-        f"{(65_536 - held[-1]['pattern_matches']) / max(new_entries, 1) * seconds / 3600:.1f} h "
+        f"{hours_left:.1f} h "
         "more of this load"
     )
     cursors = max(b.next_cursor for b in bots.bots)

@@ -234,11 +234,19 @@ def evaluate(
     return policy.evaluate(roles, action, resource, context)
 
 
-@functools.lru_cache(maxsize=65_536)
 def pattern_matches(pattern: str, name: str) -> bool:
     """Whether dotted ``name`` matches dotted ``pattern`` (see the module docs)."""
     if pattern == "*":
         return True
+    if "*" not in pattern:
+        return pattern == name
+    return _wildcard_matches(pattern, name)
+
+
+#: Bounded: a session's names (axes, agents, cursors) are open-ended, so a long-running
+#: service keeps only the recent pairs (the soak found a 65,536-entry cache at ~13 MiB).
+@functools.lru_cache(maxsize=4096)
+def _wildcard_matches(pattern: str, name: str) -> bool:
     want = pattern.split(".")
     have = name.split(".")
     last = len(want) - 1

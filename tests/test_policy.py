@@ -13,6 +13,7 @@ from plantangenet.policy import (
     Condition,
     Policy,
     Statement,
+    _wildcard_matches,
     parse_statement,
     parse_statements,
     pattern_matches,
@@ -267,3 +268,18 @@ def test_statement_ids_must_be_unique_and_documents_lists() -> None:
     )
     assert parsed[1].conditions == (Condition("k", "in", ("a",)),)
     assert parse_statement(parsed[1]) == parsed[1]
+
+
+def test_only_wildcard_patterns_are_cached_and_the_cache_is_bounded() -> None:
+    # Names are open-ended (new cursors, agents, axes): a long-running service must not
+    # remember every pair it has seen. Exact patterns and "*" need no cache at all.
+    _wildcard_matches.cache_clear()
+    assert pattern_matches("*", "cursor.c1")
+    assert pattern_matches("cursor.c1", "cursor.c1")
+    assert not pattern_matches("cursor.c1", "cursor.c2")
+    assert _wildcard_matches.cache_info().currsize == 0
+    bound = _wildcard_matches.cache_info().maxsize
+    assert bound is not None and bound <= 4096
+    for i in range(bound + 100):
+        assert pattern_matches("cursor.*", f"cursor.c{i}")
+    assert _wildcard_matches.cache_info().currsize == bound
