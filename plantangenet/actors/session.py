@@ -191,6 +191,10 @@ class SessionActor(pykka.ThreadingActor):
         #: ``state`` plus the events decided but not yet acknowledged.
         self._speculative = self.state
         self._queued: deque[_Pending] = deque()
+        #: Events queued since the last group boundary, and the queued command holding
+        #: the speculative state at the end of that open group (see ``_keep_decided``).
+        self._group_events = 0
+        self._group_end: _Pending | None = None
         self._in_flight: list[_Pending] | None = None
         #: Commands decided but not yet answered, by command id (retries join them).
         self._pending: dict[str, _Pending] = {}
@@ -350,7 +354,8 @@ class SessionActor(pykka.ThreadingActor):
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        pending = _Pending(command, items, [reply], samples, decided=speculative)
+        pending = _Pending(command, items, [reply], samples)
+        self._keep_decided(pending, speculative)
         self._queued.append(pending)
         self._pending[command_id] = pending
         self._flush()
@@ -379,6 +384,24 @@ class SessionActor(pykka.ThreadingActor):
             ) from None
         return authorization, list(disclosed.events), disclosed.samples
 
+    def _keep_decided(self, pending: _Pending, speculative: SessionState) -> None:
+        """Keep the speculative state only on commands that will end an append's group.
+
+        ``_flush`` packs queued commands greedily into groups of at most ``max_batch``
+        events; the same packing here tells which command ends each group, and only
+        that one keeps its state (``settled`` needs no other). States held for every
+        pipelined command would outlive many GC passes and make them costly.
+        """
+        size = len(pending.items)
+        if self._group_events + size > self.max_batch:
+            self._group_events = size  # a new group: the open one's end keeps its state
+        else:
+            self._group_events += size
+            if self._group_end is not None:
+                self._group_end.decided = None
+        pending.decided = speculative
+        self._group_end = pending
+
     def _flush(self) -> None:
         if self._in_flight is not None:
             return
@@ -394,6 +417,8 @@ class SessionActor(pykka.ThreadingActor):
             group.append(pending)
             size += len(pending.items)
         self._in_flight = group
+        if not self._queued:  # the next command starts a group
+            self._group_events, self._group_end = 0, None
         items = [item for pending in group for item in pending.items]
         future = self.loop.submit(
             self.journal.append_encoded(
@@ -457,6 +482,7 @@ class SessionActor(pykka.ThreadingActor):
             exc if isinstance(exc, PlantangenetError) else JournalError(f"append failed: {exc!r}")
         )
         requeue, self._queued = self._queued, deque()
+        self._group_events, self._group_end = 0, None
         for pending in requeue:
             self._pending.pop(pending.command.command_id, None)
         self._speculative = self.state
