@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pykka
 
 from plantangenet.actors.agent import Agent
+from plantangenet.actors.replies import Batch
 from plantangenet.actors.session import (
     CommandResult,
     Execute,
+    ExecuteMany,
     HookFailure,
     Inspect,
     OnChange,
@@ -37,7 +39,7 @@ from plantangenet.commands import (
     SetPrices,
     StartSession,
 )
-from plantangenet.errors import ActorStopped
+from plantangenet.errors import ActorStopped, PlantangenetError
 from plantangenet.events.fields import MetadataValue
 from plantangenet.policy import Statement
 from plantangenet.projections.agent import AgentState
@@ -90,6 +92,31 @@ class SessionHandle:
         except pykka.ActorDeadError:
             reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
         return reply
+
+    def submit_many(
+        self, commands: Iterable[Command]
+    ) -> concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]:
+        """Send several commands at once; one future answers for all of them.
+
+        The session decides them in order, each on its own, exactly as if each were
+        sent with :meth:`submit` (a refused command does not stop the ones after it;
+        consecutive commands share appends). The future resolves once every command
+        is stored or refused, with one outcome per command in the order given: its
+        :class:`CommandResult`, or the typed error that refused it. For producers
+        that send many commands in a row (bridges, bulk loads), it costs the caller
+        and the actor one message and one future per batch instead of per command.
+        """
+        batch = tuple(commands)
+        future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]
+        future = concurrent.futures.Future()
+        if not batch:
+            future.set_result(())
+            return future
+        try:
+            self._actor.tell(ExecuteMany(batch, Batch(future, len(batch))))
+        except pykka.ActorDeadError:
+            future.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+        return future
 
     def execute(
         self, command: Command, *, behaviour: Agent | None = None, timeout: float | None = None

@@ -18,6 +18,7 @@ from plantangenet import (
     ChangePolicy,
     Command,
     CommandRejected,
+    CommandResult,
     Condition,
     CursorIndex,
     DepositDust,
@@ -177,22 +178,30 @@ def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: lis
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(commands=st.lists(COMMANDS, min_size=1, max_size=40))
+@given(commands=st.lists(COMMANDS, min_size=1, max_size=40), many=st.booleans())
 def test_pipelined_commands_rehydrate_to_the_live_state(
-    runtime: Plantangenet, commands: list[Command]
+    runtime: Plantangenet, commands: list[Command], many: bool
 ) -> None:
+    # Sent one future per command (submit) or all in one batch (submit_many).
     if "synthetic" not in runtime.compositors:
         runtime.add_compositor(SyntheticCompositor())
     session_id = f"pipe-{next(_ids)}"
     session = runtime.session(session_id)
     session.start()
-    futures = [session.submit(c) for c in commands]
-    outcomes = []
-    for future in futures:
-        try:
-            outcomes.append(future.result(30).sequence)
-        except CommandRejected:
-            outcomes.append(None)
+    outcomes: list[int | None] = []
+    if many:
+        for outcome in session.submit_many(commands).result(30):
+            if isinstance(outcome, CommandResult):
+                outcomes.append(outcome.sequence)
+            else:
+                assert isinstance(outcome, CommandRejected)
+                outcomes.append(None)
+    else:
+        for future in [session.submit(c) for c in commands]:
+            try:
+                outcomes.append(future.result(30).sequence)
+            except CommandRejected:
+                outcomes.append(None)
     # Acknowledged in the order they were sent; a command sent again (the same command
     # id: ``st.just`` strategies repeat one instance) answers with its stored result.
     first: dict[str, int] = {}

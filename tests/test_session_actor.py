@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from plantangenet import (
+    ActorStopped,
     AddCursor,
     Agent,
     AgentContext,
@@ -431,3 +432,52 @@ def test_an_actor_that_cannot_read_its_log_raises_instead_of_showing_an_empty_se
     with pytest.raises(DecodeError):
         again.change_metadata({"k": 1})
     assert again.is_running  # the actor serves on, and says what is wrong each time
+
+
+def test_submit_many_answers_each_command_in_order(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bot")
+    session.add_cursor("bot", "c", ["x"], 0, 1)
+    moves = [
+        MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1) for i in range(5)
+    ]
+    sent: list[object] = [
+        moves[0],
+        MoveCursor(agent_id="ghost", cursor_id="c", axes=("x",), start=0, end=1),
+        moves[1],
+        "not a command",
+        moves[2],
+        moves[0],  # the same command again: answered with its stored result
+        *moves[3:],
+    ]
+    outcomes = session.submit_many(sent).result(30)  # type: ignore[arg-type]
+    assert len(outcomes) == len(sent)
+    assert isinstance(outcomes[1], UnknownAgent) and isinstance(outcomes[3], InvalidCommand)
+    stored = [o for i, o in enumerate(outcomes) if i not in (1, 3, 5)]
+    assert [o.sequence for o in stored] == list(range(4, 9))  # type: ignore[union-attr]
+    assert outcomes[5] == outcomes[0]
+    assert session.state.cursors["c"].start == 4
+    assert runtime.replay("s1") == session.state
+
+
+def test_submit_many_edge_cases_leave_the_actor_serving(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    session.attach("bot")
+    session.add_cursor("bot", "c", ["x"], 0, 1)
+    assert session.submit_many([]).result(5) == ()
+    moves = [
+        MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1)
+        for i in range(300)
+    ]
+    cancelled = session.submit_many(moves)
+    cancelled.cancel()  # whatever was not decided yet is skipped
+    after = session.move_cursor("bot", "c", ["x"], 7, 8)
+    state = session.state
+    assert state.cursors["c"].start == 7
+    assert after.sequence == state.sequence
+    assert runtime.replay("s1") == state
+    runtime.stop_session("s1")
+    with pytest.raises(ActorStopped):
+        session.submit_many(moves[:1]).result(5)

@@ -33,6 +33,7 @@ from typing import Any
 import pykka
 
 from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
+from plantangenet.actors.replies import Batch, Reply
 from plantangenet.commands import AttachAgent, Command, DataQuery
 from plantangenet.compositors import Compositor
 from plantangenet.decide import DEFAULT_LIMITS, Limits, decide_authorized, plan_query, show
@@ -110,7 +111,7 @@ class HookFailure:
 class _Pending:
     command: Command
     items: list[tuple[Envelope, bytes]]
-    replies: list[concurrent.futures.Future[CommandResult]]
+    replies: list[Reply]
     #: What a data query disclosed, handed to the caller once its events are stored.
     samples: tuple[Sample, ...] = ()
     #: A refusal decided while earlier commands were still unacknowledged: it stands
@@ -125,8 +126,16 @@ class Execute:
     """Message: decide and store ``command``; the outcome goes to ``reply``."""
 
     command: Command
-    reply: concurrent.futures.Future[CommandResult]
+    reply: Reply
     behaviour: Agent | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecuteMany:
+    """Message: :class:`Execute` each of ``commands`` in order; outcomes go to ``batch``."""
+
+    commands: tuple[Command, ...]
+    batch: Batch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -236,6 +245,8 @@ class SessionActor(pykka.ThreadingActor):
         try:
             if isinstance(message, Execute):
                 self._execute(message.command, message.reply, message.behaviour)
+            elif isinstance(message, ExecuteMany):
+                self._execute_many(message)
             elif isinstance(message, _Appended):
                 self._appended(message.outcome)
             elif isinstance(message, Inspect):
@@ -255,10 +266,19 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- deciding ------------------------------------------------------------
 
+    def _execute_many(self, message: ExecuteMany) -> None:
+        for index, command in enumerate(message.commands):
+            reply = message.batch.slot(index)
+            try:
+                self._execute(command, reply, None)
+            except Exception:  # a bug; answer this command and go on with the next
+                log.exception("session %s: unexpected error in a batch", self.session_id)
+                _fail(reply, PlantangenetError("internal error; see the service log"))
+
     def _execute(
         self,
         command: Command,
-        reply: concurrent.futures.Future[CommandResult],
+        reply: Reply,
         behaviour: Agent | None,
         rechecked: bool = False,
     ) -> None:
@@ -639,7 +659,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _answer(
         self,
-        reply: concurrent.futures.Future[CommandResult],
+        reply: Reply,
         command_id: str,
         envelopes: list[Envelope],
         duplicate: bool = False,
@@ -679,14 +699,14 @@ def _agent_of(command: Command) -> str:
     return getattr(command, "agent_id", "") or ""
 
 
-def _fail(reply: concurrent.futures.Future[Any], exc: BaseException) -> None:
+def _fail(reply: Reply, exc: BaseException) -> None:
     try:  # noqa: SIM105 - try costs less than contextlib.suppress, per command
         reply.set_exception(exc)
     except concurrent.futures.InvalidStateError:  # cancelled meanwhile
         pass
 
 
-def _resolve(reply: concurrent.futures.Future[Any], result: Any) -> None:
+def _resolve(reply: Reply, result: Any) -> None:
     try:  # noqa: SIM105 - try costs less than contextlib.suppress, per command
         reply.set_result(result)
     except concurrent.futures.InvalidStateError:  # cancelled meanwhile
