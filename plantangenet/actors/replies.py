@@ -36,12 +36,23 @@ class Batch:
     :param size: how many commands the batch holds (at least one).
     """
 
-    __slots__ = ("_left", "_outcomes", "future")
+    __slots__ = ("_asks", "_cancelled", "_left", "_outcomes", "future")
 
     def __init__(self, future: concurrent.futures.Future[tuple[Outcome, ...]], size: int) -> None:
         self.future = future
         self._outcomes: list[Outcome] = [None] * size
         self._left = size
+        self._asks = 0
+        self._cancelled = False
+
+    def cancelled(self) -> bool:
+        """Whether the caller cancelled the batch: looked up on the first ask, then every
+        64th (the lookup takes the future's lock), so a cancel stops the batch within
+        64 commands."""
+        if self._asks & 63 == 0:
+            self._cancelled = self.future.cancelled()
+        self._asks += 1
+        return self._cancelled
 
     def slot(self, index: int) -> BatchSlot:
         """The reply of the batch's ``index``-th command."""
@@ -73,7 +84,7 @@ class BatchSlot:
 
     def done(self) -> bool:
         """Answered already, or the caller cancelled the batch."""
-        return self._done or self._batch.future.cancelled()
+        return self._done or self._batch.cancelled()
 
     def set_result(self, result: Any) -> None:
         self._settle(result)

@@ -314,10 +314,26 @@ def _reject_envelope_fields(envelope: Envelope) -> None:
     raise EncodeError("previous_hash: expected bytes", field="previous_hash")
 
 
+#: Encoded authorizations by identity (with the object, so the id stays its own): the
+#: owner's are shared objects (see ``authorize``), encoded once.
+_ENCODED_AUTHORIZATIONS: dict[int, tuple[Authorization, dict[str, Any]]] = {}
+
+
 def _encode_auth(authorization: Authorization | None) -> dict[str, Any] | None:
     if authorization is None:
         return None
-    a = authorization
+    known = _ENCODED_AUTHORIZATIONS.get(id(authorization))
+    if known is not None and known[0] is authorization:
+        return known[1]
+    encoded = _encode_auth_fields(authorization)
+    if encoded is not None and type(authorization) is Authorization:
+        if len(_ENCODED_AUTHORIZATIONS) >= 1024:
+            _ENCODED_AUTHORIZATIONS.clear()
+        _ENCODED_AUTHORIZATIONS[id(authorization)] = (authorization, encoded)
+    return encoded
+
+
+def _encode_auth_fields(a: Authorization) -> dict[str, Any] | None:
     if (
         type(a) is Authorization
         and type(a.action) is str

@@ -139,8 +139,10 @@ def _compile(tp: Any, encode: bool) -> Converter:
         def convert_tuple(value: Any, path: str) -> Any:
             if not isinstance(value, list | tuple):
                 raise error(f"{path}: expected a list, got {_describe(value)}", field=path)
-            if exact is not None and all(
-                type(v) is exact and (exact is not str or not encode or v.isascii()) for v in value
+            if (
+                exact is not None
+                and set(map(type, value)) <= {exact}  # (C loops: no per-item Python call)
+                and (exact is not str or not encode or "".join(value).isascii())
             ):
                 return list(value) if encode else tuple(value)  # the common case, checked
             out = tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))

@@ -14,7 +14,7 @@ from plantangenet.events.session import (
     CursorMoved,
     CursorRemoved,
 )
-from plantangenet.projections.session import CursorView, cursor_view
+from plantangenet.projections.session import CursorView, copied, cursor_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +47,11 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     sequence = envelope.sequence or state.sequence
     match event:
         case CursorAdded() | CursorMoved():
-            cursors = dict(state.cursors)
+            cursors = copied(state.cursors)
             cursors[event.cursor_id] = cursor_view(event)
             return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
         case CursorRemoved(cursor_id=cid):
-            cursors = dict(state.cursors)
+            cursors = copied(state.cursors)
             cursors.pop(cid, None)
             return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
         case AgentAttached(kind=kind, name=name):
