@@ -105,6 +105,8 @@ class SessionHandle:
         :class:`CommandResult`, or the typed error that refused it. For producers
         that send many commands in a row (bridges, bulk loads), it costs the caller
         and the actor one message and one future per batch instead of per command.
+        Cancelling the future skips the commands the session has not decided yet
+        (it notices within 64 commands); the ones already decided are stored.
         """
         batch = tuple(commands)
         future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]
