@@ -481,3 +481,29 @@ def test_submit_many_edge_cases_leave_the_actor_serving(runtime: Plantangenet) -
     runtime.stop_session("s1")
     with pytest.raises(ActorStopped):
         session.submit_many(moves[:1]).result(5)
+
+
+def test_agents_are_told_the_events_about_them_and_about_no_agent(runtime: Plantangenet) -> None:
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    class Listener(Agent):
+        def on_event(self, context: AgentContext, envelope: Envelope) -> None:
+            seen[context.agent_id].append(envelope.type_name)
+
+    session = runtime.session("s1")
+    session.start()
+    session.attach("a", behaviour=Listener())
+    session.attach("b", behaviour=Listener())
+    session.add_cursor("a", "ca", ["x"], 0, 1)
+    session.add_cursor("b", "cb", ["x"], 0, 1)
+    session.change_metadata({"topic": "tides"})  # about no agent: everyone hears it
+    session.detach("b")
+    wait_until(lambda: len(seen["a"]) >= 3 and len(seen["b"]) >= 5)
+    assert seen["a"] == ["AgentAttached", "CursorAdded", "SessionMetadataChanged"]
+    assert seen["b"] == [
+        "AgentAttached",
+        "CursorAdded",
+        "SessionMetadataChanged",
+        "CursorRemoved",
+        "AgentDetached",
+    ]

@@ -58,7 +58,7 @@ from plantangenet.events.envelope import Authorization, Envelope, new_id, utc_no
 from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
-from plantangenet.projections.agent import AgentState, concerns
+from plantangenet.projections.agent import AgentState
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve, settled
 from plantangenet.replay import replay
@@ -67,6 +67,9 @@ log = logging.getLogger("plantangenet.session")
 
 #: Command ids travel in NATS headers (Nats-Msg-Id): visible ASCII only.
 COMMAND_ID = re.compile(r"[!-~]{1,128}")
+
+#: Marks an event that is about no agent in particular (it has no ``agent_id``).
+_EVERYONE = object()
 
 #: Called with every stored envelope, on the session actor's thread.
 OnChange = Callable[[Envelope], None]
@@ -601,15 +604,22 @@ class SessionActor(pykka.ThreadingActor):
         event = envelope.event
         if isinstance(event, AgentAttached):
             self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
+        # An event about an agent goes to that agent, one about no agent to all of them
+        # (see ``concerns``): a lookup, not a pass over every attached agent.
+        about = getattr(event, "agent_id", _EVERYONE)
         outbox = self._outbox
-        for agent_id in self.agents:
-            if concerns(envelope, agent_id) or not hasattr(event, "agent_id"):
+        if about is _EVERYONE:
+            for agent_id in self.agents:
                 outbox.setdefault(agent_id, []).append(envelope)
+        elif about in self.agents:
+            outbox.setdefault(about, []).append(envelope)
         if isinstance(event, AgentDetached):
             self._deliver(event.agent_id)
             leaving = self.agents.pop(event.agent_id, None)
             if leaving is not None:
                 retire(leaving, event.reason)
+        if not self.hooks:
+            return
         for hook in list(self.hooks.values()):
             try:
                 hook(envelope)
