@@ -148,7 +148,7 @@ def _other(command: Command, owner: object) -> tuple[str, ...]:
 
 
 def _each(prefix: str, names: object) -> tuple[str, ...]:
-    if isinstance(names, str) or not isinstance(names, Sequence):
+    if type(names) is not tuple and (isinstance(names, str) or not isinstance(names, Sequence)):
         raise InvalidCommand(f"{prefix} names must be a list")
     return tuple([f"{prefix}.{name}" for name in names])
 
