@@ -156,3 +156,87 @@ def test_a_dead_session_actor_comes_back_from_the_log(runtime: Plantangenet) -> 
     moved = [e.causation_id for e in runtime.history("s1") if e.type_name == "CursorMoved"]
     assert sorted(moved) == sorted(c.command_id for c in commands)
     assert again.state.cursors["c"].start == 299
+
+
+def test_server_killed_under_batched_load_loses_no_acknowledged_command(
+    own_server: EmbeddedNats,
+) -> None:
+    # The same, with pipelined submit_many batches: each batch attaches agents and opens
+    # and moves their cursors, so appends carry groups of dependent commands when the
+    # server dies; failed groups are decided again or reported, per command.
+    from plantangenet import AddCursor, CommandResult, MoveCursor
+
+    config = JournalConfig(
+        stream="FAULTS",
+        subject_prefix="faults.events",
+        ack_timeout=2.0,
+        idle_timeout=2.0,
+        api_timeout=2.0,
+    )
+    pg = Plantangenet.open(nats_url=own_server.url, journal=config)
+    outcomes: dict[str, str] = {}
+    try:
+        session = pg.session("s1")
+        session.start()
+        stop = threading.Event()
+
+        def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                batch = []
+                for i in range(n, n + 10):
+                    batch += [
+                        AttachAgent(agent_id=f"a{i}", command_id=f"attach-{i}"),
+                        AddCursor(
+                            agent_id=f"a{i}",
+                            cursor_id=f"c{i}",
+                            axes=("x",),
+                            start=0,
+                            end=1,
+                            command_id=f"add-{i}",
+                        ),
+                        MoveCursor(
+                            agent_id=f"a{i}",
+                            cursor_id=f"c{i}",
+                            axes=("x",),
+                            start=i,
+                            end=i + 1,
+                            command_id=f"move-{i}",
+                        ),
+                    ]
+                n += 10
+                try:
+                    results = session.submit_many(batch).result(30)
+                except (PlantangenetError, TimeoutError):
+                    results = tuple(PlantangenetError("batch lost") for _ in batch)
+                for command, result in zip(batch, results, strict=True):
+                    ok = isinstance(result, CommandResult)
+                    outcomes[command.command_id] = "acked" if ok else "failed"
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sum(1 for o in outcomes.values() if o == "acked") < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        own_server.kill()
+        time.sleep(1.0)
+        own_server.restart()
+        acked_before = sum(1 for o in outcomes.values() if o == "acked")
+        deadline = time.monotonic() + 60
+        while sum(1 for o in outcomes.values() if o == "acked") < acked_before + 60:
+            assert time.monotonic() < deadline, "the session did not serve again"
+            time.sleep(0.05)
+        stop.set()
+        thread.join(30)
+        history = pg.history("s1")
+        live = session.state
+        assert pg.replay("s1") == live
+    finally:
+        pg.close()
+    stored = [e.causation_id for e in history if e.type_name != "SessionStarted"]
+    assert len(stored) == len(set(stored)), "a command was stored twice"
+    acked = {c for c, o in outcomes.items() if o == "acked"}
+    assert acked <= set(stored), "an acknowledged command is missing from the log"
+    assert set(stored) <= set(outcomes)
+    assert [e.sequence for e in history] == sorted(e.sequence for e in history)
