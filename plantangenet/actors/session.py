@@ -213,7 +213,8 @@ class SessionActor(pykka.ThreadingActor):
         #: Stored envelopes not yet handed to each agent actor (one message per append).
         self._outbox: dict[str, list[Envelope]] = {}
         self._needs_catch_up = True
-        self._results: OrderedDict[str, list[Envelope]] = OrderedDict()
+        #: Recent commands' stored envelopes (the tuple their CommandResult shares).
+        self._results: OrderedDict[str, tuple[Envelope, ...]] = OrderedDict()
         #: SHA-256 of the last stored event (the hash chain's head), and of the
         #: last decided one.
         self._last_hash = b""
@@ -477,7 +478,7 @@ class SessionActor(pykka.ThreadingActor):
                     self._refuse(pending, unindexed=True)
                     continue
                 command_id = pending.command.command_id
-                envelopes = self._results.get(command_id, [])
+                envelopes = self._results.get(command_id, ())
                 for reply in pending.replies:
                     self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
@@ -591,11 +592,11 @@ class SessionActor(pykka.ThreadingActor):
         results = self._results
         envelopes = results.get(envelope.causation_id)
         if envelopes is None:
-            results[envelope.causation_id] = [envelope]
+            results[envelope.causation_id] = (envelope,)
             if len(results) > self.remembered_commands:
                 results.popitem(last=False)
-        else:
-            envelopes.append(envelope)
+        else:  # a command's later events (rare; at most max_batch of them)
+            results[envelope.causation_id] = (*envelopes, envelope)
 
     def _stored(self, envelope: Envelope, fold: bool = True) -> None:
         if fold:
@@ -671,7 +672,7 @@ class SessionActor(pykka.ThreadingActor):
         self,
         reply: Reply,
         command_id: str,
-        envelopes: list[Envelope],
+        envelopes: tuple[Envelope, ...],
         duplicate: bool = False,
         samples: tuple[Sample, ...] = (),
     ) -> None:
