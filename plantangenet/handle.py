@@ -106,7 +106,8 @@ class SessionHandle:
         that send many commands in a row (bridges, bulk loads), it costs the caller
         and the actor one message and one future per batch instead of per command.
         Cancelling the future skips the commands the session has not decided yet
-        (it notices within 64 commands); the ones already decided are stored.
+        (it notices within 64 commands); the ones already decided are stored. Agents
+        attached by a batch get their behaviour from the runtime's agent factory.
         """
         batch = tuple(commands)
         future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]
