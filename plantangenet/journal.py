@@ -230,12 +230,19 @@ class Journal:
         items: Sequence[tuple[Envelope, bytes]],
         *,
         expected_sequence: int,
+        digests: Sequence[bytes] | None = None,
     ) -> AppendResult:
-        """:meth:`append` for envelopes the caller has already encoded."""
+        """:meth:`append` for envelopes the caller has already encoded.
+
+        ``digests``, if given, are the SHA-256 of each payload (a writer that hash-chains
+        its events has them already); otherwise they are computed here.
+        """
         if not items:
             raise ValueError("append needs at least one envelope")
         if len(items) > MAX_EVENTS_PER_APPEND:
             raise JournalError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+        if digests is not None and len(digests) != len(items):
+            raise ValueError(f"{len(digests)} digests for {len(items)} envelopes")
         subject = self.subject(session_id)
         envelopes = [e for e, _ in items]
         payloads = [p for _, p in items]
@@ -270,9 +277,11 @@ class Journal:
         ack = _parse_ack(reply.data, expected_sequence, session_id)
         last_seq = int(ack["seq"])
         first_seq = last_seq - len(envelopes) + 1
+        if digests is None:
+            digests = [e.digest or hashlib.sha256(p).digest() for e, p in items]
         stored = tuple(
-            e.stored_at(first_seq + i, e.digest or hashlib.sha256(p).digest())
-            for i, (e, p) in enumerate(zip(envelopes, payloads, strict=True))
+            e.stored_at(first_seq + i, digest)
+            for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
         )
         return AppendResult(session_id, stored)
 

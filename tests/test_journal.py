@@ -148,3 +148,30 @@ def test_append_to_missing_stream_is_a_clear_error(journal: AsyncJournal) -> Non
 
     with pytest.raises(JournalError, match="no stream"):
         journal.run(scenario())
+
+
+def test_stored_digests_are_the_payloads_sha256_given_or_computed(journal: AsyncJournal) -> None:
+    import hashlib
+
+    from plantangenet import CODEC
+
+    j = journal.journal
+    envelopes = [env(SessionStarted("s1", {}), "c1"), env(AgentAttached("a", "bot", ""), "c2")]
+    payloads = [CODEC.encode(e) for e in envelopes]
+    expected = [hashlib.sha256(p).digest() for p in payloads]
+    first = journal.run(j.append_encoded("s1", [(envelopes[0], payloads[0])], expected_sequence=0))
+    assert [e.digest for e in first.envelopes] == expected[:1]  # computed by the journal
+    second = journal.run(
+        j.append_encoded(
+            "s1", [(envelopes[1], payloads[1])], expected_sequence=1, digests=expected[1:]
+        )
+    )
+    assert [e.digest for e in second.envelopes] == expected[1:]  # the writer's own
+    assert [e.digest for e in read(journal)] == expected  # what a reader computes
+    with pytest.raises(ValueError, match="digests"):
+        journal.run(
+            j.append_encoded(
+                "s1", [(envelopes[1], payloads[1])], expected_sequence=2, digests=expected
+            )
+        )
+    assert len(read(journal)) == 2

@@ -114,6 +114,8 @@ class HookFailure:
 class _Pending:
     command: Command
     items: list[tuple[Envelope, bytes]]
+    #: SHA-256 of each payload in ``items`` (the hash chain's links, not computed twice).
+    digests: list[bytes]
     replies: list[Reply]
     #: What a data query disclosed, handed to the caller once its events are stored.
     samples: tuple[Sample, ...] = ()
@@ -327,6 +329,7 @@ class SessionActor(pykka.ThreadingActor):
                 authorization, events = None, [refused.event]
             correlation = command.correlation_id or command_id
             items = []
+            digests = []
             previous = self._speculative_hash
             for event in events:
                 envelope = Envelope(  # positionally: binding keywords costs ~1 µs here
@@ -345,6 +348,7 @@ class SessionActor(pykka.ThreadingActor):
                 payload = self.codec.encode(envelope)
                 previous = hashlib.sha256(payload).digest()
                 items.append((envelope, payload))
+                digests.append(previous)
             if len(items) > self.max_batch:
                 raise InvalidCommand(
                     f"{type(command).__name__} would write {len(items)} events; "
@@ -356,7 +360,7 @@ class SessionActor(pykka.ThreadingActor):
                 # Decided on a state that unacknowledged appends still have to confirm:
                 # answer in order, after them (see _Pending.refused).
                 assert isinstance(exc, CommandRejected)
-                pending = _Pending(command, [], [reply], refused=exc)
+                pending = _Pending(command, [], [], [reply], refused=exc)
                 self._queued.append(pending)
                 self._pending[command_id] = pending
                 self._flush()
@@ -378,7 +382,7 @@ class SessionActor(pykka.ThreadingActor):
         for envelope, _ in items:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        pending = _Pending(command, items, [reply], samples)
+        pending = _Pending(command, items, digests, [reply], samples)
         self._keep_decided(pending, speculative)
         self._queued.append(pending)
         self._pending[command_id] = pending
@@ -444,9 +448,10 @@ class SessionActor(pykka.ThreadingActor):
         if not self._queued:  # the next command starts a group
             self._group_events, self._group_end = 0, None
         items = [item for pending in group for item in pending.items]
+        digests = [digest for pending in group for digest in pending.digests]
         future = self.loop.submit(
             self.journal.append_encoded(
-                self.session_id, items, expected_sequence=self.state.sequence
+                self.session_id, items, expected_sequence=self.state.sequence, digests=digests
             )
         )
         me = self.actor_ref
