@@ -16,7 +16,7 @@ from typing import Any
 import nats
 import pytest
 
-from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet
+from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
 
 _streams = itertools.count(1)
 
@@ -96,6 +96,17 @@ def log_options(runtime: Plantangenet) -> list[str]:
         "--subject-prefix",
         config.subject_prefix,
     ]
+
+
+def session_with_cursor(
+    runtime: Plantangenet, session_id: str = "s1", agent_id: str = "bot", cursor_id: str = "c"
+) -> SessionHandle:
+    """A started session with one attached agent owning one cursor on axis ``x`` over [0, 1]."""
+    session = runtime.session(session_id)
+    session.start()
+    session.attach(agent_id)
+    session.add_cursor(agent_id, cursor_id, ["x"], 0, 1)
+    return session
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -12,10 +12,31 @@ import pytest
 from plantangenet import (
     AttachAgent,
     EmbeddedNats,
+    Envelope,
     JournalConfig,
     Plantangenet,
     PlantangenetError,
 )
+from tests.conftest import session_with_cursor
+
+#: Short timeouts: appends fail fast while the server is down.
+FAULT_JOURNAL = JournalConfig(
+    stream="FAULTS",
+    subject_prefix="faults.events",
+    ack_timeout=2.0,
+    idle_timeout=2.0,
+    api_timeout=2.0,
+)
+
+
+def assert_acknowledged_stored_once(history: list[Envelope], outcomes: dict[str, str]) -> None:
+    """Every acknowledged command is in the log, none twice, nothing nobody sent, in order."""
+    stored = [e.causation_id for e in history if e.type_name != "SessionStarted"]
+    assert len(stored) == len(set(stored)), "a command was stored twice"
+    acked = {c for c, o in outcomes.items() if o == "acked"}
+    assert acked <= set(stored), "an acknowledged command is missing from the log"
+    assert set(stored) <= set(outcomes)  # nothing in the log that nobody sent
+    assert [e.sequence for e in history] == sorted(e.sequence for e in history)
 
 
 @pytest.fixture
@@ -29,14 +50,7 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def test_server_killed_under_load_loses_no_acknowledged_command(
     own_server: EmbeddedNats, downtime: float
 ) -> None:
-    config = JournalConfig(
-        stream="FAULTS",
-        subject_prefix="faults.events",
-        ack_timeout=2.0,
-        idle_timeout=2.0,
-        api_timeout=2.0,
-    )
-    pg = Plantangenet.open(nats_url=own_server.url, journal=config)
+    pg = Plantangenet.open(nats_url=own_server.url, journal=FAULT_JOURNAL)
     outcomes: dict[str, str] = {}
     try:
         session = pg.session("s1")
@@ -76,12 +90,8 @@ def test_server_killed_under_load_loses_no_acknowledged_command(
         history = pg.history("s1")
     finally:
         pg.close()
+    assert_acknowledged_stored_once(history, outcomes)
     stored = [e.causation_id for e in history if e.type_name == "AgentAttached"]
-    assert len(stored) == len(set(stored)), "a command was stored twice"
-    acked = {c for c, o in outcomes.items() if o == "acked"}
-    assert acked <= set(stored), "an acknowledged command is missing from the log"
-    assert set(stored) <= set(outcomes)  # nothing in the log that nobody sent
-    assert [e.sequence for e in history] == sorted(e.sequence for e in history)
     # Commands that failed were reported to their caller; if one was stored after all
     # (its acknowledgement was lost with the server), it is there exactly once.
     failed = {c for c, o in outcomes.items() if o == "failed"}
@@ -127,10 +137,7 @@ def test_tail_follows_a_session_across_a_server_restart(own_server: EmbeddedNats
 def test_a_dead_session_actor_comes_back_from_the_log(runtime: Plantangenet) -> None:
     from plantangenet import ActorStopped, MoveCursor
 
-    session = runtime.session("s1")
-    session.start()
-    session.attach("a")
-    session.add_cursor("a", "c", ["x"], 0, 1)
+    session = session_with_cursor(runtime, agent_id="a")
     commands = [
         MoveCursor(
             agent_id="a", cursor_id="c", axes=("x",), start=i, end=i + 1, command_id=f"move-{i}"
@@ -166,14 +173,7 @@ def test_server_killed_under_batched_load_loses_no_acknowledged_command(
     # server dies; failed groups are decided again or reported, per command.
     from plantangenet import AddCursor, CommandResult, MoveCursor
 
-    config = JournalConfig(
-        stream="FAULTS",
-        subject_prefix="faults.events",
-        ack_timeout=2.0,
-        idle_timeout=2.0,
-        api_timeout=2.0,
-    )
-    pg = Plantangenet.open(nats_url=own_server.url, journal=config)
+    pg = Plantangenet.open(nats_url=own_server.url, journal=FAULT_JOURNAL)
     outcomes: dict[str, str] = {}
     try:
         session = pg.session("s1")
@@ -234,9 +234,4 @@ def test_server_killed_under_batched_load_loses_no_acknowledged_command(
         assert pg.replay("s1") == live
     finally:
         pg.close()
-    stored = [e.causation_id for e in history if e.type_name != "SessionStarted"]
-    assert len(stored) == len(set(stored)), "a command was stored twice"
-    acked = {c for c, o in outcomes.items() if o == "acked"}
-    assert acked <= set(stored), "an acknowledged command is missing from the log"
-    assert set(stored) <= set(outcomes)
-    assert [e.sequence for e in history] == sorted(e.sequence for e in history)
+    assert_acknowledged_stored_once(history, outcomes)

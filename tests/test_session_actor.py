@@ -27,7 +27,7 @@ from plantangenet import (
     UnknownAgent,
     UnknownSession,
 )
-from tests.conftest import wait_until
+from tests.conftest import session_with_cursor, wait_until
 
 ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources": ["*"]}
 
@@ -220,10 +220,7 @@ def test_racing_writers_leave_no_gap_and_no_duplicate(
 
 
 def test_pipelined_commands_are_stored_in_order(runtime: Plantangenet) -> None:
-    session = runtime.session("s1")
-    session.start()
-    session.attach("bot")
-    session.add_cursor("bot", "c", ["x"], 0, 1)
+    session = session_with_cursor(runtime)
     futures = [
         session.submit(MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1))
         for i in range(500)
@@ -435,10 +432,7 @@ def test_an_actor_that_cannot_read_its_log_raises_instead_of_showing_an_empty_se
 
 
 def test_submit_many_answers_each_command_in_order(runtime: Plantangenet) -> None:
-    session = runtime.session("s1")
-    session.start()
-    session.attach("bot")
-    session.add_cursor("bot", "c", ["x"], 0, 1)
+    session = session_with_cursor(runtime)
     moves = [
         MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1) for i in range(5)
     ]
@@ -462,10 +456,7 @@ def test_submit_many_answers_each_command_in_order(runtime: Plantangenet) -> Non
 
 
 def test_submit_many_edge_cases_leave_the_actor_serving(runtime: Plantangenet) -> None:
-    session = runtime.session("s1")
-    session.start()
-    session.attach("bot")
-    session.add_cursor("bot", "c", ["x"], 0, 1)
+    session = session_with_cursor(runtime)
     assert session.submit_many([]).result(5) == ()
     moves = [
         MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1)

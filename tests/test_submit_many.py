@@ -15,6 +15,7 @@ from plantangenet import (
     PlantangenetError,
     RemoveCursor,
 )
+from tests.conftest import session_with_cursor
 
 _ids = itertools.count()
 
@@ -54,10 +55,7 @@ def test_every_item_of_a_hostile_batch_is_answered_and_only_valid_ones_are_store
     runtime: Plantangenet, items: list[Any]
 ) -> None:
     session_id = f"many-{next(_ids)}"
-    session = runtime.session(session_id)
-    session.start()
-    session.attach("bot")
-    session.add_cursor("bot", "c", ["x"], 0, 1)
+    session = session_with_cursor(runtime, session_id)
     before = session.state.event_count
 
     outcomes = session.submit_many(items).result(30)
