@@ -610,8 +610,8 @@ class SessionActor(pykka.ThreadingActor):
         event = envelope.event
         if isinstance(event, AgentAttached):
             self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
-        # An event about an agent goes to that agent, one about no agent to all of them
-        # (see ``concerns``): a lookup, not a pass over every attached agent.
+        # An event about an agent (its ``agent_id``) goes to that agent, one about no agent
+        # to all of them: a lookup, not a pass over every attached agent.
         about = getattr(event, "agent_id", _EVERYONE)
         outbox = self._outbox
         if about is _EVERYONE:

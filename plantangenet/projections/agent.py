@@ -34,11 +34,6 @@ class AgentState:
     sequence: int = 0
 
 
-def concerns(envelope: Envelope, agent_id: str) -> bool:
-    """Whether the event in ``envelope`` is about ``agent_id``."""
-    return getattr(envelope.event, "agent_id", None) == agent_id
-
-
 def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     """The agent's state after ``envelope`` (events about other agents are ignored)."""
     event = envelope.event
