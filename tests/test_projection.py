@@ -80,7 +80,9 @@ from plantangenet.projections.session import (
     SessionState,
     evolve,
     fold,
+    settled,
 )
+from tests.test_codec import EVENT_STRATEGIES
 
 SID = "s1"
 AT = datetime(2024, 1, 1, tzinfo=UTC)
@@ -664,3 +666,31 @@ def test_the_agent_fold_keeps_every_field_and_the_cursor_resolution() -> None:
     assert after.cursors["c1"] == CursorView("c1", "a1", ("y",), 2.0, 3.0, 0.25)
     assert after.cursors["c0"] == cursor and (after.kind, after.name) == ("bot", "One")
     assert evolve_agent(after, env(RoleGranted("a2", "x"), 11)) is after  # not about a1
+
+
+@pytest.mark.parametrize("cls", SESSION_EVENTS, ids=lambda c: c.type_name)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_settled_equals_folding_the_stored_event_again(cls: type[Event], data: Any) -> None:
+    # The actor reuses the state it decided on (``settled``) instead of folding stored
+    # events again. That is only right if a fold reads nothing of the envelope's stream
+    # sequence but ``SessionState.sequence`` -- or ``settled`` refuses the event type.
+    # A new event whose fold records its own sequence fails here until it is listed.
+    base = fold(
+        SID,
+        [
+            env(SessionStarted(SID, {}), 1),
+            env(AgentAttached("a", "bot", "A"), 2),
+            env(CursorAdded("a", "c1", ("x",), 0.0, 1.0), 3),
+        ],
+    )
+    unstored = env(data.draw(EVENT_STRATEGIES[cls]), None)
+    decided = evolve(base, unstored)
+    stored = dataclasses.replace(unstored, sequence=base.sequence + 7)
+    again = evolve(base, stored)
+    reused = settled(base, decided, [stored])
+    if reused is None:
+        assert cls is AgentAttached  # the one fold that records its envelope's sequence
+    else:
+        assert reused == again
+    assert settled(base, base, [stored]) is None  # decided must be base plus exactly these
