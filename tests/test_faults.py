@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from plantangenet import (
     AttachAgent,
+    Command,
     EmbeddedNats,
     Envelope,
     JournalConfig,
@@ -46,6 +48,48 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     server.stop()
 
 
+def through_a_server_kill(
+    server: EmbeddedNats, outcomes: dict[str, str], write: Callable[[], None], downtime: float
+) -> None:
+    """Call ``write`` in a loop on a thread (it records ``outcomes``) while the server is
+    SIGKILLed once ``ACKS`` commands are acknowledged and restarted on the same store after
+    ``downtime``; return once ``ACKS`` more are acknowledged (the actor reconnects by itself)."""
+
+    def acked() -> int:
+        return sum(1 for o in list(outcomes.values()) if o == "acked")
+
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            write()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while acked() < ACKS:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        killed = server.pid
+        server.kill()  # SIGKILL: no flush, no goodbye
+        time.sleep(downtime)  # longer than the ack timeout: appends fail meanwhile
+        server.restart()  # same port, same store
+        assert server.pid != killed
+        before = acked()
+        deadline = time.monotonic() + 60
+        while acked() < before + ACKS:
+            assert time.monotonic() < deadline, "the session did not serve again"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+#: Acknowledged commands wanted before the kill, and again after the restart.
+ACKS = 50
+
+
 @pytest.mark.parametrize("downtime", [0.5, 3.0])
 def test_server_killed_under_load_loses_no_acknowledged_command(
     own_server: EmbeddedNats, downtime: float
@@ -55,38 +99,18 @@ def test_server_killed_under_load_loses_no_acknowledged_command(
     try:
         session = pg.session("s1")
         session.start()
-        stop = threading.Event()
+        numbers = itertools.count()
 
-        def writer() -> None:
-            n = 0
-            while not stop.is_set():
-                command = AttachAgent(agent_id=f"a{n}", command_id=f"cmd-{n}")
-                try:
-                    session.execute(command, timeout=15)
-                    outcomes[command.command_id] = "acked"
-                except (PlantangenetError, TimeoutError):
-                    outcomes[command.command_id] = "failed"
-                n += 1
+        def write() -> None:
+            n = next(numbers)
+            command = AttachAgent(agent_id=f"a{n}", command_id=f"cmd-{n}")
+            try:
+                session.execute(command, timeout=15)
+                outcomes[command.command_id] = "acked"
+            except (PlantangenetError, TimeoutError):
+                outcomes[command.command_id] = "failed"
 
-        thread = threading.Thread(target=writer)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while sum(1 for o in outcomes.values() if o == "acked") < 50:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        killed = own_server.pid
-        own_server.kill()  # SIGKILL: no flush, no goodbye
-        time.sleep(downtime)  # longer than the ack timeout: appends fail meanwhile
-        own_server.restart()  # same port, same store
-        assert own_server.pid != killed
-        acked_before = sum(1 for o in outcomes.values() if o == "acked")
-        deadline = time.monotonic() + 60
-        # The actor reconnects by itself and serves again.
-        while sum(1 for o in outcomes.values() if o == "acked") < acked_before + 50:
-            assert time.monotonic() < deadline, "the session did not serve again"
-            time.sleep(0.05)
-        stop.set()
-        thread.join(30)
+        through_a_server_kill(own_server, outcomes, write, downtime)
         history = pg.history("s1")
     finally:
         pg.close()
@@ -178,57 +202,40 @@ def test_server_killed_under_batched_load_loses_no_acknowledged_command(
     try:
         session = pg.session("s1")
         session.start()
-        stop = threading.Event()
+        numbers = itertools.count(step=10)
 
-        def writer() -> None:
-            n = 0
-            while not stop.is_set():
-                batch = []
-                for i in range(n, n + 10):
-                    batch += [
-                        AttachAgent(agent_id=f"a{i}", command_id=f"attach-{i}"),
-                        AddCursor(
-                            agent_id=f"a{i}",
-                            cursor_id=f"c{i}",
-                            axes=("x",),
-                            start=0,
-                            end=1,
-                            command_id=f"add-{i}",
-                        ),
-                        MoveCursor(
-                            agent_id=f"a{i}",
-                            cursor_id=f"c{i}",
-                            axes=("x",),
-                            start=i,
-                            end=i + 1,
-                            command_id=f"move-{i}",
-                        ),
-                    ]
-                n += 10
-                try:
-                    results = session.submit_many(batch).result(30)
-                except (PlantangenetError, TimeoutError):
-                    results = tuple(PlantangenetError("batch lost") for _ in batch)
-                for command, result in zip(batch, results, strict=True):
-                    ok = isinstance(result, CommandResult)
-                    outcomes[command.command_id] = "acked" if ok else "failed"
+        def write() -> None:
+            first = next(numbers)
+            batch: list[Command] = []
+            for i in range(first, first + 10):
+                batch += [
+                    AttachAgent(agent_id=f"a{i}", command_id=f"attach-{i}"),
+                    AddCursor(
+                        agent_id=f"a{i}",
+                        cursor_id=f"c{i}",
+                        axes=("x",),
+                        start=0,
+                        end=1,
+                        command_id=f"add-{i}",
+                    ),
+                    MoveCursor(
+                        agent_id=f"a{i}",
+                        cursor_id=f"c{i}",
+                        axes=("x",),
+                        start=i,
+                        end=i + 1,
+                        command_id=f"move-{i}",
+                    ),
+                ]
+            try:
+                results = session.submit_many(batch).result(30)
+            except (PlantangenetError, TimeoutError):
+                results = tuple(PlantangenetError("batch lost") for _ in batch)
+            for command, result in zip(batch, results, strict=True):
+                ok = isinstance(result, CommandResult)
+                outcomes[command.command_id] = "acked" if ok else "failed"
 
-        thread = threading.Thread(target=writer)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while sum(1 for o in outcomes.values() if o == "acked") < 60:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        own_server.kill()
-        time.sleep(1.0)
-        own_server.restart()
-        acked_before = sum(1 for o in outcomes.values() if o == "acked")
-        deadline = time.monotonic() + 60
-        while sum(1 for o in outcomes.values() if o == "acked") < acked_before + 60:
-            assert time.monotonic() < deadline, "the session did not serve again"
-            time.sleep(0.05)
-        stop.set()
-        thread.join(30)
+        through_a_server_kill(own_server, outcomes, write, downtime=1.0)
         history = pg.history("s1")
         live = session.state
         assert pg.replay("s1") == live
