@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -236,6 +237,14 @@ def test_pipelined_commands_in_small_groups_rehydrate_to_the_live_state(
         nats_url=nats_server.url, journal=journal_config, max_batch=max_batch
     ) as runtime:
         runtime.add_compositor(SyntheticCompositor())
+        sizes: list[int] = []
+        append = runtime.journal.append_encoded
+
+        async def counted(session_id: str, items: Any, **kwargs: Any) -> Any:
+            sizes.append(len(items))
+            return await append(session_id, items, **kwargs)
+
+        runtime.journal.append_encoded = counted  # type: ignore[method-assign]
         session = runtime.session(session_id)
         session.start()
         session.attach("z")  # an agent and cursors the random commands never name
@@ -251,3 +260,4 @@ def test_pipelined_commands_in_small_groups_rehydrate_to_the_live_state(
                 future.result(30)
         live = session.state
         assert runtime.replay(session_id) == live
+        assert sizes and max(sizes) <= max_batch  # the groups the actor packed

@@ -122,7 +122,8 @@ class _Pending:
     #: A refusal decided while earlier commands were still unacknowledged: it stands
     #: if they are stored, and the command is decided again if their append fails.
     refused: CommandRejected | None = None
-    #: The speculative state once this command's events were folded in (see ``settled``).
+    #: Set on the command that ends an append group: the speculative state once its
+    #: events were folded in (see ``_keep_decided`` and ``settled``).
     decided: SessionState | None = None
 
 
@@ -413,12 +414,13 @@ class SessionActor(pykka.ThreadingActor):
         return authorization, list(disclosed.events), disclosed.samples
 
     def _keep_decided(self, pending: _Pending, speculative: SessionState) -> None:
-        """Keep the speculative state only on commands that will end an append's group.
+        """Pack queued commands into append groups as they are decided.
 
-        ``_flush`` packs queued commands greedily into groups of at most ``max_batch``
-        events; the same packing here tells which command ends each group, and only
-        that one keeps its state (``settled`` needs no other). States held for every
-        pipelined command would outlive many GC passes and make them costly.
+        Groups are filled greedily up to ``max_batch`` events. The command that ends a
+        group (so far) holds the speculative state after it, which ``settled`` reuses
+        once the group is stored; ``_flush`` sends everything up to the next such
+        command. No other command keeps a state: one per pipelined command would outlive
+        many GC passes and make them costly.
         """
         size = len(pending.items)
         if self._group_events + size > self.max_batch:
@@ -438,14 +440,12 @@ class SessionActor(pykka.ThreadingActor):
             self._refuse(self._queued.popleft())
         if not self._queued:
             return
+        # The next group: through the first command that ends one (see _keep_decided).
         group: list[_Pending] = []
-        size = 0
-        while self._queued and size + len(self._queued[0].items) <= self.max_batch:
-            pending = self._queued.popleft()
-            group.append(pending)
-            size += len(pending.items)
+        while self._queued and (not group or group[-1].decided is None):
+            group.append(self._queued.popleft())
         self._in_flight = group
-        if not self._queued:  # the next command starts a group
+        if group[-1] is self._group_end:  # the next command starts a group
             self._group_events, self._group_end = 0, None
         items = [item for pending in group for item in pending.items]
         digests = [digest for pending in group for digest in pending.digests]
