@@ -411,6 +411,7 @@ def holdings(pg: Plantangenet, svc: SessionService) -> dict[str, int]:
             "pattern_matches": info.currsize,
             "pattern_misses": info.misses,
             "authorizations": len(codec_module._AUTHORIZATIONS),
+            "encoded_authorizations": len(codec_module._ENCODED_AUTHORIZATIONS),
             "protocol_shapes": len(_SHAPES),
             "re_cache": len(re._cache),  # type: ignore[attr-defined]
             "threads": threading.active_count(),

@@ -187,7 +187,7 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
     policy = state.policy
     agent_id = command.issued_by
     if agent_id is None:
-        return _owner_authorization(action, resources, policy.version)
+        return Authorization(action, resources, (None,) * len(resources), policy.version)
     name = type(command).__name__
     if agent_id not in state.agents:
         refuse(
@@ -220,20 +220,6 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
             )
         statements.append(decision.statement_id)
     return Authorization(action, resources, tuple(statements), policy.version)
-
-
-#: The owner's authorizations, shared: an owner sends the same few requests again and again.
-_OWNER: dict[tuple[str, tuple[str, ...], int], Authorization] = {}
-
-
-def _owner_authorization(action: str, resources: tuple[str, ...], version: int) -> Authorization:
-    key = (action, resources, version)
-    known = _OWNER.get(key)
-    if known is None:
-        if len(_OWNER) >= 4096:
-            _OWNER.clear()
-        known = _OWNER[key] = Authorization(action, resources, (None,) * len(resources), version)
-    return known
 
 
 def refuse(event: AccessDenied) -> NoReturn:

@@ -1144,6 +1144,17 @@ def test_wrong_chain_link_or_authorization_is_an_encode_error(
     assert field in str(excinfo.value)
 
 
+def test_a_cached_authorization_does_not_let_an_equal_mistyped_one_through() -> None:
+    # Encoded authorizations are cached by value; True == 1 and hash alike, so the type
+    # checks must come before the cache, or a bool version would be stored as an int.
+    good = Authorization("cursor.move", ("axis.x",), (None,), 1)
+    CODEC.encode(envelope_of(example_of(CursorAdded), authorization=good))
+    bad = Authorization("cursor.move", ("axis.x",), (None,), typing.cast(Any, True))
+    assert bad == good and hash(bad) == hash(good)
+    with pytest.raises(EncodeError, match="authorization"):
+        CODEC.encode(envelope_of(example_of(CursorAdded), authorization=bad))
+
+
 def test_numbers_out_of_range_are_encode_errors() -> None:
     # An int too large for a float (or for msgpack) must not escape as OverflowError.
     with pytest.raises(EncodeError) as excinfo:

@@ -314,43 +314,37 @@ def _reject_envelope_fields(envelope: Envelope) -> None:
     raise EncodeError("previous_hash: expected bytes", field="previous_hash")
 
 
-#: Encoded authorizations by identity (with the object, so the id stays its own): the
-#: owner's are shared objects (see ``authorize``), encoded once.
-_ENCODED_AUTHORIZATIONS: dict[int, tuple[Authorization, dict[str, Any]]] = {}
+#: Encoded authorizations by value: a session answers the same few requests again and
+#: again (the owner's, and each bot's), so most are encoded once. Only checked ones go in.
+_ENCODED_AUTHORIZATIONS: dict[Authorization, dict[str, Any]] = {}
+_STATEMENT_TYPES = frozenset({str, type(None)})
 
 
-def _encode_auth(authorization: Authorization | None) -> dict[str, Any] | None:
-    if authorization is None:
+def _encode_auth(a: Authorization | None) -> dict[str, Any] | None:
+    if a is None:
         return None
-    known = _ENCODED_AUTHORIZATIONS.get(id(authorization))
-    if known is not None and known[0] is authorization:
-        return known[1]
-    encoded = _encode_auth_fields(authorization)
-    if encoded is not None and type(authorization) is Authorization:
-        if len(_ENCODED_AUTHORIZATIONS) >= 1024:
-            _ENCODED_AUTHORIZATIONS.clear()
-        _ENCODED_AUTHORIZATIONS[id(authorization)] = (authorization, encoded)
-    return encoded
-
-
-def _encode_auth_fields(a: Authorization) -> dict[str, Any] | None:
     if (
         type(a) is Authorization
         and type(a.action) is str
         and type(a.resources) is tuple
         and type(a.statements) is tuple
         and type(a.policy_version) is int
-        and all(type(r) is str for r in a.resources)
-        and all(s is None or type(s) is str for s in a.statements)
+        and set(map(type, a.resources)) <= {str}  # (C loops: no per-item Python call)
+        and set(map(type, a.statements)) <= _STATEMENT_TYPES
     ):
-        return {
-            "action": a.action,
-            "resources": list(a.resources),
-            "statements": list(a.statements),
-            "policy_version": a.policy_version,
-        }
-    encoded: dict[str, Any] | None = _encode_authorization(a, "authorization")
-    return encoded
+        encoded = _ENCODED_AUTHORIZATIONS.get(a)
+        if encoded is None:
+            if len(_ENCODED_AUTHORIZATIONS) >= 4096:
+                _ENCODED_AUTHORIZATIONS.clear()
+            encoded = _ENCODED_AUTHORIZATIONS[a] = {
+                "action": a.action,
+                "resources": list(a.resources),
+                "statements": list(a.statements),
+                "policy_version": a.policy_version,
+            }
+        return encoded
+    encoded_by_converter: dict[str, Any] | None = _encode_authorization(a, "authorization")
+    return encoded_by_converter
 
 
 #: The codec over plantangenet's own events, with default limits.
