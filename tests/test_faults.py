@@ -18,6 +18,7 @@ from plantangenet import (
     JournalConfig,
     Plantangenet,
     PlantangenetError,
+    SessionHandle,
 )
 from tests.conftest import session_with_cursor
 
@@ -49,41 +50,58 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 def through_a_server_kill(
-    server: EmbeddedNats, outcomes: dict[str, str], write: Callable[[], None], downtime: float
-) -> None:
-    """Call ``write`` in a loop on a thread (it records ``outcomes``) while the server is
+    server: EmbeddedNats,
+    writer_for: Callable[[SessionHandle, dict[str, str]], Callable[[], None]],
+    downtime: float,
+) -> tuple[dict[str, str], list[Envelope]]:
+    """Run a session on ``server`` while ``writer_for(session, outcomes)`` writes to it in a
+    loop on a thread, recording each command id as "acked" or "failed". The server is
     SIGKILLed once ``ACKS`` commands are acknowledged and restarted on the same store after
-    ``downtime``; return once ``ACKS`` more are acknowledged (the actor reconnects by itself)."""
+    ``downtime``; once ``ACKS`` more are (the actor reconnects by itself), the writing stops.
+    Checks the log (see ``assert_acknowledged_stored_once``) and that the live state is its
+    replay; returns the outcomes and the session's history."""
+    outcomes: dict[str, str] = {}
 
     def acked() -> int:
         return sum(1 for o in list(outcomes.values()) if o == "acked")
 
-    stop = threading.Event()
-
-    def writer() -> None:
-        while not stop.is_set():
-            write()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    pg = Plantangenet.open(nats_url=server.url, journal=FAULT_JOURNAL)
     try:
-        deadline = time.monotonic() + 30
-        while acked() < ACKS:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        killed = server.pid
-        server.kill()  # SIGKILL: no flush, no goodbye
-        time.sleep(downtime)  # longer than the ack timeout: appends fail meanwhile
-        server.restart()  # same port, same store
-        assert server.pid != killed
-        before = acked()
-        deadline = time.monotonic() + 60
-        while acked() < before + ACKS:
-            assert time.monotonic() < deadline, "the session did not serve again"
-            time.sleep(0.05)
+        session = pg.session("s1")
+        session.start()
+        write = writer_for(session, outcomes)
+        stop = threading.Event()
+
+        def writer() -> None:
+            while not stop.is_set():
+                write()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while acked() < ACKS:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            killed = server.pid
+            server.kill()  # SIGKILL: no flush, no goodbye
+            time.sleep(downtime)  # longer than the ack timeout: appends fail meanwhile
+            server.restart()  # same port, same store
+            assert server.pid != killed
+            before = acked()
+            deadline = time.monotonic() + 60
+            while acked() < before + ACKS:
+                assert time.monotonic() < deadline, "the session did not serve again"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join(30)
+        history = pg.history("s1")
+        assert pg.replay("s1") == session.state
     finally:
-        stop.set()
-        thread.join(30)
+        pg.close()
+    assert_acknowledged_stored_once(history, outcomes)
+    return outcomes, history
 
 
 #: Acknowledged commands wanted before the kill, and again after the restart.
@@ -94,11 +112,7 @@ ACKS = 50
 def test_server_killed_under_load_loses_no_acknowledged_command(
     own_server: EmbeddedNats, downtime: float
 ) -> None:
-    pg = Plantangenet.open(nats_url=own_server.url, journal=FAULT_JOURNAL)
-    outcomes: dict[str, str] = {}
-    try:
-        session = pg.session("s1")
-        session.start()
+    def writer_for(session: SessionHandle, outcomes: dict[str, str]) -> Callable[[], None]:
         numbers = itertools.count()
 
         def write() -> None:
@@ -110,11 +124,9 @@ def test_server_killed_under_load_loses_no_acknowledged_command(
             except (PlantangenetError, TimeoutError):
                 outcomes[command.command_id] = "failed"
 
-        through_a_server_kill(own_server, outcomes, write, downtime)
-        history = pg.history("s1")
-    finally:
-        pg.close()
-    assert_acknowledged_stored_once(history, outcomes)
+        return write
+
+    outcomes, history = through_a_server_kill(own_server, writer_for, downtime)
     stored = [e.causation_id for e in history if e.type_name == "AgentAttached"]
     # Commands that failed were reported to their caller; if one was stored after all
     # (its acknowledgement was lost with the server), it is there exactly once.
@@ -197,11 +209,7 @@ def test_server_killed_under_batched_load_loses_no_acknowledged_command(
     # server dies; failed groups are decided again or reported, per command.
     from plantangenet import AddCursor, CommandResult, MoveCursor
 
-    pg = Plantangenet.open(nats_url=own_server.url, journal=FAULT_JOURNAL)
-    outcomes: dict[str, str] = {}
-    try:
-        session = pg.session("s1")
-        session.start()
+    def writer_for(session: SessionHandle, outcomes: dict[str, str]) -> Callable[[], None]:
         numbers = itertools.count(step=10)
 
         def write() -> None:
@@ -235,10 +243,6 @@ def test_server_killed_under_batched_load_loses_no_acknowledged_command(
                 ok = isinstance(result, CommandResult)
                 outcomes[command.command_id] = "acked" if ok else "failed"
 
-        through_a_server_kill(own_server, outcomes, write, downtime=1.0)
-        history = pg.history("s1")
-        live = session.state
-        assert pg.replay("s1") == live
-    finally:
-        pg.close()
-    assert_acknowledged_stored_once(history, outcomes)
+        return write
+
+    through_a_server_kill(own_server, writer_for, downtime=1.0)
