@@ -151,6 +151,9 @@ def tight(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterator[
 def test_a_stream_out_of_consumers_refuses_reads_with_a_typed_error(tight: AsyncJournal) -> None:
     fill(tight, 3)
     assert len(tight.run(tight.journal.read_all("s1"))) == 3
+    # A read deletes its consumer fire-and-forget: wait until the server has acted on
+    # it, or the held consumer below would find the stream's only slot still taken.
+    wait_until(lambda: consumers(tight) == 0)
     hold_consumer(tight, "elsewhere")
     with pytest.raises(TooManyReaders) as refused:
         tight.run(tight.journal.read_all("s1"))
