@@ -72,6 +72,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="instead: one library run under cProfile (all threads), print the top costs",
     )
+    p.add_argument(
+        "--profile-many",
+        action="store_true",
+        help="with --profile: profile the submit_many run instead of submit",
+    )
     p.add_argument("--no-raw-batched", action="store_true", help="skip the raw batched reference")
     p.add_argument(
         "--require-ratio",
@@ -214,8 +219,10 @@ def profile(args: argparse.Namespace) -> int:
         with Plantangenet.open(
             nats_url=server.url, journal=journal, max_batch=args.max_batch
         ) as pg:
-            out = run_library(pg, "profiled", args.commands, args.window)
-        print(f"library: {args.commands / out['elapsed']:,.0f} commands/s under cProfile")
+            batch = args.batch if args.profile_many else 0
+            out = run_library(pg, "profiled", args.commands, args.window, batch)
+        side = "submit_many" if batch else "submit"
+        print(f"library ({side}): {args.commands / out['elapsed']:,.0f} commands/s under cProfile")
         print(profiler.report())
     return 0
 
