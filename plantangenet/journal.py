@@ -49,6 +49,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.frames import batch_frames, send_frames
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
@@ -246,22 +247,22 @@ class Journal:
         subject = self.subject(session_id)
         envelopes = [e for e, _ in items]
         payloads = [p for _, p in items]
-        headers = _message_headers(session_id, envelopes)
-        headers[0]["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
+        msg_ids = _msg_ids(session_id, envelopes)
+        last = len(payloads) - 1
+        commit = {"Nats-Msg-Id": msg_ids[last]}
+        if last == 0:
+            commit["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
         timeout = self.config.ack_timeout
         try:
-            if len(payloads) == 1:
-                reply = await self.nc.request(subject, payloads[0], timeout, headers=headers[0])
-            else:
+            if last > 0:
                 batch_id = new_id()
-                last = len(payloads) - 1
-                for i, (payload, hdr) in enumerate(zip(payloads, headers, strict=True)):
-                    hdr["Nats-Batch-Id"] = batch_id
-                    hdr["Nats-Batch-Sequence"] = str(i + 1)
-                    if i < last:
-                        await self.nc.publish(subject, payload, headers=hdr)
-                hdr["Nats-Batch-Commit"] = "1"
-                reply = await self.nc.request(subject, payloads[last], timeout, headers=hdr)
+                await self._publish_batch(
+                    subject, msg_ids, batch_id, expected_sequence, payloads[:last]
+                )
+                commit["Nats-Batch-Id"] = batch_id
+                commit["Nats-Batch-Sequence"] = str(last + 1)
+                commit["Nats-Batch-Commit"] = "1"
+            reply = await self.nc.request(subject, payloads[last], timeout, headers=commit)
         except nats.errors.NoRespondersError:
             raise JournalError(
                 f"no stream leader answered for {subject}: stream {self.config.stream} is "
@@ -284,6 +285,26 @@ class Journal:
             for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
         )
         return AppendResult(session_id, stored)
+
+    async def _publish_batch(
+        self,
+        subject: str,
+        msg_ids: Sequence[str],
+        batch_id: str,
+        expected_sequence: int,
+        payloads: Sequence[bytes],
+    ) -> None:
+        """Publish an atomic batch's messages before its commit, in order (see ``frames``)."""
+        frames = batch_frames(subject, msg_ids, batch_id, expected_sequence, payloads)
+        if frames is not None and await send_frames(self.nc, frames, payloads):
+            return
+        for i, payload in enumerate(payloads):
+            headers = {"Nats-Msg-Id": msg_ids[i]}
+            if i == 0:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i + 1)
+            await self.nc.publish(subject, payload, headers=headers)
 
     async def last_sequence(self, session_id: str) -> int:
         """The stream sequence of the session's last event (0 if it has none)."""
@@ -502,15 +523,15 @@ class _Unavailable(JournalError):
     """
 
 
-def _message_headers(session_id: str, envelopes: Sequence[Envelope]) -> list[dict[str, str]]:
-    """One header map per message; ``Nats-Msg-Id`` is ``session:command:index``."""
-    headers: list[dict[str, str]] = []
+def _msg_ids(session_id: str, envelopes: Sequence[Envelope]) -> list[str]:
+    """Each message's ``Nats-Msg-Id``: ``session:command:index`` (a retry is stored once)."""
+    ids: list[str] = []
     index: dict[str, int] = {}
     for envelope in envelopes:
         n = index.get(envelope.causation_id, 0)
         index[envelope.causation_id] = n + 1
-        headers.append({"Nats-Msg-Id": f"{session_id}:{envelope.causation_id}:{n}"})
-    return headers
+        ids.append(f"{session_id}:{envelope.causation_id}:{n}")
+    return ids
 
 
 def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
