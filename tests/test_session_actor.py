@@ -498,3 +498,21 @@ def test_agents_are_told_the_events_about_them_and_about_no_agent(runtime: Plant
         "CursorRemoved",
         "AgentDetached",
     ]
+
+
+def test_commands_and_queries_queued_behind_a_stop_are_answered(runtime: Plantangenet) -> None:
+    session = session_with_cursor(runtime)
+    gate = threading.Event()
+    busy = session.query(lambda actor: gate.wait(10))  # holds the actor's thread
+    session._actor.stop(block=False)  # the stop waits in the inbox behind it
+    move = MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=5, end=6)
+    one = session.submit(move)
+    many = session.submit_many([move, move])
+    query = session.query(lambda actor: actor.state)
+    gate.set()
+    assert busy.result(10) is True
+    for future in (one, query):  # answered, not left waiting forever
+        with pytest.raises(ActorStopped):
+            future.result(10)
+    assert [type(o) for o in many.result(10)] == [ActorStopped, ActorStopped]
+    assert runtime.replay("s1").cursors["c"].start == 0  # none of them was stored

@@ -241,9 +241,33 @@ class SessionActor(pykka.ThreadingActor):
         for pending in [*(self._in_flight or []), *self._queued]:
             for reply in pending.replies:
                 _fail(reply, stopped)
+        self._refuse_unhandled(stopped)
         for agent in self.agents.values():
             retire(agent, "shutdown")
         self.agents.clear()
+
+    def _refuse_unhandled(self, stopped: ActorStopped) -> None:
+        """Answer the messages still in the inbox behind the stop with ``stopped``.
+
+        pykka discards the messages an actor leaves unhandled when it stops, except
+        the asks (which it fails with ``ActorDeadError``); commands and queries carry
+        their own futures, which would wait forever. Once the actor counts as stopped
+        pykka refuses new messages, so only a message whose sender checked just
+        before can still arrive after this.
+        """
+        kept = []
+        while not self.actor_inbox.empty():  # only this thread takes from the inbox
+            envelope = self.actor_inbox.get()
+            message = envelope.message
+            if isinstance(message, (Execute, Inspect)):
+                _fail(message.reply, stopped)
+            elif isinstance(message, ExecuteMany):
+                for index in range(len(message.commands)):
+                    _fail(message.batch.slot(index), stopped)
+            else:
+                kept.append(envelope)
+        for envelope in kept:  # pykka answers the asks among them
+            self.actor_inbox.put(envelope)
 
     def on_failure(self, *args: Any) -> None:  # pragma: no cover - last line of defence
         log.error("session %s actor failed: %r", self.session_id, args)
