@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -315,6 +316,57 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def thread_cpu() -> dict[str, float] | None:
+    """CPU seconds (user + system) each live thread of this process has used, by name.
+
+    Linux only (``/proc/self/task``); ``None`` elsewhere. Threads that ended are not
+    listed: take the readings while the threads measured are still running.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            if not out and not os.path.isdir("/proc/self/task"):
+                return None
+            continue
+        out[thread.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class CpuSplit:
+    """CPU per item spent by the calling thread, the runtime's loop thread, and the rest.
+
+    ``start()`` and ``stop()`` bracket the measured work; "rest" is the process's CPU
+    minus the two (in the library benchmarks: the session actors). Reads ``/proc``,
+    so the split is empty off Linux; the process total is always there.
+    """
+
+    LOOP = "plantangenet-loop"
+
+    def start(self) -> CpuSplit:
+        self._threads = thread_cpu()
+        self._process = time.process_time()
+        return self
+
+    def stop(self, items: int) -> dict[str, float]:
+        """Microseconds per item: ``total``, and ``caller``, ``loop``, ``actors`` on Linux."""
+        total = time.process_time() - self._process
+        threads = thread_cpu()
+        split = {"total": total / items * 1e6}
+        if self._threads is None or threads is None:
+            return split
+        caller_name = threading.current_thread().name
+        caller = threads.get(caller_name, 0.0) - self._threads.get(caller_name, 0.0)
+        loop = threads.get(self.LOOP, 0.0) - self._threads.get(self.LOOP, 0.0)
+        split["caller"] = caller / items * 1e6
+        split["loop"] = loop / items * 1e6
+        split["actors"] = max(total - caller - loop, 0.0) / items * 1e6
+        return split
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -130,6 +130,7 @@ def run_library(
             sequences[-1] = result.sequence
 
     gc.collect()
+    cpu = h.CpuSplit().start()
     start = time.perf_counter()
     if batch:
         for lo in range(0, n, batch):
@@ -146,13 +147,14 @@ def run_library(
         while outstanding:
             settle(outstanding.popleft())
     elapsed = time.perf_counter() - start
+    split = cpu.stop(n)  # before the session's actor stops
     if sequences[-1] - sequences[0] + 1 != n:
         raise RuntimeError("library: the stored sequences are not contiguous")
     state = handle.state
     if state.cursors["c1"].end != float(n):
         raise RuntimeError("library: the session did not fold the last move")
     pg.stop_session(session_id)
-    return {"elapsed": elapsed, "first": sequences[0], "last": sequences[-1]}
+    return {"elapsed": elapsed, "first": sequences[0], "last": sequences[-1], "cpu": split}
 
 
 # -- raw -------------------------------------------------------------------------------------
@@ -209,6 +211,21 @@ def raw_messages(template: Envelope, session_id: str, n: int) -> list[tuple[byte
     ]
 
 
+def print_cpu(cpu: dict[str, list[dict[str, float]]]) -> None:
+    """Median CPU per command of this process, split by thread where /proc says."""
+    print("python CPU per command (median µs; less noisy than the rates on a shared VM):")
+    raw = h.median([c["total"] for c in cpu["raw"]])
+    for side in ("submit", "submit_many"):
+        parts = {k: h.median([c[k] for c in cpu[side]]) for k in cpu[side][0]}
+        split = ", ".join(f"{k} {parts[k]:.1f}" for k in ("caller", "loop", "actors") if k in parts)
+        print(
+            f"  {side}: {parts['total']:.1f}"
+            + (f" ({split})" if split else "")
+            + f"; raw/library {raw / parts['total']:.2f}"
+        )
+    print(f"  raw publish_async: {raw:.1f} (client and its loop)")
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -239,6 +256,7 @@ def run() -> int:
     print(h.environment_line())
     sides = ["submit", "submit_many", "raw"] + ([] if args.no_raw_batched else ["raw batched"])
     rates: dict[str, list[float]] = {s: [] for s in sides}
+    cpu: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
     appends: list[int] = []
     rows = []
     with EmbeddedNats() as server:
@@ -260,6 +278,7 @@ def run() -> int:
                         per = args.batch if side == "submit_many" else 0
                         out = run_library(pg, sid, n, args.window, per)
                         row[side] = n / out["elapsed"]
+                        cpu[side].append(out["cpu"])
                         count, msgs = raw.run(
                             h.count_appends(raw.js, f"{PREFIX}.{sid}", out["first"], out["last"])
                         )
@@ -268,8 +287,10 @@ def run() -> int:
                         appends.append(count)
                     elif side == "raw":
                         messages = raw_messages(template, sid, n)
+                        started = time.process_time()
                         elapsed = raw.run(raw_pipelined(raw.js, f"{PREFIX}.{sid}", messages))
                         row[side] = n / elapsed
+                        cpu[side].append({"total": (time.process_time() - started) / n * 1e6})
                     else:
                         messages = raw_messages(template, sid, n)
                         elapsed = raw.run(
@@ -313,6 +334,7 @@ def run() -> int:
             f"submit {med['submit'] / med['raw batched']:.2f}, "
             f"submit_many {med['submit_many'] / med['raw batched']:.2f}"
         )
+    print_cpu(cpu)
     for label, value in (("submit", ratio), ("submit_many", ratio_many)):
         verdict = "meets" if value >= TARGET else "MISSES"
         print(f"library ({label}) / raw publish_async: {value:.2f} ({verdict} the {TARGET} target)")
