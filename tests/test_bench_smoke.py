@@ -32,3 +32,5 @@ def test_bench_append_runs_both_library_paths_and_checks_what_they_stored() -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submit_many/raw" in done.stdout
     assert "library (submit) / raw publish_async" in done.stdout
+    # The CPU split by thread (Linux /proc): the actor threads are measured while alive.
+    assert "submit: " in done.stdout and "actors " in done.stdout, done.stdout
