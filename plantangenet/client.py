@@ -27,14 +27,24 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from plantangenet.disclosure import Sample
-from plantangenet.errors import JournalError, ReplyTooLarge, SessionAlreadyStarted
+from plantangenet.errors import (
+    DecodeError,
+    JournalError,
+    PlantangenetError,
+    ReplyTooLarge,
+    SessionAlreadyStarted,
+)
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.protocol import (
+    BATCH,
     DEFAULT_COMMAND_PREFIX,
     command_subject,
     decode_reply,
+    encode_batch,
     encode_request,
+    error_from,
+    request_map,
 )
 from plantangenet.replay import replay
 from plantangenet.runtime import redact
@@ -132,6 +142,54 @@ class BotClient:
             correlation_id=correlation_id,
             context=context,
         )
+        return await self._send(session_id, name, payload)
+
+    async def request_many(
+        self,
+        session_id: str,
+        commands: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        issued_by: str | None = None,
+        correlation_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any] | PlantangenetError]:
+        """Send several commands in one request; per command, its reply map or its error.
+
+        ``commands`` are ``(wire name, args)`` pairs (at most ``MAX_BATCH_COMMANDS``;
+        ``query_cursor`` and queries go on their own). The session decides and stores
+        them in order, each on its own, exactly as if each were sent with
+        :meth:`request`: a refused command does not stop the ones after it, and the
+        outcomes come back in the order sent, a typed
+        :class:`~plantangenet.errors.PlantangenetError` for each refused one (not
+        raised). A batch with no reply is sent again with the same command ids, so
+        each command is applied at most once. A malformed batch is raised.
+        """
+        if not commands:
+            return []
+        payload = encode_batch(
+            [
+                (
+                    name,
+                    request_map(
+                        args,
+                        command_id=new_id(),
+                        issued_by=issued_by,
+                        correlation_id=correlation_id,
+                        context=context,
+                    ),
+                )
+                for name, args in commands
+            ]
+        )
+        reply = await self._send(session_id, BATCH, payload)
+        outcomes = reply.get("outcomes")
+        if not isinstance(outcomes, list) or len(outcomes) != len(commands):
+            raise DecodeError(f"a batch reply has one outcome per command: {reply!r:.200}")
+        return [
+            o if isinstance(o, dict) and o.get("ok") else error_from(_error_of(o)) for o in outcomes
+        ]
+
+    async def _send(self, session_id: str, name: str, payload: bytes) -> dict[str, Any]:
         subject = command_subject(session_id, name, self.command_prefix)
         for attempt in range(self.retries + 1):
             try:
@@ -318,3 +376,8 @@ class BotClient:
     async def history(self, session_id: str, **kwargs: Any) -> list[Envelope]:
         """The session's events so far."""
         return [e async for e in self.journal.read(session_id, **kwargs)]
+
+
+def _error_of(outcome: object) -> object:
+    """The ``error`` map of a failed batch outcome (anything else reads as a bare error)."""
+    return outcome.get("error") if isinstance(outcome, dict) else None

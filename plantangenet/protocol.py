@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -52,7 +52,14 @@ COMMANDS: dict[str, type[c.Command]] = {
 }
 #: Wire names that read instead of write.
 QUERIES = frozenset({"state"})
+#: Wire name of several commands in one request (``<prefix>.cmd.<session_id>.batch``).
+BATCH = "batch"
+#: The most commands one batch may carry (its reply must fit in one NATS message).
+MAX_BATCH_COMMANDS = 256
+#: Commands a batch may not carry: their replies carry data of unbounded size.
+UNBATCHED = frozenset({"query_cursor"})
 _ENVELOPE_KEYS = frozenset({"v", "id", "by", "corr", "ctx", "args"})
+_BATCH_KEYS = frozenset({"v", "commands"})
 _COMMAND_ID = re.compile(r"[!-~]{1,128}")
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(c.Command))
 
@@ -80,17 +87,40 @@ def encode_request(
     context: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The payload of a request (used by the bot client)."""
-    payload: bytes = msgpack.packb(
-        {
-            "v": PROTOCOL_VERSION,
-            "id": command_id,
-            "by": issued_by,
-            "corr": correlation_id,
-            "ctx": dict(context or {}),
-            "args": _plain(args),
-        },
-        use_bin_type=True,
+    request = request_map(
+        args,
+        command_id=command_id,
+        issued_by=issued_by,
+        correlation_id=correlation_id,
+        context=context,
     )
+    payload: bytes = msgpack.packb(request, use_bin_type=True)
+    return payload
+
+
+def request_map(
+    args: Mapping[str, Any],
+    *,
+    command_id: str,
+    issued_by: str | None = None,
+    correlation_id: str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A request as a map: what :func:`encode_request` packs, and what a batch lists."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": command_id,
+        "by": issued_by,
+        "corr": correlation_id,
+        "ctx": dict(context or {}),
+        "args": _plain(args),
+    }
+
+
+def encode_batch(commands: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
+    """The payload of a batch: ``(wire name, request_map(...))`` per command, in order."""
+    items = [{**request, "cmd": name} for name, request in commands]
+    payload: bytes = msgpack.packb({"v": PROTOCOL_VERSION, "commands": items}, use_bin_type=True)
     return payload
 
 
@@ -108,22 +138,80 @@ def decode_request(name: str, payload: bytes) -> c.Command:
     """The command in a request payload; raises ``InvalidCommand``/``DecodeError``."""
     if name not in COMMANDS:
         raise InvalidCommand(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
+    raw = _unpack_map(payload, "request")
+    unknown = raw.keys() - _ENVELOPE_KEYS
+    if unknown:
+        raise InvalidCommand(f"unknown request field {sorted(map(str, unknown))[0]!r}")
+    return _command(name, raw)
+
+
+def decode_batch(payload: bytes) -> list[c.Command | PlantangenetError]:
+    """The commands of a batch request, in order: each one, or the error that refuses it.
+
+    A malformed item is refused on its own (the others still count); a malformed
+    batch (not a map, wrong version, no list of commands, too many) raises.
+    """
+    raw = _unpack_map(payload, "batch request")
+    unknown = raw.keys() - _BATCH_KEYS
+    if unknown:
+        raise InvalidCommand(f"unknown batch field {sorted(map(str, unknown))[0]!r}")
+    _check_version(raw)
+    items = raw.get("commands")
+    if type(items) is not list:
+        raise InvalidCommand("commands: a batch carries a list of commands")
+    if len(items) > MAX_BATCH_COMMANDS:
+        raise InvalidCommand(
+            f"commands: {len(items)} in one batch; the limit is {MAX_BATCH_COMMANDS}"
+        )
+    decoded: list[c.Command | PlantangenetError] = []
+    for index, item in enumerate(items):
+        try:
+            decoded.append(_batch_item(index, item))
+        except PlantangenetError as exc:
+            decoded.append(exc)
+    return decoded
+
+
+def _batch_item(index: int, item: Any) -> c.Command:
+    where = f"commands[{index}]"
+    if type(item) is not dict:
+        raise InvalidCommand(f"{where}: a command is a map, got {type(item).__name__}")
+    name = item.get("cmd")
+    if isinstance(name, str) and (name in UNBATCHED or name in QUERIES):
+        raise InvalidCommand(f"{where}: {name} cannot be batched; send it on its own")
+    if not isinstance(name, str) or name not in COMMANDS:
+        raise InvalidCommand(
+            f"{where}.cmd: unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})"
+        )
+    unknown = item.keys() - _ENVELOPE_KEYS - {"cmd"}
+    if unknown:
+        raise InvalidCommand(f"{where}: unknown request field {sorted(map(str, unknown))[0]!r}")
+    return _command(name, {"v": PROTOCOL_VERSION, **item})  # an item's own "v" is checked
+
+
+def _unpack_map(payload: bytes, what: str) -> dict[Any, Any]:
     if len(payload) > MAX_REQUEST_BYTES:
-        raise InvalidCommand(f"request is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}")
+        raise InvalidCommand(f"{what} is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}")
     try:
         raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
     if type(raw) is not dict:
-        raise DecodeError(f"a request is a map, got {type(raw).__name__}")
-    unknown = raw.keys() - _ENVELOPE_KEYS
-    if unknown:
-        raise InvalidCommand(f"unknown request field {sorted(map(str, unknown))[0]!r}")
+        raise DecodeError(f"a {what} is a map, got {type(raw).__name__}")
+    return raw
+
+
+def _check_version(raw: dict[Any, Any]) -> None:
     version = raw.get("v")
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise InvalidCommand(
             f"unsupported protocol version {version!r}; this service speaks {PROTOCOL_VERSION}"
         )
+
+
+def _command(name: str, raw: dict[Any, Any]) -> c.Command:
+    """The ``name`` command a request map describes (its keys already checked)."""
+    _check_version(raw)
     command_id = raw.get("id")
     if not isinstance(command_id, str) or not _COMMAND_ID.fullmatch(command_id):
         raise InvalidCommand("id: the command id must be 1-128 printable ASCII characters")
@@ -188,16 +276,29 @@ def _tuples(value: Any) -> Any:
 
 def ok_reply(result: CommandResult) -> bytes:
     """The reply to a stored command."""
+    return _pack(_ok(result))
+
+
+def _ok(result: CommandResult) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "ok": True,
+        "id": result.command_id,
+        "first": result.first_sequence,
+        "seq": result.sequence,
+        "events": [e.type_name for e in result.events],
+        "duplicate": result.duplicate,
+        **({"samples": [s.to_dict() for s in result.samples]} if result.samples else {}),
+    }
+
+
+def batch_reply(outcomes: Sequence[CommandResult | BaseException]) -> bytes:
+    """The reply to a batch: per command, in order, the map its own request would get."""
     return _pack(
         {
             "v": PROTOCOL_VERSION,
             "ok": True,
-            "id": result.command_id,
-            "first": result.first_sequence,
-            "seq": result.sequence,
-            "events": [e.type_name for e in result.events],
-            "duplicate": result.duplicate,
-            **({"samples": [s.to_dict() for s in result.samples]} if result.samples else {}),
+            "outcomes": [_ok(o) if isinstance(o, CommandResult) else _error(o) for o in outcomes],
         }
     )
 
@@ -209,6 +310,10 @@ def data_reply(data: Mapping[str, Any]) -> bytes:
 
 def error_reply(exc: BaseException) -> bytes:
     """The reply for a failure: a stable code, a message, and the field when known."""
+    return _pack(_error(exc))
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
     if not isinstance(exc, PlantangenetError):
         exc = PlantangenetError("internal error; see the service log")
     message = str(exc)
@@ -221,7 +326,7 @@ def error_reply(exc: BaseException) -> bytes:
     sequence = getattr(exc, "sequence", 0)
     if sequence:
         error["seq"] = sequence
-    return _pack({"v": PROTOCOL_VERSION, "ok": False, "error": error})
+    return {"v": PROTOCOL_VERSION, "ok": False, "error": error}
 
 
 def _pack(value: Any) -> bytes:

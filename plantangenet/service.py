@@ -30,7 +30,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from plantangenet.actors.session import SessionActor
+from plantangenet.actors.session import CommandResult, SessionActor
 from plantangenet.commands import Command, QueryCursor, StartSession
 from plantangenet.decide import check_id, decide_authorized
 from plantangenet.errors import (
@@ -42,9 +42,12 @@ from plantangenet.errors import (
 from plantangenet.handle import SessionHandle
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
+    BATCH,
     DEFAULT_COMMAND_PREFIX,
     QUERIES,
+    batch_reply,
     data_reply,
+    decode_batch,
     decode_request,
     error_reply,
     ok_reply,
@@ -54,6 +57,9 @@ from plantangenet.runtime import Plantangenet
 from plantangenet.views import plain
 
 log = logging.getLogger("plantangenet.service")
+
+#: Placeholder for a batch command not answered yet (every one is, before the reply).
+_UNANSWERED = PlantangenetError("internal error: a command of the batch was not answered")
 
 #: The queue group every ``serve`` process joins.
 QUEUE_GROUP = "plantangenet-serve"
@@ -187,6 +193,8 @@ class SessionService:
     async def _answer(self, session_id: str, name: str, payload: bytes) -> bytes:
         if name in QUERIES:
             return await self._query(session_id, name)
+        if name == BATCH:
+            return batch_reply(await self._batch(session_id, decode_batch(payload)))
         command = decode_request(name, payload)
         if isinstance(command, QueryCursor):
             # The answer must fit in a reply: a larger one is refused before it is
@@ -212,6 +220,50 @@ class SessionService:
                 if attempt == self.conflict_retries:
                     raise
         raise AssertionError("unreachable")
+
+    async def _batch(
+        self, session_id: str, items: list[Command | PlantangenetError]
+    ) -> list[CommandResult | PlantangenetError]:
+        """Each command of a batch decided and stored in order, as if sent one by one.
+
+        The batch goes to the session's actor as one message (``submit_many``); a
+        command that lost a race with another writer is sent again on the caught-up
+        state, as a single command would be.
+        """
+        outcomes: list[CommandResult | PlantangenetError] = [
+            item if isinstance(item, PlantangenetError) else _UNANSWERED for item in items
+        ]
+        commands = {i: item for i, item in enumerate(items) if isinstance(item, Command)}
+        pending = list(commands)
+        if (
+            pending
+            and not any(isinstance(command, StartSession) for command in commands.values())
+            and self._running(session_id) is None
+            and await self._log_is_empty(session_id)
+        ):
+            # As for single commands: no actor for a session that was never started.
+            could_apply = []
+            for i in pending:
+                try:
+                    self._refuse_unstarted(session_id, commands[i])
+                    could_apply.append(i)
+                except PlantangenetError as exc:
+                    outcomes[i] = exc
+            pending = could_apply
+        for attempt in range(self.conflict_retries + 1):
+            if not pending:
+                break
+            handle = self.runtime.session(session_id)
+            batch = [commands[i] for i in pending]
+            answers = await asyncio.wrap_future(handle.submit_many(batch))
+            retry = []
+            for i, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, ConcurrencyError) and attempt < self.conflict_retries:
+                    retry.append(i)
+                else:
+                    outcomes[i] = answer
+            pending = retry
+        return outcomes
 
     def _refuse_unstarted(self, session_id: str, command: Command) -> None:
         """Raise what the session's actor would for ``command`` on a session with no events.

@@ -288,6 +288,8 @@ def test_bot_commands_its_sessions(deployment: Deployment) -> None:
                 await bot.nc.request("plantangenet.cmd.A.state", b"", timeout=2)
             with pytest.raises(nats.errors.NoRespondersError):
                 await bot.nc.request("plantangenet.cmd.big.attach", b"", timeout=2)
+            with pytest.raises(nats.errors.NoRespondersError):  # batches: same sessions only
+                await bot.nc.request("plantangenet.cmd.A.batch", b"", timeout=2)
             await bot.nc.flush()
             return bot.violations()
 
@@ -306,6 +308,15 @@ def test_bot_cannot_command_other_sessions(deployment: Deployment) -> None:
 
     error = asyncio.run(scenario())
     assert error == 'nats: permissions violation for publish to "plantangenet.cmd.b.start"'
+
+    async def batch() -> str:
+        async with alice(deployment) as bot:
+            with pytest.raises(nats.errors.TimeoutError):
+                await bot.nc.request("plantangenet.cmd.B.batch", b"", timeout=0.5)
+            return await bot.violation("plantangenet.cmd.B.batch")
+
+    error = asyncio.run(batch())
+    assert error == 'nats: permissions violation for publish to "plantangenet.cmd.b.batch"'
 
 
 def test_bot_cannot_read_other_sessions(deployment: Deployment) -> None:
