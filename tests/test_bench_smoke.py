@@ -34,3 +34,24 @@ def test_bench_append_runs_both_library_paths_and_checks_what_they_stored() -> N
     assert "library (submit) / raw publish_async" in done.stdout
     # The CPU split by thread (Linux /proc): the actor threads are measured while alive.
     assert "submit: " in done.stdout and "actors " in done.stdout, done.stdout
+
+
+def test_bench_batch_runs_all_sides_and_checks_what_was_stored() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_batch.py"),
+            "--commands",
+            "60",
+            "--batch",
+            "25",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "batched / single:" in done.stdout and "batched / raw publish_async:" in done.stdout
