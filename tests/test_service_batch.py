@@ -10,7 +10,7 @@ import msgpack
 import nats
 import pykka
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
@@ -312,3 +312,30 @@ def test_batches_through_two_services_on_one_session_land_once_each(
     assert sorted(attached) == sorted(f"a{b}-{i}" for b in range(12) for i in range(10))
     assert sorted(o["seq"] for o in outcomes) == [e.sequence for e in history[1:]]
     assert runtimes[1].replay("shared") == runtimes[0].replay("shared")
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=st.lists(ITEM, max_size=10))
+def test_a_hostile_batch_over_the_wire_gets_an_outcome_per_item_and_the_service_serves_on(
+    nats_server: EmbeddedNats,
+    runtime: Plantangenet,
+    service: SessionService,
+    items: list[Any],
+) -> None:
+    session = runtime.session("hostile")
+    if session.state.status == "new":
+        session.start()
+    before = runtime.history("hostile")
+    reply = raw_batch(
+        nats_server.url, "hostile", msgpack.packb({"v": PROTOCOL_VERSION, "commands": items})
+    )
+    assert reply["ok"] is True and len(reply["outcomes"]) == len(items)
+    stored = sum(len(o["events"]) for o in reply["outcomes"] if o["ok"] and not o["duplicate"])
+    refused = [o for o in reply["outcomes"] if not o["ok"]]
+    assert all(o["error"]["code"] and o["error"]["message"] for o in refused)
+    history = runtime.history("hostile")
+    recorded = sum(1 for o in refused if o["error"].get("seq"))  # refusals stored for audit
+    assert len(history) == len(before) + stored + recorded
+    assert runtime.replay("hostile") == session.state
