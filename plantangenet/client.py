@@ -39,6 +39,7 @@ from plantangenet.journal import Journal, JournalConfig
 from plantangenet.protocol import (
     BATCH,
     DEFAULT_COMMAND_PREFIX,
+    MAX_BATCH_COMMANDS,
     command_subject,
     decode_reply,
     encode_batch,
@@ -155,39 +156,43 @@ class BotClient:
     ) -> list[dict[str, Any] | PlantangenetError]:
         """Send several commands in one request; per command, its reply map or its error.
 
-        ``commands`` are ``(wire name, args)`` pairs (at most ``MAX_BATCH_COMMANDS``;
-        ``query_cursor`` and queries go on their own). The session decides and stores
-        them in order, each on its own, exactly as if each were sent with
-        :meth:`request`: a refused command does not stop the ones after it, and the
-        outcomes come back in the order sent, a typed
+        ``commands`` are ``(wire name, args)`` pairs (``query_cursor`` and queries go on
+        their own); more than ``MAX_BATCH_COMMANDS`` go as several batches, one after
+        the other. The session decides and stores them in order, each on its own,
+        exactly as if each were sent with :meth:`request`: a refused command does not
+        stop the ones after it, and the outcomes come back in the order sent, a typed
         :class:`~plantangenet.errors.PlantangenetError` for each refused one (not
         raised). A batch with no reply is sent again with the same command ids, so
-        each command is applied at most once. A malformed batch is raised.
+        each command is applied at most once. A batch the service refuses as a whole
+        (e.g. over 256 KiB) is raised.
         """
-        if not commands:
-            return []
-        payload = encode_batch(
-            [
-                (
-                    name,
-                    request_map(
-                        args,
-                        command_id=new_id(),
-                        issued_by=issued_by,
-                        correlation_id=correlation_id,
-                        context=context,
-                    ),
-                )
-                for name, args in commands
+        results: list[dict[str, Any] | PlantangenetError] = []
+        for lo in range(0, len(commands), MAX_BATCH_COMMANDS):
+            chunk = commands[lo : lo + MAX_BATCH_COMMANDS]
+            payload = encode_batch(
+                [
+                    (
+                        name,
+                        request_map(
+                            args,
+                            command_id=new_id(),
+                            issued_by=issued_by,
+                            correlation_id=correlation_id,
+                            context=context,
+                        ),
+                    )
+                    for name, args in chunk
+                ]
+            )
+            reply = await self._send(session_id, BATCH, payload)
+            outcomes = reply.get("outcomes")
+            if not isinstance(outcomes, list) or len(outcomes) != len(chunk):
+                raise DecodeError(f"a batch reply has one outcome per command: {reply!r:.200}")
+            results += [
+                o if isinstance(o, dict) and o.get("ok") else error_from(_error_of(o))
+                for o in outcomes
             ]
-        )
-        reply = await self._send(session_id, BATCH, payload)
-        outcomes = reply.get("outcomes")
-        if not isinstance(outcomes, list) or len(outcomes) != len(commands):
-            raise DecodeError(f"a batch reply has one outcome per command: {reply!r:.200}")
-        return [
-            o if isinstance(o, dict) and o.get("ok") else error_from(_error_of(o)) for o in outcomes
-        ]
+        return results
 
     async def _send(self, session_id: str, name: str, payload: bytes) -> dict[str, Any]:
         subject = command_subject(session_id, name, self.command_prefix)

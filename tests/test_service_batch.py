@@ -339,3 +339,16 @@ def test_a_hostile_batch_over_the_wire_gets_an_outcome_per_item_and_the_service_
     recorded = sum(1 for o in refused if o["error"].get("seq"))  # refusals stored for audit
     assert len(history) == len(before) + stored + recorded
     assert runtime.replay("hostile") == session.state
+
+
+def test_more_commands_than_one_batch_holds_go_as_several(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    runtime: Plantangenet,
+    service: SessionService,
+) -> None:
+    runtime.session("s1").start()
+    attaches = [("attach", {"agent_id": f"a{i}"}) for i in range(MAX_BATCH_COMMANDS + 44)]
+    outcomes = bot(nats_server.url, journal_config, lambda c: c.request_many("s1", attaches))
+    assert [o["seq"] for o in outcomes] == list(range(2, MAX_BATCH_COMMANDS + 46))
+    assert service.handled == 2
