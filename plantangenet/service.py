@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -194,7 +195,7 @@ class SessionService:
         if name in QUERIES:
             return await self._query(session_id, name)
         if name == BATCH:
-            return batch_reply(await self._batch(session_id, decode_batch(payload)))
+            return batch_reply(await self._execute(session_id, decode_batch(payload)))
         command = decode_request(name, payload)
         if isinstance(command, QueryCursor):
             # The answer must fit in a reply: a larger one is refused before it is
@@ -202,33 +203,20 @@ class SessionService:
             room = self._max_payload() - 4096
             if command.max_bytes is None or command.max_bytes > room:
                 command = dataclasses.replace(command, max_bytes=room)
-        if (
-            not isinstance(command, StartSession)
-            and self._running(session_id) is None
-            and await self._log_is_empty(session_id)
-        ):
-            # Anyone may name any session id: a command that cannot apply to a session
-            # that was never started is refused without starting an actor for it.
-            self._refuse_unstarted(session_id, command)
-        handle = self.runtime.session(session_id)
-        for attempt in range(self.conflict_retries + 1):
-            try:
-                result = await asyncio.wrap_future(handle.submit(command))
-                return ok_reply(result)
-            except ConcurrencyError:
-                # Another writer got there first; the actor has caught up. Try again.
-                if attempt == self.conflict_retries:
-                    raise
-        raise AssertionError("unreachable")
+        (outcome,) = await self._execute(session_id, [command])
+        if isinstance(outcome, PlantangenetError):
+            raise outcome
+        return ok_reply(outcome)
 
-    async def _batch(
-        self, session_id: str, items: list[Command | PlantangenetError]
+    async def _execute(
+        self, session_id: str, items: Sequence[Command | PlantangenetError]
     ) -> list[CommandResult | PlantangenetError]:
-        """Each command of a batch decided and stored in order, as if sent one by one.
+        """Each command decided and stored in order, each on its own; per item its outcome.
 
-        The batch goes to the session's actor as one message (``submit_many``); a
-        command that lost a race with another writer is sent again on the caught-up
-        state, as a single command would be.
+        ``items`` are a request's commands (one, or a batch's), with the errors that
+        refused malformed ones in their places. They go to the session's actor as one
+        message (``submit_many``); a command that lost a race with another writer is
+        sent again on the caught-up state (at most ``conflict_retries`` times).
         """
         outcomes: list[CommandResult | PlantangenetError] = [
             item if isinstance(item, PlantangenetError) else _UNANSWERED for item in items
@@ -241,7 +229,8 @@ class SessionService:
             and self._running(session_id) is None
             and await self._log_is_empty(session_id)
         ):
-            # As for single commands: no actor for a session that was never started.
+            # Anyone may name any session id: commands that cannot apply to a session
+            # that was never started are refused without starting an actor for it.
             could_apply = []
             for i in pending:
                 try:
