@@ -7,6 +7,7 @@ raises and the test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import nats
 import pytest
 
 from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
+from plantangenet.service import SessionService
 
 _streams = itertools.count(1)
 
@@ -59,6 +61,19 @@ def make_runtime(
     yield make
     for pg in started:
         pg.close()
+
+
+@contextlib.contextmanager
+def two_services(make_runtime: Callable[[], Plantangenet]) -> Iterator[list[SessionService]]:
+    """Two session services (two runtimes, one queue group) serving the same stream."""
+    services = [SessionService(make_runtime()), SessionService(make_runtime())]
+    for service in services:
+        service.runtime.run(service.start())
+    try:
+        yield services
+    finally:
+        for service in services:
+            service.runtime.run(service.stop())
 
 
 class AsyncJournal:

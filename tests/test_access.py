@@ -299,24 +299,18 @@ def test_bot_commands_its_sessions(deployment: Deployment) -> None:
 # -- what a bot may not do -----------------------------------------------------------------
 
 
-def test_bot_cannot_command_other_sessions(deployment: Deployment) -> None:
+@pytest.mark.parametrize("name", ["start", "batch"])
+def test_bot_cannot_command_other_sessions(deployment: Deployment, name: str) -> None:
+    subject = f"plantangenet.cmd.B.{name}"
+
     async def scenario() -> str:
         async with alice(deployment) as bot:
             with pytest.raises(nats.errors.TimeoutError):
-                await bot.nc.request("plantangenet.cmd.B.start", b"", timeout=0.5)
-            return await bot.violation("plantangenet.cmd.B.start")
+                await bot.nc.request(subject, b"", timeout=0.5)
+            return await bot.violation(subject)
 
     error = asyncio.run(scenario())
-    assert error == 'nats: permissions violation for publish to "plantangenet.cmd.b.start"'
-
-    async def batch() -> str:
-        async with alice(deployment) as bot:
-            with pytest.raises(nats.errors.TimeoutError):
-                await bot.nc.request("plantangenet.cmd.B.batch", b"", timeout=0.5)
-            return await bot.violation("plantangenet.cmd.B.batch")
-
-    error = asyncio.run(batch())
-    assert error == 'nats: permissions violation for publish to "plantangenet.cmd.b.batch"'
+    assert error == f'nats: permissions violation for publish to "{subject.lower()}"'
 
 
 def test_bot_cannot_read_other_sessions(deployment: Deployment) -> None:

@@ -9,49 +9,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_append_runs_both_library_paths_and_checks_what_they_stored() -> None:
+def run_bench(script: str, *args: str, timeout: float = 180) -> str:
+    """Run ``bench/<script>`` with ``args``; its output (the run must succeed)."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_append.py"),
-            "--commands",
-            "300",
-            "--repeats",
-            "1",
-            "--window",
-            "100",
-            "--batch",
-            "30",
-            "--no-raw-batched",
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "submit_many/raw" in done.stdout
-    assert "library (submit) / raw publish_async" in done.stdout
+    return done.stdout
+
+
+def test_bench_append_runs_both_library_paths_and_checks_what_they_stored() -> None:
+    out = run_bench(
+        "bench_append.py",
+        *("--commands", "300", "--repeats", "1", "--window", "100", "--batch", "30"),
+        "--no-raw-batched",
+    )
+    assert "submit_many/raw" in out
+    assert "library (submit) / raw publish_async" in out
     # The CPU split by thread (Linux /proc): the actor threads are measured while alive.
-    assert "submit: " in done.stdout and "actors " in done.stdout, done.stdout
+    assert "submit: " in out and "actors " in out, out
 
 
 def test_bench_batch_runs_all_sides_and_checks_what_was_stored() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_batch.py"),
-            "--commands",
-            "60",
-            "--batch",
-            "25",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "batched / single:" in done.stdout and "batched / raw publish_async:" in done.stdout
+    out = run_bench("bench_batch.py", "--commands", "60", "--batch", "25", "--repeats", "1")
+    assert "batched / single:" in out and "batched / raw publish_async:" in out

@@ -39,7 +39,7 @@ from plantangenet.protocol import (
 )
 from plantangenet.service import SessionService
 from plantangenet.views import plain
-from tests.conftest import wait_until
+from tests.conftest import two_services, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -465,20 +465,14 @@ def test_two_services_share_a_session_and_every_command_lands_once(
     journal_config: JournalConfig,
     make_runtime: Callable[[], Plantangenet],
 ) -> None:
-    runtimes = [make_runtime(), make_runtime()]
-    services = [SessionService(pg) for pg in runtimes]
-    for pg, svc in zip(runtimes, services, strict=True):
-        pg.run(svc.start())
-    try:
 
-        async def body(bot: BotClient) -> list[dict[str, Any]]:
-            await bot.open("shared")
-            return list(await asyncio.gather(*(bot.attach("shared", f"a{i}") for i in range(120))))
+    async def body(bot: BotClient) -> list[dict[str, Any]]:
+        await bot.open("shared")
+        return list(await asyncio.gather(*(bot.attach("shared", f"a{i}") for i in range(120))))
 
+    with two_services(make_runtime) as services:
         replies = with_client(nats_server.url, journal_config, body)
-    finally:
-        for pg, svc in zip(runtimes, services, strict=True):
-            pg.run(svc.stop())
+    runtimes = [s.runtime for s in services]
     assert all(s.handled > 0 for s in services)  # the queue group used both
     history = runtimes[0].history("shared")
     attached = [e.event.agent_id for e in history if e.type_name == "AgentAttached"]  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from plantangenet.protocol import (
     request_map,
 )
 from plantangenet.service import SessionService
+from tests.conftest import two_services
 
 ALLOW_MOVES = {
     "id": "bots-move",
@@ -283,26 +284,20 @@ def test_batches_through_two_services_on_one_session_land_once_each(
 ) -> None:
     # Both services write the session: commands that lose a race with the other
     # writer are decided again on the caught-up state (conflict retries), batch or not.
-    runtimes = [make_runtime(), make_runtime()]
-    services = [SessionService(pg) for pg in runtimes]
-    for pg, svc in zip(runtimes, services, strict=True):
-        pg.run(svc.start())
-    try:
 
-        async def body(client: BotClient) -> list[Any]:
-            await client.open("shared")
-            batches = [
-                client.request_many(
-                    "shared", [("attach", {"agent_id": f"a{b}-{i}"}) for i in range(10)]
-                )
-                for b in range(12)
-            ]
-            return [o for outcomes in await asyncio.gather(*batches) for o in outcomes]
+    async def body(client: BotClient) -> list[Any]:
+        await client.open("shared")
+        batches = [
+            client.request_many(
+                "shared", [("attach", {"agent_id": f"a{b}-{i}"}) for i in range(10)]
+            )
+            for b in range(12)
+        ]
+        return [o for outcomes in await asyncio.gather(*batches) for o in outcomes]
 
+    with two_services(make_runtime) as services:
         outcomes = bot(nats_server.url, journal_config, body)
-    finally:
-        for pg, svc in zip(runtimes, services, strict=True):
-            pg.run(svc.stop())
+    runtimes = [s.runtime for s in services]
     assert all(s.handled > 1 for s in services)  # the queue group used both
     assert all(isinstance(o, dict) for o in outcomes), [
         o for o in outcomes if not isinstance(o, dict)
