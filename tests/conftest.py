@@ -10,17 +10,19 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import pytest
 
 from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
+from plantangenet.client import BotClient
 from plantangenet.service import SessionService
 
 _streams = itertools.count(1)
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,27 @@ def make_runtime(
     yield make
     for pg in started:
         pg.close()
+
+
+@pytest.fixture
+def service(runtime: Plantangenet) -> Iterator[SessionService]:
+    """A session service on ``runtime`` (what ``plantangenet serve`` runs), serving."""
+    svc = SessionService(runtime, idle_timeout=300)
+    runtime.run(svc.start())
+    yield svc
+    runtime.run(svc.stop(timeout=10))
+
+
+def with_client(
+    url: str, config: JournalConfig, body: Callable[[BotClient], Awaitable[T]], **kw: Any
+) -> T:
+    """``body(client)`` with a connected :class:`BotClient`, on a fresh event loop."""
+
+    async def scenario() -> T:
+        async with await BotClient.connect(url, journal=config, **kw) as client:
+            return await body(client)
+
+    return asyncio.run(scenario())
 
 
 @contextlib.contextmanager

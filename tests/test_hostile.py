@@ -327,14 +327,6 @@ class GoodBot(threading.Thread):
 
 
 @pytest.fixture
-def service(runtime: Plantangenet) -> Iterator[SessionService]:
-    svc = SessionService(runtime, idle_timeout=300)
-    runtime.run(svc.start())
-    yield svc
-    runtime.run(svc.stop(timeout=10))
-
-
-@pytest.fixture
 def wire(nats_server: EmbeddedNats) -> Iterator[Wire]:
     client = Wire(nats_server.url)
     yield client

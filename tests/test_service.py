@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,30 +39,12 @@ from plantangenet.protocol import (
 )
 from plantangenet.service import SessionService
 from plantangenet.views import plain
-from tests.conftest import two_services, wait_until
+from tests.conftest import two_services, wait_until, with_client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def service(runtime: Plantangenet) -> Iterator[SessionService]:
-    svc = SessionService(runtime, idle_timeout=300)
-    runtime.run(svc.start())
-    yield svc
-    runtime.run(svc.stop())
-
-
-def with_client(
-    url: str, config: JournalConfig, body: Callable[[BotClient], Awaitable[T]], **kw: Any
-) -> T:
-    async def scenario() -> T:
-        async with await BotClient.connect(url, journal=config, **kw) as client:
-            return await body(client)
-
-    return asyncio.run(scenario())
 
 
 def test_two_example_bots_interact_through_a_session(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -32,7 +32,7 @@ from plantangenet.protocol import (
     request_map,
 )
 from plantangenet.service import SessionService
-from tests.conftest import two_services
+from tests.conftest import two_services, with_client
 
 ALLOW_MOVES = {
     "id": "bots-move",
@@ -40,22 +40,6 @@ ALLOW_MOVES = {
     "actions": ["cursor.*"],
     "resources": ["*"],
 }
-
-
-@pytest.fixture
-def service(runtime: Plantangenet) -> Iterator[SessionService]:
-    svc = SessionService(runtime, idle_timeout=300)
-    runtime.run(svc.start())
-    yield svc
-    runtime.run(svc.stop())
-
-
-def bot(url: str, config: JournalConfig, body: Any, **kw: Any) -> Any:
-    async def scenario() -> Any:
-        async with await BotClient.connect(url, journal=config, **kw) as client:
-            return await body(client)
-
-    return asyncio.run(scenario())
 
 
 def raw_batch(url: str, session_id: str, payload: bytes) -> dict[str, Any]:
@@ -195,7 +179,7 @@ def test_a_bot_batch_is_stored_in_order_with_each_refusal_in_its_place(
         )
         return setup, moves
 
-    setup, moves = bot(nats_server.url, journal_config, body)
+    setup, moves = with_client(nats_server.url, journal_config, body)
     assert [o["seq"] for o in setup] == [1, 2, 3, 4]
     assert [o["events"] for o in setup][3] == ["CursorAdded"]
     assert moves[0]["seq"] == 5 and moves[3]["seq"] == 6
@@ -257,12 +241,12 @@ def test_a_batch_for_a_session_never_started_starts_no_actor(
     async def body(client: BotClient) -> list[Any]:
         return await client.request_many("ghost", [("attach", {"agent_id": "a"}), move(1)])
 
-    outcomes = bot(nats_server.url, journal_config, body)
+    outcomes = with_client(nats_server.url, journal_config, body)
     assert [o.code for o in outcomes] == ["session_not_started"] * 2  # type: ignore[union-attr]
     assert len(pykka.ActorRegistry.get_by_class(SessionActor)) == actors
     assert runtime.sessions() == {}
     # A batch that starts the session does start its actor.
-    started = bot(
+    started = with_client(
         nats_server.url,
         journal_config,
         lambda client: client.request_many("ghost", [("start", {}), ("attach", {"agent_id": "a"})]),
@@ -273,7 +257,7 @@ def test_a_batch_for_a_session_never_started_starts_no_actor(
 def test_an_empty_batch_costs_no_request(
     nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
 ) -> None:
-    assert bot(nats_server.url, journal_config, lambda c: c.request_many("s", [])) == []
+    assert with_client(nats_server.url, journal_config, lambda c: c.request_many("s", [])) == []
     assert service.handled == 0
 
 
@@ -296,7 +280,7 @@ def test_batches_through_two_services_on_one_session_land_once_each(
         return [o for outcomes in await asyncio.gather(*batches) for o in outcomes]
 
     with two_services(make_runtime) as services:
-        outcomes = bot(nats_server.url, journal_config, body)
+        outcomes = with_client(nats_server.url, journal_config, body)
     runtimes = [s.runtime for s in services]
     assert all(s.handled > 1 for s in services)  # the queue group used both
     assert all(isinstance(o, dict) for o in outcomes), [
@@ -344,6 +328,8 @@ def test_more_commands_than_one_batch_holds_go_as_several(
 ) -> None:
     runtime.session("s1").start()
     attaches = [("attach", {"agent_id": f"a{i}"}) for i in range(MAX_BATCH_COMMANDS + 44)]
-    outcomes = bot(nats_server.url, journal_config, lambda c: c.request_many("s1", attaches))
+    outcomes = with_client(
+        nats_server.url, journal_config, lambda c: c.request_many("s1", attaches)
+    )
     assert [o["seq"] for o in outcomes] == list(range(2, MAX_BATCH_COMMANDS + 46))
     assert service.handled == 2
