@@ -344,9 +344,12 @@ class CpuSplit:
     ``start()`` and ``stop()`` bracket the measured work; "rest" is the process's CPU
     minus the two (in the library benchmarks: the session actors). Reads ``/proc``,
     so the split is empty off Linux; the process total is always there.
+
+    :param loop: the name of the runtime's event-loop thread (``pg.loop.name``).
     """
 
-    LOOP = "plantangenet-loop"
+    def __init__(self, loop: str) -> None:
+        self.loop = loop
 
     def start(self) -> CpuSplit:
         self._threads = thread_cpu()
@@ -362,7 +365,7 @@ class CpuSplit:
             return split
         caller_name = threading.current_thread().name
         caller = threads.get(caller_name, 0.0) - self._threads.get(caller_name, 0.0)
-        loop = threads.get(self.LOOP, 0.0) - self._threads.get(self.LOOP, 0.0)
+        loop = threads.get(self.loop, 0.0) - self._threads.get(self.loop, 0.0)
         split["caller"] = caller / items * 1e6
         split["loop"] = loop / items * 1e6
         split["actors"] = max(total - caller - loop, 0.0) / items * 1e6

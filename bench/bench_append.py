@@ -130,7 +130,7 @@ def run_library(
             sequences[-1] = result.sequence
 
     gc.collect()
-    cpu = h.CpuSplit().start()
+    cpu = h.CpuSplit(pg.loop.name).start()
     start = time.perf_counter()
     if batch:
         for lo in range(0, n, batch):

@@ -87,10 +87,7 @@ class SessionHandle:
     ) -> concurrent.futures.Future[CommandResult]:
         """Send ``command``; the future resolves once it is stored (or refused)."""
         reply: concurrent.futures.Future[CommandResult] = concurrent.futures.Future()
-        try:
-            self._actor.tell(Execute(command, reply, behaviour))
-        except pykka.ActorDeadError:
-            reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+        self._tell(Execute(command, reply, behaviour), reply)
         return reply
 
     def submit_many(
@@ -107,7 +104,9 @@ class SessionHandle:
         and the actor one message and one future per batch instead of per command.
         Cancelling the future skips the commands the session has not decided yet
         (it notices within 64 commands); the ones already decided are stored. Agents
-        attached by a batch get their behaviour from the runtime's agent factory.
+        attached by a batch get their behaviour from the runtime's agent factory. If
+        the session is not running, the future raises ``ActorStopped``; if it stops
+        before deciding the batch, each command's outcome is ``ActorStopped``.
         """
         batch = tuple(commands)
         future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]
@@ -115,10 +114,7 @@ class SessionHandle:
         if not batch:
             future.set_result(())
             return future
-        try:
-            self._actor.tell(ExecuteMany(batch, Batch(future, len(batch))))
-        except pykka.ActorDeadError:
-            future.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+        self._tell(ExecuteMany(batch, Batch(future, len(batch))), future)
         return future
 
     def execute(
@@ -310,11 +306,15 @@ class SessionHandle:
         Never blocks: use it from an event loop with ``asyncio.wrap_future``.
         """
         reply: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._tell(Inspect(fn, reply), reply)
+        return reply
+
+    def _tell(self, message: Any, reply: concurrent.futures.Future[Any]) -> None:
+        """Send ``message`` to the actor; if it is not running, fail ``reply`` at once."""
         try:
-            self._actor.tell(Inspect(fn, reply))
+            self._actor.tell(message)
         except pykka.ActorDeadError:
             reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
-        return reply
 
     def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
         return _wait(self.query(fn), self.timeout)

@@ -38,6 +38,11 @@ class EventLoopThread:
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
+    @property
+    def name(self) -> str:
+        """The thread's name (``plantangenet-loop`` unless given)."""
+        return self._thread.name
+
     def start(self) -> EventLoopThread:
         """Start the thread and wait until the loop runs."""
         self._thread.start()
