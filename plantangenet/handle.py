@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import pykka
 
 from plantangenet.actors.agent import Agent
+from plantangenet.actors.future import ReplyFuture
 from plantangenet.actors.replies import Batch
 from plantangenet.actors.session import (
     CommandResult,
@@ -86,7 +87,7 @@ class SessionHandle:
         self, command: Command, *, behaviour: Agent | None = None
     ) -> concurrent.futures.Future[CommandResult]:
         """Send ``command``; the future resolves once it is stored (or refused)."""
-        reply: concurrent.futures.Future[CommandResult] = concurrent.futures.Future()
+        reply: concurrent.futures.Future[CommandResult] = ReplyFuture()
         self._tell(Execute(command, reply, behaviour), reply)
         return reply
 
@@ -110,7 +111,7 @@ class SessionHandle:
         """
         batch = tuple(commands)
         future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]
-        future = concurrent.futures.Future()
+        future = ReplyFuture()
         if not batch:
             future.set_result(())
             return future
@@ -305,7 +306,7 @@ class SessionHandle:
 
         Never blocks: use it from an event loop with ``asyncio.wrap_future``.
         """
-        reply: concurrent.futures.Future[T] = concurrent.futures.Future()
+        reply: concurrent.futures.Future[T] = ReplyFuture()
         self._tell(Inspect(fn, reply), reply)
         return reply
 
