@@ -238,15 +238,33 @@ class Journal:
         ``digests``, if given, are the SHA-256 of each payload (a writer that hash-chains
         its events has them already); otherwise they are computed here.
         """
-        if not items:
+        return await self.append_payloads(
+            session_id,
+            [e for e, _ in items],
+            [p for _, p in items],
+            expected_sequence=expected_sequence,
+            digests=digests,
+        )
+
+    async def append_payloads(
+        self,
+        session_id: str,
+        envelopes: Sequence[Envelope],
+        payloads: Sequence[bytes],
+        *,
+        expected_sequence: int,
+        digests: Sequence[bytes] | None = None,
+    ) -> AppendResult:
+        """:meth:`append_encoded` with the envelopes and their encodings in two lists."""
+        if not envelopes:
             raise ValueError("append needs at least one envelope")
-        if len(items) > MAX_EVENTS_PER_APPEND:
+        if len(payloads) != len(envelopes):
+            raise ValueError(f"{len(payloads)} payloads for {len(envelopes)} envelopes")
+        if len(envelopes) > MAX_EVENTS_PER_APPEND:
             raise JournalError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
-        if digests is not None and len(digests) != len(items):
-            raise ValueError(f"{len(digests)} digests for {len(items)} envelopes")
+        if digests is not None and len(digests) != len(envelopes):
+            raise ValueError(f"{len(digests)} digests for {len(envelopes)} envelopes")
         subject = self.subject(session_id)
-        envelopes = [e for e, _ in items]
-        payloads = [p for _, p in items]
         msg_ids = _msg_ids(session_id, envelopes)
         last = len(payloads) - 1
         commit = {"Nats-Msg-Id": msg_ids[last]}
@@ -279,7 +297,10 @@ class Journal:
         last_seq = int(ack["seq"])
         first_seq = last_seq - len(envelopes) + 1
         if digests is None:
-            digests = [e.digest or hashlib.sha256(p).digest() for e, p in items]
+            digests = [
+                e.digest or hashlib.sha256(p).digest()
+                for e, p in zip(envelopes, payloads, strict=True)
+            ]
         stored = tuple(
             e.stored_at(first_seq + i, digest)
             for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))

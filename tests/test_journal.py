@@ -175,3 +175,21 @@ def test_stored_digests_are_the_payloads_sha256_given_or_computed(journal: Async
             )
         )
     assert len(read(journal)) == 2
+
+
+def test_append_payloads_takes_envelopes_and_encodings_side_by_side(
+    journal: AsyncJournal,
+) -> None:
+    from plantangenet import CODEC
+
+    j = journal.journal
+    envelopes = [env(SessionStarted("s1", {}), "c1"), env(AgentAttached("a", "bot", ""), "c1")]
+    payloads = [CODEC.encode(e) for e in envelopes]
+    with pytest.raises(ValueError, match="1 payloads for 2 envelopes"):
+        journal.run(j.append_payloads("s1", envelopes, payloads[:1], expected_sequence=0))
+    with pytest.raises(ValueError, match="at least one"):
+        journal.run(j.append_payloads("s1", [], [], expected_sequence=0))
+    assert read(journal) == []  # nothing half-written
+    stored = journal.run(j.append_payloads("s1", envelopes, payloads, expected_sequence=0))
+    assert [e.sequence for e in stored.envelopes] == [1, 2]
+    assert [e.event for e in read(journal)] == [e.event for e in envelopes]

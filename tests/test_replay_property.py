@@ -238,13 +238,13 @@ def test_pipelined_commands_in_small_groups_rehydrate_to_the_live_state(
     ) as runtime:
         runtime.add_compositor(SyntheticCompositor())
         sizes: list[int] = []
-        append = runtime.journal.append_encoded
+        append = runtime.journal.append_payloads
 
-        async def counted(session_id: str, items: Any, **kwargs: Any) -> Any:
-            sizes.append(len(items))
-            return await append(session_id, items, **kwargs)
+        async def counted(session_id: str, envelopes: Any, payloads: Any, **kwargs: Any) -> Any:
+            sizes.append(len(envelopes))
+            return await append(session_id, envelopes, payloads, **kwargs)
 
-        runtime.journal.append_encoded = counted  # type: ignore[method-assign]
+        runtime.journal.append_payloads = counted  # type: ignore[method-assign]
         session = runtime.session(session_id)
         session.start()
         session.attach("z")  # an agent and cursors the random commands never name

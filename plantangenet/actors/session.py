@@ -112,11 +112,22 @@ class HookFailure:
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
+    """A decided command until it is answered.
+
+    Tuples rather than lists, and one reply field: hundreds of these live through a
+    pipelined append, and every container in them is one more object the garbage
+    collector tracks and traverses while they do.
+    """
+
     command: Command
-    items: list[tuple[Envelope, bytes]]
-    #: SHA-256 of each payload in ``items`` (the hash chain's links, not computed twice).
-    digests: list[bytes]
-    replies: list[Reply]
+    envelopes: tuple[Envelope, ...]
+    #: The encoding of each envelope.
+    payloads: tuple[bytes, ...]
+    #: SHA-256 of each payload (the hash chain's links, not computed twice).
+    digests: tuple[bytes, ...]
+    reply: Reply
+    #: Replies of retries that arrived while the command was pending.
+    joined: list[Reply] | None = None
     #: What a data query disclosed, handed to the caller once its events are stored.
     samples: tuple[Sample, ...] = ()
     #: A refusal decided while earlier commands were still unacknowledged: it stands
@@ -125,6 +136,11 @@ class _Pending:
     #: Set on the command that ends an append group: the speculative state once its
     #: events were folded in (see ``_keep_decided`` and ``settled``).
     decided: SessionState | None = None
+
+    @property
+    def replies(self) -> list[Reply]:
+        """Everyone waiting for this command's outcome."""
+        return [self.reply] if self.joined is None else [self.reply, *self.joined]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -337,7 +353,9 @@ class SessionActor(pykka.ThreadingActor):
             return
         joined = self._pending.get(command_id)
         if joined is not None:
-            joined.replies.append(reply)
+            if joined.joined is None:
+                joined.joined = []
+            joined.joined.append(reply)
             return
         samples: tuple[Sample, ...] = ()
         try:
@@ -353,7 +371,8 @@ class SessionActor(pykka.ThreadingActor):
             except RecordedRefusal as refused:  # recorded for the audit, then reported
                 authorization, events = None, [refused.event]
             correlation = command.correlation_id or command_id
-            items = []
+            envelopes = []
+            payloads = []
             digests = []
             previous = self._speculative_hash
             for event in events:
@@ -372,11 +391,12 @@ class SessionActor(pykka.ThreadingActor):
                 authorization = None  # recorded once, on the command's first event
                 payload = self.codec.encode(envelope)
                 previous = hashlib.sha256(payload).digest()
-                items.append((envelope, payload))
+                envelopes.append(envelope)
+                payloads.append(payload)
                 digests.append(previous)
-            if len(items) > self.max_batch:
+            if len(envelopes) > self.max_batch:
                 raise InvalidCommand(
-                    f"{type(command).__name__} would write {len(items)} events; "
+                    f"{type(command).__name__} would write {len(envelopes)} events; "
                     f"the limit is {self.max_batch}"
                 )
         except (CommandRejected, CodecError, CompositorFailed) as exc:
@@ -385,7 +405,7 @@ class SessionActor(pykka.ThreadingActor):
                 # Decided on a state that unacknowledged appends still have to confirm:
                 # answer in order, after them (see _Pending.refused).
                 assert isinstance(exc, CommandRejected)
-                pending = _Pending(command, [], [], [reply], refused=exc)
+                pending = _Pending(command, (), (), (), reply, refused=exc)
                 self._queued.append(pending)
                 self._pending[command_id] = pending
                 self._flush()
@@ -404,10 +424,12 @@ class SessionActor(pykka.ThreadingActor):
         if isinstance(command, AttachAgent) and behaviour is not None:
             self._behaviours[command.agent_id] = behaviour
         speculative = self._speculative
-        for envelope, _ in items:
+        for envelope in envelopes:
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
-        pending = _Pending(command, items, digests, [reply], samples)
+        pending = _Pending(
+            command, tuple(envelopes), tuple(payloads), tuple(digests), reply, samples=samples
+        )
         self._keep_decided(pending, speculative)
         self._queued.append(pending)
         self._pending[command_id] = pending
@@ -446,7 +468,7 @@ class SessionActor(pykka.ThreadingActor):
         command. No other command keeps a state: one per pipelined command would outlive
         many GC passes and make them costly.
         """
-        size = len(pending.items)
+        size = len(pending.envelopes)
         if self._group_events + size > self.max_batch:
             self._group_events = size  # a new group: the open one's end keeps its state
         else:
@@ -471,11 +493,13 @@ class SessionActor(pykka.ThreadingActor):
         self._in_flight = group
         if group[-1] is self._group_end:  # the next command starts a group
             self._group_events, self._group_end = 0, None
-        items = [item for pending in group for item in pending.items]
-        digests = [digest for pending in group for digest in pending.digests]
         future = self.loop.submit(
-            self.journal.append_encoded(
-                self.session_id, items, expected_sequence=self.state.sequence, digests=digests
+            self.journal.append_payloads(
+                self.session_id,
+                [envelope for pending in group for envelope in pending.envelopes],
+                [payload for pending in group for payload in pending.payloads],
+                expected_sequence=self.state.sequence,
+                digests=[digest for pending in group for digest in pending.digests],
             )
         )
         me = self.actor_ref
@@ -516,7 +540,7 @@ class SessionActor(pykka.ThreadingActor):
         """Fold the queued commands' events again, on the state the log acknowledged."""
         speculative = self.state
         for pending in self._queued:
-            for envelope, _ in pending.items:
+            for envelope in pending.envelopes:
                 speculative = evolve(speculative, envelope)
             if pending.decided is not None:
                 pending.decided = speculative
