@@ -14,6 +14,7 @@ from plantangenet import (
     Agent,
     AgentContext,
     AttachAgent,
+    CommandResult,
     ConcurrencyError,
     CursorAlreadyExists,
     DecodeError,
@@ -168,6 +169,31 @@ def test_same_command_sent_twice_is_stored_once(runtime: Plantangenet) -> None:
     third = runtime.session("s1").execute(command)
     assert third.duplicate and third.events == first.events
     assert runtime.sessions()["s1"] == 2
+
+
+def test_a_retry_arriving_while_the_command_is_pending_joins_it(runtime: Plantangenet) -> None:
+    session = runtime.session("s1")
+    session.start()
+    first = AttachAgent(agent_id="bot-1", command_id="first")
+    retried = AttachAgent(agent_id="bot-2", command_id="retried")
+    # One message: "first" goes out, "retried" queues behind it, and its copy finds it pending.
+    outcomes = session.submit_many([first, retried, retried]).result(10)
+    assert all(isinstance(o, CommandResult) for o in outcomes)
+    assert outcomes[1].events == outcomes[2].events  # type: ignore[union-attr]
+    assert [e.event.type_name for e in runtime.history("s1")] == [
+        "SessionStarted",
+        "AgentAttached",
+        "AgentAttached",
+    ]
+    # A retry sent alone while its command is queued behind another is answered too.
+    futures = [
+        session.submit(AttachAgent(agent_id="bot-3", command_id="third")),
+        session.submit(AttachAgent(agent_id="bot-4", command_id="fourth")),
+        session.submit(AttachAgent(agent_id="bot-4", command_id="fourth")),
+    ]
+    results = [f.result(10) for f in futures]
+    assert results[1].events == results[2].events
+    assert runtime.sessions()["s1"] == 5
 
 
 def test_two_writers_one_wins_the_other_gets_concurrency_error(
