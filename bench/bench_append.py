@@ -49,6 +49,7 @@ from plantangenet import (
     Plantangenet,
     PlantangenetError,
 )
+from plantangenet.actors.session import DEFAULT_MAX_BATCH
 from plantangenet.embedded import EmbeddedNats
 
 STREAM = "BENCH_APPEND"
@@ -65,7 +66,10 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=3, help="runs of each side (median kept)")
     p.add_argument(
-        "--max-batch", type=int, default=256, help="library group-commit limit (its default: 256)"
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"library group-commit limit (its default: {DEFAULT_MAX_BATCH})",
     )
     p.add_argument(
         "--profile",

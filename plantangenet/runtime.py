@@ -26,7 +26,7 @@ import nats
 import nats.errors
 
 from plantangenet.actors.agent import Agent
-from plantangenet.actors.session import AgentFactory, SessionActor
+from plantangenet.actors.session import DEFAULT_MAX_BATCH, AgentFactory, SessionActor
 from plantangenet.chems import Chems
 from plantangenet.compositors import Compositor
 from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id
@@ -85,6 +85,9 @@ class Plantangenet:
         ``password``, ``user_credentials``, ``tls``...).
     :param compositors: the data producers this process provides to its sessions
         (more with :meth:`add_compositor`).
+    :param max_batch: the most events a session writes in one append (group commit:
+        commands decided while an append is in flight go out together in the next,
+        up to this many events; also the most one command may write). At most 1,000.
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class Plantangenet:
         journal: JournalConfig | None = None,
         codec: EventCodec = CODEC,
         agent_factory: AgentFactory = _default_agent,
-        max_batch: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
         nats_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         compositors: Iterable[Compositor] = (),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from plantangenet import (
     DecodeError,
     Envelope,
     InvalidCommand,
+    JournalConfig,
     MoveCursor,
     PayloadTooLarge,
     Plantangenet,
@@ -28,6 +30,8 @@ from plantangenet import (
     UnknownAgent,
     UnknownSession,
 )
+from plantangenet.actors.session import DEFAULT_MAX_BATCH
+from plantangenet.embedded import EmbeddedNats
 from tests.conftest import session_with_cursor, wait_until
 
 ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources": ["*"]}
@@ -194,6 +198,46 @@ def test_a_retry_arriving_while_the_command_is_pending_joins_it(runtime: Plantan
     results = [f.result(10) for f in futures]
     assert results[1].events == results[2].events
     assert runtime.sessions()["s1"] == 5
+
+
+def test_appends_group_up_to_max_batch_events(runtime: Plantangenet) -> None:
+    assert runtime.max_batch == DEFAULT_MAX_BATCH == 512
+    session = session_with_cursor(runtime)
+    sizes: list[int] = []
+    append = runtime.journal.append_payloads
+
+    async def counted(session_id: str, envelopes: Any, payloads: Any, **kwargs: Any) -> Any:
+        sizes.append(len(envelopes))
+        return await append(session_id, envelopes, payloads, **kwargs)
+
+    runtime.journal.append_payloads = counted  # type: ignore[method-assign]
+    moves = [
+        MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i) for i in range(600)
+    ]
+    # One message: the first move goes out alone, the rest queue behind it and are packed.
+    outcomes = session.submit_many(moves).result(30)
+    assert all(isinstance(o, CommandResult) for o in outcomes)
+    assert sizes == [1, 512, 87]
+    assert session.state.cursors["c"].start == 599
+
+
+def test_a_command_writing_more_than_max_batch_events_is_refused(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    with Plantangenet.open(nats_url=nats_server.url, journal=journal_config, max_batch=2) as pg:
+        session = session_with_cursor(pg)
+        session.add_cursor("bot", "d", ["x"], 0, 1)
+        before = pg.sessions()["s1"]
+        # Detaching removes both cursors first: three events.
+        with pytest.raises(
+            InvalidCommand, match="DetachAgent would write 3 events; the limit is 2"
+        ):
+            session.detach("bot")
+        assert pg.sessions()["s1"] == before  # nothing written
+        assert "bot" in session.state.agents
+        session.remove_cursor("bot", "d")  # and the session goes on
+        session.detach("bot")
+        assert "bot" not in session.state.agents
 
 
 def test_two_writers_one_wins_the_other_gets_concurrency_error(
