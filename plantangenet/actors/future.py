@@ -159,27 +159,24 @@ class ReplyFuture(Future[T]):
         return True
 
     def set_result(self, result: T) -> None:
+        self._finish(result, None, failed=False)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception, failed=True)
+
+    def _finish(self, result: Any, exception: BaseException | None, *, failed: bool) -> None:
         with _LOCK:
             if self._state in _ENDED:
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._result = result
-            self._state = FINISHED
-            if self._waiter_list:
-                for waiter in self._waiter_list:
-                    waiter.add_result(self)
-            self._wake()
-        if self._callback_list:
-            self._run_callbacks()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        with _LOCK:
-            if self._state in _ENDED:
-                raise InvalidStateError(f"{self._state}: {self!r}")
             self._exception = exception
             self._state = FINISHED
-            if self._waiter_list:
+            if self._waiter_list:  # concurrent.futures.wait / as_completed
                 for waiter in self._waiter_list:
-                    waiter.add_exception(self)
+                    if failed:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_result(self)
             self._wake()
         if self._callback_list:
             self._run_callbacks()
