@@ -147,6 +147,19 @@ def session_with_cursor(
     return session
 
 
+def append_sizes(runtime: Plantangenet) -> list[int]:
+    """A list that gets the event count of every append ``runtime``'s journal makes from now on."""
+    sizes: list[int] = []
+    append = runtime.journal.append_payloads
+
+    async def counted(session_id: str, envelopes: Any, payloads: Any, **kwargs: Any) -> Any:
+        sizes.append(len(envelopes))
+        return await append(session_id, envelopes, payloads, **kwargs)
+
+    runtime.journal.append_payloads = counted  # type: ignore[method-assign]
+    return sizes
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

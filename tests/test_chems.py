@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
 import pytest
 
 from plantangenet import (
@@ -19,7 +22,7 @@ from plantangenet import (
 
 # The harbour discloses sea temperature rounded, for 2 dust per axis; the fleet
 # discloses wind in full, for free. Each side's clauses are its own.
-TERMS = [
+TERMS: list[Mapping[str, Any]] = [
     {
         "discloser": "harbour",
         "axes": ["ocean.*"],
@@ -28,7 +31,15 @@ TERMS = [
     },
     {"discloser": "fleet", "axes": ["wind.*"], "disclosure": "full"},
 ]
-ASK = {"compositor": "synthetic"}
+
+
+class Ask(TypedDict):
+    """The keyword arguments every chem query below shares."""
+
+    compositor: str
+
+
+ASK: Ask = {"compositor": "synthetic"}
 
 
 @pytest.fixture
@@ -177,14 +188,15 @@ def test_policy_governs_who_may_query_a_chem(sides: Plantangenet) -> None:
 
 
 def test_bad_terms_and_unknown_chems_are_typed_errors(sides: Plantangenet) -> None:
-    for terms in (
+    bad_terms: list[list[Mapping[str, Any]]] = [
         [],
         [{"discloser": "elsewhere", "axes": ["x"]}],
         [{"discloser": "harbour", "axes": []}],
         [{"discloser": "harbour", "axes": ["x"], "price": -1}],
         [{"discloser": "harbour", "axes": ["x"], "disclosure": "denied"}],
         [{"discloser": "harbour", "axes": ["x"], "colour": "red"}],
-    ):
+    ]
+    for terms in bad_terms:
         with pytest.raises(InvalidCommand):
             sides.chems.propose("harbour", "fleet", terms, chem_id="bad")
     with pytest.raises(InvalidCommand):

@@ -1207,7 +1207,7 @@ def test_encoding_an_unregistered_event_or_a_bad_time_is_an_encode_error() -> No
     class Stray(Event):
         x: int
 
-    stray = _Envelope(Stray(1), "s", "e", "c", "r", AT)  # type: ignore[arg-type]
+    stray = _Envelope(Stray(1), "s", "e", "c", "r", AT)
     with pytest.raises(_EncodeError) as excinfo:
         CODEC.encode(stray)
     assert excinfo.value.field == "type"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -729,7 +730,7 @@ MALFORMED_POLICIES: list[tuple[str, ChangePolicy]] = [
     ("'in' without a list", ChangePolicy(add=[_condition(op="in", value="9")])),
     ("nested condition value", ChangePolicy(add=[_condition(value={"h": 9})])),
     ("non-finite condition value", ChangePolicy(add=[_condition(value=math.inf)])),
-    ("statement not a map", ChangePolicy(add=["allow everything"])),
+    ("statement not a map", ChangePolicy(add=["allow everything"])),  # type: ignore[list-item]
     (
         "statement object with unknown effect",
         ChangePolicy(add=[dataclasses.replace(ONE, effect=wrong("maybe"))]),
@@ -957,7 +958,7 @@ SECRET = {
 @pytest.mark.parametrize("deny_first", [True, False])
 def test_an_explicit_deny_wins_over_any_allow(deny_first: bool) -> None:
     everything = _statement(id="everything", actions=["*"], resources=["*"])
-    statements = [SECRET, WATCHERS, everything]
+    statements: list[Statement | Mapping[str, Any]] = [SECRET, WATCHERS, everything]
     if not deny_first:
         statements.reverse()
     state = apply(ACTIVE, ChangePolicy(replace=statements))

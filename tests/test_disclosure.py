@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgpack
 import pytest
@@ -30,7 +31,7 @@ from plantangenet import (
 from plantangenet.disclosure import Disclosure, parse_disclosure, shape
 
 OCEAN = ("ocean.temperature", "ocean.salinity")
-POLICY = [
+POLICY: list[Mapping[str, Any]] = [
     {
         "id": "cursors",
         "effect": "allow",
@@ -123,11 +124,7 @@ def raw(axes: Sequence[str] = OCEAN) -> list[Sample]:
 
 
 def disclosures(session: SessionHandle) -> list[DisclosureMade]:
-    return [
-        e.event
-        for e in session_history(session)
-        if isinstance(e.event, DisclosureMade)  # type: ignore[misc]
-    ]
+    return [e.event for e in session_history(session) if isinstance(e.event, DisclosureMade)]
 
 
 def session_history(session: SessionHandle) -> list:  # type: ignore[type-arg]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -146,10 +147,10 @@ def test_bad_dust_commands_are_refused_with_typed_errors(runtime: Plantangenet) 
     session.start()
     session.attach("a")
     sequence = session.state.sequence
-    for call, error in (
+    bad: list[tuple[Callable[[], object], type[Exception]]] = [
         (lambda: session.deposit("a", 0), InvalidCommand),
         (lambda: session.deposit("a", -5), InvalidCommand),
-        (lambda: session.deposit("a", True), InvalidCommand),  # type: ignore[arg-type]
+        (lambda: session.deposit("a", True), InvalidCommand),
         (lambda: session.deposit("a", 1.5), InvalidCommand),  # type: ignore[arg-type]
         (lambda: session.deposit("a", 2**60), InvalidCommand),
         (lambda: session.deposit("ghost", 5), UnknownAgent),
@@ -157,7 +158,8 @@ def test_bad_dust_commands_are_refused_with_typed_errors(runtime: Plantangenet) 
         (lambda: session.set_prices({"Not A Key": 1}), InvalidCommand),
         (lambda: session.set_prices({"cursor.move": -1}), InvalidCommand),
         (lambda: session.set_prices({"cursor.move": "1"}), InvalidCommand),  # type: ignore[dict-item]
-    ):
+    ]
+    for call, error in bad:
         with pytest.raises(error):
             call()
     assert session.state.sequence == sequence  # nothing written

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import msgpack
@@ -45,6 +45,7 @@ def test_reads_and_tails_delete_their_consumers(journal: AsyncJournal) -> None:
     async def partial() -> int:
         reader = j.read("s1")
         first = await anext(reader)
+        assert isinstance(reader, AsyncGenerator)  # typed as an AsyncIterator, closable
         await reader.aclose()  # the reader stops early
         return first.sequence or 0
 

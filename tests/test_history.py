@@ -178,8 +178,8 @@ def region(draw: st.DrawFn) -> dict[str, object]:
 COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(lambda a: AttachAgent(agent_id=a), AGENTS),
     st.builds(lambda a: DetachAgent(agent_id=a), AGENTS),
-    st.builds(lambda a, c, r: AddCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),  # type: ignore[arg-type]
-    st.builds(lambda a, c, r: MoveCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),  # type: ignore[arg-type]
+    st.builds(lambda a, c, r: AddCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),
+    st.builds(lambda a, c, r: MoveCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),
     st.builds(lambda a, c: RemoveCursor(agent_id=a, cursor_id=c), AGENTS, CURSORS),
     st.builds(
         lambda m, r: ChangeMetadata(changed=m, removed=r),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,6 +43,7 @@ from plantangenet import (
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.projections.audit import Audit
 from plantangenet.verify import verify
+from tests.conftest import append_sizes
 
 AGENTS = st.sampled_from(["a", "b", "c"])
 ROLES = st.sampled_from(["watcher", "admin"])
@@ -86,8 +86,8 @@ COMMANDS: st.SearchStrategy[Command] = st.one_of(
         lambda a, k: AttachAgent(agent_id=a, kind=k), AGENTS, st.sampled_from(["bot", "client"])
     ),
     st.builds(lambda a: DetachAgent(agent_id=a), AGENTS),
-    st.builds(lambda a, c, r: AddCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),  # type: ignore[arg-type]
-    st.builds(lambda a, c, r: MoveCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),  # type: ignore[arg-type]
+    st.builds(lambda a, c, r: AddCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),
+    st.builds(lambda a, c, r: MoveCursor(agent_id=a, cursor_id=c, **r), AGENTS, CURSORS, region()),
     st.builds(lambda a, c: RemoveCursor(agent_id=a, cursor_id=c), AGENTS, CURSORS),
     st.builds(
         lambda m, r: ChangeMetadata(changed=m, removed=r),
@@ -237,14 +237,7 @@ def test_pipelined_commands_in_small_groups_rehydrate_to_the_live_state(
         nats_url=nats_server.url, journal=journal_config, max_batch=max_batch
     ) as runtime:
         runtime.add_compositor(SyntheticCompositor())
-        sizes: list[int] = []
-        append = runtime.journal.append_payloads
-
-        async def counted(session_id: str, envelopes: Any, payloads: Any, **kwargs: Any) -> Any:
-            sizes.append(len(envelopes))
-            return await append(session_id, envelopes, payloads, **kwargs)
-
-        runtime.journal.append_payloads = counted  # type: ignore[method-assign]
+        sizes = append_sizes(runtime)
         session = runtime.session(session_id)
         session.start()
         session.attach("z")  # an agent and cursors the random commands never name

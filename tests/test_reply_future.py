@@ -153,7 +153,10 @@ def test_concurrent_futures_wait_and_as_completed() -> None:
     later(0.05, second.set_exception, ValueError("b"))
     done, not_done = cf.wait([first, second], timeout=5, return_when=cf.FIRST_EXCEPTION)
     assert done == {first, second} and not not_done
-    futures: list[ReplyFuture[int]] = [ReplyFuture() for _ in range(5)]
+    # Used as any concurrent future: typeshed types as_completed's argument by the base
+    # class's private members (a Condition, a settable _waiters), which ReplyFuture
+    # replaces (a shared lock, a lazy property).
+    futures: list[cf.Future[int]] = [ReplyFuture() for _ in range(5)]
     for i, future in enumerate(reversed(futures)):
         later(0.01 * (i + 1), future.set_result, i)
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=5)) == list(range(5))
@@ -174,7 +177,7 @@ def test_futures_share_one_lock_and_track_few_objects() -> None:
     assert a._condition is b._condition
     gc.collect()
     before = len(gc.get_objects())
-    kept = [ReplyFuture() for _ in range(1000)]
+    kept: list[ReplyFuture[int]] = [ReplyFuture() for _ in range(1000)]
     made = len(gc.get_objects()) - before - 1  # the list holding them
     assert made <= 1000 + 50, made  # one tracked object each (a standard Future: ~10)
     assert len(kept) == 1000

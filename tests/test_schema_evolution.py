@@ -338,7 +338,7 @@ def test_a_three_version_chain_replays_through_a_private_codec_like_an_all_v3_lo
         assert all(type(e.event) in (StationOpened, TideMeasured) for e in old)
 
     # The same user projection, rebuilt over each log, ends the same.
-    projection = Projection("tides", {}, tide_fold)
+    projection: Projection[dict[str, Any]] = Projection("tides", {}, tide_fold)
     from_mixed = journal.run(rebuild(mixed, projection, bucket=f"evo-{mixed.config.stream}"))
     from_modern = journal.run(rebuild(modern, projection, bucket=f"evo-{modern.config.stream}"))
     assert from_mixed.state == from_modern.state

@@ -92,8 +92,8 @@ def test_two_example_bots_interact_through_a_session(
     assert all(
         e.agent_id == "watcher-bot"
         for e in history
-        if e.type_name == "CursorMoved" and e.event.agent_id == "watcher-bot"
-    )  # type: ignore[attr-defined]
+        if e.type_name == "CursorMoved" and e.event.agent_id == "watcher-bot"  # type: ignore[attr-defined]
+    )
     detached = [e.event.agent_id for e in history if e.type_name == "AgentDetached"]  # type: ignore[attr-defined]
     assert detached == ["tide-bot", "watcher-bot"]
 
@@ -241,7 +241,8 @@ def test_service_keeps_serving_others_while_flooded_with_garbage(
             for _ in range(300)
         ]
         work = [client.attach("good", f"a{i}") for i in range(50)]
-        results = await asyncio.gather(*garbage, *work)
+        # nats replies (untyped: Any) and then the bots' reply maps, in one gather.
+        results: list[Any] = await asyncio.gather(*garbage, *work)
         codes = {decode_error_code(m.data) for m in results[:300]}
         assert codes == {"decode_error"}
         await nc.close()
@@ -329,7 +330,7 @@ def serve(url: str, config: JournalConfig) -> subprocess.Popen[str]:
         text=True,
         cwd=ROOT,
     )
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     line = process.stdout.readline()
     assert "listening" in line, line + (process.stderr.read() if process.poll() else "")
     return process

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -32,7 +31,7 @@ from plantangenet import (
 )
 from plantangenet.actors.session import DEFAULT_MAX_BATCH
 from plantangenet.embedded import EmbeddedNats
-from tests.conftest import session_with_cursor, wait_until
+from tests.conftest import append_sizes, session_with_cursor, wait_until
 
 ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources": ["*"]}
 
@@ -203,14 +202,7 @@ def test_a_retry_arriving_while_the_command_is_pending_joins_it(runtime: Plantan
 def test_appends_group_up_to_max_batch_events(runtime: Plantangenet) -> None:
     assert runtime.max_batch == DEFAULT_MAX_BATCH == 512
     session = session_with_cursor(runtime)
-    sizes: list[int] = []
-    append = runtime.journal.append_payloads
-
-    async def counted(session_id: str, envelopes: Any, payloads: Any, **kwargs: Any) -> Any:
-        sizes.append(len(envelopes))
-        return await append(session_id, envelopes, payloads, **kwargs)
-
-    runtime.journal.append_payloads = counted  # type: ignore[method-assign]
+    sizes = append_sizes(runtime)
     moves = [
         MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i) for i in range(600)
     ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -491,7 +491,10 @@ def test_projections_are_registered_and_rebuilt_by_name(
     registry = ProjectionRegistry()
     tallies = registry.register(tally_projection())
 
-    @registry.projection("type-names", ())
+    # The state is a sequence: a tuple to begin with, a list once through msgpack.
+    no_names: Sequence[str] = ()
+
+    @registry.projection("type-names", no_names)
     def type_names(state: Any, envelope: Envelope) -> Any:
         return (*state, envelope.type_name)
 
