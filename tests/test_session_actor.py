@@ -230,6 +230,16 @@ def test_a_command_writing_more_than_max_batch_events_is_refused(
         session.remove_cursor("bot", "d")  # and the session goes on
         session.detach("bot")
         assert "bot" not in session.state.agents
+        # Ending detaches every agent in the same append: too many agents, and it is refused
+        # with what to do about it; with one agent fewer it goes through.
+        session.attach("a1")
+        session.attach("a2")
+        with pytest.raises(InvalidCommand, match=r"EndSession would write 3 events.*detach agents"):
+            session.end()
+        assert session.state.status == "active"
+        session.detach("a2")
+        ended = session.end()
+        assert [e.event.type_name for e in ended.events] == ["AgentDetached", "SessionEnded"]
 
 
 def test_two_writers_one_wins_the_other_gets_concurrency_error(

@@ -404,7 +404,8 @@ class SessionActor(pykka.ThreadingActor):
             if len(envelopes) > self.max_batch:
                 raise InvalidCommand(
                     f"{type(command).__name__} would write {len(envelopes)} events; "
-                    f"the limit is {self.max_batch}"
+                    f"the limit is {self.max_batch} (one atomic append, the runtime's "
+                    "max_batch): split the work, e.g. remove cursors or detach agents first"
                 )
         except (CommandRejected, CodecError, CompositorFailed) as exc:
             depends_on_state = isinstance(exc, CommandRejected) and type(exc) is not InvalidCommand
