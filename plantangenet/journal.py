@@ -219,9 +219,10 @@ class Journal:
         :raises DuplicateCommand: these command ids were already stored.
         :raises JournalError: the server refused or did not answer.
         """
-        return await self.append_encoded(
+        return await self.append_payloads(
             session_id,
-            [(e, self.codec.encode(e)) for e in envelopes],
+            envelopes,
+            [self.codec.encode(e) for e in envelopes],
             expected_sequence=expected_sequence,
         )
 
