@@ -1,11 +1,31 @@
-"""Enforcement: which action on which resources a command is, and whether policy allows it.
+"""Enforcement: who may send a command, which action on which resources it is, and whether
+policy allows it.
 
-Every command that acts on a resource is checked here before any event is
-emitted. Commands issued by the session's owner (``issued_by=None``) are
-allowed; commands issued on behalf of an agent are evaluated against the
-session's policy with the agent's roles, for every resource they touch. A
-refusal raises :class:`~plantangenet.errors.AccessRefused` carrying the
-``AccessDenied`` event that the session records for auditors.
+Every command is checked here before any event is emitted, in two steps.
+
+**Standing** (who speaks). A command comes from a *principal* (``Command.principal``:
+who sent it, as the NATS server vouched for it) and is issued either in the *owner
+form* (``issued_by=None``) or *as an agent* (``issued_by=<agent id>``):
+
+* the :data:`~plantangenet.events.OPERATOR` (the process that runs the session)
+  may do both, for any agent;
+* another principal may use the owner form only if it owns the session (it started
+  it, or an owner added it: ``OwnerAdded``), and may act only as agents bound to it
+  (the agents it attached, or that an owner bound to it: ``AgentBound``);
+* attaching: an owner attaches any agent (bound to itself, or to the principal it
+  names in ``bound_to``); any principal may attach *itself*, i.e. send ``AttachAgent``
+  as the agent it attaches, if the policy allows ``session.attach`` on
+  ``agent.<agent_id>`` to an agent with no role yet (statements with no roles or
+  with ``roles: ["*"]``);
+* ``AddOwner``, ``RemoveOwner`` and ``BindAgent`` are owner-form commands of owners;
+  ``QuarantineMessage`` and ``SummariseRefusals`` are the operator's alone.
+
+Anything else is refused with :class:`~plantangenet.errors.AccessRefused`, carrying the
+``AccessDenied`` event the session records (the envelope records the principal).
+
+**Policy** (what an agent may do). Commands in the owner form are not restricted by
+the policy; commands issued as an agent are evaluated against the session's policy
+with the agent's roles, for every resource they touch.
 
 =================  ===================  ==================================
 command            action               resources
@@ -32,6 +52,11 @@ RefuseChem         ``chem.refuse``      ``chem.<chem_id>``
 RevokeChem         ``chem.revoke``      ``chem.<chem_id>``
 QueryChem          ``chem.query``       ``chem.<chem_id>`` (*)
 DiscloseChem       ``chem.disclose``    decided by the chem's terms, not the policy
+AddOwner           ``owner.add``        ``owner`` (owners only, never an agent)
+RemoveOwner        ``owner.remove``     ``owner`` (owners only, never an agent)
+BindAgent          ``agent.bind``       ``agent.<agent_id>`` (owners only, never an agent)
+QuarantineMessage  ``log.quarantine``   ``log`` (the operator only)
+SummariseRefusals  ``log.refusals``     ``log`` (the operator only)
 =================  ===================  ==================================
 
 (*) An agent acting on *another* agent's cursors also needs the action on
@@ -42,6 +67,13 @@ does not let one bot move another's.
 even when the owner sends it: the policy's allowing statement also says how
 much each axis discloses (see :meth:`~plantangenet.policy.Policy.disclose`).
 A chem query's disclosure is set by the chem's terms instead.
+
+Conditions see ``hour``, ``weekday``, ``principal``, ``identity.id``,
+``identity.<attribute>``, ``agent.id``, ``agent.kind``, the attributes of the command
+itself (``resolution``, ``start``, ``end``, ``axes`` of a cursor command; a cursor
+query's are its cursor's) and whatever the command's free ``context`` adds — which
+cannot override any of those. A key that is absent (e.g. ``resolution`` of a cursor at
+its compositor's own resolution) cannot be evaluated: a deny that depends on it denies.
 """
 
 from __future__ import annotations
@@ -53,7 +85,9 @@ from typing import Any, NoReturn
 from plantangenet.commands import (
     AcceptChem,
     AddCursor,
+    AddOwner,
     AttachAgent,
+    BindAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
@@ -66,24 +100,33 @@ from plantangenet.commands import (
     GrantRole,
     MoveCursor,
     ProposeChem,
+    QuarantineMessage,
     QueryChem,
     QueryCursor,
     RefuseChem,
     RegisterCompositor,
     RemoveCursor,
+    RemoveOwner,
     RevokeChem,
     RevokeRole,
     SetPrices,
     StartSession,
+    SummariseRefusals,
 )
 from plantangenet.dust import account_resource
 from plantangenet.errors import AccessRefused, InvalidCommand
-from plantangenet.events.envelope import Authorization
+from plantangenet.events.envelope import OPERATOR, Authorization
 from plantangenet.events.session import AccessDenied
 from plantangenet.projections.session import SessionState
 
 #: Context keys the session sets itself; a command's own context cannot override them.
-RESERVED_CONTEXT = ("hour", "weekday", "identity.", "agent.")
+RESERVED_CONTEXT = frozenset({"hour", "weekday", "principal", "resolution", "start", "end", "axes"})
+#: Prefixes of context keys the session sets itself.
+RESERVED_PREFIXES = ("identity.", "agent.", "command.")
+#: Commands only owners send, and never as an agent.
+OWNER_COMMANDS = (AddOwner, RemoveOwner, BindAgent)
+#: Commands whose standing is checked whoever sends them (the operator included).
+_GUARDED = (*OWNER_COMMANDS, QuarantineMessage, SummariseRefusals)
 
 
 def request_of(command: Command) -> tuple[str, tuple[str, ...]]:
@@ -137,6 +180,16 @@ def request_of(command: Command) -> tuple[str, tuple[str, ...]]:
             return "chem.query", (f"chem.{chem_id}", *_other(command, agent_id))
         case DiscloseChem(chem_id=chem_id):
             return "chem.disclose", (f"chem.{chem_id}",)
+        case AddOwner():
+            return "owner.add", ("owner",)
+        case RemoveOwner():
+            return "owner.remove", ("owner",)
+        case BindAgent(agent_id=agent_id):
+            return "agent.bind", (f"agent.{agent_id}",)
+        case QuarantineMessage():
+            return "log.quarantine", ("log",)
+        case SummariseRefusals():
+            return "log.refusals", ("log",)
     raise InvalidCommand(f"unknown command {type(command).__name__}")
 
 
@@ -162,10 +215,12 @@ def request_context(
         context.update(
             (k, v)
             for k, v in command.context.items()
-            if isinstance(k, str) and not k.startswith(RESERVED_CONTEXT)
+            if type(k) is str and k not in RESERVED_CONTEXT and not k.startswith(RESERVED_PREFIXES)
         )
     context["hour"] = now.hour
     context["weekday"] = now.isoweekday()
+    context["principal"] = command.principal
+    _command_attributes(state, command, context)
     identity = state.identity
     if identity is not None:
         context["identity.id"] = identity.identity_id
@@ -175,7 +230,27 @@ def request_context(
     agent = state.agents.get(agent_id)
     if agent is not None:
         context["agent.kind"] = agent.kind
+    elif isinstance(command, AttachAgent) and command.agent_id == agent_id:
+        context["agent.kind"] = command.kind  # an agent attaching itself: what it says it is
     return context
+
+
+def _command_attributes(state: SessionState, command: Command, context: dict[str, Any]) -> None:
+    """What a command asks for, from its own fields (never from its free ``context``)."""
+    match command:
+        case MoveCursor() | AddCursor() | QueryChem() | DiscloseChem():
+            region: Any = command
+        case QueryCursor(cursor_id=cursor_id):
+            region = state.cursors.get(cursor_id) if isinstance(cursor_id, str) else None
+        case _:
+            return
+    if region is None:
+        return
+    context["start"] = region.start
+    context["end"] = region.end
+    context["axes"] = region.axes
+    if region.resolution is not None:  # the compositor's own resolution: nothing to compare
+        context["resolution"] = region.resolution
 
 
 def authorize(state: SessionState, command: Command, now: datetime) -> Authorization:
@@ -186,10 +261,17 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
     action, resources = request_of(command)
     policy = state.policy
     agent_id = command.issued_by
+    if command.principal != OPERATOR or isinstance(command, _GUARDED):
+        _check_standing(state, command, action, resources)
     if agent_id is None:
         return Authorization(action, resources, (None,) * len(resources), policy.version)
     name = type(command).__name__
-    if agent_id not in state.agents:
+    attaching_itself = (
+        isinstance(command, AttachAgent)
+        and command.agent_id == agent_id
+        and agent_id not in state.agents
+    )
+    if agent_id not in state.agents and not attaching_itself:
         refuse(
             AccessDenied(
                 agent_id,
@@ -220,6 +302,52 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
             )
         statements.append(decision.statement_id)
     return Authorization(action, resources, tuple(statements), policy.version)
+
+
+def _check_standing(
+    state: SessionState, command: Command, action: str, resources: tuple[str, ...]
+) -> None:
+    """Refuse a command its principal may not send (see the module docs: *standing*)."""
+    principal = command.principal
+    agent_id = command.issued_by
+    reason = ""
+    if isinstance(command, QuarantineMessage | SummariseRefusals):
+        if principal != OPERATOR or agent_id is not None:
+            reason = f"{action} is the operator's alone"
+    elif agent_id is not None and isinstance(command, OWNER_COMMANDS):
+        reason = f"{action} is for the session's owners, not for agents"
+    elif principal == OPERATOR:
+        return
+    elif agent_id is None:
+        if isinstance(command, StartSession) and state.status == "new":
+            return  # whoever starts a session owns it
+        if not state.is_owner(principal):
+            reason = (
+                f"principal {principal!r} is not an owner of session {state.session_id!r}: "
+                "send commands as one of your agents ('by')"
+            )
+    else:
+        agent = state.agents.get(agent_id)
+        if agent is not None and agent.principal != principal:
+            reason = f"agent {agent_id!r} speaks for another principal, not {principal!r}"
+        elif (
+            isinstance(command, AttachAgent)
+            and command.bound_to is not None
+            and command.bound_to != principal
+        ):
+            reason = "an agent attaching itself is bound to its own principal; owners name others"
+    if reason:
+        refuse(
+            AccessDenied(
+                agent_id,
+                type(command).__name__,
+                action,
+                resources[0] if resources else "",
+                None,
+                reason,
+                state.policy.version,
+            )
+        )
 
 
 def refuse(event: AccessDenied) -> NoReturn:

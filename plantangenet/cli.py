@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
+from plantangenet.commands import QuarantineMessage
 from plantangenet.compositors import load_compositor
 from plantangenet.decide import check_id
 from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
@@ -48,7 +49,7 @@ from plantangenet.projections.audit import Audit
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
+from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 from plantangenet.reports import cursors_report, describe_cursors, describe_ledger, ledger_report
 from plantangenet.runtime import Plantangenet, default_store_dir
 from plantangenet.service import SessionService
@@ -435,6 +436,20 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.intact else 1
 
 
+def cmd_quarantine(args: argparse.Namespace, out: TextIO) -> int:
+    """Record that the unreadable message at ``SEQ`` is skipped by every fold."""
+    with _runtime(args) as pg:
+        session = pg.session(args.session_id)
+        result = session.execute(QuarantineMessage(sequence=args.sequence, reason=args.reason))
+        stored = result.sequence
+        pg.stop_session(args.session_id)
+    out.write(
+        f"session {args.session_id}: the message at sequence {args.sequence} is quarantined "
+        f"(MessageQuarantined stored at {stored}); it stays in the log\n"
+    )
+    return 0
+
+
 def _position(text: str | None) -> Position | None:
     return None if text is None else parse_position(text)
 
@@ -575,7 +590,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 except (ImportError, AttributeError, ValueError, TypeError) as exc:
                     raise PlantangenetError(f"--compositor {spec}: {exc}") from None
             service = SessionService(
-                pg, idle_timeout=args.idle_timeout, command_prefix=args.command_prefix
+                pg,
+                idle_timeout=args.idle_timeout,
+                command_prefix=args.command_prefix,
+                lanes=args.lanes,
+                per_principal=args.per_principal,
+                queued_per_principal=args.queued_per_principal,
             )
             pg.run(service.start())
             out.write(f"plantangenet serve: listening on {pg.url} ({args.command_prefix}.*.*)\n")
@@ -593,6 +613,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_nats_config(args: argparse.Namespace, out: TextIO) -> int:
+    from plantangenet.access import parse_size
+
     bots = []
     for spec in args.bot:
         user, _, rest = spec.partition(":")
@@ -604,10 +626,22 @@ def cmd_nats_config(args: argparse.Namespace, out: TextIO) -> int:
         "service_user": args.service_user,
         "service_password": args.service_password,
         "bots": bots,
+        "account": args.service_account,
         "stream": args.stream,
         "event_prefix": args.subject_prefix,
         "command_prefix": args.command_prefix,
+        "live_prefix": args.live_prefix,
+        "lanes": args.lanes,
+        "system_account": args.system_account,
     }
+    if args.bot_max_consumers is not None:
+        options["bot_max_consumers"] = args.bot_max_consumers
+    if args.bot_max_streams is not None:
+        options["bot_max_streams"] = args.bot_max_streams
+    if args.bot_max_storage is not None:
+        options["bot_max_storage"] = parse_size(args.bot_max_storage)
+    if args.bot_max_memory is not None:
+        options["bot_max_memory"] = parse_size(args.bot_max_memory)
     if args.out:
         path = write_config(args.out, **options)
         out.write(f"wrote {path} ({len(bots)} bots); start: nats-server -c {path} -sd STORE\n")
@@ -709,6 +743,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     serve.add_argument(
+        "--per-principal",
+        type=int,
+        default=16,
+        help="requests of one principal handled at once (the rest wait their turn)",
+    )
+    serve.add_argument(
+        "--queued-per-principal",
+        type=int,
+        default=256,
+        help="requests of one principal waiting at most (more: too_many_requests)",
+    )
+    serve.add_argument(
+        "--lanes",
+        type=int,
+        default=DEFAULT_LANES,
+        help="ingress lanes (connections bots' requests arrive on); as nats-config --lanes",
+    )
+    serve.add_argument(
         "--compositor",
         action="append",
         default=[],
@@ -716,9 +768,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="provide a compositor: 'synthetic', 'recorded' or 'module:attribute' (repeatable)",
     )
     serve.set_defaults(run=cmd_serve)
+    from plantangenet import access as nats_access
+    from plantangenet.journal import DEFAULT_LIVE_PREFIX
+
     access = sub.add_parser(
         "nats-config",
-        help="write nats-server accounts/users: bots may only use their own sessions",
+        help="write nats-server accounts: one per bot, which reaches only its own sessions",
     )
     access.add_argument("--service-user", default="plantangenet")
     access.add_argument(
@@ -728,15 +783,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default: $PLANTANGENET_SERVICE_PASSWORD)",
     )
     access.add_argument(
+        "--service-account", default=nats_access.DEFAULT_ACCOUNT, help="the service's account"
+    )
+    access.add_argument(
         "--bot",
         action="append",
         default=[],
         metavar="USER:PASSWORD:SESSIONS",
-        help="a bot and the comma-separated sessions it may command and read (repeatable)",
+        help="a bot and the comma-separated sessions it may command and follow (repeatable); "
+        "its account is bot-USER",
     )
     access.add_argument("--stream", default=DEFAULT_STREAM)
     access.add_argument("--subject-prefix", default=DEFAULT_SUBJECT_PREFIX)
     access.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
+    access.add_argument(
+        "--lanes",
+        type=int,
+        default=DEFAULT_LANES,
+        help="ingress lanes of the service (as serve --lanes): bot i arrives on lane i mod N",
+    )
+    access.add_argument(
+        "--live-prefix", default=DEFAULT_LIVE_PREFIX, help="where the stream republishes events"
+    )
+    access.add_argument(
+        "--bot-max-consumers",
+        type=int,
+        metavar="N",
+        help="JetStream consumers per stream in a bot's account "
+        f"(default: {nats_access.DEFAULT_BOT_MAX_CONSUMERS})",
+    )
+    access.add_argument(
+        "--bot-max-streams",
+        type=int,
+        metavar="N",
+        help="JetStream streams in a bot's account "
+        f"(default: {nats_access.DEFAULT_BOT_MAX_STREAMS})",
+    )
+    access.add_argument(
+        "--bot-max-storage",
+        metavar="SIZE",
+        help="file storage of a bot's account: bytes, or e.g. 256M, 1G (default: 256M)",
+    )
+    access.add_argument(
+        "--bot-max-memory",
+        metavar="SIZE",
+        help="memory storage of a bot's account: bytes, or e.g. 32M (default: 32M)",
+    )
+    access.add_argument(
+        "--system-account",
+        action="store_true",
+        help="add a SYS account with user SERVICE_USER-sys (for monitoring tools)",
+    )
     access.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
     access.set_defaults(run=cmd_nats_config)
     cursors = sub.add_parser(
@@ -755,6 +852,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("verify", parents=[common], help="check a session's hash chain")
     check.add_argument("session_id")
     check.set_defaults(run=cmd_verify)
+    quarantine = sub.add_parser(
+        "quarantine",
+        parents=[common],
+        help="skip a message that is not an event of the session (it stays in the log)",
+    )
+    quarantine.add_argument("session_id")
+    quarantine.add_argument("sequence", type=int, help="its stream sequence (verify names it)")
+    quarantine.add_argument("--reason", default="", help="recorded with the quarantine")
+    quarantine.set_defaults(run=cmd_quarantine)
     return parser
 
 

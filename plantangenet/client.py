@@ -11,20 +11,30 @@
 Commands are requests (see :mod:`plantangenet.protocol`); a failure reply is
 raised as its typed :class:`~plantangenet.errors.PlantangenetError`. A request
 whose reply is lost is retried with the same command id, so it is applied once.
-Events are read straight from the JetStream log with an ordered consumer.
+Command ids hold 128 random bits: nobody can guess the next one.
+
+A bot never uses the JetStream API of the service's stream: it reads a session's
+history in pages the service answers (``history`` requests), and follows it live
+on ``<live prefix>.<session_id>``, where the stream republishes every stored
+event (with its sequence and the sequence of the session's event before it, so
+a missed event is noticed and fetched).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import dataclasses
+import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import msgpack
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from plantangenet.disclosure import Sample
 from plantangenet.errors import (
@@ -34,12 +44,15 @@ from plantangenet.errors import (
     ReplyTooLarge,
     SessionAlreadyStarted,
 )
-from plantangenet.events.envelope import Envelope, new_id
-from plantangenet.journal import Journal, JournalConfig
+from plantangenet.events.codec import CODEC, EventCodec
+from plantangenet.events.envelope import Envelope
+from plantangenet.journal import JournalConfig
 from plantangenet.protocol import (
     BATCH,
     DEFAULT_COMMAND_PREFIX,
     MAX_BATCH_COMMANDS,
+    MAX_HISTORY_PAGE,
+    PROTOCOL_VERSION,
     command_subject,
     decode_reply,
     encode_batch,
@@ -51,6 +64,17 @@ from plantangenet.replay import replay
 from plantangenet.runtime import redact
 from plantangenet.views import plain
 
+log = logging.getLogger("plantangenet.client")
+
+#: Seconds a live follower waits for an event before it asks the service whether it
+#: missed some (a reconnect may lose live messages; the log never does).
+LIVE_CHECK_INTERVAL = 5.0
+
+
+def new_command_id() -> str:
+    """A fresh command id: 128 random bits (32 hex characters), unguessable."""
+    return secrets.token_hex(16)
+
 
 class BotClient:
     """An asyncio client for one bot.
@@ -58,6 +82,8 @@ class BotClient:
     :param nc: a connected nats-py client.
     :param agent_id: the agent this bot acts as; commands are issued on its
         behalf (``issued_by``), so the session's policy applies to them.
+    :param journal: the log's subjects (for the live subject; default
+        :meth:`JournalConfig.from_env`).
     :param timeout: seconds to wait for each reply.
     :param retries: how often a request with no reply is sent again (same id).
     """
@@ -71,13 +97,13 @@ class BotClient:
         journal: JournalConfig | None = None,
         timeout: float = 10.0,
         retries: int = 2,
+        codec: EventCodec = CODEC,
     ) -> None:
         self.nc = nc
         self.agent_id = agent_id
         self.command_prefix = command_prefix
-        config = journal or JournalConfig.from_env()
-        # Bots hold per-session permissions: read last sequences with direct gets.
-        self.journal = Journal(nc, dataclasses.replace(config, leader_reads=False))
+        self.config = journal or JournalConfig.from_env()
+        self.codec = codec
         self.timeout = timeout
         self.retries = retries
         self._owns_connection = False
@@ -134,8 +160,13 @@ class BotClient:
         correlation_id: str | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Send one command (or query) and return the reply map; failures are raised."""
-        command_id = command_id or new_id()
+        """Send one command (or query) and return the reply map; failures are raised.
+
+        ``command_id`` defaults to a fresh :func:`new_command_id`; pass one only to retry a
+        command yourself (the same id with other content is refused:
+        ``idempotency_conflict``).
+        """
+        command_id = command_id or new_command_id()
         payload = encode_request(
             args or {},
             command_id=command_id,
@@ -175,7 +206,7 @@ class BotClient:
                         name,
                         request_map(
                             args,
-                            command_id=new_id(),
+                            command_id=new_command_id(),
                             issued_by=issued_by,
                             correlation_id=correlation_id,
                             context=context,
@@ -228,7 +259,8 @@ class BotClient:
         try:
             reply = await self.request(session_id, "state")
         except ReplyTooLarge as too_large:
-            folded = await replay(self.journal, session_id, to_sequence=too_large.sequence or None)
+            log_ = _PagedLog(self, session_id)
+            folded = await replay(log_, session_id, to_sequence=too_large.sequence or None)
             whole: dict[str, Any] = plain(folded)
             return whole
         state: dict[str, Any] = reply["state"]
@@ -368,19 +400,156 @@ class BotClient:
 
     # -- events ----------------------------------------------------------------------
 
+    async def page(
+        self, session_id: str, from_sequence: int = 1, max_events: int = MAX_HISTORY_PAGE
+    ) -> tuple[list[tuple[int, bytes]], int, bool]:
+        """One page of the session's stored events: ``([(sequence, bytes)...], last, more)``.
+
+        ``last`` is the session's last stream sequence as the page saw it, ``more``
+        whether events follow the page. The bytes are the stored envelopes
+        (``CODEC.decode(data, sequence=...)``).
+        """
+        payload: bytes = msgpack.packb(
+            {"v": PROTOCOL_VERSION, "from": from_sequence, "max": max_events}
+        )
+        reply = await self._send(session_id, "history", payload)
+        events = reply.get("events")
+        last, more = reply.get("last"), reply.get("more")
+        if not isinstance(events, list) or type(last) is not int or type(more) is not bool:
+            raise DecodeError(f"a history reply has events, last and more: {reply!r:.200}")
+        page: list[tuple[int, bytes]] = []
+        for item in events:
+            if not (
+                isinstance(item, list)
+                and len(item) == 2
+                and type(item[0]) is int
+                and type(item[1]) is bytes
+            ):
+                raise DecodeError(f"a history event is [sequence, bytes]: {item!r:.200}")
+            page.append((item[0], item[1]))
+        return page, last, more
+
+    async def stored(
+        self, session_id: str, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """``(sequence, stored bytes)`` of the session's events, page by page, in order."""
+        start = from_sequence
+        while to_sequence is None or start <= to_sequence:
+            page, _, more = await self.page(session_id, start)
+            for sequence, data in page:
+                if to_sequence is not None and sequence > to_sequence:
+                    return
+                yield sequence, data
+                start = sequence + 1
+            if not more or not page:
+                return
+
+    async def history(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> list[Envelope]:
+        """The session's events so far (those that decode; see :meth:`events`)."""
+        stored = self.stored(session_id, from_sequence, to_sequence)
+        return [e async for e in self._decoded(session_id, stored)]
+
     async def events(
         self, session_id: str, *, from_sequence: int | None = 1
     ) -> AsyncIterator[Envelope]:
         """The session's events from ``from_sequence`` (``None``: new ones only), then live.
 
+        History comes in pages from the service, then each event as the stream
+        republishes it on the session's live subject. Every event is yielded once,
+        in order: an event missed live (a reconnect, a slow reader) is fetched from
+        the log. A stored message that is not an event of the session is skipped
+        (and logged): the session itself refuses commands until it is quarantined.
         Runs until the caller stops iterating.
         """
-        async for envelope in self.journal.tail(session_id, from_sequence=from_sequence):
+        live: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def take(msg: Msg) -> None:
+            live.put_nowait(msg)
+
+        sub = await self.nc.subscribe(f"{self.config.live_prefix}.{session_id}", cb=take)
+        try:
+            await self.nc.flush()
+            if from_sequence is None:
+                _, last, _ = await self.page(session_id, 1, 1)
+                next_sequence = last + 1
+            else:
+                next_sequence = max(from_sequence, 1)
+            while True:
+                async for envelope in self._decoded(
+                    session_id, self.stored(session_id, next_sequence)
+                ):
+                    next_sequence = (envelope.sequence or next_sequence) + 1
+                    yield envelope
+                # Caught up with the log: follow it live until an event is missing.
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(live.get(), LIVE_CHECK_INTERVAL)
+                    except TimeoutError:
+                        _, last, _ = await self.page(session_id, next_sequence, 1)
+                        if last >= next_sequence:
+                            break  # events were stored that never came live: read them
+                        continue
+                    sequence, previous = _live_sequences(msg)
+                    if sequence < next_sequence:
+                        continue  # delivered already (from a page)
+                    if previous >= next_sequence:
+                        live.put_nowait(msg)  # keep it; read what was missed first
+                        break
+                    next_sequence = sequence + 1
+                    async for envelope in self._decoded(session_id, _one(sequence, msg.data)):
+                        yield envelope
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _decoded(
+        self, session_id: str, stored: AsyncIterator[tuple[int, bytes]]
+    ) -> AsyncIterator[Envelope]:
+        async for sequence, data in stored:
+            try:
+                envelope = self.codec.decode(data, sequence=sequence)
+            except DecodeError as exc:
+                log.warning("session %s: skipping the message at %d: %s", session_id, sequence, exc)
+                continue
+            if envelope.session_id != session_id:
+                log.warning(
+                    "session %s: skipping another session's event at %d", session_id, sequence
+                )
+                continue
             yield envelope
 
-    async def history(self, session_id: str, **kwargs: Any) -> list[Envelope]:
-        """The session's events so far."""
-        return [e async for e in self.journal.read(session_id, **kwargs)]
+
+class _PagedLog:
+    """The part of a journal :func:`~plantangenet.replay.replay` reads, over ``history`` pages."""
+
+    def __init__(self, client: BotClient, session_id: str) -> None:
+        self.client = client
+        self.codec = client.codec
+
+    async def last_sequence(self, session_id: str) -> int:
+        _, last, _ = await self.client.page(session_id, 1, 1)
+        return last
+
+    async def read_raw(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        async for item in self.client.stored(session_id, from_sequence, to_sequence):
+            yield item
+
+
+async def _one(sequence: int, data: bytes) -> AsyncIterator[tuple[int, bytes]]:
+    yield sequence, data
+
+
+def _live_sequences(msg: Msg) -> tuple[int, int]:
+    """``(sequence, the session's previous sequence)`` of a republished event."""
+    headers = msg.headers or {}
+    try:
+        return int(headers["Nats-Sequence"]), int(headers.get("Nats-Last-Sequence", 0))
+    except (KeyError, ValueError):
+        raise DecodeError(f"a live event without its sequence headers: {headers!r:.200}") from None
 
 
 def _error_of(outcome: object) -> object:

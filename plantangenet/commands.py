@@ -9,11 +9,14 @@ log stores a command at most once, so retrying with the same id is safe.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from plantangenet.events.chem import ChemClause
-from plantangenet.events.envelope import new_id
+from plantangenet.events.envelope import OPERATOR, new_id
 from plantangenet.events.fields import MetadataValue
 from plantangenet.policy import Statement
 
@@ -28,14 +31,23 @@ class Command:
     :param issued_by: the agent on whose behalf the command is sent; ``None``
         means the session's owner (its connection), which policy does not restrict.
     :param context: request attributes that policy conditions may test (e.g.
-        ``{"resolution": 3}``); the session adds ``hour``, ``weekday``,
-        ``identity.*`` and ``agent.*``, which callers cannot override.
+        ``{"region": "north"}``); the session adds ``hour``, ``weekday``,
+        ``principal``, ``identity.*``, ``agent.*`` and the attributes of the
+        command itself (``resolution``, ``start``, ``end``, ``axes``), which
+        callers cannot override.
+    :param principal: who sends the command, as the NATS server vouched for it
+        (``"<user>@<account>"``). The session service sets it from the request;
+        commands made in-process come from the :data:`~plantangenet.events.OPERATOR`,
+        the process that runs the session, which may act as any agent and as an owner.
+        A remote principal may send the owner form only if it owns the session, and
+        act only as the agents bound to it.
     """
 
     command_id: str = dataclasses.field(default_factory=new_id)
     correlation_id: str | None = None
     issued_by: str | None = None
     context: Mapping[str, MetadataValue] = dataclasses.field(default_factory=dict)
+    principal: str = OPERATOR
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,11 +67,65 @@ class ChangeMetadata(Command):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AttachAgent(Command):
-    """Attach an agent (``kind`` is e.g. ``"bot"``, ``"client"``, ``"bridge"``)."""
+    """Attach an agent (``kind`` is e.g. ``"bot"``, ``"client"``, ``"bridge"``).
+
+    The agent is bound to the principal that attaches it, or to ``bound_to`` if an
+    owner names one: only that principal may then issue commands as the agent.
+    """
 
     agent_id: str
     kind: str = "bot"
     name: str = ""
+    bound_to: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BindAgent(Command):
+    """Bind an attached agent to ``bound_to`` (owners only): it speaks as the agent from now on."""
+
+    agent_id: str
+    bound_to: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AddOwner(Command):
+    """Make ``owner`` (a principal) an owner of the session (owners only)."""
+
+    owner: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveOwner(Command):
+    """Take ownership of the session away from ``owner`` (owners only)."""
+
+    owner: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SummariseRefusals(Command):
+    """Record that ``count`` refusals of ``refused`` were answered but not stored (the operator).
+
+    Sent by the session actor itself when a principal's refusals pass the rate at which
+    they are recorded one by one (see :class:`~plantangenet.actors.session.RefusalLimit`).
+    """
+
+    refused: str
+    count: int
+    commands: Mapping[str, int]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantineMessage(Command):
+    """Skip the unreadable message at stream ``sequence`` in every fold (the operator only).
+
+    For a message that reached the session's log behind its writer's back and is
+    not a valid event of the session: the session takes no other command until it
+    is quarantined. The message stays in the log; ``reason`` is recorded with it.
+    """
+
+    sequence: int
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,10 +353,49 @@ class QueryChem(Command):
     resolution: float | None = None
 
 
+#: Command fields that say how a command travels, not what it asks (a fingerprint skips them).
+_NOT_CONTENT = frozenset({"command_id", "correlation_id", "principal"})
+_CONTENT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def fingerprint(command: Command) -> bytes:
+    """A 16-byte digest of what ``command`` asks: its type, issuer, context and fields.
+
+    Two commands with the same id from the same principal are the same command
+    (a retry) only if their fingerprints are equal; otherwise the second is refused
+    (:class:`~plantangenet.errors.IdempotencyConflict`). Mappings count in their
+    order, as a retry of the same bytes (or of the same object) keeps it.
+    """
+    cls = type(command)
+    names = _CONTENT_FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_CONTENT)
+        _CONTENT_FIELDS[cls] = names
+    values = [cls.__name__, *[getattr(command, name) for name in names]]
+    try:
+        packed = msgpack.packb(values, use_bin_type=True, default=_content)
+    except Exception:  # values no command should hold (decide refuses them): still a digest
+        packed = repr(type(command)).encode() + b"".join(
+            repr(type(v)).encode() + str(id(v)).encode() for v in values
+        )
+    return hashlib.blake2b(packed, digest_size=16).digest()
+
+
+def _content(value: Any) -> Any:
+    """msgpack's fallback for values it does not pack itself."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [type(value).__name__, *[getattr(value, f.name) for f in dataclasses.fields(value)]]
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
 __all__ = [
     "AcceptChem",
     "AddCursor",
+    "AddOwner",
     "AttachAgent",
+    "BindAgent",
     "BindIdentity",
     "ChangeMetadata",
     "ChangePolicy",
@@ -304,13 +409,17 @@ __all__ = [
     "GrantRole",
     "MoveCursor",
     "ProposeChem",
+    "QuarantineMessage",
     "QueryChem",
     "QueryCursor",
     "RefuseChem",
     "RegisterCompositor",
     "RemoveCursor",
+    "RemoveOwner",
     "RevokeChem",
     "RevokeRole",
     "SetPrices",
     "StartSession",
+    "SummariseRefusals",
+    "fingerprint",
 ]

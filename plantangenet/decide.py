@@ -20,7 +20,9 @@ from plantangenet.authorize import authorize, request_of
 from plantangenet.commands import (
     AcceptChem,
     AddCursor,
+    AddOwner,
     AttachAgent,
+    BindAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
@@ -34,15 +36,18 @@ from plantangenet.commands import (
     GrantRole,
     MoveCursor,
     ProposeChem,
+    QuarantineMessage,
     QueryChem,
     QueryCursor,
     RefuseChem,
     RegisterCompositor,
     RemoveCursor,
+    RemoveOwner,
     RevokeChem,
     RevokeRole,
     SetPrices,
     StartSession,
+    SummariseRefusals,
 )
 from plantangenet.disclose import Plan
 from plantangenet.disclose import plan as plan_disclosure
@@ -52,6 +57,7 @@ from plantangenet.errors import (
     InvalidCommand,
     InvalidPolicy,
     LimitExceeded,
+    LogDamaged,
     SessionAlreadyStarted,
     SessionClosed,
     SessionNotStarted,
@@ -61,7 +67,7 @@ from plantangenet.errors import (
 from plantangenet.events.base import Event
 from plantangenet.events.chem import ChemQueried
 from plantangenet.events.disclosure import CompositorRegistered
-from plantangenet.events.envelope import Authorization
+from plantangenet.events.envelope import OPERATOR, Authorization
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     AgentAttached,
@@ -77,6 +83,13 @@ from plantangenet.events.session import (
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.events.trust import (
+    AgentBound,
+    MessageQuarantined,
+    OwnerAdded,
+    OwnerRemoved,
+    RefusalsSuppressed,
+)
 from plantangenet.policy import check_role, parse_statements
 from plantangenet.projections.session import SessionState
 
@@ -86,8 +99,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: Axis names: dotted words, e.g. ``ocean.temperature``.
 AXIS_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+#: Command and correlation ids: visible ASCII (they travel in NATS headers).
+COMMAND_ID_PATTERN = re.compile(r"[!-~]{1,128}")
+#: Principals: ``<user>@<account>`` as NATS names them, or the operator.
+PRINCIPAL_PATTERN = re.compile(r"[!-~]{1,256}")
 MAX_AXES = 64
+#: The longest free text stored: names, reasons, memos, descriptions, metadata values.
 MAX_TEXT = 1024
+#: The longest metadata (and identity attribute) key.
+MAX_KEY = 256
+#: The longest string value of metadata and identity attributes (an event holds at most
+#: 256 KiB in all: a larger one is refused with ``PayloadTooLarge``, nothing stored).
+MAX_VALUE = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,13 +244,57 @@ def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
     if not isinstance(metadata, Mapping):
         raise InvalidCommand(f"{label} must be a map of string keys to scalar values")
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidCommand(f"{label} keys must be non-empty strings, got {show(key)}")
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            raise InvalidCommand(
+                f"{label} keys must be strings of 1-{MAX_KEY} characters, got {show(key)}"
+            )
         if value is not None and not isinstance(value, str | int | float | bool):
             raise InvalidCommand(f"{label}[{show(key)}] must be a string, number, boolean or nil")
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            raise InvalidCommand(f"{label}[{show(key)}] holds at most {MAX_VALUE} characters")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidCommand(f"{label}[{show(key)}] must be a finite number")
     return dict(metadata)
+
+
+def check_principal(value: object, label: str) -> str:
+    """``value`` if it is a valid principal name, else :class:`InvalidCommand`."""
+    if type(value) is not str or not PRINCIPAL_PATTERN.fullmatch(value):
+        raise InvalidCommand(
+            f"{label} must be 1-256 printable ASCII characters without spaces "
+            f"(a principal: <user>@<account>), got {show(value)}"
+        )
+    return value
+
+
+def damage(state: SessionState) -> LogDamaged | None:
+    """The error for a session whose log holds unreadable messages (``None`` if none)."""
+    if not state.unreadable:
+        return None
+    sequence = min(state.unreadable)
+    return LogDamaged(
+        f"session {state.session_id!r} cannot be used: the message at stream sequence "
+        f"{sequence} is not a valid event of it ({state.unreadable[sequence]}); an operator "
+        f"may quarantine it: plantangenet quarantine {state.session_id} {sequence}",
+        sequence=sequence,
+    )
+
+
+def _require_readable(state: SessionState, command: Command) -> None:
+    """Refuse every command but a quarantine while the log holds unreadable messages."""
+    damaged = damage(state)
+    if damaged is not None and not isinstance(command, QuarantineMessage):
+        raise damaged
+
+
+def _quarantine(state: SessionState, sequence: object, reason: object) -> MessageQuarantined:
+    if type(sequence) is not int or sequence not in state.unreadable:
+        unreadable = ", ".join(map(str, sorted(state.unreadable))) or "none"
+        raise InvalidCommand(
+            f"sequence {show(sequence)} is not an unreadable message of session "
+            f"{state.session_id!r} (unreadable: {unreadable}); only those are quarantined"
+        )
+    return MessageQuarantined(sequence, state.unreadable[sequence], _check_text(reason, "reason"))
 
 
 def _require_active(state: SessionState) -> None:
@@ -280,7 +347,12 @@ def decide_authorized(
 ) -> tuple[Authorization, list[Event]]:
     """:func:`decide`, also returning the authorization that let the command through."""
     _check_envelope(command, Command)
+    if state.unreadable:
+        _require_readable(state, command)
     match command:
+        case QuarantineMessage(sequence=sequence, reason=reason):
+            authorization = authorize(state, command, now or _EPOCH)
+            return authorization, [_quarantine(state, sequence, reason)]
         case StartSession(metadata=metadata):
             if state.status != "new":
                 raise SessionAlreadyStarted(f"session {state.session_id!r} already exists")
@@ -311,6 +383,8 @@ def plan_query(
 ) -> tuple[Authorization, Plan]:
     """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
     _check_envelope(command, DataQuery)
+    if state.unreadable:
+        _require_readable(state, command)
     _require_active(state)
     _check_shape(command)
     if isinstance(command, QueryCursor):
@@ -328,12 +402,22 @@ def plan_query(
 
 
 def _check_envelope(command: object, kind: type[Command]) -> None:
-    """The fields every command has: its class, issuer and context."""
+    """The fields every command has: its class, issuer, principal, correlation and context."""
     if not isinstance(command, kind):
         label = "data query" if kind is DataQuery else "command"
         raise InvalidCommand(f"not a {label}: {type(command).__name__}")
     if command.issued_by is not None:
         check_id(command.issued_by, "issued_by")
+    if command.principal != OPERATOR:
+        check_principal(command.principal, "principal")
+    correlation = command.correlation_id
+    if correlation is not None and (
+        type(correlation) is not str or not COMMAND_ID_PATTERN.fullmatch(correlation)
+    ):
+        raise InvalidCommand(
+            "correlation_id must be 1-128 printable ASCII characters without spaces, "
+            f"got {show(correlation)}"
+        )
     if type(command.context) is not dict and not isinstance(command.context, Mapping):
         raise InvalidCommand("context must be a map")
 
@@ -357,8 +441,18 @@ def _check_shape(command: Command) -> None:
             check_id(command.cursor_id, "cursor_id")
             _check_region(command.axes, command.start, command.end)
             _check_resolution(command.resolution)
-        case AttachAgent(agent_id=agent_id) | DetachAgent(agent_id=agent_id):
+        case AttachAgent(agent_id=agent_id, kind=kind, name=name):
             check_id(agent_id, "agent_id")
+            check_id(kind, "kind")
+            _check_text(name, "name")
+        case DetachAgent(agent_id=agent_id, reason=reason):
+            check_id(agent_id, "agent_id")
+            _check_text(reason, "reason")
+        case EndSession(reason=reason):
+            _check_text(reason, "reason")
+        case BindIdentity(display_name=name, attributes=attributes):
+            _check_text(name, "display_name")
+            _check_metadata(attributes, "attributes")
         case (
             RemoveCursor(agent_id=agent_id, cursor_id=cursor_id)
             | QueryCursor(agent_id=agent_id, cursor_id=cursor_id)
@@ -377,12 +471,16 @@ def _check_shape(command: Command) -> None:
             | RevokeChem(chem_id=chem_id)
         ):
             check_id(chem_id, "chem_id")
-        case RegisterCompositor(name=name):
+        case RegisterCompositor(name=name, description=description):
             check_id(name, "compositor name")
-        case DepositDust(account=account):
+            _check_text(description, "description")
+        case DepositDust(account=account, memo=memo):
             _check_text(account, "account")
-        case GrantDust(source=source):
+            _check_text(memo, "memo")
+        case GrantDust(source=source, target=target, memo=memo):
             _check_text(source, "source")
+            _check_text(target, "target")
+            _check_text(memo, "memo")
         case ChangeMetadata(changed=changed, removed=removed):
             _check_metadata(changed, "changed")
             if isinstance(removed, str) or not isinstance(removed, Sequence):
@@ -411,15 +509,48 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
                     f"metadata would hold {len(keys)} keys; the limit is {limits.max_metadata_keys}"
                 )
             return [SessionMetadataChanged(dict(changed), tuple(removed))]
-        case AttachAgent(agent_id=agent_id, kind=kind, name=name):
+        case AttachAgent(agent_id=agent_id, kind=kind, name=name, bound_to=bound_to):
             check_id(agent_id, "agent_id")
             check_id(kind, "kind")
             _check_text(name, "name")
+            if bound_to is not None:
+                check_principal(bound_to, "bound_to")
             if agent_id in state.agents:
                 raise AgentAlreadyAttached(f"agent {agent_id!r} is already attached")
             if len(state.agents) >= limits.max_agents:
                 raise LimitExceeded(f"the session already has {limits.max_agents} agents")
-            return [AgentAttached(agent_id, kind, name)]
+            return [AgentAttached(agent_id, kind, name, bound_to or command.principal)]
+        case BindAgent(agent_id=agent_id, bound_to=bound_to):
+            _require_agent(state, agent_id)
+            check_principal(bound_to, "bound_to")
+            if state.agents[agent_id].principal == bound_to:
+                raise InvalidCommand(f"agent {agent_id!r} is already bound to {bound_to!r}")
+            return [AgentBound(agent_id, bound_to)]
+        case AddOwner(owner=owner):
+            check_principal(owner, "owner")
+            if state.is_owner(owner):
+                raise InvalidCommand(f"{owner!r} already owns session {state.session_id!r}")
+            return [OwnerAdded(owner)]
+        case RemoveOwner(owner=owner):
+            check_principal(owner, "owner")
+            if owner not in state.owners:
+                raise InvalidCommand(f"{owner!r} is not an owner of session {state.session_id!r}")
+            return [OwnerRemoved(owner)]
+        case SummariseRefusals(refused=refused, count=count, commands=names, seconds=seconds):
+            check_principal(refused, "refused")
+            if type(count) is not int or count < 1:
+                raise InvalidCommand(f"count must be a positive whole number, got {show(count)}")
+            if not isinstance(names, Mapping) or len(names) > 64:
+                raise InvalidCommand("commands must map at most 64 command names to counts")
+            for name, n in names.items():
+                _check_text(name, "command name")
+                if type(n) is not int or n < 1:
+                    raise InvalidCommand(f"commands[{show(name)}] must be a positive count")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise InvalidCommand(f"seconds must be a number, got {show(seconds)}")
+            if not _finite(seconds) or seconds < 0:
+                raise InvalidCommand(f"seconds must be a finite number >= 0, got {show(seconds)}")
+            return [RefusalsSuppressed(refused, count, dict(names), float(seconds))]
         case DetachAgent(agent_id=agent_id, reason=reason):
             _require_agent(state, agent_id)
             return _detach(state, agent_id, _check_text(reason, "reason"))

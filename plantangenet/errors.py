@@ -80,6 +80,23 @@ class InvalidCommand(CommandRejected):
     code = "invalid_command"
 
 
+class LogDamaged(DecodeError, CommandRejected):
+    """The session's log holds a message that is not a valid event of the session.
+
+    The session takes no command, and answers no state, until an operator
+    quarantines the message (``plantangenet quarantine SESSION SEQ``);
+    :attr:`sequence` is its stream sequence. Nothing was written. (A
+    :class:`DecodeError`, as the log could not be read; and a
+    :class:`CommandRejected`, as a command is refused for it.)
+    """
+
+    code = "log_damaged"
+
+    def __init__(self, message: str, *, sequence: int = 0) -> None:
+        super().__init__(message)
+        self.sequence = sequence
+
+
 class InvalidPolicy(InvalidCommand):
     """A policy document is malformed (unknown effect, empty actions, bad pattern...)."""
 
@@ -94,6 +111,9 @@ class RecordedRefusal(CommandRejected):
     """
 
     code = "refused"
+    #: False when the refusal was answered but not stored: its principal was over the
+    #: rate at which a session records refusals (then a ``RefusalsSuppressed`` counts it).
+    event_recorded = True
 
     def __init__(self, message: str, *, event: Any = None, sequence: int = 0) -> None:
         super().__init__(message)
@@ -109,6 +129,17 @@ class AccessRefused(RecordedRefusal):
     """
 
     code = "access_refused"
+
+
+class IdempotencyConflict(CommandRejected):
+    """The sender already used this command id for a command with other content.
+
+    A command id is an idempotency key of its principal: sending the same id again
+    is a retry, answered with the first outcome, only if the command is the same.
+    Nothing was written; send the new command with a fresh id.
+    """
+
+    code = "idempotency_conflict"
 
 
 class InsufficientDust(RecordedRefusal):
@@ -243,6 +274,17 @@ class DuplicateCommand(JournalError):
     """The command id was already stored (a retry); nothing new was written."""
 
     code = "duplicate_command"
+
+
+class TooManyRequests(PlantangenetError):
+    """The service holds as many of this principal's requests as it queues; nothing was done.
+
+    Each principal's requests wait in a queue of their own, served in turn with
+    everyone else's: a principal that sends faster than the service answers it
+    fills only its own queue. Retry after the replies to the requests in flight.
+    """
+
+    code = "too_many_requests"
 
 
 class UnknownSession(PlantangenetError):

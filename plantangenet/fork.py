@@ -119,6 +119,8 @@ async def fork_session(
             agent_id=original.agent_id,
             previous_hash=previous,
             authorization=original.authorization,
+            principal=original.principal,
+            fingerprint=original.fingerprint,
         )
         payload = journal.codec.encode(copy)
         previous = hashlib.sha256(payload).digest()

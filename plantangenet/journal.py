@@ -11,6 +11,11 @@ deleted as soon as its read ends (a stream holds at most 1,000 consumers).
 An append the log has no room for raises :class:`StorageExhausted`; a read the
 stream has no consumer left for raises :class:`TooManyReaders`.
 
+Readers without a consumer: the stream republishes every stored event on
+``<live prefix>.<session_id>`` (:meth:`Journal.live_subject`), and
+:meth:`Journal.page` reads stored events a page at a time with JetStream's
+batched direct get.
+
 All methods are coroutines and must run on the event loop that owns the NATS
 connection (see :class:`plantangenet.loop.EventLoopThread`).
 """
@@ -30,25 +35,32 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RePublish,
     StorageType,
     StreamConfig,
 )
 
 from plantangenet.errors import (
     ConcurrencyError,
+    DecodeError,
     DuplicateCommand,
     JournalError,
+    LogDamaged,
     StorageExhausted,
     TooManyReaders,
+    UnknownEventType,
+    UnknownEventVersion,
     UnknownSession,
 )
 from plantangenet.events.codec import CODEC, EventCodec
-from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.events.envelope import OPERATOR, Envelope, new_id
+from plantangenet.events.trust import MessageQuarantined
 from plantangenet.frames import batch_frames, send_frames
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
@@ -65,8 +77,21 @@ _LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
 #: The stream and subject prefix used unless configured otherwise.
 DEFAULT_STREAM = "PLANTANGENET"
 DEFAULT_SUBJECT_PREFIX = "plantangenet.events"
+#: Where the stream republishes each stored event for live readers: ``<prefix>.<session_id>``.
+DEFAULT_LIVE_PREFIX = "plantangenet.live"
 #: JetStream refuses atomic batches above 1000 messages.
 MAX_EVENTS_PER_APPEND = 1000
+#: Events and bytes a :meth:`Journal.page` holds unless asked otherwise.
+DEFAULT_PAGE_EVENTS = 256
+DEFAULT_PAGE_BYTES = 1 << 20
+#: A subject prefix: dot-separated tokens of letters, digits, '_' and '-' (as in access.py).
+_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+#: First tokens of reply subjects, which no prefix may start with.
+_REPLY_TOKENS = ("_INBOX", "_R_")
+
+
+class InvalidJournalConfig(JournalError, ValueError):
+    """A :class:`JournalConfig` value is not usable (a malformed or overlapping prefix)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +100,10 @@ class JournalConfig:
 
     :param stream: JetStream stream name.
     :param subject_prefix: a session's events go to ``<prefix>.<session_id>``.
+    :param live_prefix: the stream republishes each stored event of a session on
+        ``<live_prefix>.<session_id>`` (see :meth:`Journal.live_subject`). Neither
+        prefix may be the other or start with it (the republished events would
+        be stored again).
     :param replicas: stream replicas (3 on a cluster).
     :param duplicate_window: seconds during which a command id is deduplicated.
     :param ack_timeout: seconds to wait for the server to acknowledge an append.
@@ -101,6 +130,7 @@ class JournalConfig:
 
     stream: str = DEFAULT_STREAM
     subject_prefix: str = DEFAULT_SUBJECT_PREFIX
+    live_prefix: str = DEFAULT_LIVE_PREFIX
     replicas: int = 1
     duplicate_window: float = 120.0
     ack_timeout: float = 10.0
@@ -112,12 +142,34 @@ class JournalConfig:
     leader_reads: bool = True
     delete_readers: bool | None = None
 
+    def __post_init__(self) -> None:
+        """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap."""
+        for label, prefix in (("subject", self.subject_prefix), ("live", self.live_prefix)):
+            if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+                raise InvalidJournalConfig(
+                    f"{label} prefix {prefix!r} is not allowed: use dot-separated tokens "
+                    "of letters, digits, '_' or '-'"
+                )
+            if prefix.startswith(_REPLY_TOKENS):
+                raise InvalidJournalConfig(
+                    f"{label} prefix {prefix!r} collides with reply subjects"
+                )
+        events, live = self.subject_prefix.split("."), self.live_prefix.split(".")
+        shortest = min(len(events), len(live))
+        if events[:shortest] == live[:shortest]:
+            raise InvalidJournalConfig(
+                f"subject prefix {self.subject_prefix!r} and live prefix "
+                f"{self.live_prefix!r} overlap; neither may be the other or start with it"
+            )
+
     @classmethod
     def from_env(cls) -> JournalConfig:
-        """Defaults, with ``PLANTANGENET_STREAM`` / ``PLANTANGENET_SUBJECT_PREFIX`` applied."""
+        """Defaults, with ``PLANTANGENET_STREAM`` / ``PLANTANGENET_SUBJECT_PREFIX`` /
+        ``PLANTANGENET_LIVE_PREFIX`` applied."""
         return cls(
             stream=os.environ.get("PLANTANGENET_STREAM") or DEFAULT_STREAM,
             subject_prefix=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
+            live_prefix=os.environ.get("PLANTANGENET_LIVE_PREFIX") or DEFAULT_LIVE_PREFIX,
         )
 
 
@@ -137,6 +189,26 @@ class AppendResult:
     def last_sequence(self) -> int:
         """The stream sequence of the last stored event."""
         return self.envelopes[-1].sequence or 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Stored events of one session, read by :meth:`Journal.page`.
+
+    :param messages: ``(stream sequence, payload)`` of each message, in order;
+        the payloads are the stored bytes, undecoded.
+    :param last_sequence: the session's last stored sequence, as known when the
+        page was read (0: the session has no events). With ``more`` false and
+        messages in the page it is the page's last sequence; otherwise it comes
+        from :meth:`Journal.last_sequence`, asked right after the page.
+    :param more: whether the session had messages after the page when it was
+        read; ask for the next page from ``messages[-1][0] + 1`` (or, for an
+        empty page, from the same sequence again).
+    """
+
+    messages: tuple[tuple[int, bytes], ...]
+    last_sequence: int
+    more: bool
 
 
 class Journal:
@@ -159,8 +231,33 @@ class Journal:
         """The subject that holds ``session_id``'s events."""
         return f"{self.config.subject_prefix}.{session_id}"
 
+    def live_subject(self, session_id: str) -> str:
+        """The subject on which the stream republishes each stored event of ``session_id``.
+
+        The server publishes it once the event is stored (once per event, also on a
+        cluster, and for every message of an atomic batch), payload as stored, with
+        headers ``Nats-Stream``, ``Nats-Subject``, ``Nats-Sequence`` (its stream
+        sequence), ``Nats-Time-Stamp`` and ``Nats-Last-Sequence`` (the session's
+        previous stream sequence, ``"0"`` for its first event): a follower that sees
+        a ``Nats-Last-Sequence`` other than the last sequence it holds missed events
+        (core NATS delivery is at most once), and reads them with :meth:`page`.
+        """
+        return f"{self.config.live_prefix}.{session_id}"
+
+    def _republish(self) -> RePublish:
+        """Every stored ``<subject_prefix>.<id>`` again on ``<live_prefix>.<id>``."""
+        cfg = self.config
+        return RePublish(
+            src=f"{cfg.subject_prefix}.*", dest=f"{cfg.live_prefix}.{{{{wildcard(1)}}}}"
+        )
+
     async def ensure_stream(self) -> None:
-        """Create the stream if it does not exist (idempotent)."""
+        """Create the stream if it does not exist (idempotent).
+
+        The stream republishes each stored event on its :meth:`live_subject`. An
+        existing stream with the right subjects but without that republish (or with
+        another one) is updated to it; its other settings are kept as they are.
+        """
         cfg = self.config
         config = StreamConfig(
             name=cfg.stream,
@@ -174,21 +271,51 @@ class Journal:
             allow_atomic=True,
             allow_direct=True,
             deny_delete=cfg.deny_delete,
+            republish=self._republish(),
         )
         try:
             await self.js.add_stream(config)
+            exists = False
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # stream name already in use with another config
                 raise JournalError(f"cannot create stream {cfg.stream}: {exc.description}") from exc
-            info = await self.js.stream_info(cfg.stream)
-            if info.config.subjects != config.subjects:
-                raise JournalError(
-                    f"stream {cfg.stream} exists with subjects {info.config.subjects}, "
-                    f"expected {config.subjects}"
-                ) from exc
+            exists = True
         except nats.errors.Error as exc:
             raise JournalError(f"cannot create stream {cfg.stream}: {exc}") from exc
+        if exists:
+            await self._adopt_stream(config.subjects or [], self._republish())
         await self._wait_for_leader()
+
+    async def _adopt_stream(self, subjects: list[str], republish: RePublish) -> None:
+        """Check an existing stream's subjects; give it the live republish if it lacks it."""
+        name = self.config.stream
+        try:
+            info = await self.js.stream_info(name)
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read the config of stream {name}: {exc}") from exc
+        if info.config.subjects != subjects:
+            raise JournalError(
+                f"stream {name} exists with subjects {info.config.subjects}, expected {subjects}"
+            )
+        have = info.config.republish
+        if (
+            have is not None
+            and (have.src, have.dest) == (republish.src, republish.dest)
+            and not have.headers_only
+        ):
+            return
+        # Everything else (replicas, limits, deny_delete...) stays as the stream has it.
+        try:
+            await self.js.update_stream(dataclasses.replace(info.config, republish=republish))
+        except nats.js.errors.APIError as exc:
+            raise JournalError(
+                f"cannot republish stream {name}'s events on {republish.dest}: "
+                f"{exc.description} (err_code {exc.err_code})"
+            ) from exc
+        except nats.errors.Error as exc:
+            raise JournalError(
+                f"cannot republish stream {name}'s events on {republish.dest}: {exc}"
+            ) from exc
 
     async def _wait_for_leader(self, timeout: float = 30.0) -> None:
         """On a cluster, wait until the stream has a leader (a new R3 stream elects one)."""
@@ -273,15 +400,19 @@ class Journal:
             commit["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
         timeout = self.config.ack_timeout
         try:
-            if last > 0:
-                batch_id = new_id()
-                await self._publish_batch(
-                    subject, msg_ids, batch_id, expected_sequence, payloads[:last]
+            try:
+                reply = await self._send_append(
+                    subject, msg_ids, expected_sequence, payloads, commit, timeout
                 )
-                commit["Nats-Batch-Id"] = batch_id
-                commit["Nats-Batch-Sequence"] = str(last + 1)
-                commit["Nats-Batch-Commit"] = "1"
-            reply = await self.nc.request(subject, payloads[last], timeout, headers=commit)
+            except nats.errors.TimeoutError:
+                if last == 0:
+                    raise
+                # nats-server may drop an atomic batch that meets a full store without
+                # answering its commit. The same batch again (same message ids, same
+                # expected sequence: it cannot be stored twice) gets the typed answer.
+                reply = await self._send_append(
+                    subject, msg_ids, expected_sequence, payloads, commit, timeout / 2
+                )
         except nats.errors.NoRespondersError:
             raise JournalError(
                 f"no stream leader answered for {subject}: stream {self.config.stream} is "
@@ -307,6 +438,28 @@ class Journal:
             for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
         )
         return AppendResult(session_id, stored)
+
+    async def _send_append(
+        self,
+        subject: str,
+        msg_ids: Sequence[str],
+        expected_sequence: int,
+        payloads: Sequence[bytes],
+        commit: dict[str, str],
+        timeout: float,
+    ) -> Any:
+        """Publish an append (an atomic batch if several) and wait for its acknowledgement."""
+        last = len(payloads) - 1
+        headers = dict(commit)
+        if last > 0:
+            batch_id = new_id()
+            await self._publish_batch(
+                subject, msg_ids, batch_id, expected_sequence, payloads[:last]
+            )
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(last + 1)
+            headers["Nats-Batch-Commit"] = "1"
+        return await self.nc.request(subject, payloads[last], timeout, headers=headers)
 
     async def _publish_batch(
         self,
@@ -352,6 +505,10 @@ class Journal:
 
         Stops at the last event that existed when the read began (or at
         ``to_sequence``). ``progress(sequence, end)`` is called every 1,000 events.
+
+        A stored message that is not an envelope at all is skipped if the read also meets its
+        quarantine (``MessageQuarantined``, later in the log); otherwise, once the read
+        has yielded everything else, it raises :class:`LogDamaged` naming the message.
         """
         end = await self.last_sequence(session_id)
         if to_sequence is not None:
@@ -360,13 +517,31 @@ class Journal:
             return
         decode = self.codec.decode
         count = 0
+        unreadable: dict[int, DecodeError] = {}
         async for seq, data in self._ordered(session_id, from_sequence, stop_at=end):
-            yield decode(data, sequence=seq)
             count += 1
             if progress is not None and count % 1000 == 0:
                 progress(seq, end)
+            try:
+                envelope = decode(data, sequence=seq)
+            except (UnknownEventType, UnknownEventVersion):
+                raise  # an event of newer code (or a missing upcaster): not this log's damage
+            except DecodeError as exc:
+                unreadable[seq] = exc
+                continue
+            if unreadable and type(envelope.event) is MessageQuarantined:
+                unreadable.pop(envelope.event.sequence, None)
+            yield envelope
         if progress is not None:
             progress(end, end)
+        if unreadable:
+            first = min(unreadable)
+            raise LogDamaged(
+                f"session {session_id!r}: the message at stream sequence {first} is not a "
+                f"valid event ({unreadable[first]}); an operator may quarantine it: "
+                f"plantangenet quarantine {session_id} {first}",
+                sequence=first,
+            )
 
     async def read_raw(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
@@ -379,6 +554,137 @@ class Journal:
             return
         async for item in self._ordered(session_id, from_sequence, stop_at=end):
             yield item
+
+    async def page(
+        self,
+        session_id: str,
+        from_sequence: int = 1,
+        *,
+        max_events: int = DEFAULT_PAGE_EVENTS,
+        max_bytes: int = DEFAULT_PAGE_BYTES,
+    ) -> HistoryPage:
+        """The session's stored messages from stream sequence ``from_sequence`` on, one page.
+
+        One batched direct get (``<api prefix>.DIRECT.GET.<stream>``, answered by any
+        replica): no consumer is created, so paging never counts against the
+        stream's consumer limit. The page holds at most ``max_events`` messages, and
+        stops once the bytes sent reach ``max_bytes``, counted as the server does:
+        subject + stored headers + payload of each message. The message that reaches
+        the limit is still in the page, so a page may exceed ``max_bytes`` by up to
+        one message, and always holds at least one message if there is one at or
+        after ``from_sequence`` (however large): paging always makes progress.
+        ``from_sequence`` below 1 reads from the start.
+
+        The whole page must arrive within ``config.api_timeout`` seconds. Each
+        message's ``Nats-Last-Sequence`` (the previous message of the batch) is
+        checked, so a page with a message lost in transit is an error, never a gap.
+        A session without events, or ``from_sequence`` past its end, gives an empty
+        page with ``more`` false. On a cluster the replica that answers may lag the
+        leader by a few events (then ``more`` may be true with an empty page: ask again).
+
+        :raises JournalError: the stream does not exist or answers no direct gets,
+            the server refused or did not answer in time, or the page came incomplete.
+        """
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        start = max(from_sequence, 1)
+        subject = self.subject(session_id)
+        stream = self.config.stream
+        prefix = getattr(self.js, "_prefix", "$JS.API")
+        request = json.dumps(
+            {"seq": start, "next_by_subj": subject, "batch": max_events, "max_bytes": max_bytes}
+        ).encode()
+        messages: list[tuple[int, bytes]] = []
+        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+        def fail(problem: str) -> None:
+            if not done.done():
+                done.set_exception(JournalError(f"page of {session_id} at {start}: {problem}"))
+
+        async def collect(msg: Msg) -> None:
+            if done.done():
+                return
+            headers = msg.headers or {}
+            if "Status" in headers:  # end of batch, or no message at all
+                done.set_result(headers)
+                return
+            try:
+                sequence = int(headers["Nats-Sequence"])
+                previous = int(headers["Nats-Last-Sequence"])
+            except (KeyError, ValueError):
+                fail(f"not a stored message (headers {headers})")
+                return
+            if headers.get("Nats-Subject") != subject or sequence < start:
+                fail(f"got sequence {sequence} of {headers.get('Nats-Subject')}")
+                return
+            # Nats-Last-Sequence: the batch's message before this one (0 for the first).
+            intact = previous == messages[-1][0] < sequence if messages else previous < start
+            if not intact:
+                fail(f"message lost in transit before sequence {sequence}")
+                return
+            messages.append((sequence, msg.data))
+
+        timeout = self.config.api_timeout
+        try:
+            sub = await self.nc.subscribe(self.nc.new_inbox(), cb=collect)
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        try:
+            await self.nc.publish(f"{prefix}.DIRECT.GET.{stream}", request, reply=sub.subject)
+            end = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise JournalError(
+                f"page of {session_id} at {start}: stream {stream} did not answer in full "
+                f"within {timeout}s ({len(messages)} messages received)"
+            ) from None
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        status = end.get("Status")
+        if status == "204":  # end of batch: Nats-Num-Pending messages follow the page
+            try:
+                pending = int(end.get("Nats-Num-Pending", "0"))
+                last_sent = int(end.get("Nats-Last-Sequence", "0"))
+            except ValueError:
+                raise JournalError(f"page of {session_id}: unreadable end {end}") from None
+            if messages and last_sent != messages[-1][0]:
+                raise JournalError(
+                    f"page of {session_id} at {start}: message lost in transit after "
+                    f"sequence {messages[-1][0]} (the server sent up to {last_sent})"
+                )
+            if messages and not pending:
+                return HistoryPage(tuple(messages), messages[-1][0], False)
+            last = await self.last_sequence(session_id)
+            if messages:
+                last = max(last, messages[-1][0] + pending)
+            return HistoryPage(tuple(messages), last, bool(pending) or last >= start)
+        if status == "404" and not messages:  # nothing at or after `start`
+            last = await self.last_sequence(session_id)
+            return HistoryPage((), last, last >= start)
+        if status == "503":  # no responders
+            await self._stream_exists(f"cannot read {session_id}")
+            raise JournalError(
+                f"cannot read {session_id}: stream {stream} answered no direct get (its "
+                "replicas may be electing a leader, or it does not allow direct gets)"
+            )
+        description = end.get("Description", "")
+        raise JournalError(
+            f"page of {session_id} at {start} refused by stream {stream}: status {status} "
+            f"{description}".rstrip()
+        )
+
+    async def _stream_exists(self, what: str) -> None:
+        """:raises JournalError: naming the stream, if it does not exist."""
+        try:
+            await self.js.stream_info(self.config.stream)
+        except nats.js.errors.NotFoundError:
+            raise JournalError(f"{what}: stream {self.config.stream} does not exist") from None
+        except nats.errors.Error:
+            pass
 
     async def read_all(self, session_id: str, **kwargs: Any) -> list[Envelope]:
         """:meth:`read` into a list; raises :class:`UnknownSession` if there are no events."""
@@ -546,13 +852,23 @@ class _Unavailable(JournalError):
 
 
 def _msg_ids(session_id: str, envelopes: Sequence[Envelope]) -> list[str]:
-    """Each message's ``Nats-Msg-Id``: ``session:command:index`` (a retry is stored once)."""
+    """Each message's ``Nats-Msg-Id``: ``session:command:index`` (a retry is stored once).
+
+    A command id is an idempotency key of its principal: the id of a remote principal's
+    command carries the principal (``session:principal:command:index``), so another
+    principal sending the same id is not taken for a retry of it.
+    """
     ids: list[str] = []
-    index: dict[str, int] = {}
+    index: dict[tuple[str | None, str], int] = {}
     for envelope in envelopes:
-        n = index.get(envelope.causation_id, 0)
-        index[envelope.causation_id] = n + 1
-        ids.append(f"{session_id}:{envelope.causation_id}:{n}")
+        principal = envelope.principal
+        key = (principal, envelope.causation_id)
+        n = index.get(key, 0)
+        index[key] = n + 1
+        if principal is None or principal == OPERATOR:
+            ids.append(f"{session_id}:{envelope.causation_id}:{n}")
+        else:
+            ids.append(f"{session_id}:{principal}:{envelope.causation_id}:{n}")
     return ids
 
 

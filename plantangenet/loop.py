@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -60,6 +61,15 @@ class EventLoopThread:
             coro.close()
             raise RuntimeError("the event loop is closed")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` on the loop after ``delay`` seconds (from any thread).
+
+        Nothing happens if the loop is closed meanwhile; ``callback`` must not block.
+        """
+        if not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed between the check and the call
+                self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result in the calling thread."""

@@ -1,16 +1,31 @@
 """Policy: statements that decide what each agent may do, and why.
 
 A :class:`Policy` is a versioned set of :class:`Statement` s. Each statement
-has an id, the roles it applies to (empty: every role), an effect (``allow``
-or ``deny``), actions and resources (dotted patterns), and optional
-:class:`Condition` s on the request's context. :meth:`Policy.evaluate` returns
-a :class:`Decision` naming the statement that decided and why:
+has an id, the roles it applies to, an effect (``allow`` or ``deny``),
+actions and resources (dotted patterns), and optional :class:`Condition` s on
+the request's context. :meth:`Policy.evaluate` returns a :class:`Decision`
+naming the statement that decided and why. The engine fails closed:
 
-* a statement *applies* when the agent holds one of its roles (or it names
-  none), an action pattern and a resource pattern match, and every condition
-  holds;
-* an applying ``deny`` wins over any applying ``allow``;
-* if no ``allow`` applies, the answer is no (default deny).
+* a statement *matches* a request when it is for the agent (it names no role,
+  names the role ``*``, or names a role the agent holds; ``*`` and no role
+  both mean every agent, including one holding no role), an action pattern
+  matches the action and a resource pattern matches the resource;
+* each condition is *true*, *false* or *unknown*: unknown when it cannot be
+  evaluated, because its key is missing from the context or the comparison
+  raises (any exception: ``"a" < 5``, or a caller's value whose ``__eq__``,
+  ``__lt__`` or ``__bool__`` raises). A statement's conditions combine with
+  AND in Kleene logic: if any is false the statement does *not apply*; if all
+  are true (or it has none) it *applies*; otherwise it is *undecided*;
+* a matching ``deny`` that applies or is undecided refuses, and wins over any
+  ``allow``; the reason of an undecided one names the condition that could
+  not be evaluated and why;
+* a matching ``allow`` grants only if it applies: an undecided one grants
+  nothing;
+* if no ``allow`` applies, the answer is no (default deny);
+* any other failure while evaluating is a refusal too: :meth:`Policy.evaluate`,
+  :meth:`Policy.disclose` and :func:`evaluate` never raise (``Exception``
+  subclasses; ``KeyboardInterrupt``, ``SystemExit`` and cancellation still
+  propagate).
 
 Patterns are dotted names. ``*`` matches exactly one segment, except as the
 last segment, where it matches one or more: ``axis.*`` matches
@@ -35,9 +50,17 @@ ConditionOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in"]
 
 EFFECTS: frozenset[str] = frozenset({"allow", "deny"})
 OPS: frozenset[str] = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "in", "not_in"})
+#: The role that, in a statement's roles, stands for every agent (never a role an agent holds).
+EVERY_ROLE = "*"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+|\*")
 _ROLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_STATEMENTS = 10_000
+#: Limits of what a condition stores: its key, a string value, the values of in/not_in.
+MAX_CONDITION_KEY = 256
+MAX_CONDITION_TEXT = 1024
+MAX_CONDITION_VALUES = 256
+#: How much of an exception's message a reason quotes.
+_MAX_ERROR = 200
 
 #: Scalars a condition compares against.
 ConditionValue = str | int | float | bool | None
@@ -45,19 +68,38 @@ ConditionValue = str | int | float | bool | None
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Condition:
-    """``context[key] <op> value``; a missing key makes the condition false."""
+    """``context[key] <op> value``, in three-valued logic (see :meth:`test`).
+
+    ``in`` and ``not_in`` test membership in a tuple of values as Python's ``in``
+    on a tuple does (``is`` or ``==``: the context value is never hashed).
+    """
 
     key: str
     op: ConditionOp
     value: ConditionValue | tuple[ConditionValue, ...]
 
+    def test(self, context: Mapping[str, Any]) -> bool | None:
+        """``True`` or ``False``, or ``None`` if the condition cannot be evaluated.
+
+        It cannot be evaluated when ``key`` is missing from ``context`` or when
+        the comparison raises any exception (uncomparable types such as
+        ``"a" < 5``; a value whose ``__eq__``, ``__lt__`` or ``__bool__``
+        raises): context values come from callers. Never raises.
+        """
+        outcome = self._outcome(context)
+        return outcome if isinstance(outcome, bool) else None
+
     def holds(self, context: Mapping[str, Any]) -> bool:
-        """Whether the condition is true in ``context``."""
-        if self.key not in context:
-            return False
-        actual = context[self.key]
-        expected = self.value
+        """Whether the condition is definitely true in ``context`` (:meth:`test` is ``True``)."""
+        return self._outcome(context) is True
+
+    def _outcome(self, context: Mapping[str, Any]) -> bool | str:
+        """:meth:`test`, with in place of ``None`` why: ``missing``, or the exception raised."""
         try:
+            if self.key not in context:
+                return "missing"
+            actual = context[self.key]
+            expected = self.value
             match self.op:
                 case "eq":
                     return bool(actual == expected)
@@ -71,13 +113,15 @@ class Condition:
                     return bool(actual > expected)
                 case "ge":
                     return bool(actual >= expected)
-                case "in":
-                    return isinstance(expected, tuple) and actual in expected
-                case "not_in":
-                    return isinstance(expected, tuple) and actual not in expected
-        except TypeError:  # comparing a string with a number: the condition does not hold
-            return False
-        return False
+                case "in" if isinstance(expected, tuple):
+                    return actual in expected
+                case "not_in" if isinstance(expected, tuple):
+                    return actual not in expected
+                case "in" | "not_in":
+                    return f"{self.op!r} needs a tuple of values"
+            return f"unknown operator {self.op!r}"
+        except Exception as exc:  # a caller's value: anything may raise
+            return _error(exc)
 
     def describe(self) -> str:
         """E.g. ``hour ge 9``."""
@@ -86,7 +130,15 @@ class Condition:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Statement:
-    """One rule of a policy."""
+    """One rule of a policy.
+
+    ``roles`` says whom it is for: no role, or the role ``*`` among them,
+    means every agent (including one holding no role); otherwise the agents
+    holding one of them. Its ``conditions`` combine with AND in Kleene logic
+    (see :meth:`test`). A matching ``deny`` refuses unless a condition is
+    definitely false; a matching ``allow`` grants only if every condition is
+    definitely true (see the module docs).
+    """
 
     id: str
     effect: Effect
@@ -97,13 +149,47 @@ class Statement:
     #: What an ``allow`` discloses of data queried under it (``None``: everything).
     disclosure: Disclosure | None = None
 
+    @property
+    def for_every_role(self) -> bool:
+        """Whether the statement is for every agent (no roles, or ``*`` among them)."""
+        return not self.roles or EVERY_ROLE in self.roles
+
     def matches(self, roles: Iterable[str], action: str, resource: str) -> bool:
         """Whether roles, action and resource fit (conditions not considered)."""
-        if self.roles and not any(role in self.roles for role in roles):
+        if not self.for_every_role and not any(role in self.roles for role in roles):
             return False
+        return self._fits(action, resource)
+
+    def test(self, context: Mapping[str, Any]) -> bool | None:
+        """Its conditions combined with AND in Kleene logic.
+
+        ``True`` if every condition is true (or it has none): the statement
+        applies; ``False`` if one is false: it does not apply; otherwise
+        ``None``: it is undecided (none is false, some cannot be evaluated).
+        """
+        outcome = self._outcome(context)
+        return outcome if isinstance(outcome, bool) else None
+
+    def _fits(self, action: str, resource: str) -> bool:
         return any(pattern_matches(p, action) for p in self.actions) and any(
             pattern_matches(p, resource) for p in self.resources
         )
+
+    def _outcome(self, context: Mapping[str, Any]) -> bool | str:
+        """:meth:`test`, with for ``None`` the first condition that cannot be evaluated and why."""
+        undecided: Condition | None = None
+        why = ""
+        for condition in self.conditions:
+            outcome = condition._outcome(context)
+            if outcome is True:
+                continue
+            if outcome is False:
+                return False
+            if undecided is None:
+                undecided, why = condition, outcome
+        if undecided is None:
+            return True
+        return f"condition {undecided.describe()!r} cannot be evaluated ({why})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,7 +197,8 @@ class Decision:
     """The outcome of evaluating a request against a policy."""
 
     allowed: bool
-    #: The statement that decided (``None`` for default deny or the session owner).
+    #: The statement that decided (``None`` for default deny, a failed evaluation or the
+    #: session owner).
     statement_id: str | None
     reason: str
     policy_version: int
@@ -121,37 +208,46 @@ class Decision:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A versioned set of statements. Version 0 is the empty default-deny policy."""
+    """A versioned set of statements. Version 0 is the empty default-deny policy.
+
+    Its only fields are ``statements`` and ``version``: the role index that
+    evaluation uses is internal (not a field, so not in :func:`dataclasses.fields`,
+    plain views, equality or ``repr``).
+    """
 
     statements: tuple[Statement, ...] = ()
     version: int = 0
-    #: For each role, the statements that can apply to it (its own and the
-    #: role-less ones), in policy order: evaluation skips the rest.
-    _by_role: dict[str, tuple[Statement, ...]] = dataclasses.field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _any_role: tuple[Statement, ...] = dataclasses.field(
-        default=(), init=False, repr=False, compare=False
-    )
 
-    def __post_init__(self) -> None:
+    @functools.cached_property
+    def _any_role(self) -> tuple[Statement, ...]:
+        """The statements for every agent (no roles, or ``*``), in policy order."""
+        return tuple(s for s in self.statements if s.for_every_role)
+
+    @functools.cached_property
+    def _by_role(self) -> dict[str, tuple[Statement, ...]]:
+        """For each role a statement names, the statements for an agent holding it.
+
+        Its own and those for every agent, in policy order: evaluation skips the rest.
+        """
         by_role: dict[str, list[Statement]] = {}
-        any_role = []
+        every: list[Statement] = []
         for statement in self.statements:
-            if not statement.roles:
-                any_role.append(statement)
+            if statement.for_every_role:
+                every.append(statement)
                 for listed in by_role.values():
                     listed.append(statement)
                 continue
             for role in dict.fromkeys(statement.roles):
                 if role not in by_role:
-                    by_role[role] = list(any_role)
+                    by_role[role] = list(every)
                 by_role[role].append(statement)
-        object.__setattr__(self, "_by_role", {r: tuple(v) for r, v in by_role.items()})
-        object.__setattr__(self, "_any_role", tuple(any_role))
+        return {r: tuple(v) for r, v in by_role.items()}
 
     def candidates(self, roles: Sequence[str]) -> Sequence[Statement]:
-        """The statements that may apply to an agent holding ``roles``, in policy order."""
+        """The statements for an agent holding ``roles``, in policy order.
+
+        Those naming no role or ``*`` (every agent), and those naming one of ``roles``.
+        """
         if len(roles) == 1:
             return self._by_role.get(roles[0], self._any_role)
         if not roles:
@@ -169,8 +265,14 @@ class Policy:
         resource: str,
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Decide whether an agent holding ``roles`` may do ``action`` on ``resource``."""
-        return self._decide(tuple(roles), action, resource, context or {}, widest=False)[0]
+        """Decide whether an agent holding ``roles`` may do ``action`` on ``resource``.
+
+        Never raises: a failure while evaluating is a refusal naming it.
+        """
+        try:
+            return self._decide(tuple(roles), action, resource, context or {}, False)[0]
+        except Exception as exc:
+            return _failed(self.version, action, resource, exc)
 
     def disclose(
         self,
@@ -184,12 +286,16 @@ class Policy:
         A deny still wins. Among the allowing statements that apply, the one that
         discloses most decides (allows add up; to disclose less, narrow the
         allows or add a deny); a statement without a disclosure discloses
-        everything. A refusal comes with the ``denied`` disclosure.
+        everything. An undecided allow is never chosen. A refusal comes with the
+        ``denied`` disclosure. Never raises.
         """
-        decision, statement = self._decide(tuple(roles), action, resource, context or {}, True)
-        if not decision.allowed or statement is None:
-            return decision, DENIED
-        return decision, statement.disclosure or FULL
+        try:
+            decision, statement = self._decide(tuple(roles), action, resource, context or {}, True)
+            if not decision.allowed or statement is None:
+                return decision, DENIED
+            return decision, statement.disclosure or FULL
+        except Exception as exc:
+            return _failed(self.version, action, resource, exc), DENIED
 
     def _decide(
         self,
@@ -200,27 +306,55 @@ class Policy:
         widest: bool,
     ) -> tuple[Decision, Statement | None]:
         allow: Statement | None = None
-        for statement in self.candidates(roles):
-            if not statement.matches(roles, action, resource):
+        undecided = ""  # why the first undecided allow did not allow
+        for statement in self.candidates(roles):  # all for these roles
+            if not statement._fits(action, resource):
                 continue
-            if not all(c.holds(context) for c in statement.conditions):
+            applies = statement._outcome(context) if statement.conditions else True
+            if applies is False:
                 continue
             if statement.effect == "deny":
                 reason = f"denied by statement {statement.id!r}"
+                if applies is not True:
+                    reason = f"{reason}: {applies}"
                 return Decision(
                     False, statement.id, reason, self.version, action, resource
                 ), statement
+            if applies is not True:
+                if not undecided:
+                    undecided = f"; statement {statement.id!r} does not allow: {applies}"
+                continue
             if allow is None or (widest and _rank(statement) > _rank(allow)):
                 allow = statement
         if allow is not None:
             reason = f"allowed by statement {allow.id!r}"
             return Decision(True, allow.id, reason, self.version, action, resource), allow
-        reason = f"no statement allows {action} on {resource} (default deny)"
+        reason = f"no statement allows {action} on {resource} (default deny){undecided}"
         return Decision(False, None, reason, self.version, action, resource), None
 
 
 def _rank(statement: Statement) -> int:
     return RANK[(statement.disclosure or FULL).level]
+
+
+def _error(exc: BaseException) -> str:
+    """``exc`` as ``TypeError: ...`` (bounded; its message may be hostile too)."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+        if len(message) > _MAX_ERROR:
+            message = message[:_MAX_ERROR] + "..."
+        return f"{name}: {message}" if message else name
+    except Exception:
+        return name
+
+
+def _failed(version: int, action: object, resource: object, exc: Exception) -> Decision:
+    """The refusal for an evaluation that failed with ``exc``."""
+    action = action if isinstance(action, str) else ""
+    resource = resource if isinstance(resource, str) else ""
+    reason = f"refused: the policy could not be evaluated ({_error(exc)})"
+    return Decision(False, None, reason, version, action, resource)
 
 
 def evaluate(
@@ -230,8 +364,12 @@ def evaluate(
     resource: str,
     context: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """:meth:`Policy.evaluate` as a function."""
-    return policy.evaluate(roles, action, resource, context)
+    """:meth:`Policy.evaluate` as a function (never raises either)."""
+    try:
+        return policy.evaluate(roles, action, resource, context)
+    except Exception as exc:  # not a Policy, or one whose evaluate was replaced
+        version = policy.version if isinstance(policy, Policy) else 0
+        return _failed(version, action, resource, exc)
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -278,9 +416,26 @@ def check_pattern(pattern: object, label: str) -> str:
 
 
 def check_role(role: object, label: str = "role") -> str:
-    """``role`` if it is a valid role name, else :class:`InvalidPolicy`."""
+    """``role`` if it is a valid role name (one an agent may hold), else :class:`InvalidPolicy`.
+
+    ``*`` is not a role name: it only stands for every agent in a statement's roles
+    (see :func:`check_statement_role`).
+    """
     if not isinstance(role, str) or not _ROLE.fullmatch(role):
         raise InvalidPolicy(f"{label}: a role is 1-64 letters, digits, '_' or '-', got {role!r}")
+    return role
+
+
+def check_statement_role(role: object, label: str = "role") -> str:
+    """``role`` if it may be listed in a statement's roles, else :class:`InvalidPolicy`.
+
+    A valid role name (:func:`check_role`), or exactly ``*``: every agent.
+    """
+    if not isinstance(role, str) or (role != EVERY_ROLE and not _ROLE.fullmatch(role)):
+        raise InvalidPolicy(
+            f"{label}: a role is 1-64 letters, digits, '_' or '-', or '*' for every agent, "
+            f"got {role!r}"
+        )
     return role
 
 
@@ -299,13 +454,15 @@ def _condition(raw: object, label: str) -> Condition:
     if unknown:
         raise InvalidPolicy(f"{label}: unknown field {sorted(unknown)[0]!r}")
     key, op, value = raw.get("key"), raw.get("op"), raw.get("value")
-    if not isinstance(key, str) or not key:
-        raise InvalidPolicy(f"{label}.key: must be a non-empty string")
+    if not isinstance(key, str) or not key or len(key) > MAX_CONDITION_KEY:
+        raise InvalidPolicy(f"{label}.key: must be a string of 1-{MAX_CONDITION_KEY} characters")
     if not isinstance(op, str) or op not in OPS:
         raise InvalidPolicy(f"{label}.op: unknown operator {op!r} (one of {sorted(OPS)})")
     if op in ("in", "not_in"):
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise InvalidPolicy(f"{label}.value: '{op}' needs a list")
+        if len(value) > MAX_CONDITION_VALUES:
+            raise InvalidPolicy(f"{label}.value: at most {MAX_CONDITION_VALUES} values")
         value = tuple(_scalar(v, f"{label}.value") for v in value)
     else:
         value = _scalar(value, f"{label}.value")
@@ -317,6 +474,8 @@ def _scalar(value: object, label: str) -> ConditionValue:
         raise InvalidPolicy(f"{label}: must be a string, number, boolean or null")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidPolicy(f"{label}: must be a finite number")
+    if isinstance(value, str) and len(value) > MAX_CONDITION_TEXT:
+        raise InvalidPolicy(f"{label}: at most {MAX_CONDITION_TEXT} characters")
     return value
 
 
@@ -357,7 +516,7 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
         raise InvalidPolicy(f"{label}.effect: must be 'allow' or 'deny', got {effect!r}")
     roles = raw.get("roles", ())
     if isinstance(roles, str) or not isinstance(roles, Sequence):
-        raise InvalidPolicy(f"{label}.roles: must be a list (empty: every role)")
+        raise InvalidPolicy(f"{label}.roles: must be a list (empty or '*': every role)")
     conditions = raw.get("conditions", ())
     if isinstance(conditions, str | Mapping) or not isinstance(conditions, Sequence):
         raise InvalidPolicy(f"{label}.conditions: must be a list")
@@ -371,7 +530,7 @@ def parse_statement(raw: object, label: str = "statement") -> Statement:
         effect=cast(Effect, effect),
         actions=_patterns(raw.get("actions"), f"{label}.actions"),
         resources=_patterns(raw.get("resources"), f"{label}.resources"),
-        roles=tuple(check_role(r, f"{label}.roles") for r in roles),
+        roles=tuple(check_statement_role(r, f"{label}.roles") for r in roles),
         conditions=tuple(
             _condition(c, f"{label}.conditions[{i}]") for i, c in enumerate(conditions)
         ),

@@ -22,11 +22,14 @@ from plantangenet import commands as c
 from plantangenet import errors
 from plantangenet.actors.session import CommandResult
 from plantangenet.errors import DecodeError, InvalidCommand, PlantangenetError
+from plantangenet.events.envelope import OPERATOR
 
 #: The protocol version this code speaks.
 PROTOCOL_VERSION = 1
 #: Default prefix of command subjects: ``plantangenet.cmd.<session_id>.<command>``.
 DEFAULT_COMMAND_PREFIX = "plantangenet.cmd"
+#: Ingress lanes of the session service (see :func:`lane_of` and ``plantangenet.access``).
+DEFAULT_LANES = 8
 #: Largest request payload accepted (bytes).
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -49,9 +52,14 @@ COMMANDS: dict[str, type[c.Command]] = {
     "set_prices": c.SetPrices,
     "deposit": c.DepositDust,
     "grant": c.GrantDust,
+    "add_owner": c.AddOwner,
+    "remove_owner": c.RemoveOwner,
+    "bind_agent": c.BindAgent,
 }
-#: Wire names that read instead of write.
-QUERIES = frozenset({"state"})
+#: Wire names that read instead of write: a session's state, and a page of its history.
+QUERIES = frozenset({"state", "history"})
+#: The most events one ``history`` page holds.
+MAX_HISTORY_PAGE = 1000
 #: Wire name of several commands in one request (``<prefix>.cmd.<session_id>.batch``).
 BATCH = "batch"
 #: The most commands one batch may carry (its reply must fit in one NATS message).
@@ -69,13 +77,29 @@ def command_subject(session_id: str, name: str, prefix: str = DEFAULT_COMMAND_PR
     return f"{prefix}.{session_id}.{name}"
 
 
-def parse_subject(subject: str, prefix: str = DEFAULT_COMMAND_PREFIX) -> tuple[str, str]:
-    """``(session_id, command name)`` from a command subject."""
+def parse_subject(
+    subject: str, prefix: str = DEFAULT_COMMAND_PREFIX
+) -> tuple[str, str, str | None]:
+    """``(session_id, command name, account)`` from a command subject.
+
+    A bot's request arrives in the service's account on
+    ``<prefix>.<lane>.<account>.<session_id>.<command>`` (its import maps its own
+    ``<prefix>.<session_id>.<command>`` there; nats-server checks the account token);
+    a request from the service's own account on ``<prefix>.<session_id>.<command>``
+    (account ``None``).
+    """
     rest = subject[len(prefix) + 1 :] if subject.startswith(prefix + ".") else ""
-    session_id, _, name = rest.partition(".")
-    if not session_id or not name or "." in name:
-        raise InvalidCommand(f"not a command subject: {subject!r}")
-    return session_id, name
+    tokens = rest.split(".")
+    if len(tokens) == 2 and all(tokens):
+        return tokens[0], tokens[1], None
+    if len(tokens) == 4 and all(tokens) and tokens[0].isdigit():
+        return tokens[2], tokens[3], tokens[1]
+    raise InvalidCommand(f"not a command subject: {subject[:300]!r}")
+
+
+def lane_subjects(lane: int, prefix: str = DEFAULT_COMMAND_PREFIX) -> str:
+    """What the service subscribes to for ingress lane ``lane``."""
+    return f"{prefix}.{lane}.*.*.*"
 
 
 def encode_request(
@@ -134,18 +158,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def decode_request(name: str, payload: bytes) -> c.Command:
-    """The command in a request payload; raises ``InvalidCommand``/``DecodeError``."""
+def decode_request(name: str, payload: bytes, principal: str = OPERATOR) -> c.Command:
+    """The command in a request payload, sent by ``principal`` (who the NATS server says
+    sent the request; never a field of the payload); raises ``InvalidCommand``/``DecodeError``."""
     if name not in COMMANDS:
         raise InvalidCommand(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
     raw = _unpack_map(payload, "request")
     unknown = raw.keys() - _ENVELOPE_KEYS
     if unknown:
         raise InvalidCommand(f"unknown request field {sorted(map(str, unknown))[0]!r}")
-    return _command(name, raw)
+    return _command(name, raw, principal)
 
 
-def decode_batch(payload: bytes) -> list[c.Command | PlantangenetError]:
+def decode_history(payload: bytes) -> tuple[int, int]:
+    """``(from sequence, most events)`` of a ``history`` request.
+
+    ``{"v": 1, "from": <stream sequence, default 1>, "max": <1..1000, default 1000>}``;
+    an empty payload asks for the first page.
+    """
+    raw = _unpack_map(payload, "history request") if payload else {"v": PROTOCOL_VERSION}
+    unknown = raw.keys() - {"v", "from", "max"}
+    if unknown:
+        raise InvalidCommand(f"unknown history field {sorted(map(str, unknown))[0]!r}")
+    _check_version(raw)
+    start, most = raw.get("from", 1), raw.get("max", MAX_HISTORY_PAGE)
+    if type(start) is not int or start < 1:
+        raise InvalidCommand(f"from: a stream sequence (1 or more), got {start!r:.40}")
+    if type(most) is not int or not 1 <= most <= MAX_HISTORY_PAGE:
+        raise InvalidCommand(f"max: 1 to {MAX_HISTORY_PAGE} events, got {most!r:.40}")
+    return start, most
+
+
+def decode_batch(payload: bytes, principal: str = OPERATOR) -> list[c.Command | PlantangenetError]:
     """The commands of a batch request, in order: each one, or the error that refuses it.
 
     A malformed item is refused on its own (the others still count); a malformed
@@ -166,13 +210,13 @@ def decode_batch(payload: bytes) -> list[c.Command | PlantangenetError]:
     decoded: list[c.Command | PlantangenetError] = []
     for index, item in enumerate(items):
         try:
-            decoded.append(_batch_item(index, item))
+            decoded.append(_batch_item(index, item, principal))
         except PlantangenetError as exc:
             decoded.append(exc)
     return decoded
 
 
-def _batch_item(index: int, item: Any) -> c.Command:
+def _batch_item(index: int, item: Any, principal: str) -> c.Command:
     where = f"commands[{index}]"
     if type(item) is not dict:
         raise InvalidCommand(f"{where}: a command is a map, got {type(item).__name__}")
@@ -186,7 +230,7 @@ def _batch_item(index: int, item: Any) -> c.Command:
     unknown = item.keys() - _ENVELOPE_KEYS - {"cmd"}
     if unknown:
         raise InvalidCommand(f"{where}: unknown request field {sorted(map(str, unknown))[0]!r}")
-    return _command(name, {"v": PROTOCOL_VERSION, **item})  # an item's own "v" is checked
+    return _command(name, {"v": PROTOCOL_VERSION, **item}, principal)  # its own "v" is checked
 
 
 def _unpack_map(payload: bytes, what: str) -> dict[Any, Any]:
@@ -209,7 +253,7 @@ def _check_version(raw: dict[Any, Any]) -> None:
         )
 
 
-def _command(name: str, raw: dict[Any, Any]) -> c.Command:
+def _command(name: str, raw: dict[Any, Any], principal: str) -> c.Command:
     """The ``name`` command a request map describes (its keys already checked)."""
     _check_version(raw)
     command_id = raw.get("id")
@@ -218,8 +262,10 @@ def _command(name: str, raw: dict[Any, Any]) -> c.Command:
     issued_by, correlation = raw.get("by"), raw.get("corr")
     if issued_by is not None and not isinstance(issued_by, str):
         raise InvalidCommand("by: must be an agent id or nil")
-    if correlation is not None and not isinstance(correlation, str):
-        raise InvalidCommand("corr: must be a string or nil")
+    if correlation is not None and (
+        not isinstance(correlation, str) or not _COMMAND_ID.fullmatch(correlation)
+    ):
+        raise InvalidCommand("corr: a correlation id is nil or 1-128 printable ASCII characters")
     context = raw.get("ctx") or {}
     if type(context) is not dict:
         raise InvalidCommand("ctx: must be a map")
@@ -244,6 +290,7 @@ def _command(name: str, raw: dict[Any, Any]) -> c.Command:
         issued_by=issued_by,
         correlation_id=correlation,
         context=context,
+        principal=principal,
         **values,
     )
 
@@ -299,6 +346,23 @@ def batch_reply(outcomes: Sequence[CommandResult | BaseException]) -> bytes:
             "v": PROTOCOL_VERSION,
             "ok": True,
             "outcomes": [_ok(o) if isinstance(o, CommandResult) else _error(o) for o in outcomes],
+        }
+    )
+
+
+def history_reply(events: Sequence[tuple[int, bytes]], last: int, more: bool) -> bytes:
+    """The reply to a ``history`` request: ``[sequence, stored bytes]`` per event, in order.
+
+    ``last`` is the session's last stream sequence as the page saw it; ``more`` says
+    whether events after the page exist (ask again from the last one + 1).
+    """
+    return _pack(
+        {
+            "v": PROTOCOL_VERSION,
+            "ok": True,
+            "events": [[sequence, payload] for sequence, payload in events],
+            "last": last,
+            "more": more,
         }
     )
 

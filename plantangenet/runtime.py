@@ -26,10 +26,11 @@ import nats
 import nats.errors
 
 from plantangenet.actors.agent import Agent
+from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.actors.session import DEFAULT_MAX_BATCH, AgentFactory, SessionActor
 from plantangenet.chems import Chems
 from plantangenet.compositors import Compositor
-from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id
+from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id, damage
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
@@ -88,6 +89,9 @@ class Plantangenet:
     :param max_batch: the most events a session writes in one append (group commit:
         commands decided while an append is in flight go out together in the next,
         up to this many events; also the most one command may write). At most 1,000.
+    :param refusal_limit: how fast each remote principal's refusals are recorded one by
+        one in a session (default :class:`RefusalLimit`); past it they are answered and
+        counted, and a ``RefusalsSuppressed`` event summarises them once per interval.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class Plantangenet:
         nats_options: dict[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         compositors: Iterable[Compositor] = (),
+        refusal_limit: RefusalLimit | None = None,
     ) -> None:
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -111,6 +116,7 @@ class Plantangenet:
         self.max_batch = max_batch
         self.nats_options = dict(nats_options or {})
         self.limits = limits
+        self.refusal_limit = refusal_limit or RefusalLimit()
         self.server: EmbeddedNats | None = None
         self.loop = EventLoopThread()
         self._nc: Any = None
@@ -146,7 +152,20 @@ class Plantangenet:
             raise
         return self
 
-    async def _connect(self, url: str) -> Any:
+    async def open_connection(self, name: str) -> Any:
+        """Another NATS connection to the runtime's server, as the runtime's own is made.
+
+        For work that must not share a socket with the journal: the session service
+        takes bots' requests on one of its own, so that a flood of requests queued on
+        its socket never delays the acknowledgements of the journal's appends. Run it
+        on the runtime's loop; the caller closes the connection.
+        """
+        url = self.server.url if self.server is not None else self.nats_url
+        if url is None:
+            raise RuntimeError("the runtime is not started; call start() or use open()")
+        return await self._connect(url, name)
+
+    async def _connect(self, url: str, name: str | None = None) -> Any:
         options: dict[str, Any] = {
             "name": "plantangenet",
             "max_reconnect_attempts": -1,
@@ -154,6 +173,8 @@ class Plantangenet:
             "connect_timeout": 5,
             **self.nats_options,
         }
+        if name is not None:
+            options["name"] = name
         refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         user_error_cb = options.pop("error_cb", None)
 
@@ -238,6 +259,7 @@ class Plantangenet:
                 max_batch=self.max_batch,
                 limits=self.limits,
                 compositors=self.compositors,
+                refusal_limit=self.refusal_limit,
             )
             handle = SessionHandle(session_id, actor)
             holder.append(handle)
@@ -291,11 +313,20 @@ class Plantangenet:
     def replay(
         self, session_id: str, *, to_sequence: int | None = None, progress: Progress | None = None
     ) -> SessionState:
-        """Fold the session's events from the log, independently of any actor."""
+        """Fold the session's events from the log, independently of any actor.
+
+        :raises LogDamaged: the log holds a message that is not a valid event of the
+            session, not quarantined (fold with :func:`plantangenet.replay.replay` to
+            see the state around it).
+        :raises UnknownSession: the session has no events.
+        """
         check_id(session_id, "session_id")
         state: SessionState = self.loop.run(
             replay(self.journal, session_id, to_sequence=to_sequence, progress=progress)
         )
+        damaged = damage(state)
+        if damaged is not None:
+            raise damaged
         if state.event_count == 0:
             raise UnknownSession(f"no events for session {session_id!r}")
         return state

@@ -8,12 +8,43 @@ or a typed error (see :mod:`plantangenet.protocol`). If two processes write
 the same session, the journal's optimistic concurrency makes the later one
 fail cleanly; the service retries it on the caught-up state.
 
+**Who sent it.** A request's principal comes from the NATS server, never from
+its payload: bots live in accounts of their own that import the command
+service with ``share: true`` (see :mod:`plantangenet.access`), so every request
+that crossed an import carries the server-set ``Nats-Request-Info`` header,
+which a client cannot forge; its account and user are the principal
+(``"<user>@<account>"``). A request with no such header comes from the
+service's own account: the operator. A header the service cannot read (garbled,
+or sent twice in different cases) is refused. The session then decides what
+that principal may do (:mod:`plantangenet.authorize`).
+
+**Where replies go.** Only where the server said: a request that crossed an
+import is answered only on the ``_R_.`` subject the server issued for it, and
+no request is answered under ``$`` or on the subjects of the event stream, its
+live republish, or the commands — such requests are dropped unanswered, logged
+and counted (:attr:`SessionService.refused_replies`). Nothing a request says
+can make the service publish into the log.
+
+**Fairness.** Bots' requests arrive on *ingress lanes*: connections of the
+service of their own, one per lane, each bot account on its lane (see
+:mod:`plantangenet.access`), so a bot that floods the service queues behind
+itself on the socket, not in front of the others. Taking a message off a
+connection costs little and never waits: each principal's requests queue on
+their own, and the queues are served in turn, at most ``per_principal``
+requests of one principal at a time. A principal that floods the service fills
+its own queue (past ``queued_per_principal`` its requests are answered
+``too_many_requests``) and delays the others only by the CPU its flood takes.
+The operator (requests from the service's own account) is not limited: it
+is trusted, and without accounts (an unauthenticated server) every client is
+the operator.
+
 Requests that cannot change a session whose log is empty (a ``state`` query,
 any command but ``start``) are answered from the log without starting an
 actor: clients name session ids at will, and must not start threads at will.
 A ``state`` query never answers an actor's state from a failed rehydration (it
 reports the failure), and a reply larger than the connection's
-``max_payload`` becomes a ``reply_too_large`` error.
+``max_payload`` becomes a ``reply_too_large`` error. A ``history`` request
+answers a page of the session's stored events (no consumer is created).
 
 Nothing here blocks the event loop: requests become tasks, actors are reached
 through futures.
@@ -24,33 +55,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
 
+from plantangenet.access import REQUEST_INFO_HEADER, principal_from_headers
 from plantangenet.actors.session import CommandResult, SessionActor
 from plantangenet.commands import Command, QueryCursor, StartSession
 from plantangenet.decide import check_id, decide_authorized
 from plantangenet.errors import (
+    AccessRefused,
     ConcurrencyError,
     InvalidCommand,
     PlantangenetError,
     ReplyTooLarge,
+    TooManyRequests,
 )
+from plantangenet.events.envelope import OPERATOR
 from plantangenet.handle import SessionHandle
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     BATCH,
     DEFAULT_COMMAND_PREFIX,
+    DEFAULT_LANES,
     QUERIES,
     batch_reply,
     data_reply,
     decode_batch,
+    decode_history,
     decode_request,
     error_reply,
+    history_reply,
+    lane_subjects,
     ok_reply,
     parse_subject,
 )
@@ -61,6 +102,18 @@ log = logging.getLogger("plantangenet.service")
 
 #: Placeholder for a batch command not answered yet (every one is, before the reply).
 _UNANSWERED = PlantangenetError("internal error: a command of the batch was not answered")
+_REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
+#: Messages taken off the connection between two yields to the event loop.
+_YIELD_EVERY = int(__import__("os").environ.get("PG_YIELD", "64"))
+#: Room a reply's own fields need beside the data it carries.
+_REPLY_OVERHEAD = 4096
+
+
+def _lane_account(subject: str, prefix: str) -> str | None:
+    """The account token of a lane subject (``None``: not a lane subject)."""
+    tokens = subject[len(prefix) + 1 :].split(".")
+    return tokens[1] if len(tokens) == 4 and tokens[0].isdigit() else None
+
 
 #: The queue group every ``serve`` process joins.
 QUEUE_GROUP = "plantangenet-serve"
@@ -71,9 +124,15 @@ class SessionService:
 
     :param runtime: a started :class:`~plantangenet.runtime.Plantangenet`.
     :param idle_timeout: seconds after which an unused session actor is stopped.
-    :param max_in_flight: requests handled at once (more wait in NATS).
+    :param max_in_flight: requests handled at once (more wait in their principals' queues).
     :param conflict_retries: how often a command that lost a race with
         another writer is retried on the caught-up state.
+    :param per_principal: requests of one principal handled at once.
+    :param queued_per_principal: requests of one principal waiting at most; more are
+        answered ``too_many_requests`` at once.
+    :param lanes: ingress lanes: connections bots' requests arrive on, one lane per
+        bot account as far as there are lanes (``plantangenet nats-config --lanes`` must
+        say the same; see the module docs).
     """
 
     def __init__(
@@ -85,72 +144,226 @@ class SessionService:
         idle_timeout: float = 300.0,
         max_in_flight: int = 1000,
         conflict_retries: int = 8,
+        per_principal: int = 16,
+        queued_per_principal: int = 256,
+        lanes: int = DEFAULT_LANES,
     ) -> None:
         self.runtime = runtime
         self.command_prefix = command_prefix
         self.queue = queue
         self.idle_timeout = idle_timeout
         self.conflict_retries = conflict_retries
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self.per_principal = per_principal
+        self.queued_per_principal = queued_per_principal
+        self.lanes = lanes
+        #: The lanes' connections (see ``start``).
+        self._lane_connections: list[Any] = []
+        self._lane_subs: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests waiting, per principal, and the principals with some waiting that
+        #: may start one now, in the order they are served (round robin).
+        self._waiting: dict[str, deque[Msg]] = {}
+        self._turns: deque[str] = deque()
+        self._running_of: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._busy: dict[str, int] = {}
+        #: The connection requests arrive and replies leave on: not the runtime's, whose
+        #: socket carries the journal's appends and acknowledgements, so that a burst of
+        #: requests waiting to be read never delays a command's append.
+        self._nc: Any = None
         self._sub: Any = None
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._taken = 0
+        config = runtime.journal_config
+        #: Reply subjects no request may point the service at.
+        self._protected = tuple(
+            f"{prefix}." for prefix in (config.subject_prefix, config.live_prefix, command_prefix)
+        )
         #: Requests answered, and how many of them were errors.
         self.handled = 0
         self.failed = 0
+        #: Requests dropped unanswered for their reply subject (see the module docs).
+        self.refused_replies = 0
+        #: Requests refused because the service could not tell who sent them.
+        self.unidentified = 0
+        #: Requests answered ``too_many_requests``.
+        self.overflowed = 0
+        self._overflow_reply = error_reply(
+            TooManyRequests(
+                f"{queued_per_principal} requests of yours are waiting already; nothing was "
+                "done: retry once replies come back"
+            )
+        )
 
     # -- lifecycle (coroutines: run them on the runtime's loop) ------------------
 
     async def start(self) -> None:
-        """Subscribe and begin serving."""
-        nc = self.runtime.connection
-        self._sub = await nc.subscribe(
-            f"{self.command_prefix}.*.*", queue=self.queue, cb=self._on_message
+        """Connect (connections of its own: see the module docs), subscribe, begin serving."""
+        nc = self._nc = await self.runtime.open_connection("plantangenet-serve")
+        self._sub = await self._subscribe(nc, f"{self.command_prefix}.*.*")
+        for lane in range(self.lanes):
+            lane_nc = await self.runtime.open_connection(f"plantangenet-serve-lane-{lane}")
+            self._lane_connections.append(lane_nc)
+            self._lane_subs.append(
+                await self._subscribe(lane_nc, lane_subjects(lane, self.command_prefix))
+            )
+        self._reaper = asyncio.create_task(self._reap_idle())
+        log.info(
+            "serving %s.*.* and %d lanes in queue group %s",
+            self.command_prefix,
+            self.lanes,
+            self.queue,
+        )
+
+    async def _subscribe(self, nc: Any, subject: str) -> Any:
+        sub = await nc.subscribe(
+            subject,
+            queue=self.queue,
+            cb=self._on_message,
+            # The service queues by principal itself; let NATS hand it a burst whole.
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
         )
         await nc.flush()
-        self._reaper = asyncio.create_task(self._reap_idle())
-        log.info("serving %s.*.* in queue group %s", self.command_prefix, self.queue)
+        return sub
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking requests, finish the ones in flight, then return."""
+        """Stop taking requests, finish the ones taken (in flight and queued), then return."""
         self._stopping = True
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.drain()
-            self._sub = None
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        for sub in [self._sub, *self._lane_subs]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.drain()
+        self._sub, self._lane_subs = None, []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._tasks or self._turns) and loop.time() < deadline:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=deadline - loop.time())
+            else:
+                await asyncio.sleep(0.01)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        for nc in [self._nc, *self._lane_connections]:
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
+        self._nc, self._lane_connections = None, []
+
+    # -- taking requests off the connection --------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._taken += 1
+        if self._taken % _YIELD_EVERY == 0:
+            # nats-py hands a backlog over without yielding: let the requests already
+            # started (everyone's, in turn) run between messages of a burst.
+            await asyncio.sleep(0)
+        headers = msg.headers
+        crossed = bool(headers) and any(
+            isinstance(k, str) and k.casefold() == _REQUEST_INFO for k in headers or ()
+        )
+        refusal = self._reply_refusal(msg.reply, crossed)
+        if refusal is not None:
+            self.refused_replies += 1
+            if self.refused_replies <= 10 or self.refused_replies % 1000 == 0:
+                log.warning(
+                    "dropped a request on %s: its reply subject %r is %s (%d dropped so far)",
+                    msg.subject,
+                    msg.reply[:200],
+                    refusal,
+                    self.refused_replies,
+                )
+            return
+        principal = principal_from_headers(headers) if crossed else OPERATOR
+        lane_account = _lane_account(msg.subject, self.command_prefix)
+        if (lane_account is None) != (not crossed) or (
+            principal is not None
+            and lane_account is not None
+            and not principal.endswith("@" + lane_account)
+        ):
+            principal = None  # on a lane without the server's word, or not its account's
+        if principal is None:
+            self.unidentified += 1
+            await self._reply(
+                msg,
+                error_reply(
+                    AccessRefused(
+                        "the service cannot tell who sent this request: its Nats-Request-Info "
+                        "header is unreadable or repeated; nothing was done"
+                    )
+                ),
+            )
+            return
+        waiting = self._waiting.get(principal)
+        if waiting is None:
+            waiting = self._waiting[principal] = deque()
+        elif len(waiting) >= self.queued_per_principal and principal != OPERATOR:
+            self.overflowed += 1  # the cheapest answer there is: a flood must cost little
+            await self._reply(msg, self._overflow_reply)
+            return
+        waiting.append(msg)
+        if len(waiting) == 1 and (
+            self._running_of.get(principal, 0) < self.per_principal or principal == OPERATOR
+        ):
+            self._turns.append(principal)
+        self._dispatch()
+
+    def _reply_refusal(self, reply: str, crossed: bool) -> str | None:
+        """Why the service must not publish on ``reply`` (``None``: it may)."""
+        if not reply:
+            return None  # a command sent without waiting for its outcome
+        if crossed and not reply.startswith("_R_."):
+            return "not the reply subject the server issued for a request from another account"
+        if reply.startswith("$"):
+            return "a system subject"
+        if reply.startswith(self._protected) or reply + "." in self._protected:
+            return "a subject of the event stream, its live republish, or the commands"
+        if any(c in reply for c in " \t\r\n*>") or ".." in reply or reply.endswith("."):
+            return "not a subject one may publish to"
+        return None
+
+    def _dispatch(self) -> None:
+        """Start waiting requests, one principal at a time, in turn."""
+        turns = self._turns
+        while turns and len(self._tasks) < self.max_in_flight:
+            principal = turns.popleft()
+            waiting = self._waiting[principal]
+            msg = waiting.popleft()
+            running = self._running_of.get(principal, 0) + 1
+            self._running_of[principal] = running
+            if waiting and (running < self.per_principal or principal == OPERATOR):
+                turns.append(principal)  # its next request: after everyone else's
+            elif not waiting:
+                del self._waiting[principal]
+            task = asyncio.create_task(self._handle(msg, principal))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._done, principal=principal))
+
+    def _done(self, task: asyncio.Task[None], principal: str) -> None:
+        self._tasks.discard(task)
+        running = self._running_of[principal] - 1
+        if running:
+            self._running_of[principal] = running
+        else:
+            del self._running_of[principal]
+        waiting = self._waiting.get(principal)
+        if waiting and principal not in self._turns:
+            self._turns.append(principal)
+        self._dispatch()
 
     # -- requests --------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
-        if msg.reply.startswith("$"):
-            # Replies go to inboxes; never let a request make us publish to a system subject.
-            log.warning("ignoring request on %s with reply subject %s", msg.subject, msg.reply)
-            return
-        await self._slots.acquire()
-        task = asyncio.create_task(self._handle(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
-
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, principal: str) -> None:
         session_id = ""
         try:
-            session_id, name = parse_subject(msg.subject, self.command_prefix)
+            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
             check_id(session_id, "session_id")
             self._busy[session_id] = self._busy.get(session_id, 0) + 1
-            reply = await self._answer(session_id, name, msg.data)
+            reply = await self._answer(session_id, name, msg.data, principal)
             limit = self._max_payload()
             if len(reply) > limit:
                 raise ReplyTooLarge(
@@ -173,15 +386,20 @@ class SessionService:
                     del self._busy[session_id]
                     self._last_used.pop(session_id, None)
         self.handled += 1
-        if msg.reply:
+        await self._reply(msg, reply)
+
+    async def _reply(self, msg: Msg, reply: bytes) -> None:
+        """Answer on the connection the request came on (a flood's replies stay in its lane)."""
+        nc = getattr(msg, "_client", None) or self._nc
+        if msg.reply and nc is not None:
             try:
-                await self.runtime.connection.publish(msg.reply, reply)
+                await nc.publish(msg.reply, reply)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
     def _max_payload(self) -> int:
         """The largest message the connection may publish (the server's ``max_payload``)."""
-        limit = getattr(self.runtime.connection, "max_payload", 0)
+        limit = getattr(self._nc or self.runtime.connection, "max_payload", 0)
         return limit if isinstance(limit, int) and limit > 0 else 1024 * 1024
 
     def _running(self, session_id: str) -> SessionHandle | None:
@@ -191,16 +409,19 @@ class SessionService:
     async def _log_is_empty(self, session_id: str) -> bool:
         return await self.runtime.journal.last_sequence(session_id) == 0
 
-    async def _answer(self, session_id: str, name: str, payload: bytes) -> bytes:
+    async def _answer(self, session_id: str, name: str, payload: bytes, principal: str) -> bytes:
+        if name == "history":
+            return await self._history(session_id, payload)
         if name in QUERIES:
             return await self._query(session_id, name)
         if name == BATCH:
-            return batch_reply(await self._execute(session_id, decode_batch(payload)))
-        command = decode_request(name, payload)
+            commands = decode_batch(payload, principal)
+            return batch_reply(await self._execute(session_id, commands))
+        command = decode_request(name, payload, principal)
         if isinstance(command, QueryCursor):
             # The answer must fit in a reply: a larger one is refused before it is
             # recorded or charged (the reply's own fields need a little room).
-            room = self._max_payload() - 4096
+            room = self._max_payload() - _REPLY_OVERHEAD
             if command.max_bytes is None or command.max_bytes > room:
                 command = dataclasses.replace(command, max_bytes=room)
         (outcome,) = await self._execute(session_id, [command])
@@ -283,6 +504,15 @@ class SessionService:
             )
         return reply
 
+    async def _history(self, session_id: str, payload: bytes) -> bytes:
+        """A page of the session's stored events, as stored (see ``protocol.history_reply``)."""
+        start, most = decode_history(payload)
+        room = self._max_payload() - _REPLY_OVERHEAD
+        page = await self.runtime.journal.page(
+            session_id, start, max_events=most, max_bytes=max(room // 2, 1)
+        )
+        return history_reply(page.messages, page.last_sequence, page.more)
+
     # -- idle sessions --------------------------------------------------------------
 
     async def _reap_idle(self) -> None:
@@ -305,3 +535,16 @@ class SessionService:
     def active_sessions(self) -> list[str]:
         """Sessions whose actors this service has used and not yet stopped."""
         return sorted(self._last_used)
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Counters: requests handled, failed, dropped for their reply subject, refused as
+        unidentified, answered ``too_many_requests``, and waiting now."""
+        return {
+            "handled": self.handled,
+            "failed": self.failed,
+            "refused_replies": self.refused_replies,
+            "unidentified": self.unidentified,
+            "overflowed": self.overflowed,
+            "waiting": sum(len(w) for w in self._waiting.values()),
+        }

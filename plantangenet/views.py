@@ -12,7 +12,11 @@ from plantangenet.events.envelope import Envelope
 def plain(value: Any) -> Any:
     """``value`` as JSON-friendly data (events, views, mappings, tuples, datetimes)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {  # a field named _x is internal (e.g. a policy's role index): not data
+            f.name: plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not f.name.startswith("_")
+        }
     if hasattr(value, "items"):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -33,6 +37,7 @@ def envelope_record(envelope: Envelope) -> dict[str, Any]:
         "occurred_at": envelope.occurred_at.isoformat(),
         "session_id": envelope.session_id,
         "agent_id": envelope.agent_id,
+        "principal": envelope.principal,
         "event_id": envelope.event_id,
         "causation_id": envelope.causation_id,
         "correlation_id": envelope.correlation_id,

@@ -35,9 +35,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 
 @pytest.fixture
 def journal_config() -> JournalConfig:
-    """A stream of its own for each test (no test sees another's events)."""
+    """A stream of its own for each test (no test sees another's events, stored or live)."""
     n = next(_streams)
-    return JournalConfig(stream=f"T{n}", subject_prefix=f"t{n}.events")
+    return JournalConfig(stream=f"T{n}", subject_prefix=f"t{n}.events", live_prefix=f"t{n}.live")
 
 
 @pytest.fixture

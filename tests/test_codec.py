@@ -184,6 +184,8 @@ def envelopes(events: st.SearchStrategy[Event]) -> st.SearchStrategy[Envelope]:
         sequence=st.none() | st.integers(min_value=1, max_value=2**63),
         previous_hash=HASHES,
         authorization=AUTHORIZATIONS,
+        principal=st.none() | st.just("operator") | st.text(max_size=40).map(lambda u: u + "@acc"),
+        fingerprint=st.binary(max_size=16),
     )
 
 
@@ -439,7 +441,7 @@ def test_layout_matches_the_documented_envelope() -> None:
     envelope = envelope_of(CursorAdded("a1", "c1", ("x", "y"), 0.0, 2.5))
     raw = raw_of(envelope)
     assert raw == {
-        "f": 1,
+        "f": 2,
         "t": "CursorAdded",
         "v": 2,
         "id": "e1",
@@ -450,6 +452,8 @@ def test_layout_matches_the_documented_envelope() -> None:
         "at": AT_MICROS,
         "p": b"",
         "z": None,
+        "u": None,
+        "k": b"",
         "d": {
             "agent_id": "a1",
             "cursor_id": "c1",
@@ -463,6 +467,80 @@ def test_layout_matches_the_documented_envelope() -> None:
     doc = codec_module.__doc__ or ""
     layout = doc[doc.index("{") : doc.index("The stream sequence")]
     assert re.findall(r'"(\w+)":', layout) == list(raw)
+
+
+def format_1(envelope: Envelope) -> dict[str, Any]:
+    """``envelope`` as code before principals wrote it (envelope format 1)."""
+    raw = raw_of(envelope)
+    del raw["u"], raw["k"]
+    return {**raw, "f": 1}
+
+
+def test_principal_and_fingerprint_round_trip() -> None:
+    envelope = envelope_of(
+        SessionStarted("s1", {}), principal="alice@bot-alice", fingerprint=b"\x01" * 16
+    )
+    raw = raw_of(envelope)
+    assert (raw["u"], raw["k"]) == ("alice@bot-alice", b"\x01" * 16)
+    decoded = CODEC.decode(CODEC.encode(envelope))
+    assert (decoded.principal, decoded.fingerprint) == ("alice@bot-alice", b"\x01" * 16)
+    assert decoded == envelope
+
+
+def test_format_1_envelopes_decode_with_the_principal_unknown() -> None:
+    envelope = envelope_of(CursorAdded("a1", "c1", ("x",), 0.0, 1.0), principal="x@y")
+    payload = pack(format_1(envelope))
+    decoded = CODEC.decode(payload, sequence=7)
+    assert decoded.principal is None
+    assert decoded.fingerprint == b""
+    assert decoded == dataclasses.replace(envelope, principal=None, sequence=7)
+    # The digest is of the stored bytes: a format-1 event keeps its place in the chain.
+    assert decoded.digest == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda raw: {**raw, "f": 1}, "format"),  # format 1 has no principal or fingerprint
+        (lambda raw: {k: v for k, v in raw.items() if k != "u"}, "principal"),
+        (lambda raw: {k: v for k, v in raw.items() if k != "k"}, "fingerprint"),
+        (lambda raw: {**raw, "u": "p" * 257}, "principal"),
+        (lambda raw: {**raw, "k": b"k" * 17}, "fingerprint"),
+    ],
+)
+def test_mixed_or_oversized_format_fields_are_named(mutate: Any, field: str) -> None:
+    raw = raw_of(envelope_of(SessionStarted("s1", {}), principal="a@b"))
+    with pytest.raises(DecodeError) as excinfo:
+        CODEC.decode(pack(mutate(raw)))
+    assert excinfo.value.field == field
+
+
+def test_format_1_with_format_2_keys_or_missing_keys_is_refused() -> None:
+    raw = format_1(envelope_of(SessionStarted("s1", {})))
+    with pytest.raises(DecodeError) as excinfo:
+        CODEC.decode(pack({**raw, "u": None}))
+    assert excinfo.value.field == "envelope"
+    del raw["z"]
+    with pytest.raises(DecodeError) as excinfo:
+        CODEC.decode(pack(raw))
+    assert excinfo.value.field == "authorization"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"principal": "p" * 257}, "principal"),
+        ({"principal": 7}, "principal"),
+        ({"fingerprint": b"f" * 17}, "fingerprint"),
+        ({"fingerprint": "text"}, "fingerprint"),
+    ],
+)
+def test_oversized_or_mistyped_principal_or_fingerprint_is_an_encode_error(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(EncodeError) as excinfo:
+        CODEC.encode(envelope_of(SessionStarted("s1", {}), **overrides))
+    assert excinfo.value.field == field
 
 
 def test_layout_of_the_hash_chain_and_the_authorization() -> None:
@@ -650,6 +728,8 @@ ENVELOPE_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     "at": ("occurred_at", "occurred_at", (int,)),
     "p": ("previous_hash", "previous_hash", (bytes,)),
     "z": ("authorization", "authorization", (dict, type(None))),
+    "u": ("principal", "principal", (str, type(None))),
+    "k": ("fingerprint", "fingerprint", (bytes,)),
     "d": ("data", "data", (dict,)),
 }
 WRONG_POOL: tuple[Any, ...] = (True, 1.5, b"bytes", [], {}, "str", 7, None, ["x", 1], {"k": [1]})

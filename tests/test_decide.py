@@ -24,7 +24,9 @@ from plantangenet.authorize import request_of
 from plantangenet.commands import (
     AcceptChem,
     AddCursor,
+    AddOwner,
     AttachAgent,
+    BindAgent,
     BindIdentity,
     ChangeMetadata,
     ChangePolicy,
@@ -37,15 +39,18 @@ from plantangenet.commands import (
     GrantRole,
     MoveCursor,
     ProposeChem,
+    QuarantineMessage,
     QueryChem,
     QueryCursor,
     RefuseChem,
     RegisterCompositor,
     RemoveCursor,
+    RemoveOwner,
     RevokeChem,
     RevokeRole,
     SetPrices,
     StartSession,
+    SummariseRefusals,
 )
 from plantangenet.decide import decide, decide_authorized
 from plantangenet.disclosure import Disclosure
@@ -56,6 +61,7 @@ from plantangenet.errors import (
     CursorAlreadyExists,
     InvalidCommand,
     InvalidPolicy,
+    LogDamaged,
     SessionAlreadyStarted,
     SessionClosed,
     SessionNotStarted,
@@ -64,6 +70,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events import (
     CODEC,
+    OPERATOR,
     AccessDenied,
     AgentAttached,
     AgentDetached,
@@ -91,8 +98,20 @@ from plantangenet.events.chem import (
 )
 from plantangenet.events.disclosure import CompositorRegistered
 from plantangenet.events.dust import DustCharged, DustDeposited, DustGranted, PricesChanged
+from plantangenet.events.trust import (
+    AgentBound,
+    MessageQuarantined,
+    OwnerAdded,
+    OwnerRemoved,
+    RefusalsSuppressed,
+)
 from plantangenet.policy import Condition, Policy, Statement
-from plantangenet.projections.session import IdentityView, SessionState, evolve
+from plantangenet.projections.session import (
+    IdentityView,
+    SessionState,
+    evolve,
+    with_unreadable,
+)
 
 SID = "s1"
 AT = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, at midnight
@@ -111,6 +130,7 @@ def apply(state: SessionState, *commands: Command, now: datetime | None = None) 
                 occurred_at=AT,
                 agent_id=command.issued_by,
                 sequence=state.sequence + 1,
+                principal=command.principal,
             )
             state = evolve(state, envelope)
     return state
@@ -168,6 +188,7 @@ ACTIVE = apply(
     ProposeChem(
         chem_id="k2", peer="s2", proposed_by="s2", terms=[{"discloser": "s2", "axes": ["y"]}]
     ),
+    AddOwner(owner="bob@bots"),
 )
 ENDED = apply(ACTIVE, EndSession(reason="done"))
 STATES = {"new": NEW, "active": ACTIVE, "ended": ENDED}
@@ -221,7 +242,15 @@ COMMANDS: dict[str, Command] = {
     "RefuseChem": RefuseChem(chem_id="k2", refused_by="s1", reason="no"),
     "RevokeChem": RevokeChem(chem_id="k1", revoked_by="s1"),
     "QueryChem": QueryChem(chem_id="k1", agent_id="a1", axes=("wind.speed",), start=0, end=1),
+    "AddOwner": AddOwner(owner="carol@bots"),
+    "RemoveOwner": RemoveOwner(owner="bob@bots"),
+    "BindAgent": BindAgent(agent_id="a3", bound_to="carol@bots"),
+    "SummariseRefusals": SummariseRefusals(
+        refused="m@x", count=3, commands={"MoveCursor": 3}, seconds=1.5
+    ),
 }
+#: Commands that apply only to a damaged log (see test_quarantine_* below).
+DAMAGE_COMMANDS: dict[str, Command] = {"QuarantineMessage": QuarantineMessage(sequence=1)}
 #: Data queries: decided in steps by the session actor (see test_disclosure.py).
 DATA_QUERIES: dict[str, Command] = {
     "QueryCursor": QueryCursor(agent_id="a1", cursor_id="c1", compositor="synthetic"),
@@ -232,7 +261,7 @@ DATA_QUERIES: dict[str, Command] = {
 
 EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
     "ChangeMetadata": [SessionMetadataChanged({"k": "w"}, ("n",))],
-    "AttachAgent": [AgentAttached("a9", "bridge", "Nine")],
+    "AttachAgent": [AgentAttached("a9", "bridge", "Nine", OPERATOR)],
     "DetachAgent": [CursorRemoved("a2", "c2"), AgentDetached("a2", "bye")],
     "AddCursor": [CursorAdded("a3", "c9", ("z",), 1.0, 2.0)],
     "MoveCursor": [CursorMoved("a1", "c1", ("x", "t"), 2.0, 3.0)],
@@ -262,6 +291,10 @@ EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
         DustCharged("a1", 3, "chem.query", "k1"),
         ChemQueried("k1", "a1", ("wind.speed",), 0.0, 1.0, 3),
     ],
+    "AddOwner": [OwnerAdded("carol@bots")],
+    "RemoveOwner": [OwnerRemoved("bob@bots")],
+    "BindAgent": [AgentBound("a3", "carol@bots")],
+    "SummariseRefusals": [RefusalsSuppressed("m@x", 3, {"MoveCursor": 3}, 1.5)],
 }
 
 # The action and resources of each command above (the table in plantangenet.authorize).
@@ -287,8 +320,16 @@ REQUESTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "RefuseChem": ("chem.refuse", ("chem.k2",)),
     "RevokeChem": ("chem.revoke", ("chem.k1",)),
     "QueryChem": ("chem.query", ("chem.k1",)),
+    "AddOwner": ("owner.add", ("owner",)),
+    "RemoveOwner": ("owner.remove", ("owner",)),
+    "BindAgent": ("agent.bind", ("agent.a3",)),
+    "SummariseRefusals": ("log.refusals", ("log",)),
 }
 IN_SESSION = [name for name in COMMANDS if name != "StartSession"]
+#: Owner-form commands of owners: no policy lets an agent send them.
+OWNER_ONLY = {"AddOwner", "RemoveOwner", "BindAgent", "SummariseRefusals"}
+#: Commands an agent may send if the policy allows it.
+BY_POLICY = [name for name in IN_SESSION if name not in OWNER_ONLY]
 
 Outcome = list[Event] | type[CommandRejected]
 
@@ -350,9 +391,8 @@ def test_the_tables_cover_every_command_class() -> None:
         for obj in vars(commands_module).values()
         if isinstance(obj, type) and issubclass(obj, Command) and obj is not Command
     }
-    assert {type(c) for c in [*COMMANDS.values(), *DATA_QUERIES.values()]} == declared - {
-        commands_module.DataQuery
-    }
+    tabled = [*COMMANDS.values(), *DATA_QUERIES.values(), *DAMAGE_COMMANDS.values()]
+    assert {type(c) for c in tabled} == declared - {commands_module.DataQuery}
     assert set(REQUESTS) == set(COMMANDS)
     assert set(EXPECTED_IN_ACTIVE) == set(IN_SESSION)
 
@@ -390,7 +430,7 @@ WATCHERS_NARROW = dataclasses.replace(WATCHERS, resources=("axis.x",))
 CASES: list[tuple[str, Command, Outcome]] = [
     # agents
     ("attach existing", AttachAgent(agent_id="a1"), AgentAlreadyAttached),
-    ("attach default kind", AttachAgent(agent_id="b"), [AgentAttached("b", "bot", "")]),
+    ("attach default kind", AttachAgent(agent_id="b"), [AgentAttached("b", "bot", "", OPERATOR)]),
     ("detach unknown", DetachAgent(agent_id="zz"), UnknownAgent),
     ("detach no cursors", DetachAgent(agent_id="a3"), [AgentDetached("a3", "detached")]),
     (
@@ -452,7 +492,7 @@ CASES: list[tuple[str, Command, Outcome]] = [
     (
         "longest valid ids",
         AttachAgent(agent_id="a" * 128, kind="k" * 128),
-        [AgentAttached("a" * 128, "k" * 128, "")],
+        [AgentAttached("a" * 128, "k" * 128, "", OPERATOR)],
     ),
     # identity
     ("bind minimal identity", BindIdentity(identity_id="ops"), [IdentityBound("ops", "", {})]),
@@ -822,7 +862,7 @@ def test_the_owner_starts_the_session() -> None:
     assert events == [SessionStarted(SID, {})]
 
 
-@pytest.mark.parametrize("name", IN_SESSION)
+@pytest.mark.parametrize("name", BY_POLICY)
 def test_an_attached_agent_without_a_role_is_refused(name: str) -> None:
     action, resources = REQUESTS[name]
     command = as_agent(COMMANDS[name], "a3")
@@ -843,7 +883,7 @@ def test_an_attached_agent_without_a_role_is_refused(name: str) -> None:
         decide(ACTIVE, command)
 
 
-@pytest.mark.parametrize("name", IN_SESSION)
+@pytest.mark.parametrize("name", BY_POLICY)
 def test_an_unattached_agent_is_refused_whatever_the_policy(name: str) -> None:
     action, resources = REQUESTS[name]
     open_to_all = apply(
@@ -858,7 +898,7 @@ def test_an_unattached_agent_is_refused_whatever_the_policy(name: str) -> None:
     assert "not attached" in event.reason
 
 
-@pytest.mark.parametrize("name", IN_SESSION)
+@pytest.mark.parametrize("name", BY_POLICY)
 def test_a_statement_for_the_agents_role_lets_exactly_that_command_through(name: str) -> None:
     action, resources = request_of(
         as_agent(COMMANDS[name], "a3")
@@ -891,7 +931,7 @@ def test_a_statement_for_the_agents_role_lets_exactly_that_command_through(name:
         assert (event.action, event.resource) == (action, resources[0])
 
 
-@pytest.mark.parametrize("name", IN_SESSION)
+@pytest.mark.parametrize("name", BY_POLICY)
 def test_a_wildcard_admin_role_is_allowed_everything(name: str) -> None:
     action, resources = request_of(
         as_agent(COMMANDS[name], "a3")
@@ -1123,9 +1163,9 @@ def _with_identity(**attributes: Any) -> SessionState:
 
 
 def test_identity_attributes_appear_as_identity_keys_in_the_context() -> None:
-    gold = _with_identity(tier="gold", level=3)
+    gold = _with_identity(tier="gold", level=3, suspended=False)
     assert gold.identity == IdentityView(
-        "ops", "Ops", MappingProxyType({"tier": "gold", "level": 3})
+        "ops", "Ops", MappingProxyType({"tier": "gold", "level": 3, "suspended": False})
     )
     authorization, _ = decide_authorized(gold, ADD)
     assert authorization.statements == ("gold",)
@@ -1155,9 +1195,13 @@ def test_identity_attributes_appear_as_identity_keys_in_the_context() -> None:
         GrantRole(agent_id="a3", role="day"),
     )
     _refusal(no_identity, ADD)
-    # An identity attribute can switch on a deny.
+    # An identity attribute can switch on a deny; a deny on an attribute the identity
+    # lacks cannot be evaluated, so it denies too (the policy fails closed).
     event = _refusal(_with_identity(tier="gold", level=3, suspended=True), ADD)
     assert event.statement_id == "suspended"
+    event = _refusal(_with_identity(tier="gold", level=3), ADD)
+    assert event.statement_id == "suspended"
+    assert "cannot be evaluated" in event.reason
 
 
 def test_agent_attributes_appear_in_the_context() -> None:
@@ -1192,9 +1236,12 @@ def test_command_context_feeds_conditions_but_cannot_override_the_session() -> N
         "conditions": [{"key": "resolution", "op": "le", "value": 3}],
     }
     state = apply(ACTIVE, ChangePolicy(replace=[resolution]))
-    decide(state, dataclasses.replace(ADD, context={"resolution": 2}))
-    _refusal(state, dataclasses.replace(ADD, context={"resolution": 5}))
-    _refusal(state, dataclasses.replace(ADD, context={"resolution": "2"}))  # str vs int: no
+    # The command's own resolution is what conditions see; its free context cannot say
+    # otherwise, and a cursor at the compositor's own resolution (None) has none to test.
+    decide(state, dataclasses.replace(ADD, resolution=2))
+    _refusal(state, dataclasses.replace(ADD, resolution=5))
+    _refusal(state, dataclasses.replace(ADD, context={"resolution": 2}))
+    _refusal(state, dataclasses.replace(ADD, resolution=5, context={"resolution": 2}))
     _refusal(state, ADD)
     # Keys the session sets itself cannot be supplied by the caller.
     night = AT.replace(hour=22)
@@ -1242,3 +1289,207 @@ def test_moving_another_agents_cursor_needs_the_action_on_that_agent() -> None:
     overseers = {**bots, "id": "overseers", "resources": ["axis.*", "agent.*"]}
     allowed = apply(state, ChangePolicy(add=[overseers]))
     decide(allowed, move)
+
+
+# -- standing: principals, owners and the agents bound to them --------------------------
+
+ALICE = "alice@bot-alice"
+MALLORY = "mallory@bot-mallory"
+
+
+def from_(principal: str, command: Command) -> Command:
+    """``command`` (same id, same fields) sent by ``principal``."""
+    return dataclasses.replace(command, principal=principal)
+
+
+#: A session alice started over the wire; she attached her agent "al", the operator
+#: attached "op"; a policy lets every agent attach itself and move its cursors.
+REMOTE = apply(
+    NEW,
+    from_(ALICE, StartSession()),
+    from_(ALICE, AttachAgent(agent_id="al")),
+    AttachAgent(agent_id="op"),
+    ChangePolicy(
+        replace=[
+            {"id": "join", "effect": "allow", "actions": ["session.attach"], "resources": ["*"]},
+            {"id": "cursors", "effect": "allow", "actions": ["cursor.*"], "resources": ["*"]},
+        ]
+    ),
+    AddCursor(agent_id="al", cursor_id="c", axes=("x",), start=0, end=1),
+)
+
+
+def test_whoever_starts_a_session_owns_it_and_binds_the_agents_it_attaches() -> None:
+    assert REMOTE.owners == (ALICE,)
+    assert REMOTE.is_owner(ALICE) and REMOTE.is_owner(OPERATOR)
+    assert not REMOTE.is_owner(MALLORY)
+    assert REMOTE.agents["al"].principal == ALICE
+    assert REMOTE.agents["op"].principal == OPERATOR
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        GrantRole(agent_id="al", role="admin"),
+        ChangePolicy(add=[{"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}]),
+        DepositDust(account="al", amount=1_000_000),
+        EndSession(),
+        BindIdentity(identity_id="x"),
+        AddOwner(owner=MALLORY),
+        BindAgent(agent_id="al", bound_to=MALLORY),
+        AttachAgent(agent_id="m2", bound_to=MALLORY),
+    ],
+    ids=lambda c: type(c).__name__,
+)
+def test_the_owner_form_of_a_principal_that_owns_nothing_is_refused(command: Command) -> None:
+    event = _refusal(REMOTE, from_(MALLORY, command))
+    assert event.agent_id is None and event.statement_id is None
+    assert "not an owner" in event.reason and MALLORY in event.reason
+    decide(REMOTE, from_(ALICE, command))  # the owner may
+
+
+def test_a_principal_speaks_only_as_the_agents_bound_to_it() -> None:
+    move = MoveCursor(agent_id="al", cursor_id="c", axes=("x",), start=1, end=2, issued_by="al")
+    decide(REMOTE, from_(ALICE, move))
+    decide(REMOTE, move)  # the operator speaks for any agent
+    for impostor in (MALLORY, "alice@bot-mallory", "@bot-alice"):
+        event = _refusal(REMOTE, from_(impostor, move))
+        assert event.agent_id == "al" and "another principal" in event.reason
+    # Nor as an agent the operator attached.
+    op = dataclasses.replace(move, agent_id="op", issued_by="op", cursor_id="c")
+    assert "another principal" in _refusal(REMOTE, from_(ALICE, op)).reason
+
+
+def test_an_agent_attaches_itself_as_the_policy_allows_and_is_bound_to_its_principal() -> None:
+    join = AttachAgent(agent_id="m", issued_by="m", principal=MALLORY)
+    authorization, events = decide_authorized(REMOTE, join)
+    assert events == [AgentAttached("m", "bot", "", MALLORY)]
+    assert authorization.statements == ("join",)
+    # Not bound to someone else, and not as another (unattached) agent.
+    assert "own principal" in _refusal(REMOTE, dataclasses.replace(join, bound_to=ALICE)).reason
+    other = from_(MALLORY, AttachAgent(agent_id="m", issued_by="n"))
+    assert "not attached" in _refusal(REMOTE, other).reason
+    # Without a statement that lets a role-less agent attach, nobody joins by itself.
+    closed = apply(REMOTE, ChangePolicy(remove=["join"]))
+    assert "default deny" in _refusal(closed, join).reason
+    # Once attached, the agent is mallory's alone.
+    joined = apply(REMOTE, join)
+    move = AddCursor(agent_id="m", cursor_id="cm", axes=("x",), start=0, end=1, issued_by="m")
+    decide(joined, from_(MALLORY, move))
+    assert "another principal" in _refusal(joined, from_(ALICE, move)).reason
+
+
+def test_owners_name_the_principal_an_agent_is_bound_to_and_rebind_it() -> None:
+    state = apply(REMOTE, from_(ALICE, AttachAgent(agent_id="b", bound_to="bob@bots")))
+    assert state.agents["b"].principal == "bob@bots"
+    state = apply(state, from_(ALICE, BindAgent(agent_id="al", bound_to="bob@bots")))
+    move = MoveCursor(agent_id="al", cursor_id="c", axes=("x",), start=1, end=2, issued_by="al")
+    decide(state, from_("bob@bots", move))
+    assert "another principal" in _refusal(state, from_(ALICE, move)).reason
+    with pytest.raises(InvalidCommand, match="already bound"):
+        decide(state, from_(ALICE, BindAgent(agent_id="al", bound_to="bob@bots")))
+
+
+def test_owners_add_and_remove_owners_and_agents_never_do() -> None:
+    state = apply(REMOTE, from_(ALICE, AddOwner(owner=MALLORY)))
+    assert state.owners == (ALICE, MALLORY)
+    decide(state, from_(MALLORY, EndSession()))
+    state = apply(state, from_(MALLORY, RemoveOwner(owner=ALICE)))
+    assert state.owners == (MALLORY,)
+    assert "not an owner" in _refusal(state, from_(ALICE, EndSession())).reason
+    with pytest.raises(InvalidCommand, match="not an owner"):
+        decide(state, RemoveOwner(owner=ALICE))
+    with pytest.raises(InvalidCommand, match="already owns"):
+        decide(state, AddOwner(owner=OPERATOR))
+    # No policy makes an agent an owner, not even the operator's own agents.
+    admin = apply(state, ChangePolicy(add=[ADMINS_DOC]), GrantRole(agent_id="op", role="admin"))
+    for command in (AddOwner(owner="x@y"), RemoveOwner(owner=MALLORY)):
+        event = _refusal(admin, as_agent(command, "op"))
+        assert "owners, not for agents" in event.reason
+    # Refusal summaries are the session's own (the operator's): nobody else writes them.
+    summary = SummariseRefusals(refused=ALICE, count=1, commands={}, seconds=1.0)
+    for sender in (from_(MALLORY, summary), from_(ALICE, summary), as_agent(summary, "op")):
+        assert "operator's alone" in _refusal(admin, sender).reason
+
+
+@pytest.mark.parametrize("principal", ["", "has space", "x" * 257, "tab\there", 7, None])
+def test_a_malformed_principal_is_invalid(principal: Any) -> None:
+    with pytest.raises(InvalidCommand, match="principal"):
+        decide(REMOTE, from_(wrong(principal), EndSession()))
+
+
+@pytest.mark.parametrize("correlation", ["", "c" * 129, "with space", "x" * 120 * 1024, 5])
+def test_a_malformed_or_oversized_correlation_id_is_invalid(correlation: Any) -> None:
+    command = dataclasses.replace(EndSession(), correlation_id=wrong(correlation))
+    with pytest.raises(InvalidCommand, match="correlation_id"):
+        decide(REMOTE, command)
+    decide(REMOTE, dataclasses.replace(EndSession(), correlation_id="c" * 128))
+
+
+def test_the_principal_is_in_the_context_and_the_context_cannot_claim_another() -> None:
+    alices = {
+        "id": "alices",
+        "effect": "allow",
+        "actions": ["cursor.*"],
+        "resources": ["*"],
+        "conditions": [{"key": "principal", "op": "eq", "value": ALICE}],
+    }
+    state = apply(REMOTE, ChangePolicy(replace=[alices]))
+    move = MoveCursor(agent_id="al", cursor_id="c", axes=("x",), start=1, end=2, issued_by="al")
+    decide(state, from_(ALICE, move))
+    op_move = dataclasses.replace(move, agent_id="op", issued_by="op", cursor_id="c")
+    state = apply(state, AddCursor(agent_id="op", cursor_id="c2", axes=("x",), start=0, end=1))
+    op_move = dataclasses.replace(op_move, cursor_id="c2", context={"principal": ALICE})
+    _refusal(state, op_move)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"k" * 257: 1}, "keys"),
+        ({"k": "v" * (64 * 1024 + 1)}, "at most 65536"),
+    ],
+)
+def test_metadata_keys_and_values_have_limits(metadata: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidCommand, match=match):
+        decide(ACTIVE, ChangeMetadata(changed=metadata))
+    with pytest.raises(InvalidCommand, match=match):
+        decide(ACTIVE, BindIdentity(identity_id="i", attributes=metadata))
+
+
+# -- a damaged log: unreadable messages and their quarantine ------------------------------
+
+
+DAMAGED = with_unreadable(ACTIVE, ACTIVE.sequence + 1, "malformed msgpack")
+
+
+def test_a_session_with_an_unreadable_message_takes_no_command_but_a_quarantine() -> None:
+    sequence = ACTIVE.sequence + 1
+    assert DAMAGED.sequence == sequence and dict(DAMAGED.unreadable) == {
+        sequence: "malformed msgpack"
+    }
+    for name, command in COMMANDS.items():
+        with pytest.raises(LogDamaged) as excinfo:
+            decide(DAMAGED, command)
+        assert excinfo.value.sequence == sequence, name
+        assert f"plantangenet quarantine {SID} {sequence}" in str(excinfo.value)
+    quarantine = QuarantineMessage(sequence=sequence, reason="a reply written into the log")
+    events = decide(DAMAGED, quarantine)
+    assert events == [
+        MessageQuarantined(sequence, "malformed msgpack", "a reply written into the log")
+    ]
+    healed = apply(DAMAGED, quarantine)
+    assert healed.unreadable == {} and healed.quarantined == (sequence,)
+    decide(healed, COMMANDS["MoveCursor"])  # commands are taken again
+
+
+def test_only_the_operator_quarantines_and_only_unreadable_messages() -> None:
+    sequence = ACTIVE.sequence + 1
+    quarantine = QuarantineMessage(sequence=sequence)
+    assert "operator's alone" in _refusal(DAMAGED, from_(ALICE, quarantine)).reason
+    assert "owners, not for agents" not in _refusal(DAMAGED, as_agent(quarantine, "a1")).reason
+    for bad in (sequence + 1, 1, wrong("1"), wrong(None)):
+        with pytest.raises(InvalidCommand, match="not an unreadable message"):
+            decide(DAMAGED, QuarantineMessage(sequence=bad))
+    with pytest.raises(InvalidCommand, match="unreadable: none"):
+        decide(ACTIVE, quarantine)

@@ -219,6 +219,7 @@ def test_a_session_whose_log_cannot_be_decoded_answers_state_with_an_error(
         subject = runtime.journal.subject("s")
         runtime.run(runtime._nc.request(subject, b"\xc1 not msgpack", timeout=5))
         failed = state_query(nats_server.url, "s")
-        assert failed["ok"] is False and failed["error"]["code"] == "decode_error", failed
+        assert failed["ok"] is False and failed["error"]["code"] == "log_damaged", failed
+        assert failed["error"]["seq"] == 2 and "plantangenet quarantine s 2" in str(failed)
     finally:
         runtime.run(service.stop())

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import json
+from typing import Any
 
+import nats
+import nats.errors
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from plantangenet import (
+    CODEC,
     AgentAttached,
     ConcurrencyError,
     CursorAdded,
     DuplicateCommand,
+    EmbeddedNats,
     Envelope,
+    Journal,
+    JournalConfig,
     JournalError,
     SessionStarted,
 )
 from plantangenet.events import new_id, utc_now
+from plantangenet.journal import AppendResult, HistoryPage, InvalidJournalConfig
 from tests.conftest import AsyncJournal
 
 
@@ -193,3 +208,369 @@ def test_append_payloads_takes_envelopes_and_encodings_side_by_side(
     stored = journal.run(j.append_payloads("s1", envelopes, payloads, expected_sequence=0))
     assert [e.sequence for e in stored.envelopes] == [1, 2]
     assert [e.event for e in read(journal)] == [e.event for e in envelopes]
+
+
+# -- live republish ---------------------------------------------------------------------------
+
+
+async def append_raw(
+    j: Journal, session_id: str, payloads: list[bytes], expected: int
+) -> AppendResult:
+    """Store ``payloads`` as one append (an atomic batch if several) under a fresh command id."""
+    command = new_id()
+    envelopes = [
+        env(AgentAttached(f"a{i}", "bot", ""), command, session_id) for i in range(len(payloads))
+    ]
+    return await j.append_payloads(session_id, envelopes, payloads, expected_sequence=expected)
+
+
+async def collect_live(nc: Any, subject: str, into: list[Msg]) -> Any:
+    async def keep(msg: Msg) -> None:
+        into.append(msg)
+
+    sub = await nc.subscribe(subject, cb=keep)
+    await nc.flush()
+    return sub
+
+
+def test_live_subject_gets_every_stored_event_of_its_session_only(journal: AsyncJournal) -> None:
+    j = journal.journal
+    prefix = j.config.live_prefix
+    assert j.live_subject("s1") == f"{prefix}.s1"
+    s1 = [env(SessionStarted("s1", {}), "c1")]
+    batch = [env(AgentAttached(f"a{i}", "bot", ""), "c2") for i in range(3)]
+    s2 = [env(SessionStarted("s2", {}), "c3", "s2")]
+
+    async def scenario() -> tuple[list[Msg], list[Msg]]:
+        live: list[Msg] = []
+        every: list[Msg] = []
+        subs = [
+            await collect_live(journal.nc, j.live_subject("s1"), live),
+            await collect_live(journal.nc, f"{prefix}.>", every),
+        ]
+        await j.append("s1", s1, expected_sequence=0)  # 1
+        await j.append("s2", s2, expected_sequence=0)  # 2
+        await j.append("s1", batch, expected_sequence=1)  # 3, 4, 5: one atomic batch
+        for _ in range(200):
+            if len(live) == 4 and len(every) == 5:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # nothing more comes
+        for sub in subs:
+            await sub.unsubscribe()
+        return live, every
+
+    live, every = journal.run(scenario())
+    headers = [m.headers or {} for m in live]
+    assert [m.subject for m in live] == [j.live_subject("s1")] * 4
+    assert [h["Nats-Sequence"] for h in headers] == ["1", "3", "4", "5"]
+    assert [h["Nats-Last-Sequence"] for h in headers] == ["0", "1", "3", "4"]
+    assert {h["Nats-Stream"] for h in headers} == {j.config.stream}
+    assert {h["Nats-Subject"] for h in headers} == {j.subject("s1")}
+    assert "Nats-Time-Stamp" in headers[0]
+    assert [m.data for m in live] == [CODEC.encode(e) for e in [*s1, *batch]]
+    # The other session's event went to its own live subject, and nowhere else.
+    assert sorted(m.subject for m in every) == sorted(
+        [j.live_subject("s1")] * 4 + [j.live_subject("s2")]
+    )
+    (other,) = [m for m in every if m.subject == j.live_subject("s2")]
+    assert (other.headers or {})["Nats-Sequence"] == "2"
+    assert other.data == CODEC.encode(s2[0])
+
+
+def test_ensure_stream_gives_an_existing_stream_the_live_republish(journal: AsyncJournal) -> None:
+    j = journal.journal
+    cfg = j.config
+    expected = RePublish(
+        src=f"{cfg.subject_prefix}.*", dest=f"{cfg.live_prefix}.{{{{wildcard(1)}}}}"
+    )
+
+    async def scenario() -> list[Msg]:
+        # A deployment of before: same subjects, no republish, settings of its own.
+        await j.js.delete_stream(cfg.stream)
+        await j.js.add_stream(
+            StreamConfig(
+                name=cfg.stream,
+                subjects=[f"{cfg.subject_prefix}.*"],
+                storage=StorageType.FILE,
+                max_bytes=1_000_000,
+                max_msgs_per_subject=5000,
+                discard=DiscardPolicy.NEW,
+                duplicate_window=60.0,
+                allow_atomic=True,
+                allow_direct=True,
+                deny_delete=False,
+                description="older deployment",
+            )
+        )
+        await j.append("s1", [env(SessionStarted("s1", {}), "c1")], expected_sequence=0)
+        await j.ensure_stream()
+        info = await j.js.stream_info(cfg.stream)
+        assert info.config.republish == expected
+        c = info.config
+        assert (c.max_bytes, c.max_msgs_per_subject, c.duplicate_window) == (1_000_000, 5000, 60.0)
+        assert (c.deny_delete, c.description, c.discard) == (False, "older deployment", "new")
+        assert info.state.messages == 1  # nothing lost
+
+        # A republish elsewhere (another live prefix) is replaced by this config's.
+        elsewhere = RePublish(src=f"{cfg.subject_prefix}.*", dest="elsewhere.{{wildcard(1)}}")
+        await j.js.update_stream(dataclasses.replace(c, republish=elsewhere))
+        await j.ensure_stream()
+        again = await j.js.stream_info(cfg.stream)
+        assert again.config.republish == expected
+        assert dataclasses.replace(again.config, republish=None) == dataclasses.replace(
+            c, republish=None
+        )
+        await j.ensure_stream()  # idempotent
+
+        live: list[Msg] = []
+        sub = await collect_live(journal.nc, j.live_subject("s1"), live)
+        await j.append("s1", [env(AgentAttached("a", "bot", ""), "c2")], expected_sequence=1)
+        for _ in range(200):
+            if live:
+                break
+            await asyncio.sleep(0.01)
+        await sub.unsubscribe()
+        return live
+
+    live = journal.run(scenario())
+    assert [(m.headers or {}).get("Nats-Sequence") for m in live] == ["2"]
+
+
+def test_ensure_stream_still_refuses_a_stream_with_other_subjects(journal: AsyncJournal) -> None:
+    j = journal.journal
+
+    async def scenario() -> None:
+        await j.js.delete_stream(j.config.stream)
+        await j.js.add_stream(name=j.config.stream, subjects=["elsewhere.*"])
+        await j.ensure_stream()
+
+    with pytest.raises(JournalError, match="exists with subjects"):
+        journal.run(scenario())
+
+
+def test_live_prefix_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert JournalConfig().live_prefix == "plantangenet.live"
+    for subject_prefix, live_prefix in [
+        ("a.events", "a.events"),
+        ("a.events", "a.events.live"),
+        ("a.events", "a"),
+        ("events", "events.live"),
+    ]:
+        with pytest.raises(InvalidJournalConfig, match="overlap"):
+            JournalConfig(subject_prefix=subject_prefix, live_prefix=live_prefix)
+    for bad in ["", "a..b", "a.*", "a.>", "a b", ".a", "a.", "_INBOX.live", "$JS.live"]:
+        with pytest.raises(ValueError, match="prefix"):
+            JournalConfig(live_prefix=bad)
+        with pytest.raises(JournalError, match="prefix"):
+            JournalConfig(subject_prefix=bad)
+    JournalConfig(subject_prefix="a.events", live_prefix="a.live")  # siblings are fine
+    monkeypatch.setenv("PLANTANGENET_LIVE_PREFIX", "x.live")
+    assert JournalConfig.from_env().live_prefix == "x.live"
+    monkeypatch.setenv("PLANTANGENET_LIVE_PREFIX", "")
+    assert JournalConfig.from_env().live_prefix == "plantangenet.live"
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+def interleaved(journal: AsyncJournal, rounds: int) -> dict[str, list[tuple[int, bytes]]]:
+    """Sessions s1 and s2 (and a few others) written in turns; what each holds."""
+    j = journal.journal
+    stored: dict[str, list[tuple[int, bytes]]] = {}
+
+    async def scenario() -> None:
+        for r in range(rounds):
+            for session, count in (("s1", 1 + r % 3), ("s2", 1), (f"o{r % 2}", 1)):
+                held = stored.setdefault(session, [])
+                payloads = [
+                    f"{session}:{r}:{i}:".encode() + b"x" * (r * 7 % 50) for i in range(count)
+                ]
+                result = await append_raw(j, session, payloads, held[-1][0] if held else 0)
+                held += [
+                    (e.sequence or 0, p) for e, p in zip(result.envelopes, payloads, strict=True)
+                ]
+
+    journal.run(scenario())
+    return stored
+
+
+def consumers(journal: AsyncJournal) -> int:
+    info = journal.run(journal.journal.js.stream_info(journal.journal.config.stream))
+    return int(info.state.consumer_count)
+
+
+def test_page_reads_a_sessions_messages_among_others(journal: AsyncJournal) -> None:
+    j = journal.journal
+    stored = interleaved(journal, 6)
+    s1 = stored["s1"]
+    last = s1[-1][0]
+    whole = journal.run(j.page("s1"))
+    assert whole == HistoryPage(tuple(s1), last, False)
+    first = journal.run(j.page("s1", max_events=3))
+    assert first == HistoryPage(tuple(s1[:3]), last, True)
+    # From a sequence that holds another session's event: the session's next one on.
+    s2_seq = stored["s2"][2][0]
+    after = [m for m in s1 if m[0] > s2_seq]
+    assert journal.run(j.page("s1", s2_seq, max_events=2)) == HistoryPage(
+        tuple(after[:2]), last, len(after) > 2
+    )
+    assert journal.run(j.page("s1", last)) == HistoryPage((s1[-1],), last, False)
+    assert journal.run(j.page("s1", 0)) == whole  # below 1: from the start
+    assert journal.run(j.page("s2", max_events=1000, max_bytes=1 << 24)).messages == tuple(
+        stored["s2"]
+    )
+    assert consumers(journal) == 0  # paging creates no consumer
+
+
+def test_page_of_nothing_is_empty_and_ends(journal: AsyncJournal) -> None:
+    j = journal.journal
+    assert journal.run(j.page("s1")) == HistoryPage((), 0, False)
+    stored = interleaved(journal, 2)
+    last = stored["s1"][-1][0]
+    assert journal.run(j.page("nobody")) == HistoryPage((), 0, False)
+    assert journal.run(j.page("s1", last + 1)) == HistoryPage((), last, False)
+    assert journal.run(j.page("s1", 10**9)) == HistoryPage((), last, False)
+    with pytest.raises(ValueError, match="max_events"):
+        journal.run(j.page("s1", max_events=0))
+    with pytest.raises(ValueError, match="max_bytes"):
+        journal.run(j.page("s1", max_bytes=0))
+
+
+def test_page_makes_progress_whatever_max_bytes(journal: AsyncJournal) -> None:
+    j = journal.journal
+    big = [b"B" * 5000, b"small", b"C" * 3000]
+    journal.run(append_raw(j, "s1", big, 0))
+    # A message larger than max_bytes still comes, one per page...
+    pages = []
+    at = 1
+    while True:
+        page = journal.run(j.page("s1", at, max_bytes=1))
+        pages.append(page)
+        if not page.more:
+            break
+        at = page.messages[-1][0] + 1
+    assert [p.messages for p in pages] == [((1, big[0]),), ((2, big[1]),), ((3, big[2]),)]
+    assert [p.last_sequence for p in pages] == [3, 3, 3]
+    # ... and the server counts subject + stored headers + payload of each message, and
+    # sends messages while its count is below max_bytes: the one that reaches it is the last.
+    first = journal.run(j.nc.request(f"$JS.API.STREAM.MSG.GET.{j.config.stream}", b'{"seq":1}'))
+    stored = json.loads(first.data)["message"]
+    size = len(stored["subject"]) + len(base64.b64decode(stored["hdrs"])) + len(big[0])
+    assert journal.run(j.page("s1", max_bytes=size)).messages == ((1, big[0]),)
+    assert journal.run(j.page("s1", max_bytes=size + 1)).messages == ((1, big[0]), (2, big[1]))
+    assert len(journal.run(j.page("s1", max_bytes=size + 1, max_events=1)).messages) == 1
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    max_events=st.integers(1, 40),
+    max_bytes=st.one_of(st.integers(1, 400), st.just(1 << 20)),
+    start=st.integers(0, 80),
+)
+def test_paging_through_a_session_yields_what_read_does(
+    journal: AsyncJournal, max_events: int, max_bytes: int, start: int
+) -> None:
+    j = journal.journal
+    if not journal.run(j.sessions()):
+        interleaved(journal, 20)  # once per test, not per example
+
+    async def paged() -> tuple[list[tuple[int, bytes]], list[HistoryPage]]:
+        out: list[tuple[int, bytes]] = []
+        pages: list[HistoryPage] = []
+        at = start
+        while True:
+            page = await j.page("s1", at, max_events=max_events, max_bytes=max_bytes)
+            pages.append(page)
+            assert 1 <= len(page.messages) <= max_events or not page.more
+            out += page.messages
+            if not page.more:
+                return out, pages
+            at = page.messages[-1][0] + 1
+
+    async def raw() -> list[tuple[int, bytes]]:
+        return [m async for m in j.read_raw("s1", from_sequence=max(start, 1))]
+
+    messages, pages = journal.run(paged())
+    assert messages == journal.run(raw())
+    assert {p.last_sequence for p in pages} == {journal.run(j.last_sequence("s1"))}
+    assert consumers(journal) == 0
+
+
+def test_page_of_a_missing_stream_names_it(journal: AsyncJournal) -> None:
+    j = journal.journal
+    journal.run(j.js.delete_stream(j.config.stream))
+    with pytest.raises(JournalError, match=f"stream {j.config.stream} does not exist"):
+        journal.run(j.page("s1"))
+
+
+def test_page_timeouts_refusals_and_losses_are_journal_errors(nats_server: EmbeddedNats) -> None:
+    """A stand-in for the stream answers badly; each page fails clearly and cleans up."""
+    config = JournalConfig(stream="FAKE", subject_prefix="fake.events", api_timeout=0.3)
+
+    def stored(seq: int, previous: int, session_id: str = "s1") -> tuple[dict[str, str], bytes]:
+        subject = f"fake.events.{session_id}"
+        return {
+            "Nats-Subject": subject,
+            "Nats-Sequence": str(seq),
+            "Nats-Last-Sequence": str(previous),
+        }, b"x"
+
+    def end(last: int) -> tuple[dict[str, str], bytes]:
+        return {
+            "Status": "204",
+            "Description": "EOB",
+            "Nats-Num-Pending": "0",
+            "Nats-Last-Sequence": str(last),
+        }, b""
+
+    answers = [
+        [],  # silence
+        [({"Status": "408", "Description": "Request Timeout"}, b"")],
+        [stored(1, 0), stored(3, 2), end(3)],  # the message at 2 went missing in transit
+        [stored(1, 0), end(2)],  # the last one did
+        [stored(1, 0, "s2")],  # another session's
+    ]
+    expected = [
+        "did not answer in full within 0.3s",
+        "status 408 Request Timeout",
+        "lost",
+        "lost",
+        "fake.events.s2",
+    ]
+
+    async def scenario() -> list[str]:
+        nc = await nats.connect(nats_server.url)
+        requests: list[dict[str, Any]] = []
+
+        async def respond(msg: Msg) -> None:
+            requests.append(json.loads(msg.data))
+            for headers, data in answers[len(requests) - 1]:
+                await nc.publish(msg.reply, data, headers=headers)
+
+        fake = await nc.subscribe("$JS.API.DIRECT.GET.FAKE", cb=respond)
+        j = Journal(nc, config)
+        subs = len(nc._subs)
+        errors = []
+        try:
+            for _ in answers:
+                with pytest.raises(JournalError) as info:
+                    await j.page("s1", 1, max_events=7, max_bytes=99)
+                errors.append(str(info.value))
+                assert len(nc._subs) == subs  # the page's subscription is gone
+        finally:
+            await fake.unsubscribe()
+            await nc.close()
+        assert requests[0] == {
+            "seq": 1,
+            "next_by_subj": "fake.events.s1",
+            "batch": 7,
+            "max_bytes": 99,
+        }
+        return errors
+
+    errors = asyncio.run(scenario())
+    for error, words in zip(errors, expected, strict=True):
+        assert words in error, error

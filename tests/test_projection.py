@@ -72,6 +72,13 @@ from plantangenet.events.dust import (
     DustGranted,
     PricesChanged,
 )
+from plantangenet.events.trust import (
+    AgentBound,
+    MessageQuarantined,
+    OwnerAdded,
+    OwnerRemoved,
+    RefusalsSuppressed,
+)
 from plantangenet.policy import Condition, Policy, Statement
 from plantangenet.projections.session import (
     AgentView,
@@ -81,6 +88,7 @@ from plantangenet.projections.session import (
     evolve,
     fold,
     settled,
+    with_unreadable,
 )
 from tests.test_codec import EVENT_STRATEGIES
 
@@ -345,9 +353,19 @@ EVERY_EVENT: list[Event] = [
     ChemAccepted("k1", "s1", 1),
     ChemRefused("k1", "s1", "no"),
     ChemRevoked("k1", "s1"),  # lenient: the fold follows even a step decide would refuse
+    OwnerAdded("bob@bots"),
+    OwnerRemoved("bob@bots"),
+    AgentBound("a3", "bob@bots"),
+    MessageQuarantined(99, "not msgpack", "forensics"),
 ]
 #: Session events that the session state does not follow (they are audit records).
-NOT_FOLDED: set[type[Event]] = {AccessDenied, DisclosureMade, ChargeRefused, ChemQueried}
+NOT_FOLDED: set[type[Event]] = {
+    AccessDenied,
+    DisclosureMade,
+    ChargeRefused,
+    ChemQueried,
+    RefusalsSuppressed,
+}
 
 
 def test_the_event_list_covers_every_session_event() -> None:
@@ -392,11 +410,16 @@ def test_every_event_type_is_folded() -> None:
     base = fold(SID, LOG)
     ignore = {"sequence", "event_count"}
     for event in EVERY_EVENT:
-        after = evolve(base, env(event, 100))
+        start = base
+        if isinstance(event, OwnerRemoved):  # an owner to remove
+            start = evolve(base, env(OwnerAdded(event.principal), 99))
+        if isinstance(event, MessageQuarantined):  # a message to quarantine
+            start = with_unreadable(base, event.sequence, event.problem)
+        after = evolve(start, env(event, 100))
         changed = {
             f.name
             for f in dataclasses.fields(base)
-            if f.name not in ignore and getattr(after, f.name) != getattr(base, f.name)
+            if f.name not in ignore and getattr(after, f.name) != getattr(start, f.name)
         }
         assert changed, event
 

@@ -40,6 +40,7 @@ from plantangenet import (
     SyntheticCompositor,
     fold,
 )
+from plantangenet.commands import fingerprint
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.projections.audit import Audit
 from plantangenet.verify import verify
@@ -204,14 +205,16 @@ def test_pipelined_commands_rehydrate_to_the_live_state(
             except CommandRejected:
                 outcomes.append(None)
     # Acknowledged in the order they were sent; a command sent again (the same command
-    # id: ``st.just`` strategies repeat one instance) answers with its stored result.
-    first: dict[str, int] = {}
+    # id: ``st.just`` strategies repeat one instance) answers with its stored result, and
+    # the same id with other content (another issuer) is refused.
+    first: dict[str, tuple[bytes, int]] = {}
     decided: list[int] = []
     for command, sequence in zip(commands, outcomes, strict=True):
         if command.command_id in first:
-            assert sequence == first[command.command_id]
+            content, stored = first[command.command_id]
+            assert sequence == (stored if fingerprint(command) == content else None)
         elif sequence is not None:
-            first[command.command_id] = sequence
+            first[command.command_id] = (fingerprint(command), sequence)
             decided.append(sequence)
     assert decided == sorted(decided) and len(set(decided)) == len(decided)
     live = session.state

@@ -186,6 +186,9 @@ WRONG_TYPES: dict[str, dict[str, Any]] = {
     "set_prices": {"prices": {"cursor.query": -1}},
     "deposit": {"account": "a", "amount": 1.5},
     "grant": {"source": "a", "target": "a", "amount": True},
+    "add_owner": {"owner": "has space@acc"},
+    "remove_owner": {"owner": 7},
+    "bind_agent": {"agent_id": "a", "bound_to": ""},
 }
 
 

@@ -129,7 +129,11 @@ def test_refused_commands_write_nothing_and_the_actor_keeps_serving(runtime: Pla
         (lambda: session.attach("a b"), InvalidCommand),
         (lambda: session.attach("bot-9", name=123), InvalidCommand),  # type: ignore[arg-type]
         (lambda: session.execute("not a command"), InvalidCommand),  # type: ignore[arg-type]
-        (lambda: session.change_metadata({"blob": "x" * 300_000}), PayloadTooLarge),
+        (
+            lambda: session.change_metadata({f"blob{i}": "x" * 60_000 for i in range(5)}),
+            PayloadTooLarge,
+        ),
+        (lambda: session.change_metadata({"blob": "x" * 300_000}), InvalidCommand),
         (lambda: session.change_metadata({"nested": {"a": 1}}), InvalidCommand),  # type: ignore[dict-item]
         (lambda: session.start(), Exception),
     ]

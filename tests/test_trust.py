@@ -188,11 +188,15 @@ def test_conditions_on_identity_and_context(runtime: Plantangenet) -> None:
     session.change_policy(replace=[gold_only])
     session.attach("bot")
     with pytest.raises(AccessRefused):
-        session.add_cursor("bot", "c", ["x"], 0, 1, issued_by="bot", context={"resolution": 5})
+        session.add_cursor("bot", "c", ["x"], 0, 1, resolution=5, issued_by="bot")
     session.bind_identity("ops", "Ops", {"tier": "gold"})
     with pytest.raises(AccessRefused):  # resolution condition false
-        session.add_cursor("bot", "c", ["x"], 0, 1, issued_by="bot", context={"resolution": 50})
-    session.add_cursor("bot", "c", ["x"], 0, 1, issued_by="bot", context={"resolution": 5})
+        session.add_cursor("bot", "c", ["x"], 0, 1, resolution=50, issued_by="bot")
+    with pytest.raises(AccessRefused):  # the command's own resolution counts, not the context's
+        session.add_cursor("bot", "c", ["x"], 0, 1, 50, issued_by="bot", context={"resolution": 5})
+    with pytest.raises(AccessRefused):  # no resolution to compare: the allow does not apply
+        session.add_cursor("bot", "c", ["x"], 0, 1, issued_by="bot")
+    session.add_cursor("bot", "c", ["x"], 0, 1, resolution=5, issued_by="bot")
     # A caller cannot forge the identity through its own context.
     session.bind_identity("ops", "Ops", {"tier": "silver"})
     with pytest.raises(AccessRefused):
@@ -202,8 +206,9 @@ def test_conditions_on_identity_and_context(runtime: Plantangenet) -> None:
             ["x"],
             0,
             1,
+            resolution=5,
             issued_by="bot",
-            context={"resolution": 5, "identity.tier": "gold"},
+            context={"identity.tier": "gold"},
         )
 
 

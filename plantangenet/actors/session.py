@@ -33,10 +33,25 @@ from typing import Any
 import pykka
 
 from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
+from plantangenet.actors.future import ReplyFuture
+from plantangenet.actors.refusals import RefusalLimit, RefusalMeter
 from plantangenet.actors.replies import Batch, Reply
-from plantangenet.commands import AttachAgent, Command, DataQuery
+from plantangenet.commands import (
+    AttachAgent,
+    Command,
+    DataQuery,
+    SummariseRefusals,
+    fingerprint,
+)
 from plantangenet.compositors import Compositor
-from plantangenet.decide import DEFAULT_LIMITS, Limits, decide_authorized, plan_query, show
+from plantangenet.decide import (
+    DEFAULT_LIMITS,
+    Limits,
+    damage,
+    decide_authorized,
+    plan_query,
+    show,
+)
 from plantangenet.disclose import disclose
 from plantangenet.disclosure import Sample
 from plantangenet.errors import (
@@ -45,6 +60,7 @@ from plantangenet.errors import (
     CodecError,
     CommandRejected,
     CompositorFailed,
+    IdempotencyConflict,
     InsufficientDust,
     InvalidCommand,
     JournalError,
@@ -54,7 +70,7 @@ from plantangenet.errors import (
 from plantangenet.events.base import Event
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.dust import ChargeRefused
-from plantangenet.events.envelope import Authorization, Envelope, new_id, utc_now
+from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
 from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
@@ -76,6 +92,9 @@ DEFAULT_MAX_BATCH = 512
 
 #: Marks an event that is about no agent in particular (it has no ``agent_id``).
 _EVERYONE = object()
+
+#: A command's idempotency key: the principal that sent it and its id.
+CommandKey = tuple[str | None, str]
 
 #: Called with every stored envelope, on the session actor's thread.
 OnChange = Callable[[Envelope], None]
@@ -126,6 +145,8 @@ class _Pending:
     """
 
     command: Command
+    #: What the command asks (see :func:`~plantangenet.commands.fingerprint`).
+    fingerprint: bytes
     envelopes: tuple[Envelope, ...]
     #: The encoding of each envelope.
     payloads: tuple[bytes, ...]
@@ -172,6 +193,13 @@ class _Appended:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _SummariseRefusals:
+    """Message: record the refusals of ``principal`` counted since its last summary."""
+
+    principal: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Inspect:
     """Message: run ``fn(actor)`` on the actor's thread; result to ``reply``."""
 
@@ -192,6 +220,8 @@ class SessionActor(pykka.ThreadingActor):
         may write); at most 1,000.
     :param compositors: the compositors this process provides, by name (data queries
         ask them; the session's log says which ones it coordinates with).
+    :param refusal_limit: how fast each remote principal's refusals are recorded one by
+        one; past it they are answered, counted, and summarised (``RefusalsSuppressed``).
     """
 
     #: How many recent commands (with their events) each actor keeps to answer retries
@@ -210,6 +240,7 @@ class SessionActor(pykka.ThreadingActor):
         max_batch: int = DEFAULT_MAX_BATCH,
         limits: Limits = DEFAULT_LIMITS,
         compositors: Mapping[str, Compositor] | None = None,
+        refusal_limit: RefusalLimit | None = None,
     ) -> None:
         super().__init__()
         self.session_id = session_id
@@ -234,13 +265,15 @@ class SessionActor(pykka.ThreadingActor):
         self._group_events = 0
         self._group_end: _Pending | None = None
         self._in_flight: list[_Pending] | None = None
-        #: Commands decided but not yet answered, by command id (retries join them).
-        self._pending: dict[str, _Pending] = {}
+        #: Commands decided but not yet answered, by key (retries join them).
+        self._pending: dict[CommandKey, _Pending] = {}
         #: Stored envelopes not yet handed to each agent actor (one message per append).
         self._outbox: dict[str, list[Envelope]] = {}
         self._needs_catch_up = True
-        #: Recent commands' stored envelopes (the tuple their CommandResult shares).
-        self._results: OrderedDict[str, tuple[Envelope, ...]] = OrderedDict()
+        #: Recent commands' stored envelopes (the tuple their CommandResult shares), by
+        #: key: a command id is an idempotency key of its principal only.
+        self._results: OrderedDict[CommandKey, tuple[Envelope, ...]] = OrderedDict()
+        self._refusals = RefusalMeter(refusal_limit or RefusalLimit())
         #: SHA-256 of the last stored event (the hash chain's head), and of the
         #: last decided one.
         self._last_hash = b""
@@ -303,6 +336,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._execute_many(message)
             elif isinstance(message, _Appended):
                 self._appended(message.outcome)
+            elif isinstance(message, _SummariseRefusals):
+                self._summarise_refusals(message.principal)
             elif isinstance(message, Inspect):
                 try:
                     _resolve(message.reply, message.fn(self))
@@ -348,18 +383,30 @@ class SessionActor(pykka.ThreadingActor):
                 InvalidCommand("command_id must be 1-128 printable ASCII characters, no spaces"),
             )
             return
+        principal = command.principal
+        if type(principal) is not str:
+            _fail(reply, InvalidCommand(f"principal must be a string, got {show(principal)}"))
+            return
         if self._needs_catch_up:
             try:
                 self._catch_up()
             except PlantangenetError as exc:
                 _fail(reply, exc)
                 return
-        stored = self._results.get(command_id)
+        key = (principal, command_id)
+        content = fingerprint(command)
+        stored = self._results.get(key)
         if stored is not None:
-            self._answer(reply, command_id, stored, duplicate=True)
+            if stored[0].fingerprint and stored[0].fingerprint != content:
+                _fail(reply, _conflict(command))
+            else:
+                self._answer(reply, command_id, stored, duplicate=True)
             return
-        joined = self._pending.get(command_id)
+        joined = self._pending.get(key)
         if joined is not None:
+            if joined.fingerprint != content:
+                _fail(reply, _conflict(command))
+                return
             if joined.joined is None:
                 joined.joined = []
             joined.joined.append(reply)
@@ -376,12 +423,15 @@ class SessionActor(pykka.ThreadingActor):
                         self._speculative, command, now=at, limits=self.limits
                     )
             except RecordedRefusal as refused:  # recorded for the audit, then reported
+                if principal != OPERATOR and not self._may_record(principal, command):
+                    raise _unrecorded(refused) from None
                 authorization, events = None, [refused.event]
             correlation = command.correlation_id or command_id
             envelopes = []
             payloads = []
             digests = []
             previous = self._speculative_hash
+            first = content
             for event in events:
                 envelope = Envelope(  # positionally: binding keywords costs ~1 µs here
                     event,
@@ -394,8 +444,11 @@ class SessionActor(pykka.ThreadingActor):
                     None,  # sequence: given by the log
                     previous,  # previous_hash
                     authorization,
+                    b"",  # digest: known once encoded
+                    principal,
+                    first,  # the command's fingerprint, on its first event
                 )
-                authorization = None  # recorded once, on the command's first event
+                authorization, first = None, b""  # recorded once, on the first event
                 payload = self.codec.encode(envelope)
                 previous = hashlib.sha256(payload).digest()
                 envelopes.append(envelope)
@@ -413,12 +466,13 @@ class SessionActor(pykka.ThreadingActor):
                 # Decided on a state that unacknowledged appends still have to confirm:
                 # answer in order, after them (see _Pending.refused).
                 assert isinstance(exc, CommandRejected)
-                pending = _Pending(command, (), (), (), reply, refused=exc)
+                pending = _Pending(command, content, (), (), (), reply, refused=exc)
                 self._queued.append(pending)
-                self._pending[command_id] = pending
+                self._pending[key] = pending
                 self._flush()
                 return
-            if depends_on_state and not rechecked and self._stale():
+            unrecorded = isinstance(exc, RecordedRefusal) and not exc.event_recorded
+            if depends_on_state and not rechecked and not unrecorded and self._stale():
                 # Another writer moved the session on: decide again on the log's state
                 # (the command may even be stored already, as a retry of it).
                 self._execute(command, reply, behaviour, rechecked=True)
@@ -436,12 +490,42 @@ class SessionActor(pykka.ThreadingActor):
             speculative = evolve(speculative, envelope)
         self._speculative = speculative
         pending = _Pending(
-            command, tuple(envelopes), tuple(payloads), tuple(digests), reply, samples=samples
+            command,
+            content,
+            tuple(envelopes),
+            tuple(payloads),
+            tuple(digests),
+            reply,
+            samples=samples,
         )
         self._keep_decided(pending, speculative)
         self._queued.append(pending)
-        self._pending[command_id] = pending
+        self._pending[key] = pending
         self._flush()
+
+    def _may_record(self, principal: str, command: Command) -> bool:
+        """Whether a refusal of ``principal`` is recorded now (or only counted)."""
+        record, first = self._refusals.admit(principal, type(command).__name__)
+        if first:  # the first one counted since the last summary: summarise in an interval
+            me = self.actor_ref
+            self.loop.call_later(
+                self._refusals.limit.interval, lambda: _tell(me, _SummariseRefusals(principal))
+            )
+        return record
+
+    def _summarise_refusals(self, principal: str) -> None:
+        summary = self._refusals.take(principal)
+        if summary is None:
+            return
+        command = SummariseRefusals(
+            refused=summary.principal,
+            count=summary.count,
+            commands=summary.commands,
+            seconds=round(summary.seconds, 3),
+        )
+        outcome: ReplyFuture[Any] = ReplyFuture()
+        outcome.add_done_callback(_log_summary_failure)
+        self._execute(command, outcome, None)
 
     def _query(
         self, command: DataQuery, at: datetime
@@ -518,7 +602,7 @@ class SessionActor(pykka.ThreadingActor):
     def _appended(self, outcome: concurrent.futures.Future[AppendResult]) -> None:
         group, self._in_flight = self._in_flight or [], None
         for pending in group:
-            self._pending.pop(pending.command.command_id, None)
+            self._pending.pop(_key(pending.command), None)
         try:
             result = outcome.result()
         except BaseException as exc:
@@ -539,7 +623,7 @@ class SessionActor(pykka.ThreadingActor):
                     self._refuse(pending, unindexed=True)
                     continue
                 command_id = pending.command.command_id
-                envelopes = self._results.get(command_id, ())
+                envelopes = self._results.get(_key(pending.command), ())
                 for reply in pending.replies:
                     self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
@@ -557,7 +641,7 @@ class SessionActor(pykka.ThreadingActor):
     def _refuse(self, pending: _Pending, unindexed: bool = False) -> None:
         """Answer a refusal that waited for the appends before it."""
         if not unindexed:
-            self._pending.pop(pending.command.command_id, None)
+            self._pending.pop(_key(pending.command), None)
         assert pending.refused is not None
         for reply in pending.replies:
             _fail(reply, pending.refused)
@@ -569,7 +653,7 @@ class SessionActor(pykka.ThreadingActor):
         requeue, self._queued = self._queued, deque()
         self._group_events, self._group_end = 0, None
         for pending in requeue:
-            self._pending.pop(pending.command.command_id, None)
+            self._pending.pop(_key(pending.command), None)
         self._speculative = self.state
         self._speculative_hash = self._last_hash
         try:
@@ -580,14 +664,18 @@ class SessionActor(pykka.ThreadingActor):
             if pending.refused is not None:
                 continue  # decided again below, on the state the log really has
             command_id = pending.command.command_id
-            envelopes = self._results.get(command_id)
+            envelopes = self._results.get(_key(pending.command))
+            failure: PlantangenetError = error
+            if envelopes is not None and envelopes[0].fingerprint not in (b"", pending.fingerprint):
+                envelopes = None  # the log holds another command under this key
+                failure = _conflict(pending.command)
             for reply in pending.replies:
                 if envelopes is not None:  # stored after all (lost ack, retry)
                     self._answer(
                         reply, command_id, envelopes, duplicate=True, samples=pending.samples
                     )
                 else:
-                    _fail(reply, error)
+                    _fail(reply, failure)
         # Queued commands were decided on a state that is gone: decide again, in order.
         for pending in [*(p for p in group if p.refused is not None), *requeue]:
             behaviour = self._behaviours.get(_agent_of(pending.command))
@@ -644,6 +732,9 @@ class SessionActor(pykka.ThreadingActor):
         """
         if self._needs_catch_up:
             self._catch_up()
+        damaged = damage(self.state)
+        if damaged is not None:
+            raise damaged
         return self.state
 
     def _remember(self, envelope: Envelope) -> None:
@@ -651,13 +742,14 @@ class SessionActor(pykka.ThreadingActor):
         if self._cursor_index is not None:
             self._cursor_index.apply(envelope)
         results = self._results
-        envelopes = results.get(envelope.causation_id)
+        key = (envelope.principal, envelope.causation_id)
+        envelopes = results.get(key)
         if envelopes is None:
-            results[envelope.causation_id] = (envelope,)
+            results[key] = (envelope,)
             if len(results) > self.remembered_commands:
                 results.popitem(last=False)
         else:  # a command's later events (rare; at most max_batch of them)
-            results[envelope.causation_id] = (*envelopes, envelope)
+            results[key] = (*envelopes, envelope)
 
     def _stored(self, envelope: Envelope, fold: bool = True) -> None:
         if fold:
@@ -765,6 +857,34 @@ def refusal_of(envelope: Envelope) -> RecordedRefusal | None:
             sequence=sequence,
         )
     return None
+
+
+def _key(command: Command) -> CommandKey:
+    return (command.principal, command.command_id)
+
+
+def _conflict(command: Command) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"command id {command.command_id!r} was used before for a command with other content "
+        f"(this one: {type(command).__name__}); nothing was written: send it with a fresh id"
+    )
+
+
+def _unrecorded(refused: RecordedRefusal) -> RecordedRefusal:
+    """``refused`` answered without being stored: its principal is over its refusal rate."""
+    unrecorded = type(refused)(
+        f"{refused} [not recorded: this principal's refusals in the session pass the rate "
+        "recorded one by one; it is counted in the session's next RefusalsSuppressed]",
+        event=refused.event,
+    )
+    unrecorded.event_recorded = False
+    return unrecorded
+
+
+def _log_summary_failure(outcome: concurrent.futures.Future[Any]) -> None:
+    error = outcome.exception()
+    if error is not None:
+        log.info("a summary of suppressed refusals was not recorded: %s", error)
 
 
 def _agent_of(command: Command) -> str:

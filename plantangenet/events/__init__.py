@@ -2,7 +2,7 @@
 
 from plantangenet.events.base import EVENTS, Event, EventRegistry, Upcaster, event_type
 from plantangenet.events.codec import CODEC, EventCodec
-from plantangenet.events.envelope import Authorization, Envelope, new_id, utc_now
+from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     SESSION_EVENTS,
@@ -20,13 +20,24 @@ from plantangenet.events.session import (
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.events.trust import (
+    TRUST_EVENTS,
+    AgentBound,
+    MessageQuarantined,
+    OwnerAdded,
+    OwnerRemoved,
+    RefusalsSuppressed,
+)
 
 __all__ = [
     "CODEC",
     "EVENTS",
+    "OPERATOR",
     "SESSION_EVENTS",
+    "TRUST_EVENTS",
     "AccessDenied",
     "AgentAttached",
+    "AgentBound",
     "AgentDetached",
     "Authorization",
     "CursorAdded",
@@ -37,8 +48,12 @@ __all__ = [
     "EventCodec",
     "EventRegistry",
     "IdentityBound",
+    "MessageQuarantined",
     "MetadataValue",
+    "OwnerAdded",
+    "OwnerRemoved",
     "PolicyChanged",
+    "RefusalsSuppressed",
     "RoleGranted",
     "RoleRevoked",
     "SessionEnded",

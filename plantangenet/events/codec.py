@@ -2,7 +2,7 @@
 
 Layout of a stored envelope (a msgpack map with short keys)::
 
-    {"f": 1,                 # envelope format
+    {"f": 2,                 # envelope format
      "t": "CursorMoved",     # event type name
      "v": 1,                 # event schema version
      "id": "...",            # event id
@@ -13,7 +13,13 @@ Layout of a stored envelope (a msgpack map with short keys)::
      "at": 1732540000000000, # occurred at, microseconds since the epoch, UTC
      "p": b"...",            # SHA-256 of the session's previous event (b"" for the first)
      "z": {...} | nil,       # the authorization that let the command through
+     "u": "..." | nil,       # principal: who sent the command, as NATS vouched for it
+     "k": b"...",            # fingerprint of the command's content (b"" after its first event)
      "d": {...}}             # the event's fields
+
+Format 1 (written before principals were recorded) has no ``u`` and ``k``: it
+decodes with ``principal=None`` ("unknown") and an empty fingerprint. Stored
+envelopes are never rewritten.
 
 The stream sequence is not in the payload: the log assigns it, and
 :meth:`EventCodec.decode` takes it from the message metadata.
@@ -44,8 +50,12 @@ from plantangenet.events.base import EVENTS, EventRegistry
 from plantangenet.events.envelope import Authorization, Envelope
 from plantangenet.events.fields import compile_decoder, compile_encoder
 
-#: The envelope layout written by this code.
-ENVELOPE_FORMAT = 1
+#: The envelope layout written by this code (format 1 is still read).
+ENVELOPE_FORMAT = 2
+#: The longest principal an envelope holds (``<user>@<account>``).
+MAX_PRINCIPAL = 256
+#: The size of a command fingerprint (bytes).
+FINGERPRINT_BYTES = 16
 #: Default upper bound for one encoded envelope (the NATS default max payload is 1 MiB).
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 
@@ -65,9 +75,13 @@ _ENVELOPE_FIELDS = {
     "at": "occurred_at",
     "p": "previous_hash",
     "z": "authorization",
+    "u": "principal",
+    "k": "fingerprint",
     "d": "data",
 }
 _ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
+#: The keys of format 1 (no principal, no fingerprint).
+_V1_KEYS = _ENVELOPE_KEYS - {"u", "k"}
 
 
 _PACKERS = threading.local()
@@ -115,6 +129,7 @@ class EventCodec:
             raise EncodeError("occurred_at: expected a datetime", field="occurred_at")
         data = spec.encode_fields(envelope.event)
         agent_id = envelope.agent_id
+        principal = envelope.principal
         if not (
             type(envelope.session_id) is str
             and type(envelope.event_id) is str
@@ -122,6 +137,9 @@ class EventCodec:
             and type(envelope.correlation_id) is str
             and (agent_id is None or type(agent_id) is str)
             and type(envelope.previous_hash) is bytes
+            and (principal is None or (type(principal) is str and len(principal) <= MAX_PRINCIPAL))
+            and type(envelope.fingerprint) is bytes
+            and len(envelope.fingerprint) <= FINGERPRINT_BYTES
         ):
             _reject_envelope_fields(envelope)
         authorization = _encode_auth(envelope.authorization)
@@ -139,6 +157,8 @@ class EventCodec:
                     "at": _micros(envelope.occurred_at),
                     "p": envelope.previous_hash,
                     "z": authorization,
+                    "u": principal,
+                    "k": envelope.fingerprint,
                     "d": data,
                 }
             )
@@ -180,13 +200,16 @@ class EventCodec:
         if type(raw) is not dict:
             raise DecodeError(f"expected an envelope map, got {type(raw).__name__}")
         if raw.keys() != _ENVELOPE_KEYS:
-            _check_keys(raw)
+            raw = _format_1(raw)
         type_name, version, data, agent_id, at = raw["t"], raw["v"], raw["d"], raw["a"], raw["at"]
-        previous_hash = raw["p"]
+        previous_hash, principal, fingerprint = raw["p"], raw["u"], raw["k"]
         # One combined test for the common case; _check_values names what is wrong.
         if not (
-            raw["f"] == ENVELOPE_FORMAT
-            and type(raw["f"]) is int
+            type(raw["f"]) is int
+            and raw["f"] == ENVELOPE_FORMAT
+            and (principal is None or (type(principal) is str and len(principal) <= MAX_PRINCIPAL))
+            and type(fingerprint) is bytes
+            and len(fingerprint) <= FINGERPRINT_BYTES
             and type(type_name) is str
             and type(version) is int
             and type(data) is dict
@@ -230,15 +253,21 @@ class EventCodec:
             previous_hash,
             authorization,
             hashlib.sha256(payload).digest(),
+            principal,
+            fingerprint,
         )
 
 
-def _check_keys(raw: dict[Any, Any]) -> None:
-    missing = _ENVELOPE_KEYS - raw.keys()
+def _format_1(raw: dict[Any, Any]) -> dict[Any, Any]:
+    """A format-1 envelope as format 2 (principal unknown), or the error naming what is wrong."""
+    if raw.keys() == _V1_KEYS and type(raw["f"]) is int and raw["f"] == 1:
+        return {**raw, "f": ENVELOPE_FORMAT, "u": None, "k": b""}
+    expected = _V1_KEYS if raw.get("f") == 1 and type(raw.get("f")) is int else _ENVELOPE_KEYS
+    missing = expected - raw.keys()
     if missing:
         first = _ENVELOPE_FIELDS[sorted(missing)[0]]
         raise DecodeError(f"envelope field {first!r} is missing", field=first)
-    extra = raw.keys() - _ENVELOPE_KEYS
+    extra = raw.keys() - expected
     raise DecodeError(f"unknown envelope field {sorted(map(str, extra))[0]!r}", field="envelope")
 
 
@@ -246,6 +275,16 @@ def _check_values(raw: dict[str, Any]) -> None:
     """Raise the :class:`DecodeError` naming the first envelope value of the wrong type."""
     if raw["f"] != ENVELOPE_FORMAT or type(raw["f"]) is not int:
         raise DecodeError(f"unsupported envelope format {raw['f']!r}", field="format")
+    principal = raw["u"]
+    if principal is not None and (type(principal) is not str or len(principal) > MAX_PRINCIPAL):
+        raise DecodeError(
+            f"principal: expected a string of at most {MAX_PRINCIPAL} characters or nil",
+            field="principal",
+        )
+    if type(raw["k"]) is not bytes or len(raw["k"]) > FINGERPRINT_BYTES:
+        raise DecodeError(
+            f"fingerprint: expected at most {FINGERPRINT_BYTES} bytes", field="fingerprint"
+        )
     if type(raw["t"]) is not str:
         raise DecodeError("type: expected a string", field="type")
     if type(raw["v"]) is not int:
@@ -311,7 +350,17 @@ def _reject_envelope_fields(envelope: Envelope) -> None:
             raise EncodeError(f"{label}: expected a string", field=label)
     if envelope.agent_id is not None and type(envelope.agent_id) is not str:
         raise EncodeError("agent_id: expected a string or None", field="agent_id")
-    raise EncodeError("previous_hash: expected bytes", field="previous_hash")
+    if type(envelope.previous_hash) is not bytes:
+        raise EncodeError("previous_hash: expected bytes", field="previous_hash")
+    principal = envelope.principal
+    if principal is not None and (type(principal) is not str or len(principal) > MAX_PRINCIPAL):
+        raise EncodeError(
+            f"principal: expected a string of at most {MAX_PRINCIPAL} characters or None",
+            field="principal",
+        )
+    raise EncodeError(
+        f"fingerprint: expected at most {FINGERPRINT_BYTES} bytes", field="fingerprint"
+    )
 
 
 #: Encoded authorizations by value: a session answers the same few requests again and

@@ -27,6 +27,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: The principal of the process that runs a session: its in-process API, and connections
+#: in the session service's own NATS account. Remote principals always hold an ``@``.
+OPERATOR = "operator"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Authorization:
     """Why a command was let through: the policy decision per resource.
@@ -55,6 +60,15 @@ class Envelope:
     ``authorization`` (on the first event of a command) records the policy
     decision that let the command through. ``digest`` is the SHA-256 of this
     envelope's own encoding, known once encoded or read (not compared).
+
+    ``principal`` is who sent the command, as the NATS server vouched for it:
+    ``"<user>@<account>"`` for a request that came through the session service
+    from another account, :data:`OPERATOR` for the process that runs the session
+    (its in-process API, and connections in the service's own account), and
+    ``None`` where it is unknown (events stored before principals were recorded,
+    envelope format 1). ``fingerprint`` (on the first event of a command) is a
+    digest of the command's content: the same principal reusing a command id with
+    other content is refused (see :func:`plantangenet.decide.fingerprint`).
     """
 
     event: Event
@@ -68,6 +82,8 @@ class Envelope:
     previous_hash: bytes = b""
     authorization: Authorization | None = None
     digest: bytes = dataclasses.field(default=b"", compare=False, repr=False)
+    principal: str | None = None
+    fingerprint: bytes = dataclasses.field(default=b"", repr=False)
 
     @property
     def type_name(self) -> str:
@@ -88,4 +104,6 @@ class Envelope:
             self.previous_hash,
             self.authorization,
             self.digest if digest is None else digest,
+            self.principal,
+            self.fingerprint,
         )

@@ -15,6 +15,7 @@ from plantangenet.events.chem import CHEM_EVENTS
 from plantangenet.events.disclosure import DISCLOSURE_EVENTS
 from plantangenet.events.dust import DUST_EVENTS
 from plantangenet.events.fields import MetadataValue
+from plantangenet.events.trust import TRUST_EVENTS
 from plantangenet.policy import Statement
 
 
@@ -34,13 +35,27 @@ class SessionMetadataChanged(Event):
     removed: tuple[str, ...] = ()
 
 
-@event_type("AgentAttached", version=1)
+@event_type("AgentAttached", version=2)
 class AgentAttached(Event):
-    """An agent (bot, client, bridge...) joined the session."""
+    """An agent (bot, client, bridge...) joined the session.
+
+    ``principal`` (version 2) is the principal the agent is bound to: only it may
+    issue commands as the agent. Version 1 events are upcast with ``None``: the
+    principal is unknown, and only the operator speaks for such an agent until an
+    owner binds it (``AgentBound``).
+    """
 
     agent_id: str
     kind: str
     name: str
+    principal: str | None = None
+
+
+def _agent_attached_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "principal": None}
+
+
+EVENTS.add_upcaster("AgentAttached", 1, _agent_attached_v1_to_v2)
 
 
 @event_type("AgentDetached", version=1)
@@ -195,5 +210,6 @@ SESSION_EVENTS: tuple[type[Event], ...] = (
     *DISCLOSURE_EVENTS,
     *DUST_EVENTS,
     *CHEM_EVENTS,
+    *TRUST_EVENTS,
 )
 """Every event type a session's log holds."""

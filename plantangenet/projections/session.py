@@ -29,7 +29,7 @@ from plantangenet.events.dust import (
     PricesChanged,
     movements,
 )
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import OPERATOR, Envelope
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     AgentAttached,
@@ -44,6 +44,12 @@ from plantangenet.events.session import (
     SessionEnded,
     SessionMetadataChanged,
     SessionStarted,
+)
+from plantangenet.events.trust import (
+    AgentBound,
+    MessageQuarantined,
+    OwnerAdded,
+    OwnerRemoved,
 )
 from plantangenet.policy import Policy
 
@@ -65,6 +71,8 @@ class AgentView:
     kind: str
     name: str
     attached_at: int  # stream sequence of its AgentAttached
+    #: The principal that speaks as this agent (``None``: unknown, so only the operator).
+    principal: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +155,18 @@ class SessionState:
     sequence: int = 0
     event_count: int = 0
     end_reason: str | None = None
+    #: Principals that may send commands in the owner form (besides the operator, always).
+    owners: tuple[str, ...] = ()
+    #: Messages of the session's log that are not valid events of it and are not
+    #: quarantined yet: stream sequence -> why. While any is left, the session takes
+    #: no command but an operator's ``QuarantineMessage``.
+    unreadable: Mapping[int, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    #: Stream sequences of quarantined messages (skipped by every fold).
+    quarantined: tuple[int, ...] = ()
+
+    def is_owner(self, principal: str) -> bool:
+        """Whether ``principal`` may send commands in the owner form (with no agent)."""
+        return principal == OPERATOR or principal in self.owners
 
     def roles_of(self, agent_id: str) -> tuple[str, ...]:
         """The roles ``agent_id`` holds (empty if none or not attached)."""
@@ -210,8 +230,8 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             changes["cursors"] = _with(state.cursors, event.cursor_id, cursor)
         case CursorRemoved(cursor_id=cursor_id):
             changes["cursors"] = _without(state.cursors, cursor_id)
-        case AgentAttached(agent_id=agent_id, kind=kind, name=name):
-            view = AgentView(agent_id, kind, name, sequence)
+        case AgentAttached(agent_id=agent_id, kind=kind, name=name, principal=principal):
+            view = AgentView(agent_id, kind, name, sequence, principal)
             changes["agents"] = _with(state.agents, agent_id, view)
         case AgentDetached(agent_id=agent_id):
             changes["agents"] = _without(state.agents, agent_id)
@@ -232,6 +252,8 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
         case SessionStarted(metadata=metadata):
             changes["status"] = "active"
             changes["metadata"] = MappingProxyType(dict(metadata))
+            if envelope.principal is not None and envelope.principal not in state.owners:
+                changes["owners"] = (*state.owners, envelope.principal)  # who started it
         case PolicyChanged(statements=statements):
             changes["policy"] = Policy(statements, state.policy.version + 1)
         case RoleGranted(agent_id=agent_id, role=role):
@@ -273,9 +295,43 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
                 changes["chems"] = _with(
                     state.chems, chem_id, dataclasses.replace(known, status=status)
                 )
+        case OwnerAdded(principal=principal):
+            if principal not in state.owners:
+                changes["owners"] = (*state.owners, principal)
+        case OwnerRemoved(principal=principal):
+            changes["owners"] = tuple(p for p in state.owners if p != principal)
+        case AgentBound(agent_id=agent_id, principal=principal):
+            bound = state.agents.get(agent_id)
+            if bound is not None:
+                changes["agents"] = _with(
+                    state.agents, agent_id, dataclasses.replace(bound, principal=principal)
+                )
+        case MessageQuarantined(sequence=quarantined):
+            if quarantined in state.unreadable:
+                unreadable = dict(state.unreadable)
+                del unreadable[quarantined]
+                changes["unreadable"] = MappingProxyType(unreadable)
+            if quarantined not in state.quarantined:
+                changes["quarantined"] = (*state.quarantined, quarantined)
         case _:
             pass  # an event type this projection does not follow
     return _changed(state, changes)
+
+
+def with_unreadable(state: SessionState, sequence: int, problem: str) -> SessionState:
+    """The state after a message at ``sequence`` that is not a valid event of the session.
+
+    The fold moves past it (its sequence is the session's last, so a writer's next
+    append is guarded by it) and remembers it in ``unreadable`` until an operator
+    quarantines it (``MessageQuarantined``); no command is taken meanwhile.
+    """
+    if sequence in state.quarantined:
+        return _changed(state, {"sequence": max(sequence, state.sequence)})
+    damaged = dict(state.unreadable)
+    damaged[sequence] = problem
+    return _changed(
+        state, {"sequence": max(sequence, state.sequence), "unreadable": MappingProxyType(damaged)}
+    )
 
 
 _CHEM_STATUS: dict[type, ChemStatus] = {
