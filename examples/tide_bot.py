@@ -23,7 +23,14 @@ POLICY = [
         "effect": "allow",
         "actions": ["cursor.*"],
         "resources": ["axis.ocean.*", "axis.air.*", "cursor.*"],
-    }
+    },
+    {  # other bots (the watcher) attach themselves
+        "id": "bots-join",
+        "effect": "allow",
+        "actions": ["session.attach"],
+        "resources": ["agent.*"],
+        "conditions": [{"key": "agent.kind", "op": "eq", "value": "bot"}],
+    },
 ]
 
 

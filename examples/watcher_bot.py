@@ -31,7 +31,9 @@ async def run(url: str, session_id: str, *, wait: float = 10.0) -> None:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"session {session_id} did not start")
             await asyncio.sleep(0.05)
-        await bot.attach(session_id, kind="bot", name="Watcher")
+        # The tide bot owns the session: the watcher attaches itself, as its own agent
+        # (the session's policy lets bots join), bound to the watcher's principal.
+        await bot.attach(session_id, kind="bot", name="Watcher", issued_by=bot.agent_id)
         await bot.add_cursor(session_id, "ahead", ["ocean.tide"], 0, 10)
         async for envelope in bot.events(session_id, from_sequence=1):
             event = envelope.event

@@ -17,6 +17,7 @@ form* (``issued_by=None``) or *as an agent* (``issued_by=<agent id>``):
   as the agent it attaches, if the policy allows ``session.attach`` on
   ``agent.<agent_id>`` to an agent with no role yet (statements with no roles or
   with ``roles: ["*"]``);
+* an agent may always detach *itself* (its principal speaks for it; no policy needed);
 * ``AddOwner``, ``RemoveOwner`` and ``BindAgent`` are owner-form commands of owners;
   ``QuarantineMessage`` and ``SummariseRefusals`` are the operator's alone.
 
@@ -283,6 +284,9 @@ def authorize(state: SessionState, command: Command, now: datetime) -> Authoriza
                 policy.version,
             )
         )
+    if isinstance(command, DetachAgent) and command.agent_id == agent_id:
+        # An agent may always leave: its principal speaks for it (standing), no policy needed.
+        return Authorization(action, resources, (None,) * len(resources), policy.version)
     roles = state.roles_of(agent_id)
     context = request_context(state, command, agent_id, now)
     statements: list[str | None] = []
@@ -335,7 +339,7 @@ def _check_standing(
             and command.bound_to is not None
             and command.bound_to != principal
         ):
-            reason = "an agent attaching itself is bound to its own principal; owners name others"
+            reason = "an attach sent as an agent binds to its sender; only owners name another"
     if reason:
         refuse(
             AccessDenied(

@@ -5,10 +5,11 @@ command line. Streams: memory does not grow with the number of events.
 
 A message of the session's subject that is not a valid event of the session
 (it is no envelope at all, or it belongs to another session: bytes written
-behind the writer's back) does not stop the fold (an envelope of an event type
-or version this code does not know does: it is newer code's, not damage): the state moves past it and lists it
-in ``SessionState.unreadable`` until an operator quarantines it
-(``MessageQuarantined``); meanwhile the session takes no command.
+behind the writer's back) does not stop the fold: the state moves past it and
+lists it in ``SessionState.unreadable`` until an operator quarantines it
+(``MessageQuarantined``); meanwhile the session takes no command. An envelope
+of an event type or version this code does not know does stop it: it is newer
+code's event, not damage.
 """
 
 from __future__ import annotations

@@ -1366,7 +1366,7 @@ def test_an_agent_attaches_itself_as_the_policy_allows_and_is_bound_to_its_princ
     assert events == [AgentAttached("m", "bot", "", MALLORY)]
     assert authorization.statements == ("join",)
     # Not bound to someone else, and not as another (unattached) agent.
-    assert "own principal" in _refusal(REMOTE, dataclasses.replace(join, bound_to=ALICE)).reason
+    assert "only owners name" in _refusal(REMOTE, dataclasses.replace(join, bound_to=ALICE)).reason
     other = from_(MALLORY, AttachAgent(agent_id="m", issued_by="n"))
     assert "not attached" in _refusal(REMOTE, other).reason
     # Without a statement that lets a role-less agent attach, nobody joins by itself.
@@ -1493,3 +1493,15 @@ def test_only_the_operator_quarantines_and_only_unreadable_messages() -> None:
             decide(DAMAGED, QuarantineMessage(sequence=bad))
     with pytest.raises(InvalidCommand, match="unreadable: none"):
         decide(ACTIVE, quarantine)
+
+
+def test_an_agent_may_always_leave_but_not_remove_another() -> None:
+    # ACTIVE's policy lets nobody detach anybody; a3 holds no role.
+    events = decide(ACTIVE, DetachAgent(agent_id="a3", issued_by="a3"))
+    assert events == [AgentDetached("a3", "detached")]
+    event = _refusal(ACTIVE, DetachAgent(agent_id="a2", issued_by="a3"))
+    assert event.action == "session.detach" and event.resource == "agent.a2"
+    # Standing still holds: another principal does not detach alice's agent for her.
+    leave = from_(MALLORY, DetachAgent(agent_id="al", issued_by="al"))
+    assert "another principal" in _refusal(REMOTE, leave).reason
+    decide(REMOTE, from_(ALICE, DetachAgent(agent_id="al", issued_by="al")))

@@ -67,11 +67,11 @@ class Model:
             return True
         if by is None:
             return principal in self.owners
+        if isinstance(command, AttachAgent) and command.bound_to not in (None, principal):
+            return False  # only owners bind an agent to another principal
         if by in self.bound:
             return self.bound[by] == principal
-        if isinstance(command, AttachAgent) and command.agent_id == by:
-            return command.bound_to in (None, principal)
-        return False  # as an agent that is not attached
+        return isinstance(command, AttachAgent) and command.agent_id == by  # joining
 
     def policy(self, command: Command) -> bool:
         by = command.issued_by

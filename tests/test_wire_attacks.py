@@ -287,7 +287,7 @@ def test_a_bot_joins_only_as_itself_and_only_for_itself(shared: Deployment) -> N
             "shared", "attach", {"agent_id": "m2", "bound_to": ALICE}, issued_by="m2"
         )
     )
-    assert isinstance(error, AccessRefused) and "own principal" in str(error)
+    assert isinstance(error, AccessRefused) and "only owners name" in str(error)
     assert "m2" not in shared.runtime.replay("shared").agents
 
     async def join_as_herself() -> None:
