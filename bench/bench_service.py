@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -57,6 +57,7 @@ import _harness as h  # first: puts the checkout on sys.path
 import nats
 
 from plantangenet import JournalConfig, Plantangenet
+from plantangenet.access import BotAccess, LockedDownNats
 from plantangenet.client import BotClient
 from plantangenet.cluster import EmbeddedCluster
 from plantangenet.embedded import EmbeddedNats
@@ -89,6 +90,12 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=2, help="rounds per level (rates: median; latency: pooled)"
     )
     p.add_argument("--no-cluster", action="store_true", help="skip the three-node cluster")
+    p.add_argument(
+        "--locked-down",
+        action="store_true",
+        help="also run on one node locked down by `plantangenet nats-config` (a NATS account "
+        "per bot: what authenticating each request costs)",
+    )
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -358,14 +365,12 @@ async def timed(
     return elapsed, list(out), {k: after[k] - before[k] for k in pids}
 
 
-async def library_level(
-    urls: Sequence[str], bots: int, args: argparse.Namespace, tag: str
-) -> Level:
+async def library_level(dep: Deployment, bots: int, args: argparse.Namespace, tag: str) -> Level:
     config = JournalConfig(stream=STREAM, subject_prefix=PREFIX)
     clients = await asyncio.gather(
         *(
             BotClient.connect(
-                bot_urls(urls, i),
+                dep.bot_url(i),
                 agent_id=f"bot-{i}",
                 journal=config,
                 timeout=args.timeout,
@@ -436,11 +441,11 @@ async def library_level(
     return Level(args.commands / elapsed, flat, requests, cpu)
 
 
-async def raw_level(urls: Sequence[str], bots: int, args: argparse.Namespace, tag: str) -> Level:
+async def raw_level(dep: Deployment, bots: int, args: argparse.Namespace, tag: str) -> Level:
     conns = await asyncio.gather(
         *(
             nats.connect(
-                servers=bot_urls(urls, i).split(","),
+                servers=dep.raw_bot_url(i).split(","),
                 name=f"bench-raw-{i}",
                 dont_randomize=True,
             )
@@ -497,6 +502,19 @@ class Deployment:
     replicas: int
     server_pids: list[int]
     cluster: EmbeddedCluster | None = None
+    #: Locked down: the URL (with credentials) of bot i, on the library's server and on the
+    #: raw side's (a server of its own, where the echo answers across the same imports), and
+    #: the service's and the echo's URLs. Otherwise everyone connects to ``urls``.
+    bot_urls: Callable[[int], str] | None = None
+    raw_bot_urls: Callable[[int], str] | None = None
+    service_url: str | None = None
+    echo_url: str | None = None
+
+    def bot_url(self, i: int) -> str:
+        return self.bot_urls(i) if self.bot_urls else bot_urls(self.urls, i)
+
+    def raw_bot_url(self, i: int) -> str:
+        return self.raw_bot_urls(i) if self.raw_bot_urls else bot_urls(self.urls, i)
 
 
 def connection_nodes(cluster: EmbeddedCluster, name_prefix: str) -> list[int]:
@@ -527,12 +545,15 @@ def check_stream(urls: Sequence[str], replicas: int) -> None:
 def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list[str]:
     """Run every level on ``dep``, library and raw in alternating order; notes to print."""
     notes: list[str] = []
-    url = ",".join(dep.urls)
+    url = dep.service_url or ",".join(dep.urls)
     service = Service(url, dep.replicas, args.in_process, args.profile)
     stopped = False
     echo: Child | None = None
     try:
-        echo = Child("echo responder", [sys.executable, __file__, "--echo-child", url], "listening")
+        echo_url = dep.echo_url or url
+        echo = Child(
+            "echo responder", [sys.executable, __file__, "--echo-child", echo_url], "listening"
+        )
         sent = {"library": 0, "raw": 0}
         args.pids = {
             "nats-server": dep.server_pids,
@@ -548,7 +569,7 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
                     for side in sides:
                         tag = f"{dep.name[:3]}-r{r}-n{bots}"
                         run_level = library_level if side == "library" else raw_level
-                        level = runner.run(run_level(dep.urls, bots, args, tag))
+                        level = runner.run(run_level(dep, bots, args, tag))
                         sent[side] += level.requests
                         results.add(side, bots, level, args.commands)
                         print(
@@ -557,7 +578,9 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
                             flush=True,
                         )
                     if r == 0 and n == 0:
-                        check_stream(dep.urls, dep.replicas)
+                        check_stream(
+                            (dep.service_url or ",".join(dep.urls)).split(","), dep.replicas
+                        )
         if dep.cluster is not None:
             service_nodes = (
                 connection_nodes(dep.cluster, "plantangenet") if not args.in_process else []
@@ -592,10 +615,45 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
 
 
 @contextlib.contextmanager
-def deployment(kind: str) -> Iterator[Deployment]:
+def deployment(kind: str, args: argparse.Namespace) -> Iterator[Deployment]:
     if kind == "one node":
         with EmbeddedNats() as server:
             yield Deployment(kind, [server.url], 1, [server.pid or 0])
+    elif kind == "locked down":
+        # A NATS account per bot, the sessions it works on imported (as nats-config writes
+        # them); the raw side on a server of its own with the same accounts, so that its
+        # requests cross the same imports to the echo.
+        top = max(args.levels)
+        sessions = {
+            i: tuple(
+                f"{kind[:3]}-r{r}-n{n}" if args.shared_session else f"{kind[:3]}-r{r}-n{n}-b{i}"
+                for r in range(args.repeats)
+                for n in args.levels
+                if i < n
+            )
+            for i in range(top)
+        }
+        bots = [
+            BotAccess(f"bot{i}", f"pw{i}", tuple(dict.fromkeys(sessions[i]))) for i in range(top)
+        ]
+        small = {"bot_max_storage": 1 << 20, "bot_max_memory": 1 << 20}
+        with (
+            tempfile.TemporaryDirectory() as root,
+            LockedDownNats(f"{root}/lib", "svc-pw", bots, **small) as lib,
+            LockedDownNats(
+                f"{root}/raw", "svc-pw", bots, command_prefix=ECHO_PREFIX, **small
+            ) as raw,
+        ):
+            yield Deployment(
+                kind,
+                [lib.url],
+                1,
+                [lib.server.pid or 0, raw.server.pid or 0],
+                bot_urls=lambda i: lib.bot_url(f"bot{i}"),
+                raw_bot_urls=lambda i: raw.bot_url(f"bot{i}"),
+                service_url=lib.service_url,
+                echo_url=raw.service_url,
+            )
     else:
         with EmbeddedCluster() as cluster:
             yield Deployment(kind, cluster.urls, 3, [n.pid or 0 for n in cluster.nodes], cluster)
@@ -676,7 +734,12 @@ def report_cpu(name: str, results: Results, levels: Sequence[int], in_process: b
     print(h.table(["", "nats-server(s)", "service", "bots (this process)", "cores"], rows))
 
 
-def report_cluster(one: Results, three: Results, levels: Sequence[int]) -> None:
+def report_cluster(
+    one: Results,
+    three: Results,
+    levels: Sequence[int],
+    title: str = "three-node cluster (replicas 3) relative to one node (replicas 1):",
+) -> None:
     rows = []
     for bots in levels:
         row = [str(bots)]
@@ -689,7 +752,7 @@ def report_cluster(one: Results, three: Results, levels: Sequence[int]) -> None:
             ]
         rows.append(row)
     print()
-    print("three-node cluster (replicas 3) relative to one node (replicas 1):")
+    print(title)
     print(
         h.table(
             ["bots", "library rate", "lib p50", "lib p99", "raw rate", "raw p50", "raw p99"],
@@ -715,12 +778,16 @@ def run() -> int:
         f"{layout}; command subjects {DEFAULT_COMMAND_PREFIX}.*.*"
     )
     print(h.environment_line())
-    kinds = ["one node"] + ([] if args.no_cluster else ["cluster"])
+    kinds = (
+        ["one node"]
+        + (["locked down"] if args.locked_down else [])
+        + ([] if args.no_cluster else ["cluster"])
+    )
     results: dict[str, Results] = {}
     notes: list[str] = []
     for kind in kinds:
         started = time.perf_counter()
-        with deployment(kind) as dep:
+        with deployment(kind, args) as dep:
             print(f"{kind}: {len(dep.urls)} server(s) up in {time.perf_counter() - started:.1f}s")
             results[kind] = Results()
             notes += measure(dep, args, results[kind])
@@ -734,6 +801,30 @@ def run() -> int:
         report_cpu(kind, results[kind], args.levels, args.in_process)
     if "cluster" in results:
         report_cluster(results["one node"], results["cluster"], args.levels)
+    if "locked down" in results:
+        report_cluster(
+            results["one node"],
+            results["locked down"],
+            args.levels,
+            "locked down (a NATS account per bot, each request authenticated) relative to one "
+            "node without accounts:",
+        )
+        if not args.in_process:
+            rows = []
+            for bots in args.levels:
+                plain = results["one node"].cpu_per_command("library", bots)["service"]
+                locked = results["locked down"].cpu_per_command("library", bots)["service"]
+                rows.append(
+                    [
+                        str(bots),
+                        f"{plain * 1e6:,.0f}",
+                        f"{locked * 1e6:,.0f}",
+                        f"{(locked - plain) * 1e6:+,.0f}",
+                    ]
+                )
+            print()
+            print("what authentication costs the service, CPU µs per command:")
+            print(h.table(["bots", "no accounts", "locked down", "difference"], rows))
     print()
     for note in notes:
         print(note)

@@ -356,7 +356,7 @@ def _check_standing(
 
 def refuse(event: AccessDenied) -> NoReturn:
     """Raise :class:`AccessRefused` for ``event``."""
-    who = event.agent_id or "the owner"
+    who = event.agent_id or "the owner form"
     raise AccessRefused(
         f"{who} may not {event.action} on {event.resource}: {event.reason} "
         f"(policy version {event.policy_version})",

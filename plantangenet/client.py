@@ -275,7 +275,12 @@ class BotClient:
         name: str = "",
         **kw: Any,
     ) -> dict[str, Any]:
-        """Attach this bot (or ``agent_id``) to the session."""
+        """Attach this bot (or ``agent_id``) to the session.
+
+        Sent in the owner form (the session's owners only) unless ``issued_by`` is given: a
+        bot joining a session it does not own attaches itself with ``issued_by=<its agent>``,
+        as the session's policy allows (see docs/protocol.md, "Who may do what").
+        """
         agent = agent_id or self.agent_id
         return await self.request(
             session_id, "attach", {"agent_id": agent, "kind": kind, "name": name}, **kw
@@ -284,8 +289,14 @@ class BotClient:
     async def detach(
         self, session_id: str, agent_id: str | None = None, reason: str = "detached", **kw: Any
     ) -> dict[str, Any]:
-        """Detach this bot (or ``agent_id``); like :meth:`attach`, sent by the connection."""
+        """Detach this bot (or ``agent_id``).
+
+        Detaching itself, the bot speaks as its own agent (an agent may always leave);
+        detaching another is the owner form (owners only) unless ``issued_by`` says otherwise.
+        """
         agent = agent_id or self.agent_id
+        if agent == self.agent_id:
+            kw.setdefault("issued_by", self.agent_id)
         return await self.request(session_id, "detach", {"agent_id": agent, "reason": reason}, **kw)
 
     async def add_cursor(

@@ -37,3 +37,20 @@ def test_bench_append_runs_both_library_paths_and_checks_what_they_stored() -> N
 def test_bench_batch_runs_all_sides_and_checks_what_was_stored() -> None:
     out = run_bench("bench_batch.py", "--commands", "60", "--batch", "25", "--repeats", "1")
     assert "batched / single:" in out and "batched / raw publish_async:" in out
+
+
+def test_bench_flood_runs_and_reports_what_the_session_recorded() -> None:
+    out = run_bench("bench_flood.py", "--flood", "300", "--quiet", "30", "--repeats", "1")
+    assert "p99 ratio" in out and "library" in out and "raw echo" in out
+    assert "summaries" in out or "+ 0 summaries" in out
+
+
+def test_bench_service_compares_a_locked_down_deployment() -> None:
+    out = run_bench(
+        "bench_service.py",
+        *("--no-cluster", "--locked-down", "--commands", "40", "--bots", "1,2"),
+        *("--repeats", "1", "--warmup", "1"),
+        timeout=300,
+    )
+    assert "what authentication costs the service" in out
+    assert "locked down: service handled" in out

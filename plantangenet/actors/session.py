@@ -845,7 +845,7 @@ def refusal_of(envelope: Envelope) -> RecordedRefusal | None:
     sequence = envelope.sequence or 0
     if isinstance(event, AccessDenied):
         return AccessRefused(
-            f"{event.agent_id or 'the owner'} may not {event.action} on {event.resource}: "
+            f"{event.agent_id or 'the owner form'} may not {event.action} on {event.resource}: "
             f"{event.reason} (policy version {event.policy_version})",
             event=event,
             sequence=sequence,
