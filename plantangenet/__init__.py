@@ -153,6 +153,7 @@ from plantangenet.projections.user import (
 )
 from plantangenet.replay import replay
 from plantangenet.runtime import Plantangenet
+from plantangenet.store import SharedStore, StoreInUse
 from plantangenet.verify import VerifyResult, verify
 
 __version__ = "0.1.0"
@@ -296,9 +297,11 @@ __all__ = [
     "SessionStarted",
     "SessionState",
     "SetPrices",
+    "SharedStore",
     "StartSession",
     "Statement",
     "StorageExhausted",
+    "StoreInUse",
     "Subscription",
     "SummariseRefusals",
     "SyntheticCompositor",

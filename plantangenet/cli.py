@@ -226,9 +226,11 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
     session_id = args.session_id or datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     with _runtime(args) as pg:
+        store = pg.store
         where = (
-            f"embedded nats-server at {pg.url} (store {pg.server.store_dir})"
-            if pg.server
+            f"embedded nats-server at {pg.url} (store {store.store_dir}, "
+            f"{'started here' if store.owner else 'joined'})"
+            if store is not None
             else pg.url
         )
         say(f"plantangenet demo: session {session_id} on {where}")

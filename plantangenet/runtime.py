@@ -44,6 +44,7 @@ from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
 from plantangenet.replay import Progress, replay
+from plantangenet.store import SharedStore
 
 log = logging.getLogger("plantangenet.runtime")
 
@@ -117,7 +118,9 @@ class Plantangenet:
         self.nats_options = dict(nats_options or {})
         self.limits = limits
         self.refusal_limit = refusal_limit or RefusalLimit()
+        #: The embedded server, when this process started it (see :attr:`store`).
         self.server: EmbeddedNats | None = None
+        self._store: SharedStore | None = None
         self.loop = EventLoopThread()
         self._nc: Any = None
         self._journal: Journal | None = None
@@ -137,11 +140,17 @@ class Plantangenet:
         return cls(**kwargs).start()
 
     def start(self) -> Self:
-        """Start the embedded server if needed, connect, and ensure the stream."""
+        """Start (or join) the embedded server if needed, connect, and ensure the stream.
+
+        Without a NATS URL, the store directory's one server is used: this process starts
+        it, or joins the one another process runs on the same store (see
+        :mod:`plantangenet.store`), never a second one.
+        """
         url = self.nats_url
         if url is None:
-            self.server = EmbeddedNats(self.store_dir or default_store_dir()).start()
-            url = self.server.url
+            self._store = SharedStore(self.store_dir or default_store_dir())
+            url = self._store.open()
+            self.server = self._store.server
         self.loop.start()
         try:
             self._nc = self.loop.run(self._connect(url), timeout=30)
@@ -160,7 +169,7 @@ class Plantangenet:
         its socket never delays the acknowledgements of the journal's appends. Run it
         on the runtime's loop; the caller closes the connection.
         """
-        url = self.server.url if self.server is not None else self.nats_url
+        url = self._store.url if self._store is not None else self.nats_url
         if url is None:
             raise RuntimeError("the runtime is not started; call start() or use open()")
         return await self._connect(url, name)
@@ -211,9 +220,10 @@ class Plantangenet:
                 self.loop.run(self._nc.drain(), timeout=10)
             self._nc = None
         self.loop.stop()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        if self._store is not None:
+            self._store.close()  # stops the server if this process owns it
+            self._store = None
+        self.server = None
 
     def __enter__(self) -> Self:
         return self
@@ -227,6 +237,11 @@ class Plantangenet:
         self.close()
 
     @property
+    def store(self) -> SharedStore | None:
+        """The embedded store's server: started, joined or adopted (``None`` with a NATS URL)."""
+        return self._store
+
+    @property
     def journal(self) -> Journal:
         """The journal (raises if the runtime is not started)."""
         if self._journal is None:
@@ -236,7 +251,7 @@ class Plantangenet:
     @property
     def url(self) -> str:
         """The NATS URL in use."""
-        return self.server.url if self.server is not None else redact(str(self.nats_url))
+        return self._store.url if self._store is not None else redact(str(self.nats_url))
 
     # -- sessions ----------------------------------------------------------------
 

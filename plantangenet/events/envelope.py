@@ -37,7 +37,8 @@ class Authorization:
     """Why a command was let through: the policy decision per resource.
 
     ``statements[i]`` is the id of the statement that allowed
-    ``resources[i]`` (``None`` when the session's owner issued the command).
+    ``resources[i]`` (``None`` when no statement was needed: a command in the owner
+    form, or an agent detaching itself).
     """
 
     action: str
