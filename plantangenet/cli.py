@@ -430,6 +430,8 @@ def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     with _runtime(args) as pg:
         result = pg.run(verify(pg.journal, args.session_id, progress=_Progress(sys.stderr)))
+    if result.checked == 0:  # no events: an unknown session, not a broken one
+        raise UnknownSession(f"no events for session {args.session_id!r}")
     if args.json:
         json.dump(plain(result), out)
         out.write("\n")

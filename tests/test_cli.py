@@ -82,6 +82,43 @@ def test_unknown_session_is_a_clear_error(
 ) -> None:
     status, _ = run(["history", "nope", *external(nats_server, journal_config)])
     assert status == 2
+    # verify too: an unknown session has no events, its chain is not "broken".
+    status, text = run(["verify", "nope", *external(nats_server, journal_config)])
+    assert status == 2 and "BROKEN" not in text
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert "no events for session 'nope'" in err
+
+
+def test_a_cli_command_joins_the_store_another_process_runs(tmp_path: Path) -> None:
+    # As `plantangenet history` while `plantangenet serve` runs: one server on the store.
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "plantangenet"]
+    serve = subprocess.Popen(
+        [*cmd, "serve", "--store-dir", str(store)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None and "listening" in serve.stdout.readline()
+        demo = subprocess.run(
+            [*cmd, "demo", "--session-id", "joined", "--store-dir", str(store)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stderr
+        assert "joined)" in demo.stdout  # it did not start a second server
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    listed = subprocess.run(
+        [*cmd, "sessions", "--json", "--store-dir", str(store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(listed.stdout) == [{"session_id": "joined", "events": 20}]
 
 
 def test_cli_uses_an_embedded_server_when_no_url_is_given(tmp_path: Path) -> None:

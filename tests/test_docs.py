@@ -23,6 +23,7 @@ def run_python(code: str, server: EmbeddedNats, config: JournalConfig) -> str:
         NATS_URL=server.url,
         PLANTANGENET_STREAM=config.stream,
         PLANTANGENET_SUBJECT_PREFIX=config.subject_prefix,
+        PLANTANGENET_LIVE_PREFIX=config.live_prefix,
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -58,6 +59,18 @@ def test_readme_policy_example_runs(
     out = run_python(blocks[1], nats_server, journal_config)
     assert "refused:" in out and "default deny" in out
     assert "('ocean.temp',)" in out
+
+
+def test_every_readme_python_block_runs_twice_on_the_same_store(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    # A reader tries an example, then tries it again: the second run meets the first's
+    # sessions in the log and must still run without an error.
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 3
+    for block in blocks:
+        run_python(block, nats_server, journal_config)
+        run_python(block, nats_server, journal_config)
 
 
 def test_readme_dust_example_runs(nats_server: EmbeddedNats, journal_config: JournalConfig) -> None:
