@@ -150,8 +150,7 @@ async def _print_history(
     shown = 0
     keep = _history_filter(args)
     filtered = bool(args.types or args.agent or args.since or args.until)
-    if not args.json:
-        out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
+    header = not args.json  # written before the first event: none for an unknown session
     async for envelope in pg.journal.read(
         args.session_id,
         from_sequence=args.from_sequence,
@@ -159,6 +158,9 @@ async def _print_history(
         progress=progress,
     ):
         count += 1
+        if header:
+            out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
+            header = False
         if not keep(envelope):
             continue
         shown += 1

@@ -80,8 +80,8 @@ def test_demo_json_output(nats_server: EmbeddedNats, journal_config: JournalConf
 def test_unknown_session_is_a_clear_error(
     nats_server: EmbeddedNats, journal_config: JournalConfig, capsys: object
 ) -> None:
-    status, _ = run(["history", "nope", *external(nats_server, journal_config)])
-    assert status == 2
+    status, text = run(["history", "nope", *external(nats_server, journal_config)])
+    assert status == 2 and text == ""  # no table header before the error
     # verify too: an unknown session has no events, its chain is not "broken".
     status, text = run(["verify", "nope", *external(nats_server, journal_config)])
     assert status == 2 and "BROKEN" not in text
