@@ -608,12 +608,8 @@ def _decide(state: SessionState, command: Command, limits: Limits) -> list[Event
         case QueryChem(chem_id=chem_id, agent_id=agent_id, axes=axes, start=start, end=end):
             return _query_chem(state, command, chem_id, agent_id, axes, start, end)
         case EndSession(reason=reason):
-            _check_text(reason, "reason")
-            events: list[Event] = []
-            for agent_id in sorted(state.agents):
-                events.extend(_detach(state, agent_id, "session ended"))
-            events.append(SessionEnded(reason))
-            return events
+            _check_text(reason, "reason")  # every agent detaches with the end: one event
+            return [SessionEnded(reason, tuple(sorted(state.agents)))]
     raise InvalidCommand(f"unknown command {type(command).__name__}")
 
 

@@ -261,7 +261,7 @@ async def collect(nc: Any, subject: str) -> tuple[Any, list[Any]]:
     return sub, received
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
+async def until(condition: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

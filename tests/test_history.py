@@ -138,13 +138,13 @@ def test_commands_sharing_a_time_resolve_to_their_last_event(runtime: Plantangen
     session.attach("bot")
     for cursor in ("c1", "c2"):
         session.add_cursor("bot", cursor, ["x"], 0, 1)
-    ended = session.execute(EndSession(reason="done"))
-    assert len(ended.events) == 4  # two cursors removed, the bot detached, the end
+    left = session.execute(DetachAgent(agent_id="bot", reason="done"))
+    assert len(left.events) == 3  # two cursors removed, then the bot detached
     history = runtime.history("t")
-    for envelope in ended.events:
+    for envelope in left.events:
         state = runtime.state_at("t", envelope.occurred_at)
-        assert state == fold("t", history) and state.status == "ended"
-    middle = ended.events[0]  # c1 removed, c2 not yet
+        assert state == fold("t", history) and "bot" not in state.agents
+    middle = left.events[0]  # c1 removed, c2 not yet
     assert runtime.state_at("t", middle.event_id).cursors.keys() == {"c2"}
     assert runtime.state_at("t", middle.sequence or 0) == runtime.state_at("t", middle.event_id)
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -718,3 +719,30 @@ def test_settled_equals_folding_the_stored_event_again(cls: type[Event], data: A
     else:
         assert reused == again
     assert settled(base, base, [stored]) is None  # decided must be base plus exactly these
+
+
+def test_a_v1_end_and_a_v2_end_fold_to_the_same_session() -> None:
+    # v1 detached everyone with events of their own before SessionEnded; v2 in its one event.
+    base = fold(SID, LOG)
+    assert base.agents and base.cursors
+    v1 = [
+        *[CursorRemoved(c.agent_id, cid) for cid, c in sorted(base.cursors.items())],
+        *[AgentDetached(a, "session ended") for a in sorted(base.agents)],
+        SessionEnded("stop"),
+    ]
+    v2 = [SessionEnded("stop", tuple(sorted(base.agents)))]
+    old = fold(SID, [env(e, 100 + i) for i, e in enumerate(v1)], base)
+    new = fold(SID, [env(e, 100) for e in v2], base)
+    ignore = {"sequence", "event_count"}
+    for f in dataclasses.fields(SessionState):
+        if f.name not in ignore:
+            assert getattr(old, f.name) == getattr(new, f.name), f.name
+    assert new.status == "ended" and new.agents == {} and new.cursors == {} and new.roles == {}
+
+
+def test_a_stored_v1_session_end_reads_as_v2_with_nobody_left_to_detach() -> None:
+    stored = CODEC.encode(env(SessionEnded("stop"), 1))
+    raw = msgpack.unpackb(stored, raw=False)
+    raw["v"], raw["d"] = 1, {"reason": "stop"}  # as version-1 code wrote it
+    decoded = CODEC.decode(msgpack.packb(raw, use_bin_type=True))
+    assert decoded.event == SessionEnded("stop", ())

@@ -14,6 +14,7 @@ from plantangenet import (
     Agent,
     AgentContext,
     AttachAgent,
+    Command,
     CommandResult,
     ConcurrencyError,
     CursorAlreadyExists,
@@ -21,10 +22,12 @@ from plantangenet import (
     Envelope,
     InvalidCommand,
     JournalConfig,
+    Limits,
     MoveCursor,
     PayloadTooLarge,
     Plantangenet,
     SessionClosed,
+    SessionEnded,
     StartSession,
     UnknownAgent,
     UnknownSession,
@@ -234,16 +237,15 @@ def test_a_command_writing_more_than_max_batch_events_is_refused(
         session.remove_cursor("bot", "d")  # and the session goes on
         session.detach("bot")
         assert "bot" not in session.state.agents
-        # Ending detaches every agent in the same append: too many agents, and it is refused
-        # with what to do about it; with one agent fewer it goes through.
+        # Ending detaches every agent still attached in one event, whatever their number.
         session.attach("a1")
         session.attach("a2")
-        with pytest.raises(InvalidCommand, match=r"EndSession would write 3 events.*detach agents"):
-            session.end()
-        assert session.state.status == "active"
-        session.detach("a2")
+        session.add_cursor("a1", "e", ["x"], 0, 1)
         ended = session.end()
-        assert [e.event.type_name for e in ended.events] == ["AgentDetached", "SessionEnded"]
+        assert [e.event.type_name for e in ended.events] == ["SessionEnded"]
+        assert ended.events[0].event == SessionEnded("ended", ("a1", "a2"))
+        assert session.state.agents == {} and session.state.cursors == {}
+        assert pg.replay("s1") == session.state
 
 
 def test_two_writers_one_wins_the_other_gets_concurrency_error(
@@ -358,8 +360,36 @@ def test_setup_and_teardown_run_exactly_once(runtime: Plantangenet) -> None:
         assert behaviour.count("teardown") == 1
     assert bots["b"].calls == [("setup", "attached"), ("teardown", "leaving")]
     assert bots["a"].calls == [("setup", "attached"), ("teardown", "session ended")]
-    history = [e.type_name for e in runtime.history("s1")]
-    assert history[-4:] == ["CursorRemoved", "AgentDetached", "AgentDetached", "SessionEnded"]
+    history = runtime.history("s1")
+    assert history[-1].event == SessionEnded("over", ("a", "c"))  # they leave with the end
+    assert [e.type_name for e in history[-3:-1]] == ["CursorAdded", "AgentDetached"]
+
+
+class Witness(Agent):
+    """Records the events it is told about, and its teardown."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_event(self, context: AgentContext, envelope: Envelope) -> None:
+        self.seen.append(envelope.type_name)
+
+    def teardown(self, context: AgentContext, reason: str) -> None:
+        self.seen.append(f"teardown: {reason}")
+
+
+def test_an_agent_is_told_of_the_end_that_detaches_it_then_torn_down(
+    runtime: Plantangenet,
+) -> None:
+    session = runtime.session("s1")
+    session.start()
+    witness = Witness()
+    session.attach("w", behaviour=witness)
+    session.add_cursor("w", "c", ["x"], 0, 1)
+    session.end("over")
+    wait_until(lambda: "teardown: session ended" in witness.seen)
+    assert witness.seen[-2:] == ["SessionEnded", "teardown: session ended"]
+    assert runtime.history("s1")[-1].event == SessionEnded("over", ("w",))
 
 
 def test_agents_come_back_on_rehydration(
@@ -399,8 +429,8 @@ def test_on_change_callbacks_see_every_event_once_in_order(runtime: Plantangenet
     futures = [session.submit(AttachAgent(agent_id=f"a{i}")) for i in range(50)]
     for f in futures:
         f.result(30)
-    session.end()  # 50 AgentDetached + SessionEnded in one command
-    assert seen == list(range(1, 103))
+    session.end()  # one SessionEnded detaching the 50
+    assert seen == list(range(1, 53))
 
 
 def test_failing_callback_is_reported_and_breaks_nothing(runtime: Plantangenet) -> None:
@@ -592,3 +622,31 @@ def test_commands_and_queries_queued_behind_a_stop_are_answered(runtime: Plantan
             future.result(10)
     assert [type(o) for o in many.result(10)] == [ActorStopped, ActorStopped]
     assert runtime.replay("s1").cursors["c"].start == 0  # none of them was stored
+
+
+def test_a_session_of_any_size_ends_in_one_command(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    # 2,000 agents with 10,000 cursors: more than one append holds, were they detached one by
+    # one (as SessionEnded v1 was written); v2 detaches them all in its one event.
+    limits = Limits(max_agents=2_000, max_cursors_per_agent=5)
+    with Plantangenet.open(nats_url=nats_server.url, journal=journal_config, limits=limits) as pg:
+        session = pg.session("big")
+        session.start()
+        agents = [f"a{i}" for i in range(2_000)]
+        commands: list[Command] = [AttachAgent(agent_id=a) for a in agents]
+        commands += [
+            AddCursor(agent_id=a, cursor_id=f"{a}-{k}", axes=("x",), start=0, end=1)
+            for a in agents
+            for k in range(5)
+        ]
+        outcomes = session.submit_many(commands).result(120)
+        assert all(isinstance(o, CommandResult) for o in outcomes)
+        assert len(session.state.cursors) == 10_000
+        ended = session.end("closing time")
+        assert [e.type_name for e in ended.events] == ["SessionEnded"]
+        assert ended.events[0].event == SessionEnded("closing time", tuple(sorted(agents)))
+        assert session.state.status == "ended"
+        assert session.state.agents == {} and session.state.cursors == {}
+        assert pg.replay("big") == session.state
+        assert pg.cursor_index("big").cursors == {}

@@ -71,7 +71,7 @@ from plantangenet.events.base import Event
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.dust import ChargeRefused
 from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
-from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached
+from plantangenet.events.session import AccessDenied, AgentAttached, AgentDetached, SessionEnded
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, AppendResult, Journal
 from plantangenet.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState
@@ -772,6 +772,12 @@ class SessionActor(pykka.ThreadingActor):
             leaving = self.agents.pop(event.agent_id, None)
             if leaving is not None:
                 retire(leaving, event.reason)
+        elif isinstance(event, SessionEnded):  # everyone still attached leaves with the end
+            for agent_id in event.detached:
+                self._deliver(agent_id)
+                leaving = self.agents.pop(agent_id, None)
+                if leaving is not None:
+                    retire(leaving, "session ended")
         if not self.hooks:
             return
         for hook in list(self.hooks.values()):

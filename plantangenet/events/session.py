@@ -186,11 +186,26 @@ class AccessDenied(Event):
     policy_version: int
 
 
-@event_type("SessionEnded", version=1)
+@event_type("SessionEnded", version=2)
 class SessionEnded(Event):
-    """The session was closed; every agent was detached just before."""
+    """The session was closed, and every agent still attached detached with it.
+
+    ``detached`` (version 2) names those agents: their cursors and roles end with
+    them, in this one event, so a session of any size ends in one command. Version
+    1 wrote a ``CursorRemoved`` and an ``AgentDetached`` for each before it (so a
+    session with more cursors and agents than one append holds could not end); it
+    is upcast with ``detached=()``, its own events having detached everyone.
+    """
 
     reason: str
+    detached: tuple[str, ...] = ()
+
+
+def _session_ended_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "detached": []}
+
+
+EVENTS.add_upcaster("SessionEnded", 1, _session_ended_v1_to_v2)
 
 
 SESSION_EVENTS: tuple[type[Event], ...] = (

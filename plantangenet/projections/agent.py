@@ -13,6 +13,7 @@ from plantangenet.events.session import (
     CursorAdded,
     CursorMoved,
     CursorRemoved,
+    SessionEnded,
 )
 from plantangenet.projections.session import CursorView, copied, cursor_view
 
@@ -37,6 +38,11 @@ class AgentState:
 def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     """The agent's state after ``envelope`` (events about other agents are ignored)."""
     event = envelope.event
+    if isinstance(event, SessionEnded):  # the end detaches every agent still attached
+        if state.agent_id not in event.detached:
+            return state
+        sequence = envelope.sequence or state.sequence
+        return _with(state, attached=False, cursors=MappingProxyType({}), sequence=sequence)
     if getattr(event, "agent_id", None) != state.agent_id:
         return state
     sequence = envelope.sequence or state.sequence

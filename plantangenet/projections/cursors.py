@@ -18,7 +18,13 @@ import bisect
 from collections.abc import Iterable
 
 from plantangenet.events.envelope import Envelope
-from plantangenet.events.session import AgentDetached, CursorAdded, CursorMoved, CursorRemoved
+from plantangenet.events.session import (
+    AgentDetached,
+    CursorAdded,
+    CursorMoved,
+    CursorRemoved,
+    SessionEnded,
+)
 from plantangenet.projections.session import CursorView, SessionState, cursor_view
 
 BLOCK = 32
@@ -135,6 +141,9 @@ class CursorIndex:
                 self._drop(cursor_id)
             case AgentDetached(agent_id=agent_id):
                 for cursor_id in [c for c, v in self._cursors.items() if v.agent_id == agent_id]:
+                    self._drop(cursor_id)
+            case SessionEnded():  # every agent still attached left with the end
+                for cursor_id in list(self._cursors):
                     self._drop(cursor_id)
 
     def covering(self, axis: str, time: float) -> list[CursorView]:

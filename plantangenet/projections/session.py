@@ -272,6 +272,8 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
         case SessionEnded(reason=reason):
             changes["status"] = "ended"
             changes["end_reason"] = reason
+            if state.agents or state.cursors or state.roles:  # those still attached leave
+                changes["agents"] = changes["cursors"] = changes["roles"] = _empty()
         case DustDeposited() | DustGranted() | DustCharged():
             balances = copied(state.balances)
             for account, amount in movements(event).items():
