@@ -280,10 +280,8 @@ class SessionService:
             return
         principal = principal_from_headers(headers) if crossed else OPERATOR
         lane_account = _lane_account(msg.subject, self.command_prefix)
-        if (lane_account is None) != (not crossed) or (
-            principal is not None
-            and lane_account is not None
-            and not principal.endswith("@" + lane_account)
+        if lane_account is not None and (
+            not crossed or principal is None or not principal.endswith("@" + lane_account)
         ):
             principal = None  # on a lane without the server's word, or not its account's
         if principal is None:
