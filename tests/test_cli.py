@@ -89,60 +89,43 @@ def test_unknown_session_is_a_clear_error(
     assert "no events for session 'nope'" in err
 
 
+#: The command line in a process of its own, on the embedded server (no NATS_URL).
+CLI = [sys.executable, "-m", "plantangenet"]
+EMBEDDED_ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``plantangenet *args`` in a process of its own; it must succeed."""
+    done = subprocess.run(
+        [*CLI, *args], env=EMBEDDED_ENV, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_a_cli_command_joins_the_store_another_process_runs(tmp_path: Path) -> None:
     # As `plantangenet history` while `plantangenet serve` runs: one server on the store.
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "plantangenet"]
+    store = str(tmp_path / "store")
     serve = subprocess.Popen(
-        [*cmd, "serve", "--store-dir", str(store)], env=env, stdout=subprocess.PIPE, text=True
+        [*CLI, "serve", "--store-dir", store], env=EMBEDDED_ENV, stdout=subprocess.PIPE, text=True
     )
     try:
         assert serve.stdout is not None and "listening" in serve.stdout.readline()
-        demo = subprocess.run(
-            [*cmd, "demo", "--session-id", "joined", "--store-dir", str(store)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert demo.returncode == 0, demo.stderr
+        demo = cli("demo", "--session-id", "joined", "--store-dir", store)
         assert "joined)" in demo.stdout  # it did not start a second server
     finally:
         serve.terminate()
         serve.wait(30)
-    listed = subprocess.run(
-        [*cmd, "sessions", "--json", "--store-dir", str(store)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = cli("sessions", "--json", "--store-dir", store, timeout=60)
     assert json.loads(listed.stdout) == [{"session_id": "joined", "events": 20}]
 
 
 def test_cli_uses_an_embedded_server_when_no_url_is_given(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "plantangenet"]
-    demo = subprocess.run(
-        [*cmd, "demo", "--session-id", "emb", "--store-dir", str(store)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert demo.returncode == 0, demo.stderr
+    demo = cli("demo", "--session-id", "emb", "--store-dir", str(store))
     assert "embedded nats-server at nats://127.0.0.1:" in demo.stdout
     # The store persists: a second process (a new embedded server) sees the session.
-    listed = subprocess.run(
-        [*cmd, "sessions", "--json", "--store-dir", str(store)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert listed.returncode == 0, listed.stderr
+    listed = cli("sessions", "--json", "--store-dir", str(store), timeout=60)
     assert json.loads(listed.stdout) == [{"session_id": "emb", "events": 20}]
     assert (store / "jetstream").is_dir()
 
