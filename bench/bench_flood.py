@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Mallory: connect, prepare the payloads, wait for "go", fire them all, wait for replies.
 MALLORY = r"""
-import asyncio, json, sys, time
+import asyncio, json, secrets, sys, time
 import nats
 from plantangenet.protocol import command_subject, encode_request
 
@@ -79,8 +79,10 @@ async def main(url: str, count: int, subject: str) -> None:
 
     await nc.subscribe(inbox + ".*", cb=replied, pending_msgs_limit=10 * count)
     args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
+    round_ = secrets.token_hex(8)  # fresh ids each round: no retry of an earlier round
     payloads = [
-        encode_request(args, command_id=f"flood-{i}", issued_by="alice") for i in range(count)
+        encode_request(args, command_id=f"flood-{round_}-{i}", issued_by="alice")
+        for i in range(count)
     ]
     await nc.flush()
     print("ready", flush=True)

@@ -259,7 +259,7 @@ class BotClient:
         try:
             reply = await self.request(session_id, "state")
         except ReplyTooLarge as too_large:
-            log_ = _PagedLog(self, session_id)
+            log_ = _PagedLog(self)
             folded = await replay(log_, session_id, to_sequence=too_large.sequence or None)
             whole: dict[str, Any] = plain(folded)
             return whole
@@ -535,7 +535,7 @@ class BotClient:
 class _PagedLog:
     """The part of a journal :func:`~plantangenet.replay.replay` reads, over ``history`` pages."""
 
-    def __init__(self, client: BotClient, session_id: str) -> None:
+    def __init__(self, client: BotClient) -> None:
         self.client = client
         self.codec = client.codec
 

@@ -272,12 +272,7 @@ def damage(state: SessionState) -> LogDamaged | None:
     if not state.unreadable:
         return None
     sequence = min(state.unreadable)
-    return LogDamaged(
-        f"session {state.session_id!r} cannot be used: the message at stream sequence "
-        f"{sequence} is not a valid event of it ({state.unreadable[sequence]}); an operator "
-        f"may quarantine it: plantangenet quarantine {state.session_id} {sequence}",
-        sequence=sequence,
-    )
+    return LogDamaged.at(state.session_id, sequence, state.unreadable[sequence])
 
 
 def _require_readable(state: SessionState, command: Command) -> None:

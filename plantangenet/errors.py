@@ -96,6 +96,16 @@ class LogDamaged(DecodeError, CommandRejected):
         super().__init__(message)
         self.sequence = sequence
 
+    @classmethod
+    def at(cls, session_id: str, sequence: int, problem: object) -> LogDamaged:
+        """The error for the message at ``sequence`` of ``session_id``, and what to do."""
+        return cls(
+            f"session {session_id!r} cannot be used: the message at stream sequence "
+            f"{sequence} is not a valid event of it ({problem}); an operator may quarantine "
+            f"it: plantangenet quarantine {session_id} {sequence}",
+            sequence=sequence,
+        )
+
 
 class InvalidPolicy(InvalidCommand):
     """A policy document is malformed (unknown effect, empty actions, bad pattern...)."""

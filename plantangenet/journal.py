@@ -536,12 +536,7 @@ class Journal:
             progress(end, end)
         if unreadable:
             first = min(unreadable)
-            raise LogDamaged(
-                f"session {session_id!r}: the message at stream sequence {first} is not a "
-                f"valid event ({unreadable[first]}); an operator may quarantine it: "
-                f"plantangenet quarantine {session_id} {first}",
-                sequence=first,
-            )
+            raise LogDamaged.at(session_id, first, unreadable[first])
 
     async def read_raw(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None

@@ -104,15 +104,9 @@ log = logging.getLogger("plantangenet.service")
 _UNANSWERED = PlantangenetError("internal error: a command of the batch was not answered")
 _REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
 #: Messages taken off the connection between two yields to the event loop.
-_YIELD_EVERY = int(__import__("os").environ.get("PG_YIELD", "64"))
+_YIELD_EVERY = 64
 #: Room a reply's own fields need beside the data it carries.
 _REPLY_OVERHEAD = 4096
-
-
-def _lane_account(subject: str, prefix: str) -> str | None:
-    """The account token of a lane subject (``None``: not a lane subject)."""
-    tokens = subject[len(prefix) + 1 :].split(".")
-    return tokens[1] if len(tokens) == 4 and tokens[0].isdigit() else None
 
 
 #: The queue group every ``serve`` process joins.
@@ -279,7 +273,10 @@ class SessionService:
                 )
             return
         principal = principal_from_headers(headers) if crossed else OPERATOR
-        lane_account = _lane_account(msg.subject, self.command_prefix)
+        try:
+            lane_account = parse_subject(msg.subject, self.command_prefix)[2]
+        except InvalidCommand:
+            lane_account = None  # answered as malformed when handled
         if lane_account is not None and (
             not crossed or principal is None or not principal.endswith("@" + lane_account)
         ):

@@ -38,7 +38,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -71,7 +70,6 @@ class SharedStore:
 
     :param store_dir: the JetStream store (created if missing).
     :param timeout: seconds to wait for an owner's server to become joinable.
-    :param server_factory: makes the server this process starts (tests pass options).
     """
 
     def __init__(
@@ -79,11 +77,9 @@ class SharedStore:
         store_dir: str | os.PathLike[str],
         *,
         timeout: float = 15.0,
-        server_factory: Callable[[Path, int | None], EmbeddedNats] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.timeout = timeout
-        self._factory = server_factory or (lambda store, port: EmbeddedNats(store, port=port))
         self._lock_fd: int | None = None
         self._url: str | None = None
         #: The server this process started (owner), or the pid of one it adopted.
@@ -186,7 +182,7 @@ class SharedStore:
             else:
                 port = record.get("port")
                 wanted = port if isinstance(port, int) and _port_free(port) else None
-                self.server = self._factory(self.store_dir, wanted).start()
+                self.server = EmbeddedNats(self.store_dir, port=wanted).start()
                 self._url = self.server.url
                 pid = self.server.pid
             self._write_record(pid)
