@@ -13,6 +13,7 @@ external server or cluster instead of the embedded one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -151,28 +152,31 @@ async def _print_history(
     keep = _history_filter(args)
     filtered = bool(args.types or args.agent or args.since or args.until)
     header = not args.json  # written before the first event: none for an unknown session
-    async for envelope in pg.journal.read(
+    # aclosing: a closed pipe (`| head`) ends the read here, its consumer deleted at once.
+    envelopes = pg.journal.read(
         args.session_id,
         from_sequence=args.from_sequence,
         to_sequence=args.to_sequence,
         progress=progress,
-    ):
-        count += 1
-        if header:
-            out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
-            header = False
-        if not keep(envelope):
-            continue
-        shown += 1
-        if args.json:
-            out.write(json.dumps(envelope_record(envelope)) + "\n")
-        else:
-            at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")
-            by = envelope.agent_id or "-"
-            out.write(
-                f"{envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  {by:<12}  "
-                f"{describe(envelope)}\n"
-            )
+    )
+    async with contextlib.aclosing(envelopes):
+        async for envelope in envelopes:
+            count += 1
+            if header:
+                out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
+                header = False
+            if not keep(envelope):
+                continue
+            shown += 1
+            if args.json:
+                out.write(json.dumps(envelope_record(envelope)) + "\n")
+            else:
+                at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+                by = envelope.agent_id or "-"
+                out.write(
+                    f"{envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  {by:<12}  "
+                    f"{describe(envelope)}\n"
+                )
     if filtered and not args.json and count and not shown:
         out.write(f"(none of the {count} events matches the filters)\n")
     return count
@@ -389,9 +393,11 @@ async def _fold_history(
     pg: Plantangenet, session_id: str, fold: Callable[[Envelope], None], progress: _Progress
 ) -> int:
     count = 0
-    async for envelope in pg.journal.read(session_id, progress=progress):
-        fold(envelope)
-        count += 1
+    envelopes = pg.journal.read(session_id, progress=progress)
+    async with contextlib.aclosing(envelopes):
+        async for envelope in envelopes:
+            fold(envelope)
+            count += 1
     return count
 
 

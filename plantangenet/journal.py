@@ -518,20 +518,22 @@ class Journal:
         decode = self.codec.decode
         count = 0
         unreadable: dict[int, DecodeError] = {}
-        async for seq, data in self._ordered(session_id, from_sequence, stop_at=end):
-            count += 1
-            if progress is not None and count % 1000 == 0:
-                progress(seq, end)
-            try:
-                envelope = decode(data, sequence=seq)
-            except (UnknownEventType, UnknownEventVersion):
-                raise  # an event of newer code (or a missing upcaster): not this log's damage
-            except DecodeError as exc:
-                unreadable[seq] = exc
-                continue
-            if unreadable and type(envelope.event) is MessageQuarantined:
-                unreadable.pop(envelope.event.sequence, None)
-            yield envelope
+        rows = self._ordered(session_id, from_sequence, stop_at=end)
+        async with contextlib.aclosing(rows):
+            async for seq, data in rows:
+                count += 1
+                if progress is not None and count % 1000 == 0:
+                    progress(seq, end)
+                try:
+                    envelope = decode(data, sequence=seq)
+                except (UnknownEventType, UnknownEventVersion):
+                    raise  # an event of newer code (or a missing upcaster): not this log's damage
+                except DecodeError as exc:
+                    unreadable[seq] = exc
+                    continue
+                if unreadable and type(envelope.event) is MessageQuarantined:
+                    unreadable.pop(envelope.event.sequence, None)
+                yield envelope
         if progress is not None:
             progress(end, end)
         if unreadable:
@@ -547,8 +549,10 @@ class Journal:
             end = min(end, to_sequence)
         if end < max(from_sequence, 1):
             return
-        async for item in self._ordered(session_id, from_sequence, stop_at=end):
-            yield item
+        rows = self._ordered(session_id, from_sequence, stop_at=end)
+        async with contextlib.aclosing(rows):
+            async for item in rows:
+                yield item
 
     async def page(
         self,
@@ -695,8 +699,10 @@ class Journal:
 
         Runs until the consumer of the iterator stops it.
         """
-        async for seq, data in self._ordered(session_id, from_sequence, stop_at=None):
-            yield self.codec.decode(data, sequence=seq)
+        rows = self._ordered(session_id, from_sequence, stop_at=None)
+        async with contextlib.aclosing(rows):
+            async for seq, data in rows:
+                yield self.codec.decode(data, sequence=seq)
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None

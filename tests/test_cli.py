@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from plantangenet import EmbeddedNats, JournalConfig
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet import commands as c
 from plantangenet.cli import main
+from tests.conftest import log_options, session_with_cursor
 
 
 def run(args: list[str]) -> tuple[int, str]:
@@ -136,3 +138,26 @@ def test_explore_without_a_terminal_is_a_clear_error(
     run(["demo", "--session-id", "d3", *external(nats_server, journal_config)])
     status, _ = run(["explore", "d3", *external(nats_server, journal_config)])
     assert status == 2  # stdin/stdout are not a terminal under pytest: refused, not crashed
+
+
+def test_a_closed_pipe_ends_history_quietly(runtime: Plantangenet) -> None:
+    # `plantangenet history SID | head`: more rows than a pipe holds, the reader leaves early.
+    session = session_with_cursor(runtime, "piped")
+    moves = [
+        c.MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=float(i), end=i + 1.0)
+        for i in range(2000)
+    ]
+    outcomes = session.submit_many(moves).result(timeout=60)
+    assert all(not isinstance(o, Exception) for o in outcomes)
+    for json_rows in (False, True):
+        args = ["history", "piped", *log_options(runtime), *(["--json"] if json_rows else [])]
+        reader = subprocess.Popen(
+            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert reader.stdout is not None and reader.stderr is not None
+        first = reader.stdout.readline()
+        reader.stdout.close()  # as `head -1` does
+        status = reader.wait(60)
+        err = reader.stderr.read()
+        assert first and status == 0, err
+        assert err == "", err  # no traceback, no "exception was never retrieved"
