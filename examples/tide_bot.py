@@ -39,10 +39,11 @@ async def run(url: str, session_id: str, *, steps: int = 5, pause: float = 0.05)
         state = await bot.open(session_id, {"purpose": "tides"})
         if state["policy"]["version"] == 0:
             await bot.change_policy(session_id, replace=POLICY)
-        await bot.attach(session_id, kind="bot", name="Tide gauge bot")
+        attached = await bot.attach(session_id, kind="bot", name="Tide gauge bot")
         await bot.add_cursor(session_id, "tide", ["ocean.tide"], 0, 60)
-        # Wait for the watcher to join, so it sees every sweep live.
-        async for envelope in bot.events(session_id, from_sequence=1):
+        # Wait for the watcher to join, so it sees every sweep live. Only events after
+        # this run's attach count: on a second run the log also holds the last run's watcher.
+        async for envelope in bot.events(session_id, from_sequence=attached["seq"] + 1):
             if envelope.type_name == "CursorAdded" and envelope.agent_id == "watcher-bot":
                 break
         for step in range(1, steps + 1):

@@ -1,6 +1,6 @@
 """A watcher bot: follows the tide bot's cursor through the session's events.
 
-Needs a running session service and the tide bot::
+Needs a running session service and the tide bot (it waits for the tide bot to attach)::
 
     NATS_URL=nats://127.0.0.1:4222 .venv/bin/python examples/watcher_bot.py harbour
 
@@ -21,10 +21,10 @@ from plantangenet.errors import SessionNotStarted
 async def run(url: str, session_id: str, *, wait: float = 10.0) -> None:
     async with await BotClient.connect(url, agent_id="watcher-bot") as bot:
         deadline = asyncio.get_running_loop().time() + wait
-        while True:  # the tide bot opens the session and sets its policy
+        while True:  # the tide bot opens the session, sets its policy and attaches
             try:
                 state = await bot.state(session_id)
-                if state["status"] == "active" and state["policy"]["version"] > 0:
+                if state["status"] == "active" and "tide-bot" in state["agents"]:
                     break
             except SessionNotStarted:
                 pass
@@ -34,8 +34,10 @@ async def run(url: str, session_id: str, *, wait: float = 10.0) -> None:
         # The tide bot owns the session: the watcher attaches itself, as its own agent
         # (the session's policy lets bots join), bound to the watcher's principal.
         await bot.attach(session_id, kind="bot", name="Watcher", issued_by=bot.agent_id)
-        await bot.add_cursor(session_id, "ahead", ["ocean.tide"], 0, 10)
-        async for envelope in bot.events(session_id, from_sequence=1):
+        added = await bot.add_cursor(session_id, "ahead", ["ocean.tide"], 0, 10)
+        # The tide bot sweeps once it sees this cursor: follow what comes after it (what
+        # came before is the past, maybe an earlier run's tide bot leaving).
+        async for envelope in bot.events(session_id, from_sequence=added["seq"] + 1):
             event = envelope.event
             about_tide_bot = getattr(event, "agent_id", "") == "tide-bot"
             if envelope.type_name == "CursorMoved" and about_tide_bot:

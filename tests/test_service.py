@@ -71,9 +71,12 @@ def test_two_example_bots_interact_through_a_session(
             timeout=60,
         )
 
-    asyncio.run(both())
-    out = capsys.readouterr().out
-    assert "tide-bot: done" in out and "watcher-bot: done" in out
+    # Twice on the same session: the second run's bots coordinate on this run's events,
+    # not on the first run's watcher or tide bot still in the log.
+    for _ in range(2):
+        asyncio.run(both())
+        out = capsys.readouterr().out
+        assert "tide-bot: done" in out and "watcher-bot: done" in out
     # The session, rehydrated from the log, holds exactly what the bots did.
     runtime.stop_session("harbour")
     state = runtime.session("harbour").state
@@ -87,16 +90,25 @@ def test_two_example_bots_interact_through_a_session(
     ]
     tide = [m for m in moves if m[0] == "tide-bot"]
     watcher = [m for m in moves if m[0] == "watcher-bot"]
-    assert [m[1:] for m in tide] == [(10.0 * s, 10.0 * s + 60) for s in range(1, 6)]
-    # The watcher looked just ahead of every tide position, in order.
+    assert [m[1:] for m in tide] == [(10.0 * s, 10.0 * s + 60) for s in range(1, 6)] * 2
+    # The watcher looked just ahead of every tide position, in order, in both runs.
     assert [m[1:] for m in watcher] == [(end, end + 10) for _, _, end in tide]
+    # ...and each look ahead came after the move it follows (not a replay of the last run's).
+    sequences = [
+        (e.event.agent_id, e.sequence)  # type: ignore[attr-defined]
+        for e in history
+        if e.type_name == "CursorMoved"
+    ]
+    tide_at = [seq for who, seq in sequences if who == "tide-bot"]
+    watcher_at = [seq for who, seq in sequences if who == "watcher-bot"]
+    assert all(w > t for t, w in zip(tide_at, watcher_at, strict=True))
     assert all(
         e.agent_id == "watcher-bot"
         for e in history
         if e.type_name == "CursorMoved" and e.event.agent_id == "watcher-bot"  # type: ignore[attr-defined]
     )
     detached = [e.event.agent_id for e in history if e.type_name == "AgentDetached"]  # type: ignore[attr-defined]
-    assert detached == ["tide-bot", "watcher-bot"]
+    assert detached == ["tide-bot", "watcher-bot"] * 2
 
 
 def test_client_commands_state_and_events(
