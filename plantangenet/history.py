@@ -27,10 +27,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from plantangenet.errors import UnknownPosition, UnknownSession
 from plantangenet.events.envelope import Envelope
@@ -132,10 +132,7 @@ async def _walk(
     state = SessionState(session_id)
     last: Envelope | None = None
     if bound is None or bound >= 1:
-        reader = cast(
-            AsyncGenerator[Envelope, None],
-            journal.read(session_id, to_sequence=bound, progress=progress),
-        )
+        reader = journal.read(session_id, to_sequence=bound, progress=progress)
         async with contextlib.aclosing(reader) as envelopes:
             async for envelope in envelopes:
                 sequence = envelope.sequence or 0

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -500,7 +500,7 @@ class Journal:
         from_sequence: int = 1,
         to_sequence: int | None = None,
         progress: Callable[[int, int], None] | None = None,
-    ) -> AsyncIterator[Envelope]:
+    ) -> AsyncGenerator[Envelope, None]:
         """The session's events in order, from/up to stream sequences (inclusive).
 
         Stops at the last event that existed when the read began (or at
@@ -542,7 +542,7 @@ class Journal:
 
     async def read_raw(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
         """``(sequence, payload)`` of the session's stored messages, undecoded, in order."""
         end = await self.last_sequence(session_id)
         if to_sequence is not None:
@@ -694,7 +694,7 @@ class Journal:
 
     async def tail(
         self, session_id: str, *, from_sequence: int | None = None
-    ) -> AsyncIterator[Envelope]:
+    ) -> AsyncGenerator[Envelope, None]:
         """Events as they are stored, from ``from_sequence`` (default: only new ones).
 
         Runs until the consumer of the iterator stops it.
@@ -706,7 +706,7 @@ class Journal:
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
         """``(stream sequence, payload)`` in order, with no gap and no duplicate.
 
         This is an ordered consumer done here rather than by nats-py: a push

@@ -79,8 +79,8 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import msgpack
 import nats.errors
@@ -532,14 +532,11 @@ async def rebuild(
             ends.append((session_id, start, last))
     fold = p.fold
     for session_id, start, last in ends:
-        reading = cast(
-            AsyncGenerator[Envelope, None],
-            journal.read(
-                session_id,
-                from_sequence=start + 1,
-                to_sequence=last,
-                progress=None if progress is None else _reporter(progress, session_id),
-            ),
+        reading = journal.read(
+            session_id,
+            from_sequence=start + 1,
+            to_sequence=last,
+            progress=None if progress is None else _reporter(progress, session_id),
         )
         async with contextlib.aclosing(reading) as envelopes:
             async for envelope in envelopes:
