@@ -23,13 +23,14 @@ connection (see :class:`plantangenet.loop.EventLoopThread`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -724,10 +725,15 @@ class Journal:
         )
         stalls = failures = 0
         ack_every = max(self.config.read_window // 4, 1)
+        loop = asyncio.get_running_loop()
+        idle_timeout = self.config.idle_timeout
         while True:
             name = new_id()
+            inbox = _Inbox()
             try:
-                sub = await self._consumer(session_id, subject, max(next_sequence, 1), name)
+                sub = await self._consumer(
+                    session_id, subject, max(next_sequence, 1), name, inbox.arrived
+                )
             except _Unavailable:
                 # The server is away (restarting, electing a leader): a tail waits for
                 # it; a bounded read tries a few times, then reports.
@@ -740,10 +746,9 @@ class Journal:
             expected = 1
             try:
                 while True:
-                    try:
-                        msg = await sub.next_msg(timeout=self.config.idle_timeout)
-                    except nats.errors.TimeoutError:
+                    if not inbox.messages and not await inbox.wait(loop, idle_timeout):
                         break  # stalled, or a quiet tail: start a fresh consumer
+                    msg = inbox.messages.popleft()
                     sequence, delivered = _sequences(msg.reply)
                     if delivered != expected:
                         break  # a message was lost in transit: start again after the last
@@ -767,7 +772,14 @@ class Journal:
                         f"(at {next_sequence})"
                     )
 
-    async def _consumer(self, session_id: str, subject: str, start: int, name: str) -> Any:
+    async def _consumer(
+        self,
+        session_id: str,
+        subject: str,
+        start: int,
+        name: str,
+        arrived: Callable[[Msg], Awaitable[None]],
+    ) -> Any:
         config = ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -792,9 +804,13 @@ class Journal:
                 subject,
                 stream=self.config.stream,
                 config=config,
+                cb=arrived,
                 manual_ack=True,
                 flow_control=True,
                 idle_heartbeat=5.0,
+                # The ack window bounds what is in flight; these only must not be lower.
+                pending_msgs_limit=max(4 * self.config.read_window, 65_536),
+                pending_bytes_limit=256 * 1024 * 1024,
             )
         except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
@@ -907,6 +923,44 @@ def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
     if "seq" not in ack:
         raise JournalError(f"acknowledgement without a sequence: {ack}")
     return ack
+
+
+class _Inbox:
+    """Where one reader's consumer delivers: a queue its generator takes from in order.
+
+    nats-py's subscription task hands each message to :meth:`arrived`, which only
+    queues it (and wakes the reader if it waits). The reader waits only when the
+    queue is empty, with one timer per wait, so a fast log costs no wait at all.
+    """
+
+    __slots__ = ("messages", "waiter")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[Msg] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    async def arrived(self, msg: Msg) -> None:
+        self.messages.append(msg)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a message; whether one came."""
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        return bool(self.messages)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    """End a reader's wait for its next message (the wait timed out)."""
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _sequences(reply: str) -> tuple[int, int]:

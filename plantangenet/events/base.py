@@ -18,6 +18,7 @@ from plantangenet.events.fields import (
     Converter,
     compile_decoder,
     compile_encoder,
+    compile_fields_decoder,
     compile_fields_encoder,
 )
 
@@ -57,6 +58,9 @@ class EventSpec:
     required: frozenset[str]
     #: All of ``encoders`` as one call: the event's fields as msgpack values.
     encode_fields: Callable[[Any], dict[str, Any]]
+    #: All of ``decoders`` as one call when the data holds exactly the class's fields
+    #: (``None`` otherwise: the codec's complete path decides).
+    decode_fields: Callable[[dict[str, Any]], Any]
 
 
 class EventRegistry:
@@ -90,6 +94,7 @@ class EventRegistry:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             ),
             encode_fields=compile_fields_encoder(tuple(f.name for f in fields), hints),
+            decode_fields=compile_fields_decoder(cls, tuple(f.name for f in fields), hints),
         )
         self._specs[type_name] = spec
         self._by_class[cls] = spec

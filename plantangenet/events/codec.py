@@ -46,7 +46,7 @@ from plantangenet.errors import (
     PlantangenetError,
     UnknownEventType,
 )
-from plantangenet.events.base import EVENTS, EventRegistry
+from plantangenet.events.base import EVENTS, EventRegistry, EventSpec
 from plantangenet.events.envelope import Authorization, Envelope
 from plantangenet.events.fields import compile_decoder, compile_encoder
 
@@ -231,18 +231,11 @@ class EventCodec:
         spec = self.registry.spec(type_name)
         if version != spec.version:
             data = self.registry.upcast(type_name, version, data)
-        unknown = data.keys() - set(spec.field_names)
-        if unknown:
-            name = sorted(map(str, unknown))[0]
-            raise DecodeError(f"{type_name}: unknown field {name!r}", field=name)
-        values: dict[str, Any] = {}
-        for name, decode in zip(spec.field_names, spec.decoders, strict=True):
-            if name in data:
-                values[name] = decode(data[name], name)
-            elif name in spec.required:
-                raise DecodeError(f"{type_name}: field {name!r} is missing", field=name)
+        event = spec.decode_fields(data)
+        if event is None:  # not exactly the class's fields: say what is wrong, or apply defaults
+            event = _event_from(spec, data)
         return Envelope(
-            spec.cls(**values),
+            event,
             raw["s"],
             raw["id"],
             raw["c"],
@@ -256,6 +249,22 @@ class EventCodec:
             principal,
             fingerprint,
         )
+
+
+def _event_from(spec: EventSpec, data: dict[str, Any]) -> Any:
+    """The event in ``data`` field by field: names an unknown or missing field."""
+    type_name = spec.type_name
+    unknown = data.keys() - set(spec.field_names)
+    if unknown:
+        name = sorted(map(str, unknown))[0]
+        raise DecodeError(f"{type_name}: unknown field {name!r}", field=name)
+    values: dict[str, Any] = {}
+    for name, decode in zip(spec.field_names, spec.decoders, strict=True):
+        if name in data:
+            values[name] = decode(data[name], name)
+        elif name in spec.required:
+            raise DecodeError(f"{type_name}: field {name!r} is missing", field=name)
+    return spec.cls(**values)
 
 
 def _format_1(raw: dict[Any, Any]) -> dict[Any, Any]:
@@ -324,16 +333,24 @@ def _authorization(raw: Any) -> Authorization | None:
             and type(resources) is list
             and type(statements) is list
             and type(version) is int
-            and all(type(r) is str for r in resources)
-            and all(s is None or type(s) is str for s in statements)
         ):
+            # A key equal to a cached one holds the same strings and None (no other
+            # msgpack value equals a string or None), so a hit needs no item check.
             key = (action, tuple(resources), tuple(statements), version)
-            cached = _AUTHORIZATIONS.get(key)
-            if cached is None:
-                if len(_AUTHORIZATIONS) >= 4096:
-                    _AUTHORIZATIONS.clear()
-                cached = _AUTHORIZATIONS[key] = Authorization(*key)
-            return cached
+            try:
+                cached = _AUTHORIZATIONS.get(key)
+            except TypeError:  # an unhashable item (a list, a map): not an authorization
+                cached = None
+            else:
+                if cached is not None:
+                    return cached
+                if all(type(r) is str for r in resources) and all(
+                    s is None or type(s) is str for s in statements
+                ):
+                    if len(_AUTHORIZATIONS) >= 4096:
+                        _AUTHORIZATIONS.clear()
+                    cached = _AUTHORIZATIONS[key] = Authorization(*key)
+                    return cached
     result: Authorization | None = _decode_authorization(raw, "authorization")
     return result
 
