@@ -9,6 +9,7 @@ the repository root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import dataclasses
 import hashlib
@@ -35,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import nats  # noqa: E402
-from nats.js.api import ConsumerConfig, DeliverPolicy  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: E402
 
 from plantangenet import (  # noqa: E402
     CODEC,
@@ -96,6 +97,17 @@ class RawClient:
         """Run ``coro`` on this client's loop until it finishes."""
         return self._runner.run(coro)
 
+    def push_read(
+        self,
+        stream: str,
+        subject: str,
+        *,
+        count: int | None = None,
+        on_data: Callable[[bytes], object] | None = None,
+    ) -> tuple[float, int]:
+        """:func:`raw_push_read` on this client's connection: (seconds, messages read)."""
+        return self.run(raw_push_read(self.nc, stream, subject, count=count, on_data=on_data))
+
     def close(self) -> None:
         try:
             if not self.nc.is_closed:
@@ -113,6 +125,165 @@ class RawClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: How every read benchmark names its raw baseline (:func:`raw_push_read`).
+RAW_READ_LABEL = "raw nats-py push consumer (callback)"
+
+#: Pending limits of the raw reader's subscription: far more than any benchmark reads,
+#: so nats-py never drops a message as a slow consumer.
+RAW_PENDING_MSGS = 4_000_000
+RAW_PENDING_BYTES = 4 * 1024**3
+
+
+async def raw_push_read(
+    nc: Any,
+    stream: str,
+    subject: str,
+    *,
+    count: int | None = None,
+    on_data: Callable[[bytes], object] | None = None,
+    timeout: float = 120.0,
+) -> tuple[float, int]:
+    """The fastest read of ``subject``'s stored messages we found with raw nats-py.
+
+    Every read benchmark's raw baseline: (seconds, messages read). Reads the
+    first ``count`` messages of ``subject`` in ``stream`` (default: every
+    message stored when the read starts, the ``num_pending`` of the new
+    consumer), touching each one's data (``len(msg.data)``; with ``on_data``,
+    also ``on_data(msg.data)``, whose exception ends the read). Timed from the
+    subscription to the last message wanted, consumer creation included (as
+    the library's readers time theirs); the consumer is deleted afterwards,
+    untimed.
+
+    How: a core subscription on a fresh inbox, with an ``async`` callback and
+    pending limits far above any benchmark's size, then an ephemeral push
+    consumer delivering there (``js.add_consumer``: ``deliver_policy=all``,
+    ``filter_subject``, ``ack_policy=none``, ``flow_control=True``,
+    ``idle_heartbeat=5``, memory storage, one replica). The callback counts
+    data messages (reply ``$JS.ACK.*``) and answers flow-control requests
+    (and a stalled heartbeat's ``Nats-Consumer-Stalled``) itself.
+
+    Variants measured on the same 50,000-event session (CursorMoved envelopes
+    of about 360 bytes with a ``Nats-Msg-Id`` header, from
+    ``prepare_long_session``), nats-py 2.16.0, nats-server 2.15.1, 2 cores
+    shared with other work (so the wall figures of one variant vary by +-30%
+    from round to round): msgs/s, the median of each run of 5-15 alternating
+    rounds (seven runs; the ordered consumer was not in the 7th), and the
+    reading process's CPU per message:
+
+    * ``js.subscribe(subject, ordered_consumer=True, cb=...)`` with
+      ``deliver_policy=all``, ``idle_heartbeat=5`` and the limits above:
+      83.9k / 75.7k / 67.7k / 60.3k / 66.1k / 69.0k, 12.5-14.6 us/msg (nats-py
+      checks the order of every message);
+    * ``js.subscribe(subject, cb=..., config=ConsumerConfig(ack_policy=NONE,
+      ...), flow_control=True, idle_heartbeat=5)``, a plain push consumer:
+      98.3k / 78.0k / 75.2k / 72.4k / 64.8k / 76.9k, then 86.2k in a 7th run of
+      15 rounds; 11.1-12.8 us/msg;
+    * the same without flow control: 90.4k / 81.8k / 75.9k / 67.1k / 70.2k /
+      74.4k, then 80.1k; 10.9-12.9 us/msg;
+    * this one (``js.add_consumer`` + ``nc.subscribe(cb=...)``, flow control
+      answered in the callback): 96.0k / 86.7k / 79.7k (a scratch copy of it),
+      64.6k (65.8k the scratch copy) / 66.6k / 70.0k, then 88.7k (the fastest
+      of the three in 7 of the 15 rounds, the other two 4 each); 11.0-12.3
+      us/msg. The same with the counting behind a second coroutine call: 93.4k
+      / 79.5k / 73.4k in the first three runs;
+    * for comparison, the ``await sub.next_msg()`` loop on an ordered consumer
+      the read benchmarks used before: 22.0k / 19.1k, 48 us/msg.
+
+    The three callback variants without ordering are tied within the noise: by
+    run medians this one was the fastest in three runs of seven (the longest
+    included), the plain push consumer with flow control in three, the one
+    without in one. This one is kept: it led the longest run, and the count it
+    reads to comes with the consumer's creation (``num_pending``), with no
+    extra request.
+
+    :param nc: a connected nats-py client.
+    """
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    seen = 0
+    size = 0
+    wanted = count
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal seen, size
+        reply = msg.reply
+        if reply[:8] == "$JS.ACK.":  # a stored message
+            if done.done():
+                return  # past the last one wanted
+            data = msg.data
+            size += len(data)
+            if on_data is not None:
+                try:
+                    on_data(data)
+                except Exception as exc:
+                    done.set_exception(exc)
+                    return
+            seen += 1
+            if seen == wanted:
+                done.set_result(None)
+        elif reply:  # a flow-control request
+            await nc.publish(reply)
+        elif msg.headers and (stalled := msg.headers.get("Nats-Consumer-Stalled")):
+            await nc.publish(stalled)
+
+    start = time.perf_counter()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(
+        inbox,
+        cb=on_msg,
+        pending_msgs_limit=RAW_PENDING_MSGS,
+        pending_bytes_limit=RAW_PENDING_BYTES,
+    )
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        max_deliver=1,
+        flow_control=True,
+        idle_heartbeat=5.0,
+        deliver_subject=inbox,
+        filter_subject=subject,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=5.0,
+    )
+    name = None
+    try:
+        info = await js.add_consumer(stream, config=config)
+        name = info.name
+        stored = int(info.num_pending or 0)
+        if count is None:
+            # Messages may arrive before this reply is processed: they are counted.
+            wanted = stored
+            if seen >= wanted and not done.done():
+                done.set_result(None)
+        elif count > stored:
+            raise RuntimeError(f"raw read: {subject} holds {stored} messages, not {count}")
+        await asyncio.wait_for(done, timeout)
+        elapsed = time.perf_counter() - start
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if name is not None:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
+    if size == 0:
+        raise RuntimeError(f"raw read: read nothing from {subject}")
+    return elapsed, seen
+
+
+def report_against_raw(
+    library: Sequence[tuple[str, float]], raw_rate: float, unit: str = "events/s"
+) -> None:
+    """Print each library figure, the raw push-consumer figure and the ratio library/raw."""
+    width = max(len(RAW_READ_LABEL), *(len(label) for label, _ in library))
+    for label, rate in library:
+        print(f"{label.ljust(width)}  {rate:>10,.0f} {unit}")
+    print(f"{RAW_READ_LABEL.ljust(width)}  {raw_rate:>10,.0f} msgs/s (same run, same messages)")
+    for label, rate in library:
+        print(f"{(label + ' / raw').ljust(width)}  {rate / raw_rate:>10.2f}")
 
 
 def ordered_consumer_config(start_sequence: int) -> ConsumerConfig:

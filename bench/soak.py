@@ -18,6 +18,14 @@ events its reply named), the hash chain must verify, and the folded state (agent
 cursors, metadata) must equal the bot's model. Prints a summary; exits 1 on any
 mismatch or unresolved command.
 
+The replay check's reads are timed too: ``pg.history``, ``verify`` and
+``pg.replay`` each read every session once, and so, after them, does the raw
+baseline -- the raw nats-py push consumer (callback), the fastest read of the
+same messages we found with raw nats-py (``_harness.raw_push_read``: an
+ephemeral AckNone push consumer with flow control delivering to an ``async``
+callback; the variants measured are in its docstring). The summary prints each
+library read's events/s, the raw msgs/s and the ratios library / raw.
+
 Run: .venv/bin/python bench/soak.py [--bots 10] [--minutes 2] [--sample-every 5]
 """
 
@@ -288,14 +296,32 @@ class Sampler(threading.Thread):
 # -- the check -------------------------------------------------------------------------------------
 
 
-def check(url: str, bots: list[Bot]) -> list[str]:
-    """Rehydrate every session with a fresh runtime; the mismatches found."""
+@dataclasses.dataclass
+class Reads:
+    """Seconds the replay check's reads took, summed over the sessions, and events read."""
+
+    events: int = 0
+    history: float = 0.0
+    verify: float = 0.0
+    replay: float = 0.0
+    raw: float = 0.0
+    raw_messages: int = 0
+    #: wall time of the raw reads, connection included (not part of the check's time)
+    raw_wall: float = 0.0
+
+
+def check(url: str, bots: list[Bot]) -> tuple[list[str], Reads]:
+    """Rehydrate every session with a fresh runtime; the mismatches found, the read times."""
     problems: list[str] = []
+    reads = Reads()
     config = JournalConfig(stream=STREAM, subject_prefix=PREFIX)
     with Plantangenet.open(nats_url=url, journal=config) as pg:
         for bot in bots:
             sid = bot.session_id
+            began = time.perf_counter()
             history = pg.history(sid)
+            reads.history += time.perf_counter() - began
+            reads.events += len(history)
             stored: dict[str, list[str]] = {}
             for envelope in history:
                 stored.setdefault(envelope.causation_id, []).append(envelope.type_name)
@@ -316,10 +342,14 @@ def check(url: str, bots: list[Bot]) -> list[str]:
             sequences = [e.sequence or 0 for e in history]
             if sequences != sorted(set(sequences)):
                 problems.append(f"{sid}: sequences out of order or repeated")
+            began = time.perf_counter()
             intact = pg.run(verify(pg.journal, sid), 120)
+            reads.verify += time.perf_counter() - began
             if not intact.intact:
                 problems.append(intact.describe())
+            began = time.perf_counter()
             state = pg.replay(sid)
+            reads.replay += time.perf_counter() - began
             cursors = {
                 c: (tuple(v.axes), v.start, v.end)
                 for c, v in state.cursors.items()
@@ -335,7 +365,17 @@ def check(url: str, bots: list[Bot]) -> list[str]:
                 problems.append(f"{sid}: replay folded {state.event_count} of {len(history)}")
             if bot.unresolved:
                 problems.append(f"{sid}: {len(bot.unresolved)} commands never answered")
-    return problems
+    # The raw baseline reads the same messages, session after session, as the reads above.
+    began = time.perf_counter()
+    with h.RawClient(url) as raw:
+        for bot in bots:
+            seconds, messages = raw.push_read(STREAM, f"{PREFIX}.{bot.session_id}")
+            reads.raw += seconds
+            reads.raw_messages += messages
+    reads.raw_wall = time.perf_counter() - began
+    if reads.raw_messages != reads.events:
+        problems.append(f"raw read {reads.raw_messages} messages, the history {reads.events}")
+    return problems, reads
 
 
 def mib(kib: float) -> str:
@@ -364,11 +404,11 @@ def run() -> int:
                 status, out = serve.stop()
             print(f"service exit status {status}; " + " | ".join(out.strip().splitlines()[-1:]))
             checked_at = time.monotonic()
-            problems = check(server.url, bots)
-            check_seconds = time.monotonic() - checked_at
+            problems, reads = check(server.url, bots)
+            check_seconds = time.monotonic() - checked_at - reads.raw_wall
         finally:
             server.stop()
-    return report(args, bots, wall, sampler.samples, status, problems, check_seconds)
+    return report(args, bots, wall, sampler.samples, status, problems, check_seconds, reads)
 
 
 def report(
@@ -379,6 +419,7 @@ def report(
     status: int | None,
     problems: list[str],
     check_seconds: float,
+    reads: Reads,
 ) -> int:
     acked = sum(len(b.acked) for b in bots)
     events = sum(len(t) for b in bots for t in b.acked.values())
@@ -426,6 +467,8 @@ def report(
     flat = rss_trend(samples)
     print(flat)
     print()
+    report_reads(reads, len(bots))
+    print()
     if problems or status != 0:
         print(f"REPLAY CHECK FAILED ({check_seconds:.1f} s):")
         for problem in problems:
@@ -440,6 +483,25 @@ def report(
         "equals its bot's model"
     )
     return 0
+
+
+def report_reads(reads: Reads, sessions: int) -> None:
+    """The replay check's reads against the raw baseline on the same messages."""
+    print(
+        f"replay check reads ({reads.events:,} events in {sessions} sessions, each read "
+        "session by session, consumer creation included):"
+    )
+    if not reads.events or not reads.raw:
+        print("  nothing read")
+        return
+    h.report_against_raw(
+        [
+            ("pg.replay (decode + fold)", reads.events / reads.replay),
+            ("verify (hash chain)", reads.events / reads.verify),
+            ("pg.history (decode)", reads.events / reads.history),
+        ],
+        reads.raw_messages / reads.raw,
+    )
 
 
 def per_bot(bots: list[Bot]) -> str:
