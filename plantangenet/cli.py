@@ -152,11 +152,22 @@ async def _print_history(
     keep = _history_filter(args)
     filtered = bool(args.types or args.agent or args.since or args.until)
     header = not args.json  # written before the first event: none for an unknown session
+    # --since/--until: the read starts at the first event at or after `since` and ends at
+    # the last at or before `until`, both found by a seek (`keep` still checks every event).
+    journal, session_id = pg.journal, args.session_id
+    first, last = args.from_sequence, args.to_sequence
+    since, until = _parse_time(args.since), _parse_time(args.until)
+    if since is not None:
+        after = await journal.sequence_after(session_id, since)
+        first = None if after is None else max(first, after)
+    if until is not None:
+        before = await journal.sequence_at(session_id, until)
+        last = before if last is None else min(last, before)
     # aclosing: a closed pipe (`| head`) ends the read here, its consumer deleted at once.
-    envelopes = pg.journal.read(
-        args.session_id,
-        from_sequence=args.from_sequence,
-        to_sequence=args.to_sequence,
+    envelopes = journal.read(
+        session_id,
+        from_sequence=1 if first is None else first,
+        to_sequence=0 if first is None else last,  # (nothing at or after `since`: read none)
         progress=progress,
     )
     async with contextlib.aclosing(envelopes):
@@ -177,6 +188,13 @@ async def _print_history(
                     f"{envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  {by:<12}  "
                     f"{describe(envelope)}\n"
                 )
+    if (since or until) and not shown:
+        # What the whole read would have counted (the header, the message, the error).
+        count = await journal.count_stored(
+            session_id, from_sequence=args.from_sequence, to_sequence=args.to_sequence
+        )
+        if count and header:
+            out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
     if filtered and not args.json and count and not shown:
         out.write(f"(none of the {count} events matches the filters)\n")
     return count

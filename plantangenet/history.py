@@ -10,20 +10,24 @@ is the fold of its events up to and including the event the position resolves to
 * a time (a timezone-aware ``datetime``; naive ones are taken as UTC): the
   *last* event, in log order, that occurred at or before it. Every event of one
   command carries the same time, so a command is never cut in half. The times
-  are the writers' clocks, not the log's order, so a time position reads the
-  session to its end.
+  are the writers' clocks, not the log's order: a time is turned into a stream
+  sequence by a seek (:meth:`~plantangenet.journal.Journal.sequence_at`, which
+  reads only the events stored within ``clock_skew`` of it and states what it
+  assumes of the clocks), and is then a sequence position.
 
 A sequence or time before the session's first event, and an event id that is
 not the session's, raise :class:`~plantangenet.errors.UnknownPosition`; a
 session with no events raises :class:`~plantangenet.errors.UnknownSession`.
 :func:`parse_position` reads the textual form the command line takes.
 
-Everything here streams the log (an ordered consumer): memory does not grow
+Everything here streams the log (an ordered consumer), and reads it no further
+than the last position asked for (except for event ids): memory does not grow
 with the session's length.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import re
@@ -111,6 +115,8 @@ class _Target:
     """One position being looked for during a walk over the log."""
 
     position: Position
+    #: The stream sequence the walk stops after: the position's own, or a time's seek.
+    bound: int | None = None
     state: SessionState | None = None
     envelope: Envelope | None = None
     done: bool = False
@@ -123,11 +129,25 @@ async def _walk(
     *,
     progress: Progress | None = None,
 ) -> list[_Target]:
-    """One pass over the log, folding, that stops as soon as every position is resolved."""
+    """One pass over the log, folding, that stops as soon as every position is resolved.
+
+    A time is first turned into the sequence of the session's last event that
+    occurred at or before it (a seek, :meth:`Journal.sequence_at`); the pass then
+    reads no further than the last sequence, unless an event id is asked for.
+    """
     targets = [_Target(_normalize(p)) for p in positions]
     if not targets:
         return []
-    ints = [t.position for t in targets if isinstance(t.position, int)]
+    moments = [t.position for t in targets if isinstance(t.position, datetime)]
+    seeks = await asyncio.gather(*(journal.sequence_at(session_id, m) for m in moments))
+    found = dict(zip(moments, seeks, strict=True))
+    for target in targets:
+        p = target.position
+        if isinstance(p, datetime):
+            target.bound = found[p]
+        elif isinstance(p, int):
+            target.bound = p
+    ints = [t.bound for t in targets if t.bound is not None]
     bound = max(ints) if len(ints) == len(targets) else None
     state = SessionState(session_id)
     last: Envelope | None = None
@@ -136,9 +156,9 @@ async def _walk(
         async with contextlib.aclosing(reader) as envelopes:
             async for envelope in envelopes:
                 sequence = envelope.sequence or 0
-                for target in targets:  # an int is reached once the next event is past it
-                    p = target.position
-                    if not target.done and isinstance(p, int) and sequence > p:
+                for target in targets:  # a bound is reached once the next event is past it
+                    b = target.bound
+                    if not target.done and b is not None and sequence > b:
                         target.state, target.envelope, target.done = state, last, True
                 state = evolve(state, envelope)
                 last = envelope
@@ -148,8 +168,6 @@ async def _walk(
                         continue
                     if isinstance(p, str) and envelope.event_id.lower() == p:
                         target.state, target.envelope, target.done = state, last, True
-                    elif isinstance(p, datetime) and envelope.occurred_at <= p:
-                        target.state, target.envelope = state, last  # the last one wins
                 if all(t.done for t in targets):
                     if progress is not None:  # the read stops early: close the progress line
                         progress(sequence, sequence)
@@ -158,7 +176,7 @@ async def _walk(
         raise UnknownSession(f"no events for session {session_id!r}")
     for target in targets:
         p = target.position
-        if not target.done and isinstance(p, int):
+        if not target.done and target.bound is not None:
             target.state, target.envelope = state, last
         if target.state is None or target.state.event_count == 0 or target.envelope is None:
             if isinstance(p, str):

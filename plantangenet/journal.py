@@ -31,6 +31,7 @@ import json
 import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -85,6 +86,12 @@ MAX_EVENTS_PER_APPEND = 1000
 #: Events and bytes a :meth:`Journal.page` holds unless asked otherwise.
 DEFAULT_PAGE_EVENTS = 256
 DEFAULT_PAGE_BYTES = 1 << 20
+#: Messages in the first page of a time seek (later pages double, up to DEFAULT_PAGE_EVENTS).
+_SEEK_PAGE = 16
+#: The server keeps times as int64 nanoseconds since 1970: a seek before _EARLIEST goes
+#: from sequence 1, one after _LATEST (year 2262, where int64 ends) from _LATEST.
+_EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+_LATEST = datetime(2262, 1, 1, tzinfo=UTC)
 #: A subject prefix: dot-separated tokens of letters, digits, '_' and '-' (as in access.py).
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 #: First tokens of reply subjects, which no prefix may start with.
@@ -127,6 +134,9 @@ class JournalConfig:
         per-session permissions do not include deleting consumers, and the
         server drops its finished readers' consumers after
         :data:`READER_INACTIVE_THRESHOLD` seconds.
+    :param clock_skew: seconds by which an event's ``occurred_at`` (the writer's clock)
+        and the stream's stored time of it (the server's clock) may disagree; the
+        margin of time seeks (:meth:`Journal.sequence_at`, :meth:`Journal.sequence_after`).
     """
 
     stream: str = DEFAULT_STREAM
@@ -142,9 +152,14 @@ class JournalConfig:
     read_window: int = 2048
     leader_reads: bool = True
     delete_readers: bool | None = None
+    clock_skew: float = 5.0
 
     def __post_init__(self) -> None:
         """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap."""
+        if not 0 <= self.clock_skew < 86_400:
+            raise InvalidJournalConfig(
+                f"clock_skew must be between 0 and 86400 seconds, got {self.clock_skew!r}"
+            )
         for label, prefix in (("subject", self.subject_prefix), ("live", self.live_prefix)):
             if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
                 raise InvalidJournalConfig(
@@ -493,6 +508,296 @@ class Journal:
         except nats.errors.Error as exc:
             raise JournalError(f"cannot read {session_id}: {exc}") from exc
         return int(msg.seq or 0)
+
+    async def sequence_at(self, session_id: str, moment: datetime) -> int:
+        """The stream sequence of the session's last event (in log order) that occurred
+        at or before ``moment`` (0 if none; naive times are UTC).
+
+        A seek, not a scan: JetStream finds the session's first message *stored* at or
+        after ``moment - clock_skew`` (a direct get by start time), and the events from
+        there are read only until one occurred after ``moment + clock_skew``. What
+        makes that the answer, with ``skew = config.clock_skew``:
+
+        1. an event is stored no earlier than ``skew`` before it occurred (the writer
+           stamps ``occurred_at`` just before it appends; ``skew`` covers the clocks of
+           writer and server disagreeing), so every event stored before
+           ``moment - skew`` occurred before ``moment``;
+        2. within a session, ``occurred_at`` never goes back by more than ``skew`` in
+           log order (one writer at a time, whose clock moves forward), so after an
+           event that occurred after ``moment + skew`` none occurred at or before
+           ``moment``.
+
+        If no event read qualifies, the answer is the session's last event stored
+        before the first one read (a direct get of the last message of the subject
+        up to a sequence); if nothing is stored at or after ``moment - skew``, it is
+        the session's last event, which is checked against ``moment`` (should it
+        have occurred later, assumption 1 does not hold and the session is scanned
+        from its start instead). Stored messages that are not readable events are
+        passed over, as reads pass over quarantined ones.
+
+        No consumer is created: a few batched direct gets (``start_time`` /
+        ``next_by_subj``, ``multi_last`` / ``up_to_seq``), which any replica answers (on
+        a cluster one may lag the leader by a few events, as with :meth:`page`).
+
+        :raises JournalError: the stream does not exist or does not answer direct gets.
+        """
+        moment = _utc(moment)
+        skew = timedelta(seconds=self.config.clock_skew)
+        late = _shift(moment, skew)
+        first, best = await self._last_occurred(
+            session_id, self._seek_request(session_id, _shift(moment, -skew)), moment, late
+        )
+        if best:
+            return best
+        if first:  # everything stored before `first` occurred before `moment` (1.)
+            return await self._event_before(session_id, first)
+        last = await self.last_sequence(session_id)
+        if last == 0:
+            return 0
+        first, best = await self._last_occurred(
+            session_id, self._seek_request(session_id, last), moment, late
+        )
+        if best or not first:  # (not first: a replica behind the leader; trust the leader)
+            return best or last
+        # Stored before `moment - skew` but occurred after `moment`: clocks further apart
+        # than `clock_skew`. Answer as a full read would.
+        _, best = await self._last_occurred(session_id, self._seek_request(session_id, 1), moment)
+        return best
+
+    async def sequence_after(self, session_id: str, moment: datetime) -> int | None:
+        """The stream sequence of the session's first event (in log order) that occurred
+        at or after ``moment`` (``None`` if none; naive times are UTC).
+
+        A seek: the events are read from the session's first message stored at or
+        after ``moment - clock_skew`` (those stored before it occurred before
+        ``moment``: assumption 1 of :meth:`sequence_at`) until one occurred at or
+        after ``moment``. If nothing is stored from there, the session's last event is
+        checked: should it have occurred at or after ``moment`` (assumption 1 does not
+        hold), the session is read from its start instead.
+
+        :raises JournalError: the stream does not exist or does not answer direct gets.
+        """
+        moment = _utc(moment)
+        start = _shift(moment, -timedelta(seconds=self.config.clock_skew))
+        found, read = await self._first_occurred(
+            session_id, self._seek_request(session_id, start), moment
+        )
+        if found is not None or read:
+            return found
+        last = await self.last_sequence(session_id)
+        if last == 0:
+            return None
+        found, _ = await self._first_occurred(
+            session_id, self._seek_request(session_id, last), moment
+        )
+        if found is None:  # the last event occurred before `moment`, as assumed
+            return None
+        # Stored before `moment - skew` but occurred at or after `moment`: clocks further
+        # apart than `clock_skew`. Answer as a full read would.
+        found, _ = await self._first_occurred(session_id, self._seek_request(session_id, 1), moment)
+        return found
+
+    async def _first_occurred(
+        self, session_id: str, request: dict[str, Any], moment: datetime
+    ) -> tuple[int | None, bool]:
+        """``(sequence of the first event at or after moment, whether any message was read)``,
+        reading from ``request`` until that event."""
+        read = False
+        events = self._stored(session_id, request)
+        async with contextlib.aclosing(events):
+            async for sequence, envelope in events:
+                read = True
+                if envelope is not None and envelope.occurred_at >= moment:
+                    return sequence, read
+        return None, read
+
+    async def count_stored(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> int:
+        """How many messages the session has stored from/up to stream sequences (inclusive).
+
+        At most two direct gets (their ``Nats-Num-Pending``): nothing is read. Every
+        stored message counts, a quarantined unreadable one too.
+        """
+        if to_sequence is not None and to_sequence < max(from_sequence, 1):
+            return 0
+        stored = await self._count_from(session_id, from_sequence)
+        if stored and to_sequence is not None:
+            stored -= await self._count_from(session_id, to_sequence + 1)
+        return max(stored, 0)
+
+    async def _count_from(self, session_id: str, sequence: int) -> int:
+        request = self._seek_request(session_id, sequence)
+        request["batch"] = 1
+        messages, pending = await self._direct_batch(session_id, request)
+        return len(messages) + pending
+
+    def _seek_request(self, session_id: str, start: int | datetime) -> dict[str, Any]:
+        """A batched direct get of the session's messages from a sequence or a stored time."""
+        request: dict[str, Any] = {
+            "next_by_subj": self.subject(session_id),
+            "batch": _SEEK_PAGE,
+            "max_bytes": DEFAULT_PAGE_BYTES,
+        }
+        if isinstance(start, int):
+            request["seq"] = max(start, 1)
+        elif start <= _EARLIEST:  # the server counts time in int64 nanoseconds since 1970
+            request["seq"] = 1
+        else:
+            request["start_time"] = min(start, _LATEST).isoformat().replace("+00:00", "Z")
+        return request
+
+    async def _last_occurred(
+        self,
+        session_id: str,
+        request: dict[str, Any],
+        moment: datetime,
+        late: datetime | None = None,
+    ) -> tuple[int, int]:
+        """``(first sequence read, sequence of the last event at or before moment)``,
+        reading from ``request`` until an event occurred after ``late`` (0: none)."""
+        first = best = 0
+        events = self._stored(session_id, request)
+        async with contextlib.aclosing(events):
+            async for sequence, envelope in events:
+                first = first or sequence
+                if envelope is None:
+                    continue
+                if envelope.occurred_at <= moment:
+                    best = sequence
+                elif late is not None and envelope.occurred_at > late:
+                    break
+        return first, best
+
+    async def _event_before(self, session_id: str, sequence: int) -> int:
+        """The sequence of the session's last readable event before ``sequence`` (0: none)."""
+        subject = self.subject(session_id)
+        while sequence > 1:
+            request = {"multi_last": [subject], "up_to_seq": sequence - 1, "batch": 1}
+            messages, _ = await self._direct_batch(session_id, request)
+            if not messages:
+                return 0
+            sequence, data = messages[-1]
+            if self._decoded(data, sequence) is not None:
+                return sequence
+        return 0
+
+    async def _stored(
+        self, session_id: str, request: dict[str, Any]
+    ) -> AsyncGenerator[tuple[int, Envelope | None], None]:
+        """``(sequence, envelope)`` of the session's messages from ``request`` on, in
+        order, a page at a time (``None``: a message that is not a readable event)."""
+        size = request.get("batch", _SEEK_PAGE)
+        messages, pending = await self._direct_batch(session_id, request)
+        while messages:
+            for sequence, data in messages:
+                yield sequence, self._decoded(data, sequence)
+            if not pending:
+                return
+            size = min(2 * size, DEFAULT_PAGE_EVENTS)
+            request = {
+                "seq": messages[-1][0] + 1,
+                "next_by_subj": self.subject(session_id),
+                "batch": size,
+                "max_bytes": DEFAULT_PAGE_BYTES,
+            }
+            messages, pending = await self._direct_batch(session_id, request)
+
+    def _decoded(self, data: bytes, sequence: int) -> Envelope | None:
+        try:
+            return self.codec.decode(data, sequence=sequence)
+        except (UnknownEventType, UnknownEventVersion):
+            raise  # an event of newer code (or a missing upcaster): not this log's damage
+        except DecodeError:
+            return None
+
+    async def _direct_batch(
+        self, session_id: str, request: dict[str, Any]
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """One batched direct get (``<api prefix>.DIRECT.GET.<stream>``) of the session's
+        messages: ``(sequence, payload)`` of each, and how many of the session's messages
+        follow them (``Nats-Num-Pending``). No message: ``([], 0)``.
+
+        :raises JournalError: the stream does not exist or answers no direct gets, the
+            server refused or did not answer in time, or a message was lost in transit.
+        """
+        subject = self.subject(session_id)
+        stream = self.config.stream
+        prefix = getattr(self.js, "_prefix", "$JS.API")
+        messages: list[tuple[int, bytes]] = []
+        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+        def fail(problem: str) -> None:
+            if not done.done():
+                done.set_exception(JournalError(f"seek in {session_id}: {problem}"))
+
+        async def collect(msg: Msg) -> None:
+            if done.done():
+                return
+            headers = msg.headers or {}
+            if "Status" in headers:  # end of batch, or no message at all
+                done.set_result(headers)
+                return
+            try:
+                sequence = int(headers["Nats-Sequence"])
+                previous = int(headers.get("Nats-Last-Sequence", "0"))
+            except (KeyError, ValueError):
+                fail(f"not a stored message (headers {headers})")
+                return
+            if headers.get("Nats-Subject") != subject:
+                fail(f"got sequence {sequence} of {headers.get('Nats-Subject')}")
+                return
+            if messages and not previous == messages[-1][0] < sequence:
+                fail(f"message lost in transit before sequence {sequence}")
+                return
+            messages.append((sequence, msg.data))
+
+        timeout = self.config.api_timeout
+        try:
+            sub = await self.nc.subscribe(self.nc.new_inbox(), cb=collect)
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        try:
+            await self.nc.publish(
+                f"{prefix}.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=sub.subject
+            )
+            end = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise JournalError(
+                f"seek in {session_id}: stream {stream} did not answer in full within "
+                f"{timeout}s ({len(messages)} messages received)"
+            ) from None
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        status = end.get("Status")
+        if status == "204":  # end of batch
+            try:
+                pending = int(end.get("Nats-Num-Pending", "0"))
+                last_sent = int(end.get("Nats-Last-Sequence", "0"))
+            except ValueError:
+                raise JournalError(f"seek in {session_id}: unreadable end {end}") from None
+            if messages and last_sent != messages[-1][0]:
+                raise JournalError(
+                    f"seek in {session_id}: message lost in transit after sequence "
+                    f"{messages[-1][0]} (the server sent up to {last_sent})"
+                )
+            return messages, pending
+        if status == "404" and not messages:  # nothing matches
+            return [], 0
+        if status == "503":  # no responders
+            await self._stream_exists(f"cannot read {session_id}")
+            raise JournalError(
+                f"cannot read {session_id}: stream {stream} answered no direct get (its "
+                "replicas may be electing a leader, or it does not allow direct gets)"
+            )
+        description = end.get("Description", "")
+        raise JournalError(
+            f"seek in {session_id} refused by stream {stream}: status {status} "
+            f"{description}".rstrip()
+        )
 
     async def read(
         self,
@@ -866,6 +1171,23 @@ class _Unavailable(JournalError):
     server restart). Other failures to create a reader (a timeout on a steady
     connection: typically a permission the user lacks) are reported at once.
     """
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC (a naive time is taken as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _shift(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, held at the ends of the calendar."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return (
+            datetime.max.replace(tzinfo=UTC)
+            if delta > timedelta(0)
+            else datetime.min.replace(tzinfo=UTC)
+        )
 
 
 def _msg_ids(session_id: str, envelopes: Sequence[Envelope]) -> list[str]:
