@@ -332,7 +332,7 @@ def test_pipelined_attaches_among_moves_fold_to_the_replayed_state(
     for future in futures:
         future.result(30)
     state = session.state
-    assert [view.attached_at for view in state.agents.values()] == [
+    assert sorted(view.attached_at for view in state.agents.values()) == [
         r.sequence
         for r in (f.result() for f in futures)
         if r.events[0].type_name == "AgentAttached"

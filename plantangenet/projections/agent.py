@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import (
@@ -15,7 +14,8 @@ from plantangenet.events.session import (
     CursorRemoved,
     SessionEnded,
 )
-from plantangenet.projections.session import CursorView, copied, cursor_view
+from plantangenet.projections.maps import EMPTY_VIEW, frozen, view
+from plantangenet.projections.session import CursorView, cursor_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,15 +23,14 @@ class AgentState:
     """One agent as folded from the session events about it.
 
     Frozen but not slotted, like :class:`SessionState`: the fold copies a ``__dict__``.
+    ``cursors`` is, like the session's maps, a read-only view of a persistent map.
     """
 
     agent_id: str
     kind: str = ""
     name: str = ""
     attached: bool = False
-    cursors: Mapping[str, CursorView] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    cursors: Mapping[str, CursorView] = dataclasses.field(default_factory=lambda: EMPTY_VIEW)
     sequence: int = 0
 
 
@@ -42,23 +41,21 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
         if state.agent_id not in event.detached:
             return state
         sequence = envelope.sequence or state.sequence
-        return _with(state, attached=False, cursors=MappingProxyType({}), sequence=sequence)
+        return _with(state, attached=False, cursors=EMPTY_VIEW, sequence=sequence)
     if getattr(event, "agent_id", None) != state.agent_id:
         return state
     sequence = envelope.sequence or state.sequence
     match event:
         case CursorAdded() | CursorMoved():
-            cursors = copied(state.cursors)
-            cursors[event.cursor_id] = cursor_view(event)
-            return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
+            cursors = frozen(state.cursors).set(event.cursor_id, cursor_view(event))
+            return _with(state, cursors=view(cursors), sequence=sequence)
         case CursorRemoved(cursor_id=cid):
-            cursors = copied(state.cursors)
-            cursors.pop(cid, None)
-            return _with(state, cursors=MappingProxyType(cursors), sequence=sequence)
+            cursors = frozen(state.cursors).delete(cid)
+            return _with(state, cursors=view(cursors), sequence=sequence)
         case AgentAttached(kind=kind, name=name):
             return _with(state, kind=kind, name=name, attached=True, sequence=sequence)
         case AgentDetached():
-            return _with(state, attached=False, cursors=MappingProxyType({}), sequence=sequence)
+            return _with(state, attached=False, cursors=EMPTY_VIEW, sequence=sequence)
     return _with(state, sequence=sequence)
 
 

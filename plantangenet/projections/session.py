@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
+
+from immutables import Map
 
 from plantangenet.events.chem import (
     ChemAccepted,
@@ -52,15 +54,13 @@ from plantangenet.events.trust import (
     OwnerRemoved,
 )
 from plantangenet.policy import Policy
+from plantangenet.projections.maps import EMPTY_VIEW, FrozenMap, frozen, view
 
 SessionStatus = Literal["new", "active", "ended"]
 
 
-def _empty() -> Mapping[str, Any]:
-    return MappingProxyType({})
-
-
-T = TypeVar("T")
+def _empty() -> Mapping[Any, Any]:
+    return EMPTY_VIEW
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,6 +132,11 @@ class SessionState:
 
     Frozen but not slotted: the fold makes one per event, and copying a
     ``__dict__`` is several times cheaper than setting sixteen slots.
+
+    The maps are read-only views (``MappingProxyType``) of persistent maps
+    (:class:`~plantangenet.projections.maps.FrozenMap`): an event changes one in
+    O(log n), sharing the rest with the state before it, which stays as it was.
+    They compare equal to any mapping with the same items.
     """
 
     session_id: str
@@ -160,7 +165,7 @@ class SessionState:
     #: Messages of the session's log that are not valid events of it and are not
     #: quarantined yet: stream sequence -> why. While any is left, the session takes
     #: no command but an operator's ``QuarantineMessage``.
-    unreadable: Mapping[int, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    unreadable: Mapping[int, str] = dataclasses.field(default_factory=_empty)
     #: Stream sequences of quarantined messages (skipped by every fold).
     quarantined: tuple[int, ...] = ()
 
@@ -186,26 +191,56 @@ class SessionState:
 
     def cursors_of(self, agent_id: str) -> tuple[CursorView, ...]:
         """The cursors owned by ``agent_id``, in cursor-id order."""
-        return tuple(c for _, c in sorted(self.cursors.items()) if c.agent_id == agent_id)
+        owned = _owned(self).get(agent_id)
+        if not owned:
+            return ()
+        cursors = self.cursors
+        return tuple(cursors[cid] for cid in sorted(owned))
 
 
-def copied(mapping: Mapping[str, T]) -> dict[str, T]:
-    """A ``dict`` copy of a state's map (``dict(proxy)`` is far slower than ``proxy.copy()``)."""
-    if type(mapping) is MappingProxyType or type(mapping) is dict:
-        return mapping.copy()
-    return dict(mapping)
+#: Cursor ids by owning agent: agent id -> {cursor id: None}.
+Owned = Map[str, Map[str, None]]
 
 
-def _with(mapping: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
-    copy = copied(mapping)
-    copy[key] = value
-    return MappingProxyType(copy)
+def _owned(state: SessionState) -> Owned:
+    """The state's cursor ids by owning agent (what a detach drops, what ``cursors_of`` lists).
+
+    Derived from ``cursors``, so not a field (equality, ``repr`` and ``replace`` ignore
+    it): kept in the instance's ``__dict__``, carried from state to state by the fold,
+    and rebuilt once from ``cursors`` for a state made any other way.
+    """
+    owned: Owned | None = state.__dict__.get("_owned")
+    if owned is None:
+        by_agent: dict[str, dict[str, None]] = {}
+        for cursor_id, cursor in state.cursors.items():
+            by_agent.setdefault(cursor.agent_id, {})[cursor_id] = None
+        owned = Map({agent: Map(ids) for agent, ids in by_agent.items()})
+        state.__dict__["_owned"] = owned  # a cache of what ``cursors`` says
+    return owned
 
 
-def _without(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    copy = copied(mapping)
-    copy.pop(key, None)
-    return MappingProxyType(copy)
+def _own(owned: Owned, agent_id: str, cursor_id: str) -> Owned:
+    return owned.set(agent_id, owned.get(agent_id, _NO_IDS).set(cursor_id, None))
+
+
+def _disown(owned: Owned, agent_id: str, cursor_id: str) -> Owned:
+    ids = owned.get(agent_id)
+    if ids is None or cursor_id not in ids:
+        return owned
+    ids = ids.delete(cursor_id)
+    return owned.set(agent_id, ids) if ids else owned.delete(agent_id)
+
+
+_NO_IDS: Map[str, None] = Map()
+_NO_OWNED: Owned = Map()
+
+
+def _with(mapping: Mapping[Any, Any], key: Any, value: Any) -> Mapping[Any, Any]:
+    return view(frozen(mapping).set(key, value))
+
+
+def _without(mapping: Mapping[Any, Any], key: Any) -> Mapping[Any, Any]:
+    return view(frozen(mapping).delete(key))
 
 
 def evolve(state: SessionState, envelope: Envelope) -> SessionState:
@@ -219,39 +254,42 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
     changes: dict[str, object] = {"sequence": sequence, "event_count": state.event_count + 1}
     match event:
         case CursorMoved() | CursorAdded():
+            cursor_id, agent_id = event.cursor_id, event.agent_id
+            cursors = frozen(state.cursors)
+            before = cursors.get(cursor_id)
             cursor = CursorView(
-                event.cursor_id,
-                event.agent_id,
-                event.axes,
-                event.start,
-                event.end,
-                event.resolution,
+                cursor_id, agent_id, event.axes, event.start, event.end, event.resolution
             )
-            changes["cursors"] = _with(state.cursors, event.cursor_id, cursor)
+            changes["cursors"] = view(cursors.set(cursor_id, cursor))
+            if before is None or before.agent_id != agent_id:  # a new owner (else the same)
+                owned = _owned(state)
+                if before is not None:
+                    owned = _disown(owned, before.agent_id, cursor_id)
+                changes["_owned"] = _own(owned, agent_id, cursor_id)
         case CursorRemoved(cursor_id=cursor_id):
-            changes["cursors"] = _without(state.cursors, cursor_id)
+            cursors = frozen(state.cursors)
+            before = cursors.get(cursor_id)
+            if before is not None:
+                changes["cursors"] = view(cursors.delete(cursor_id))
+                changes["_owned"] = _disown(_owned(state), before.agent_id, cursor_id)
         case AgentAttached(agent_id=agent_id, kind=kind, name=name, principal=principal):
-            view = AgentView(agent_id, kind, name, sequence, principal)
-            changes["agents"] = _with(state.agents, agent_id, view)
+            agent = AgentView(agent_id, kind, name, sequence, principal)
+            changes["agents"] = _with(state.agents, agent_id, agent)
         case AgentDetached(agent_id=agent_id):
-            changes["agents"] = _without(state.agents, agent_id)
+            if agent_id in state.agents:
+                changes["agents"] = _without(state.agents, agent_id)
             if agent_id in state.roles:
                 changes["roles"] = _without(state.roles, agent_id)
-            owned = [cid for cid, c in state.cursors.items() if c.agent_id == agent_id]
-            if owned:
-                cursors = copied(state.cursors)
-                for cid in owned:
-                    del cursors[cid]
-                changes["cursors"] = MappingProxyType(cursors)
+            owned = _owned(state)
+            leaving = owned.get(agent_id)
+            if leaving:
+                changes["cursors"] = view(frozen(state.cursors).update(removed=leaving))
+                changes["_owned"] = owned.delete(agent_id)
         case SessionMetadataChanged(changed=changed, removed=removed):
-            metadata = copied(state.metadata)
-            for key in removed:
-                metadata.pop(key, None)
-            metadata.update(changed)
-            changes["metadata"] = MappingProxyType(metadata)
+            changes["metadata"] = view(frozen(state.metadata).update(changed, removed))
         case SessionStarted(metadata=metadata):
             changes["status"] = "active"
-            changes["metadata"] = MappingProxyType(dict(metadata))
+            changes["metadata"] = view(FrozenMap(metadata))
             if envelope.principal is not None and envelope.principal not in state.owners:
                 changes["owners"] = (*state.owners, envelope.principal)  # who started it
         case PolicyChanged(statements=statements):
@@ -273,14 +311,17 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             changes["status"] = "ended"
             changes["end_reason"] = reason
             if state.agents or state.cursors or state.roles:  # those still attached leave
-                changes["agents"] = changes["cursors"] = changes["roles"] = _empty()
+                changes["agents"] = changes["cursors"] = changes["roles"] = EMPTY_VIEW
+                changes["_owned"] = _NO_OWNED
         case DustDeposited() | DustGranted() | DustCharged():
-            balances = copied(state.balances)
-            for account, amount in movements(event).items():
-                balances[account] = balances.get(account, 0) + amount
-            changes["balances"] = MappingProxyType(balances)
+            balances = frozen(state.balances)
+            moved = movements(event)
+            if moved:
+                changes["balances"] = view(
+                    balances.update({a: balances.get(a, 0) + n for a, n in moved.items()})
+                )
         case PricesChanged(prices=prices):
-            changes["prices"] = MappingProxyType(dict(prices))
+            changes["prices"] = view(FrozenMap(prices))
         case CompositorRegistered(name=name, description=description):
             changes["compositors"] = _with(state.compositors, name, description)
         case ChemProposed(chem_id=chem_id, peer=peer, proposed_by=by, round=n, terms=terms):
@@ -310,9 +351,7 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
                 )
         case MessageQuarantined(sequence=quarantined):
             if quarantined in state.unreadable:
-                unreadable = dict(state.unreadable)
-                del unreadable[quarantined]
-                changes["unreadable"] = MappingProxyType(unreadable)
+                changes["unreadable"] = _without(state.unreadable, quarantined)
             if quarantined not in state.quarantined:
                 changes["quarantined"] = (*state.quarantined, quarantined)
         case _:
@@ -329,10 +368,12 @@ def with_unreadable(state: SessionState, sequence: int, problem: str) -> Session
     """
     if sequence in state.quarantined:
         return _changed(state, {"sequence": max(sequence, state.sequence)})
-    damaged = dict(state.unreadable)
-    damaged[sequence] = problem
     return _changed(
-        state, {"sequence": max(sequence, state.sequence), "unreadable": MappingProxyType(damaged)}
+        state,
+        {
+            "sequence": max(sequence, state.sequence),
+            "unreadable": _with(state.unreadable, sequence, problem),
+        },
     )
 
 
@@ -344,7 +385,11 @@ _CHEM_STATUS: dict[type, ChemStatus] = {
 
 
 def _changed(state: SessionState, changes: dict[str, object]) -> SessionState:
-    """``dataclasses.replace`` without its per-call introspection (the fold's hot path)."""
+    """``dataclasses.replace`` without its per-call introspection (the fold's hot path).
+
+    Carries the ``_owned`` cache (see :func:`_owned`) along: a change of ``cursors``
+    that changes which agent owns which cursor must pass the new one in ``changes``.
+    """
     new = object.__new__(SessionState)
     fields = new.__dict__  # filled directly: a frozen dataclass refuses setattr
     fields.update(state.__dict__)
