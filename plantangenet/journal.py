@@ -798,6 +798,49 @@ class Journal:
             f"seek in {session_id} refused by stream {stream}: status {status} "
             f"{description}".rstrip()
         )
+    async def count_before(self, session_id: str, sequence: int) -> int:
+        """How many of the session's messages the stream holds before ``sequence``.
+
+        What a reader needs to number events stored before revisions were
+        recorded (envelope formats 1 and 2) when it does not start at the
+        beginning: the subject's count minus the count from ``sequence`` on (a
+        short-lived consumer's pending count), read again until no append came in
+        between. Every message of the subject counts, so a stray one (no event of
+        the session, see ``plantangenet quarantine``) before ``sequence`` shifts it.
+        """
+        if sequence <= 1:
+            return 0
+        subject = self.subject(session_id)
+        for _ in range(10):
+            total = await self._subject_count(session_id)
+            name = new_id()
+            config = ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=sequence,
+                ack_policy=AckPolicy.NONE,
+                filter_subject=subject,
+                mem_storage=True,
+                num_replicas=1,
+                inactive_threshold=READER_INACTIVE_THRESHOLD,
+            )
+            try:
+                info = await self.js.add_consumer(self.config.stream, config=config)
+            except nats.errors.Error as exc:
+                raise JournalError(f"cannot count the events of {session_id}: {exc}") from exc
+            finally:
+                await self._delete_consumer(name)
+            if await self._subject_count(session_id) == total:
+                return total - int(info.num_pending or 0)
+        raise JournalError(f"cannot count the events of {session_id}: it keeps growing")
+
+    async def _subject_count(self, session_id: str) -> int:
+        subject = self.subject(session_id)
+        try:
+            info = await self.js.stream_info(self.config.stream, subjects_filter=subject)
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot count the events of {session_id}: {exc}") from exc
+        return int((info.state.subjects or {}).get(subject, 0))
 
     async def read(
         self,
@@ -811,6 +854,8 @@ class Journal:
 
         Stops at the last event that existed when the read began (or at
         ``to_sequence``). ``progress(sequence, end)`` is called every 1,000 events.
+        Every envelope has its ``revision``: events stored before revisions were
+        recorded are numbered on the way (see :meth:`count_before`).
 
         A stored message that is not an envelope at all is skipped if the read also meets its
         quarantine (``MessageQuarantined``, later in the log); otherwise, once the read
@@ -824,6 +869,7 @@ class Journal:
         decode = self.codec.decode
         count = 0
         unreadable: dict[int, DecodeError] = {}
+        revision: int | None = 0 if from_sequence <= 1 else None  # of the last one yielded
         rows = self._ordered(session_id, from_sequence, stop_at=end)
         async with contextlib.aclosing(rows):
             async for seq, data in rows:
@@ -839,6 +885,11 @@ class Journal:
                     continue
                 if unreadable and type(envelope.event) is MessageQuarantined:
                     unreadable.pop(envelope.event.sequence, None)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
                 yield envelope
         if progress is not None:
             progress(end, end)
@@ -1005,10 +1056,20 @@ class Journal:
 
         Runs until the consumer of the iterator stops it.
         """
-        rows = self._ordered(session_id, from_sequence, stop_at=None)
+        start = (
+            from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
+        )
+        revision: int | None = 0 if start <= 1 else None  # of the last one yielded
+        rows = self._ordered(session_id, start, stop_at=None)
         async with contextlib.aclosing(rows):
             async for seq, data in rows:
-                yield self.codec.decode(data, sequence=seq)
+                envelope = self.codec.decode(data, sequence=seq)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
+                yield envelope
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
