@@ -803,44 +803,20 @@ class Journal:
 
         What a reader needs to number events stored before revisions were
         recorded (envelope formats 1 and 2) when it does not start at the
-        beginning: the subject's count minus the count from ``sequence`` on (a
-        short-lived consumer's pending count), read again until no append came in
-        between. Every message of the subject counts, so a stray one (no event of
-        the session, see ``plantangenet quarantine``) before ``sequence`` shifts it.
+        beginning: all the session's messages minus those from ``sequence`` on
+        (direct gets' ``Nats-Num-Pending``, nothing read), counted again until no
+        append came in between. Every message of the subject counts, so a stray
+        one (no event of the session, see ``plantangenet quarantine``) before
+        ``sequence`` shifts it.
         """
         if sequence <= 1:
             return 0
-        subject = self.subject(session_id)
         for _ in range(10):
-            total = await self._subject_count(session_id)
-            name = new_id()
-            config = ConsumerConfig(
-                name=name,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=sequence,
-                ack_policy=AckPolicy.NONE,
-                filter_subject=subject,
-                mem_storage=True,
-                num_replicas=1,
-                inactive_threshold=READER_INACTIVE_THRESHOLD,
-            )
-            try:
-                info = await self.js.add_consumer(self.config.stream, config=config)
-            except nats.errors.Error as exc:
-                raise JournalError(f"cannot count the events of {session_id}: {exc}") from exc
-            finally:
-                await self._delete_consumer(name)
-            if await self._subject_count(session_id) == total:
-                return total - int(info.num_pending or 0)
+            after = await self._count_from(session_id, sequence)
+            every = await self._count_from(session_id, 1)
+            if await self._count_from(session_id, sequence) == after:  # no append between
+                return every - after
         raise JournalError(f"cannot count the events of {session_id}: it keeps growing")
-
-    async def _subject_count(self, session_id: str) -> int:
-        subject = self.subject(session_id)
-        try:
-            info = await self.js.stream_info(self.config.stream, subjects_filter=subject)
-        except nats.errors.Error as exc:
-            raise JournalError(f"cannot count the events of {session_id}: {exc}") from exc
-        return int((info.state.subjects or {}).get(subject, 0))
 
     async def read(
         self,
