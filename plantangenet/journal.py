@@ -798,6 +798,7 @@ class Journal:
             f"seek in {session_id} refused by stream {stream}: status {status} "
             f"{description}".rstrip()
         )
+
     async def count_before(self, session_id: str, sequence: int) -> int:
         """How many of the session's messages the stream holds before ``sequence``.
 

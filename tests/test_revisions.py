@@ -109,9 +109,7 @@ def test_a_fork_keeps_the_revisions_of_its_origin(runtime: Plantangenet) -> None
     moves(runtime, "elsewhere", 4)
     moves(runtime, "origin", 4, start=4)
     origin = runtime.history("origin")
-    position = origin[8].sequence
-    assert position is not None
-    fork(runtime, "origin", position, "origin-fork")
+    fork(runtime, "origin", 9, "origin-fork")  # revision 9
     copy = runtime.history("origin-fork")
     assert [e.revision for e in copy] == [e.revision for e in origin[:9]]
     assert [e.sequence for e in copy] != [e.sequence for e in origin[:9]]
