@@ -136,6 +136,7 @@ from plantangenet.events.dust import (
     PricesChanged,
 )
 from plantangenet.handle import SessionHandle, Subscription
+from plantangenet.history import Position, StreamSequence
 from plantangenet.journal import AppendResult, Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
 from plantangenet.policy import Condition, Decision, Policy, Statement, evaluate
@@ -264,6 +265,7 @@ __all__ = [
     "PlantangenetError",
     "Policy",
     "PolicyChanged",
+    "Position",
     "PricesChanged",
     "Projection",
     "ProjectionRegistry",
@@ -302,6 +304,7 @@ __all__ = [
     "Statement",
     "StorageExhausted",
     "StoreInUse",
+    "StreamSequence",
     "Subscription",
     "SummariseRefusals",
     "SyntheticCompositor",

@@ -118,8 +118,10 @@ _REQUEST_KEYS: dict[str, tuple[str | None, str]] = {
 
 #: The stored envelope's keys (see ``plantangenet.events.codec``): what each one is.
 _ENVELOPE_TEXT: dict[str, str] = {
-    "f": "Envelope format: {format} is written; format 1 (written before principals were "
-    "recorded) is still read: it has neither `u` nor `k` (principal unknown, no fingerprint).",
+    "f": "Envelope format: {format} is written; format 2 (written before revisions were "
+    "recorded) is still read: it has no `n` (readers number its events); so is format 1 "
+    "(written before principals were recorded): it has neither `u` nor `k` nor `n` "
+    "(principal unknown, no fingerprint).",
     "t": "The event's stable type name (see `EventType`).",
     "v": "The event's schema version as stored; an older version is upcast when read "
     "(see the `event.*` schemas).",
@@ -146,6 +148,10 @@ _ENVELOPE_TEXT: dict[str, str] = {
     "k": "On a command's first event: the {fingerprint_bytes}-byte fingerprint of the "
     "command's content (what makes a reused command id a retry or a conflict); empty on its "
     "other events. Absent in format 1.",
+    "n": "The revision: the event's position within its session (1 for its first event, "
+    "then 2, 3, ... with no gap), the same in every copy of the session (a fork), where "
+    "stream sequences differ. Stamped by the session's single writer; nil when the writer "
+    "did not number it. Absent in formats 1 and 2: a reader counts those events in order.",
     "d": "The event's fields: the `event.<t>.v<v>` schema (see `StoredEvent`).",
 }
 
@@ -654,7 +660,12 @@ class _Builder:
                     schema = {**schema, "maxLength": codec.MAX_PRINCIPAL}
             properties[key] = {**_described(schema, text), "x-field": name}
         v1 = sorted(codec._V1_KEYS)
-        only_v2 = sorted(set(keys) - codec._V1_KEYS)
+        since_v2 = sorted(codec._V2_KEYS - codec._V1_KEYS)
+        since_v3 = sorted(set(keys) - codec._V2_KEYS)
+
+        def absent(names: list[str]) -> dict[str, Any]:
+            return {"not": {"anyOf": [{"required": [k]} for k in names]}}
+
         self.schemas["Envelope"] = {
             "title": "Envelope",
             "description": markdown(
@@ -668,9 +679,20 @@ class _Builder:
             "additionalProperties": False,
             "required": v1,
             "properties": properties,
-            "if": {"properties": {"f": {"const": 1}}},
-            "then": {"not": {"anyOf": [{"required": [k]} for k in only_v2]}},
-            "else": {"required": only_v2},
+            "allOf": [
+                {
+                    "if": {"properties": {"f": {"const": 1}}},
+                    "then": absent(since_v2 + since_v3),
+                },
+                {
+                    "if": {"properties": {"f": {"const": 2}}},
+                    "then": {"required": since_v2, **absent(since_v3)},
+                },
+                {
+                    "if": {"properties": {"f": {"const": codec.ENVELOPE_FORMAT}}},
+                    "then": {"required": since_v2 + since_v3},
+                },
+            ],
         }
 
     def _events(self) -> None:

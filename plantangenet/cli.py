@@ -35,6 +35,7 @@ from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
 from plantangenet.history import (
     Position,
+    StreamSequence,
     Why,
     describe_position,
     describe_state,
@@ -45,7 +46,7 @@ from plantangenet.history import (
     states_at,
     why,
 )
-from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JournalConfig
+from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Journal, JournalConfig
 from plantangenet.projections.audit import Audit
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
@@ -155,7 +156,13 @@ async def _print_history(
     # --since/--until: the read starts at the first event at or after `since` and ends at
     # the last at or before `until`, both found by a seek (`keep` still checks every event).
     journal, session_id = pg.journal, args.session_id
-    first, last = args.from_sequence, args.to_sequence
+    # --from/--to: revisions (the session's own numbering), or stream sequences (seq:N).
+    # An event of revision r is stored at a stream sequence >= r: the read starts there.
+    low, high = _bound(args.from_position, 1), _bound(args.to_position, None)
+    first = low.value if isinstance(low, StreamSequence) else max(low, 1)
+    last = high.value if isinstance(high, StreamSequence) else None
+    from_revision = low if type(low) is int else 1
+    to_revision = high if type(high) is int else None
     since, until = _parse_time(args.since), _parse_time(args.until)
     if since is not None:
         after = await journal.sequence_after(session_id, since)
@@ -172,9 +179,14 @@ async def _print_history(
     )
     async with contextlib.aclosing(envelopes):
         async for envelope in envelopes:
+            revision = envelope.revision or 0
+            if to_revision is not None and revision > to_revision:
+                break
+            if revision < from_revision:
+                continue
             count += 1
             if header:
-                out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
+                out.write(_HISTORY_HEADER)
                 header = False
             if not keep(envelope):
                 continue
@@ -185,19 +197,48 @@ async def _print_history(
                 at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")
                 by = envelope.agent_id or "-"
                 out.write(
-                    f"{envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  {by:<12}  "
-                    f"{describe(envelope)}\n"
+                    f"{revision:>6}  {envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  "
+                    f"{by:<12}  {describe(envelope)}\n"
                 )
     if (since or until) and not shown:
         # What the whole read would have counted (the header, the message, the error).
-        count = await journal.count_stored(
-            session_id, from_sequence=args.from_sequence, to_sequence=args.to_sequence
-        )
+        count = await _count_between(journal, session_id, low, high)
         if count and header:
-            out.write(f"{'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n")
+            out.write(_HISTORY_HEADER)
     if filtered and not args.json and count and not shown:
         out.write(f"(none of the {count} events matches the filters)\n")
     return count
+
+
+_HISTORY_HEADER = (
+    f"{'REV':>6}  {'SEQ':>6}  {'TIME (UTC)':<26}  {'EVENT':<22}  {'BY':<12}  DETAILS\n"
+)
+
+
+def _bound(text: str | None, default: int | None) -> Any:
+    """A ``history --from/--to`` bound: a revision (int) or a :class:`StreamSequence`."""
+    if text is None:
+        return default
+    position = parse_position(text)
+    if type(position) is not int and not isinstance(position, StreamSequence):
+        raise InvalidCommand(
+            f"--from/--to take a revision N or a stream sequence seq:N, not {text!r} "
+            "(use --since/--until for times)"
+        )
+    return position
+
+
+async def _count_between(journal: Journal, session_id: str, low: Any, high: Any) -> int:
+    """How many events ``history`` would list between its bounds (before any filter)."""
+    if isinstance(low, StreamSequence) or isinstance(high, StreamSequence):
+        return await journal.count_stored(
+            session_id,
+            from_sequence=low.value if isinstance(low, StreamSequence) else 1,
+            to_sequence=high.value if isinstance(high, StreamSequence) else None,
+        )
+    total = await journal.count_stored(session_id)
+    end: int = total if high is None else min(total, int(high))
+    return max(0, end - max(int(low), 1) + 1)
 
 
 class _DemoAgent(Agent):
@@ -332,10 +373,10 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         replayed = pg.replay(session_id)
         same = rehydrated == live == replayed
         say(f"  rehydrated state {'EQUALS' if same else 'DIFFERS FROM'} the live state")
-        middle = pg.state_at(session_id, live.sequence - 5)
+        middle = pg.state_at(session_id, live.revision - 5)
         tide = middle.cursors["tide"]
         say(
-            f"  state at sequence {middle.sequence}: agents {sorted(middle.agents)}, "
+            f"  state at revision {middle.revision}: agents {sorted(middle.agents)}, "
             f"tide cursor at [{tide.start:g}, {tide.end:g}]"
         )
         replayed_audit = Audit.of(pg.history(session_id))
@@ -584,7 +625,7 @@ def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
     with _runtime(args) as pg:
         if position is None:
             check_id(args.session_id, "session_id")
-            position = pg.run(pg.journal.last_sequence(args.session_id))
+            position = StreamSequence(pg.run(pg.journal.last_sequence(args.session_id)))
         state = fork(pg, args.session_id, position, args.new_id, progress=_Progress(sys.stderr))
         last = pg.history(state.session_id, from_sequence=state.sequence)[-1]
     origin = fork_origin(last)
@@ -716,8 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.set_defaults(run=cmd_sessions)
     history = sub.add_parser("history", parents=[common], help="list a session's events")
     history.add_argument("session_id")
-    history.add_argument("--from", dest="from_sequence", type=int, default=1, help="first sequence")
-    history.add_argument("--to", dest="to_sequence", type=int, default=None, help="last sequence")
+    history.add_argument(
+        "--from", dest="from_position", help="first event: revision N, or stream sequence seq:N"
+    )
+    history.add_argument(
+        "--to", dest="to_position", help="last event: revision N, or stream sequence seq:N"
+    )
     history.add_argument(
         "--type",
         dest="types",
@@ -729,7 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--since", help="only events at or after this ISO time (UTC if no offset)")
     history.add_argument("--until", help="only events at or before this ISO time")
     history.set_defaults(run=cmd_history)
-    position_help = "a stream sequence, an event id (32 hex) or an ISO time (UTC if no offset)"
+    position_help = (
+        "a revision N (the session's Nth event), a stream sequence seq:N, "
+        "an event id (32 hex) or an ISO time (UTC if no offset)"
+    )
     state = sub.add_parser("state", parents=[common], help="a session's state, now or back then")
     state.add_argument("session_id")
     state.add_argument("--at", metavar="POSITION", help=f"{position_help} (default: now)")

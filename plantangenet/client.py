@@ -445,6 +445,7 @@ class BotClient:
     ) -> AsyncIterator[tuple[int, bytes]]:
         """``(sequence, stored bytes)`` of the session's events, page by page, in order."""
         start = from_sequence
+        empty = 0  # pages in a row that said "more" but held nothing
         while to_sequence is None or start <= to_sequence:
             page, _, more = await self.page(session_id, start)
             for sequence, data in page:
@@ -452,8 +453,20 @@ class BotClient:
                     return
                 yield sequence, data
                 start = sequence + 1
-            if not more or not page:
+            if not more:
                 return
+            if page:
+                empty = 0
+                continue
+            # A replica behind the leader can answer an empty page while more is stored:
+            # ask again (briefly), never end the history early.
+            empty += 1
+            if empty > 20:
+                raise JournalError(
+                    f"history of {session_id}: the service says more events follow sequence "
+                    f"{start - 1} but sends none"
+                )
+            await asyncio.sleep(min(0.05 * empty, 0.5))
 
     async def history(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None

@@ -121,6 +121,7 @@ async def fork_session(
             authorization=original.authorization,
             principal=original.principal,
             fingerprint=original.fingerprint,
+            revision=original.revision,  # a position means the same in the fork
         )
         payload = journal.codec.encode(copy)
         previous = hashlib.sha256(payload).digest()

@@ -3,9 +3,14 @@
 A *position* names a point of a session's history; the session "at" a position
 is the fold of its events up to and including the event the position resolves to:
 
-* a stream sequence (``int``): the session's last event at or before it (the
-  stream is shared by every session, so a session's sequences have gaps; a
-  sequence after the session's last event is its last event);
+* a revision (``int``): the session's event with that number (1 is its first
+  event; see :attr:`~plantangenet.events.envelope.Envelope.revision`). Revisions
+  belong to the session: a position means the same in every copy of it (a
+  fork), and a revision after the session's last event is an error;
+* a stream sequence (:class:`StreamSequence`, ``seq:N`` in text): the session's
+  last event at or before it (the stream is shared by every session, so a
+  session's sequences have gaps; a sequence after the session's last event is
+  its last event);
 * an event id (``str``, 32 hex characters): that event;
 * a time (a timezone-aware ``datetime``; naive ones are taken as UTC): the
   *last* event, in log order, that occurred at or before it. Every event of one
@@ -51,7 +56,25 @@ from plantangenet.replay import Progress
 from plantangenet.views import envelope_record, plain
 
 #: A point of a session's history: a stream sequence, an event id, or a time.
-Position = int | str | datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamSequence:
+    """A position given as a stream sequence: the log's numbering, shared by every session.
+
+    A plain ``int`` position is a revision, the session's own numbering; this is
+    the explicit form for a sequence (``seq:N`` on the command line).
+    """
+
+    value: int
+
+    def __post_init__(self) -> None:
+        if type(self.value) is not int or self.value < 0:
+            raise UnknownPosition(f"not a stream sequence: {self.value!r}")
+
+
+#: A revision (``int``), a :class:`StreamSequence`, an event id or a time.
+Position = int | StreamSequence | str | datetime
 
 _EVENT_ID = re.compile(r"[0-9a-fA-F]{32}")
 #: Causation id of an event copied by :func:`plantangenet.fork.fork`.
@@ -64,8 +87,9 @@ _FORKED = re.compile(r"fork:([A-Za-z0-9_-]{1,128}):([0-9]+)")
 def parse_position(text: str) -> Position:
     """A position from its textual form.
 
-    32 hex characters are an event id, digits a stream sequence, anything else
-    must be an ISO 8601 time (``2025-01-31T09:30:00Z``; UTC if it has no offset).
+    32 hex characters are an event id, digits a revision (``rev:N`` too),
+    ``seq:N`` a stream sequence, anything else must be an ISO 8601 time
+    (``2025-01-31T09:30:00Z``; UTC if it has no offset).
 
     :raises UnknownPosition: the text is none of these.
     """
@@ -74,12 +98,15 @@ def parse_position(text: str) -> Position:
         return text.lower()
     if text.isascii() and text.isdigit():
         return int(text)
+    prefix, _, number = text.partition(":")
+    if prefix in ("seq", "rev") and number.isascii() and number.isdigit():
+        return StreamSequence(int(number)) if prefix == "seq" else int(number)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UnknownPosition(
-            f"not a position: {text!r} (expected a stream sequence, a 32-hex event id "
-            "or an ISO time)"
+            f"not a position: {text!r} (expected a revision N, a stream sequence seq:N, "
+            "a 32-hex event id or an ISO time)"
         ) from None
     return _utc(moment)
 
@@ -91,7 +118,7 @@ def _utc(moment: datetime) -> datetime:
 def _normalize(position: Position) -> Position:
     if isinstance(position, bool):
         raise UnknownPosition(f"not a position: {position!r}")
-    if isinstance(position, int):
+    if isinstance(position, int | StreamSequence):
         return position
     if isinstance(position, datetime):
         return _utc(position)
@@ -104,7 +131,9 @@ def describe_position(position: Position) -> str:
     """A short human-readable name of a position."""
     position = _normalize(position)
     if isinstance(position, int):
-        return f"sequence {position}"
+        return f"revision {position}"
+    if isinstance(position, StreamSequence):
+        return f"sequence {position.value}"
     if isinstance(position, datetime):
         return f"time {position.isoformat()}"
     return f"event {position}"
@@ -145,8 +174,8 @@ async def _walk(
         p = target.position
         if isinstance(p, datetime):
             target.bound = found[p]
-        elif isinstance(p, int):
-            target.bound = p
+        elif isinstance(p, StreamSequence):
+            target.bound = p.value
     ints = [t.bound for t in targets if t.bound is not None]
     bound = max(ints) if len(ints) == len(targets) else None
     state = SessionState(session_id)
@@ -166,7 +195,9 @@ async def _walk(
                     p = target.position
                     if target.done:
                         continue
-                    if isinstance(p, str) and envelope.event_id.lower() == p:
+                    if (isinstance(p, str) and envelope.event_id.lower() == p) or (
+                        type(p) is int and state.revision == p
+                    ):
                         target.state, target.envelope, target.done = state, last, True
                 if all(t.done for t in targets):
                     if progress is not None:  # the read stops early: close the progress line
@@ -181,6 +212,8 @@ async def _walk(
         if target.state is None or target.state.event_count == 0 or target.envelope is None:
             if isinstance(p, str):
                 problem = "is not one of its events"
+            elif type(p) is int and p > state.revision:
+                problem = f"is after its last event (revision {state.revision})"
             else:
                 problem = "is before its first event"
             raise UnknownPosition(f"session {session_id!r}: {describe_position(p)} {problem}")
@@ -625,7 +658,7 @@ async def why(
     origin_why: Why | None = None
     if origin is not None and follow_forks:
         with contextlib.suppress(UnknownSession, UnknownPosition):
-            origin_why = await why(journal, origin[0], origin[1], progress=progress)
+            origin_why = await why(journal, origin[0], StreamSequence(origin[1]), progress=progress)
     return Why(
         session_id,
         target,

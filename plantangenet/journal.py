@@ -799,6 +799,26 @@ class Journal:
             f"{description}".rstrip()
         )
 
+    async def count_before(self, session_id: str, sequence: int) -> int:
+        """How many of the session's messages the stream holds before ``sequence``.
+
+        What a reader needs to number events stored before revisions were
+        recorded (envelope formats 1 and 2) when it does not start at the
+        beginning: all the session's messages minus those from ``sequence`` on
+        (direct gets' ``Nats-Num-Pending``, nothing read), counted again until no
+        append came in between. Every message of the subject counts, so a stray
+        one (no event of the session, see ``plantangenet quarantine``) before
+        ``sequence`` shifts it.
+        """
+        if sequence <= 1:
+            return 0
+        for _ in range(10):
+            after = await self._count_from(session_id, sequence)
+            every = await self._count_from(session_id, 1)
+            if await self._count_from(session_id, sequence) == after:  # no append between
+                return every - after
+        raise JournalError(f"cannot count the events of {session_id}: it keeps growing")
+
     async def read(
         self,
         session_id: str,
@@ -811,6 +831,8 @@ class Journal:
 
         Stops at the last event that existed when the read began (or at
         ``to_sequence``). ``progress(sequence, end)`` is called every 1,000 events.
+        Every envelope has its ``revision``: events stored before revisions were
+        recorded are numbered on the way (see :meth:`count_before`).
 
         A stored message that is not an envelope at all is skipped if the read also meets its
         quarantine (``MessageQuarantined``, later in the log); otherwise, once the read
@@ -824,6 +846,7 @@ class Journal:
         decode = self.codec.decode
         count = 0
         unreadable: dict[int, DecodeError] = {}
+        revision: int | None = 0 if from_sequence <= 1 else None  # of the last one yielded
         rows = self._ordered(session_id, from_sequence, stop_at=end)
         async with contextlib.aclosing(rows):
             async for seq, data in rows:
@@ -839,6 +862,11 @@ class Journal:
                     continue
                 if unreadable and type(envelope.event) is MessageQuarantined:
                     unreadable.pop(envelope.event.sequence, None)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
                 yield envelope
         if progress is not None:
             progress(end, end)
@@ -1005,10 +1033,20 @@ class Journal:
 
         Runs until the consumer of the iterator stops it.
         """
-        rows = self._ordered(session_id, from_sequence, stop_at=None)
+        start = (
+            from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
+        )
+        revision: int | None = 0 if start <= 1 else None  # of the last one yielded
+        rows = self._ordered(session_id, start, stop_at=None)
         async with contextlib.aclosing(rows):
             async for seq, data in rows:
-                yield self.codec.decode(data, sequence=seq)
+                envelope = self.codec.decode(data, sequence=seq)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
+                yield envelope
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None

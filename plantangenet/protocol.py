@@ -419,12 +419,26 @@ def decode_reply(payload: bytes) -> dict[str, Any]:
     return reply
 
 
+def _loaded_error_class(code: str) -> type[PlantangenetError]:
+    """The error class with ``code`` among those defined outside ``plantangenet.errors``.
+
+    (E.g. ``store_in_use``, ``projection_error``: found if their module is loaded.)
+    """
+    pending: list[type[PlantangenetError]] = [PlantangenetError]
+    while pending:
+        cls = pending.pop()
+        if vars(cls).get("code") == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return PlantangenetError
+
+
 def error_from(error: object) -> PlantangenetError:
     """The typed exception for an ``error`` map of a failure reply."""
     info: dict[str, Any] = error if isinstance(error, dict) else {}
     code = str(info.get("code", "error"))
     message = str(info.get("message", "error"))
-    cls = ERROR_CLASSES.get(code, PlantangenetError)
+    cls = ERROR_CLASSES.get(code) or _loaded_error_class(code)
     failure = cls.__new__(cls)
     PlantangenetError.__init__(failure, message)
     failure.code = code

@@ -51,7 +51,7 @@ async def replay(
 
     Continues after ``state.sequence``, so it also catches a live state up
     with events other writers stored. ``observe`` sees each envelope after it
-    was folded in.
+    was folded in, with its revision (``state.revision`` after folding it).
     """
     current = state if state is not None else SessionState(session_id)
     decode = journal.codec.decode
@@ -70,6 +70,8 @@ async def replay(
             if envelope.session_id == session_id:
                 current = evolve(current, envelope)
                 if observe is not None:
+                    if envelope.revision is None:  # stored before revisions were recorded
+                        envelope = envelope.with_revision(current.event_count)
                     observe(envelope)
             else:
                 problem = f"an event of session {envelope.session_id!r}, not of {session_id!r}"

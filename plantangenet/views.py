@@ -31,6 +31,7 @@ def plain(value: Any) -> Any:
 def envelope_record(envelope: Envelope) -> dict[str, Any]:
     """One event as a flat JSON-friendly record."""
     return {
+        "revision": envelope.revision,
         "sequence": envelope.sequence,
         "type": envelope.type_name,
         "version": envelope.event.version,

@@ -522,7 +522,8 @@ def test_stored_envelope_keys_are_exactly_the_documented_ones(committed: dict[st
         raw = stored(envelope_of(event_of(EVENTS.types()["CursorMoved"], first), first))
         assert set(raw) == documented, "the codec writes keys the document does not describe"
         assert raw["f"] == ENVELOPE_FORMAT
-    assert set(envelope["required"]) | set(envelope["else"]["required"]) == documented
+    by_format = {case["if"]["properties"]["f"]["const"]: case["then"] for case in envelope["allOf"]}
+    assert set(envelope["required"]) | set(by_format[ENVELOPE_FORMAT]["required"]) == documented
     # The units: `at` counts microseconds since the epoch, and says so.
     raw = stored(envelope_of(event_of(EVENTS.types()["CursorMoved"], True), True))
     assert raw["at"] == int(MOMENT.timestamp()) * 1_000_000 + MOMENT.microsecond
@@ -542,12 +543,18 @@ def test_every_event_the_codec_stores_fits_the_document(committed: dict[str, Any
         assert CODEC.decode(msgpack.packb(raw, use_bin_type=True)) == envelope
         count += 1
     assert count == 2 * len(EVENTS.types())
-    # Format 1 (no principal, no fingerprint) is described too; format 2 needs both.
+    # Format 2 (no revision) and format 1 (no principal, no fingerprint either) are
+    # described too; format 3 needs all three, format 2 the principal and fingerprint.
     raw = stored(next(every_event()))
-    old = {k: v for k, v in raw.items() if k not in ("u", "k")} | {"f": 1}
-    fits(old, "StoredEvent", committed)
-    assert problems({**raw, "f": 1}, schema(committed, "StoredEvent"), committed)
-    assert problems(old | {"f": 2}, schema(committed, "StoredEvent"), committed)
+    v2 = {k: v for k, v in raw.items() if k != "n"} | {"f": 2}
+    v1 = {k: v for k, v in v2.items() if k not in ("u", "k")} | {"f": 1}
+    fits(v2, "StoredEvent", committed)
+    fits(v1, "StoredEvent", committed)
+    statement = schema(committed, "StoredEvent")
+    assert problems({**raw, "f": 1}, statement, committed)
+    assert problems({**raw, "f": 2}, statement, committed)
+    assert problems(v1 | {"f": 2}, statement, committed)
+    assert problems(v2 | {"f": ENVELOPE_FORMAT}, statement, committed)
 
 
 def test_the_checker_refuses_what_the_codec_would_not_write(committed: dict[str, Any]) -> None:

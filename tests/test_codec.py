@@ -441,7 +441,7 @@ def test_layout_matches_the_documented_envelope() -> None:
     envelope = envelope_of(CursorAdded("a1", "c1", ("x", "y"), 0.0, 2.5))
     raw = raw_of(envelope)
     assert raw == {
-        "f": 2,
+        "f": 3,
         "t": "CursorAdded",
         "v": 2,
         "id": "e1",
@@ -454,6 +454,7 @@ def test_layout_matches_the_documented_envelope() -> None:
         "z": None,
         "u": None,
         "k": b"",
+        "n": None,
         "d": {
             "agent_id": "a1",
             "cursor_id": "c1",
@@ -472,8 +473,36 @@ def test_layout_matches_the_documented_envelope() -> None:
 def format_1(envelope: Envelope) -> dict[str, Any]:
     """``envelope`` as code before principals wrote it (envelope format 1)."""
     raw = raw_of(envelope)
-    del raw["u"], raw["k"]
+    del raw["u"], raw["k"], raw["n"]
     return {**raw, "f": 1}
+
+
+def format_2(envelope: Envelope) -> dict[str, Any]:
+    """``envelope`` as code before revisions wrote it (envelope format 2)."""
+    raw = raw_of(envelope)
+    del raw["n"]
+    return {**raw, "f": 2}
+
+
+def test_revision_round_trips_and_format_2_decodes_unnumbered() -> None:
+    envelope = envelope_of(SessionStarted("s1", {}), revision=17)
+    assert raw_of(envelope)["n"] == 17
+    assert CODEC.decode(CODEC.encode(envelope)) == envelope
+    payload = pack(format_2(envelope))
+    decoded = CODEC.decode(payload, sequence=3)
+    assert decoded == dataclasses.replace(envelope, revision=None, sequence=3)
+    assert decoded.digest == hashlib.sha256(payload).digest()  # its place in the chain kept
+
+
+@pytest.mark.parametrize("revision", [0, -1, "3", 2.0, True])
+def test_a_revision_that_is_no_positive_integer_is_refused_both_ways(revision: Any) -> None:
+    raw = raw_of(envelope_of(SessionStarted("s1", {})))
+    with pytest.raises(DecodeError) as decoding:
+        CODEC.decode(pack({**raw, "n": revision}))
+    assert decoding.value.field == "revision"
+    with pytest.raises(EncodeError) as encoding:
+        CODEC.encode(envelope_of(SessionStarted("s1", {}), revision=revision))
+    assert encoding.value.field == "revision"
 
 
 def test_principal_and_fingerprint_round_trip() -> None:
@@ -730,6 +759,7 @@ ENVELOPE_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     "z": ("authorization", "authorization", (dict, type(None))),
     "u": ("principal", "principal", (str, type(None))),
     "k": ("fingerprint", "fingerprint", (bytes,)),
+    "n": ("revision", "revision", (int, type(None))),
     "d": ("data", "data", (dict,)),
 }
 WRONG_POOL: tuple[Any, ...] = (True, 1.5, b"bytes", [], {}, "str", 7, None, ["x", 1], {"k": [1]})

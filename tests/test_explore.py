@@ -101,7 +101,7 @@ def test_stepping_forward_and_backward_folds_exactly_the_first_k_events(
         check_at(forward, i, expected)
         assert forward.selected == envelope
         # ...and the log's own replay up to that sequence agrees.
-        assert forward.state == runtime.state_at(SID, envelope.sequence or 0)
+        assert forward.state == runtime.state_at(SID, envelope.revision or 0)
         assert forward.step(+1) is (i < len(events) - 1)
     assert forward.at_end
 

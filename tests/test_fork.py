@@ -23,6 +23,7 @@ from plantangenet import (
     SessionExists,
     SessionStarted,
     SessionState,
+    StreamSequence,
     UnknownPosition,
     UnknownSession,
     fold,
@@ -70,10 +71,10 @@ def test_a_fork_at_n_holds_the_first_n_events(runtime: Plantangenet) -> None:
     history = script(runtime)
     journal = runtime.journal
     for n, position in (
-        (1, history[0].sequence or 0),
+        (1, 1),  # a revision
         (9, history[8].event_id),  # the refusal
         (13, history[12].occurred_at),  # a multi-event command cut at its first event...
-        (16, history[-1].sequence or 0),
+        (16, StreamSequence(history[-1].sequence or 0)),
     ):
         new_id = f"fork-{n}"
         state = fork(runtime, "origin", position, new_id)
@@ -113,7 +114,7 @@ def test_commands_on_a_fork_and_its_origin_do_not_touch_each_other(
     runtime: Plantangenet,
 ) -> None:
     history = script(runtime)
-    fork(runtime, "origin", history[10].sequence or 0, "branch")  # before the detach
+    fork(runtime, "origin", 11, "branch")  # before the detach
     branch = runtime.session("branch")
     origin = runtime.session("origin")
     assert set(branch.state.agents) == {"bot", "viewer"}
@@ -131,13 +132,16 @@ def test_commands_on_a_fork_and_its_origin_do_not_touch_each_other(
     assert branch.state == branch_state and origin.state == origin_state
     for session_id in ("origin", "branch"):
         assert runtime.run(verify(runtime.journal, session_id)).intact
-    # why() on a copied event follows the fork to the original command.
+    # why() on a copied event follows the fork to the original command; a revision
+    # means the same event in the fork as in its origin.
     copied = runtime.history("branch")[8]
     answer = runtime.run(why(runtime.journal, "branch", copied.event_id))
+    assert runtime.run(why(runtime.journal, "branch", 9)).event == copied
+    assert copied.revision == history[8].revision == 9
     assert answer.origin == ("origin", history[8].sequence)
     assert answer.origin_why is not None and answer.origin_why.event == history[8]
     # A fork of a fork records its own origin.
-    twig = fork(runtime, "branch", branch_state.sequence, "twig")
+    twig = fork(runtime, "branch", branch_state.revision, "twig")
     assert comparable(twig) == comparable(branch_state)
     first = runtime.history("branch")[0]
     assert fork_origin(runtime.history("twig")[0]) == ("branch", first.sequence)
@@ -189,11 +193,11 @@ def test_a_fork_in_small_batches_through_the_journal(runtime: Plantangenet) -> N
 def test_a_fork_of_an_ended_session(runtime: Plantangenet) -> None:
     history = script(runtime)
     runtime.session("origin").execute(EndSession(reason="closed"))
-    ended = fork(runtime, "origin", 10_000, "after-end")
+    ended = fork(runtime, "origin", StreamSequence(10_000), "after-end")
     assert ended.status == "ended" and ended.end_reason == "closed"
     with pytest.raises(SessionClosed):
         runtime.session("after-end").change_metadata({"x": 1})
-    reopened = fork(runtime, "origin", history[-1].sequence or 0, "before-end")
+    reopened = fork(runtime, "origin", len(history), "before-end")
     assert reopened.status == "active"
     runtime.session("before-end").change_metadata({"x": 1})
     assert runtime.session("before-end").state.metadata["x"] == 1
@@ -209,7 +213,7 @@ def test_fork_on_the_command_line(nats_server: EmbeddedNats, journal_config: Jou
     assert run("demo", "--session-id", "harbour")[0] == 0
     status, text = run("fork", "harbour", "--at", "16", "--as", "what-if")
     assert status == 0
-    assert "forked harbour at sequence 16 as what-if: 16 events copied" in text
+    assert "forked harbour at revision 16 as what-if: 16 events copied" in text
     status, text = run("verify", "what-if")
     assert status == 0 and "history intact (16 events verified)" in text
     status, text = run("fork", "harbour", "--as", "whole", "--json")
@@ -220,5 +224,8 @@ def test_fork_on_the_command_line(nats_server: EmbeddedNats, journal_config: Jou
     assert "(up to origin sequence 20)" in text
     assert run("fork", "harbour", "--at", "3", "--as", "what-if")[0] == 2  # exists
     assert run("fork", "harbour", "--at", "nonsense", "--as", "other")[0] == 2
-    status, text = run("why", "what-if", "36")
+    status, text = run("why", "what-if", "seq:36")
     assert "copied by a fork from session harbour, sequence 16" in text
+    # A revision names the same event in the fork as in its origin: `why FORK 16` works.
+    status, text = run("why", "what-if", "16")
+    assert status == 0 and "copied by a fork from session harbour, sequence 16" in text

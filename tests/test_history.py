@@ -40,6 +40,7 @@ from plantangenet import (
     RevokeRole,
     SessionState,
     Statement,
+    StreamSequence,
     UnknownSession,
     fold,
 )
@@ -64,14 +65,15 @@ _ids = itertools.count()
 
 
 def test_parse_position() -> None:
-    assert parse_position("42") == 42
-    assert parse_position(" 7 ") == 7
+    assert parse_position("42") == 42  # a revision
+    assert parse_position(" 7 ") == parse_position("rev:7") == 7
+    assert parse_position("seq:42") == StreamSequence(42)
     event_id = "8A1E4E36996C7346000000002B7919F3"
     assert parse_position(event_id) == event_id.lower()
     assert parse_position("2025-03-01T09:30:00Z") == datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
     assert parse_position("2025-03-01T09:30:00") == datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
     assert parse_position("2025-03-01T10:30:00+01:00") == datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
-    for bad in ("", "yesterday", "12abc", "-3", "8a1e4e36996c7346"):
+    for bad in ("", "yesterday", "12abc", "-3", "8a1e4e36996c7346", "seq:", "seq:-1", "rev:x"):
         with pytest.raises(UnknownPosition):
             parse_position(bad)
 
@@ -96,13 +98,19 @@ def test_positions_resolve_to_the_sessions_own_events(runtime: Plantangenet) -> 
     def at(position: object) -> SessionState:
         return runtime.state_at("a", position)  # type: ignore[arg-type]
 
+    # An int is a revision: the session's own numbering, 1, 2, 3... with no gap.
     assert at(1).metadata == {"n": 0}
-    assert at(4) == at(3) == fold("a", history_a[:2])  # 4 is b's: a's event before it
-    assert at(1000) == fold("a", history_a)  # after the end: the last event
-    assert runtime.run(resolve(journal, "a", 6)) == 5
+    assert [at(r) for r in (1, 2, 3, 4)] == [fold("a", history_a[:r]) for r in (1, 2, 3, 4)]
+    assert at("3") == at("rev:3") == fold("a", history_a[:3])  # text is parsed
+    # A stream sequence is the explicit form: a's last event at or before it.
+    seq = StreamSequence
+    assert at(seq(4)) == at(seq(3)) == fold("a", history_a[:2])  # 4 is b's: a's event before it
+    assert at(seq(1000)) == fold("a", history_a)  # after the end: the last event
+    assert at("seq:3") == fold("a", history_a[:2])
+    assert runtime.run(resolve(journal, "a", seq(6))) == 5
+    assert runtime.run(resolve(journal, "a", 3)) == 5
     assert runtime.run(resolve(journal, "a", history_a[2].event_id)) == 5
     assert at(history_a[2].event_id.upper()) == fold("a", history_a[:3])
-    assert at(str(history_a[1].sequence)) == fold("a", history_a[:2])  # text is parsed
     # A time: the last event at or before it (naive times are UTC).
     moment = history_a[2].occurred_at
     assert at(moment) == fold("a", history_a[:3])
@@ -110,8 +118,10 @@ def test_positions_resolve_to_the_sessions_own_events(runtime: Plantangenet) -> 
     assert at(moment.isoformat()) == fold("a", history_a[:3])
     assert at(datetime(2999, 1, 1, tzinfo=UTC)) == fold("a", history_a)
     # One pass for several positions, in any order.
-    many = runtime.run(states_at(journal, "a", [7, 1, history_a[1].event_id, moment]))
-    assert [s.event_count for s in many] == [4, 1, 2, 3]
+    many = runtime.run(states_at(journal, "a", [seq(7), 1, history_a[1].event_id, moment, 4]))
+    assert [s.event_count for s in many] == [4, 1, 2, 3, 4]
+    with pytest.raises(UnknownPosition, match="after its last event"):
+        at(5)  # a revision past the end is an error (a sequence past it is the last event)
 
     for position in (
         0,
@@ -129,7 +139,7 @@ def test_positions_resolve_to_the_sessions_own_events(runtime: Plantangenet) -> 
         runtime.run(resolve(journal, "nobody", datetime.now(UTC)))
     # b's first event is 2: sequence 1 is before it.
     with pytest.raises(UnknownPosition, match="before its first event"):
-        runtime.run(state_at(journal, "b", 1))
+        runtime.run(state_at(journal, "b", seq(1)))
 
 
 def test_commands_sharing_a_time_resolve_to_their_last_event(runtime: Plantangenet) -> None:
@@ -146,7 +156,10 @@ def test_commands_sharing_a_time_resolve_to_their_last_event(runtime: Plantangen
         assert state == fold("t", history) and "bot" not in state.agents
     middle = left.events[0]  # c1 removed, c2 not yet
     assert runtime.state_at("t", middle.event_id).cursors.keys() == {"c2"}
-    assert runtime.state_at("t", middle.sequence or 0) == runtime.state_at("t", middle.event_id)
+    assert runtime.state_at("t", middle.revision or 0) == runtime.state_at("t", middle.event_id)
+    assert runtime.state_at("t", StreamSequence(middle.sequence or 0)) == runtime.state_at(
+        "t", middle.event_id
+    )
 
 
 # -- the property: positions agree with folding, and diffs apply ----------------------------
@@ -240,7 +253,8 @@ def test_state_at_any_position_is_the_fold_and_diffs_apply(
 
     for k in (i, j):
         envelope = history[k - 1]
-        assert runtime.state_at(session_id, envelope.sequence or 0) == folded(k)
+        assert runtime.state_at(session_id, StreamSequence(envelope.sequence or 0)) == folded(k)
+        assert runtime.state_at(session_id, envelope.revision or 0) == folded(k)
         assert runtime.state_at(session_id, envelope.event_id) == folded(k)
         # Several events share a time (one command, or commands in the same microsecond):
         # a time names the last of them.
@@ -251,7 +265,7 @@ def test_state_at_any_position_is_the_fold_and_diffs_apply(
         assert runtime.run(resolve(journal, session_id, moment)) == history[last - 1].sequence
 
     a, b = runtime.run(
-        states_at(journal, session_id, [history[i - 1].sequence or 0, history[j - 1].event_id])
+        states_at(journal, session_id, [history[i - 1].revision or 0, history[j - 1].event_id])
     )
     assert (a, b) == (folded(i), folded(j))
     forward = diff(a, b)
@@ -399,7 +413,8 @@ def test_cli_history_filters_state_diff_and_why(
     status, text = run("history", "h", "--agent", "viewer")
     rows = text.splitlines()[1:]
     assert [int(r.split()[0]) for r in rows] == [8, 9, 12, 16, 17, 18]  # by or about viewer
-    assert rows[3].split()[3] == "AccessDenied"
+    assert [int(r.split()[1]) for r in rows] == [8, 9, 12, 16, 17, 18]  # REV, then SEQ
+    assert rows[3].split()[4] == "AccessDenied"
     middle = records[9]["occurred_at"]
     status, text = run("history", "h", "--since", middle, "--json")
     assert [json.loads(line)["sequence"] for line in text.splitlines()] == list(range(10, 21))

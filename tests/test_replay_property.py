@@ -171,7 +171,7 @@ def test_rehydrated_state_equals_live_state(runtime: Plantangenet, commands: lis
     assert runtime.run(verify(runtime.journal, session_id)).checked == len(history)
     assert len(history) == live.event_count
     for n in sorted({1, len(history) // 2 or 1, len(history)}):
-        at = runtime.state_at(session_id, history[n - 1].sequence or 0)
+        at = runtime.state_at(session_id, n)  # revision n: the first n events
         assert at == fold(session_id, history[:n])
         assert at.event_count == n
     runtime.stop_session(session_id)

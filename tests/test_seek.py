@@ -33,7 +33,7 @@ from plantangenet.cli import main
 from plantangenet.errors import UnknownPosition
 from plantangenet.events import new_id
 from plantangenet.events.codec import EventCodec
-from plantangenet.history import state_at, states_at
+from plantangenet.history import StreamSequence, state_at, states_at
 
 #: Pauses (seconds) between the commands of a spaced session: longer and shorter than the
 #: small clock skews tried, so events fall on both sides of a seek's window.
@@ -149,7 +149,7 @@ def test_diff_positions_by_time_seek_both(runtime: Plantangenet) -> None:
     a, b = history[3], history[-1]
     # The later one first, a time and a sequence mixed: one pass, up to the last bound.
     after, before, by_sequence = runtime.run(
-        states_at(journal, "s", [b.occurred_at, a.occurred_at, a.sequence or 0])
+        states_at(journal, "s", [b.occurred_at, a.occurred_at, StreamSequence(a.sequence or 0)])
     )
     assert after == fold("s", history)
     assert before == by_sequence == fold("s", history[: last_at(history, a.occurred_at)])
@@ -215,16 +215,18 @@ def test_cli_history_since_until_prints_the_filtered_full_read(runtime: Plantang
     assert status == 0 and [r["sequence"] for r in records] == [e.sequence for e in history]
     status, table = run_cli(runtime, "history", "s")
     header, *rows = table.splitlines()
-    row_of = {int(row.split()[0]): row for row in rows}
+    row_of = {int(row.split()[1]): row for row in rows}  # REV, SEQ, ...
 
     def when(record: dict[str, Any]) -> datetime:
         return datetime.fromisoformat(record["occurred_at"])
 
-    def expect(since: datetime | None, until: datetime | None, lo: int, hi: int) -> list[int]:
+    def expect(
+        since: datetime | None, until: datetime | None, lo: int, hi: int, key: str
+    ) -> list[int]:
         return [
             r["sequence"]
             for r in records
-            if lo <= r["sequence"] <= hi
+            if lo <= r[key] <= hi
             and (since is None or when(r) >= since)
             and (until is None or when(r) <= until)
         ]
@@ -246,7 +248,8 @@ def test_cli_history_since_until_prints_the_filtered_full_read(runtime: Plantang
         (times[-2], times[-1], []),  # all
         (times[-1], None, []),  # after the end: nothing
         (None, times[-2], []),  # before the start: nothing
-        (times[0], times[3], ["--from", "4", "--to", "12"]),
+        (times[0], times[3], ["--from", "seq:4", "--to", "seq:12"]),
+        (times[0], times[3], ["--from", "4", "--to", "12"]),  # revisions
         (times[2], None, ["--type", "SessionMetadataChanged"]),
     ]
     for since, until, extra in cases:
@@ -255,11 +258,13 @@ def test_cli_history_since_until_prints_the_filtered_full_read(runtime: Plantang
             options += ["--since", since.isoformat()]
         if until is not None:
             options += ["--until", until.isoformat()]
-        lo = int(extra[extra.index("--from") + 1]) if "--from" in extra else 1
-        hi = int(extra[extra.index("--to") + 1]) if "--to" in extra else 1 << 62
-        wanted = expect(since, until, lo, hi)
+        bounds = [extra[extra.index(o) + 1] for o in ("--from", "--to") if o in extra]
+        key = "sequence" if any(b.startswith("seq:") for b in bounds) else "revision"
+        lo = int(bounds[0].removeprefix("seq:")) if bounds else 1
+        hi = int(bounds[1].removeprefix("seq:")) if bounds else 1 << 62
+        wanted = expect(since, until, lo, hi, key)
         if "--type" in extra:
-            wanted = [s for s in wanted if row_of[s].split()[3] == "SessionMetadataChanged"]
+            wanted = [s for s in wanted if row_of[s].split()[4] == "SessionMetadataChanged"]
         status, text = run_cli(runtime, "history", "s", *options, "--json")
         assert status == 0 and [json.loads(line)["sequence"] for line in text.splitlines()] == (
             wanted
@@ -270,7 +275,7 @@ def test_cli_history_since_until_prints_the_filtered_full_read(runtime: Plantang
         if wanted:
             assert lines[1:] == [row_of[s] for s in wanted], options
         else:
-            in_range = len([r for r in records if lo <= r["sequence"] <= hi])
+            in_range = len([r for r in records if lo <= r[key] <= hi])
             assert lines[1:] == [f"(none of the {in_range} events matches the filters)"]
     # A session without events is still an error, time filters or not.
     moment = first.isoformat()

@@ -432,7 +432,9 @@ class SessionActor(pykka.ThreadingActor):
             digests = []
             previous = self._speculative_hash
             first = content
+            revision = self._speculative.event_count  # the session's events so far
             for event in events:
+                revision += 1
                 envelope = Envelope(  # positionally: binding keywords costs ~1 µs here
                     event,
                     self.session_id,
@@ -447,6 +449,7 @@ class SessionActor(pykka.ThreadingActor):
                     b"",  # digest: known once encoded
                     principal,
                     first,  # the command's fingerprint, on its first event
+                    revision,  # the position in the session: the guard keeps it unique
                 )
                 authorization, first = None, b""  # recorded once, on the first event
                 payload = self.codec.encode(envelope)

@@ -2,7 +2,7 @@
 
 Layout of a stored envelope (a msgpack map with short keys)::
 
-    {"f": 2,                 # envelope format
+    {"f": 3,                 # envelope format
      "t": "CursorMoved",     # event type name
      "v": 1,                 # event schema version
      "id": "...",            # event id
@@ -15,11 +15,13 @@ Layout of a stored envelope (a msgpack map with short keys)::
      "z": {...} | nil,       # the authorization that let the command through
      "u": "..." | nil,       # principal: who sent the command, as NATS vouched for it
      "k": b"...",            # fingerprint of the command's content (b"" after its first event)
+     "n": 17 | nil,          # revision: the event's position in its session (1, 2, 3...)
      "d": {...}}             # the event's fields
 
-Format 1 (written before principals were recorded) has no ``u`` and ``k``: it
-decodes with ``principal=None`` ("unknown") and an empty fingerprint. Stored
-envelopes are never rewritten.
+Format 2 (written before revisions were recorded) has no ``n``: it decodes with
+``revision=None`` and readers count it in. Format 1 (written before principals
+were recorded) has no ``u``, ``k`` and ``n``: it decodes with ``principal=None``
+("unknown") and an empty fingerprint too. Stored envelopes are never rewritten.
 
 The stream sequence is not in the payload: the log assigns it, and
 :meth:`EventCodec.decode` takes it from the message metadata.
@@ -50,8 +52,8 @@ from plantangenet.events.base import EVENTS, EventRegistry, EventSpec
 from plantangenet.events.envelope import Authorization, Envelope
 from plantangenet.events.fields import compile_decoder, compile_encoder
 
-#: The envelope layout written by this code (format 1 is still read).
-ENVELOPE_FORMAT = 2
+#: The envelope layout written by this code (formats 1 and 2 are still read).
+ENVELOPE_FORMAT = 3
 #: The longest principal an envelope holds (``<user>@<account>``).
 MAX_PRINCIPAL = 256
 #: The size of a command fingerprint (bytes).
@@ -77,11 +79,13 @@ _ENVELOPE_FIELDS = {
     "z": "authorization",
     "u": "principal",
     "k": "fingerprint",
+    "n": "revision",
     "d": "data",
 }
 _ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
-#: The keys of format 1 (no principal, no fingerprint).
-_V1_KEYS = _ENVELOPE_KEYS - {"u", "k"}
+#: The keys of format 2 (no revision) and format 1 (no principal, no fingerprint either).
+_V2_KEYS = _ENVELOPE_KEYS - {"n"}
+_V1_KEYS = _V2_KEYS - {"u", "k"}
 
 
 _PACKERS = threading.local()
@@ -130,6 +134,7 @@ class EventCodec:
         data = spec.encode_fields(envelope.event)
         agent_id = envelope.agent_id
         principal = envelope.principal
+        revision = envelope.revision
         if not (
             type(envelope.session_id) is str
             and type(envelope.event_id) is str
@@ -140,6 +145,7 @@ class EventCodec:
             and (principal is None or (type(principal) is str and len(principal) <= MAX_PRINCIPAL))
             and type(envelope.fingerprint) is bytes
             and len(envelope.fingerprint) <= FINGERPRINT_BYTES
+            and (revision is None or (type(revision) is int and revision >= 1))
         ):
             _reject_envelope_fields(envelope)
         authorization = _encode_auth(envelope.authorization)
@@ -159,6 +165,7 @@ class EventCodec:
                     "z": authorization,
                     "u": principal,
                     "k": envelope.fingerprint,
+                    "n": revision,
                     "d": data,
                 }
             )
@@ -200,9 +207,9 @@ class EventCodec:
         if type(raw) is not dict:
             raise DecodeError(f"expected an envelope map, got {type(raw).__name__}")
         if raw.keys() != _ENVELOPE_KEYS:
-            raw = _format_1(raw)
+            raw = _older_format(raw)
         type_name, version, data, agent_id, at = raw["t"], raw["v"], raw["d"], raw["a"], raw["at"]
-        previous_hash, principal, fingerprint = raw["p"], raw["u"], raw["k"]
+        previous_hash, principal, fingerprint, revision = raw["p"], raw["u"], raw["k"], raw["n"]
         # One combined test for the common case; _check_values names what is wrong.
         if not (
             type(raw["f"]) is int
@@ -220,6 +227,7 @@ class EventCodec:
             and (agent_id is None or type(agent_id) is str)
             and type(at) is int
             and type(previous_hash) is bytes
+            and (revision is None or (type(revision) is int and revision >= 1))
         ):
             _check_values(raw)
         try:
@@ -248,6 +256,7 @@ class EventCodec:
             hashlib.sha256(payload).digest(),
             principal,
             fingerprint,
+            revision,
         )
 
 
@@ -267,11 +276,19 @@ def _event_from(spec: EventSpec, data: dict[str, Any]) -> Any:
     return spec.cls(**values)
 
 
-def _format_1(raw: dict[Any, Any]) -> dict[Any, Any]:
-    """A format-1 envelope as format 2 (principal unknown), or the error naming what is wrong."""
-    if raw.keys() == _V1_KEYS and type(raw["f"]) is int and raw["f"] == 1:
-        return {**raw, "f": ENVELOPE_FORMAT, "u": None, "k": b""}
-    expected = _V1_KEYS if raw.get("f") == 1 and type(raw.get("f")) is int else _ENVELOPE_KEYS
+def _older_format(raw: dict[Any, Any]) -> dict[Any, Any]:
+    """A format-1 or -2 envelope as format 3, or the error naming what is wrong.
+
+    Format 2 has no revision (readers count it in); format 1 has no principal
+    ("unknown") and no fingerprint either.
+    """
+    form = raw.get("f")
+    if type(form) is int and form == 2 and raw.keys() == _V2_KEYS:
+        return {**raw, "f": ENVELOPE_FORMAT, "n": None}
+    if type(form) is int and form == 1 and raw.keys() == _V1_KEYS:
+        return {**raw, "f": ENVELOPE_FORMAT, "u": None, "k": b"", "n": None}
+    expected = {1: _V1_KEYS, 2: _V2_KEYS}.get(form, _ENVELOPE_KEYS) if type(form) is int else None
+    expected = expected or _ENVELOPE_KEYS
     missing = expected - raw.keys()
     if missing:
         first = _ENVELOPE_FIELDS[sorted(missing)[0]]
@@ -290,6 +307,9 @@ def _check_values(raw: dict[str, Any]) -> None:
             f"principal: expected a string of at most {MAX_PRINCIPAL} characters or nil",
             field="principal",
         )
+    revision = raw["n"]
+    if revision is not None and (type(revision) is not int or revision < 1):
+        raise DecodeError("revision: expected a positive integer or nil", field="revision")
     if type(raw["k"]) is not bytes or len(raw["k"]) > FINGERPRINT_BYTES:
         raise DecodeError(
             f"fingerprint: expected at most {FINGERPRINT_BYTES} bytes", field="fingerprint"
@@ -375,6 +395,9 @@ def _reject_envelope_fields(envelope: Envelope) -> None:
             f"principal: expected a string of at most {MAX_PRINCIPAL} characters or None",
             field="principal",
         )
+    revision = envelope.revision
+    if revision is not None and (type(revision) is not int or revision < 1):
+        raise EncodeError("revision: expected a positive integer or None", field="revision")
     raise EncodeError(
         f"fingerprint: expected at most {FINGERPRINT_BYTES} bytes", field="fingerprint"
     )

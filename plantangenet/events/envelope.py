@@ -70,6 +70,11 @@ class Envelope:
     envelope format 1). ``fingerprint`` (on the first event of a command) is a
     digest of the command's content: the same principal reusing a command id with
     other content is refused (see :func:`plantangenet.decide.fingerprint`).
+    ``revision`` is the event's position within its session: 1 for the first
+    event, 2 for the next, with no gap -- the same in every copy of the session
+    (a fork, another stream), where stream sequences differ. The session's
+    single writer assigns it (the log's optimistic-concurrency guard makes it
+    unique); readers fill it in for events stored before it was recorded.
     """
 
     event: Event
@@ -85,11 +90,16 @@ class Envelope:
     digest: bytes = dataclasses.field(default=b"", compare=False, repr=False)
     principal: str | None = None
     fingerprint: bytes = dataclasses.field(default=b"", repr=False)
+    revision: int | None = None
 
     @property
     def type_name(self) -> str:
         """The stable type name of the event."""
         return self.event.type_name
+
+    def with_revision(self, revision: int) -> Envelope:
+        """This envelope numbered ``revision`` in its session (for events stored unnumbered)."""
+        return dataclasses.replace(self, revision=revision)
 
     def stored_at(self, sequence: int, digest: bytes | None = None) -> Envelope:
         """This envelope with the stream sequence the log gave it (and its digest)."""
@@ -107,4 +117,5 @@ class Envelope:
             self.digest if digest is None else digest,
             self.principal,
             self.fingerprint,
+            self.revision,
         )

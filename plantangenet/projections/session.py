@@ -169,6 +169,11 @@ class SessionState:
     #: Stream sequences of quarantined messages (skipped by every fold).
     quarantined: tuple[int, ...] = ()
 
+    @property
+    def revision(self) -> int:
+        """The revision of the last event folded in (0 before any): where the session is."""
+        return self.event_count
+
     def is_owner(self, principal: str) -> bool:
         """Whether ``principal`` may send commands in the owner form (with no agent)."""
         return principal == OPERATOR or principal in self.owners
