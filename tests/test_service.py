@@ -95,7 +95,7 @@ def test_two_example_bots_interact_through_a_session(
     assert [m[1:] for m in watcher] == [(end, end + 10) for _, _, end in tide]
     # ...and each look ahead came after the move it follows (not a replay of the last run's).
     sequences = [
-        (e.event.agent_id, e.sequence)  # type: ignore[attr-defined]
+        (e.event.agent_id, e.sequence or 0)  # type: ignore[attr-defined]
         for e in history
         if e.type_name == "CursorMoved"
     ]
