@@ -14,8 +14,11 @@ not write the move it must show.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +29,155 @@ from plantangenet import (
     AttachAgent,
     ChangeMetadata,
     ConcurrencyError,
+    EmbeddedNats,
+    JournalConfig,
     Plantangenet,
     StartSession,
 )
+from plantangenet.client import BotClient
+from plantangenet.service import SessionService
+from tests.conftest import two_services, with_client
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOW_ALL = [{"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}]
+
+
+@pytest.fixture
+def make_services(
+    make_runtime: Callable[[], Plantangenet],
+) -> Iterator[Callable[[int], list[SessionService]]]:
+    """``make(n)``: n services on n runtimes (one stream), service i on prefix ``ryw<i>.cmd``."""
+    started: list[SessionService] = []
+
+    def make(n: int) -> list[SessionService]:
+        for i in range(n):
+            service = SessionService(make_runtime(), command_prefix=f"ryw{i}.cmd", lanes=1)
+            service.runtime.run(service.start())
+            started.append(service)
+        return started[-n:]
+
+    yield make
+    for service in started:
+        service.runtime.run(service.stop())
+
+
+async def moves_then_states(
+    url: str, config: JournalConfig, prefixes: Sequence[str], pairs: int
+) -> list[tuple[int, int, int]]:
+    """Move a cursor through one prefix, then ask for the state through the next one.
+
+    Returns the stale answers: ``(pair, acknowledged sequence, answered sequence)``.
+    """
+    bots = [
+        await BotClient.connect(url, agent_id="bot", journal=config, command_prefix=p)
+        for p in prefixes
+    ]
+    stale: list[tuple[int, int, int]] = []
+    try:
+        session = "ryw"
+        await bots[0].open(session)
+        await bots[0].change_policy(session, replace=ALLOW_ALL)
+        await bots[0].attach(session, kind="bot")
+        await bots[0].add_cursor(session, "c", ["x"], 0, 1)
+        n = len(bots)
+        for pair in range(pairs):
+            writer, reader = bots[pair % n], bots[(pair + 1) % n]
+            acked = await writer.move_cursor(session, "c", ["x"], pair, pair + 1)
+            state = await reader.state(session)
+            if state["sequence"] < acked["seq"] or state["cursors"]["c"]["start"] != pair:
+                stale.append((pair, acked["seq"], state["sequence"]))
+    finally:
+        for bot in bots:
+            await bot.close()
+    return stale
+
+
+@pytest.mark.parametrize(("processes", "pairs"), [(2, 1000), (3, 600)])
+def test_a_state_query_on_another_service_reflects_the_acknowledged_move(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    make_services: Callable[[int], list[SessionService]],
+    processes: int,
+    pairs: int,
+) -> None:
+    services = make_services(processes)
+    prefixes = [s.command_prefix for s in services]
+    stale = asyncio.run(moves_then_states(nats_server.url, journal_config, prefixes, pairs))
+    assert stale == []
+    # Every service answered its share of moves and of states, and none failed.
+    assert all(s.handled >= 2 * pairs // processes and s.failed == 0 for s in services)
+    replay = services[0].runtime.replay("ryw")
+    for service in services:  # each one's actor, asked for the log's head, folds to it
+        caught_up = service.runtime.session("ryw").state_at_least(replay.sequence).result(10)
+        assert caught_up == replay
+
+
+def serve(url: str, config: JournalConfig, command_prefix: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "plantangenet",
+            "serve",
+            "--nats-url",
+            url,
+            "--stream",
+            config.stream,
+            "--subject-prefix",
+            config.subject_prefix,
+            "--command-prefix",
+            command_prefix,
+            "--lanes",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    line = process.stdout.readline()
+    assert "listening" in line, line + (process.stderr.read() if process.poll() else "")
+    return process
+
+
+def test_two_serve_processes_answer_1000_move_then_state_pairs_with_no_stale_state(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    prefixes = ["rywa.cmd", "rywb.cmd"]
+    processes = [serve(nats_server.url, journal_config, p) for p in prefixes]
+    try:
+        stale = asyncio.run(moves_then_states(nats_server.url, journal_config, prefixes, 1000))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.communicate(timeout=30)
+    assert stale == []
+    assert [p.returncode for p in processes] == [0, 0]
+
+
+def test_after_load_through_one_queue_group_every_state_reply_is_the_log_head(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    # The reported case: two `serve` processes in one queue group under load, then the
+    # load stops and a bot asks for the state: every reply must be the log's head.
+    async def load(bot: BotClient) -> list[dict[str, Any]]:
+        await bot.open("shared")
+        await asyncio.gather(*(bot.attach("shared", f"a{i}") for i in range(60)))
+        await asyncio.gather(*(bot.change_metadata("shared", {f"k{i}": i}) for i in range(60)))
+        return [await bot.state("shared") for _ in range(20)]
+
+    with two_services(make_runtime) as services:
+        states = with_client(nats_server.url, journal_config, load)
+        head = services[0].runtime.replay("shared")
+        assert all(s.handled > 20 for s in services)  # both took commands and queries
+    assert head.event_count == 121
+    assert [s["sequence"] for s in states] == [head.sequence] * 20
+    assert all(len(s["agents"]) == 60 and len(s["metadata"]) == 60 for s in states)
+
 
 # -- the actor: a read waits for its own append in flight, never folds around it ------------
 
