@@ -46,7 +46,16 @@ from plantangenet.history import (
     states_at,
     why,
 )
-from plantangenet.journal import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Journal, JournalConfig
+from plantangenet.journal import (
+    DEFAULT_STREAM,
+    DEFAULT_SUBJECT_PREFIX,
+    LIMIT_ENV,
+    InvalidJournalConfig,
+    Journal,
+    JournalConfig,
+    parse_limit,
+    stream_limits_from_env,
+)
 from plantangenet.projections.audit import Audit
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
@@ -80,15 +89,35 @@ class _Progress:
 
 
 def _runtime(args: argparse.Namespace) -> Plantangenet:
+    # The stream's limits: the options given, else the environment's, else the stream's own.
+    limits = stream_limits_from_env()
+    for name in LIMIT_ENV:
+        given = getattr(args, name, None)
+        if given is not None:
+            limits[name] = given
     return Plantangenet.open(
         nats_url=args.nats_url,
         store_dir=args.store_dir,
         journal=JournalConfig(
             stream=args.stream,
             subject_prefix=args.subject_prefix,
-            replicas=getattr(args, "replicas", 1),
+            max_bytes=limits.get("max_bytes"),
+            max_msgs=limits.get("max_msgs"),
+            replicas=limits.get("replicas"),
         ),
     )
+
+
+def _limit(name: str) -> Callable[[str], int]:
+    """An argparse type: the ``name`` limit of :func:`parse_limit` (bad values: exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            return parse_limit(name, text)
+        except InvalidJournalConfig as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
+
+    return parse
 
 
 # -- commands ---------------------------------------------------------------------
@@ -746,6 +775,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
         help="subject prefix of sessions",
     )
+    # The stream's limits, for every command that may create the stream (any that opens
+    # the log): set on a new stream, and on an existing one where they differ.
+    unset = "else as the stream has it; none for a new stream"
+    common.add_argument(
+        "--max-bytes",
+        type=_limit("max_bytes"),
+        metavar="SIZE",
+        help="the most bytes the stream holds: bytes, or e.g. 512M, 10G; -1: no limit "
+        f"(default: ${LIMIT_ENV['max_bytes']}, {unset}). A full stream refuses appends",
+    )
+    common.add_argument(
+        "--max-msgs",
+        type=_limit("max_msgs"),
+        metavar="N",
+        help="the most events the stream holds, all sessions together; -1: no limit "
+        f"(default: ${LIMIT_ENV['max_msgs']}, {unset})",
+    )
+    common.add_argument(
+        "--replicas",
+        type=_limit("replicas"),
+        metavar="N",
+        help=f"stream replicas, 1 to 5; 3 on a cluster (default: ${LIMIT_ENV['replicas']}, "
+        "else as the stream has it; 1 for a new stream)",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
     parser = argparse.ArgumentParser(prog="plantangenet", description=__doc__.split("\n")[0])
@@ -815,7 +868,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", help="ISO time (UTC if no offset)")
     audit.set_defaults(run=cmd_audit)
     serve = sub.add_parser("serve", parents=[common], help="serve sessions to bots over NATS")
-    serve.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a cluster)")
     serve.add_argument(
         "--idle-timeout", type=float, default=300.0, help="stop session actors idle this long (s)"
     )

@@ -18,6 +18,7 @@ from plantangenet.actors.session import (
     HookFailure,
     Inspect,
     OnChange,
+    ReadState,
     SessionActor,
 )
 from plantangenet.commands import (
@@ -275,6 +276,20 @@ class SessionHandle:
         raises its typed error (never an empty state standing in for the session's).
         """
         return self._inspect(lambda actor: actor.current_state())
+
+    def state_at_least(self, sequence: int) -> concurrent.futures.Future[SessionState]:
+        """The state once it holds every event of the log up to stream sequence ``sequence``.
+
+        For reads that must see what other processes wrote: pass the session's last
+        sequence as the log reports it (``Journal.last_sequence``) and the answer
+        reflects every command acknowledged before, whichever process stored it. The
+        actor catches up from the log if it is behind (after its own append in flight,
+        if one is). The future raises the typed error of a catch-up that fails. Never
+        blocks: use it from an event loop with ``asyncio.wrap_future``.
+        """
+        reply: concurrent.futures.Future[SessionState] = ReplyFuture()
+        self._tell(ReadState(sequence, reply), reply)
+        return reply
 
     def agent_state(self, agent_id: str) -> AgentState:
         """The state of a running agent actor (``KeyError`` if not attached)."""

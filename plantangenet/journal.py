@@ -96,6 +96,17 @@ _LATEST = datetime(2262, 1, 1, tzinfo=UTC)
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 #: First tokens of reply subjects, which no prefix may start with.
 _REPLY_TOKENS = ("_INBOX", "_R_")
+#: Environment variables that set the stream's limits and replicas (see
+#: :func:`stream_limits_from_env`), by :class:`JournalConfig` field.
+LIMIT_ENV = {
+    "max_bytes": "PLANTANGENET_MAX_BYTES",
+    "max_msgs": "PLANTANGENET_MAX_MSGS",
+    "replicas": "PLANTANGENET_REPLICAS",
+}
+#: The most replicas a JetStream stream may have.
+MAX_REPLICAS = 5
+#: A size: bytes, or a number with K, M, G or T (powers of 1024); the sign is checked after.
+_SIZE = re.compile(r"(-?\d{1,19})\s*(?:([KMGT])(?:i?B)?|B)?", re.IGNORECASE)
 
 
 class InvalidJournalConfig(JournalError, ValueError):
@@ -112,11 +123,16 @@ class JournalConfig:
         ``<live_prefix>.<session_id>`` (see :meth:`Journal.live_subject`). Neither
         prefix may be the other or start with it (the republished events would
         be stored again).
-    :param replicas: stream replicas (3 on a cluster).
+    :param replicas: stream replicas (3 on a cluster; at most 5). ``None``: 1 for a new
+        stream, an existing stream keeps its own.
     :param duplicate_window: seconds during which a command id is deduplicated.
     :param ack_timeout: seconds to wait for the server to acknowledge an append.
     :param idle_timeout: seconds a replay may wait for its next message.
-    :param max_bytes: stream size limit (``-1``: unlimited).
+    :param max_bytes: the most bytes the stream holds (``-1``: no limit). ``None``: no
+        limit for a new stream, an existing stream keeps its own. A full stream refuses
+        appends (:class:`StorageExhausted`); it never drops events, and has no age limit.
+    :param max_msgs: the most events (messages) the stream holds, all sessions together
+        (``-1``: no limit; ``None``: as for ``max_bytes``).
     :param api_timeout: seconds to wait for JetStream API answers (consumer
         creation, direct gets, stream management).
     :param read_window: events a reader may have delivered but not yet
@@ -142,11 +158,12 @@ class JournalConfig:
     stream: str = DEFAULT_STREAM
     subject_prefix: str = DEFAULT_SUBJECT_PREFIX
     live_prefix: str = DEFAULT_LIVE_PREFIX
-    replicas: int = 1
+    replicas: int | None = None
     duplicate_window: float = 120.0
     ack_timeout: float = 10.0
     idle_timeout: float = 10.0
-    max_bytes: int = -1
+    max_bytes: int | None = None
+    max_msgs: int | None = None
     deny_delete: bool = True
     api_timeout: float = 5.0
     read_window: int = 2048
@@ -155,11 +172,18 @@ class JournalConfig:
     clock_skew: float = 5.0
 
     def __post_init__(self) -> None:
-        """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap."""
+        """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap, or a
+        limit or ``clock_skew`` is out of range."""
         if not 0 <= self.clock_skew < 86_400:
             raise InvalidJournalConfig(
                 f"clock_skew must be between 0 and 86400 seconds, got {self.clock_skew!r}"
             )
+        for name in LIMIT_ENV:
+            value = getattr(self, name)
+            if value is not None:
+                problem = _limit_problem(name, value)
+                if problem is not None:
+                    raise InvalidJournalConfig(f"{name}: {problem}")
         for label, prefix in (("subject", self.subject_prefix), ("live", self.live_prefix)):
             if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
                 raise InvalidJournalConfig(
@@ -181,12 +205,81 @@ class JournalConfig:
     @classmethod
     def from_env(cls) -> JournalConfig:
         """Defaults, with ``PLANTANGENET_STREAM`` / ``PLANTANGENET_SUBJECT_PREFIX`` /
-        ``PLANTANGENET_LIVE_PREFIX`` applied."""
+        ``PLANTANGENET_LIVE_PREFIX`` and the limits of :func:`stream_limits_from_env` applied.
+
+        :raises InvalidJournalConfig: one of them is not usable.
+        """
+        limits = stream_limits_from_env()
         return cls(
             stream=os.environ.get("PLANTANGENET_STREAM") or DEFAULT_STREAM,
             subject_prefix=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
             live_prefix=os.environ.get("PLANTANGENET_LIVE_PREFIX") or DEFAULT_LIVE_PREFIX,
+            max_bytes=limits.get("max_bytes"),
+            max_msgs=limits.get("max_msgs"),
+            replicas=limits.get("replicas"),
         )
+
+
+def parse_limit(name: str, text: str) -> int:
+    """A :class:`JournalConfig` limit (``max_bytes``, ``max_msgs`` or ``replicas``) from text.
+
+    ``max_bytes`` takes bytes or a number with K, M, G or T (powers of 1024: ``512M``,
+    ``10G``); ``max_bytes`` and ``max_msgs`` take ``-1`` for no limit.
+
+    :raises InvalidJournalConfig: not a number, or out of range (the message says why).
+    """
+    match = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None or (match.group(2) and name != "max_bytes"):
+        kind = "a size" if name == "max_bytes" else "a whole number"
+        raise InvalidJournalConfig(f"{name}: not {kind}: {text!r}; {_LIMIT_RULES[name]}")
+    unit = (match.group(2) or "").upper()
+    scale = 1 << 10 * ("KMGT".index(unit) + 1) if unit else 1
+    value = int(match.group(1)) * scale
+    problem = _limit_problem(name, value)
+    if problem is not None:
+        raise InvalidJournalConfig(f"{name}: {problem}")
+    return value
+
+
+def stream_limits_from_env() -> dict[str, int]:
+    """The limits set by ``PLANTANGENET_MAX_BYTES``, ``PLANTANGENET_MAX_MSGS`` and
+    ``PLANTANGENET_REPLICAS`` (those set and not empty), by :class:`JournalConfig` field.
+
+    :raises InvalidJournalConfig: naming the variable whose value is not usable.
+    """
+    limits = {}
+    for name, variable in LIMIT_ENV.items():
+        text = os.environ.get(variable)
+        if text:
+            try:
+                limits[name] = parse_limit(name, text)
+            except InvalidJournalConfig as exc:
+                raise InvalidJournalConfig(f"${variable}: {exc}") from None
+    return limits
+
+
+_LIMIT_RULES = {
+    "max_bytes": "use -1 (no limit) or a positive number of bytes, e.g. 1073741824, 512M, 10G",
+    "max_msgs": "use -1 (no limit) or a positive whole number",
+    "replicas": f"use 1 to {MAX_REPLICAS} (3 on a cluster)",
+}
+
+
+def _limit_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not a usable ``name`` (``None``: it is)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"not a whole number: {value!r}; {_LIMIT_RULES[name]}"
+    if name == "replicas":
+        return (
+            None if 1 <= value <= MAX_REPLICAS else f"{value} is out of range; {_LIMIT_RULES[name]}"
+        )
+    if value == 0:
+        return f"0 would mean no limit to the server; {_LIMIT_RULES[name]}"
+    if value < -1:
+        return f"{value} is negative; {_LIMIT_RULES[name]}"
+    if value >= 1 << 63:
+        return f"{value} is too large; {_LIMIT_RULES[name]}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -272,16 +365,20 @@ class Journal:
 
         The stream republishes each stored event on its :meth:`live_subject`. An
         existing stream with the right subjects but without that republish (or with
-        another one) is updated to it; its other settings are kept as they are.
+        another one) is updated to it, and to the config's ``max_bytes``, ``max_msgs``
+        and ``replicas`` where they are set (not ``None``) and differ; its other
+        settings are kept as they are. Limits are never set on a stream that discards
+        old messages when full (that would drop history): that is an error.
         """
         cfg = self.config
         config = StreamConfig(
             name=cfg.stream,
             subjects=[f"{cfg.subject_prefix}.*"],
             storage=StorageType.FILE,
-            num_replicas=cfg.replicas,
+            num_replicas=cfg.replicas or 1,
             duplicate_window=cfg.duplicate_window,
-            max_bytes=cfg.max_bytes,
+            max_bytes=-1 if cfg.max_bytes is None else cfg.max_bytes,
+            max_msgs=-1 if cfg.max_msgs is None else cfg.max_msgs,
             # A full stream must refuse new events, never drop old ones: the log is the truth.
             discard=DiscardPolicy.NEW,
             allow_atomic=True,
@@ -303,35 +400,58 @@ class Journal:
         await self._wait_for_leader()
 
     async def _adopt_stream(self, subjects: list[str], republish: RePublish) -> None:
-        """Check an existing stream's subjects; give it the live republish if it lacks it."""
-        name = self.config.stream
+        """Check an existing stream's subjects; give it the live republish if it lacks it,
+        and the limits the config sets if they differ."""
+        cfg = self.config
+        name = cfg.stream
         try:
             info = await self.js.stream_info(name)
         except nats.errors.Error as exc:
             raise JournalError(f"cannot read the config of stream {name}: {exc}") from exc
-        if info.config.subjects != subjects:
+        have = info.config
+        if have.subjects != subjects:
             raise JournalError(
-                f"stream {name} exists with subjects {info.config.subjects}, expected {subjects}"
+                f"stream {name} exists with subjects {have.subjects}, expected {subjects}"
             )
-        have = info.config.republish
+        changes: dict[str, Any] = {}
+        republished = have.republish
         if (
-            have is not None
-            and (have.src, have.dest) == (republish.src, republish.dest)
-            and not have.headers_only
+            republished is None
+            or (republished.src, republished.dest) != (republish.src, republish.dest)
+            or republished.headers_only
         ):
+            changes["republish"] = republish
+        for field, wanted in (
+            ("max_bytes", cfg.max_bytes),
+            ("max_msgs", cfg.max_msgs),
+            ("num_replicas", cfg.replicas),
+        ):
+            if wanted is not None and getattr(have, field) != wanted:
+                changes[field] = wanted
+        if not changes:
             return
-        # Everything else (replicas, limits, deny_delete...) stays as the stream has it.
+        limited = {"max_bytes", "max_msgs"} & changes.keys()
+        if limited and have.discard != DiscardPolicy.NEW:
+            raise JournalError(
+                f"stream {name} discards its oldest messages when full (discard {have.discard}): "
+                f"setting {' and '.join(sorted(limited))} on it could drop events; give it "
+                "discard 'new' first, or set no limit"
+            )
+        # Everything else (limits not set in the config, deny_delete...) stays as it is.
+        doing = " and ".join(
+            f"republish stream {name}'s events on {v.dest}"
+            if k == "republish"
+            else f"set {k} {v} on stream {name}"
+            for k, v in changes.items()
+        )
         try:
-            await self.js.update_stream(dataclasses.replace(info.config, republish=republish))
+            await self.js.update_stream(dataclasses.replace(have, **changes))
         except nats.js.errors.APIError as exc:
             raise JournalError(
-                f"cannot republish stream {name}'s events on {republish.dest}: "
-                f"{exc.description} (err_code {exc.err_code})"
+                f"cannot {doing}: {exc.description} (err_code {exc.err_code})"
             ) from exc
         except nats.errors.Error as exc:
-            raise JournalError(
-                f"cannot republish stream {name}'s events on {republish.dest}: {exc}"
-            ) from exc
+            raise JournalError(f"cannot {doing}: {exc}") from exc
 
     async def _wait_for_leader(self, timeout: float = 30.0) -> None:
         """On a cluster, wait until the stream has a leader (a new R3 stream elects one)."""

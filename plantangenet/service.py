@@ -41,9 +41,14 @@ the operator.
 Requests that cannot change a session whose log is empty (a ``state`` query,
 any command but ``start``) are answered from the log without starting an
 actor: clients name session ids at will, and must not start threads at will.
-A ``state`` query never answers an actor's state from a failed rehydration (it
-reports the failure), and a reply larger than the connection's
-``max_payload`` becomes a ``reply_too_large`` error. A ``history`` request
+A ``state`` query reflects every command acknowledged before it was sent,
+whichever process stored it (read-your-writes across ``serve`` processes): the
+service asks the log for the session's last sequence (one round trip, to the
+stream leader unless ``leader_reads`` is off: a replica may lag it) and the
+session's actor answers once its state holds that sequence, catching up from the
+log first if another process wrote meanwhile. It never answers an actor's state
+from a failed rehydration (it reports the failure), and a reply larger than the
+connection's ``max_payload`` becomes a ``reply_too_large`` error. A ``history`` request
 answers a page of the session's stored events (no consumer is created).
 
 Nothing here blocks the event loop: requests become tasks, actors are reached
@@ -65,7 +70,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from plantangenet.access import REQUEST_INFO_HEADER, principal_from_headers
-from plantangenet.actors.session import CommandResult, SessionActor
+from plantangenet.actors.session import CommandResult
 from plantangenet.commands import Command, QueryCursor, StartSession
 from plantangenet.decide import check_id, decide_authorized
 from plantangenet.errors import (
@@ -481,13 +486,17 @@ class SessionService:
             raise InvalidCommand(f"{type(command).__name__}: {exc}") from None
 
     async def _query(self, session_id: str, name: str) -> bytes:
+        # Read-your-writes across processes: the session's last sequence, asked now (after
+        # the request arrived), covers every command acknowledged before it was sent,
+        # whichever process stored it; the actor answers only once its state holds it.
+        last = await self.runtime.journal.last_sequence(session_id)
         handle = self._running(session_id)
-        if handle is None and await self._log_is_empty(session_id):
+        if handle is None and last == 0:
             # A read starts no actor for a session that does not exist: its state is new.
             state = SessionState(session_id)
         else:
             handle = handle or self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.query(SessionActor.current_state))
+            state = await asyncio.wrap_future(handle.state_at_least(last))
         reply = data_reply({"state": plain(state)})
         limit = self._max_payload()
         if len(reply) > limit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -9,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet import commands as c
-from plantangenet.cli import main
+from plantangenet.cli import build_parser, main
 from tests.conftest import log_options, session_with_cursor
 
 
@@ -161,3 +164,94 @@ def test_a_closed_pipe_ends_history_quietly(runtime: Plantangenet) -> None:
         err = reader.stderr.read()
         assert first and status == 0, err
         assert err == "", err  # no traceback, no "exception was never retrieved"
+
+
+# -- the stream's limits ---------------------------------------------------------------------
+
+
+def stream_limits(server: EmbeddedNats, config: JournalConfig) -> tuple[int, int, int]:
+    """``(max_bytes, max_msgs, replicas)`` of the stream, read by a runtime that sets none."""
+    with Plantangenet.open(nats_url=server.url, journal=config) as pg:
+        info = pg.run(pg.journal.js.stream_info(config.stream))
+    return info.config.max_bytes, info.config.max_msgs, info.config.num_replicas
+
+
+def test_every_command_that_opens_the_log_takes_the_stream_limits() -> None:
+    subcommands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    limits = {"--max-bytes", "--max-msgs", "--replicas"}
+    for name, parser in subcommands.choices.items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        if name == "nats-config":  # writes a server config; never opens the log
+            assert not limits & options
+        else:
+            assert limits <= options, name
+
+
+def test_limits_on_the_command_line_are_set_on_a_fresh_stream(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    opts = external(nats_server, journal_config)
+    status, _ = run(["sessions", *opts, "--max-bytes", "64M", "--max-msgs", "1000"])
+    assert status == 0
+    assert stream_limits(nats_server, journal_config) == (64 << 20, 1000, 1)
+    status, _ = run(["sessions", *opts])  # none given: the stream keeps its own
+    assert status == 0 and stream_limits(nats_server, journal_config) == (64 << 20, 1000, 1)
+    status, _ = run(["sessions", *opts, "--max-msgs", "-1", "--replicas", "1"])
+    assert status == 0 and stream_limits(nats_server, journal_config) == (64 << 20, -1, 1)
+
+
+def test_limits_from_the_environment_and_the_options_over_them(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANTANGENET_MAX_BYTES", "1048576")
+    monkeypatch.setenv("PLANTANGENET_MAX_MSGS", "500")
+    monkeypatch.setenv("PLANTANGENET_REPLICAS", "1")
+    opts = external(nats_server, journal_config)
+    status, _ = run(["sessions", *opts])
+    assert status == 0 and stream_limits(nats_server, journal_config) == (1 << 20, 500, 1)
+    status, _ = run(["sessions", *opts, "--max-msgs", "600"])
+    assert status == 0 and stream_limits(nats_server, journal_config) == (1 << 20, 600, 1)
+    # The library reads them too (JournalConfig.from_env).
+    assert JournalConfig.from_env().max_msgs == 500
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--max-bytes", "lots", "not a size: 'lots'"),
+        ("--max-bytes", "-5", "-5 is negative"),
+        ("--max-bytes", "0", "0 would mean no limit"),
+        ("--max-msgs", "1k", "not a whole number: '1k'"),
+        ("--max-msgs", "-2", "-2 is negative"),
+        ("--replicas", "7", "7 is out of range; use 1 to 5"),
+    ],
+)
+def test_a_bad_limit_is_a_clear_error(
+    option: str, value: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["sessions", "--nats-url", "nats://127.0.0.1:1", option, value])
+    assert exited.value.code == 2
+    assert f"argument {option}: {problem}" in capsys.readouterr().err
+
+
+def test_a_bad_limit_in_the_environment_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PLANTANGENET_MAX_MSGS", "many")
+    status, text = run(["sessions", "--nats-url", "nats://127.0.0.1:1"])
+    assert status == 2 and text == ""
+    assert "$PLANTANGENET_MAX_MSGS: max_msgs: not a whole number: 'many'" in capsys.readouterr().err
+
+
+def test_a_full_stream_refuses_the_command_lines_append_as_storage_exhausted(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts = external(nats_server, journal_config)
+    status, _ = run(["demo", "--session-id", "full", *opts, "--max-msgs", "5"])
+    assert status == 2
+    assert "storage exhausted (the stream is full: maximum messages" in capsys.readouterr().err
+    with Plantangenet.open(nats_url=nats_server.url, journal=journal_config) as pg:
+        assert pg.sessions() == {"full": 5}  # what fitted, whole

@@ -207,6 +207,19 @@ class Inspect:
     reply: concurrent.futures.Future[Any]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadState:
+    """Message: the state once it holds every event up to ``sequence``; to ``reply``.
+
+    ``sequence`` is the session's last stream sequence as the log reported it when
+    the read arrived: a reader then sees every command acknowledged before it asked,
+    whichever process wrote it (see :meth:`SessionActor.state_at_least`).
+    """
+
+    sequence: int
+    reply: concurrent.futures.Future[SessionState]
+
+
 class SessionActor(pykka.ThreadingActor):
     """The actor that owns one session: decides, appends, evolves, notifies.
 
@@ -283,6 +296,8 @@ class SessionActor(pykka.ThreadingActor):
         self.hooks: dict[int, OnChange] = {}
         self.hook_failures: list[HookFailure] = []
         self._next_hook = 0
+        #: Reads waiting for this actor's own appends in flight (see ``_read_state``).
+        self._readers: list[ReadState] = []
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -297,6 +312,9 @@ class SessionActor(pykka.ThreadingActor):
         for pending in [*(self._in_flight or []), *self._queued]:
             for reply in pending.replies:
                 _fail(reply, stopped)
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            _fail(reader.reply, stopped)
         self._refuse_unhandled(stopped)
         for agent in self.agents.values():
             retire(agent, "shutdown")
@@ -315,7 +333,7 @@ class SessionActor(pykka.ThreadingActor):
         while not self.actor_inbox.empty():  # only this thread takes from the inbox
             envelope = self.actor_inbox.get()
             message = envelope.message
-            if isinstance(message, (Execute, Inspect)):
+            if isinstance(message, (Execute, Inspect, ReadState)):
                 _fail(message.reply, stopped)
             elif isinstance(message, ExecuteMany):
                 for index in range(len(message.commands)):
@@ -338,6 +356,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._appended(message.outcome)
             elif isinstance(message, _SummariseRefusals):
                 self._summarise_refusals(message.principal)
+            elif isinstance(message, ReadState):
+                self._read_state(message)
             elif isinstance(message, Inspect):
                 try:
                     _resolve(message.reply, message.fn(self))
@@ -349,7 +369,7 @@ class SessionActor(pykka.ThreadingActor):
                 self.session_id,
                 type(message).__name__,
             )
-            if isinstance(message, Execute):
+            if isinstance(message, (Execute, ReadState)):
                 _fail(message.reply, PlantangenetError("internal error; see the service log"))
         return None
 
@@ -630,6 +650,10 @@ class SessionActor(pykka.ThreadingActor):
                 for reply in pending.replies:
                     self._answer(reply, command_id, envelopes, samples=pending.samples)
         self._flush()
+        if self._readers:
+            readers, self._readers = self._readers, []
+            for reader in readers:
+                self._read_state(reader)
 
     def _refold_queued(self) -> None:
         """Fold the queued commands' events again, on the state the log acknowledged."""
@@ -718,6 +742,48 @@ class SessionActor(pykka.ThreadingActor):
             self._start_agent(agent_id, view.kind, view.name, origin="rehydrated")
         for agent_id in set(self.agents) - set(state.agents):
             retire(self.agents.pop(agent_id), "detached")
+
+    def _read_state(self, message: ReadState) -> None:
+        """Answer a :class:`ReadState`: at once, after a catch-up, or after the append in flight.
+
+        A state already at ``message.sequence`` is answered as it is. A state behind it
+        lacks events another writer stored: with nothing of this actor's in flight the
+        actor catches up from the log first. With an append in flight it cannot (the
+        catch-up would fold what that append stores, and its acknowledgement again), so
+        the read waits for the acknowledgement: the append either stores (the state moves
+        on) or fails on the other writer's events (the actor catches up); the read is
+        then tried again. Either way it is answered only with a state at least as new as
+        ``message.sequence``, or with the typed error of a catch-up that failed.
+        """
+        reply = message.reply
+        if reply.done():  # cancelled by a caller who stopped waiting
+            return
+        if self.state.sequence < message.sequence and (self._in_flight is not None or self._queued):
+            self._readers.append(message)
+            return
+        try:
+            state = self.state_at_least(message.sequence)
+        except Exception as exc:
+            _fail(reply, exc)
+        else:
+            _resolve(reply, state)
+
+    def state_at_least(self, sequence: int) -> SessionState:
+        """:meth:`current_state`, caught up from the log first if it is older than ``sequence``.
+
+        Call it only with no append of this actor in flight (``ReadState`` sees to
+        that). Raises the typed error of a catch-up that fails, and ``JournalError`` if
+        the log ends before ``sequence`` after all (it held a later event a moment ago).
+        """
+        if self.state.sequence < sequence and not self._needs_catch_up:
+            self._catch_up()
+        state = self.current_state()
+        if state.sequence < sequence:
+            raise JournalError(
+                f"session {self.session_id}: the log held an event at sequence {sequence}, "
+                f"but a catch-up read it only to {state.sequence}"
+            )
+        return state
 
     @property
     def cursor_index(self) -> CursorIndex:

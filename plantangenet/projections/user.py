@@ -313,7 +313,7 @@ async def _bucket(journal: Journal, bucket: str, *, create: bool = True) -> Any:
         return await js.create_key_value(
             bucket=bucket,
             history=1,
-            replicas=journal.config.replicas,
+            replicas=journal.config.replicas or 1,
             description="plantangenet projection checkpoints",
         )
     except nats.js.errors.BadRequestError:  # created by another rebuilder meanwhile
