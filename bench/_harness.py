@@ -365,12 +365,14 @@ def encoded_like(
 
     ``template`` is an envelope the library stored (see :func:`last_envelope`),
     so the raw payloads carry whatever the library adds (agent, authorization,
-    ...). Each gets fresh ids and time, and ``previous_hash`` chains the
+    ...). Each gets fresh ids and time, the revision after the one before (as the
+    session's writer numbers them), and ``previous_hash`` chains the
     payloads as the library chains a session's events (SHA-256 of the
     previous payload; ``previous_hash`` argument for the first).
     """
     previous = previous_hash
     chained = "previous_hash" in _ENVELOPE_FIELDS
+    revision = getattr(template, "revision", None)  # each event numbered after the template
     for event in events:
         cid = new_id()
         changes: dict[str, Any] = {
@@ -384,6 +386,9 @@ def encoded_like(
         }
         if chained:
             changes["previous_hash"] = previous
+        if revision is not None:
+            revision += 1
+            changes["revision"] = revision
         payload = CODEC.encode(dataclasses.replace(template, **changes))
         previous = hashlib.sha256(payload).digest()
         yield cid, payload

@@ -36,19 +36,17 @@ Run: .venv/bin/python bench/bench_cli.py [--events 200000] [--repeats 2]
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 
 # isort: off
 import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
-from plantangenet import CODEC, Envelope, JournalConfig, Plantangenet
+from plantangenet import JournalConfig, Plantangenet
 from plantangenet.embedded import EmbeddedNats
 
 STREAM = "BENCH_CLI"
@@ -61,47 +59,9 @@ def config() -> JournalConfig:
     return JournalConfig(stream=STREAM, subject_prefix=PREFIX, idle_timeout=30.0)
 
 
-def numbered_like(
-    template: Envelope, session_id: str, count: int, previous_hash: bytes
-) -> Iterator[tuple[str, bytes]]:
-    """``_harness.encoded_like`` for ``count`` cursor moves after ``template``, each numbered.
-
-    ``encoded_like`` copies the template's ``revision`` into every event (it predates
-    revisions), so a session it fills has one revision for all its raw events and a
-    revision position past the template's never resolves. Here the k-th move gets
-    revision ``template.revision + k``, as the session's writer would give it.
-    """
-    previous = previous_hash
-    first = template.revision or 0
-    for i in range(1, count + 1):
-        cid = h.new_id()
-        envelope = dataclasses.replace(
-            template,
-            event=h.cursor_move(i),
-            session_id=session_id,
-            event_id=h.new_id(),
-            causation_id=cid,
-            correlation_id=cid,
-            occurred_at=datetime.now(UTC),
-            sequence=None,
-            previous_hash=previous,
-            revision=first + i,
-        )
-        payload = CODEC.encode(envelope)
-        previous = hashlib.sha256(payload).digest()
-        yield cid, payload
-
-
 def fill(pg: Plantangenet, raw: h.RawClient, events: int) -> int:
-    """``_harness.prepare_long_session`` with revisions; returns the last stream sequence."""
-    h.start_template_session(pg, SESSION)
-    pg.stop_session(SESSION)
-    subject = f"{PREFIX}.{SESSION}"
-    template, previous = raw.run(h.last_envelope(raw.js, STREAM, subject))
-    if template.revision != 4:
-        raise RuntimeError(f"the template session's last event is revision {template.revision}")
-    moves = numbered_like(template, SESSION, events - 4, previous)
-    return raw.run(h.publish_chained(raw, subject, moves))
+    """``_harness.prepare_long_session`` (each event numbered); returns the last sequence."""
+    return h.prepare_long_session(pg, raw, STREAM, PREFIX, SESSION, events)
 
 
 def parse_args() -> argparse.Namespace:
