@@ -119,13 +119,17 @@ def run() -> int:
             raise RuntimeError(f"the event at sequence {middle} is revision {target.revision}")
         moment = target.occurred_at.isoformat()
         print(f"middle event: revision {middle:,}, occurred at {moment}")
-        # What the time seek reads (Journal.sequence_at): the events stored from
-        # `moment - clock_skew` until one occurred after `moment + clock_skew`.
+        # Where the time seek looks (Journal.sequence_at): it bisects the events stored
+        # within clock_skew of `moment`, a direct get per probe.
         skew = timedelta(seconds=pg.journal.config.clock_skew)
         low = pg.run(pg.journal.sequence_after(SESSION, target.occurred_at - skew)) or 1
         high = pg.run(pg.journal.sequence_after(SESSION, target.occurred_at + skew)) or n
         window = f"{high - low + 1:,} events (sequences {low:,}..{high:,})"
-        print(f"the time seek reads +-{skew.total_seconds():g}s (clock_skew) around it: {window}")
+        probes = max(high - low + 1, 1).bit_length()
+        print(
+            f"the time seek bisects the events stored within {skew.total_seconds():g}s "
+            f"(clock_skew) of it: {window}, ~{probes} probes"
+        )
 
         common = ["--nats-url", server.url, "--stream", STREAM, "--subject-prefix", PREFIX]
 

@@ -638,14 +638,17 @@ class Journal:
         there are read only until one occurred after ``moment + clock_skew``. What
         makes that the answer, with ``skew = config.clock_skew``:
 
-        1. an event is stored no earlier than ``skew`` before it occurred (the writer
-           stamps ``occurred_at`` just before it appends; ``skew`` covers the clocks of
-           writer and server disagreeing), so every event stored before
-           ``moment - skew`` occurred before ``moment``;
-        2. within a session, ``occurred_at`` never goes back by more than ``skew`` in
-           log order (one writer at a time, whose clock moves forward), so after an
-           event that occurred after ``moment + skew`` none occurred at or before
-           ``moment``.
+        1. an event is stored no earlier than ``skew`` before it occurred and no later
+           than ``skew`` after (the writer stamps ``occurred_at`` just before it
+           appends; ``skew`` covers the clocks of writer and server disagreeing), so
+           every event stored before ``moment - skew`` occurred before ``moment`` and
+           every one stored after ``moment + skew`` occurred after it;
+        2. within a session, ``occurred_at`` does not go back in log order (one writer
+           at a time stamps its commands as it decides them, in order), so between
+           those two points the answer is found by bisection: about log2 of the
+           events stored in that window of direct gets, a few milliseconds, however
+           dense the session. (A writer's clock stepped back would shift the answer by
+           at most the events of that step.)
 
         If no event read qualifies, the answer is the session's last event stored
         before the first one read (a direct get of the last message of the subject
@@ -664,12 +667,15 @@ class Journal:
         moment = _utc(moment)
         skew = timedelta(seconds=self.config.clock_skew)
         late = _shift(moment, skew)
-        first, best = await self._last_occurred(
-            session_id, self._seek_request(session_id, _shift(moment, -skew)), moment, late
-        )
-        if best:
-            return best
-        if first:  # everything stored before `first` occurred before `moment` (1.)
+        first = await self._first_stored(session_id, _shift(moment, -skew))
+        if first:
+            # Stored after `late`: occurred after `moment` (1.). In between, bisect.
+            end = await self._first_stored(session_id, _shift(late, timedelta(microseconds=1)))
+            end = end or await self.last_sequence(session_id) + 1
+            best = await self._bisect(session_id, first, max(end, first + 1), moment)
+            if best:
+                return best
+            # everything stored before `first` occurred before `moment` (1.)
             return await self._event_before(session_id, first)
         last = await self.last_sequence(session_id)
         if last == 0:
@@ -788,6 +794,53 @@ class Journal:
                 elif late is not None and envelope.occurred_at > late:
                     break
         return first, best
+
+    async def _first_stored(self, session_id: str, moment: datetime) -> int:
+        """The sequence of the session's first message stored at or after ``moment`` (0: none)."""
+        request = self._seek_request(session_id, moment)
+        request["batch"] = 1
+        messages, _ = await self._direct_batch(session_id, request)
+        return messages[0][0] if messages else 0
+
+    async def _bisect(self, session_id: str, low: int, high: int, moment: datetime) -> int:
+        """The sequence of the session's last event in ``[low, high)`` that occurred at or
+        before ``moment`` (0: none), by bisection over stream sequences: each probe is a
+        direct get of the session's first readable event at or after the middle."""
+        best = 0
+        while low < high:
+            middle = (low + high) // 2
+            probe = await self._readable_from(session_id, middle, high)
+            if probe is None:
+                high = middle
+                continue
+            sequence, envelope = probe
+            if envelope.occurred_at <= moment:
+                best, low = sequence, sequence + 1
+            else:
+                high = middle
+        return best
+
+    async def _readable_from(
+        self, session_id: str, sequence: int, end: int
+    ) -> tuple[int, Envelope] | None:
+        """The session's first readable event at or after ``sequence`` and before ``end``."""
+        request: dict[str, Any] = {
+            "seq": sequence,
+            "next_by_subj": self.subject(session_id),
+            "batch": 4,
+            "max_bytes": DEFAULT_PAGE_BYTES,
+        }
+        while True:
+            messages, pending = await self._direct_batch(session_id, request)
+            for found, data in messages:
+                if found >= end:
+                    return None
+                envelope = self._decoded(data, found)
+                if envelope is not None:
+                    return found, envelope
+            if not messages or not pending:
+                return None
+            request = {**request, "seq": messages[-1][0] + 1}
 
     async def _event_before(self, session_id: str, sequence: int) -> int:
         """The sequence of the session's last readable event before ``sequence`` (0: none)."""
