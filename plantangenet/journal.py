@@ -638,17 +638,16 @@ class Journal:
         there are read only until one occurred after ``moment + clock_skew``. What
         makes that the answer, with ``skew = config.clock_skew``:
 
-        1. an event is stored no earlier than ``skew`` before it occurred and no later
-           than ``skew`` after (the writer stamps ``occurred_at`` just before it
-           appends; ``skew`` covers the clocks of writer and server disagreeing), so
-           every event stored before ``moment - skew`` occurred before ``moment`` and
-           every one stored after ``moment + skew`` occurred after it;
+        1. an event is stored no earlier than ``skew`` before it occurred (the writer
+           stamps ``occurred_at`` just before it appends; ``skew`` covers the clocks of
+           writer and server disagreeing), so every event stored before
+           ``moment - skew`` occurred before ``moment``;
         2. within a session, ``occurred_at`` does not go back in log order (one writer
-           at a time stamps its commands as it decides them, in order), so between
-           those two points the answer is found by bisection: about log2 of the
-           events stored in that window of direct gets, a few milliseconds, however
-           dense the session. (A writer's clock stepped back would shift the answer by
-           at most the events of that step.)
+           at a time stamps its commands as it decides them, in order), so from there
+           on the answer is found by bisection over stream sequences: about log2 of
+           the rest of the log in direct gets, a few milliseconds, however dense the
+           session. (A writer's clock stepped back would shift the answer by at most
+           the events of that step.)
 
         If no event read qualifies, the answer is the session's last event stored
         before the first one read (a direct get of the last message of the subject
@@ -669,9 +668,9 @@ class Journal:
         late = _shift(moment, skew)
         first = await self._first_stored(session_id, _shift(moment, -skew))
         if first:
-            # Stored after `late`: occurred after `moment` (1.). In between, bisect.
-            end = await self._first_stored(session_id, _shift(late, timedelta(microseconds=1)))
-            end = end or await self.last_sequence(session_id) + 1
+            # From there on, bisect (2.): an append may be stored long after it occurred
+            # (a queue, a retry), so the stored time gives no upper bound.
+            end = await self.last_sequence(session_id) + 1
             best = await self._bisect(session_id, first, max(end, first + 1), moment)
             if best:
                 return best
@@ -694,22 +693,24 @@ class Journal:
         """The stream sequence of the session's first event (in log order) that occurred
         at or after ``moment`` (``None`` if none; naive times are UTC).
 
-        A seek: the events are read from the session's first message stored at or
-        after ``moment - clock_skew`` (those stored before it occurred before
-        ``moment``: assumption 1 of :meth:`sequence_at`) until one occurred at or
-        after ``moment``. If nothing is stored from there, the session's last event is
+        A seek: the session's last event before ``moment`` is bisected from its first
+        message stored at or after ``moment - clock_skew`` on (the assumptions of
+        :meth:`sequence_at`); the answer is the readable event after it. If nothing
+        is stored from there, the session's last event is
         checked: should it have occurred at or after ``moment`` (assumption 1 does not
         hold), the session is read from its start instead.
 
         :raises JournalError: the stream does not exist or does not answer direct gets.
         """
         moment = _utc(moment)
-        start = _shift(moment, -timedelta(seconds=self.config.clock_skew))
-        found, read = await self._first_occurred(
-            session_id, self._seek_request(session_id, start), moment
-        )
-        if found is not None or read:
-            return found
+        skew = timedelta(seconds=self.config.clock_skew)
+        first = await self._first_stored(session_id, _shift(moment, -skew))
+        if first:
+            # The last event before `moment`, bisected as in sequence_at; the answer follows.
+            end = max(await self.last_sequence(session_id) + 1, first + 1)
+            before = await self._bisect(session_id, first, end, _shift(moment, -_MICROSECOND))
+            after = await self._readable_from(session_id, max(before + 1, first), 1 << 62)
+            return None if after is None else after[0]
         last = await self.last_sequence(session_id)
         if last == 0:
             return None
@@ -1382,6 +1383,9 @@ class _Unavailable(JournalError):
     server restart). Other failures to create a reader (a timeout on a steady
     connection: typically a permission the user lacks) are reported at once.
     """
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _utc(moment: datetime) -> datetime:
