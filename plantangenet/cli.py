@@ -34,11 +34,13 @@ from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
 from plantangenet.history import (
+    Grounds,
     Position,
     StreamSequence,
     Why,
     describe_position,
     describe_state,
+    describe_statement,
     diff,
     fork_origin,
     parse_position,
@@ -593,7 +595,15 @@ def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
     position = parse_position(args.event)
     with _runtime(args) as pg:
         check_id(args.session_id, "session_id")
-        answer = pg.run(why(pg.journal, args.session_id, position, progress=_Progress(sys.stderr)))
+        answer = pg.run(
+            why(
+                pg.journal,
+                args.session_id,
+                position,
+                progress=_Progress(sys.stderr),
+                across=args.across,
+            )
+        )
     if args.json:
         _dump(answer.to_dict(), out)
     else:
@@ -624,6 +634,8 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
             f"{r} by {s or 'owner'}" for r, s in zip(auth.resources, auth.statements, strict=False)
         )
         out.write(f"{indent}  allowed: {auth.action} ({decided}), policy v{auth.policy_version}\n")
+    for grounds in answer.grounds:
+        _print_grounds(grounds, out, indent + "    ")
     commands = answer.commands
     out.write(
         f"{indent}correlation {answer.correlation_id}: {len(commands)} command(s), "
@@ -635,11 +647,68 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
             f"{indent}  {mark}{envelope.sequence:>6}  {envelope.type_name:<22}  "
             f"command {envelope.causation_id}\n"
         )
+    if answer.searched_elsewhere:
+        out.write(
+            f"{indent}elsewhere: {len(answer.elsewhere)} event(s) of the same correlation "
+            f"in {len(answer.sessions)} other session(s)\n"
+        )
+        for envelope in answer.elsewhere:
+            copied = fork_origin(envelope)
+            note = (
+                f" (fork copy of {copied[0]} sequence {copied[1]})"
+                if copied
+                else f" command {envelope.causation_id}"
+            )
+            out.write(
+                f"{indent}    {envelope.session_id} rev {envelope.revision} "
+                f"seq {envelope.sequence}  {envelope.type_name}{note}\n"
+            )
     if answer.origin is not None:
         session, sequence = answer.origin
         out.write(f"{indent}copied by a fork from session {session}, sequence {sequence}\n")
         if answer.origin_why is not None:
             _print_why(answer.origin_why, out, indent + "    ")
+
+
+def _who(envelope: Envelope) -> str:
+    who = f"agent {envelope.agent_id}" if envelope.agent_id else "the session owner"
+    return f"{who} ({envelope.principal})" if envelope.principal else who
+
+
+def _ref(envelope: Envelope) -> str:
+    return (
+        f"revision {envelope.revision}, sequence {envelope.sequence}, by {_who(envelope)}, "
+        f"at {envelope.occurred_at.isoformat()}"
+    )
+
+
+def _print_grounds(grounds: Grounds, out: TextIO, indent: str) -> None:
+    verb = "allowed" if grounds.effect == "allow" else "denied"
+    if grounds.statement_id is None:
+        if grounds.effect == "allow":
+            reason = "no statement needed (owner)"
+        else:
+            held = ",".join(grounds.roles) or "none"
+            reason = f"default deny: no statement allowed it (roles held: {held})"
+        out.write(f"{indent}{grounds.resource}: {verb}, {reason}\n")
+    else:
+        statement = grounds.statement
+        shown = "" if statement is None else f" ({describe_statement(statement)})"
+        out.write(
+            f"{indent}{grounds.resource}: {verb} by statement {grounds.statement_id}{shown}\n"
+        )
+        change = grounds.policy_change
+        if change is not None:
+            out.write(f"{indent}  statement set by PolicyChanged {_ref(change)}\n")
+        else:
+            out.write(f"{indent}  no PolicyChanged setting it found before the event\n")
+        if statement is not None and statement.for_every_role:
+            out.write(f"{indent}  the statement is for every agent: no role needed\n")
+    for role, grant in zip(grounds.roles, grounds.grants, strict=True):
+        out.write(
+            f"{indent}  role {role} of agent {grounds.agent_id} granted by RoleGranted "
+            f"{_ref(grant)}\n"
+        )
 
 
 def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
@@ -845,6 +914,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("session_id")
     explain.add_argument("event", metavar="EVENT", help=position_help)
+    explain.add_argument(
+        "--across",
+        action="store_true",
+        help="also list the events of other sessions sharing the correlation id "
+        "(reads the whole stream)",
+    )
     explain.set_defaults(run=cmd_why)
     forking = sub.add_parser(
         "fork", parents=[common], help="a new session with another's history up to a position"
