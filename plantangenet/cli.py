@@ -42,6 +42,7 @@ from plantangenet.history import (
     describe_state,
     describe_statement,
     diff,
+    diff_sessions,
     fork_origin,
     parse_position,
     state_record,
@@ -578,15 +579,31 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     a, b = parse_position(args.a), parse_position(args.b)
+    other = args.against
     progress = _Progress(sys.stderr)
     with _runtime(args) as pg:
         check_id(args.session_id, "session_id")
-        before, after = pg.run(states_at(pg.journal, args.session_id, [a, b], progress=progress))
-    change = diff(before, after)
+        if other is None or other == args.session_id:
+            other = args.session_id
+            before, after = pg.run(
+                states_at(pg.journal, args.session_id, [a, b], progress=progress)
+            )
+            change = diff(before, after)
+        else:
+            check_id(other, "against")
+            before = pg.run(states_at(pg.journal, args.session_id, [a], progress=progress))[0]
+            after = pg.run(states_at(pg.journal, other, [b], progress=progress))[0]
+            change = diff_sessions(before, after)
     if args.json:
         _dump(change.to_dict(), out)
-    else:
+    elif other == args.session_id:
         out.write(f"session {args.session_id}: {describe_position(a)} -> {describe_position(b)}\n")
+        out.write("".join(f"  {line}\n" for line in change.describe()))
+    else:
+        out.write(
+            f"session {args.session_id} at {describe_position(a)} -> "
+            f"session {other} at {describe_position(b)}\n"
+        )
         out.write("".join(f"  {line}\n" for line in change.describe()))
     return 0
 
@@ -908,6 +925,12 @@ def build_parser() -> argparse.ArgumentParser:
     differ.add_argument("session_id")
     differ.add_argument("a", metavar="A", help=position_help)
     differ.add_argument("b", metavar="B", help=position_help)
+    differ.add_argument(
+        "--against",
+        metavar="OTHER_SESSION",
+        help="B is a position of OTHER_SESSION (e.g. a fork against its origin); "
+        "the session ids and agents' attach sequences do not count as differences",
+    )
     differ.set_defaults(run=cmd_diff)
     explain = sub.add_parser(
         "why", parents=[common], help="the command and request chain behind an event"

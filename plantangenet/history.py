@@ -559,6 +559,25 @@ def diff(a: SessionState, b: SessionState) -> StateDiff:
     )
 
 
+def diff_sessions(a: SessionState, b: SessionState) -> StateDiff:
+    """What differs from ``a`` to ``b``, states of two sessions (a fork against its origin).
+
+    What names the session rather than its content does not count: the session
+    id, and the agents' ``attached_at`` (a stream sequence of each session's own
+    ``AgentAttached``; shown as 0). ``sequence`` and ``event_count`` still give
+    both sides. A fork at revision N against its origin at N is :attr:`~StateDiff.empty`.
+    """
+    return diff(_unplaced(a), _unplaced(b))
+
+
+def _unplaced(state: SessionState) -> SessionState:
+    agents = {
+        agent_id: dataclasses.replace(agent, attached_at=0)
+        for agent_id, agent in state.agents.items()
+    }
+    return dataclasses.replace(state, session_id="", agents=MappingProxyType(agents))
+
+
 def _ordered(statements: Sequence[Statement], change: SectionDiff) -> tuple[str, ...]:
     """The statement ids after applying ``change`` without an explicit order."""
     kept = [s.id for s in statements if s.id not in change.removed]
