@@ -677,7 +677,7 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
                 else f" command {envelope.causation_id}"
             )
             out.write(
-                f"{indent}    {envelope.session_id} rev {envelope.revision} "
+                f"{indent}    {envelope.session_id} rev {envelope.revision or '-'} "
                 f"seq {envelope.sequence}  {envelope.type_name}{note}\n"
             )
     if answer.origin is not None:

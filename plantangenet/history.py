@@ -41,7 +41,13 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from plantangenet.errors import DecodeError, UnknownPosition, UnknownSession
+from plantangenet.errors import (
+    DecodeError,
+    UnknownEventType,
+    UnknownEventVersion,
+    UnknownPosition,
+    UnknownSession,
+)
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import (
     AccessDenied,
@@ -854,9 +860,7 @@ async def why(
             pass
     elsewhere: tuple[Envelope, ...] = ()
     if across:
-        elsewhere = await correlated(
-            journal, target.correlation_id, exclude=(session_id,), progress=progress
-        )
+        elsewhere = await correlated(journal, target.correlation_id, exclude=(session_id,))
     origin = fork_origin(target)
     origin_why: Why | None = None
     if origin is not None and follow_forks:
@@ -883,14 +887,15 @@ async def correlated(
     correlation_id: str,
     *,
     exclude: Sequence[str] = (),
-    progress: Progress | None = None,
 ) -> tuple[Envelope, ...]:
     """Every event of the stream's sessions (but ``exclude``) with ``correlation_id``.
 
     Session by session (:meth:`Journal.sessions`), in log order. Each session is
     read raw; only a message whose bytes contain the correlation id is decoded
     (the codec stores it as text), so the cost is one read of the stream, not
-    one decode of every event. Messages that cannot be decoded are skipped.
+    one decode of every event. Messages that cannot be decoded are skipped (an
+    event type or version this code does not know raises, as :meth:`Journal.read` does);
+    an event stored before revisions were recorded has ``revision`` ``None``.
     """
     needle = correlation_id.encode()
     skip = set(exclude)
@@ -903,13 +908,12 @@ async def correlated(
                 continue
             try:
                 envelope = journal.codec.decode(payload, sequence=sequence)
+            except (UnknownEventType, UnknownEventVersion):
+                raise  # an event of newer code: not damage to skip (as Journal.read)
             except DecodeError:
-                continue
+                continue  # damage: ``verify`` reports it
             if envelope.correlation_id == correlation_id:
                 found.append(envelope)
-    if progress is not None and found:
-        last = found[-1].sequence or 0
-        progress(last, last)
     return tuple(found)
 
 
