@@ -28,6 +28,7 @@ from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
 from plantangenet.commands import QuarantineMessage
 from plantangenet.compositors import load_compositor
+from plantangenet.correlations import CorrelationIndex
 from plantangenet.decide import check_id
 from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
 from plantangenet.events.base import EVENTS
@@ -612,13 +613,15 @@ def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
     position = parse_position(args.event)
     with _runtime(args) as pg:
         check_id(args.session_id, "session_id")
+        index = CorrelationIndex(pg.journal) if args.across and not args.no_index else None
         answer = pg.run(
             why(
                 pg.journal,
                 args.session_id,
                 position,
                 progress=_Progress(sys.stderr),
-                across=args.across,
+                across=args.across or args.no_index,
+                index=index,
             )
         )
     if args.json:
@@ -940,8 +943,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--across",
         action="store_true",
-        help="also list the events of other sessions sharing the correlation id "
-        "(reads the whole stream)",
+        help="also list the events of other sessions sharing the correlation id, from the "
+        "correlation index (a key-value bucket next to the stream, caught up first)",
+    )
+    explain.add_argument(
+        "--no-index",
+        action="store_true",
+        help="like --across, but read every other session instead of the index (writes nothing)",
     )
     explain.set_defaults(run=cmd_why)
     forking = sub.add_parser(

@@ -39,7 +39,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plantangenet.errors import (
     DecodeError,
@@ -68,6 +68,9 @@ from plantangenet.projections.session import (
 )
 from plantangenet.replay import Progress
 from plantangenet.views import envelope_record, plain
+
+if TYPE_CHECKING:
+    from plantangenet.correlations import CorrelationIndex
 
 #: A point of a session's history: a stream sequence, an event id, or a time.
 
@@ -754,7 +757,7 @@ class Why:
     when the command carries no authorization. ``allowed`` is ``False`` for a
     refusal, ``True`` for an authorized command, ``None`` otherwise.
     ``elsewhere`` are the events of *other* sessions sharing the correlation
-    id, in session then log order; ``searched_elsewhere`` says whether they
+    id, in stream order; ``searched_elsewhere`` says whether they
     were looked for (``why(..., across=True)``). For an event a fork copied,
     ``origin`` is ``(session, sequence)`` of the original and ``origin_why``
     the answer there (when that session can be read).
@@ -819,15 +822,17 @@ async def why(
     progress: Progress | None = None,
     follow_forks: bool = True,
     across: bool = False,
+    index: CorrelationIndex | None = None,
 ) -> Why:
     """The command that produced the event at ``event``, its events, its grounds and its request.
 
     Two passes over the session: one to find the event, one to collect its
     command's events and its correlation chain, folding on the way, up to the
     command's first event, where each policy statement and role came from.
-    With ``across``, every *other* session of the stream is read too (raw, and
-    only the messages that contain the correlation id are decoded) for the
-    events sharing the correlation id: that costs a read of the whole stream.
+    With ``across``, the events of *other* sessions sharing the correlation id
+    are looked for too: in ``index`` (a :class:`~plantangenet.correlations.CorrelationIndex`,
+    caught up first: a read of what was stored since its checkpoint), or without
+    one by :func:`correlated`, a read of every other session.
     """
     target = await event_at(journal, session_id, event, progress=progress)
     command: list[Envelope] = []
@@ -860,7 +865,10 @@ async def why(
             pass
     elsewhere: tuple[Envelope, ...] = ()
     if across:
-        elsewhere = await correlated(journal, target.correlation_id, exclude=(session_id,))
+        if index is not None:
+            elsewhere = await index.events(target.correlation_id, exclude=(session_id,))
+        else:
+            elsewhere = await correlated(journal, target.correlation_id, exclude=(session_id,))
     origin = fork_origin(target)
     origin_why: Why | None = None
     if origin is not None and follow_forks:
@@ -890,7 +898,7 @@ async def correlated(
 ) -> tuple[Envelope, ...]:
     """Every event of the stream's sessions (but ``exclude``) with ``correlation_id``.
 
-    Session by session (:meth:`Journal.sessions`), in log order. Each session is
+    In stream order, read session by session (:meth:`Journal.sessions`). Each session is
     read raw; only a message whose bytes contain the correlation id is decoded
     (the codec stores it as text), so the cost is one read of the stream, not
     one decode of every event. Messages that cannot be decoded are skipped (an
@@ -914,7 +922,7 @@ async def correlated(
                 continue  # damage: ``verify`` reports it
             if envelope.correlation_id == correlation_id:
                 found.append(envelope)
-    return tuple(found)
+    return tuple(sorted(found, key=lambda e: e.sequence or 0))
 
 
 # -- plain views ------------------------------------------------------------------------

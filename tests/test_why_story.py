@@ -19,6 +19,7 @@ from plantangenet import (
     StreamSequence,
 )
 from plantangenet.cli import main
+from plantangenet.correlations import CorrelationIndex
 from plantangenet.fork import fork
 from plantangenet.history import diff_sessions, state_at, why
 
@@ -239,6 +240,7 @@ def test_cli_why_story_and_diff_against(
     assert status == 0
     assert "elsewhere: 1 event(s) of the same correlation in 1 other session(s)" in text
     assert "m rev 2 " in text
+    assert run("why", "k", str(asked), "--no-index") == (0, text)  # the same, read without it
     status, text = run("why", "k", str(at["allowed"]), "--json")
     answer = json.loads(text)
     assert answer["grounds"][0]["grants"][0]["revision"] == at["grant"]
@@ -254,3 +256,41 @@ def test_cli_why_story_and_diff_against(
     status, text = run("diff", "k", "5", "5", "--against", "k2", "--json")
     assert json.loads(text)["session_id"] is None
     assert run("diff", "k", "5", "99", "--against", "k2")[0] == 2
+
+
+def test_the_correlation_index_catches_up_from_its_checkpoint(runtime: Plantangenet) -> None:
+    journal = runtime.journal
+    for session_id in ("a", "b"):
+        runtime.session(session_id).start()
+    a, b = runtime.session("a"), runtime.session("b")
+    one = a.execute(ChangeMetadata(changed={"step": 1}, correlation_id="req-1"))
+    two = b.execute(ChangeMetadata(changed={"step": 2}, correlation_id="req-1"))
+    b.execute(ChangeMetadata(changed={"step": 3}, correlation_id="req-2"))
+    index = CorrelationIndex(journal, chunk=2)  # several chunks: keys, then the checkpoint
+    assert runtime.run(index.checkpoint()) == 0
+    where = runtime.run(index.lookup("req-1"))
+    assert where == [(e.session_id, e.sequence) for e in (*one.events, *two.events)]
+    end = runtime.run(journal.last_sequence("*"))
+    assert runtime.run(index.checkpoint()) == end
+    assert runtime.run(index.lookup("nobody")) == []
+
+    three = a.execute(ChangeMetadata(changed={"step": 4}, correlation_id="req-1"))
+    other = CorrelationIndex(journal)  # another process: the same bucket
+    assert runtime.run(other.lookup("req-1", catch_up=False)) == where  # as of the checkpoint
+    assert runtime.run(other.catch_up()) == three.events[-1].sequence
+    found = runtime.run(index.events("req-1", exclude=("a",), catch_up=False))
+    assert found == two.events
+
+    # A catch-up that stopped between a chunk's keys and its checkpoint only redoes work.
+    kv = runtime.run(index._bucket())
+    runtime.run(kv.delete("checkpoint"))
+    assert runtime.run(index.checkpoint()) == 0
+    runtime.run(index.catch_up())
+    again = runtime.run(index.lookup("req-1", catch_up=False))
+    assert again == [(e.session_id, e.sequence) for e in (*one.events, *two.events, *three.events)]
+
+    # why --across from the index agrees with reading every other session.
+    revision = one.events[0].revision or 0
+    scanned = runtime.run(why(journal, "a", revision, across=True))
+    indexed = runtime.run(why(journal, "a", revision, across=True, index=index))
+    assert indexed.elsewhere == scanned.elsewhere == two.events
