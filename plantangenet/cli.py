@@ -28,18 +28,22 @@ from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.actors.agent import Agent, AgentContext
 from plantangenet.commands import QuarantineMessage
 from plantangenet.compositors import load_compositor
+from plantangenet.correlations import CorrelationIndex
 from plantangenet.decide import check_id
 from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
 from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
 from plantangenet.history import (
+    Grounds,
     Position,
     StreamSequence,
     Why,
     describe_position,
     describe_state,
+    describe_statement,
     diff,
+    diff_sessions,
     fork_origin,
     parse_position,
     state_record,
@@ -576,15 +580,31 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     a, b = parse_position(args.a), parse_position(args.b)
+    other = args.against
     progress = _Progress(sys.stderr)
     with _runtime(args) as pg:
         check_id(args.session_id, "session_id")
-        before, after = pg.run(states_at(pg.journal, args.session_id, [a, b], progress=progress))
-    change = diff(before, after)
+        if other is None or other == args.session_id:
+            other = args.session_id
+            before, after = pg.run(
+                states_at(pg.journal, args.session_id, [a, b], progress=progress)
+            )
+            change = diff(before, after)
+        else:
+            check_id(other, "against")
+            before = pg.run(states_at(pg.journal, args.session_id, [a], progress=progress))[0]
+            after = pg.run(states_at(pg.journal, other, [b], progress=progress))[0]
+            change = diff_sessions(before, after)
     if args.json:
         _dump(change.to_dict(), out)
-    else:
+    elif other == args.session_id:
         out.write(f"session {args.session_id}: {describe_position(a)} -> {describe_position(b)}\n")
+        out.write("".join(f"  {line}\n" for line in change.describe()))
+    else:
+        out.write(
+            f"session {args.session_id} at {describe_position(a)} -> "
+            f"session {other} at {describe_position(b)}\n"
+        )
         out.write("".join(f"  {line}\n" for line in change.describe()))
     return 0
 
@@ -593,7 +613,17 @@ def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
     position = parse_position(args.event)
     with _runtime(args) as pg:
         check_id(args.session_id, "session_id")
-        answer = pg.run(why(pg.journal, args.session_id, position, progress=_Progress(sys.stderr)))
+        index = CorrelationIndex(pg.journal) if args.across and not args.no_index else None
+        answer = pg.run(
+            why(
+                pg.journal,
+                args.session_id,
+                position,
+                progress=_Progress(sys.stderr),
+                across=args.across or args.no_index,
+                index=index,
+            )
+        )
     if args.json:
         _dump(answer.to_dict(), out)
     else:
@@ -624,6 +654,8 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
             f"{r} by {s or 'owner'}" for r, s in zip(auth.resources, auth.statements, strict=False)
         )
         out.write(f"{indent}  allowed: {auth.action} ({decided}), policy v{auth.policy_version}\n")
+    for grounds in answer.grounds:
+        _print_grounds(grounds, out, indent + "    ")
     commands = answer.commands
     out.write(
         f"{indent}correlation {answer.correlation_id}: {len(commands)} command(s), "
@@ -635,11 +667,68 @@ def _print_why(answer: Why, out: TextIO, indent: str) -> None:
             f"{indent}  {mark}{envelope.sequence:>6}  {envelope.type_name:<22}  "
             f"command {envelope.causation_id}\n"
         )
+    if answer.searched_elsewhere:
+        out.write(
+            f"{indent}elsewhere: {len(answer.elsewhere)} event(s) of the same correlation "
+            f"in {len(answer.sessions)} other session(s)\n"
+        )
+        for envelope in answer.elsewhere:
+            copied = fork_origin(envelope)
+            note = (
+                f" (fork copy of {copied[0]} sequence {copied[1]})"
+                if copied
+                else f" command {envelope.causation_id}"
+            )
+            out.write(
+                f"{indent}    {envelope.session_id} rev {envelope.revision or '-'} "
+                f"seq {envelope.sequence}  {envelope.type_name}{note}\n"
+            )
     if answer.origin is not None:
         session, sequence = answer.origin
         out.write(f"{indent}copied by a fork from session {session}, sequence {sequence}\n")
         if answer.origin_why is not None:
             _print_why(answer.origin_why, out, indent + "    ")
+
+
+def _who(envelope: Envelope) -> str:
+    who = f"agent {envelope.agent_id}" if envelope.agent_id else "the session owner"
+    return f"{who} ({envelope.principal})" if envelope.principal else who
+
+
+def _ref(envelope: Envelope) -> str:
+    return (
+        f"revision {envelope.revision}, sequence {envelope.sequence}, by {_who(envelope)}, "
+        f"at {envelope.occurred_at.isoformat()}"
+    )
+
+
+def _print_grounds(grounds: Grounds, out: TextIO, indent: str) -> None:
+    verb = "allowed" if grounds.effect == "allow" else "denied"
+    if grounds.statement_id is None:
+        if grounds.effect == "allow":
+            reason = "no statement needed (owner)"
+        else:
+            held = ",".join(grounds.roles) or "none"
+            reason = f"default deny: no statement allowed it (roles held: {held})"
+        out.write(f"{indent}{grounds.resource}: {verb}, {reason}\n")
+    else:
+        statement = grounds.statement
+        shown = "" if statement is None else f" ({describe_statement(statement)})"
+        out.write(
+            f"{indent}{grounds.resource}: {verb} by statement {grounds.statement_id}{shown}\n"
+        )
+        change = grounds.policy_change
+        if change is not None:
+            out.write(f"{indent}  statement set by PolicyChanged {_ref(change)}\n")
+        else:
+            out.write(f"{indent}  no PolicyChanged setting it found before the event\n")
+        if statement is not None and statement.for_every_role:
+            out.write(f"{indent}  the statement is for every agent: no role needed\n")
+    for role, grant in zip(grounds.roles, grounds.grants, strict=True):
+        out.write(
+            f"{indent}  role {role} of agent {grounds.agent_id} granted by RoleGranted "
+            f"{_ref(grant)}\n"
+        )
 
 
 def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
@@ -839,12 +928,29 @@ def build_parser() -> argparse.ArgumentParser:
     differ.add_argument("session_id")
     differ.add_argument("a", metavar="A", help=position_help)
     differ.add_argument("b", metavar="B", help=position_help)
+    differ.add_argument(
+        "--against",
+        metavar="OTHER_SESSION",
+        help="B is a position of OTHER_SESSION (e.g. a fork against its origin); "
+        "the session ids and agents' attach sequences do not count as differences",
+    )
     differ.set_defaults(run=cmd_diff)
     explain = sub.add_parser(
         "why", parents=[common], help="the command and request chain behind an event"
     )
     explain.add_argument("session_id")
     explain.add_argument("event", metavar="EVENT", help=position_help)
+    explain.add_argument(
+        "--across",
+        action="store_true",
+        help="also list the events of other sessions sharing the correlation id, from the "
+        "correlation index (a key-value bucket next to the stream, caught up first)",
+    )
+    explain.add_argument(
+        "--no-index",
+        action="store_true",
+        help="like --across, but read every other session instead of the index (writes nothing)",
+    )
     explain.set_defaults(run=cmd_why)
     forking = sub.add_parser(
         "fork", parents=[common], help="a new session with another's history up to a position"

@@ -488,6 +488,12 @@ def test_the_time_travel_guide_runs(
     assert "session harbour-what-if: history intact (16 events verified)" in out
     assert "copied by a fork from session harbour, sequence 16" in out
     assert "sequence 0 -> 0 (20 -> 18 events)" in out
+    assert "metadata.status: allowed by statement operators-annotate" in out
+    assert "statement set by PolicyChanged revision 3, sequence 3," in out
+    assert "role operator of agent viewer granted by RoleGranted revision 17," in out
+    assert "default deny: no statement allowed it (roles held: viewer)" in out
+    assert "session harbour at revision 16 -> session harbour-what-if at revision 16" in out
+    assert "harbour-what-if rev 16 seq 36  AccessDenied (fork copy of harbour sequence 16)" in out
 
 
 def test_state_at_reports_progress_and_serves_threads(runtime: Plantangenet) -> None:
