@@ -248,7 +248,15 @@ async def resolve(
 async def event_at(
     journal: Journal, session_id: str, position: Position, *, progress: Progress | None = None
 ) -> Envelope:
-    """The session's event that ``position`` resolves to."""
+    """The session's event that ``position`` resolves to.
+
+    A revision is looked up (a bisection by direct gets), not read up to, when the
+    log records revisions; the other positions walk the log.
+    """
+    if type(position) is int:
+        found = await journal.event_of_revision(session_id, position)
+        if found is not None:
+            return found
     target = (await _walk(journal, session_id, [position], progress=progress))[0]
     assert target.envelope is not None  # _walk raises otherwise
     return target.envelope

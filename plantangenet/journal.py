@@ -796,6 +796,33 @@ class Journal:
                     break
         return first, best
 
+    async def event_of_revision(self, session_id: str, revision: int) -> Envelope | None:
+        """The session's event numbered ``revision``, found by bisection (direct gets).
+
+        Revisions grow with stream sequences and revision r is stored at a sequence
+        >= r, so about log2 of the log's length in probes find it, none of the
+        session read. ``None`` when there is no such event, or when the events probed
+        were stored before revisions were recorded (read the session to number them).
+        """
+        if revision < 1:
+            return None
+        low, high = revision, await self.last_sequence(session_id) + 1
+        while low < high:
+            probe = await self._readable_from(session_id, (low + high) // 2, high)
+            if probe is None:
+                high = (low + high) // 2
+                continue
+            sequence, envelope = probe
+            if envelope.revision is None:
+                return None
+            if envelope.revision == revision:
+                return envelope
+            if envelope.revision < revision:
+                low = sequence + 1
+            else:
+                high = (low + high) // 2
+        return None
+
     async def _first_stored(self, session_id: str, moment: datetime) -> int:
         """The sequence of the session's first message stored at or after ``moment`` (0: none)."""
         request = self._seek_request(session_id, moment)

@@ -113,3 +113,38 @@ def test_a_fork_keeps_the_revisions_of_its_origin(runtime: Plantangenet) -> None
     copy = runtime.history("origin-fork")
     assert [e.revision for e in copy] == [e.revision for e in origin[:9]]
     assert [e.sequence for e in copy] != [e.sequence for e in origin[:9]]
+
+
+def test_an_event_is_found_by_its_revision_without_reading_the_session(
+    runtime: Plantangenet,
+) -> None:
+    from plantangenet.history import event_at
+
+    session_with_cursor(runtime, "looked-up")
+    session_with_cursor(runtime, "between")
+    moves(runtime, "looked-up", 20)
+    moves(runtime, "between", 5)
+    moves(runtime, "looked-up", 20, start=20)
+    history = runtime.history("looked-up")
+    journal = runtime.journal
+    decoded: list[int] = []
+    decode = journal.codec.decode
+
+    def counted(payload: bytes, *, sequence: int | None = None) -> Envelope:
+        decoded.append(sequence or 0)
+        return decode(payload, sequence=sequence)
+
+    journal.codec.decode = counted  # type: ignore[method-assign]
+    try:
+        for envelope in (history[0], history[21], history[-1]):
+            decoded.clear()
+            assert runtime.run(event_at(journal, "looked-up", envelope.revision or 0)) == envelope
+            assert len(decoded) <= 2 * len(history).bit_length()  # probes, not a read
+        assert runtime.run(journal.event_of_revision("looked-up", len(history) + 1)) is None
+    finally:
+        journal.codec.decode = decode  # type: ignore[method-assign]
+    # An old log (no revisions stored) is read and numbered instead.
+    session_with_cursor(runtime, "old-template")
+    write_old_log(runtime, "old-template", "old")
+    assert runtime.run(journal.event_of_revision("old", 2)) is None
+    assert runtime.run(event_at(journal, "old", 2)).revision == 2
