@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import Envelope, utc_now
 from plantangenet.projections.agent import AgentState, evolve_agent
 
 if TYPE_CHECKING:
@@ -39,6 +41,19 @@ class AgentContext:
     session: SessionHandle
     #: ``"attached"`` for a new agent, ``"rehydrated"`` when brought back from the log.
     origin: str
+    #: What :meth:`now` reads: the wall clock live; the recorded time of the event being
+    #: handled when the agent is replayed against a session's log (see
+    #: :mod:`plantangenet.botreplay`).
+    clock: Callable[[], datetime] = utc_now
+
+    def now(self) -> datetime:
+        """The current time for the agent (timezone-aware UTC).
+
+        Read it instead of ``datetime.now()`` or ``time.time()``: live it is the wall
+        clock, in a replay it is when the event being handled occurred, so a replayed
+        agent decides as it did then.
+        """
+        return self.clock()
 
 
 class Agent:
