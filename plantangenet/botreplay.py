@@ -915,18 +915,30 @@ class EventFilter:
 OnBreak = Callable[[Envelope, SessionState, ReplayReport], BreakAction]
 
 
-def describe_break(envelope: Envelope, state: SessionState, report: ReplayReport) -> list[str]:
-    """Lines shown at a breakpoint: the event next, the session before it, the report so far."""
+def describe_break(
+    envelope: Envelope, state: SessionState, report: ReplayReport, since: int = 0
+) -> list[str]:
+    """Lines shown at a breakpoint: the event next, the session just before it, and the
+    agent's commands so far (those from entry ``since`` on, one by one)."""
     by = envelope.agent_id or "the owner"
     lines = [
         f"-- break before sequence {envelope.sequence}: {envelope.type_name} by {by} "
         f"at {envelope.occurred_at.isoformat()}",
         f"   {describe(envelope)}",
         *(f"   {line}" for line in describe_state(state)),
+    ]
+    for entry in report.entries[since:]:
+        record = entry.now if entry.now is not None else entry.then
+        assert record is not None
+        lines.append(
+            f"   {report.agent_id} at {entry.sequence}: {entry.outcome} {record.describe()}"
+        )
+        lines.extend(f"     {change.describe()}" for change in entry.changes)
+    lines.append(
         f"   {report.agent_id} so far: {report.count('same')} same, "
         f"{report.count('different')} different, {report.count('new')} new, "
-        f"{report.count('missing')} missing",
-    ]
+        f"{report.count('missing')} missing"
+    )
     return lines
 
 
@@ -1008,6 +1020,7 @@ def replay_agent(
                     action = on_break(envelope, replay.state, report)
                     if action == "quit":
                         quit = report.quit = True
+                        report.last = replay.state.sequence
                         break
                     stepping = action == "step"
                 attached = attached or _starts(agent_id, envelope.event)

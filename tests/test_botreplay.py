@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -30,7 +34,8 @@ from plantangenet.botreplay import (
     record_of_command,
     record_of_events,
 )
-from tests.conftest import wait_until
+from plantangenet.cli import main
+from tests.conftest import log_options, wait_until
 from tests.replay_bots import (
     POLICY,
     ChattyWatcher,
@@ -389,3 +394,109 @@ def test_a_hook_that_raises_is_reported_and_counts_as_diverging(runtime: Plantan
     assert report.diverged and report.failures
     assert "on_event raised RuntimeError('boom')" in report.failures[0]
     assert [e.outcome for e in report.entries] == ["missing"] * 7
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def cli(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(args, out=out)
+    return status, out.getvalue()
+
+
+def test_cli_exits_0_when_the_bot_acts_as_recorded_and_1_when_it_diverges(
+    runtime: Plantangenet,
+) -> None:
+    record_sweep(runtime, "sweep")
+    runtime.stop_session("sweep")
+    before = runtime.run(runtime.journal.last_sequence("sweep"))
+    opts = log_options(runtime)
+    status, text = cli(
+        ["replay-agent", "sweep", "watcher", "--behaviour", "tests.replay_bots:Watcher", *opts]
+    )
+    assert status == 0, text
+    assert text.splitlines()[-1] == "SAME: 7 commands, as recorded"
+    assert text.count(" same ") == 7
+
+    first_move = sequences(runtime, "sweep", "CursorMoved", "tide-bot")[0]
+    changed = "tests.replay_bots:LongSightedWatcher"
+    status, text = cli(["replay-agent", "sweep", "watcher", "--behaviour", changed, *opts])
+    assert status == 1
+    assert f"DIVERGED: first at sequence {first_move} (different)" in text
+    assert "end: 80 -> 90" in text
+
+    status, text = cli(
+        ["replay-agent", "sweep", "watcher", "--behaviour", changed, "--json", *opts]
+    )
+    assert status == 1
+    report = json.loads(text)
+    assert report["diverged"] is True and report["first_divergence"] == first_move
+    assert report["counts"] == {"same": 2, "different": 5, "new": 0, "missing": 0}
+    entry = report["entries"][1]
+    assert entry["outcome"] == "different" and entry["sequence"] == first_move
+    assert entry["changes"] == [{"field": "end", "then": 80.0, "now": 90.0}]
+    assert entry["then"]["command"] == "MoveCursor" and entry["then"]["issued_by"] == "watcher"
+
+    # --from / --to take positions as history does; the run never wrote to the session.
+    moves = sequences(runtime, "sweep", "CursorMoved", "tide-bot")
+    status, text = cli(
+        [
+            *("replay-agent", "sweep", "watcher", "--behaviour", "tests.replay_bots:Watcher"),
+            *("--from", str(moves[1]), "--to", str(moves[3]), "--json", *opts),
+        ]
+    )
+    assert status == 0
+    assert [e["sequence"] for e in json.loads(text)["entries"]] == moves[1:4]
+    assert runtime.run(runtime.journal.last_sequence("sweep")) == before
+    assert runtime.sessions() == {"sweep": before}
+
+
+def test_cli_errors_exit_2(runtime: Plantangenet, capsys: pytest.CaptureFixture[str]) -> None:
+    record_sweep(runtime, "sweep")
+    opts = log_options(runtime)
+    watcher = "tests.replay_bots:Watcher"
+    assert cli(["replay-agent", "nope", "watcher", "--behaviour", watcher, *opts])[0] == 2
+    assert cli(["replay-agent", "sweep", "nobody", "--behaviour", watcher, *opts])[0] == 2
+    bad = "tests.replay_bots:Nothing"
+    assert cli(["replay-agent", "sweep", "watcher", "--behaviour", bad, *opts])[0] == 2
+    assert cli(["replay-agent", "sweep", "watcher", "--behaviour", "x", *opts])[0] == 2
+    err = capsys.readouterr().err
+    assert "no events for session 'nope'" in err
+    assert "agent 'nobody' is never attached" in err
+    assert "has no attribute 'Nothing'" in err and "module:attribute" in err
+
+
+def test_cli_breakpoints_show_the_state_and_continue_on_a_key(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record_sweep(runtime, "sweep")
+    moves = sequences(runtime, "sweep", "CursorMoved", "tide-bot")
+    opts = log_options(runtime)
+    args = ["replay-agent", "sweep", "watcher", "--behaviour", "tests.replay_bots:Watcher"]
+    breaks = ["--break-type", "CursorMov*", "--break-agent", "tide-bot"]
+    # Enter: on to the next breakpoint; s: stop before the next event; q: end there.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ns\nq\n"))
+    status, text = cli([*args, *breaks, *opts])
+    assert status == 0, text
+    stops = re.findall(r"-- break before sequence (\d+): (\w+)", text)
+    assert stops == [
+        (str(moves[0]), "CursorMoved"),
+        (str(moves[1]), "CursorMoved"),
+        (str(moves[1] + 1), "CursorMoved"),  # the watcher's answer, stepped onto
+    ]
+    # The session there: the state just before the event.
+    assert f"events, last sequence {moves[0] - 1}" in text
+    assert "ahead: watcher ocean.tide [0, 10]" in text
+    assert "watcher so far: 2 same" in text
+    # What the agent did since the last stop: its answer to the first move.
+    assert f"watcher at {moves[0]}: same MoveCursor" in text
+    assert (
+        "(quit at a breakpoint" in text and text.splitlines()[-1] == "SAME: 3 commands, as recorded"
+    )
+
+    # At the end of the input it goes on without stopping; --step stops at every event.
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    status, text = cli([*args, "--step", *opts])
+    assert status == 0 and text.count("-- break before") == 1
+    assert "end of input" in text and text.splitlines()[-1].startswith("SAME")
