@@ -17,8 +17,10 @@ from plantangenet import (
     AgentContext,
     AttachAgent,
     CommandRecord,
+    EmbeddedNats,
     Envelope,
     EventFilter,
+    JournalConfig,
     MoveCursor,
     Plantangenet,
     ReplayReport,
@@ -47,6 +49,7 @@ from tests.replay_bots import (
     Watcher,
     record_sweep,
 )
+from tests.test_docs import ROOT, python_blocks, run_python
 
 
 def sequences(pg: Plantangenet, session_id: str, type_name: str, agent: str) -> list[int]:
@@ -500,3 +503,19 @@ def test_cli_breakpoints_show_the_state_and_continue_on_a_key(
     status, text = cli([*args, "--step", *opts])
     assert status == 0 and text.count("-- break before") == 1
     assert "end of input" in text and text.splitlines()[-1].startswith("SAME")
+
+
+def test_readme_debugging_example_runs(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Debugging a bot") :]
+    code = python_blocks(section)[0]
+    out = run_python(code, nats_server, journal_config)
+    lines = out.splitlines()
+    assert "SAME: 4 commands, as recorded" in lines
+    assert lines[-1].startswith("DIVERGED: first at sequence ")
+    first = int(lines[-1].split()[4])
+    tides = [line for line in lines if "SessionMetadataChanged  different" in line]
+    assert len(tides) == 3 and int(tides[0].split()[0]) == first  # the first tide
+    assert "end: 13 -> 23" in out
