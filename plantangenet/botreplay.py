@@ -50,8 +50,10 @@ rule rests on what the log does guarantee:
    recorded command C if C was stored after E and either it is the same command,
    or C was stored before the agent was handed anything after E (the last event
    handed before C, not counting the events of the agent's own commands, is at or
-   before E): then C answered E, and they are **same** or **different** (with the
-   fields that differ). Otherwise the command is **new**.
+   before E; "handed" as live: delivered to ``on_event``, or any event while the
+   behaviour has ``on_change`` callbacks): then C answered E, and they are
+   **same** or **different** (with the fields that differ). Otherwise the command
+   is **new**.
 
 Rule 3 tolerates a live agent that lagged (its answer to E stored after later
 events): a same command still pairs. A *changed* answer to E that was stored late
@@ -706,7 +708,7 @@ class _Replay:
         now = record_of_command(command)
         trigger = self.current
         if not self.recording or trigger is None:  # teardown at the end of the range
-            return _answer(*self._decide(command, now))
+            return _answer(self._decide(command, now)[0])
         at = trigger.sequence or 0
         paired: _Recorded | None = None
         if self.head < len(self.recorded):
@@ -719,13 +721,13 @@ class _Replay:
         if paired is None:
             answer, now = self._decide(command, now)
             self._enter(ReplayEntry(at, trigger.type_name, "new", None, now))
-            return _answer(answer, now)
+            return _answer(answer)
         then = paired.record
         changes = compare(then, now)
         if changes:
             answer, now = self._decide(command, now)
             self._enter(ReplayEntry(at, trigger.type_name, "different", then, now, changes))
-            return _answer(answer, now)
+            return _answer(answer)
         self._enter(ReplayEntry(at, trigger.type_name, "same", then, now))
         if then.refused:
             refusal = refusal_of(then.events[-1])
@@ -772,10 +774,10 @@ class _Replay:
         self.current = envelope
         event = envelope.event
         handed = False
+        hooks = list(self.session._hooks.values())  # those registered before this event
         if isinstance(event, AgentAttached) and event.agent_id == self.agent_id:
             self._start(event)
-        hooks = list(self.session._hooks.items())
-        for _, hook in hooks:
+        for hook in hooks:
             handed = True
             try:
                 hook(envelope)
@@ -860,7 +862,7 @@ class _Replay:
             self.behaviour = self.context = self.agent = None
 
 
-def _answer(answer: CommandResult | CommandRejected, now: CommandRecord) -> CommandResult:
+def _answer(answer: CommandResult | CommandRejected) -> CommandResult:
     if isinstance(answer, CommandRejected):
         raise answer
     return answer

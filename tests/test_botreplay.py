@@ -37,6 +37,7 @@ from plantangenet.botreplay import (
     record_of_events,
 )
 from plantangenet.cli import main
+from plantangenet.fork import fork
 from tests.conftest import log_options, wait_until
 from tests.replay_bots import (
     POLICY,
@@ -519,3 +520,36 @@ def test_readme_debugging_example_runs(
     tides = [line for line in lines if "SessionMetadataChanged  different" in line]
     assert len(tides) == 3 and int(tides[0].split()[0]) == first  # the first tide
     assert "end: 13 -> 23" in out
+
+
+def test_a_fork_replays_like_its_origin(runtime: Plantangenet) -> None:
+    # A fork's copies have one causation id each: commands are told apart by the
+    # fingerprint their first event carries (a detach is still one command).
+    record_sweep(runtime, "sweep")
+    fork(runtime, "sweep", runtime.run(runtime.journal.last_sequence("sweep")), "sweep-copy")
+    origin = replay_agent(runtime, "sweep", "watcher", Watcher)
+    copy = replay_agent(runtime, "sweep-copy", "watcher", Watcher)
+    assert not copy.diverged and [e.outcome for e in copy.entries] == ["same"] * 7
+    assert [e.then.kind for e in copy.entries if e.then] == [
+        e.then.kind for e in origin.entries if e.then
+    ]
+    changed = replay_agent(runtime, "sweep-copy", "watcher", LongSightedWatcher)
+    assert [e.outcome for e in changed.entries] == ["same", *["different"] * 5, "same"]
+
+
+class Listener(Agent):
+    """Registers an on_change callback in setup; remembers what it sees."""
+
+    seen: ClassVar[list[int]] = []
+
+    def setup(self, context: AgentContext) -> None:
+        context.session.on_change(lambda envelope: Listener.seen.append(envelope.sequence or 0))
+
+
+def test_callbacks_get_every_event_after_the_one_being_handled(runtime: Plantangenet) -> None:
+    record_sweep(runtime, "sweep")
+    Listener.seen.clear()
+    replay_agent(runtime, "sweep", "watcher", Listener)
+    attached = sequences(runtime, "sweep", "AgentAttached", "watcher")[0]
+    everything = [e.sequence or 0 for e in runtime.history("sweep")]
+    assert Listener.seen == [s for s in everything if s > attached]
