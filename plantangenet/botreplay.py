@@ -671,6 +671,61 @@ async def _scan(
     return found
 
 
+class Pairer:
+    """Pairs commands sent now with the recorded ones (the rule in the module docs).
+
+    ``recorded`` are the agent's commands in the log, in order. Call
+    :meth:`close_before` when the walk reaches a sequence of the log (recorded
+    commands stored up to it that nothing answered become *missing*), and
+    :meth:`pair` for each command sent now, with the sequence and type of the
+    event it answers. Entries at sequences before ``report.first`` are not kept.
+    """
+
+    def __init__(self, recorded: list[_Recorded], report: ReplayReport) -> None:
+        self.recorded = recorded
+        self.head = 0  # the next unpaired recorded command
+        self.report = report
+
+    def pair(self, now: CommandRecord, at: int, event_type: str, *, any_event: bool) -> ReplayEntry:
+        """The entry of ``now``, sent while handling the event at ``at``.
+
+        ``any_event``: the agent was being handed every event (callbacks, a remote
+        bot following the log), not only those delivered to ``on_event``.
+        """
+        paired: _Recorded | None = None
+        if self.head < len(self.recorded):
+            candidate = self.recorded[self.head]
+            then = candidate.record
+            prev = candidate.prev_any if any_event else candidate.prev_delivered
+            if at < then.sequence and (not compare(then, now) or prev <= at):
+                paired = candidate
+                self.head += 1
+        if paired is None:
+            entry = ReplayEntry(at, event_type, "new", None, now)
+        else:
+            changes = compare(paired.record, now)
+            outcome: Outcome = "different" if changes else "same"
+            entry = ReplayEntry(at, event_type, outcome, paired.record, now, changes)
+        self._enter(entry)
+        return entry
+
+    def close_before(self, sequence: int, at: int, event_type: str) -> None:
+        """Recorded commands stored up to ``sequence`` that nothing answered: missing
+        (reported at ``at``, the last event handed before them; 0: their own)."""
+        recorded = self.recorded
+        while self.head < len(recorded) and recorded[self.head].record.sequence <= sequence:
+            then = recorded[self.head].record
+            self.head += 1
+            if at:
+                self._enter(ReplayEntry(at, event_type, "missing", then, None))
+            else:
+                self._enter(ReplayEntry(then.sequence, "-", "missing", then, None))
+
+    def _enter(self, entry: ReplayEntry) -> None:
+        if entry.sequence >= self.report.first:
+            self.report.entries.append(entry)
+
+
 class _Replay:
     """Hands the recorded events to the behaviour and pairs its commands (see the module)."""
 
@@ -685,8 +740,7 @@ class _Replay:
         self.session_id = session_id
         self.agent_id = agent_id
         self.factory = factory
-        self.recorded = recorded
-        self.head = 0  # the next unpaired recorded command
+        self.pairer = Pairer(recorded, report)
         self.report = report
         self.state = SessionState(session_id)
         self.session = RecordingSession(self)
@@ -710,30 +764,20 @@ class _Replay:
         if not self.recording or trigger is None:  # teardown at the end of the range
             return _answer(self._decide(command, now)[0])
         at = trigger.sequence or 0
-        paired: _Recorded | None = None
-        if self.head < len(self.recorded):
-            candidate = self.recorded[self.head]
-            then = candidate.record
-            prev = candidate.prev_any if self.session._hooks else candidate.prev_delivered
-            if at < then.sequence and (not compare(then, now) or prev <= at):
-                paired = candidate
-                self.head += 1
-        if paired is None:
-            answer, now = self._decide(command, now)
-            self._enter(ReplayEntry(at, trigger.type_name, "new", None, now))
-            return _answer(answer)
-        then = paired.record
-        changes = compare(then, now)
-        if changes:
-            answer, now = self._decide(command, now)
-            self._enter(ReplayEntry(at, trigger.type_name, "different", then, now, changes))
-            return _answer(answer)
-        self._enter(ReplayEntry(at, trigger.type_name, "same", then, now))
-        if then.refused:
-            refusal = refusal_of(then.events[-1])
-            if refusal is not None:
-                raise refusal
-        return CommandResult(command.command_id, self.session_id, then.events)
+        hooks = bool(self.session._hooks)
+        entry = self.pairer.pair(now, at, trigger.type_name, any_event=hooks)
+        if entry.outcome == "same":
+            assert entry.then is not None
+            then = entry.then
+            if then.refused:
+                refusal = refusal_of(then.events[-1])
+                if refusal is not None:
+                    raise refusal
+            return CommandResult(command.command_id, self.session_id, then.events)
+        answer, decided = self._decide(command, now)
+        if decided is not now and self.report.entries and self.report.entries[-1] is entry:
+            self.report.entries[-1] = dataclasses.replace(entry, now=decided)
+        return _answer(answer)
 
     def _decide(
         self, command: Command, now: CommandRecord
@@ -760,10 +804,6 @@ class _Replay:
             for event in events
         )
         return CommandResult(command.command_id, self.session_id, envelopes), now
-
-    def _enter(self, entry: ReplayEntry) -> None:
-        if entry.sequence >= self.report.first:
-            self.report.entries.append(entry)
 
     # -- events -------------------------------------------------------------------
 
@@ -835,22 +875,11 @@ class _Replay:
             self.report.failures.append(message)
 
     def _close_before(self, sequence: int) -> None:
-        """Recorded commands stored up to ``sequence`` that nothing answered: missing."""
-        while (
-            self.head < len(self.recorded) and self.recorded[self.head].record.sequence <= sequence
-        ):
-            then = self.recorded[self.head].record
-            self.head += 1
-            at = self.last_handed
-            entry = ReplayEntry(
-                at.sequence or 0 if at is not None else then.sequence,
-                at.type_name if at is not None else "-",
-                "missing",
-                then,
-                None,
-            )
-            if then.sequence >= self.report.first:
-                self.report.entries.append(entry)
+        at = self.last_handed
+        if at is None:
+            self.pairer.close_before(sequence, 0, "-")
+        else:
+            self.pairer.close_before(sequence, at.sequence or 0, at.type_name)
 
     def finish(self, quit: bool) -> None:
         """End of the range: close what is left (unless quit), tear a running agent down."""
