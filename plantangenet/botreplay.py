@@ -419,6 +419,8 @@ class ReplayReport:
     failures: list[str] = dataclasses.field(default_factory=list)
     #: Whether the replay was ended at a breakpoint before the end of the range.
     quit: bool = False
+    #: The fork the commands now landed in (``replay-serve``), if any.
+    fork_id: str | None = None
 
     @property
     def diverged(self) -> bool:
@@ -445,6 +447,7 @@ class ReplayReport:
             "counts": {o: self.count(o) for o in ("same", "different", "new", "missing")},
             "failures": list(self.failures),
             "quit": self.quit,
+            "fork_id": self.fork_id,
             "entries": [e.to_dict() for e in self.entries],
         }
 
@@ -452,8 +455,9 @@ class ReplayReport:
         """The report as lines of text."""
         then = sum(1 for e in self.entries if e.then is not None)
         now = sum(1 for e in self.entries if e.now is not None)
+        where = f" (now in fork {self.fork_id})" if self.fork_id else ""
         lines = [
-            f"replay of agent {self.agent_id} on session {self.session_id}, sequences "
+            f"replay of agent {self.agent_id} on session {self.session_id}{where}, sequences "
             f"{self.first}-{self.last}: {self.handed} events handed, "
             f"{then} commands then, {now} now"
         ]

@@ -415,7 +415,7 @@ def test_cli_exits_0_when_the_bot_acts_as_recorded_and_1_when_it_diverges(
     record_sweep(runtime, "sweep")
     runtime.stop_session("sweep")
     before = runtime.run(runtime.journal.last_sequence("sweep"))
-    opts = log_options(runtime)
+    opts = cli_options(runtime)
     status, text = cli(
         ["replay-agent", "sweep", "watcher", "--behaviour", "tests.replay_bots:Watcher", *opts]
     )
@@ -458,7 +458,7 @@ def test_cli_exits_0_when_the_bot_acts_as_recorded_and_1_when_it_diverges(
 
 def test_cli_errors_exit_2(runtime: Plantangenet, capsys: pytest.CaptureFixture[str]) -> None:
     record_sweep(runtime, "sweep")
-    opts = log_options(runtime)
+    opts = cli_options(runtime)
     watcher = "tests.replay_bots:Watcher"
     assert cli(["replay-agent", "nope", "watcher", "--behaviour", watcher, *opts])[0] == 2
     assert cli(["replay-agent", "sweep", "nobody", "--behaviour", watcher, *opts])[0] == 2
@@ -476,7 +476,7 @@ def test_cli_breakpoints_show_the_state_and_continue_on_a_key(
 ) -> None:
     record_sweep(runtime, "sweep")
     moves = sequences(runtime, "sweep", "CursorMoved", "tide-bot")
-    opts = log_options(runtime)
+    opts = cli_options(runtime)
     args = ["replay-agent", "sweep", "watcher", "--behaviour", "tests.replay_bots:Watcher"]
     breaks = ["--break-type", "CursorMov*", "--break-agent", "tide-bot"]
     # Enter: on to the next breakpoint; s: stop before the next event; q: end there.
@@ -553,3 +553,8 @@ def test_callbacks_get_every_event_after_the_one_being_handled(runtime: Plantang
     attached = sequences(runtime, "sweep", "AgentAttached", "watcher")[0]
     everything = [e.sequence or 0 for e in runtime.history("sweep")]
     assert Listener.seen == [s for s in everything if s > attached]
+
+
+def cli_options(runtime: Plantangenet) -> list[str]:
+    """The CLI options of ``runtime``'s log, its live prefix too (bots follow it)."""
+    return [*log_options(runtime), "--live-prefix", runtime.journal_config.live_prefix]
