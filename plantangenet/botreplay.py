@@ -627,13 +627,6 @@ def _command_key(envelope: Envelope, previous: Envelope | None) -> bool:
     return envelope.causation_id != previous.causation_id
 
 
-async def recorded_commands(
-    journal: Journal, session_id: str, agent_id: str, *, to_sequence: int | None = None
-) -> list[CommandRecord]:
-    """The commands the log holds of ``agent_id`` while it was attached, in log order."""
-    return [r.record for r in await _scan(journal, session_id, agent_id, to_sequence)]
-
-
 async def _scan(
     journal: Journal, session_id: str, agent_id: str, to_sequence: int | None
 ) -> list[_Recorded]:
@@ -1077,6 +1070,7 @@ __all__ = [
     "EventFilter",
     "FieldChange",
     "NotReplayable",
+    "Pairer",
     "RecordingSession",
     "ReplayEntry",
     "ReplayReport",
@@ -1084,6 +1078,5 @@ __all__ = [
     "describe_break",
     "record_of_command",
     "record_of_events",
-    "recorded_commands",
     "replay_agent",
 ]
