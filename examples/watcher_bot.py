@@ -18,7 +18,7 @@ from plantangenet.client import BotClient
 from plantangenet.errors import SessionNotStarted
 
 
-async def run(url: str, session_id: str, *, wait: float = 10.0) -> None:
+async def run(url: str, session_id: str, *, wait: float = 10.0, ahead: float = 10.0) -> None:
     async with await BotClient.connect(url, agent_id="watcher-bot") as bot:
         deadline = asyncio.get_running_loop().time() + wait
         while True:  # the tide bot opens the session, sets its policy and attaches
@@ -41,7 +41,7 @@ async def run(url: str, session_id: str, *, wait: float = 10.0) -> None:
             event = envelope.event
             about_tide_bot = getattr(event, "agent_id", "") == "tide-bot"
             if envelope.type_name == "CursorMoved" and about_tide_bot:
-                start, end = event.end, event.end + 10  # type: ignore[attr-defined]
+                start, end = event.end, event.end + ahead  # type: ignore[attr-defined]
                 reply = await bot.move_cursor(session_id, "ahead", ["ocean.tide"], start, end)
                 print(f"watcher-bot: looking ahead at [{start:g}, {end:g}] (seq {reply['seq']})")
             elif (

@@ -10,6 +10,15 @@ from plantangenet.access import BotAccess, LockedDownNats
 from plantangenet.actors import Agent, AgentContext, CommandResult, HookFailure, SessionActor
 from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.authorize import authorize, request_of
+from plantangenet.botreplay import (
+    CommandRecord,
+    EventFilter,
+    NotReplayable,
+    RecordingSession,
+    ReplayEntry,
+    ReplayReport,
+    replay_agent,
+)
 from plantangenet.chems import ChemAnswer, Chems
 from plantangenet.commands import (
     AcceptChem,
@@ -202,6 +211,7 @@ __all__ = [
     "Chems",
     "CodecError",
     "Command",
+    "CommandRecord",
     "CommandRejected",
     "CommandResult",
     "Compositor",
@@ -234,6 +244,7 @@ __all__ = [
     "Envelope",
     "Event",
     "EventCodec",
+    "EventFilter",
     "EventLoopThread",
     "EventRegistry",
     "GrantDust",
@@ -258,6 +269,7 @@ __all__ = [
     "MessageQuarantined",
     "MoveCursor",
     "Movement",
+    "NotReplayable",
     "OwnerAdded",
     "OwnerRemoved",
     "PayloadTooLarge",
@@ -275,6 +287,7 @@ __all__ = [
     "QueryCursor",
     "RecordedCompositor",
     "RecordedRefusal",
+    "RecordingSession",
     "RefusalLimit",
     "RefusalsSuppressed",
     "RefuseChem",
@@ -282,6 +295,8 @@ __all__ = [
     "RegisterCompositor",
     "RemoveCursor",
     "RemoveOwner",
+    "ReplayEntry",
+    "ReplayReport",
     "ReplyTooLarge",
     "RevokeChem",
     "RevokeRole",
@@ -330,6 +345,7 @@ __all__ = [
     "fold",
     "rebuild",
     "replay",
+    "replay_agent",
     "request_of",
     "reset",
     "verify",

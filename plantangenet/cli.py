@@ -1097,6 +1097,9 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("sequence", type=int, help="its stream sequence (verify names it)")
     quarantine.add_argument("--reason", default="", help="recorded with the quarantine")
     quarantine.set_defaults(run=cmd_quarantine)
+    from plantangenet import replay_cli
+
+    replay_cli.add_parsers(sub, common)
     return parser
 
 

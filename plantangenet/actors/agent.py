@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import Envelope, utc_now
 from plantangenet.projections.agent import AgentState, evolve_agent
 
 if TYPE_CHECKING:
@@ -39,6 +42,20 @@ class AgentContext:
     session: SessionHandle
     #: ``"attached"`` for a new agent, ``"rehydrated"`` when brought back from the log.
     origin: str
+    #: What :meth:`now` reads (the agent's actor sets it; a replay sets its own).
+    clock: Callable[[], datetime] = utc_now
+
+    def now(self) -> datetime:
+        """The agent's time (timezone-aware UTC): read it instead of the wall clock.
+
+        In ``on_event`` it is when the event being handled occurred (its
+        ``occurred_at``: the session's clock when it decided the command), live and
+        when the agent is replayed against the log (:mod:`plantangenet.botreplay`),
+        so a replayed agent decides and stamps as it did. Elsewhere (``setup``,
+        ``teardown``, ``on_change`` callbacks, other threads) it is the wall clock
+        live, and the time of the event being replayed in a replay.
+        """
+        return self.clock()
 
 
 class Agent:
@@ -72,6 +89,10 @@ class AgentActor(pykka.ThreadingActor):
 
     def __init__(self, context: AgentContext, behaviour: Agent, state: AgentState) -> None:
         super().__init__()
+        #: The event ``on_event`` is handling, on this actor's thread (for ``context.now()``).
+        self._handling = threading.local()
+        if context.clock is utc_now:
+            context = dataclasses.replace(context, clock=self._now)
         self.context = context
         self.behaviour = behaviour
         self.state = state
@@ -80,6 +101,10 @@ class AgentActor(pykka.ThreadingActor):
         #: Whether the behaviour has an ``on_event`` of its own (the base one does nothing).
         handler = getattr(behaviour, "on_event", None)
         self._listens = getattr(handler, "__func__", handler) is not Agent.on_event
+
+    def _now(self) -> datetime:
+        handled: datetime | None = getattr(self._handling, "at", None)
+        return handled if handled is not None else utc_now()
 
     def _call(self, hook: str, *args: Any) -> None:
         try:
@@ -100,7 +125,11 @@ class AgentActor(pykka.ThreadingActor):
             for envelope in message.envelopes:
                 self.state = evolve_agent(self.state, envelope)
                 if self._listens:
-                    self._call("on_event", envelope)
+                    self._handling.at = envelope.occurred_at
+                    try:
+                        self._call("on_event", envelope)
+                    finally:
+                        self._handling.at = None
         elif isinstance(message, _Stop):
             self._stop_reason = message.reason
             self.stop()
