@@ -292,11 +292,22 @@ class SessionHandle:
         return reply
 
     def agent_state(self, agent_id: str) -> AgentState:
-        """The state of a running agent actor (``KeyError`` if not attached)."""
-        agent = self._inspect(lambda actor: actor.agents[agent_id])
-        state = agent.ask("state", timeout=self.timeout)
-        assert isinstance(state, AgentState)
-        return state
+        """The state of an attached agent (``KeyError`` if not attached).
+
+        An agent with behaviour answers from its actor (woken if passivated); one
+        without has no actor, and its state is folded from the session's.
+        """
+        for _ in range(3):  # an actor passivated between the lookup and the ask: again
+            agent = self._inspect(lambda actor: actor.agent(agent_id))
+            if isinstance(agent, AgentState):
+                return agent
+            try:
+                state = agent.ask("state", timeout=self.timeout)
+            except pykka.ActorDeadError:
+                continue
+            assert isinstance(state, AgentState)
+            return state
+        raise ActorStopped(f"agent {agent_id} of session {self.session_id} kept stopping")
 
     def cursors_covering(self, axis: str, time: float) -> list[CursorView]:
         """The cursors watching ``axis`` (or a parent axis) at ``time``, by cursor id."""

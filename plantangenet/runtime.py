@@ -27,7 +27,12 @@ import nats.errors
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.refusals import RefusalLimit
-from plantangenet.actors.session import DEFAULT_MAX_BATCH, AgentFactory, SessionActor
+from plantangenet.actors.session import (
+    DEFAULT_AGENT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BATCH,
+    AgentFactory,
+    SessionActor,
+)
 from plantangenet.chems import Chems
 from plantangenet.compositors import Compositor
 from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id, damage
@@ -81,7 +86,13 @@ class Plantangenet:
     :param journal: stream name, subjects, replicas and timeouts (default:
         :meth:`JournalConfig.from_env`).
     :param agent_factory: behaviour for agents attached without one, and for
-        agents brought back by rehydration: ``factory(agent_id, kind)``.
+        agents brought back by rehydration: ``factory(agent_id, kind)``. An agent
+        whose behaviour does nothing (``None``, the base :class:`Agent`: the default)
+        gets no actor and no thread; its state is folded from the session's.
+    :param agent_idle_timeout: seconds an agent actor may go without an event for it
+        (or a query of its state) before it is passivated: stopped without teardown,
+        and started again, without setup, its state folded from the session's, when
+        it is needed (``None``: never).
     :param limits: per-session limits (agents, cursors per agent, metadata keys).
     :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``user_credentials``, ``tls``...).
@@ -108,7 +119,9 @@ class Plantangenet:
         limits: Limits = DEFAULT_LIMITS,
         compositors: Iterable[Compositor] = (),
         refusal_limit: RefusalLimit | None = None,
+        agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
     ) -> None:
+        self.agent_idle_timeout = agent_idle_timeout
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.journal_config = journal or JournalConfig.from_env()
@@ -275,6 +288,7 @@ class Plantangenet:
                 limits=self.limits,
                 compositors=self.compositors,
                 refusal_limit=self.refusal_limit,
+                agent_idle_timeout=self.agent_idle_timeout,
             )
             handle = SessionHandle(session_id, actor)
             holder.append(handle)

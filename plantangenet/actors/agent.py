@@ -6,6 +6,13 @@ agent is detached, the session ends, or the runtime shuts down. It calls the
 behaviour's :meth:`Agent.setup` once when it starts and :meth:`Agent.teardown`
 once when it stops. Its state is the fold of the session events about it.
 A behaviour that raises is reported, never allowed to kill the actor.
+
+An agent whose behaviour does nothing (the base :class:`Agent`: remote bots
+attached through the service) gets no actor at all: its state is folded from
+the session's on demand. An actor left idle is *passivated*: stopped without
+:meth:`Agent.teardown` (passivation is not detachment), and started again, its
+state folded from the session's, without :meth:`Agent.setup`, when an event
+for it arrives or its state is asked for.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from plantangenet.events.envelope import Envelope
 from plantangenet.projections.agent import AgentState, evolve_agent
+from plantangenet.projections.session import CursorView, SessionState
 
 if TYPE_CHECKING:
     from plantangenet.handle import SessionHandle
@@ -37,7 +46,8 @@ class AgentContext:
     #: The session the agent is attached to; commands sent through it should
     #: set ``issued_by=agent_id``.
     session: SessionHandle
-    #: ``"attached"`` for a new agent, ``"rehydrated"`` when brought back from the log.
+    #: ``"attached"`` for a new agent, ``"rehydrated"`` when brought back from the log
+    #: (``"woken"`` while an actor runs again after passivation: no setup then).
     origin: str
 
 
@@ -57,6 +67,33 @@ class Agent:
         """Called for every stored session event, after the agent's state was updated."""
 
 
+def _overrides(behaviour: Agent, hook: str) -> bool:
+    handler = getattr(behaviour, hook, None)
+    return getattr(handler, "__func__", handler) is not getattr(Agent, hook)
+
+
+def listens(behaviour: Agent) -> bool:
+    """Whether ``behaviour`` has an ``on_event`` of its own (the base one does nothing)."""
+    return _overrides(behaviour, "on_event")
+
+
+def acts(behaviour: Agent) -> bool:
+    """Whether ``behaviour`` does anything (overrides a hook): only then it needs an actor."""
+    return any(_overrides(behaviour, hook) for hook in ("setup", "teardown", "on_event"))
+
+
+def agent_state(session: SessionState, agent_id: str) -> AgentState:
+    """The agent's state folded from the session's (``KeyError`` if it is not attached).
+
+    What an actor's fold of the events about the agent holds, for an agent without an
+    actor (no behaviour, or passivated); ``sequence`` is the session's.
+    """
+    view = session.agents[agent_id]
+    cursors: Mapping[str, CursorView] = {c.cursor_id: c for c in session.cursors_of(agent_id)}
+    state = AgentState(agent_id, view.kind, view.name, attached=True, sequence=session.sequence)
+    return dataclasses.replace(state, cursors=cursors)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Stored:
     envelopes: list[Envelope]
@@ -65,21 +102,42 @@ class _Stored:
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Stop:
     reason: str
+    #: Passivation: stop without teardown (the agent stays attached).
+    passivate: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Drowsy:
+    """The agent actor's answer to a passivation request: it handled everything before it."""
+
+    agent_id: str
+    ref: pykka.ActorRef[Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Drowse:
+    """Asks the agent actor to tell ``session`` once it handled everything before this."""
+
+    session: pykka.ActorRef[Any]
 
 
 class AgentActor(pykka.ThreadingActor):
     """The actor of one attached agent."""
 
-    def __init__(self, context: AgentContext, behaviour: Agent, state: AgentState) -> None:
+    def __init__(
+        self, context: AgentContext, behaviour: Agent, state: AgentState, woken: bool = False
+    ) -> None:
         super().__init__()
         self.context = context
         self.behaviour = behaviour
         self.state = state
         self.failures: list[str] = []
         self._stop_reason = "shutdown"
-        #: Whether the behaviour has an ``on_event`` of its own (the base one does nothing).
-        handler = getattr(behaviour, "on_event", None)
-        self._listens = getattr(handler, "__func__", handler) is not Agent.on_event
+        #: Started again after passivation: setup ran already.
+        self._woken = woken
+        #: Stopped by passivation: no teardown.
+        self._passivated = False
+        self._listens = listens(behaviour)
 
     def _call(self, hook: str, *args: Any) -> None:
         try:
@@ -90,10 +148,12 @@ class AgentActor(pykka.ThreadingActor):
             self.failures.append(message)
 
     def on_start(self) -> None:
-        self._call("setup")
+        if not self._woken:
+            self._call("setup")
 
     def on_stop(self) -> None:
-        self._call("teardown", self._stop_reason)
+        if not self._passivated:
+            self._call("teardown", self._stop_reason)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Stored):
@@ -103,7 +163,11 @@ class AgentActor(pykka.ThreadingActor):
                     self._call("on_event", envelope)
         elif isinstance(message, _Stop):
             self._stop_reason = message.reason
+            self._passivated = message.passivate
             self.stop()
+        elif isinstance(message, _Drowse):
+            with contextlib.suppress(pykka.ActorDeadError):
+                message.session.tell(Drowsy(self.context.agent_id, self.actor_ref))
         elif message == "state":
             return self.state
         elif message == "failures":
@@ -121,3 +185,15 @@ def retire(agent: pykka.ActorRef[Any], reason: str) -> None:
     """Ask an agent actor to tear down and stop, after the messages it already has."""
     with contextlib.suppress(pykka.ActorDeadError):
         agent.tell(_Stop(reason))
+
+
+def passivate(agent: pykka.ActorRef[Any]) -> None:
+    """Ask an agent actor to stop without teardown, after the messages it already has."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        agent.tell(_Stop("passivated", passivate=True))
+
+
+def drowse(agent: pykka.ActorRef[Any], session: pykka.ActorRef[Any]) -> None:
+    """Ask an agent actor to answer ``session`` with :class:`Drowsy` once it is idle."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        agent.tell(_Drowse(session))
