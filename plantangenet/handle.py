@@ -74,10 +74,17 @@ class SessionHandle:
     to pipeline commands without waiting.
     """
 
-    def __init__(self, session_id: str, actor: pykka.ActorRef[SessionActor]) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        actor: pykka.ActorRef[SessionActor],
+        revive: Callable[[SessionHandle], pykka.ActorRef[SessionActor] | None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self._actor = actor
         self.timeout = DEFAULT_TIMEOUT
+        #: Starts the actor of a passivated session again (``None``: it was stopped).
+        self._revive = revive
 
     def __repr__(self) -> str:
         return f"SessionHandle({self.session_id!r})"
@@ -337,18 +344,29 @@ class SessionHandle:
         return reply
 
     def _tell(self, message: Any, reply: concurrent.futures.Future[Any]) -> None:
-        """Send ``message`` to the actor; if it is not running, fail ``reply`` at once."""
+        """Send ``message`` to the actor (started again if the session was passivated);
+        if it is not running, fail ``reply`` at once."""
         try:
             self._actor.tell(message)
+            return
         except pykka.ActorDeadError:
-            reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+            pass
+        actor = self._revive(self) if self._revive is not None else None
+        if actor is not None:
+            try:
+                actor.tell(message)
+                return
+            except pykka.ActorDeadError:
+                pass
+        reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
 
     def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
         return _wait(self.query(fn), self.timeout)
 
     @property
     def is_running(self) -> bool:
-        """Whether the session's actor is alive."""
+        """Whether the session's actor is alive (not while the session is passivated: the
+        next command or read through this handle starts it again)."""
         return bool(self._actor.is_alive())
 
 

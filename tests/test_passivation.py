@@ -8,6 +8,7 @@ a query of its state; it still sees every event about it, in order.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -209,3 +210,129 @@ def test_agent_actor_threads_stay_few_while_idle(sleepy: Plantangenet) -> None:
     wait_until(lambda: len(_sleeping(session)) == 50)
     wait_until(lambda: threading.active_count() <= before + 2)
     assert all(w.count("setup") == 1 and w.count("teardown") == 0 for w in witnesses)
+
+
+# -- sessions --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dozy(nats_server: EmbeddedNats, journal_config: JournalConfig) -> Iterator[Plantangenet]:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url,
+        journal=journal_config,
+        agent_idle_timeout=0.1,
+        session_idle_timeout=0.3,
+    )
+    yield pg
+    pg.close()
+
+
+def test_an_idle_session_is_passivated_and_revived_by_its_handle(dozy: Plantangenet) -> None:
+    session = dozy.session("s1")
+    session.start()
+    witness = Witness()
+    session.attach("w", behaviour=witness)
+    session.attach("bot", kind="bot")  # no behaviour
+    session.add_cursor("bot", "cb", ["x"], 0, 1)
+    before = session.state
+    wait_until(lambda: not session.is_running)  # agents asleep first, then the session
+    assert dozy.running_session("s1") is None
+    assert witness.count("teardown") == 0
+    # The same handle takes it up again: rehydrated, its agents not set up again.
+    session.add_cursor("w", "cw", ["x"], 0, 1)
+    assert session.is_running
+    assert dozy.session("s1") is session
+    wait_until(lambda: witness.count("CursorAdded") == 1)
+    state = session.state
+    assert state.sequence > before.sequence and set(state.agents) == {"w", "bot"}
+    assert dozy.replay("s1") == state
+    assert session.agent_state("bot").cursors["cb"].end == 1
+    assert session.agent_state("w").cursors["cw"].end == 1
+    # Again, revived this time by the runtime's session(); then detached: torn down once.
+    wait_until(lambda: not session.is_running)
+    assert dozy.session("s1") is session and session.is_running
+    session.detach("w", "leaving")
+    wait_until(lambda: witness.count("teardown") == 1)
+    assert witness.count("setup") == 1 and witness.calls[0] == "setup attached"
+    assert witness.calls[-1] == "teardown leaving"
+    events = witness.events()
+    assert [e.split()[0] for e in events] == [
+        "AgentAttached",
+        "CursorAdded",
+        "CursorRemoved",  # the detach removes its cursor
+        "AgentDetached",
+    ]
+
+
+def test_a_passivated_sessions_agents_are_torn_down_once_at_shutdown(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url,
+        journal=journal_config,
+        agent_idle_timeout=0.1,
+        session_idle_timeout=0.3,
+    )
+    session = pg.session("s1")
+    session.start()
+    witnesses = {name: Witness() for name in ("a", "b")}
+    for name, witness in witnesses.items():
+        session.attach(name, behaviour=witness)
+    wait_until(lambda: not session.is_running)
+    pg.stop_session("s1")  # passivated: started again to tear its agents down
+    wait_until(lambda: all(w.count("teardown") == 1 for w in witnesses.values()))
+    pg.close()
+    for witness in witnesses.values():
+        assert witness.calls[0] == "setup attached" and witness.calls[-1] == "teardown shutdown"
+        assert witness.count("setup") == 1 and witness.count("teardown") == 1
+
+
+def test_a_session_with_an_on_change_hook_or_a_running_agent_stays_up(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url,
+        journal=journal_config,
+        agent_idle_timeout=None,  # agent actors never sleep: their session neither
+        session_idle_timeout=0.1,
+    )
+    try:
+        hooked = pg.session("hooked")
+        hooked.start()
+        seen: list[str] = []
+        hooked.on_change(lambda envelope: seen.append(envelope.type_name))
+        busy = pg.session("busy")
+        busy.start()
+        busy.attach("w", behaviour=Witness())
+        plain = pg.session("plain")
+        plain.start()
+        wait_until(lambda: not plain.is_running)
+        time.sleep(0.3)
+        assert hooked.is_running and busy.is_running
+        hooked.change_metadata({"k": "v"})
+        assert seen == ["SessionMetadataChanged"]
+    finally:
+        pg.close()
+
+
+def test_commands_racing_a_session_passivation_are_all_answered(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url, journal=journal_config, session_idle_timeout=0.05
+    )
+    try:
+        session = pg.session("s1")
+        session.start()
+        session.attach("bot", kind="bot")
+        session.add_cursor("bot", "c", ["x"], 0, 1)
+        revivals = 0
+        for i in range(40):  # each command after an idle spell long enough to passivate
+            time.sleep(0.03 + (i % 5) * 0.01)
+            revivals += not session.is_running
+            session.move_cursor("bot", "c", ["x"], i, i + 1)
+        assert revivals > 0
+        assert session.state.cursors["c"].start == 39
+        assert pg.replay("s1") == session.state
+    finally:
+        pg.close()

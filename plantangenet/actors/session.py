@@ -229,6 +229,19 @@ class _SummariseRefusals:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PassivateIfIdle:
+    """Message: stop to be passivated if unused for ``timeout`` seconds with nothing to do.
+
+    Nothing to do: no command or read pending, no agent actor running (its agents
+    are all passivated or have none), no on-change hook, no refusals being counted.
+    The actor then stops at once (nothing behind it in its inbox is lost: see
+    :attr:`SessionActor.leftovers`) and calls its ``on_passivated``.
+    """
+
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Reap:
     """Message: passivate the agent actors idle for longer than the timeout."""
 
@@ -273,6 +286,9 @@ class SessionActor(pykka.ThreadingActor):
         query of its state) before it is passivated: stopped without teardown, started
         again without setup when it is needed (``None``: never).
     :param asleep: the agents of this session passivated with its previous actor.
+    :param on_passivated: called with the actor, on its thread, just before it stops to
+        be passivated (``passivating`` set, ``asleep`` not yet) and once it stopped
+        (``asleep`` set; see :class:`PassivateIfIdle`).
     """
 
     #: How many recent commands (with their events) each actor keeps to answer retries
@@ -294,6 +310,7 @@ class SessionActor(pykka.ThreadingActor):
         refusal_limit: RefusalLimit | None = None,
         agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
         asleep: Asleep | None = None,
+        on_passivated: Callable[[SessionActor], None] | None = None,
     ) -> None:
         super().__init__()
         self.session_id = session_id
@@ -347,6 +364,11 @@ class SessionActor(pykka.ThreadingActor):
         #: Set when the actor stops to be passivated: its agents are passivated too.
         self.passivating = False
         self.asleep: Asleep | None = None
+        self.on_passivated = on_passivated
+        #: The messages found behind a passivation, for the actor taking the session up.
+        self.leftovers: list[Any] = []
+        #: When a command or a read last came (passivation waits for a quiet spell).
+        self.used_at = time.monotonic()
         self.hooks: dict[int, OnChange] = {}
         self.hook_failures: list[HookFailure] = []
         self._next_hook = 0
@@ -362,6 +384,9 @@ class SessionActor(pykka.ThreadingActor):
             log.warning("session %s: rehydration failed: %s", self.session_id, exc)
 
     def on_stop(self) -> None:
+        if self.passivating:
+            self._passivated()
+            return
         stopped = ActorStopped(f"session {self.session_id} stopped")
         for pending in [*(self._in_flight or []), *self._queued]:
             for reply in pending.replies:
@@ -370,20 +395,46 @@ class SessionActor(pykka.ThreadingActor):
         for reader in readers:
             _fail(reader.reply, stopped)
         self._refuse_unhandled(stopped)
-        if self.passivating:  # the agents stay attached: no teardown, taken up again later
-            for agent in self.agents.values():
-                passivate(agent)
-            self._sleeping.update(self._live)
-            bare = frozenset(self._attached - set(self._sleeping))
-            self.asleep = Asleep(dict(self._sleeping), bare)
-        else:
-            for agent_id in list(self._sleeping):  # torn down on their own threads
-                self._wake(agent_id)
-            for agent in self.agents.values():
-                retire(agent, "shutdown")
+        for agent_id in list(self._sleeping):  # torn down on their own threads
+            self._wake(agent_id)
+        for agent in self.agents.values():
+            retire(agent, "shutdown")
         self.agents.clear()
         self._live.clear()
+
+    def _passivate_if_idle(self, message: PassivateIfIdle) -> None:
+        if (
+            time.monotonic() - self.used_at < message.timeout
+            or self._in_flight is not None
+            or self._queued
+            or self._pending
+            or self._readers
+            or self._outbox
+            or self.agents
+            or self.hooks
+            or self._refusals.counting()
+            or not self.actor_inbox.empty()
+        ):
+            return
+        self.passivating = True
+        if self.on_passivated is not None:
+            self.on_passivated(self)
+        self._stop()  # at once: pykka refuses messages from now on (the handle revives)
+
+    def _passivated(self) -> None:
+        """Stopped to be passivated: hand over the agents (no teardown) and the leftovers."""
+        bare = frozenset(self._attached - set(self._sleeping))
+        self.asleep = Asleep(dict(self._sleeping), bare)
         self._sleeping.clear()
+        while not self.actor_inbox.empty():  # sent just before the stop: not lost
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, (Execute, ExecuteMany, Inspect, ReadState)):
+                self.leftovers.append(envelope.message)
+        if self.on_passivated is not None:
+            try:
+                self.on_passivated(self)
+            except Exception:  # pragma: no cover - a bug
+                log.exception("session %s: on_passivated failed", self.session_id)
 
     def _refuse_unhandled(self, stopped: ActorStopped) -> None:
         """Answer the messages still in the inbox behind the stop with ``stopped``.
@@ -412,6 +463,8 @@ class SessionActor(pykka.ThreadingActor):
         log.error("session %s actor failed: %r", self.session_id, args)
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, (Execute, ExecuteMany, ReadState, Inspect)):
+            self.used_at = time.monotonic()
         try:
             if isinstance(message, Execute):
                 self._execute(message.command, message.reply, message.behaviour)
@@ -427,6 +480,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._reap()
             elif isinstance(message, Drowsy):
                 self._drowsy(message)
+            elif isinstance(message, PassivateIfIdle):
+                self._passivate_if_idle(message)
             elif isinstance(message, Inspect):
                 try:
                     _resolve(message.reply, message.fn(self))
