@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -103,6 +104,9 @@ class Plantangenet:
         passivated: stopped, its agents not torn down, and started again (rehydrated
         from the log, its agents not set up again) by the next use of its handle or of
         :meth:`session` (``None``: never).
+    :param agent_threads: the most threads this runtime's agent actors run on (a pool of
+        its own); ``None``: the process's shared pool (32 threads unless
+        ``PLANTANGENET_AGENT_THREADS`` says otherwise). Agent actors have no thread each.
     :param limits: per-session limits (agents, cursors per agent, metadata keys).
     :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``user_credentials``, ``tls``...).
@@ -131,7 +135,16 @@ class Plantangenet:
         refusal_limit: RefusalLimit | None = None,
         agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
         session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
+        agent_threads: int | None = None,
     ) -> None:
+        #: The agent actors' threads: a pool of this runtime's, or the process's shared one.
+        self._agent_pool = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=agent_threads, thread_name_prefix="plantangenet-agent"
+            )
+            if agent_threads
+            else None
+        )
         self.agent_idle_timeout = agent_idle_timeout
         self.session_idle_timeout = session_idle_timeout
         #: Passivated sessions' agents, by session (a session here is passivated).
@@ -248,6 +261,8 @@ class Plantangenet:
             handles, self._sessions = list(self._sessions.values()), {}
         for handle in handles:
             self._stop_handle(handle)
+        if self._agent_pool is not None:  # the teardowns queued run still
+            self._agent_pool.shutdown(wait=False)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 self.loop.run(self._nc.drain(), timeout=10)
@@ -325,6 +340,7 @@ class Plantangenet:
             agent_idle_timeout=self.agent_idle_timeout,
             asleep=asleep,
             on_passivated=self._passivated,
+            agent_pool=self._agent_pool,
         )
 
     def _start_actor(self, handle: SessionHandle) -> Any:

@@ -200,16 +200,34 @@ def test_setup_and_teardown_once_across_sleep_and_shutdown(
     assert witness.count("setup") == 1
 
 
-def test_agent_actor_threads_stay_few_while_idle(sleepy: Plantangenet) -> None:
-    session = sleepy.session("s1")
-    session.start()
-    before = threading.active_count()
-    witnesses = [Witness() for _ in range(50)]
-    for i, witness in enumerate(witnesses):
-        session.attach(f"w{i}", behaviour=witness)
-    wait_until(lambda: len(_sleeping(session)) == 50)
-    wait_until(lambda: threading.active_count() <= before + 2)
-    assert all(w.count("setup") == 1 and w.count("teardown") == 0 for w in witnesses)
+def test_agent_actors_share_a_bounded_pool_of_threads(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url, journal=journal_config, agent_idle_timeout=IDLE, agent_threads=4
+    )
+    try:
+        session = pg.session("s1")
+        session.start()
+        before = threading.active_count()
+        witnesses = [Witness() for _ in range(300)]
+        outcomes = [
+            session.submit(AttachAgent(agent_id=f"w{i}"), behaviour=witness)
+            for i, witness in enumerate(witnesses)
+        ]
+        peak = 0
+        while not all(f.done() for f in outcomes):
+            peak = max(peak, threading.active_count())
+        session.change_metadata({"topic": "tides"})  # told to all 300
+        wait_until(lambda: all(len(w.events()) == 2 for w in witnesses))
+        peak = max(peak, threading.active_count())
+        assert peak <= before + 4
+        assert len(set().union(*(w.threads for w in witnesses))) <= 4
+        wait_until(lambda: len(_sleeping(session)) == 300)
+        assert all(w.count("setup") == 1 and w.count("teardown") == 0 for w in witnesses)
+    finally:
+        pg.close()
+    wait_until(lambda: all(w.count("teardown") == 1 for w in witnesses))
 
 
 # -- sessions --------------------------------------------------------------------------

@@ -7,6 +7,10 @@ behaviour's :meth:`Agent.setup` once when it starts and :meth:`Agent.teardown`
 once when it stops. Its state is the fold of the session events about it.
 A behaviour that raises is reported, never allowed to kill the actor.
 
+Agent actors have no thread of their own: each is a mailbox drained on a shared
+pool of threads (:mod:`plantangenet.actors.pool`), one message at a time, in
+order; the hooks of one agent never run concurrently.
+
 An agent whose behaviour does nothing (the base :class:`Agent`: remote bots
 attached through the service) gets no actor at all: its state is folded from
 the session's on demand. An actor left idle is *passivated*: stopped without
@@ -17,6 +21,7 @@ for it arrives or its state is asked for.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from plantangenet.actors.pool import PooledActor, PooledRef
 from plantangenet.events.envelope import Envelope
 from plantangenet.projections.agent import AgentState, evolve_agent
 from plantangenet.projections.session import CursorView, SessionState
@@ -54,7 +60,7 @@ class AgentContext:
 class Agent:
     """Base class for agent behaviour. Every hook is optional.
 
-    Hooks run on the agent's own actor thread, one at a time.
+    Hooks run on a thread of the agents' pool, one at a time per agent, in order.
     """
 
     def setup(self, context: AgentContext) -> None:
@@ -111,7 +117,7 @@ class Drowsy:
     """The agent actor's answer to a passivation request: it handled everything before it."""
 
     agent_id: str
-    ref: pykka.ActorRef[Any]
+    ref: PooledRef
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,13 +127,18 @@ class _Drowse:
     session: pykka.ActorRef[Any]
 
 
-class AgentActor(pykka.ThreadingActor):
-    """The actor of one attached agent."""
+class AgentActor(PooledActor):
+    """The actor of one attached agent (a mailbox on the agents' thread pool)."""
 
     def __init__(
-        self, context: AgentContext, behaviour: Agent, state: AgentState, woken: bool = False
+        self,
+        context: AgentContext,
+        behaviour: Agent,
+        state: AgentState,
+        woken: bool = False,
+        pool: concurrent.futures.Executor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pool)
         self.context = context
         self.behaviour = behaviour
         self.state = state
@@ -175,25 +186,25 @@ class AgentActor(pykka.ThreadingActor):
         return None
 
 
-def notify(agent: pykka.ActorRef[Any], envelopes: list[Envelope]) -> None:
+def notify(agent: PooledRef, envelopes: list[Envelope]) -> None:
     """Tell an agent actor about stored events, in order (never blocks, never raises)."""
     with contextlib.suppress(pykka.ActorDeadError):
         agent.tell(_Stored(envelopes))
 
 
-def retire(agent: pykka.ActorRef[Any], reason: str) -> None:
+def retire(agent: PooledRef, reason: str) -> None:
     """Ask an agent actor to tear down and stop, after the messages it already has."""
     with contextlib.suppress(pykka.ActorDeadError):
         agent.tell(_Stop(reason))
 
 
-def passivate(agent: pykka.ActorRef[Any]) -> None:
+def passivate(agent: PooledRef) -> None:
     """Ask an agent actor to stop without teardown, after the messages it already has."""
     with contextlib.suppress(pykka.ActorDeadError):
         agent.tell(_Stop("passivated", passivate=True))
 
 
-def drowse(agent: pykka.ActorRef[Any], session: pykka.ActorRef[Any]) -> None:
+def drowse(agent: PooledRef, session: pykka.ActorRef[Any]) -> None:
     """Ask an agent actor to answer ``session`` with :class:`Drowsy` once it is idle."""
     with contextlib.suppress(pykka.ActorDeadError):
         agent.tell(_Drowse(session))

@@ -47,6 +47,7 @@ from plantangenet.actors.agent import (
     retire,
 )
 from plantangenet.actors.future import ReplyFuture
+from plantangenet.actors.pool import PooledRef
 from plantangenet.actors.refusals import RefusalLimit, RefusalMeter
 from plantangenet.actors.replies import Batch, Reply
 from plantangenet.commands import (
@@ -286,6 +287,8 @@ class SessionActor(pykka.ThreadingActor):
         query of its state) before it is passivated: stopped without teardown, started
         again without setup when it is needed (``None``: never).
     :param asleep: the agents of this session passivated with its previous actor.
+    :param agent_pool: the threads the agent actors run on (default: the process's
+        shared pool, :func:`~plantangenet.actors.pool.default_pool`).
     :param on_passivated: called with the actor, on its thread, just before it stops to
         be passivated (``passivating`` set, ``asleep`` not yet) and once it stopped
         (``asleep`` set; see :class:`PassivateIfIdle`).
@@ -311,10 +314,12 @@ class SessionActor(pykka.ThreadingActor):
         agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
         asleep: Asleep | None = None,
         on_passivated: Callable[[SessionActor], None] | None = None,
+        agent_pool: concurrent.futures.Executor | None = None,
     ) -> None:
         super().__init__()
         self.session_id = session_id
         self.agent_idle_timeout = agent_idle_timeout
+        self.agent_pool = agent_pool
         self.loop = loop
         self.journal = journal
         self.codec = codec
@@ -351,7 +356,7 @@ class SessionActor(pykka.ThreadingActor):
         self._speculative_hash = b""
         self._behaviours: dict[str, Agent] = {}
         #: The running agent actors, their behaviours, and when each was last needed.
-        self.agents: dict[str, pykka.ActorRef[AgentActor]] = {}
+        self.agents: dict[str, PooledRef] = {}
         self._live: dict[str, Agent] = {}
         self._active_at: dict[str, float] = {}
         #: Live agents asked whether they are idle (see ``_reap``), not needed since.
@@ -1012,9 +1017,10 @@ class SessionActor(pykka.ThreadingActor):
             state,
             cursors={c.cursor_id: c for c in self.state.cursors_of(agent_id)},
         )
-        self._run(agent_id, AgentActor.start(context, behaviour, state), behaviour)
+        ref = AgentActor.start(context, behaviour, state, pool=self.agent_pool)
+        self._run(agent_id, ref, behaviour)
 
-    def _run(self, agent_id: str, ref: pykka.ActorRef[AgentActor], behaviour: Agent) -> None:
+    def _run(self, agent_id: str, ref: PooledRef, behaviour: Agent) -> None:
         self.agents[agent_id] = ref
         self._live[agent_id] = behaviour
         self._active_at[agent_id] = time.monotonic()
@@ -1052,7 +1058,7 @@ class SessionActor(pykka.ThreadingActor):
             if isinstance(event, AgentDetached) or listens(sleeping[about]):
                 self._wake(about)
 
-    def _wake(self, agent_id: str) -> pykka.ActorRef[AgentActor]:
+    def _wake(self, agent_id: str) -> PooledRef:
         """Start a passivated agent's actor again: its state folded from the session's,
         no setup (it is not a new attach)."""
         behaviour = self._sleeping.pop(agent_id)
@@ -1063,7 +1069,7 @@ class SessionActor(pykka.ThreadingActor):
         context = AgentContext(
             self.session_id, agent_id, state.kind, state.name, self.handle, "woken"
         )
-        ref = AgentActor.start(context, behaviour, state, woken=True)
+        ref = AgentActor.start(context, behaviour, state, woken=True, pool=self.agent_pool)
         self._run(agent_id, ref, behaviour)
         return ref
 
@@ -1100,7 +1106,7 @@ class SessionActor(pykka.ThreadingActor):
         self._sleeping[agent_id] = self._live.pop(agent_id)
         passivate(ref)
 
-    def agent(self, agent_id: str) -> pykka.ActorRef[AgentActor] | AgentState:
+    def agent(self, agent_id: str) -> PooledRef | AgentState:
         """An attached agent's actor (woken if passivated), or the state of one without.
 
         ``KeyError`` if the agent is not attached.
