@@ -451,6 +451,19 @@ class Plantangenet:
             self._chems = Chems(self.session)
         return self._chems
 
+    def passivate_session(self, session_id: str) -> None:
+        """Passivate the session's actor now if it has nothing to do (never blocks).
+
+        As the idle reaper does (see ``session_idle_timeout``), without waiting for the
+        timeout: an actor with commands or reads pending, an agent actor running or an
+        on-change hook stays up (the reaper passivates it once it can).
+        """
+        with self._lock:
+            handle = self._sessions.get(session_id)
+        if handle is not None:
+            with contextlib.suppress(Exception):  # not running: nothing to do
+                handle._actor.tell(PassivateIfIdle(0.0))
+
     def stop_session(self, session_id: str) -> None:
         """Stop a session's actor (its agents are torn down); the log is untouched."""
         with self._lock:
