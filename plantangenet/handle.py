@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -85,6 +86,9 @@ class SessionHandle:
         self.timeout = DEFAULT_TIMEOUT
         #: Starts the actor of a passivated session again (``None``: it was stopped).
         self._revive = revive
+        #: Held while a message goes in, and while the actor decides to passivate: no
+        #: message slips in between its last look at its inbox and its stop.
+        self._door = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SessionHandle({self.session_id!r})"
@@ -347,14 +351,16 @@ class SessionHandle:
         """Send ``message`` to the actor (started again if the session was passivated);
         if it is not running, fail ``reply`` at once."""
         try:
-            self._actor.tell(message)
+            with self._door:
+                self._actor.tell(message)
             return
         except pykka.ActorDeadError:
             pass
         actor = self._revive(self) if self._revive is not None else None
         if actor is not None:
             try:
-                actor.tell(message)
+                with self._door:
+                    actor.tell(message)
                 return
             except pykka.ActorDeadError:
                 pass

@@ -354,3 +354,38 @@ def test_commands_racing_a_session_passivation_are_all_answered(
         assert pg.replay("s1") == session.state
     finally:
         pg.close()
+
+
+def test_commands_from_many_threads_racing_passivation_are_all_answered(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    pg = Plantangenet.open(
+        nats_url=nats_server.url, journal=journal_config, session_idle_timeout=0.01
+    )
+    try:
+        session = pg.session("s1")
+        session.start()
+        for t in range(4):
+            session.attach(f"bot-{t}", kind="bot")
+            session.add_cursor(f"bot-{t}", f"c{t}", ["x"], 0, 1)
+        failures: list[BaseException] = []
+
+        def write(t: int) -> None:
+            for i in range(30):
+                time.sleep(((i * 7 + t * 3) % 7) * 0.01)  # gaps around the reaper's period
+                try:
+                    session.move_cursor(f"bot-{t}", f"c{t}", ["x"], i, i + 1)
+                except BaseException as exc:
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert failures == []
+        state = session.state
+        assert all(state.cursors[f"c{t}"].start == 29 for t in range(4))
+        assert pg.replay("s1") == state
+    finally:
+        pg.close()

@@ -418,13 +418,20 @@ class SessionActor(pykka.ThreadingActor):
             or self.agents
             or self.hooks
             or self._refusals.counting()
-            or not self.actor_inbox.empty()
         ):
             return
-        self.passivating = True
-        if self.on_passivated is not None:
-            self.on_passivated(self)
-        self._stop()  # at once: pykka refuses messages from now on (the handle revives)
+        # The handle's door: nothing it sends can come in between the look and the stop.
+        try:
+            door: Any = self.handle._door
+        except Exception:  # a handle without one (tests): no door to hold
+            door = contextlib.nullcontext()
+        with door:
+            if not self.actor_inbox.empty():
+                return
+            self.passivating = True
+            if self.on_passivated is not None:
+                self.on_passivated(self)
+            self._stop()  # at once: pykka refuses messages from now on (the handle revives)
 
     def _passivated(self) -> None:
         """Stopped to be passivated: hand over the agents (no teardown) and the leftovers."""
