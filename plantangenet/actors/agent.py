@@ -64,10 +64,12 @@ class Agent:
     """
 
     def setup(self, context: AgentContext) -> None:
-        """Called once when the agent's actor starts."""
+        """Called once when the agent is attached (or rehydrated by a new session actor);
+        not when its actor is woken after passivation."""
 
     def teardown(self, context: AgentContext, reason: str) -> None:
-        """Called once when the agent's actor stops (detached, session ended, shutdown)."""
+        """Called once when the agent leaves (detached, session ended, shutdown); not when
+        its actor is passivated."""
 
     def on_event(self, context: AgentContext, envelope: Envelope) -> None:
         """Called for every stored session event, after the agent's state was updated."""
