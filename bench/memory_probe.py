@@ -363,15 +363,14 @@ def _actor_sizes(actor: Any) -> dict[str, int]:
         "cursors": len(actor.state.cursors),
         "metadata": len(actor.state.metadata),
         "cursor_index": 0 if actor._cursor_index is None else 1,
-        "agent_inbox": sum(ref.actor_inbox.qsize() for ref in actor.agents.values()),
+        "agent_inbox": sum(ref.pending for ref in actor.agents.values()),
         "agent_failures": 0,
         "agent_cursors": 0,
     }
     for ref in actor.agents.values():
-        agent = ref._actor_weakref()
-        if agent is not None:
-            sizes["agent_failures"] += len(agent.failures)
-            sizes["agent_cursors"] += len(agent.state.cursors)
+        agent = ref.actor
+        sizes["agent_failures"] += len(agent.failures)
+        sizes["agent_cursors"] += len(agent.state.cursors)
     return sizes
 
 

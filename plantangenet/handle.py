@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -74,10 +75,20 @@ class SessionHandle:
     to pipeline commands without waiting.
     """
 
-    def __init__(self, session_id: str, actor: pykka.ActorRef[SessionActor]) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        actor: pykka.ActorRef[SessionActor],
+        revive: Callable[[SessionHandle], pykka.ActorRef[SessionActor] | None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self._actor = actor
         self.timeout = DEFAULT_TIMEOUT
+        #: Starts the actor of a passivated session again (``None``: it was stopped).
+        self._revive = revive
+        #: Held while a message goes in, and while the actor decides to passivate: no
+        #: message slips in between its last look at its inbox and its stop.
+        self._door = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SessionHandle({self.session_id!r})"
@@ -292,11 +303,22 @@ class SessionHandle:
         return reply
 
     def agent_state(self, agent_id: str) -> AgentState:
-        """The state of a running agent actor (``KeyError`` if not attached)."""
-        agent = self._inspect(lambda actor: actor.agents[agent_id])
-        state = agent.ask("state", timeout=self.timeout)
-        assert isinstance(state, AgentState)
-        return state
+        """The state of an attached agent (``KeyError`` if not attached).
+
+        An agent with behaviour answers from its actor (woken if passivated); one
+        without has no actor, and its state is folded from the session's.
+        """
+        for _ in range(3):  # an actor passivated between the lookup and the ask: again
+            agent = self._inspect(lambda actor: actor.agent(agent_id))
+            if isinstance(agent, AgentState):
+                return agent
+            try:
+                state = agent.ask("state", timeout=self.timeout)
+            except pykka.ActorDeadError:
+                continue
+            assert isinstance(state, AgentState)
+            return state
+        raise ActorStopped(f"agent {agent_id} of session {self.session_id} kept stopping")
 
     def cursors_covering(self, axis: str, time: float) -> list[CursorView]:
         """The cursors watching ``axis`` (or a parent axis) at ``time``, by cursor id."""
@@ -326,18 +348,31 @@ class SessionHandle:
         return reply
 
     def _tell(self, message: Any, reply: concurrent.futures.Future[Any]) -> None:
-        """Send ``message`` to the actor; if it is not running, fail ``reply`` at once."""
+        """Send ``message`` to the actor (started again if the session was passivated);
+        if it is not running, fail ``reply`` at once."""
         try:
-            self._actor.tell(message)
+            with self._door:
+                self._actor.tell(message)
+            return
         except pykka.ActorDeadError:
-            reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
+            pass
+        actor = self._revive(self) if self._revive is not None else None
+        if actor is not None:
+            try:
+                with self._door:
+                    actor.tell(message)
+                return
+            except pykka.ActorDeadError:
+                pass
+        reply.set_exception(ActorStopped(f"session {self.session_id} is not running"))
 
     def _inspect(self, fn: Callable[[SessionActor], T]) -> T:
         return _wait(self.query(fn), self.timeout)
 
     @property
     def is_running(self) -> bool:
-        """Whether the session's actor is alive."""
+        """Whether the session's actor is alive (not while the session is passivated: the
+        next command or read through this handle starts it again)."""
         return bool(self._actor.is_alive())
 
 

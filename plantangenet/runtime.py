@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -27,7 +28,14 @@ import nats.errors
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.refusals import RefusalLimit
-from plantangenet.actors.session import DEFAULT_MAX_BATCH, AgentFactory, SessionActor
+from plantangenet.actors.session import (
+    DEFAULT_AGENT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BATCH,
+    AgentFactory,
+    Asleep,
+    PassivateIfIdle,
+    SessionActor,
+)
 from plantangenet.chems import Chems
 from plantangenet.compositors import Compositor
 from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id, damage
@@ -50,6 +58,9 @@ log = logging.getLogger("plantangenet.runtime")
 
 #: Environment variable naming an external NATS server or cluster.
 NATS_URL_ENV = "NATS_URL"
+
+#: Seconds a session actor may idle before it is passivated, unless told otherwise.
+DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
 
 
 def default_store_dir() -> Path:
@@ -81,7 +92,21 @@ class Plantangenet:
     :param journal: stream name, subjects, replicas and timeouts (default:
         :meth:`JournalConfig.from_env`).
     :param agent_factory: behaviour for agents attached without one, and for
-        agents brought back by rehydration: ``factory(agent_id, kind)``.
+        agents brought back by rehydration: ``factory(agent_id, kind)``. An agent
+        whose behaviour does nothing (``None``, the base :class:`Agent`: the default)
+        gets no actor and no thread; its state is folded from the session's.
+    :param agent_idle_timeout: seconds an agent actor may go without an event for it
+        (or a query of its state) before it is passivated: stopped without teardown,
+        and started again, without setup, its state folded from the session's, when
+        it is needed (``None``: never).
+    :param session_idle_timeout: seconds a session actor may go without a command or a
+        read (and with no agent actor running, no on-change hook) before it is
+        passivated: stopped, its agents not torn down, and started again (rehydrated
+        from the log, its agents not set up again) by the next use of its handle or of
+        :meth:`session` (``None``: never).
+    :param agent_threads: the most threads this runtime's agent actors run on (a pool of
+        its own); ``None``: the process's shared pool (32 threads unless
+        ``PLANTANGENET_AGENT_THREADS`` says otherwise). Agent actors have no thread each.
     :param limits: per-session limits (agents, cursors per agent, metadata keys).
     :param nats_options: more keyword arguments for ``nats.connect`` (``user``,
         ``password``, ``user_credentials``, ``tls``...).
@@ -108,7 +133,23 @@ class Plantangenet:
         limits: Limits = DEFAULT_LIMITS,
         compositors: Iterable[Compositor] = (),
         refusal_limit: RefusalLimit | None = None,
+        agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
+        session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
+        agent_threads: int | None = None,
     ) -> None:
+        #: The agent actors' threads: a pool of this runtime's, or the process's shared one.
+        self._agent_pool = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=agent_threads, thread_name_prefix="plantangenet-agent"
+            )
+            if agent_threads
+            else None
+        )
+        self.agent_idle_timeout = agent_idle_timeout
+        self.session_idle_timeout = session_idle_timeout
+        #: Passivated sessions' agents, by session (a session here is passivated).
+        self._asleep: dict[str, Asleep] = {}
+        self._closed = False
         self.nats_url = nats_url or os.environ.get(NATS_URL_ENV) or None
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.journal_config = journal or JournalConfig.from_env()
@@ -125,7 +166,10 @@ class Plantangenet:
         self._nc: Any = None
         self._journal: Journal | None = None
         self._sessions: dict[str, SessionHandle] = {}
-        self._lock = threading.Lock()
+        #: Guards the sessions; notified when a session's passivation completes.
+        self._lock = threading.Condition()
+        #: Sessions whose actors are stopping to be passivated (``_asleep`` not yet set).
+        self._passivating: set[str] = set()
         #: The compositors sessions of this process can query, by name.
         self.compositors: dict[str, Compositor] = {}
         for compositor in compositors:
@@ -159,6 +203,7 @@ class Plantangenet:
         except BaseException:
             self.close()
             raise
+        self._schedule_reap()
         return self
 
     async def open_connection(self, name: str) -> Any:
@@ -211,10 +256,13 @@ class Plantangenet:
 
     def close(self) -> None:
         """Stop every session actor, close the connection, stop the embedded server."""
+        self._closed = True
         with self._lock:
             handles, self._sessions = list(self._sessions.values()), {}
         for handle in handles:
-            handle._actor.stop(block=True, timeout=10)
+            self._stop_handle(handle)
+        if self._agent_pool is not None:  # the teardowns queued run still
+            self._agent_pool.shutdown(wait=False)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 self.loop.run(self._nc.drain(), timeout=10)
@@ -256,33 +304,124 @@ class Plantangenet:
     # -- sessions ----------------------------------------------------------------
 
     def session(self, session_id: str) -> SessionHandle:
-        """The handle of ``session_id``'s actor, started (and rehydrated) on first use."""
+        """The handle of ``session_id``'s actor, started (and rehydrated) on first use,
+        and again after it was passivated (the same handle)."""
         check_id(session_id, "session_id")
         journal = self.journal
         with self._lock:
+            self._await_passivation(session_id)
             handle = self._sessions.get(session_id)
             if handle is not None and handle.is_running:
                 return handle
+            if handle is not None and session_id in self._asleep:
+                self._start_actor(handle)
+                return handle
             holder: list[SessionHandle] = []
-            actor = SessionActor.start(
-                session_id,
-                loop=self.loop,
-                journal=journal,
-                codec=self.codec,
-                agent_factory=self.agent_factory,
-                handle=_LazyHandle(holder),
-                max_batch=self.max_batch,
-                limits=self.limits,
-                compositors=self.compositors,
-                refusal_limit=self.refusal_limit,
-            )
-            handle = SessionHandle(session_id, actor)
+            actor = self._new_actor(session_id, journal, _LazyHandle(holder), None)
+            handle = SessionHandle(session_id, actor, self._revive)
             holder.append(handle)
             self._sessions[session_id] = handle
             return handle
 
+    def _new_actor(
+        self, session_id: str, journal: Journal, handle: Any, asleep: Asleep | None
+    ) -> Any:
+        return SessionActor.start(
+            session_id,
+            loop=self.loop,
+            journal=journal,
+            codec=self.codec,
+            agent_factory=self.agent_factory,
+            handle=handle,
+            max_batch=self.max_batch,
+            limits=self.limits,
+            compositors=self.compositors,
+            refusal_limit=self.refusal_limit,
+            agent_idle_timeout=self.agent_idle_timeout,
+            asleep=asleep,
+            on_passivated=self._passivated,
+            agent_pool=self._agent_pool,
+        )
+
+    def _start_actor(self, handle: SessionHandle) -> Any:
+        """Start a passivated session's actor again, on ``handle`` (under ``_lock``)."""
+        asleep = self._asleep.pop(handle.session_id)
+        handle._actor = self._new_actor(handle.session_id, self.journal, handle, asleep)
+        return handle._actor
+
+    def _revive(self, handle: SessionHandle) -> Any:
+        """The actor of ``handle``'s session, started again if it was passivated (else None)."""
+        with self._lock:
+            self._await_passivation(handle.session_id)
+            if handle._actor.is_alive():
+                return handle._actor
+            if self._sessions.get(handle.session_id) is not handle:
+                return None  # stopped (stop_session, close), not passivated
+            if handle.session_id not in self._asleep:
+                return None
+            return self._start_actor(handle)
+
+    def _await_passivation(self, session_id: str) -> None:
+        """Wait (under ``_lock``) until a passivation of the session under way completes."""
+        while session_id in self._passivating:
+            self._lock.wait(1.0)
+
+    def _passivated(self, actor: SessionActor) -> None:
+        """A session actor stops to be passivated, or stopped (called on its thread)."""
+        session_id = actor.session_id
+        if actor.asleep is None:  # about to stop: users of the session wait for the end
+            with self._lock:
+                self._passivating.add(session_id)
+            return
+        with self._lock:
+            self._passivating.discard(session_id)
+            self._lock.notify_all()
+            handle = self._sessions.get(session_id)
+            if handle is None or handle._actor.actor_urn != actor.actor_urn:
+                # Stopped meanwhile (close, stop_session): its agents are torn down.
+                if actor.asleep.behaviours:
+                    orphan = self._new_actor(session_id, self.journal, actor.handle, actor.asleep)
+                    orphan.stop(block=False)
+                return
+            self._asleep[session_id] = actor.asleep
+            log.debug("passivated idle session %s", session_id)
+            if not actor.leftovers:
+                return
+            revived = self._start_actor(handle)  # sent just before the stop: taken up at once
+        for message in actor.leftovers:
+            revived.tell(message)
+
+    def _schedule_reap(self) -> None:
+        timeout = self.session_idle_timeout
+        if timeout is not None and not self._closed:
+            self.loop.call_later(max(timeout / 4, 0.05), self._reap)
+
+    def _reap(self) -> None:
+        """Ask each running session actor to passivate if it is idle (on the loop thread)."""
+        timeout = self.session_idle_timeout
+        assert timeout is not None
+        with self._lock:
+            actors = [handle._actor for handle in self._sessions.values()]
+        for actor in actors:
+            with contextlib.suppress(Exception):  # stopped meanwhile
+                actor.tell(PassivateIfIdle(timeout))
+        self._schedule_reap()
+
+    def _stop_handle(self, handle: SessionHandle) -> None:
+        """Stop a session's actor; a passivated one with agent behaviours is started again
+        first, so that they are torn down (exactly once, like a running one's)."""
+        with self._lock:
+            asleep = self._asleep.get(handle.session_id)
+            if asleep is not None and not handle._actor.is_alive():
+                if asleep.behaviours:
+                    self._start_actor(handle)
+                else:
+                    self._asleep.pop(handle.session_id)
+        handle._actor.stop(block=True, timeout=10)
+
     def running_session(self, session_id: str) -> SessionHandle | None:
-        """The handle of ``session_id``'s actor if it is running here (none is started)."""
+        """The handle of ``session_id``'s actor if it is running here (none is started;
+        a passivated session is not running)."""
         with self._lock:
             handle = self._sessions.get(session_id)
         return handle if handle is not None and handle.is_running else None
@@ -312,12 +451,25 @@ class Plantangenet:
             self._chems = Chems(self.session)
         return self._chems
 
+    def passivate_session(self, session_id: str) -> None:
+        """Passivate the session's actor now if it has nothing to do (never blocks).
+
+        As the idle reaper does (see ``session_idle_timeout``), without waiting for the
+        timeout: an actor with commands or reads pending, an agent actor running or an
+        on-change hook stays up (the reaper passivates it once it can).
+        """
+        with self._lock:
+            handle = self._sessions.get(session_id)
+        if handle is not None:
+            with contextlib.suppress(Exception):  # not running: nothing to do
+                handle._actor.tell(PassivateIfIdle(0.0))
+
     def stop_session(self, session_id: str) -> None:
         """Stop a session's actor (its agents are torn down); the log is untouched."""
         with self._lock:
             handle = self._sessions.pop(session_id, None)
         if handle is not None:
-            handle._actor.stop(block=True, timeout=10)
+            self._stop_handle(handle)
 
     # -- reading the log -----------------------------------------------------------
 

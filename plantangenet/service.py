@@ -3,7 +3,7 @@
 ``plantangenet serve`` runs one :class:`SessionService`. It subscribes to
 ``<prefix>.cmd.*.*`` in a queue group, so several processes can share the
 load; each request is routed to its session's actor (rehydrated from the log
-on first use, stopped again when idle), and answered with the stored sequence
+on first use, passivated again when idle), and answered with the stored sequence
 or a typed error (see :mod:`plantangenet.protocol`). If two processes write
 the same session, the journal's optimistic concurrency makes the later one
 fail cleanly; the service retries it on the caught-up state.
@@ -122,7 +122,8 @@ class SessionService:
     """Serves commands for any session over NATS.
 
     :param runtime: a started :class:`~plantangenet.runtime.Plantangenet`.
-    :param idle_timeout: seconds after which an unused session actor is stopped.
+    :param idle_timeout: seconds after which an unused session actor is passivated
+        (:meth:`Plantangenet.passivate_session`: its agents are not torn down).
     :param max_in_flight: requests handled at once (more wait in their principals' queues).
     :param conflict_retries: how often a command that lost a race with
         another writer is retried on the caught-up state.
@@ -532,8 +533,8 @@ class SessionService:
             for session_id in idle:
                 self._last_used.pop(session_id, None)
                 self._busy.pop(session_id, None)
-                await loop.run_in_executor(None, self.runtime.stop_session, session_id)
-                log.info("stopped idle session %s", session_id)
+                await loop.run_in_executor(None, self.runtime.passivate_session, session_id)
+                log.info("passivated idle session %s", session_id)
 
     @property
     def active_sessions(self) -> list[str]:

@@ -54,3 +54,9 @@ def test_bench_service_compares_a_locked_down_deployment() -> None:
     )
     assert "what authentication costs the service" in out
     assert "locked down: service handled" in out
+
+
+def test_bench_scale_reports_threads_and_checks_what_the_agents_saw() -> None:
+    out = run_bench("bench_scale.py", *("--agents", "10,200", "--moves", "100", "--idle", "0.3"))
+    assert "threads peak" in out and "replay events/s" in out
+    assert "once, in order: True" in out and "teardowns 0" in out

@@ -309,7 +309,7 @@ def test_idle_sessions_are_stopped_and_come_back_from_the_log(
 
         with_client(nats_server.url, journal_config, first)
         wait_until(lambda: "idle" not in svc.active_sessions)
-        wait_until(lambda: "idle" not in runtime._sessions)  # the actor was stopped
+        wait_until(lambda: runtime.running_session("idle") is None)  # passivated
 
         async def again(bot: BotClient) -> dict[str, Any]:
             return await bot.attach("idle", "b")

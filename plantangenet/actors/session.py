@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -32,8 +33,21 @@ from typing import Any
 
 import pykka
 
-from plantangenet.actors.agent import Agent, AgentActor, AgentContext, notify, retire
+from plantangenet.actors.agent import (
+    Agent,
+    AgentActor,
+    AgentContext,
+    Drowsy,
+    acts,
+    agent_state,
+    drowse,
+    listens,
+    notify,
+    passivate,
+    retire,
+)
 from plantangenet.actors.future import ReplyFuture
+from plantangenet.actors.pool import PooledRef
 from plantangenet.actors.refusals import RefusalLimit, RefusalMeter
 from plantangenet.actors.replies import Batch, Reply
 from plantangenet.commands import (
@@ -98,8 +112,24 @@ CommandKey = tuple[str | None, str]
 
 #: Called with every stored envelope, on the session actor's thread.
 OnChange = Callable[[Envelope], None]
-#: Makes the behaviour of an agent that has none given (e.g. after rehydration).
-AgentFactory = Callable[[str, str], Agent]  # (agent_id, kind) -> Agent
+#: Makes the behaviour of an agent that has none given (e.g. after rehydration); an
+#: agent whose behaviour does nothing (``None`` or the base :class:`Agent`) gets no actor.
+AgentFactory = Callable[[str, str], Agent | None]  # (agent_id, kind) -> Agent
+
+#: Seconds an agent actor may idle before it is passivated, unless told otherwise.
+DEFAULT_AGENT_IDLE_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asleep:
+    """A passivated session's agents, handed to the actor that takes it up again.
+
+    ``behaviours``: the agents with behaviour (their actors passivated, no teardown);
+    ``bare``: the agents without (no actor). Neither is set up again.
+    """
+
+    behaviours: Mapping[str, Agent]
+    bare: frozenset[str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,6 +230,24 @@ class _SummariseRefusals:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PassivateIfIdle:
+    """Message: stop to be passivated if unused for ``timeout`` seconds with nothing to do.
+
+    Nothing to do: no command or read pending, no agent actor running (its agents
+    are all passivated or have none), no on-change hook, no refusals being counted.
+    The actor then stops at once (nothing behind it in its inbox is lost: see
+    :attr:`SessionActor.leftovers`) and calls its ``on_passivated``.
+    """
+
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reap:
+    """Message: passivate the agent actors idle for longer than the timeout."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Inspect:
     """Message: run ``fn(actor)`` on the actor's thread; result to ``reply``."""
 
@@ -235,6 +283,15 @@ class SessionActor(pykka.ThreadingActor):
         ask them; the session's log says which ones it coordinates with).
     :param refusal_limit: how fast each remote principal's refusals are recorded one by
         one; past it they are answered, counted, and summarised (``RefusalsSuppressed``).
+    :param agent_idle_timeout: seconds an agent actor may go without an event (or a
+        query of its state) before it is passivated: stopped without teardown, started
+        again without setup when it is needed (``None``: never).
+    :param asleep: the agents of this session passivated with its previous actor.
+    :param agent_pool: the threads the agent actors run on (default: the process's
+        shared pool, :func:`~plantangenet.actors.pool.default_pool`).
+    :param on_passivated: called with the actor, on its thread, just before it stops to
+        be passivated (``passivating`` set, ``asleep`` not yet) and once it stopped
+        (``asleep`` set; see :class:`PassivateIfIdle`).
     """
 
     #: How many recent commands (with their events) each actor keeps to answer retries
@@ -254,9 +311,15 @@ class SessionActor(pykka.ThreadingActor):
         limits: Limits = DEFAULT_LIMITS,
         compositors: Mapping[str, Compositor] | None = None,
         refusal_limit: RefusalLimit | None = None,
+        agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
+        asleep: Asleep | None = None,
+        on_passivated: Callable[[SessionActor], None] | None = None,
+        agent_pool: concurrent.futures.Executor | None = None,
     ) -> None:
         super().__init__()
         self.session_id = session_id
+        self.agent_idle_timeout = agent_idle_timeout
+        self.agent_pool = agent_pool
         self.loop = loop
         self.journal = journal
         self.codec = codec
@@ -292,7 +355,25 @@ class SessionActor(pykka.ThreadingActor):
         self._last_hash = b""
         self._speculative_hash = b""
         self._behaviours: dict[str, Agent] = {}
-        self.agents: dict[str, pykka.ActorRef[AgentActor]] = {}
+        #: The running agent actors, their behaviours, and when each was last needed.
+        self.agents: dict[str, PooledRef] = {}
+        self._live: dict[str, Agent] = {}
+        self._active_at: dict[str, float] = {}
+        #: Live agents asked whether they are idle (see ``_reap``), not needed since.
+        self._drowsing: set[str] = set()
+        #: The behaviours of passivated agents (no actor until they are needed again).
+        self._sleeping: dict[str, Agent] = dict(asleep.behaviours) if asleep else {}
+        #: Every agent this actor took in: running, passivated, or without an actor.
+        self._attached: set[str] = set(self._sleeping) | (asleep.bare if asleep else set())
+        self._reaping = False
+        #: Set when the actor stops to be passivated: its agents are passivated too.
+        self.passivating = False
+        self.asleep: Asleep | None = None
+        self.on_passivated = on_passivated
+        #: The messages found behind a passivation, for the actor taking the session up.
+        self.leftovers: list[Any] = []
+        #: When a command or a read last came (passivation waits for a quiet spell).
+        self.used_at = time.monotonic()
         self.hooks: dict[int, OnChange] = {}
         self.hook_failures: list[HookFailure] = []
         self._next_hook = 0
@@ -308,6 +389,9 @@ class SessionActor(pykka.ThreadingActor):
             log.warning("session %s: rehydration failed: %s", self.session_id, exc)
 
     def on_stop(self) -> None:
+        if self.passivating:
+            self._passivated()
+            return
         stopped = ActorStopped(f"session {self.session_id} stopped")
         for pending in [*(self._in_flight or []), *self._queued]:
             for reply in pending.replies:
@@ -316,9 +400,53 @@ class SessionActor(pykka.ThreadingActor):
         for reader in readers:
             _fail(reader.reply, stopped)
         self._refuse_unhandled(stopped)
+        for agent_id in list(self._sleeping):  # torn down on their own threads
+            self._wake(agent_id)
         for agent in self.agents.values():
             retire(agent, "shutdown")
         self.agents.clear()
+        self._live.clear()
+
+    def _passivate_if_idle(self, message: PassivateIfIdle) -> None:
+        if (
+            time.monotonic() - self.used_at < message.timeout
+            or self._in_flight is not None
+            or self._queued
+            or self._pending
+            or self._readers
+            or self._outbox
+            or self.agents
+            or self.hooks
+            or self._refusals.counting()
+        ):
+            return
+        # The handle's door: nothing it sends can come in between the look and the stop.
+        try:
+            door: Any = self.handle._door
+        except Exception:  # a handle without one (tests): no door to hold
+            door = contextlib.nullcontext()
+        with door:
+            if not self.actor_inbox.empty():
+                return
+            self.passivating = True
+            if self.on_passivated is not None:
+                self.on_passivated(self)
+            self._stop()  # at once: pykka refuses messages from now on (the handle revives)
+
+    def _passivated(self) -> None:
+        """Stopped to be passivated: hand over the agents (no teardown) and the leftovers."""
+        bare = frozenset(self._attached - set(self._sleeping))
+        self.asleep = Asleep(dict(self._sleeping), bare)
+        self._sleeping.clear()
+        while not self.actor_inbox.empty():  # sent just before the stop: not lost
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, (Execute, ExecuteMany, Inspect, ReadState)):
+                self.leftovers.append(envelope.message)
+        if self.on_passivated is not None:
+            try:
+                self.on_passivated(self)
+            except Exception:  # pragma: no cover - a bug
+                log.exception("session %s: on_passivated failed", self.session_id)
 
     def _refuse_unhandled(self, stopped: ActorStopped) -> None:
         """Answer the messages still in the inbox behind the stop with ``stopped``.
@@ -347,6 +475,8 @@ class SessionActor(pykka.ThreadingActor):
         log.error("session %s actor failed: %r", self.session_id, args)
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, (Execute, ExecuteMany, ReadState, Inspect)):
+            self.used_at = time.monotonic()
         try:
             if isinstance(message, Execute):
                 self._execute(message.command, message.reply, message.behaviour)
@@ -358,6 +488,12 @@ class SessionActor(pykka.ThreadingActor):
                 self._summarise_refusals(message.principal)
             elif isinstance(message, ReadState):
                 self._read_state(message)
+            elif isinstance(message, _Reap):
+                self._reap()
+            elif isinstance(message, Drowsy):
+                self._drowsy(message)
+            elif isinstance(message, PassivateIfIdle):
+                self._passivate_if_idle(message)
             elif isinstance(message, Inspect):
                 try:
                     _resolve(message.reply, message.fn(self))
@@ -737,11 +873,11 @@ class SessionActor(pykka.ThreadingActor):
         self._speculative_hash = self._last_hash
         self._needs_catch_up = False
         # Bring the agent actors in line with the log (rehydration, other writers).
-        for agent_id in set(state.agents) - set(self.agents):
+        for agent_id in set(state.agents) - self._attached:
             view = state.agents[agent_id]
             self._start_agent(agent_id, view.kind, view.name, origin="rehydrated")
-        for agent_id in set(self.agents) - set(state.agents):
-            retire(self.agents.pop(agent_id), "detached")
+        for agent_id in self._attached - set(state.agents):
+            self._leave(agent_id, "detached")
 
     def _read_state(self, message: ReadState) -> None:
         """Answer a :class:`ReadState`: at once, after a catch-up, or after the append in flight.
@@ -821,15 +957,17 @@ class SessionActor(pykka.ThreadingActor):
             results[key] = (*envelopes, envelope)
 
     def _stored(self, envelope: Envelope, fold: bool = True) -> None:
-        if fold:
-            self.state = evolve(self.state, envelope)
-        self._remember(envelope)
         event = envelope.event
-        if isinstance(event, AgentAttached):
-            self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
         # An event about an agent (its ``agent_id``) goes to that agent, one about no agent
         # to all of them: a lookup, not a pass over every attached agent.
         about = getattr(event, "agent_id", _EVERYONE)
+        if self._sleeping:  # woken on the state before the event (it is told of it)
+            self._wake_for(event, about)
+        if fold:
+            self.state = evolve(self.state, envelope)
+        self._remember(envelope)
+        if isinstance(event, AgentAttached):
+            self._start_agent(event.agent_id, event.kind, event.name, origin="attached")
         outbox = self._outbox
         if about is _EVERYONE:
             for agent_id in self.agents:
@@ -838,15 +976,11 @@ class SessionActor(pykka.ThreadingActor):
             outbox.setdefault(about, []).append(envelope)
         if isinstance(event, AgentDetached):
             self._deliver(event.agent_id)
-            leaving = self.agents.pop(event.agent_id, None)
-            if leaving is not None:
-                retire(leaving, event.reason)
+            self._leave(event.agent_id, event.reason)
         elif isinstance(event, SessionEnded):  # everyone still attached leaves with the end
             for agent_id in event.detached:
                 self._deliver(agent_id)
-                leaving = self.agents.pop(agent_id, None)
-                if leaving is not None:
-                    retire(leaving, "session ended")
+                self._leave(agent_id, "session ended")
         if not self.hooks:
             return
         for hook in list(self.hooks.values()):
@@ -860,31 +994,143 @@ class SessionActor(pykka.ThreadingActor):
 
     def _deliver(self, agent_id: str | None = None) -> None:
         """Hand the agents (or one agent) the envelopes stored for them so far."""
+        now = time.monotonic()
         for target in [agent_id] if agent_id is not None else list(self._outbox):
             envelopes = self._outbox.pop(target, None)
             agent = self.agents.get(target)
             if envelopes and agent is not None:
                 notify(agent, envelopes)
+                self._active_at[target] = now
+                self._drowsing.discard(target)
 
     # -- agents and hooks -------------------------------------------------------
 
     def _start_agent(self, agent_id: str, kind: str, name: str, *, origin: str) -> None:
-        if agent_id in self.agents:
+        if agent_id in self._attached:
             return
+        self._attached.add(agent_id)
         behaviour = self._behaviours.pop(agent_id, None)
         if behaviour is None:
             try:
                 behaviour = self.agent_factory(agent_id, kind)
             except Exception:
                 log.exception("session %s: agent factory failed for %s", self.session_id, agent_id)
-                behaviour = Agent()
+                behaviour = None
+        if behaviour is None or not acts(behaviour):
+            return  # nothing to run: no actor, its state is folded from the session's
         context = AgentContext(self.session_id, agent_id, kind, name, self.handle, origin)
         state = AgentState(agent_id, kind, name, attached=True, sequence=self.state.sequence)
         state = dataclasses.replace(
             state,
             cursors={c.cursor_id: c for c in self.state.cursors_of(agent_id)},
         )
-        self.agents[agent_id] = AgentActor.start(context, behaviour, state)
+        ref = AgentActor.start(context, behaviour, state, pool=self.agent_pool)
+        self._run(agent_id, ref, behaviour)
+
+    def _run(self, agent_id: str, ref: PooledRef, behaviour: Agent) -> None:
+        self.agents[agent_id] = ref
+        self._live[agent_id] = behaviour
+        self._active_at[agent_id] = time.monotonic()
+        if not self._reaping and self.agent_idle_timeout is not None:
+            self._reaping = True
+            me = self.actor_ref
+            self.loop.call_later(self.agent_idle_timeout / 2, lambda: _tell(me, _Reap()))
+
+    def _leave(self, agent_id: str, reason: str) -> None:
+        """The agent is detached: its actor (woken first if passivated) is torn down."""
+        if agent_id in self._sleeping:
+            self._wake(agent_id)
+        self._attached.discard(agent_id)
+        self._live.pop(agent_id, None)
+        self._active_at.pop(agent_id, None)
+        self._drowsing.discard(agent_id)
+        leaving = self.agents.pop(agent_id, None)
+        if leaving is not None:
+            retire(leaving, reason)
+
+    # -- passivation -------------------------------------------------------------
+
+    def _wake_for(self, event: Event, about: object) -> None:
+        """Wake the passivated agents that ``event`` is for (before it is folded)."""
+        sleeping = self._sleeping
+        if about is _EVERYONE:
+            if isinstance(event, SessionEnded):  # each is told of the end, then torn down
+                for agent_id in event.detached:
+                    if agent_id in sleeping:
+                        self._wake(agent_id)
+            for agent_id in [a for a, b in sleeping.items() if listens(b)]:
+                self._wake(agent_id)
+        elif about in sleeping:
+            assert isinstance(about, str)
+            if isinstance(event, AgentDetached) or listens(sleeping[about]):
+                self._wake(about)
+
+    def _wake(self, agent_id: str) -> PooledRef:
+        """Start a passivated agent's actor again: its state folded from the session's,
+        no setup (it is not a new attach)."""
+        behaviour = self._sleeping.pop(agent_id)
+        try:
+            state = agent_state(self.state, agent_id)
+        except KeyError:  # detached meanwhile (another writer): woken to be torn down
+            state = AgentState(agent_id, sequence=self.state.sequence)
+        context = AgentContext(
+            self.session_id, agent_id, state.kind, state.name, self.handle, "woken"
+        )
+        ref = AgentActor.start(context, behaviour, state, woken=True, pool=self.agent_pool)
+        self._run(agent_id, ref, behaviour)
+        return ref
+
+    def _reap(self) -> None:
+        """Ask the agent actors idle past the timeout whether they are done (see ``_drowsy``)."""
+        self._reaping = False
+        timeout = self.agent_idle_timeout
+        if timeout is None or not self.agents:
+            return
+        now = time.monotonic()
+        me = self.actor_ref
+        for agent_id, at in self._active_at.items():
+            if now - at >= timeout and agent_id not in self._drowsing:
+                self._drowsing.add(agent_id)
+                drowse(self.agents[agent_id], me)
+        self._reaping = True
+        self.loop.call_later(timeout / 2, lambda: _tell(me, _Reap()))
+
+    def _drowsy(self, message: Drowsy) -> None:
+        """An agent actor handled everything it was sent: passivate it unless sent more since.
+
+        The session actor is the only one that tells an agent actor of events, so one that
+        answered :class:`Drowsy` and was sent nothing since has nothing left to do.
+        """
+        agent_id = message.agent_id
+        if agent_id not in self._drowsing:
+            return  # needed again meanwhile (or detached)
+        self._drowsing.discard(agent_id)
+        ref = self.agents.get(agent_id)
+        if ref is None or ref.actor_urn != message.ref.actor_urn:
+            return
+        del self.agents[agent_id]
+        del self._active_at[agent_id]
+        self._sleeping[agent_id] = self._live.pop(agent_id)
+        passivate(ref)
+
+    def agent(self, agent_id: str) -> PooledRef | AgentState:
+        """An attached agent's actor (woken if passivated), or the state of one without.
+
+        ``KeyError`` if the agent is not attached.
+        """
+        if agent_id in self._sleeping:
+            return self._wake(agent_id)
+        ref = self.agents.get(agent_id)
+        if ref is not None:
+            self._active_at[agent_id] = time.monotonic()
+            self._drowsing.discard(agent_id)
+            return ref
+        return agent_state(self.current_state(), agent_id)
+
+    @property
+    def sleeping(self) -> list[str]:
+        """The agents whose actors are passivated, by id."""
+        return sorted(self._sleeping)
 
     def add_hook(self, hook: OnChange) -> int:
         """Register an on-change callback; returns a key for :meth:`remove_hook`."""
