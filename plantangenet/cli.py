@@ -51,6 +51,7 @@ from plantangenet.history import (
     why,
 )
 from plantangenet.journal import (
+    DEFAULT_LIVE_PREFIX,
     DEFAULT_STREAM,
     DEFAULT_SUBJECT_PREFIX,
     LIMIT_ENV,
@@ -105,6 +106,9 @@ def _runtime(args: argparse.Namespace) -> Plantangenet:
         journal=JournalConfig(
             stream=args.stream,
             subject_prefix=args.subject_prefix,
+            # Opening the journal gives the stream this live republish: the prefix its
+            # bots follow (any other would leave them to see events late).
+            live_prefix=args.live_prefix,
             max_bytes=limits.get("max_bytes"),
             max_msgs=limits.get("max_msgs"),
             replicas=limits.get("replicas"),
@@ -864,6 +868,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
         help="subject prefix of sessions",
     )
+    common.add_argument(
+        "--live-prefix",
+        default=os.environ.get("PLANTANGENET_LIVE_PREFIX") or DEFAULT_LIVE_PREFIX,
+        help="where the stream republishes each stored event for live readers "
+        f"(default: $PLANTANGENET_LIVE_PREFIX or {DEFAULT_LIVE_PREFIX})",
+    )
     # The stream's limits, for every command that may create the stream (any that opens
     # the log): set on a new stream, and on an existing one where they differ.
     unset = "else as the stream has it; none for a new stream"
@@ -1005,7 +1015,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=cmd_serve)
     from plantangenet import access as nats_access
-    from plantangenet.journal import DEFAULT_LIVE_PREFIX
 
     access = sub.add_parser(
         "nats-config",

@@ -31,31 +31,17 @@ from plantangenet.botreplay import (
     describe_break,
     replay_agent,
 )
+from plantangenet.cli import _runtime as cli_runtime
 from plantangenet.errors import PlantangenetError
 from plantangenet.events.envelope import Envelope
 from plantangenet.history import parse_position
-from plantangenet.journal import DEFAULT_LIVE_PREFIX, JournalConfig
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
 from plantangenet.replay_serve import Release, replay_serve
-from plantangenet.runtime import Plantangenet
 
-POSITION_HELP = "a stream sequence, an event id (32 hex) or an ISO time (UTC if no offset)"
-
-
-def _runtime(args: argparse.Namespace) -> Plantangenet:
-    """The command line's runtime, with the stream's live prefix (``--live-prefix``).
-
-    Opening the journal gives an existing stream the live republish its config names:
-    the same prefix the stream's bots follow, or they would see events late.
-    """
-    return Plantangenet.open(
-        nats_url=args.nats_url,
-        store_dir=args.store_dir,
-        journal=JournalConfig(
-            stream=args.stream, subject_prefix=args.subject_prefix, live_prefix=args.live_prefix
-        ),
-    )
+POSITION_HELP = (
+    "a revision N, a stream sequence seq:N, an event id (32 hex) or an ISO time (UTC if no offset)"
+)
 
 
 def load_behaviour(spec: str) -> BehaviourFactory:
@@ -132,7 +118,7 @@ def cmd_replay_agent(args: argparse.Namespace, out: TextIO) -> int:
     stop = None if args.to_position is None else parse_position(args.to_position)
     breakpoint = EventFilter(tuple(args.break_types or ()), args.break_agent, args.break_outcome)
     prompt = Prompt(sys.stderr if args.json else out)
-    with _runtime(args) as pg:
+    with cli_runtime(args) as pg:
         report = replay_agent(
             pg,
             args.session_id,
@@ -207,7 +193,7 @@ def cmd_replay_serve(args: argparse.Namespace, out: TextIO) -> int:
         return answer not in {"q", "quit"}
 
     stop = threading.Event()
-    with _runtime(args) as pg, _stopped_by_signals(stop):
+    with cli_runtime(args) as pg, _stopped_by_signals(stop):
         report = replay_serve(
             pg,
             args.session_id,
@@ -237,7 +223,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     replay.add_argument("session_id")
     replay.add_argument("agent_id", metavar="agent")
-    _live_prefix(replay)
     replay.add_argument(
         "--behaviour",
         required=True,
@@ -273,7 +258,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "end, its commands now are compared with its commands then.",
     )
     serve.add_argument("session_id")
-    _live_prefix(serve)
     serve.add_argument("--as", dest="fork_id", metavar="FORK", required=True, help="a new id")
     serve.add_argument("--agent", dest="agent_id", required=True, help="the bot's agent id")
     serve.add_argument("--at", metavar="POS", help=f"fork there ({POSITION_HELP})")
@@ -293,12 +277,3 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     serve.set_defaults(run=cmd_replay_serve)
-
-
-def _live_prefix(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--live-prefix",
-        default=os.environ.get("PLANTANGENET_LIVE_PREFIX") or DEFAULT_LIVE_PREFIX,
-        help="where the stream republishes events (default: $PLANTANGENET_LIVE_PREFIX "
-        f"or {DEFAULT_LIVE_PREFIX})",
-    )

@@ -255,3 +255,27 @@ def test_a_full_stream_refuses_the_command_lines_append_as_storage_exhausted(
     assert "storage exhausted (the stream is full: maximum messages" in capsys.readouterr().err
     with Plantangenet.open(nats_url=nats_server.url, journal=journal_config) as pg:
         assert pg.sessions() == {"full": 5}  # what fitted, whole
+
+
+def test_a_cli_command_keeps_the_streams_live_prefix(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Opening the journal gives the stream the live republish of its config: a CLI command
+    # must use the deployment's prefix (option or environment), or bots following it would
+    # see events late.
+    config = JournalConfig(stream="LIVEPFX", subject_prefix="lp.events", live_prefix="lp.live")
+    with Plantangenet.open(nats_url=nats_server.url, journal=config) as pg:
+        pg.session("s").start()
+
+        def republished() -> str:
+            info = pg.run(pg.journal.js.stream_info("LIVEPFX"))
+            return str(info.config.republish.dest)
+
+        assert republished() == "lp.live.>" or republished().startswith("lp.live.")
+        opts = ["--nats-url", nats_server.url, "--stream", "LIVEPFX", "--subject-prefix"]
+        monkeypatch.setenv("PLANTANGENET_LIVE_PREFIX", "lp.live")
+        assert run(["sessions", *opts, "lp.events"])[0] == 0
+        assert republished().startswith("lp.live.")
+        monkeypatch.delenv("PLANTANGENET_LIVE_PREFIX")
+        assert run(["sessions", *opts, "lp.events", "--live-prefix", "lp.live"])[0] == 0
+        assert republished().startswith("lp.live.")
