@@ -46,6 +46,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -201,11 +202,29 @@ def echo_child(url: str, replicas: int) -> int:
                     last[subject] = int(msg.seq or 0)
                 raise RuntimeError(f"append-echo: {subject} kept losing races")
 
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def store_and_reply(session_id: str, msg: Any) -> None:
+            nonlocal answered
+            try:
+                await append(session_id, msg.data)
+            except Exception as exc:  # the bot sees it: its echo check fails
+                await msg.respond(f"append-echo failed: {exc}".encode())
+                raise
+            await msg.respond(msg.data)
+            answered += 1
+
         async def answer(msg: Any) -> None:
             nonlocal answered
             tokens = msg.subject.split(".")
             if tokens[-1] == APPEND:
-                await append(tokens[-2], msg.data)
+                # nats-py runs a subscription's callbacks one at a time: each append
+                # waits for its acknowledgement in a task of its own, as the service's
+                # requests do, so that appends of different sessions overlap.
+                task = asyncio.create_task(store_and_reply(tokens[-2], msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                return
             await msg.respond(msg.data)
             answered += 1
 
@@ -215,8 +234,11 @@ def echo_child(url: str, replicas: int) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"bench echo: listening on {ECHO_PREFIX}.>", flush=True)
         await stop.wait()
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=30)
+        kept = (await js.stream_info(APPEND_STREAM)).state.messages
         await nc.drain()
-        print(f"bench echo: stopped after {answered} requests", flush=True)
+        print(f"bench echo: stopped after {answered} requests ({kept} stored)", flush=True)
 
     asyncio.run(serve())
     return 0
@@ -679,15 +701,22 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
         stopped = True
         if handled is not None and handled != sent["library"]:
             raise RuntimeError(f"service handled {handled} requests, the bots sent {sent}")
-        echoed = handled_count(echo.stop())
+        echo_output = echo.stop()
+        echoed = handled_count(echo_output)
         echo = None
+        stored = re.search(r"\((\d+) stored\)", echo_output)
+        if stored is None or int(stored.group(1)) != sent["append"]:
+            raise RuntimeError(
+                f"append-echo stored {stored and stored.group(1)} messages, the bots sent "
+                f"{sent['append']} append requests"
+            )
         if args.profile:
             print(service.profile_output)
         if echoed is not None and echoed != sent["raw"] + sent["append"]:
             raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent}")
         notes.append(
-            f"{dep.name}: service handled {handled} requests, echo {echoed} (as sent: no loss, "
-            "no retry)"
+            f"{dep.name}: service handled {handled} requests, echo {echoed} ({stored.group(1)} "
+            "of them stored by append-echo; as sent: no loss, no retry)"
         )
     finally:
         if echo is not None:
