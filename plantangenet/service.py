@@ -222,7 +222,7 @@ class SessionService:
             sessions_owned=lambda: len(self._last_used),
             sessions_open=lambda: runtime.open_sessions,
             consumers_in_use=lambda: runtime.journal.consumers_in_use,
-            requests_waiting=lambda: sum(len(w) for w in list(self._waiting.values())),
+            requests_waiting=self._waiting_now,
             requests_in_flight=lambda: len(self._tasks),
         )
         #: The endpoints reported to ``$SRV.INFO``/``$SRV.STATS``: the command subject,
@@ -617,6 +617,15 @@ class SessionService:
                 self._busy.pop(session_id, None)
                 await loop.run_in_executor(None, self.runtime.stop_session, session_id)
                 log.info("stopped idle session %s", session_id)
+
+    def _waiting_now(self) -> int:
+        """Requests waiting now; safe to call from another thread (a metrics scrape)."""
+        for _ in range(10):
+            try:
+                return sum(len(w) for w in list(self._waiting.values()))
+            except RuntimeError:  # the loop changed the dict meanwhile: look again
+                continue
+        return 0
 
     @property
     def active_sessions(self) -> list[str]:

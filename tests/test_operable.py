@@ -13,14 +13,16 @@ from typing import Any
 
 import nats
 import pytest
+from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from prometheus_client.parser import text_string_to_metric_families
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet.access import BotAccess, server_config
 from plantangenet.client import BotClient
 from plantangenet.errors import PlantangenetError
+from plantangenet.events import AgentAttached, Envelope, SessionStarted, new_id, utc_now
 from plantangenet.service import SERVICE_NAME, SessionService
-from tests.conftest import with_client
+from tests.conftest import AsyncJournal, with_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,6 +81,38 @@ def test_srv_ping_info_and_stats_find_the_service_and_count_its_endpoints(
     assert commands["last_error"].startswith("session_already_started")
     assert commands["processing_time"] > 0 and commands["average_processing_time"] > 0
     assert "started" in stats and stats["id"] == registration.id
+    # nats.micro's own client-side parsers read all three answers.
+    assert ServicePing.from_dict(ping).id == registration.id
+    assert len(ServiceInfo.from_dict(info).endpoints) == 1 + service.lanes
+    assert ServiceStats.from_dict(stats).endpoints[0].num_requests == 4
+
+
+def test_the_journal_reports_append_latency_and_the_consumers_it_holds(
+    journal: AsyncJournal,
+) -> None:
+    j = journal.journal
+    seconds: list[float] = []
+    j.append_observer = seconds.append
+
+    def event(payload: object, command_id: str) -> Envelope:
+        return Envelope(payload, "s1", new_id(), command_id, command_id, utc_now())  # type: ignore[arg-type]
+
+    journal.run(j.append("s1", [event(SessionStarted("s1", {}), "c0")], expected_sequence=0))
+    with pytest.raises(PlantangenetError):  # a conflict is timed too
+        journal.run(
+            j.append("s1", [event(AgentAttached("a", "bot", ""), "c1")], expected_sequence=0)
+        )
+    assert len(seconds) == 2 and all(0 < s < 10 for s in seconds)
+
+    async def scenario() -> tuple[int, int]:
+        tail = j.tail("s1", from_sequence=1)
+        await anext(tail)
+        during = j.consumers_in_use
+        await tail.aclose()
+        return during, j.consumers_in_use
+
+    assert j.consumers_in_use == 0
+    assert journal.run(scenario()) == (1, 0)
 
 
 def test_stats_count_errors_and_the_metrics_endpoint_serves_the_counters(
