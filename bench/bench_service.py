@@ -18,6 +18,14 @@ of the same bytes a BotClient sends (encoded once), to a trivial responder: a
 nats-py subprocess that answers every request with its payload (echo). Same
 server, same concurrency, same counts, same run.
 
+Append-echo: the same again, but the responder first stores each request's
+payload in JetStream (a stream of its own, file storage, as many replicas as the
+session stream, no republish) with the headers a session's append carries
+(``Nats-Msg-Id``, ``Nats-Expected-Last-Subject-Sequence``: the responder tracks
+each session subject's last sequence), waits for the acknowledgement, then
+replies with the payload: the least any service that stores a command must do.
+The service's ratio is reported against both.
+
 Both are measured on one ``nats-server`` (stream replicas 1), then on a three-node
 ``EmbeddedCluster`` (``serve --replicas 3``; ``--no-cluster`` skips it), and the
 cluster is reported relative to the one node. Everything shares this machine's
@@ -38,6 +46,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -55,6 +64,7 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 import nats
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from plantangenet import JournalConfig, Plantangenet
 from plantangenet.access import BotAccess, LockedDownNats
@@ -67,6 +77,11 @@ from plantangenet.service import SessionService
 STREAM = "BENCH_SERVICE"
 PREFIX = "bench.service"
 ECHO_PREFIX = "bench.echo"
+#: The append-echo's stream and its subjects (one per session).
+APPEND_STREAM = "BENCH_APPEND_ECHO"
+APPEND_LOG = "bench.appendlog"
+#: The request name that asks the echo responder to store the payload first.
+APPEND = "append"
 AXES = ("ocean.x",)
 POLICY = [
     {
@@ -76,7 +91,9 @@ POLICY = [
         "resources": ["axis.ocean.*", "cursor.*"],
     }
 ]
-SIDES = ("library", "raw")
+SIDES = ("library", "raw", "append")
+#: What each side is called in the reports.
+LABELS = {"library": "library", "raw": "echo", "append": "append-echo"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,6 +131,7 @@ def parse_args() -> argparse.Namespace:
         "cProfile (all threads); print its top costs",
     )
     p.add_argument("--echo-child", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--echo-replicas", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--service-child", nargs=2, metavar=("URL", "REPLICAS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     try:
@@ -130,15 +148,83 @@ def parse_args() -> argparse.Namespace:
 # -- the trivial responder (a child process) ------------------------------------------------
 
 
-def echo_child(url: str) -> int:
-    """Answer every request on ``bench.echo.>`` with its own payload until SIGTERM."""
+def echo_child(url: str, replicas: int) -> int:
+    """Answer every request on ``bench.echo.>`` with its own payload until SIGTERM; a
+    request named ``append`` only once its payload is stored in JetStream (see the
+    module docs: append-echo)."""
 
     async def serve() -> None:
         nc = await nats.connect(servers=url.split(","), name="bench-echo")
+        js = nc.jetstream(timeout=30)
+        config = StreamConfig(
+            name=APPEND_STREAM,
+            subjects=[f"{APPEND_LOG}.*"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            discard=DiscardPolicy.NEW,
+        )
+        await js.add_stream(config)
+        deadline = time.monotonic() + 60
+        while (info := await js.stream_info(APPEND_STREAM)).cluster is not None and not (
+            info.cluster.leader
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stream {APPEND_STREAM} elected no leader")
+            await asyncio.sleep(0.05)
         answered = 0
+        run = h.new_id()[:12]
+        stored = 0
+        last: dict[str, int] = {}
+        locks: dict[str, asyncio.Lock] = {}
+
+        async def append(session_id: str, payload: bytes) -> None:
+            """Store ``payload`` as the session's next message, as a session's append does."""
+            nonlocal stored
+            subject = f"{APPEND_LOG}.{session_id}"
+            lock = locks.get(subject) or locks.setdefault(subject, asyncio.Lock())
+            async with lock:  # one append of a session at a time, as its actor does
+                for _ in range(8):
+                    stored += 1
+                    headers = {
+                        "Nats-Msg-Id": f"{run}-{stored}",
+                        "Nats-Expected-Last-Subject-Sequence": str(last.get(subject, 0)),
+                    }
+                    reply = await nc.request(subject, payload, timeout=30, headers=headers)
+                    ack = json.loads(reply.data)
+                    error = ack.get("error")
+                    if error is None:
+                        last[subject] = int(ack["seq"])
+                        return
+                    if error.get("err_code") != 10071:  # not "wrong last sequence"
+                        raise RuntimeError(f"append-echo: {error}")
+                    msg = await js.get_last_msg(APPEND_STREAM, subject)
+                    last[subject] = int(msg.seq or 0)
+                raise RuntimeError(f"append-echo: {subject} kept losing races")
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def store_and_reply(session_id: str, msg: Any) -> None:
+            nonlocal answered
+            try:
+                await append(session_id, msg.data)
+            except Exception as exc:  # the bot sees it: its echo check fails
+                await msg.respond(f"append-echo failed: {exc}".encode())
+                raise
+            await msg.respond(msg.data)
+            answered += 1
 
         async def answer(msg: Any) -> None:
             nonlocal answered
+            tokens = msg.subject.split(".")
+            if tokens[-1] == APPEND:
+                # nats-py runs a subscription's callbacks one at a time: each append
+                # waits for its acknowledgement in a task of its own, as the service's
+                # requests do, so that appends of different sessions overlap.
+                task = asyncio.create_task(store_and_reply(tokens[-2], msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                return
             await msg.respond(msg.data)
             answered += 1
 
@@ -148,8 +234,11 @@ def echo_child(url: str) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"bench echo: listening on {ECHO_PREFIX}.>", flush=True)
         await stop.wait()
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=30)
+        kept = (await js.stream_info(APPEND_STREAM)).state.messages
         await nc.drain()
-        print(f"bench echo: stopped after {answered} requests", flush=True)
+        print(f"bench echo: stopped after {answered} requests ({kept} stored)", flush=True)
 
     asyncio.run(serve())
     return 0
@@ -441,7 +530,11 @@ async def library_level(dep: Deployment, bots: int, args: argparse.Namespace, ta
     return Level(args.commands / elapsed, flat, requests, cpu)
 
 
-async def raw_level(dep: Deployment, bots: int, args: argparse.Namespace, tag: str) -> Level:
+async def raw_level(
+    dep: Deployment, bots: int, args: argparse.Namespace, tag: str, name: str = "move_cursor"
+) -> Level:
+    """The raw side: plain requests to the echo responder (``name``: ``append`` for the
+    append-echo)."""
     conns = await asyncio.gather(
         *(
             nats.connect(
@@ -457,7 +550,7 @@ async def raw_level(dep: Deployment, bots: int, args: argparse.Namespace, tag: s
         async def requests(i: int, count: int) -> list[float]:
             nc = conns[i]
             session_id = tag if args.shared_session else f"{tag}-b{i}"
-            subject = f"{ECHO_PREFIX}.{session_id}.move_cursor"
+            subject = f"{ECHO_PREFIX}.{session_id}.{name}"
             # The bytes a BotClient sends for a move (encoded once here).
             payload = encode_request(
                 {
@@ -477,7 +570,7 @@ async def raw_level(dep: Deployment, bots: int, args: argparse.Namespace, tag: s
                 msg = await nc.request(subject, payload, timeout=args.timeout)
                 out.append(perf() - start)
                 if msg.data != payload:
-                    raise RuntimeError("raw: the echo did not echo")
+                    raise RuntimeError(f"raw: the echo did not echo ({msg.data[:200]!r})")
             return out
 
         if args.warmup:
@@ -552,9 +645,18 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
     try:
         echo_url = dep.echo_url or url
         echo = Child(
-            "echo responder", [sys.executable, __file__, "--echo-child", echo_url], "listening"
+            "echo responder",
+            [
+                sys.executable,
+                __file__,
+                "--echo-child",
+                echo_url,
+                "--echo-replicas",
+                str(dep.replicas),
+            ],
+            "listening",
         )
-        sent = {"library": 0, "raw": 0}
+        sent = dict.fromkeys(SIDES, 0)
         args.pids = {
             "nats-server": dep.server_pids,
             "service": [service.pid] if service.pid else [],
@@ -568,12 +670,16 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
                     sides = ["library"] if args.profile else h.rotate(list(SIDES), r + n)
                     for side in sides:
                         tag = f"{dep.name[:3]}-r{r}-n{bots}"
-                        run_level = library_level if side == "library" else raw_level
-                        level = runner.run(run_level(dep, bots, args, tag))
+                        if side == "library":
+                            level = runner.run(library_level(dep, bots, args, tag))
+                        elif side == "raw":
+                            level = runner.run(raw_level(dep, bots, args, tag))
+                        else:
+                            level = runner.run(raw_level(dep, bots, args, tag, APPEND))
                         sent[side] += level.requests
                         results.add(side, bots, level, args.commands)
                         print(
-                            f"  {dep.name}, {bots:>3} bots, {side:<7}: "
+                            f"  {dep.name}, {bots:>3} bots, {LABELS[side]:<11}: "
                             f"{level.rate:>8,.0f} commands/s",
                             flush=True,
                         )
@@ -595,15 +701,22 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
         stopped = True
         if handled is not None and handled != sent["library"]:
             raise RuntimeError(f"service handled {handled} requests, the bots sent {sent}")
-        echoed = handled_count(echo.stop())
+        echo_output = echo.stop()
+        echoed = handled_count(echo_output)
         echo = None
+        stored = re.search(r"\((\d+) stored\)", echo_output)
+        if stored is None or int(stored.group(1)) != sent["append"]:
+            raise RuntimeError(
+                f"append-echo stored {stored and stored.group(1)} messages, the bots sent "
+                f"{sent['append']} append requests"
+            )
         if args.profile:
             print(service.profile_output)
-        if echoed is not None and echoed != sent["raw"]:
-            raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent['raw']}")
+        if echoed is not None and echoed != sent["raw"] + sent["append"]:
+            raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent}")
         notes.append(
-            f"{dep.name}: service handled {handled} requests, echo {echoed} (as sent: no loss, "
-            "no retry)"
+            f"{dep.name}: service handled {handled} requests, echo {echoed} ({stored.group(1)} "
+            "of them stored by append-echo; as sent: no loss, no retry)"
         )
     finally:
         if echo is not None:
@@ -668,39 +781,41 @@ def ms(seconds: float) -> str:
 
 def report(name: str, results: Results, levels: Sequence[int]) -> None:
     rows = []
+    ratios = []
     for bots in levels:
-        lib, raw = results.summary("library", bots), results.summary("raw", bots)
-        rows.append(
+        lib, raw, app = (results.summary(side, bots) for side in SIDES)
+        row = [str(bots)]
+        for side in (lib, raw, app):
+            row += [f"{side['rate']:,.0f}", ms(side["p50"]), ms(side["p99"])]
+        rows.append(row)
+        ratios.append(
             [
                 str(bots),
-                f"{lib['rate']:,.0f}",
-                ms(lib["p50"]),
-                ms(lib["p99"]),
-                f"{raw['rate']:,.0f}",
-                ms(raw["p50"]),
-                ms(raw["p99"]),
                 f"{lib['rate'] / raw['rate']:.3f}",
                 f"{lib['p50'] / raw['p50']:.1f}",
                 f"{lib['p99'] / raw['p99']:.1f}",
+                f"{lib['rate'] / app['rate']:.3f}",
+                f"{lib['p50'] / app['p50']:.1f}",
+                f"{lib['p99'] / app['p99']:.1f}",
             ]
         )
     print()
     print(f"{name}:")
+    headers = ["bots", "library cmd/s", "p50 ms", "p99 ms", "echo req/s", "p50 ms", "p99 ms"]
+    print(h.table([*headers, "append-echo req/s", "p50 ms", "p99 ms"], rows))
+    print(f"{name}, the service relative to each baseline:")
     print(
         h.table(
             [
                 "bots",
-                "library cmd/s",
-                "p50 ms",
-                "p99 ms",
-                "raw req/s",
-                "p50 ms",
-                "p99 ms",
-                "rate lib/raw",
-                "p50 lib/raw",
-                "p99 lib/raw",
+                "rate lib/echo",
+                "p50 lib/echo",
+                "p99 lib/echo",
+                "rate lib/append",
+                "p50 lib/append",
+                "p99 lib/append",
             ],
-            rows,
+            ratios,
         )
     )
 
@@ -714,15 +829,15 @@ def report_cpu(name: str, results: Results, levels: Sequence[int], in_process: b
             cpu = results.cpu_per_command(side, bots)
             worker = "service" if side == "library" else "echo"
             total = cpu["nats-server"] + cpu[worker] + cpu["bots"]
-            if side == "raw":
-                worker_cell = f"{cpu[worker] * 1e6:,.0f} (echo)"
+            if side != "library":
+                worker_cell = f"{cpu[worker] * 1e6:,.0f} ({LABELS[side]})"
             elif in_process:
                 worker_cell = "in this process"
             else:
                 worker_cell = f"{cpu[worker] * 1e6:,.0f}"
             rows.append(
                 [
-                    f"{bots} bots, {side}",
+                    f"{bots} bots, {LABELS[side]}",
                     f"{cpu['nats-server'] * 1e6:,.0f}",
                     worker_cell,
                     f"{cpu['bots'] * 1e6:,.0f}",
@@ -755,7 +870,10 @@ def report_cluster(
     print(title)
     print(
         h.table(
-            ["bots", "library rate", "lib p50", "lib p99", "raw rate", "raw p50", "raw p99"],
+            [
+                "bots",
+                *(f"{LABELS[side]} {what}" for side in SIDES for what in ("rate", "p50", "p99")),
+            ],
             rows,
         )
     )
@@ -764,7 +882,7 @@ def report_cluster(
 def run() -> int:
     args = parse_args()
     if args.echo_child:
-        return echo_child(args.echo_child)
+        return echo_child(args.echo_child, args.echo_replicas)
     if args.service_child:
         return service_child(args.service_child[0], int(args.service_child[1]))
     if args.profile:
@@ -829,9 +947,13 @@ def run() -> int:
     for note in notes:
         print(note)
     print(
-        "note: raw = nats-py request/reply to an echo subprocess (same payload bytes, encoded "
-        "once): transport only -- no decoding, no decision, no append, no fold. The library "
-        "reply means the event is stored (and replicated on the cluster) and folded."
+        "note: echo = nats-py request/reply to an echo subprocess (same payload bytes, encoded "
+        "once): transport only -- no decoding, no decision, no append, no fold. append-echo = "
+        "the same responder storing each payload in JetStream first (Nats-Msg-Id, "
+        "Nats-Expected-Last-Subject-Sequence; one append of a session at a time; no republish) "
+        "and replying once it is acknowledged: the least a service that stores a command must "
+        "do. The library reply means the event is stored (and replicated on the cluster) and "
+        "folded."
     )
     return 0
 

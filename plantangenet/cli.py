@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -771,6 +772,9 @@ def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -792,12 +796,32 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             )
             pg.run(service.start())
             out.write(f"plantangenet serve: listening on {pg.url} ({args.command_prefix}.*.*)\n")
+            registration = service.registration
+            out.write(
+                f"plantangenet serve: registered as NATS service {registration.name} "
+                f"{registration.version} (id {registration.id}; $SRV.PING/INFO/STATS)\n"
+            )
+            if args.metrics_port is not None:
+                try:
+                    port = service.metrics.serve(args.metrics_port, args.metrics_address)
+                except OSError as exc:
+                    pg.run(service.stop())
+                    raise PlantangenetError(
+                        f"--metrics-port {args.metrics_port}: cannot listen on "
+                        f"{args.metrics_address}: {exc}"
+                    ) from None
+                out.write(
+                    f"plantangenet serve: metrics on http://{args.metrics_address}:{port}/metrics\n"
+                )
             out.flush()
-            while not stop.wait(0.2):
-                pass
-            out.write("plantangenet serve: shutting down, finishing requests in flight\n")
-            out.flush()
-            pg.run(service.stop())
+            try:
+                while not stop.wait(0.2):
+                    pass
+                out.write("plantangenet serve: shutting down, finishing requests in flight\n")
+                out.flush()
+                pg.run(service.stop())
+            finally:
+                service.metrics.close()
             out.write(f"plantangenet serve: stopped after {service.handled} requests\n")
     finally:
         for sig, handler in previous.items():
@@ -1012,6 +1036,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="provide a compositor: 'synthetic', 'recorded' or 'module:attribute' (repeatable)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (0: any free port; "
+        "default: none)",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics listen on (default: 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="log messages of this level and above, to stderr (default: warning)",
     )
     serve.set_defaults(run=cmd_serve)
     from plantangenet import access as nats_access

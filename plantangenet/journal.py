@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -335,6 +336,11 @@ class Journal:
         self.config = config or JournalConfig()
         self.js = nc.jetstream(timeout=self.config.api_timeout)
         self.codec = codec
+        #: Called with the seconds each append took, from publishing it to its
+        #: acknowledgement or failure (the session service's metrics use it).
+        self.append_observer: Callable[[float], None] | None = None
+        #: Readers' consumers this journal holds on the stream now (at most 1,000 a stream).
+        self.consumers_in_use = 0
 
     def subject(self, session_id: str) -> str:
         """The subject that holds ``session_id``'s events."""
@@ -535,6 +541,8 @@ class Journal:
         if last == 0:
             commit["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
         timeout = self.config.ack_timeout
+        observer = self.append_observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             try:
                 reply = await self._send_append(
@@ -561,6 +569,9 @@ class Journal:
             ) from None
         except nats.errors.Error as exc:
             raise JournalError(f"append to {session_id} failed: {exc}") from exc
+        finally:
+            if observer is not None:
+                observer(time.perf_counter() - started)
         ack = _parse_ack(reply.data, expected_sequence, session_id)
         last_seq = int(ack["seq"])
         first_seq = last_seq - len(envelopes) + 1
@@ -1288,6 +1299,7 @@ class Journal:
                 continue
             failures = 0
             expected = 1
+            self.consumers_in_use += 1
             try:
                 while True:
                     if not inbox.messages and not await inbox.wait(loop, idle_timeout):
@@ -1305,6 +1317,7 @@ class Journal:
                     if stop_at is not None and sequence >= stop_at:
                         return
             finally:
+                self.consumers_in_use -= 1
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
                 await self._delete_consumer(name)

@@ -427,6 +427,12 @@ class Plantangenet:
         return handle if handle is not None and handle.is_running else None
 
     @property
+    def open_sessions(self) -> int:
+        """How many session actors are running in this process."""
+        with self._lock:
+            return sum(1 for handle in self._sessions.values() if handle.is_running)
+
+    @property
     def connection(self) -> Any:
         """The NATS connection (a ``nats.aio.client.Client``; use it on :attr:`loop`)."""
         if self._nc is None:

@@ -51,6 +51,13 @@ from a failed rehydration (it reports the failure), and a reply larger than the
 connection's ``max_payload`` becomes a ``reply_too_large`` error. A ``history`` request
 answers a page of the session's stored events (no consumer is created).
 
+**Operating it.** The service registers with the NATS services framework
+(:mod:`plantangenet.micro`): it answers ``$SRV.PING``, ``$SRV.INFO`` and
+``$SRV.STATS`` in its own account, so ``nats micro ls`` lists it, with its
+endpoints (the command subject and each lane) and their request, error and
+latency counts. Its Prometheus metrics (:mod:`plantangenet.metrics`) are in
+:attr:`SessionService.metrics`; ``plantangenet serve --metrics-port`` serves them.
+
 Nothing here blocks the event loop: requests become tasks, actors are reached
 through futures.
 """
@@ -61,6 +68,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import logging
 import time
 from collections import deque
@@ -83,6 +91,8 @@ from plantangenet.errors import (
 )
 from plantangenet.events.envelope import OPERATOR
 from plantangenet.handle import SessionHandle
+from plantangenet.metrics import REPLY_DROPPED, ServiceMetrics
+from plantangenet.micro import EndpointCounts, Registration
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     BATCH,
@@ -116,6 +126,19 @@ _REPLY_OVERHEAD = 4096
 
 #: The queue group every ``serve`` process joins.
 QUEUE_GROUP = "plantangenet-serve"
+#: The name the service registers under with the NATS services framework.
+SERVICE_NAME = "plantangenet"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("plantangenet")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0.0.0"
+
+
+#: A request waiting for its turn: the message, its endpoint, when it was taken (ns).
+_Waiting = tuple[Msg, EndpointCounts, int]
 
 
 class SessionService:
@@ -133,6 +156,8 @@ class SessionService:
     :param lanes: ingress lanes: connections bots' requests arrive on, one lane per
         bot account as far as there are lanes (``plantangenet nats-config --lanes`` must
         say the same; see the module docs).
+    :param metrics: where the Prometheus metrics go (default: a registry of its own).
+    :param service_name: the name registered with the NATS services framework.
     """
 
     def __init__(
@@ -147,6 +172,8 @@ class SessionService:
         per_principal: int = 16,
         queued_per_principal: int = 256,
         lanes: int = DEFAULT_LANES,
+        metrics: ServiceMetrics | None = None,
+        service_name: str = SERVICE_NAME,
     ) -> None:
         self.runtime = runtime
         self.command_prefix = command_prefix
@@ -163,7 +190,7 @@ class SessionService:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Requests waiting, per principal, and the principals with some waiting that
         #: may start one now, in the order they are served (round robin).
-        self._waiting: dict[str, deque[Msg]] = {}
+        self._waiting: dict[str, deque[_Waiting]] = {}
         self._turns: deque[str] = deque()
         self._running_of: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
@@ -190,6 +217,33 @@ class SessionService:
         self.unidentified = 0
         #: Requests answered ``too_many_requests``.
         self.overflowed = 0
+        #: Prometheus metrics (see :mod:`plantangenet.metrics`).
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self.metrics.gauges(
+            sessions_owned=lambda: len(self._last_used),
+            sessions_open=lambda: runtime.open_sessions,
+            consumers_in_use=lambda: runtime.journal.consumers_in_use,
+            requests_waiting=self._waiting_now,
+            requests_in_flight=lambda: len(self._tasks),
+        )
+        #: The endpoints reported to ``$SRV.INFO``/``$SRV.STATS``: the command subject,
+        #: then each lane.
+        self.endpoints = [EndpointCounts("commands", f"{command_prefix}.*.*", queue)] + [
+            EndpointCounts(f"lane-{lane}", lane_subjects(lane, command_prefix), queue)
+            for lane in range(lanes)
+        ]
+        #: The service's registration with the NATS services framework.
+        self.registration = Registration(
+            service_name,
+            _version(),
+            description="plantangenet sessions: commands and queries over request/reply",
+            metadata={
+                "command_prefix": command_prefix,
+                "stream": config.stream,
+                "lanes": str(lanes),
+            },
+            endpoints=self.endpoints,
+        )
         self._overflow_reply = error_reply(
             TooManyRequests(
                 f"{queued_per_principal} requests of yours are waiting already; nothing was "
@@ -202,13 +256,13 @@ class SessionService:
     async def start(self) -> None:
         """Connect (connections of its own: see the module docs), subscribe, begin serving."""
         nc = self._nc = await self.runtime.open_connection("plantangenet-serve")
-        self._sub = await self._subscribe(nc, f"{self.command_prefix}.*.*")
+        self.runtime.journal.append_observer = self.metrics.append_seconds.observe
+        self._sub = await self._subscribe(nc, self.endpoints[0])
         for lane in range(self.lanes):
             lane_nc = await self.runtime.open_connection(f"plantangenet-serve-lane-{lane}")
             self._lane_connections.append(lane_nc)
-            self._lane_subs.append(
-                await self._subscribe(lane_nc, lane_subjects(lane, self.command_prefix))
-            )
+            self._lane_subs.append(await self._subscribe(lane_nc, self.endpoints[lane + 1]))
+        await self.registration.start(nc)
         self._reaper = asyncio.create_task(self._reap_idle())
         log.info(
             "serving %s.*.* and %d lanes in queue group %s",
@@ -217,11 +271,11 @@ class SessionService:
             self.queue,
         )
 
-    async def _subscribe(self, nc: Any, subject: str) -> Any:
+    async def _subscribe(self, nc: Any, endpoint: EndpointCounts) -> Any:
         sub = await nc.subscribe(
-            subject,
+            endpoint.subject,
             queue=self.queue,
-            cb=self._on_message,
+            cb=functools.partial(self._on_message, endpoint=endpoint),
             # The service queues by principal itself; let NATS hand it a burst whole.
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=1024 * 1024 * 1024,
@@ -232,6 +286,7 @@ class SessionService:
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking requests, finish the ones taken (in flight and queued), then return."""
         self._stopping = True
+        await self.registration.stop()
         for sub in [self._sub, *self._lane_subs]:
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -253,10 +308,14 @@ class SessionService:
                 with contextlib.suppress(Exception):
                     await nc.drain()
         self._nc, self._lane_connections = None, []
+        if self.runtime.journal.append_observer == self.metrics.append_seconds.observe:
+            self.runtime.journal.append_observer = None
 
     # -- taking requests off the connection --------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _on_message(self, msg: Msg, endpoint: EndpointCounts) -> None:
+        taken = time.perf_counter_ns()
+        endpoint.requests += 1
         self._taken += 1
         if self._taken % _YIELD_EVERY == 0:
             # nats-py hands a backlog over without yielding: let the requests already
@@ -269,6 +328,9 @@ class SessionService:
         refusal = self._reply_refusal(msg.reply, crossed)
         if refusal is not None:
             self.refused_replies += 1
+            endpoint.failed(f"dropped: the reply subject is {refusal}")
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            self.metrics.refusal(REPLY_DROPPED)
             if self.refused_replies <= 10 or self.refused_replies % 1000 == 0:
                 log.warning(
                     "dropped a request on %s: its reply subject %r is %s (%d dropped so far)",
@@ -289,24 +351,26 @@ class SessionService:
             principal = None  # on a lane without the server's word, or not its account's
         if principal is None:
             self.unidentified += 1
-            await self._reply(
-                msg,
-                error_reply(
-                    AccessRefused(
-                        "the service cannot tell who sent this request: its Nats-Request-Info "
-                        "header is unreadable or repeated; nothing was done"
-                    )
-                ),
+            refused = AccessRefused(
+                "the service cannot tell who sent this request: its Nats-Request-Info "
+                "header is unreadable or repeated; nothing was done"
             )
+            endpoint.failed(f"{refused.code}: {refused}")
+            self.metrics.refusal(refused.code)
+            await self._reply(msg, error_reply(refused))
+            endpoint.processing_ns += time.perf_counter_ns() - taken
             return
         waiting = self._waiting.get(principal)
         if waiting is None:
             waiting = self._waiting[principal] = deque()
         elif len(waiting) >= self.queued_per_principal and principal != OPERATOR:
             self.overflowed += 1  # the cheapest answer there is: a flood must cost little
+            endpoint.failed(f"{TooManyRequests.code}: principal {principal} overflowed")
+            self.metrics.refusal(TooManyRequests.code)
             await self._reply(msg, self._overflow_reply)
+            endpoint.processing_ns += time.perf_counter_ns() - taken
             return
-        waiting.append(msg)
+        waiting.append((msg, endpoint, taken))
         if len(waiting) == 1 and (
             self._running_of.get(principal, 0) < self.per_principal or principal == OPERATOR
         ):
@@ -333,14 +397,14 @@ class SessionService:
         while turns and len(self._tasks) < self.max_in_flight:
             principal = turns.popleft()
             waiting = self._waiting[principal]
-            msg = waiting.popleft()
+            request = waiting.popleft()
             running = self._running_of.get(principal, 0) + 1
             self._running_of[principal] = running
             if waiting and (running < self.per_principal or principal == OPERATOR):
                 turns.append(principal)  # its next request: after everyone else's
             elif not waiting:
                 del self._waiting[principal]
-            task = asyncio.create_task(self._handle(msg, principal))
+            task = asyncio.create_task(self._handle(*request, principal=principal))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._done, principal=principal))
 
@@ -358,8 +422,11 @@ class SessionService:
 
     # -- requests --------------------------------------------------------------------
 
-    async def _handle(self, msg: Msg, principal: str) -> None:
-        session_id = ""
+    async def _handle(
+        self, msg: Msg, endpoint: EndpointCounts, taken: int, *, principal: str
+    ) -> None:
+        session_id = name = ""
+        failure: BaseException | None = None
         try:
             session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
             check_id(session_id, "session_id")
@@ -373,10 +440,12 @@ class SessionService:
                 )
         except PlantangenetError as exc:
             self.failed += 1
+            failure = exc
             reply = error_reply(exc)
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("request on %s failed", msg.subject)
             self.failed += 1
+            failure = exc
             reply = error_reply(exc)
         finally:
             if session_id in self._busy:
@@ -387,7 +456,13 @@ class SessionService:
                     del self._busy[session_id]
                     self._last_used.pop(session_id, None)
         self.handled += 1
+        self.metrics.request(name)
+        if failure is not None:
+            code = failure.code if isinstance(failure, PlantangenetError) else "error"
+            endpoint.failed(f"{code}: {failure}"[:500])
+            self.metrics.refusal(code)
         await self._reply(msg, reply)
+        endpoint.processing_ns += time.perf_counter_ns() - taken
 
     async def _reply(self, msg: Msg, reply: bytes) -> None:
         """Answer on the connection the request came on (a flood's replies stay in its lane)."""
@@ -417,7 +492,11 @@ class SessionService:
             return await self._query(session_id, name)
         if name == BATCH:
             commands = decode_batch(payload, principal)
-            return batch_reply(await self._execute(session_id, commands))
+            outcomes = await self._execute(session_id, commands)
+            for outcome in outcomes:
+                if isinstance(outcome, PlantangenetError):
+                    self.metrics.refusal(outcome.code)
+            return batch_reply(outcomes)
         command = decode_request(name, payload, principal)
         if isinstance(command, QueryCursor):
             # The answer must fit in a reply: a larger one is refused before it is
@@ -444,6 +523,8 @@ class SessionService:
             item if isinstance(item, PlantangenetError) else _UNANSWERED for item in items
         ]
         commands = {i: item for i, item in enumerate(items) if isinstance(item, Command)}
+        for command in commands.values():
+            self.metrics.command(type(command).__name__)
         pending = list(commands)
         if (
             pending
@@ -469,6 +550,8 @@ class SessionService:
             answers = await asyncio.wrap_future(handle.submit_many(batch))
             retry = []
             for i, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, ConcurrencyError):
+                    self.metrics.conflicts.inc()
                 if isinstance(answer, ConcurrencyError) and attempt < self.conflict_retries:
                     retry.append(i)
                 else:
@@ -535,6 +618,15 @@ class SessionService:
                 self._busy.pop(session_id, None)
                 await loop.run_in_executor(None, self.runtime.passivate_session, session_id)
                 log.info("passivated idle session %s", session_id)
+
+    def _waiting_now(self) -> int:
+        """Requests waiting now; safe to call from another thread (a metrics scrape)."""
+        for _ in range(10):
+            try:
+                return sum(len(w) for w in list(self._waiting.values()))
+            except RuntimeError:  # the loop changed the dict meanwhile: look again
+                continue
+        return 0
 
     @property
     def active_sessions(self) -> list[str]:
