@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -56,7 +57,14 @@ from plantangenet.journal import (
     parse_limit,
     stream_limits_from_env,
 )
-from plantangenet.projections.audit import Audit
+from plantangenet.projections.audit import Audit, AuditEntry
+from plantangenet.projections.audit_model import (
+    GROUP_BY,
+    AuditFilter,
+    AuditModel,
+    query_audit,
+    reset_audit_model,
+)
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
@@ -446,13 +454,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
-    progress = _Progress(sys.stderr)
-    with _runtime(args) as pg:
-        audit = Audit()
-        count = pg.run(_fold_history(pg, args.session_id, audit, progress))
-    if count == 0:
-        raise UnknownSession(f"no events for session {args.session_id!r}")
-    entries = audit.query(
+    where = AuditFilter(
         agent=args.agent,
         action=args.action,
         resource=args.resource,
@@ -460,21 +462,59 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         since=_parse_time(args.since),
         until=_parse_time(args.until),
     )
-    if args.json:
-        for entry in entries:
-            out.write(json.dumps(plain(entry)) + "\n")
-        return 0
-    out.write(
-        f"{'SEQ':>6}  {'TIME (UTC)':<19}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
-        f"{'RESOURCE':<24}  {'STATEMENT':<22}  POLICY\n"
-    )
-    for e in entries:
-        out.write(
-            f"{e.sequence:>6}  {e.occurred_at:%Y-%m-%d %H:%M:%S}  {e.agent_id or '(owner)':<12}  "
-            f"{e.outcome:<7}  {e.action:<16}  {e.resource:<24}  {e.statement_id or '-':<22}  "
-            f"v{e.policy_version}\n"
-        )
+    check_id(args.session_id, "session_id")
+    progress = _Progress(sys.stderr)
+    with _runtime(args) as pg:
+        journal = pg.journal
+        if pg.run(journal.last_sequence(args.session_id)) == 0:
+            raise UnknownSession(f"no events for session {args.session_id!r}")
+        if args.rebuild:
+            pg.run(reset_audit_model(journal, args.session_id))
+
+        async def answer(model: AuditModel) -> None:
+            if args.group_by:
+                _write_audit_counts(args, out, await model.counts(args.group_by, where))
+                return
+            if not args.json:
+                out.write(_AUDIT_HEADER)
+            async for entry in model.entries_matching(where):
+                if args.json:
+                    out.write(json.dumps(plain(entry)) + "\n")
+                else:
+                    out.write(_audit_row(entry))
+
+        pg.run(query_audit(journal, args.session_id, answer, progress=progress))
     return 0
+
+
+_AUDIT_HEADER = (
+    f"{'SEQ':>6}  {'TIME (UTC)':<23}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
+    f"{'RESOURCE':<24}  {'STATEMENT':<22}  {'POLICY':<6}  REASON\n"
+)
+
+
+def _audit_row(e: AuditEntry) -> str:
+    at = e.occurred_at
+    return (
+        f"{e.sequence:>6}  {at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d}  "
+        f"{e.agent_id or '(owner)':<12}  {e.outcome:<7}  {e.action:<16}  {e.resource:<24}  "
+        f"{e.statement_id or '-':<22}  {'v' + str(e.policy_version):<6}  {e.reason}\n"
+    )
+
+
+def _write_audit_counts(args: argparse.Namespace, out: TextIO, counts: Counter[str | None]) -> None:
+    """One line per value of ``--group-by``, most entries first."""
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))
+    if args.json:
+        for key, n in rows:
+            out.write(json.dumps({args.group_by: key, "count": n}) + "\n")
+        return
+    absent = "(owner)" if args.group_by == "agent" else "-"
+    width = max([len(args.group_by), *(len(k or absent) for k, _ in rows)])
+    out.write(f"{args.group_by.upper():<{width}}  {'COUNT':>8}\n")
+    for key, n in rows:
+        out.write(f"{key or absent:<{width}}  {n:>8}\n")
+    out.write(f"{'total':<{width}}  {sum(counts.values()):>8}\n")
 
 
 async def _fold_history(
@@ -866,6 +906,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--outcome", choices=["allowed", "denied"])
     audit.add_argument("--since", help="ISO time (UTC if no offset)")
     audit.add_argument("--until", help="ISO time (UTC if no offset)")
+    audit.add_argument(
+        "--group-by", choices=GROUP_BY, help="count the decisions per agent, action, ... instead"
+    )
+    audit.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="discard the session's audit read model and build it again from the log",
+    )
     audit.set_defaults(run=cmd_audit)
     serve = sub.add_parser("serve", parents=[common], help="serve sessions to bots over NATS")
     serve.add_argument(

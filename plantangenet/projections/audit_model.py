@@ -1,0 +1,611 @@
+"""The audit read model: a session's audit trail kept in NATS KV, caught up from a checkpoint.
+
+:func:`audit_model` answers ``plantangenet audit`` without replaying the
+session: the entries :func:`~plantangenet.projections.audit.audit_entries`
+derives from the log are stored in the projections' KV bucket (the one
+:mod:`plantangenet.projections.user` keeps its checkpoints in), and each call
+folds only the events stored after the model's checkpoint, up to the session's
+last event at that moment, before answering.
+
+It is a read model, never the source of truth: derived from the log only,
+disposable (:func:`reset_audit_model`), and rebuilt from scratch whenever what
+is stored cannot be trusted (unreadable, of another version or stream, ahead of
+the log, a chunk missing or not the one the checkpoint recorded).
+
+Layout, per session, under ``audit.<stream>.<session>``:
+
+* ``.c<i>``: chunk ``i`` of the entries, in log order. A chunk is closed at an
+  event boundary once it holds :data:`CHUNK_ENTRIES` entries or about
+  :data:`CHUNK_BYTES` bytes, so no value grows with the session; closed chunks
+  never change. Columnar and dictionary-encoded (msgpack)::
+
+      {"f": 1, "s": [strings...],        # every string of the chunk once (and nil)
+       "c": [sequences, times (microseconds since the epoch, UTC), agents, command ids,
+             commands, actions, resources, outcomes (0 allowed, 1 denied), statements,
+             policy versions, reasons]}  # the string columns hold indices into "s"
+
+* ``.head``: the checkpoint::
+
+      {"f": 1, "version": 1, "stream": "PLANTANGENET", "session": "harbour",
+       "position": 1234,                 # stream sequence of the last event folded
+       "chunks": [[entries, last sequence, blake2b digest], ...],
+       "saved_at": 1732540000000000}
+
+  Chunks are written before the head that lists them, and the head is written
+  with a KV ``update`` guarded by the revision read, so a crash between the two
+  leaves chunks the head does not trust, and of two writers only one head wins
+  (the other catches up again from it). A listed chunk whose digest does not
+  match is not used: the last (open) chunk is folded again from the end of the
+  one before, any other means a rebuild.
+
+Memory stays bounded: catching up holds one open chunk; a query reads the
+chunks one at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, get_args
+
+import nats.errors
+import nats.js.errors
+
+from plantangenet.errors import JournalError
+from plantangenet.journal import Journal
+from plantangenet.policy import pattern_matches
+from plantangenet.projections.audit import AuditEntry, Outcome, audit_entries
+from plantangenet.projections.user import (
+    DEFAULT_BUCKET,
+    CheckpointConflict,
+    CheckpointError,
+    _bucket,
+    _pack,
+    _unpack,
+)
+
+#: Bump when what the fold stores changes: older models are rebuilt.
+MODEL_VERSION = 1
+MODEL_FORMAT = 1
+#: A chunk is closed (at an event boundary) at this many entries...
+CHUNK_ENTRIES = 4096
+#: ... or about this many bytes of strings and numbers.
+CHUNK_BYTES = 256 * 1024
+#: Events folded between two checkpoints (besides one per closed chunk and one at the end).
+CHECKPOINT_EVERY = 20_000
+
+GroupBy = Literal["agent", "action", "resource", "statement", "outcome"]
+GROUP_BY: tuple[str, ...] = get_args(GroupBy)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OUTCOMES: tuple[Outcome, Outcome] = ("allowed", "denied")
+# Column numbers.
+_SEQ, _AT, _AGENT, _CID, _CMD, _ACTION, _RESOURCE, _OUTCOME, _STATEMENT, _POLICY, _REASON = range(
+    11
+)
+_STRING_COLUMNS = (_AGENT, _CID, _CMD, _ACTION, _RESOURCE, _STATEMENT, _REASON)
+_GROUP_COLUMN = {
+    "agent": _AGENT,
+    "action": _ACTION,
+    "resource": _RESOURCE,
+    "statement": _STATEMENT,
+    "outcome": _OUTCOME,
+}
+_HEAD_KEYS = frozenset({"f", "version", "stream", "session", "position", "chunks", "saved_at"})
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class _Damaged(Exception):
+    """What is stored cannot be used (the caller rebuilds)."""
+
+
+class _Chunk:
+    """Entries in columns, their strings dictionary-encoded."""
+
+    __slots__ = ("columns", "index", "size", "strings")
+
+    def __init__(self) -> None:
+        self.strings: list[str | None] = []
+        self.index: dict[str | None, int] = {}
+        self.columns: list[list[int]] = [[] for _ in range(11)]
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self.columns[_SEQ])
+
+    def _code(self, text: str | None) -> int:
+        code = self.index.get(text)
+        if code is None:
+            code = self.index[text] = len(self.strings)
+            self.strings.append(text)
+            self.size += 8 + (len(text) if text else 0)
+        return code
+
+    def add(self, e: AuditEntry) -> None:
+        code = self._code
+        c = self.columns
+        c[_SEQ].append(e.sequence)
+        c[_AT].append(_micros(e.occurred_at))
+        c[_AGENT].append(code(e.agent_id))
+        c[_CID].append(code(e.command_id))
+        c[_CMD].append(code(e.command))
+        c[_ACTION].append(code(e.action))
+        c[_RESOURCE].append(code(e.resource))
+        c[_OUTCOME].append(0 if e.outcome == "allowed" else 1)
+        c[_STATEMENT].append(code(e.statement_id))
+        c[_POLICY].append(e.policy_version)
+        c[_REASON].append(code(e.reason))
+        self.size += 40
+
+    def full(self, entries: int, size: int) -> bool:
+        return len(self) >= entries or self.size >= size
+
+    def pack(self) -> bytes:
+        return _pack({"f": MODEL_FORMAT, "s": self.strings, "c": self.columns})
+
+    @classmethod
+    def unpack(cls, data: bytes) -> _Chunk:
+        try:
+            raw = _unpack(data)
+            strings, columns = raw["s"], raw["c"]
+            if raw["f"] != MODEL_FORMAT or type(strings) is not list or type(columns) is not list:
+                raise _Damaged("not a chunk")
+            if len(columns) != 11 or len({len(c) for c in columns}) != 1:
+                raise _Damaged("columns of different lengths")
+            if not all(s is None or type(s) is str for s in strings):
+                raise _Damaged("a string that is not one")
+            for column in columns:
+                if column and min(column) < 0:  # (types: min/max below raise on others)
+                    raise _Damaged("a negative number")
+            for n in _STRING_COLUMNS:
+                if columns[n] and max(columns[n]) >= len(strings):
+                    raise _Damaged("a string index out of range")
+            if columns[_OUTCOME] and max(columns[_OUTCOME]) > 1:
+                raise _Damaged("an unknown outcome")
+        except _Damaged:
+            raise
+        except Exception as exc:
+            raise _Damaged(f"unreadable ({type(exc).__name__}: {exc})") from None
+        chunk = cls()
+        chunk.strings = strings
+        chunk.index = {s: i for i, s in enumerate(strings)}
+        chunk.columns = columns
+        chunk.size = sum(8 + (len(s) if s else 0) for s in strings) + 40 * len(columns[0])
+        return chunk
+
+    def entry(self, i: int) -> AuditEntry:
+        s = self.strings
+        c = self.columns
+        return AuditEntry(
+            c[_SEQ][i],
+            _EPOCH + timedelta(microseconds=c[_AT][i]),
+            s[c[_AGENT][i]],
+            s[c[_CID][i]],  # type: ignore[arg-type]
+            s[c[_CMD][i]],  # type: ignore[arg-type]
+            s[c[_ACTION][i]],  # type: ignore[arg-type]
+            s[c[_RESOURCE][i]],  # type: ignore[arg-type]
+            _OUTCOMES[c[_OUTCOME][i]],
+            s[c[_STATEMENT][i]],
+            c[_POLICY][i],
+            s[c[_REASON][i]],  # type: ignore[arg-type]
+        )
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which entries a query keeps (as :meth:`Audit.query` does)."""
+
+    agent: str | None = None
+    action: str | None = None
+    resource: str | None = None
+    outcome: Outcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def rows(self, chunk: _Chunk) -> Sequence[int]:
+        """Indices of the chunk's entries that pass."""
+        rows: Sequence[int] = range(len(chunk))
+        c = chunk.columns
+        strings = chunk.strings
+        tests: list[tuple[int, Callable[[str | None], bool]]] = []
+        agent, action, resource = self.agent, self.action, self.resource
+        if agent is not None:
+            tests.append((_AGENT, lambda s: s == agent))
+        if action is not None:
+            tests.append((_ACTION, lambda s: s is not None and pattern_matches(action, s)))
+        if resource is not None:
+            tests.append((_RESOURCE, lambda s: s is not None and pattern_matches(resource, s)))
+        for column, test in tests:
+            codes = {i for i, s in enumerate(strings) if test(s)}
+            values = c[column]
+            rows = [i for i in rows if values[i] in codes]
+        if self.outcome is not None:
+            wanted = _OUTCOMES.index(self.outcome)
+            outcomes = c[_OUTCOME]
+            rows = [i for i in rows if outcomes[i] == wanted]
+        at = c[_AT]
+        if self.since is not None:
+            since = _micros(self.since)
+            rows = [i for i in rows if at[i] >= since]
+        if self.until is not None:
+            until = _micros(self.until)
+            rows = [i for i in rows if at[i] <= until]
+        return rows
+
+    @property
+    def empty(self) -> bool:
+        return self == AuditFilter()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ChunkMeta:
+    entries: int
+    last_sequence: int
+    digest: str
+
+
+@dataclasses.dataclass(slots=True)
+class AuditModel:
+    """A session's audit read model, caught up to ``position`` (a stream sequence).
+
+    ``folded`` counts the events this catch-up folded, ``rebuilt`` whether it
+    started from scratch (no model yet, or one that could not be used), ``saved``
+    whether its checkpoint was written (false if another writer's won).
+    """
+
+    session_id: str
+    position: int
+    entries: int
+    folded: int
+    rebuilt: bool
+    saved: bool
+    _kv: Any
+    _prefix: str
+    _chunks: tuple[_ChunkMeta, ...]
+    _tail: _Chunk
+
+    async def _each_chunk(self) -> AsyncIterator[_Chunk]:
+        for i, meta in enumerate(self._chunks):
+            data = await _get(self._kv, f"{self._prefix}.c{i}")
+            if data is None or _digest(data) != meta.digest:
+                raise _Damaged(f"chunk {i} is missing or not the one recorded")
+            chunk = _Chunk.unpack(data)
+            if len(chunk) != meta.entries:
+                raise _Damaged(f"chunk {i} holds {len(chunk)} entries, not {meta.entries}")
+            yield chunk
+        yield self._tail
+
+    async def entries_matching(
+        self, where: AuditFilter = AuditFilter()
+    ) -> AsyncIterator[AuditEntry]:
+        """The entries that pass ``where``, in log order, a chunk at a time."""
+        async for chunk in self._each_chunk():
+            entry = chunk.entry
+            for i in where.rows(chunk):
+                yield entry(i)
+
+    async def all_entries(self, where: AuditFilter = AuditFilter()) -> list[AuditEntry]:
+        """:meth:`entries_matching` as a list."""
+        return [e async for e in self.entries_matching(where)]
+
+    async def counts(
+        self, group_by: GroupBy, where: AuditFilter = AuditFilter()
+    ) -> collections.Counter[str | None]:
+        """How many entries that pass ``where`` each value of ``group_by`` has
+        (agent ``None``: the session's owner; statement ``None``: none named)."""
+        if group_by not in _GROUP_COLUMN:
+            raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
+        column = _GROUP_COLUMN[group_by]
+        total: collections.Counter[str | None] = collections.Counter()
+        everything = where.empty
+        async for chunk in self._each_chunk():
+            values = chunk.columns[column]
+            counted = collections.Counter(
+                values if everything else [values[i] for i in where.rows(chunk)]
+            )
+            names: Sequence[str | None] = _OUTCOMES if column == _OUTCOME else chunk.strings
+            for code, n in counted.items():
+                total[names[code]] += n
+        return total
+
+
+def _prefix(journal: Journal, session_id: str) -> str:
+    return f"audit.{journal.config.stream}.{session_id}"
+
+
+async def _get(kv: Any, key: str) -> bytes | None:
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot read the audit read model ({key}): {exc}") from exc
+    return bytes(entry.value or b"")
+
+
+async def _put(kv: Any, key: str, value: bytes) -> None:
+    try:
+        await kv.put(key, value)
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot save the audit read model ({key}): {exc}") from exc
+
+
+async def _head(
+    kv: Any, journal: Journal, session_id: str
+) -> tuple[int, list[_ChunkMeta], int, bool]:
+    """``(position, chunks, KV revision, usable)`` of the stored checkpoint (none: 0, [])."""
+    key = f"{_prefix(journal, session_id)}.head"
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError as exc:
+        # A reset leaves a marker: the next save must follow its revision.
+        revision = exc.entry.revision if exc.entry is not None else 0
+        return 0, [], int(revision or 0), True
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot read the audit read model ({key}): {exc}") from exc
+    revision = int(entry.revision or 0)
+    try:
+        raw = _unpack(entry.value or b"")
+        if type(raw) is not dict or raw.keys() != _HEAD_KEYS:
+            raise _Damaged("not a checkpoint")
+        if (raw["f"], raw["version"], raw["stream"], raw["session"]) != (
+            MODEL_FORMAT,
+            MODEL_VERSION,
+            journal.config.stream,
+            session_id,
+        ):
+            raise _Damaged("of another format, version, stream or session")
+        position = raw["position"]
+        if type(position) is not int or position < 0:
+            raise _Damaged("a malformed position")
+        chunks = [_ChunkMeta(int(n), int(last), str(d)) for n, last, d in raw["chunks"]]
+        if any(m.entries < 1 or not 0 < m.last_sequence <= position for m in chunks):
+            raise _Damaged("malformed chunks")
+    except Exception:
+        return 0, [], revision, False
+    return position, chunks, revision, True
+
+
+async def _save_head(
+    kv: Any,
+    journal: Journal,
+    session_id: str,
+    position: int,
+    chunks: list[_ChunkMeta],
+    revision: int,
+) -> int:
+    key = f"{_prefix(journal, session_id)}.head"
+    value = _pack(
+        {
+            "f": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "stream": journal.config.stream,
+            "session": session_id,
+            "position": position,
+            "chunks": [[m.entries, m.last_sequence, m.digest] for m in chunks],
+            "saved_at": time.time_ns() // 1000,
+        }
+    )
+    try:
+        new_revision: int = await kv.update(key, value, last=revision)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        raise CheckpointConflict(
+            f"the audit read model of {session_id!r} moved on from revision {revision}",
+            projection="audit",
+            expected=revision,
+        ) from None
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot save the audit read model ({key}): {exc}") from exc
+    return new_revision
+
+
+async def audit_model(
+    journal: Journal,
+    session_id: str,
+    *,
+    bucket: str = DEFAULT_BUCKET,
+    chunk_entries: int = CHUNK_ENTRIES,
+    chunk_bytes: int = CHUNK_BYTES,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    stop_after: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditModel:
+    """The session's audit read model, caught up to the session's last event now.
+
+    Folds the events after the stored checkpoint (all of them the first time,
+    or when the stored model cannot be used) and saves chunks and checkpoint
+    as it goes. If another writer saves first, this one catches up again from
+    its checkpoint (three times at most, then its answer stands unsaved).
+
+    :param stop_after: stop after folding this many events without saving what
+        was folded since the last checkpoint (a simulated crash, for tests).
+    :param progress: ``progress(sequence, last_sequence)`` every 1,000 events.
+    """
+    if type(chunk_entries) is not int or chunk_entries < 1:
+        raise ValueError("chunk_entries must be a positive integer")
+    if type(checkpoint_every) is not int or checkpoint_every < 1:
+        raise ValueError("checkpoint_every must be a positive integer")
+    kv = await _bucket(journal, bucket)
+    for attempt in range(5):
+        try:
+            return await _catch_up(
+                kv,
+                journal,
+                session_id,
+                chunk_entries,
+                chunk_bytes,
+                checkpoint_every,
+                stop_after,
+                progress,
+            )
+        except CheckpointConflict:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _catch_up(
+    kv: Any,
+    journal: Journal,
+    session_id: str,
+    chunk_entries: int,
+    chunk_bytes: int,
+    checkpoint_every: int,
+    stop_after: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> AuditModel:
+    prefix = _prefix(journal, session_id)
+    position, chunks, revision, usable = await _head(kv, journal, session_id)
+    last = await journal.last_sequence(session_id)
+    rebuilt = not usable or position == 0
+    if position > last:  # the stream was replaced: nothing stored applies
+        position, chunks, rebuilt = 0, [], True
+    tail = _Chunk()
+    if chunks:
+        meta = chunks[-1]
+        data = await _get(kv, f"{prefix}.c{len(chunks) - 1}")
+        try:
+            if data is None or _digest(data) != meta.digest:
+                raise _Damaged("the open chunk is not the one recorded")
+            loaded = _Chunk.unpack(data)
+            if len(loaded) != meta.entries:
+                raise _Damaged("the open chunk has another length")
+        except _Damaged:
+            # Fold it again from the end of the chunk before.
+            chunks.pop()
+            position = chunks[-1].last_sequence if chunks else 0
+            rebuilt = rebuilt or not chunks
+        else:
+            if not loaded.full(chunk_entries, chunk_bytes):
+                chunks.pop()
+                tail = loaded
+    saved_position = position if usable else -1
+    folded = unsaved = 0
+    changed = False  # the open chunk differs from the stored one
+    stored_digest = _digest(tail.pack()) if len(tail) else ""
+
+    async def checkpoint() -> None:
+        nonlocal revision, saved_position, unsaved, changed, stored_digest
+        metas = list(chunks)
+        if len(tail):
+            if changed:
+                data = tail.pack()
+                await _put(kv, f"{prefix}.c{len(chunks)}", data)
+                tail_digest = stored_digest = _digest(data)
+            else:
+                tail_digest = stored_digest
+            metas.append(_ChunkMeta(len(tail), tail.columns[_SEQ][-1], tail_digest))
+        revision = await _save_head(kv, journal, session_id, position, metas, revision)
+        saved_position = position
+        unsaved = 0
+        changed = False
+
+    stopped = False
+    if last > position:
+        reading = journal.read(
+            session_id, from_sequence=position + 1, to_sequence=last, progress=progress
+        )
+        async with contextlib.aclosing(reading) as envelopes:
+            async for envelope in envelopes:
+                for entry in audit_entries(envelope):
+                    tail.add(entry)
+                    changed = True
+                position = envelope.sequence or position
+                folded += 1
+                unsaved += 1
+                if tail.full(chunk_entries, chunk_bytes):
+                    data = tail.pack()
+                    await _put(kv, f"{prefix}.c{len(chunks)}", data)
+                    chunks.append(_ChunkMeta(len(tail), tail.columns[_SEQ][-1], _digest(data)))
+                    tail = _Chunk()
+                    changed = False
+                    await checkpoint()
+                elif unsaved >= checkpoint_every:
+                    await checkpoint()
+                if stop_after is not None and folded >= stop_after:
+                    stopped = True
+                    break
+    if not stopped and position != saved_position:
+        await checkpoint()
+    return AuditModel(
+        session_id,
+        position,
+        sum(m.entries for m in chunks) + len(tail),
+        folded,
+        rebuilt,
+        position == saved_position,
+        kv,
+        prefix,
+        tuple(chunks),
+        tail,
+    )
+
+
+async def reset_audit_model(
+    journal: Journal, session_id: str, *, bucket: str = DEFAULT_BUCKET
+) -> bool:
+    """Discard the session's audit read model (its checkpoint and chunks); whether there was one.
+
+    The next :func:`audit_model` rebuilds it from the log.
+    """
+    kv = await _bucket(journal, bucket, create=False)
+    if kv is None:
+        return False
+    prefix = _prefix(journal, session_id)
+    position, chunks, _, usable = await _head(kv, journal, session_id)
+    existed = (await _get(kv, f"{prefix}.head")) is not None
+    try:
+        if existed:
+            await kv.purge(f"{prefix}.head")
+        for i in range(len(chunks)):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await kv.purge(f"{prefix}.c{i}")
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot reset the audit read model of {session_id!r}: {exc}") from exc
+    del position, usable
+    return existed
+
+
+async def query_audit(
+    journal: Journal,
+    session_id: str,
+    answer: Callable[[AuditModel], Any],
+    **options: Any,
+) -> Any:
+    """``await answer(model)`` on the caught-up model; if a stored chunk turns out
+    unusable meanwhile, the model is reset, rebuilt and asked again."""
+    model = await audit_model(journal, session_id, **options)
+    try:
+        return await answer(model)
+    except _Damaged:
+        await reset_audit_model(journal, session_id, bucket=options.get("bucket", DEFAULT_BUCKET))
+        model = await audit_model(journal, session_id, **options)
+        return await answer(model)
+
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CHUNK_ENTRIES",
+    "GROUP_BY",
+    "MODEL_VERSION",
+    "AuditFilter",
+    "AuditModel",
+    "CheckpointError",
+    "GroupBy",
+    "audit_model",
+    "query_audit",
+    "reset_audit_model",
+]
