@@ -33,6 +33,7 @@ from plantangenet.cli import main
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.projections.audit_model import (
+    AUDIT_BUCKET,
     GROUP_BY,
     AuditFilter,
     AuditModel,
@@ -40,7 +41,7 @@ from plantangenet.projections.audit_model import (
     query_audit,
     reset_audit_model,
 )
-from plantangenet.projections.user import DEFAULT_BUCKET, _bucket
+from plantangenet.projections.user import _bucket
 from tests.conftest import log_options
 from tests.test_replay_property import COMMANDS
 
@@ -72,7 +73,7 @@ def model_entries(pg: Plantangenet, session_id: str, **options: Any) -> list[Aud
 
 def damage(pg: Plantangenet, session_id: str, what: str) -> None:
     async def go() -> None:
-        kv = await _bucket(pg.journal, DEFAULT_BUCKET)
+        kv = await _bucket(pg.journal, AUDIT_BUCKET)
         prefix = f"audit.{pg.journal_config.stream}.{session_id}"
         if what == "head":
             await kv.put(f"{prefix}.head", b"\x93not a checkpoint")

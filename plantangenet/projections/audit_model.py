@@ -2,8 +2,9 @@
 
 :func:`audit_model` answers ``plantangenet audit`` without replaying the
 session: the entries :func:`~plantangenet.projections.audit.audit_entries`
-derives from the log are stored in the projections' KV bucket (the one
-:mod:`plantangenet.projections.user` keeps its checkpoints in), and each call
+derives from the log are stored in a KV bucket of their own
+(:data:`AUDIT_BUCKET`, made with the machinery of
+:mod:`plantangenet.projections.user`, allowing direct gets), and each call
 folds only the events stored after the model's checkpoint, up to the session's
 last event at that moment, before answering.
 
@@ -22,7 +23,8 @@ Layout, per session, under ``audit.<stream>.<session>``:
       {"f": 1, "s": [strings...],        # every string of the chunk once (and nil)
        "c": [sequences, times (microseconds since the epoch, UTC), agents, command ids,
              commands, actions, resources, outcomes (0 allowed, 1 denied), statements,
-             policy versions, reasons]}  # the string columns hold indices into "s"
+             policy versions, reasons]}  # the string columns hold indices into "s",
+                                         # but command ids (all distinct) are strings
 
 * ``.head``: the checkpoint::
 
@@ -63,7 +65,6 @@ from plantangenet.journal import Journal
 from plantangenet.policy import pattern_matches
 from plantangenet.projections.audit import AuditEntry, Outcome
 from plantangenet.projections.user import (
-    DEFAULT_BUCKET,
     CheckpointConflict,
     CheckpointError,
     _bucket,
@@ -71,6 +72,8 @@ from plantangenet.projections.user import (
     _unpack,
 )
 
+#: The KV bucket of the audit read models unless told otherwise.
+AUDIT_BUCKET = "plantangenet-audit"
 #: Bump when what the fold stores changes: older models are rebuilt.
 MODEL_VERSION = 1
 MODEL_FORMAT = 1
@@ -90,7 +93,8 @@ _OUTCOMES: tuple[Outcome, Outcome] = ("allowed", "denied")
 _SEQ, _AT, _AGENT, _CID, _CMD, _ACTION, _RESOURCE, _OUTCOME, _STATEMENT, _POLICY, _REASON = range(
     11
 )
-_STRING_COLUMNS = (_AGENT, _CID, _CMD, _ACTION, _RESOURCE, _STATEMENT, _REASON)
+_STRING_COLUMNS = (_AGENT, _CMD, _ACTION, _RESOURCE, _STATEMENT, _REASON)
+_NUMBER_COLUMNS = tuple(n for n in range(11) if n != _CID)
 _GROUP_COLUMN = {
     "agent": _AGENT,
     "action": _ACTION,
@@ -118,6 +122,7 @@ class _Chunk:
     def __init__(self) -> None:
         self.strings: list[str | None] = []
         self.index: dict[str | None, int] = {}
+        #: Numbers, or codes of strings (command ids: the strings themselves, all distinct).
         self.columns: list[list[int]] = [[] for _ in range(11)]
         self.size = 0
         #: (outcome, agent, command, action, resource, statement, reason) -> codes
@@ -200,7 +205,8 @@ class _Chunk:
         seqs.append(envelope.sequence or 0)
         ats.append(_micros(envelope.occurred_at))
         agents.append(codes[0])
-        cids.append(self._code(envelope.causation_id))
+        cid = envelope.causation_id
+        cids.append(cid)  # type: ignore[arg-type]  # (a column of strings, not of codes)
         commands.append(codes[1])
         actions.append(codes[2])
         resources.append(codes[3])
@@ -208,7 +214,7 @@ class _Chunk:
         statements.append(codes[5])
         policies.append(version)
         reasons.append(codes[6])
-        self.size += 40
+        self.size += 40 + len(cid)
 
     def full(self, entries: int, size: int) -> bool:
         return len(self) >= entries or self.size >= size
@@ -217,7 +223,9 @@ class _Chunk:
         return _pack({"f": MODEL_FORMAT, "s": self.strings, "c": self.columns})
 
     @classmethod
-    def unpack(cls, data: bytes) -> _Chunk:
+    def unpack(cls, data: bytes, *, to_extend: bool = False) -> _Chunk:
+        """The chunk stored as ``data`` (:class:`_Damaged` if it is none); ``to_extend``:
+        ready for more entries (the index of its strings and its size computed)."""
         try:
             raw = _unpack(data)
             strings, columns = raw["s"], raw["c"]
@@ -227,8 +235,10 @@ class _Chunk:
                 raise _Damaged("columns of different lengths")
             if not all(s is None or type(s) is str for s in strings):
                 raise _Damaged("a string that is not one")
-            for column in columns:
-                if column and min(column) < 0:  # (types: min/max below raise on others)
+            if not all(type(s) is str for s in columns[_CID]):
+                raise _Damaged("a command id that is not a string")
+            for n in _NUMBER_COLUMNS:
+                if columns[n] and min(columns[n]) < 0:  # (types: min/max raise on others)
                     raise _Damaged("a negative number")
             for n in _STRING_COLUMNS:
                 if columns[n] and max(columns[n]) >= len(strings):
@@ -241,9 +251,12 @@ class _Chunk:
             raise _Damaged(f"unreadable ({type(exc).__name__}: {exc})") from None
         chunk = cls()
         chunk.strings = strings
-        chunk.index = {s: i for i, s in enumerate(strings)}
         chunk.columns = columns
-        chunk.size = sum(8 + (len(s) if s else 0) for s in strings) + 40 * len(columns[0])
+        if to_extend:
+            chunk.index = {s: i for i, s in enumerate(strings)}
+            chunk.size = sum(8 + (len(s) if s else 0) for s in strings) + sum(
+                40 + len(cid) for cid in columns[_CID]
+            )
         return chunk
 
     def entry(self, i: int) -> AuditEntry:
@@ -253,7 +266,7 @@ class _Chunk:
             c[_SEQ][i],
             _EPOCH + timedelta(microseconds=c[_AT][i]),
             s[c[_AGENT][i]],
-            s[c[_CID][i]],  # type: ignore[arg-type]
+            c[_CID][i],  # type: ignore[arg-type]
             s[c[_CMD][i]],  # type: ignore[arg-type]
             s[c[_ACTION][i]],  # type: ignore[arg-type]
             s[c[_RESOURCE][i]],  # type: ignore[arg-type]
@@ -336,14 +349,17 @@ class AuditModel:
     folded: int
     rebuilt: bool
     saved: bool
-    _kv: Any
+    _store: _Store
     _prefix: str
     _chunks: tuple[_ChunkMeta, ...]
     _tail: _Chunk
 
     async def _each_chunk(self) -> AsyncIterator[_Chunk]:
         for i, meta in enumerate(self._chunks):
-            data = await _get(self._kv, f"{self._prefix}.c{i}")
+            key = f"{self._prefix}.c{i}"
+            data = await _get(self._store, key, direct=self._store.direct)
+            if self._store.direct and (data is None or _digest(data) != meta.digest):
+                data = await _get(self._store, key)  # a replica behind the leader: ask the leader
             if data is None or _digest(data) != meta.digest:
                 raise _Damaged(f"chunk {i} is missing or not the one recorded")
             chunk = _Chunk.unpack(data)
@@ -390,14 +406,47 @@ def _prefix(journal: Journal, session_id: str) -> str:
     return f"audit.{journal.config.stream}.{session_id}"
 
 
-async def _get(kv: Any, key: str) -> bytes | None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Store:
+    """The KV bucket, and how to read it directly."""
+
+    kv: Any
+    js: Any
+    stream: str  # the bucket's stream
+    subjects: str  # the prefix of its keys' subjects
+    direct: bool  # whether direct gets are allowed (and wanted)
+
+
+async def _store(journal: Journal, bucket: str, *, create: bool = True) -> _Store | None:
+    kv = await _bucket(
+        journal, bucket, create=create, description="plantangenet audit read models", direct=True
+    )
+    if kv is None:
+        return None
+    stream = f"KV_{bucket}"
     try:
-        entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
+        info = await journal.js.stream_info(stream)
+    except nats.errors.Error as exc:
+        raise JournalError(f"cannot open KV bucket {bucket!r}: {exc}") from exc
+    direct = bool(info.config.allow_direct) and not journal.config.leader_reads
+    return _Store(kv, journal.js, stream, f"$KV.{bucket}.", direct)
+
+
+async def _get(store: _Store, key: str, *, direct: bool = False) -> bytes | None:
+    """The value of ``key`` (``None``: none, or deleted); ``direct``: a direct get, which
+    any replica answers and which comes as the raw bytes (not base64 in JSON)."""
+    try:
+        if not direct:
+            entry = await store.kv.get(key)
+            return bytes(entry.value or b"")
+        msg = await store.js.get_msg(store.stream, subject=store.subjects + key, direct=True)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.NotFoundError):
         return None
     except nats.errors.Error as exc:
         raise JournalError(f"cannot read the audit read model ({key}): {exc}") from exc
-    return bytes(entry.value or b"")
+    if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return bytes(msg.data or b"")
 
 
 async def _put(kv: Any, key: str, value: bytes) -> None:
@@ -480,7 +529,7 @@ async def audit_model(
     journal: Journal,
     session_id: str,
     *,
-    bucket: str = DEFAULT_BUCKET,
+    bucket: str = AUDIT_BUCKET,
     chunk_entries: int = CHUNK_ENTRIES,
     chunk_bytes: int = CHUNK_BYTES,
     checkpoint_every: int = CHECKPOINT_EVERY,
@@ -502,11 +551,12 @@ async def audit_model(
         raise ValueError("chunk_entries must be a positive integer")
     if type(checkpoint_every) is not int or checkpoint_every < 1:
         raise ValueError("checkpoint_every must be a positive integer")
-    kv = await _bucket(journal, bucket)
+    store = await _store(journal, bucket)
+    assert store is not None
     for attempt in range(5):
         try:
             return await _catch_up(
-                kv,
+                store,
                 journal,
                 session_id,
                 chunk_entries,
@@ -522,7 +572,7 @@ async def audit_model(
 
 
 async def _catch_up(
-    kv: Any,
+    store: _Store,
     journal: Journal,
     session_id: str,
     chunk_entries: int,
@@ -532,6 +582,7 @@ async def _catch_up(
     progress: Callable[[int, int], None] | None,
 ) -> AuditModel:
     prefix = _prefix(journal, session_id)
+    kv = store.kv
     position, chunks, revision, usable = await _head(kv, journal, session_id)
     last = await journal.last_sequence(session_id)
     rebuilt = not usable or position == 0
@@ -540,11 +591,11 @@ async def _catch_up(
     tail = _Chunk()
     if chunks:
         meta = chunks[-1]
-        data = await _get(kv, f"{prefix}.c{len(chunks) - 1}")
+        data = await _get(store, f"{prefix}.c{len(chunks) - 1}", direct=store.direct)
         try:
             if data is None or _digest(data) != meta.digest:
                 raise _Damaged("the open chunk is not the one recorded")
-            loaded = _Chunk.unpack(data)
+            loaded = _Chunk.unpack(data, to_extend=True)
             if len(loaded) != meta.entries:
                 raise _Damaged("the open chunk has another length")
         except _Damaged:
@@ -610,7 +661,7 @@ async def _catch_up(
         folded,
         rebuilt,
         position == saved_position,
-        kv,
+        store,
         prefix,
         tuple(chunks),
         tail,
@@ -618,18 +669,19 @@ async def _catch_up(
 
 
 async def reset_audit_model(
-    journal: Journal, session_id: str, *, bucket: str = DEFAULT_BUCKET
+    journal: Journal, session_id: str, *, bucket: str = AUDIT_BUCKET
 ) -> bool:
     """Discard the session's audit read model (its checkpoint and chunks); whether there was one.
 
     The next :func:`audit_model` rebuilds it from the log.
     """
-    kv = await _bucket(journal, bucket, create=False)
-    if kv is None:
+    store = await _store(journal, bucket, create=False)
+    if store is None:
         return False
+    kv = store.kv
     prefix = _prefix(journal, session_id)
-    position, chunks, _, usable = await _head(kv, journal, session_id)
-    existed = (await _get(kv, f"{prefix}.head")) is not None
+    existed = (await _get(store, f"{prefix}.head")) is not None
+    _, chunks, _, _ = await _head(kv, journal, session_id)
     try:
         if existed:
             await kv.purge(f"{prefix}.head")
@@ -638,7 +690,6 @@ async def reset_audit_model(
                 await kv.purge(f"{prefix}.c{i}")
     except nats.errors.Error as exc:
         raise JournalError(f"cannot reset the audit read model of {session_id!r}: {exc}") from exc
-    del position, usable
     return existed
 
 
@@ -654,12 +705,13 @@ async def query_audit(
     try:
         return await answer(model)
     except _Damaged:
-        await reset_audit_model(journal, session_id, bucket=options.get("bucket", DEFAULT_BUCKET))
+        await reset_audit_model(journal, session_id, bucket=options.get("bucket", AUDIT_BUCKET))
         model = await audit_model(journal, session_id, **options)
         return await answer(model)
 
 
 __all__ = [
+    "AUDIT_BUCKET",
     "CHUNK_BYTES",
     "CHUNK_ENTRIES",
     "GROUP_BY",
