@@ -479,7 +479,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(_AUDIT_HEADER)
             async for entry in model.entries_matching(where):
                 if args.json:
-                    out.write(json.dumps(plain(entry)) + "\n")
+                    out.write(json.dumps(_audit_record(entry)) + "\n")
                 else:
                     out.write(_audit_row(entry))
 
@@ -491,6 +491,23 @@ _AUDIT_HEADER = (
     f"{'SEQ':>6}  {'TIME (UTC)':<23}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
     f"{'RESOURCE':<24}  {'STATEMENT':<22}  {'POLICY':<6}  REASON\n"
 )
+
+
+def _audit_record(e: AuditEntry) -> dict[str, Any]:
+    """``plain(e)``, written out: a full audit prints hundreds of thousands of them."""
+    return {
+        "sequence": e.sequence,
+        "occurred_at": e.occurred_at.isoformat(),
+        "agent_id": e.agent_id,
+        "command_id": e.command_id,
+        "command": e.command,
+        "action": e.action,
+        "resource": e.resource,
+        "outcome": e.outcome,
+        "statement_id": e.statement_id,
+        "policy_version": e.policy_version,
+        "reason": e.reason,
+    }
 
 
 def _audit_row(e: AuditEntry) -> str:

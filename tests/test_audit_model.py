@@ -42,6 +42,7 @@ from plantangenet.projections.audit_model import (
     reset_audit_model,
 )
 from plantangenet.projections.user import _bucket
+from plantangenet.views import plain
 from tests.conftest import log_options
 from tests.test_replay_property import COMMANDS
 
@@ -228,6 +229,8 @@ def test_cli_audit_table_json_and_group_by(runtime: Plantangenet) -> None:
     denied = [e for e in entries if e.outcome == "denied"]
     assert any(e.reason in "\n".join(table) for e in denied)
 
+    every = [json.loads(line) for line in run("--json").splitlines()]
+    assert every == [plain(e) for e in entries]
     records = [json.loads(line) for line in run("--json", "--outcome", "denied").splitlines()]
     assert [r["sequence"] for r in records] == [e.sequence for e in denied]
     assert all(r["outcome"] == "denied" and r["reason"] for r in records)
