@@ -299,3 +299,23 @@ def test_of_two_writers_one_checkpoint_wins_and_the_other_catches_up_from_it(
     monkeypatch.undo()
     again = runtime.run(audit_model(runtime.journal, "two", chunk_entries=4))
     assert again.folded == 0 and runtime.run(again.all_entries()) == expected
+
+
+def test_a_checkpoint_of_a_replaced_stream_is_not_used(runtime: Plantangenet) -> None:
+    busy_session(runtime, "rep")
+    before = runtime.run(audit_model(runtime.journal, "rep"))
+    assert before.saved and before.entries == len(full_fold(runtime, "rep"))
+    # The stream is deleted and made again; the session gets a longer, other history.
+    runtime.run(runtime.journal.js.delete_stream(runtime.journal_config.stream))
+    runtime.run(runtime.journal.ensure_stream())
+    session = runtime.session("rep")
+    session.start()
+    session.attach("z")
+    session.add_cursor("z", "c", ["x"], 0, 1)
+    for i in range(before.position):
+        session.move_cursor("z", "c", ["x"], i, i + 1)
+    runtime.stop_session("rep")
+    assert runtime.run(runtime.journal.last_sequence("rep")) > before.position
+    after = runtime.run(audit_model(runtime.journal, "rep"))
+    assert after.rebuilt
+    assert runtime.run(after.all_entries()) == full_fold(runtime, "rep")

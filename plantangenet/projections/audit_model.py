@@ -10,8 +10,9 @@ last event at that moment, before answering.
 
 It is a read model, never the source of truth: derived from the log only,
 disposable (:func:`reset_audit_model`), and rebuilt from scratch whenever what
-is stored cannot be trusted (unreadable, of another version or stream, ahead of
-the log, a chunk missing or not the one the checkpoint recorded).
+is stored cannot be trusted (unreadable, of another version or stream, of
+another log: the event at its position is not the one it recorded, a chunk
+missing or not the one the checkpoint recorded).
 
 Layout, per session, under ``audit.<stream>.<session>``:
 
@@ -30,6 +31,7 @@ Layout, per session, under ``audit.<stream>.<session>``:
 
       {"f": 1, "version": 1, "stream": "PLANTANGENET", "session": "harbour",
        "position": 1234,                 # stream sequence of the last event folded
+       "event": "9f0c...",               # its event id: checked against the log each time
        "chunks": [[entries, last sequence, blake2b digest], ...],
        "saved_at": 1732540000000000}
 
@@ -58,7 +60,7 @@ from typing import Any, Literal, get_args
 import nats.errors
 import nats.js.errors
 
-from plantangenet.errors import JournalError
+from plantangenet.errors import DecodeError, JournalError
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import AccessDenied
 from plantangenet.journal import Journal
@@ -102,7 +104,9 @@ _GROUP_COLUMN = {
     "statement": _STATEMENT,
     "outcome": _OUTCOME,
 }
-_HEAD_KEYS = frozenset({"f", "version", "stream", "session", "position", "chunks", "saved_at"})
+_HEAD_KEYS = frozenset(
+    {"f", "version", "stream", "session", "position", "event", "chunks", "saved_at"}
+)
 
 
 def _micros(moment: datetime) -> int:
@@ -458,15 +462,16 @@ async def _put(kv: Any, key: str, value: bytes) -> None:
 
 async def _head(
     kv: Any, journal: Journal, session_id: str
-) -> tuple[int, list[_ChunkMeta], int, bool]:
-    """``(position, chunks, KV revision, usable)`` of the stored checkpoint (none: 0, [])."""
+) -> tuple[int, str, list[_ChunkMeta], int, bool]:
+    """``(position, id of the event there, chunks, KV revision, usable)`` of the stored
+    checkpoint (none: ``0, "", []``)."""
     key = f"{_prefix(journal, session_id)}.head"
     try:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError as exc:
         # A reset leaves a marker: the next save must follow its revision.
         revision = exc.entry.revision if exc.entry is not None else 0
-        return 0, [], int(revision or 0), True
+        return 0, "", [], int(revision or 0), True
     except nats.errors.Error as exc:
         raise JournalError(f"cannot read the audit read model ({key}): {exc}") from exc
     revision = int(entry.revision or 0)
@@ -484,12 +489,31 @@ async def _head(
         position = raw["position"]
         if type(position) is not int or position < 0:
             raise _Damaged("a malformed position")
+        event = raw["event"]
+        if type(event) is not str or (position > 0) != bool(event):
+            raise _Damaged("a malformed event id")
         chunks = [_ChunkMeta(int(n), int(last), str(d)) for n, last, d in raw["chunks"]]
         if any(m.entries < 1 or not 0 < m.last_sequence <= position for m in chunks):
             raise _Damaged("malformed chunks")
     except Exception:
-        return 0, [], revision, False
-    return position, chunks, revision, True
+        return 0, "", [], revision, False
+    return position, event, chunks, revision, True
+
+
+async def _still_there(
+    journal: Journal, session_id: str, position: int, event: str, last: int
+) -> bool:
+    """Whether the session's event at stream sequence ``position`` is still ``event``
+    (one direct get): a checkpoint applies only to the log it was made from."""
+    if position > last:
+        return False
+    page = await journal.page(session_id, position, max_events=1)
+    if not page.messages or page.messages[0][0] != position:
+        return False
+    try:
+        return journal.codec.decode(page.messages[0][1], sequence=position).event_id == event
+    except DecodeError:
+        return False
 
 
 async def _save_head(
@@ -497,6 +521,7 @@ async def _save_head(
     journal: Journal,
     session_id: str,
     position: int,
+    event: str,
     chunks: list[_ChunkMeta],
     revision: int,
 ) -> int:
@@ -508,6 +533,7 @@ async def _save_head(
             "stream": journal.config.stream,
             "session": session_id,
             "position": position,
+            "event": event,
             "chunks": [[m.entries, m.last_sequence, m.digest] for m in chunks],
             "saved_at": time.time_ns() // 1000,
         }
@@ -583,10 +609,11 @@ async def _catch_up(
 ) -> AuditModel:
     prefix = _prefix(journal, session_id)
     kv = store.kv
-    position, chunks, revision, usable = await _head(kv, journal, session_id)
+    position, event, chunks, revision, usable = await _head(kv, journal, session_id)
     last = await journal.last_sequence(session_id)
     rebuilt = not usable or position == 0
-    if position > last:  # the stream was replaced: nothing stored applies
+    if position and not await _still_there(journal, session_id, position, event, last):
+        # The stream was replaced (or the session's history rewritten): nothing stored applies.
         position, chunks, rebuilt = 0, [], True
     tail = _Chunk()
     if chunks:
@@ -623,7 +650,7 @@ async def _catch_up(
             else:
                 tail_digest = stored_digest
             metas.append(_ChunkMeta(len(tail), tail.columns[_SEQ][-1], tail_digest))
-        revision = await _save_head(kv, journal, session_id, position, metas, revision)
+        revision = await _save_head(kv, journal, session_id, position, event, metas, revision)
         saved_position = position
         unsaved = 0
         changed = False
@@ -638,6 +665,7 @@ async def _catch_up(
                 if tail.fold(envelope):
                     changed = True
                 position = envelope.sequence or position
+                event = envelope.event_id
                 folded += 1
                 unsaved += 1
                 if tail.full(chunk_entries, chunk_bytes):
@@ -681,7 +709,7 @@ async def reset_audit_model(
     kv = store.kv
     prefix = _prefix(journal, session_id)
     existed = (await _get(store, f"{prefix}.head")) is not None
-    _, chunks, _, _ = await _head(kv, journal, session_id)
+    _, _, chunks, _, _ = await _head(kv, journal, session_id)
     try:
         if existed:
             await kv.purge(f"{prefix}.head")
