@@ -511,9 +511,9 @@ def _audit_record(e: AuditEntry) -> dict[str, Any]:
 
 
 def _audit_row(e: AuditEntry) -> str:
-    at = e.occurred_at
+    at = e.occurred_at.astimezone(UTC).isoformat(" ", "milliseconds")[:23]  # (fast)
     return (
-        f"{e.sequence:>6}  {at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d}  "
+        f"{e.sequence:>6}  {at}  "
         f"{e.agent_id or '(owner)':<12}  {e.outcome:<7}  {e.action:<16}  {e.resource:<24}  "
         f"{e.statement_id or '-':<22}  {'v' + str(e.policy_version):<6}  {e.reason}\n"
     )

@@ -54,3 +54,9 @@ def test_bench_service_compares_a_locked_down_deployment() -> None:
     )
     assert "what authentication costs the service" in out
     assert "locked down: service handled" in out
+
+
+def test_bench_audit_builds_the_read_model_and_answers_from_it() -> None:
+    out = run_bench("bench_audit.py", "--events", "300", "--repeats", "1", "--append", "10")
+    assert "build / replay" in out and "repeated audit --group-by agent" in out
+    assert "(owner)" in out and "after 10 appends" in out
