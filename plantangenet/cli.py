@@ -30,7 +30,13 @@ from plantangenet.actors.agent import Agent, AgentContext
 from plantangenet.commands import QuarantineMessage
 from plantangenet.compositors import load_compositor
 from plantangenet.decide import check_id
-from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
+from plantangenet.errors import (
+    AccessRefused,
+    InvalidCommand,
+    JournalError,
+    PlantangenetError,
+    UnknownSession,
+)
 from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
@@ -62,6 +68,7 @@ from plantangenet.projections.audit_model import (
     GROUP_BY,
     AuditFilter,
     AuditModel,
+    FoldedAudit,
     query_audit,
     reset_audit_model,
 )
@@ -464,26 +471,42 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
     )
     check_id(args.session_id, "session_id")
     progress = _Progress(sys.stderr)
+    written = False
+
+    async def answer(model: AuditModel | FoldedAudit) -> None:
+        nonlocal written
+        if args.group_by:
+            counts = await model.counts(args.group_by, where)
+            written = True
+            _write_audit_counts(args, out, counts)
+            return
+        written = True
+        if not args.json:
+            out.write(_AUDIT_HEADER)
+        async for entry in model.entries_matching(where):
+            if args.json:
+                out.write(json.dumps(_audit_record(entry)) + "\n")
+            else:
+                out.write(_audit_row(entry))
+
     with _runtime(args) as pg:
         journal = pg.journal
         if pg.run(journal.last_sequence(args.session_id)) == 0:
             raise UnknownSession(f"no events for session {args.session_id!r}")
-        if args.rebuild:
-            pg.run(reset_audit_model(journal, args.session_id))
-
-        async def answer(model: AuditModel) -> None:
-            if args.group_by:
-                _write_audit_counts(args, out, await model.counts(args.group_by, where))
-                return
-            if not args.json:
-                out.write(_AUDIT_HEADER)
-            async for entry in model.entries_matching(where):
-                if args.json:
-                    out.write(json.dumps(_audit_record(entry)) + "\n")
-                else:
-                    out.write(_audit_row(entry))
-
-        pg.run(query_audit(journal, args.session_id, answer, progress=progress))
+        try:
+            if args.rebuild:
+                pg.run(reset_audit_model(journal, args.session_id))
+            pg.run(query_audit(journal, args.session_id, answer, progress=progress))
+        except JournalError as exc:
+            if written:
+                raise
+            # No read model (e.g. this user may not keep KV buckets): fold the log instead.
+            sys.stderr.write(
+                f"plantangenet: audit read model unavailable ({exc}); folding the whole log\n"
+            )
+            audit = Audit()
+            pg.run(_fold_history(pg, args.session_id, audit, progress))
+            pg.run(answer(FoldedAudit(audit.entries)))
     return 0
 
 

@@ -37,6 +37,7 @@ from plantangenet.projections.audit_model import (
     GROUP_BY,
     AuditFilter,
     AuditModel,
+    FoldedAudit,
     audit_model,
     query_audit,
     reset_audit_model,
@@ -193,6 +194,7 @@ def test_group_by_counts_equal_a_counter_over_the_full_fold(runtime: Plantangene
         for group in GROUP_BY:
             expected = Counter(getattr(e, attribute[group]) for e in kept)
             assert runtime.run(model.counts(group, where)) == expected
+            assert runtime.run(FoldedAudit(entries).counts(group, where)) == expected
 
 
 def test_cli_audit_table_json_and_group_by(runtime: Plantangenet) -> None:
@@ -319,3 +321,30 @@ def test_a_checkpoint_of_a_replaced_stream_is_not_used(runtime: Plantangenet) ->
     after = runtime.run(audit_model(runtime.journal, "rep"))
     assert after.rebuilt
     assert runtime.run(after.all_entries()) == full_fold(runtime, "rep")
+
+
+def test_without_a_read_model_audit_folds_the_log_and_says_so(
+    runtime: Plantangenet, monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    import plantangenet.cli as cli
+    from plantangenet.errors import JournalError
+
+    busy_session(runtime, "fb")
+    opts = log_options(runtime)
+
+    def run(*args: str) -> str:
+        out = io.StringIO()
+        assert main(["audit", "fb", *opts, *args], out) == 0
+        return out.getvalue()
+
+    answers = [run(), run("--group-by", "resource"), run("--json", "--agent", "a")]
+
+    async def no_kv(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("cannot create KV bucket 'plantangenet-audit': permissions violation")
+
+    monkeypatch.setattr(cli, "query_audit", no_kv)
+    capsys.readouterr()
+    assert [run(), run("--group-by", "resource"), run("--json", "--agent", "a")] == answers
+    assert "audit read model unavailable" in capsys.readouterr().err

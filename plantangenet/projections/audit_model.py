@@ -330,6 +330,48 @@ class AuditFilter:
     def empty(self) -> bool:
         return self == AuditFilter()
 
+    def keeps(self, e: AuditEntry) -> bool:
+        """Whether one entry passes (as :meth:`Audit.query` decides)."""
+        return (
+            (self.agent is None or e.agent_id == self.agent)
+            and (self.action is None or pattern_matches(self.action, e.action))
+            and (self.resource is None or pattern_matches(self.resource, e.resource))
+            and (self.outcome is None or e.outcome == self.outcome)
+            and (self.since is None or e.occurred_at >= self.since)
+            and (self.until is None or e.occurred_at <= self.until)
+        )
+
+
+#: The AuditEntry attribute each ``group_by`` counts.
+GROUP_ATTRIBUTE = {
+    "agent": "agent_id",
+    "action": "action",
+    "resource": "resource",
+    "statement": "statement_id",
+    "outcome": "outcome",
+}
+
+
+class FoldedAudit:
+    """The questions of :class:`AuditModel`, asked of entries in memory (a fold of the
+    log): what ``plantangenet audit`` answers from when the read model cannot be kept."""
+
+    def __init__(self, entries: Sequence[AuditEntry]) -> None:
+        self.entries = entries
+
+    async def entries_matching(
+        self, where: AuditFilter = AuditFilter()
+    ) -> AsyncIterator[AuditEntry]:
+        for entry in self.entries:
+            if where.keeps(entry):
+                yield entry
+
+    async def counts(
+        self, group_by: GroupBy, where: AuditFilter = AuditFilter()
+    ) -> collections.Counter[str | None]:
+        attribute = GROUP_ATTRIBUTE[group_by]
+        return collections.Counter(getattr(e, attribute) for e in self.entries if where.keeps(e))
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _ChunkMeta:
@@ -747,6 +789,7 @@ __all__ = [
     "AuditFilter",
     "AuditModel",
     "CheckpointError",
+    "FoldedAudit",
     "GroupBy",
     "audit_model",
     "query_audit",
