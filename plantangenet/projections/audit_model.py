@@ -87,7 +87,7 @@ CHUNK_BYTES = 256 * 1024
 CHECKPOINT_EVERY = 20_000
 
 GroupBy = Literal["agent", "action", "resource", "statement", "outcome"]
-GROUP_BY: tuple[str, ...] = get_args(GroupBy)
+GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OUTCOMES: tuple[Outcome, Outcome] = ("allowed", "denied")
