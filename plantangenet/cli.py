@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -31,7 +32,13 @@ from plantangenet.commands import QuarantineMessage
 from plantangenet.compositors import load_compositor
 from plantangenet.correlations import CorrelationIndex
 from plantangenet.decide import check_id
-from plantangenet.errors import AccessRefused, InvalidCommand, PlantangenetError, UnknownSession
+from plantangenet.errors import (
+    AccessRefused,
+    InvalidCommand,
+    JournalError,
+    PlantangenetError,
+    UnknownSession,
+)
 from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
@@ -62,7 +69,15 @@ from plantangenet.journal import (
     parse_limit,
     stream_limits_from_env,
 )
-from plantangenet.projections.audit import Audit
+from plantangenet.projections.audit import Audit, AuditEntry
+from plantangenet.projections.audit_model import (
+    GROUP_BY,
+    AuditFilter,
+    AuditModel,
+    FoldedAudit,
+    query_audit,
+    reset_audit_model,
+)
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
@@ -455,13 +470,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
-    progress = _Progress(sys.stderr)
-    with _runtime(args) as pg:
-        audit = Audit()
-        count = pg.run(_fold_history(pg, args.session_id, audit, progress))
-    if count == 0:
-        raise UnknownSession(f"no events for session {args.session_id!r}")
-    entries = audit.query(
+    where = AuditFilter(
         agent=args.agent,
         action=args.action,
         resource=args.resource,
@@ -469,21 +478,92 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         since=_parse_time(args.since),
         until=_parse_time(args.until),
     )
-    if args.json:
-        for entry in entries:
-            out.write(json.dumps(plain(entry)) + "\n")
-        return 0
-    out.write(
-        f"{'SEQ':>6}  {'TIME (UTC)':<19}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
-        f"{'RESOURCE':<24}  {'STATEMENT':<22}  POLICY\n"
-    )
-    for e in entries:
-        out.write(
-            f"{e.sequence:>6}  {e.occurred_at:%Y-%m-%d %H:%M:%S}  {e.agent_id or '(owner)':<12}  "
-            f"{e.outcome:<7}  {e.action:<16}  {e.resource:<24}  {e.statement_id or '-':<22}  "
-            f"v{e.policy_version}\n"
-        )
+    check_id(args.session_id, "session_id")
+    progress = _Progress(sys.stderr)
+    written = False
+
+    async def answer(model: AuditModel | FoldedAudit) -> None:
+        nonlocal written
+        if args.group_by:
+            counts = await model.counts(args.group_by, where)
+            written = True
+            _write_audit_counts(args, out, counts)
+            return
+        written = True
+        if not args.json:
+            out.write(_AUDIT_HEADER)
+        async for entry in model.entries_matching(where):
+            if args.json:
+                out.write(json.dumps(_audit_record(entry)) + "\n")
+            else:
+                out.write(_audit_row(entry))
+
+    with _runtime(args) as pg:
+        journal = pg.journal
+        if pg.run(journal.last_sequence(args.session_id)) == 0:
+            raise UnknownSession(f"no events for session {args.session_id!r}")
+        try:
+            if args.rebuild:
+                pg.run(reset_audit_model(journal, args.session_id))
+            pg.run(query_audit(journal, args.session_id, answer, progress=progress))
+        except JournalError as exc:
+            if written:
+                raise
+            # No read model (e.g. this user may not keep KV buckets): fold the log instead.
+            sys.stderr.write(
+                f"plantangenet: audit read model unavailable ({exc}); folding the whole log\n"
+            )
+            audit = Audit()
+            pg.run(_fold_history(pg, args.session_id, audit, progress))
+            pg.run(answer(FoldedAudit(audit.entries)))
     return 0
+
+
+_AUDIT_HEADER = (
+    f"{'SEQ':>6}  {'TIME (UTC)':<23}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
+    f"{'RESOURCE':<24}  {'STATEMENT':<22}  {'POLICY':<6}  REASON\n"
+)
+
+
+def _audit_record(e: AuditEntry) -> dict[str, Any]:
+    """``plain(e)``, written out: a full audit prints hundreds of thousands of them."""
+    return {
+        "sequence": e.sequence,
+        "occurred_at": e.occurred_at.isoformat(),
+        "agent_id": e.agent_id,
+        "command_id": e.command_id,
+        "command": e.command,
+        "action": e.action,
+        "resource": e.resource,
+        "outcome": e.outcome,
+        "statement_id": e.statement_id,
+        "policy_version": e.policy_version,
+        "reason": e.reason,
+    }
+
+
+def _audit_row(e: AuditEntry) -> str:
+    at = e.occurred_at.astimezone(UTC).isoformat(" ", "milliseconds")[:23]  # (fast)
+    return (
+        f"{e.sequence:>6}  {at}  "
+        f"{e.agent_id or '(owner)':<12}  {e.outcome:<7}  {e.action:<16}  {e.resource:<24}  "
+        f"{e.statement_id or '-':<22}  {'v' + str(e.policy_version):<6}  {e.reason}\n"
+    )
+
+
+def _write_audit_counts(args: argparse.Namespace, out: TextIO, counts: Counter[str | None]) -> None:
+    """One line per value of ``--group-by``, most entries first."""
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))
+    if args.json:
+        for key, n in rows:
+            out.write(json.dumps({args.group_by: key, "count": n}) + "\n")
+        return
+    absent = "(owner)" if args.group_by == "agent" else "-"
+    width = max([len(args.group_by), *(len(k or absent) for k, _ in rows)])
+    out.write(f"{args.group_by.upper():<{width}}  {'COUNT':>8}\n")
+    for key, n in rows:
+        out.write(f"{key or absent:<{width}}  {n:>8}\n")
+    out.write(f"{'total':<{width}}  {sum(counts.values()):>8}\n")
 
 
 async def _fold_history(
@@ -1006,6 +1086,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--outcome", choices=["allowed", "denied"])
     audit.add_argument("--since", help="ISO time (UTC if no offset)")
     audit.add_argument("--until", help="ISO time (UTC if no offset)")
+    audit.add_argument(
+        "--group-by", choices=GROUP_BY, help="count the decisions per agent, action, ... instead"
+    )
+    audit.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="discard the session's audit read model and build it again from the log",
+    )
     audit.set_defaults(run=cmd_audit)
     serve = sub.add_parser("serve", parents=[common], help="serve sessions to bots over NATS")
     serve.add_argument(

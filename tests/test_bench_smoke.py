@@ -60,3 +60,9 @@ def test_bench_scale_reports_threads_and_checks_what_the_agents_saw() -> None:
     out = run_bench("bench_scale.py", *("--agents", "10,200", "--moves", "100", "--idle", "0.3"))
     assert "threads peak" in out and "replay events/s" in out
     assert "once, in order: True" in out and "teardowns 0" in out
+
+
+def test_bench_audit_builds_the_read_model_and_answers_from_it() -> None:
+    out = run_bench("bench_audit.py", "--events", "300", "--repeats", "1", "--append", "10")
+    assert "build / replay" in out and "repeated audit --group-by agent" in out
+    assert "(owner)" in out and "after 10 appends" in out

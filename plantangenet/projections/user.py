@@ -297,8 +297,16 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
 
 
-async def _bucket(journal: Journal, bucket: str, *, create: bool = True) -> Any:
-    """The KV bucket (created if missing and ``create``), or ``None``."""
+async def _bucket(
+    journal: Journal,
+    bucket: str,
+    *,
+    create: bool = True,
+    description: str = "plantangenet projection checkpoints",
+    direct: bool = False,
+) -> Any:
+    """The KV bucket (created if missing and ``create``, allowing direct gets if
+    ``direct``), or ``None``."""
     js = journal.js
     try:
         return await js.key_value(bucket)
@@ -314,7 +322,8 @@ async def _bucket(journal: Journal, bucket: str, *, create: bool = True) -> Any:
             bucket=bucket,
             history=1,
             replicas=journal.config.replicas or 1,
-            description="plantangenet projection checkpoints",
+            description=description,
+            direct=direct,
         )
     except nats.js.errors.BadRequestError:  # created by another rebuilder meanwhile
         try:
