@@ -936,12 +936,13 @@ class Journal:
         subject = self.subject(session_id)
         stream = self.config.stream
         prefix = getattr(self.js, "_prefix", "$JS.API")
+        start = int(request.get("seq", 1))  # nothing before a requested sequence
         messages: list[tuple[int, bytes]] = []
         done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
         def fail(problem: str) -> None:
             if not done.done():
-                done.set_exception(JournalError(f"seek in {session_id}: {problem}"))
+                done.set_exception(JournalError(f"read of {session_id}: {problem}"))
 
         async def collect(msg: Msg) -> None:
             if done.done():
@@ -956,10 +957,12 @@ class Journal:
             except (KeyError, ValueError):
                 fail(f"not a stored message (headers {headers})")
                 return
-            if headers.get("Nats-Subject") != subject:
+            if headers.get("Nats-Subject") != subject or sequence < start:
                 fail(f"got sequence {sequence} of {headers.get('Nats-Subject')}")
                 return
-            if messages and not previous == messages[-1][0] < sequence:
+            # Nats-Last-Sequence: the batch's message before this one (0 for the first).
+            intact = previous == messages[-1][0] < sequence if messages else previous < start
+            if not intact:
                 fail(f"message lost in transit before sequence {sequence}")
                 return
             messages.append((sequence, msg.data))
@@ -976,7 +979,7 @@ class Journal:
             end = await asyncio.wait_for(done, timeout)
         except TimeoutError:
             raise JournalError(
-                f"seek in {session_id}: stream {stream} did not answer in full within "
+                f"read of {session_id}: stream {stream} did not answer in full within "
                 f"{timeout}s ({len(messages)} messages received)"
             ) from None
         except nats.errors.Error as exc:
@@ -990,10 +993,10 @@ class Journal:
                 pending = int(end.get("Nats-Num-Pending", "0"))
                 last_sent = int(end.get("Nats-Last-Sequence", "0"))
             except ValueError:
-                raise JournalError(f"seek in {session_id}: unreadable end {end}") from None
+                raise JournalError(f"read of {session_id}: unreadable end {end}") from None
             if messages and last_sent != messages[-1][0]:
                 raise JournalError(
-                    f"seek in {session_id}: message lost in transit after sequence "
+                    f"read of {session_id}: message lost in transit after sequence "
                     f"{messages[-1][0]} (the server sent up to {last_sent})"
                 )
             return messages, pending
@@ -1007,7 +1010,7 @@ class Journal:
             )
         description = end.get("Description", "")
         raise JournalError(
-            f"seek in {session_id} refused by stream {stream}: status {status} "
+            f"read of {session_id} refused by stream {stream}: status {status} "
             f"{description}".rstrip()
         )
 
@@ -1135,92 +1138,19 @@ class Journal:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         start = max(from_sequence, 1)
-        subject = self.subject(session_id)
-        stream = self.config.stream
-        prefix = getattr(self.js, "_prefix", "$JS.API")
-        request = json.dumps(
-            {"seq": start, "next_by_subj": subject, "batch": max_events, "max_bytes": max_bytes}
-        ).encode()
-        messages: list[tuple[int, bytes]] = []
-        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-
-        def fail(problem: str) -> None:
-            if not done.done():
-                done.set_exception(JournalError(f"page of {session_id} at {start}: {problem}"))
-
-        async def collect(msg: Msg) -> None:
-            if done.done():
-                return
-            headers = msg.headers or {}
-            if "Status" in headers:  # end of batch, or no message at all
-                done.set_result(headers)
-                return
-            try:
-                sequence = int(headers["Nats-Sequence"])
-                previous = int(headers["Nats-Last-Sequence"])
-            except (KeyError, ValueError):
-                fail(f"not a stored message (headers {headers})")
-                return
-            if headers.get("Nats-Subject") != subject or sequence < start:
-                fail(f"got sequence {sequence} of {headers.get('Nats-Subject')}")
-                return
-            # Nats-Last-Sequence: the batch's message before this one (0 for the first).
-            intact = previous == messages[-1][0] < sequence if messages else previous < start
-            if not intact:
-                fail(f"message lost in transit before sequence {sequence}")
-                return
-            messages.append((sequence, msg.data))
-
-        timeout = self.config.api_timeout
-        try:
-            sub = await self.nc.subscribe(self.nc.new_inbox(), cb=collect)
-        except nats.errors.Error as exc:
-            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
-        try:
-            await self.nc.publish(f"{prefix}.DIRECT.GET.{stream}", request, reply=sub.subject)
-            end = await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            raise JournalError(
-                f"page of {session_id} at {start}: stream {stream} did not answer in full "
-                f"within {timeout}s ({len(messages)} messages received)"
-            ) from None
-        except nats.errors.Error as exc:
-            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        status = end.get("Status")
-        if status == "204":  # end of batch: Nats-Num-Pending messages follow the page
-            try:
-                pending = int(end.get("Nats-Num-Pending", "0"))
-                last_sent = int(end.get("Nats-Last-Sequence", "0"))
-            except ValueError:
-                raise JournalError(f"page of {session_id}: unreadable end {end}") from None
-            if messages and last_sent != messages[-1][0]:
-                raise JournalError(
-                    f"page of {session_id} at {start}: message lost in transit after "
-                    f"sequence {messages[-1][0]} (the server sent up to {last_sent})"
-                )
-            if messages and not pending:
-                return HistoryPage(tuple(messages), messages[-1][0], False)
-            last = await self.last_sequence(session_id)
-            if messages:
-                last = max(last, messages[-1][0] + pending)
-            return HistoryPage(tuple(messages), last, bool(pending) or last >= start)
-        if status == "404" and not messages:  # nothing at or after `start`
-            last = await self.last_sequence(session_id)
-            return HistoryPage((), last, last >= start)
-        if status == "503":  # no responders
-            await self._stream_exists(f"cannot read {session_id}")
-            raise JournalError(
-                f"cannot read {session_id}: stream {stream} answered no direct get (its "
-                "replicas may be electing a leader, or it does not allow direct gets)"
-            )
-        description = end.get("Description", "")
-        raise JournalError(
-            f"page of {session_id} at {start} refused by stream {stream}: status {status} "
-            f"{description}".rstrip()
-        )
+        request = {
+            "seq": start,
+            "next_by_subj": self.subject(session_id),
+            "batch": max_events,
+            "max_bytes": max_bytes,
+        }
+        messages, pending = await self._direct_batch(session_id, request)
+        if messages and not pending:
+            return HistoryPage(tuple(messages), messages[-1][0], False)
+        last = await self.last_sequence(session_id)
+        if messages:  # Nats-Num-Pending messages follow the page
+            last = max(last, messages[-1][0] + pending)
+        return HistoryPage(tuple(messages), last, bool(pending) or last >= start)
 
     async def _stream_exists(self, what: str) -> None:
         """:raises JournalError: naming the stream, if it does not exist."""
