@@ -44,7 +44,7 @@ from plantangenet.errors import (
     UnknownEventVersion,
 )
 from plantangenet.events.envelope import Envelope
-from plantangenet.journal import Journal
+from plantangenet.journal import ALL_SESSIONS, Journal
 
 #: Suffix of the bucket's name (after the stream's).
 BUCKET_SUFFIX = "_CORRELATIONS"
@@ -90,12 +90,12 @@ class CorrelationIndex:
     async def catch_up(self) -> int:
         """Index the events stored after the checkpoint; the new checkpoint."""
         start = await self.checkpoint()
-        end = await self.journal.last_sequence("*")  # the last event of any session
+        end = await self.journal.last_sequence(ALL_SESSIONS)  # the last event of any session
         if end <= start:
             return start
         pending: dict[str, list[tuple[str, int]]] = {}
         count = last = 0
-        rows = self.journal._ordered("*", start + 1, stop_at=end)
+        rows = self.journal.read_raw(ALL_SESSIONS, from_sequence=start + 1, to_sequence=end)
         async with contextlib.aclosing(rows):
             async for sequence, payload in rows:
                 last = sequence

@@ -80,6 +80,10 @@ _LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
 #: The stream and subject prefix used unless configured otherwise.
 DEFAULT_STREAM = "PLANTANGENET"
 DEFAULT_SUBJECT_PREFIX = "plantangenet.events"
+#: The session id that names every session's subject at once (a wildcard), for the few
+#: stream-wide readers (:meth:`Journal.read_raw`, :meth:`Journal.last_sequence`).
+ALL_SESSIONS = "*"
+
 #: Where the stream republishes each stored event for live readers: ``<prefix>.<session_id>``.
 DEFAULT_LIVE_PREFIX = "plantangenet.live"
 #: JetStream refuses atomic batches above 1000 messages.
@@ -1092,7 +1096,10 @@ class Journal:
     async def read_raw(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
     ) -> AsyncGenerator[tuple[int, bytes], None]:
-        """``(sequence, payload)`` of the session's stored messages, undecoded, in order."""
+        """``(sequence, payload)`` of the session's stored messages, undecoded, in order.
+
+        ``session_id`` :data:`ALL_SESSIONS` reads every session's messages, in stream order.
+        """
         end = await self.last_sequence(session_id)
         if to_sequence is not None:
             end = min(end, to_sequence)
