@@ -88,7 +88,12 @@ class Agent:
         its actor is passivated."""
 
     def on_event(self, context: AgentContext, envelope: Envelope) -> None:
-        """Called for every stored session event, after the agent's state was updated."""
+        """Called for each stored event about this agent or about no agent in particular
+        (session-wide events), in order, after the agent's state was updated.
+
+        Events about *other* agents are not delivered here; register an ``on_change``
+        callback on the session handle to see every event.
+        """
 
 
 def _overrides(behaviour: Agent, hook: str) -> bool:
