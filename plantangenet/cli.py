@@ -820,7 +820,7 @@ def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
     from plantangenet.explore import run  # curses: loaded only when needed
 
     with _runtime(args) as pg:
-        return run(pg, args.session_id)
+        return run(pg, args.session_id, _position(args.at))
 
 
 def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
@@ -1077,6 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explore", parents=[common], help="step through a session's history in the terminal"
     )
     explore.add_argument("session_id")
+    explore.add_argument("--at", metavar="POSITION", help=f"open on this event ({position_help})")
     explore.set_defaults(run=cmd_explore)
     audit = sub.add_parser("audit", parents=[common], help="who did or tried what, and why")
     audit.add_argument("session_id")

@@ -39,9 +39,10 @@ from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from plantangenet.decide import check_id
-from plantangenet.errors import PlantangenetError
+from plantangenet.errors import PlantangenetError, UnknownSession
 from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
+from plantangenet.history import Position, resolve
 from plantangenet.policy import Policy, Statement
 from plantangenet.projections.session import (
     AgentView,
@@ -965,11 +966,29 @@ class _Progress:
         self.stream.flush()
 
 
-def run(runtime: Plantangenet, session_id: str) -> int:
+def open_timeline(runtime: Plantangenet, session_id: str, at: Position | None = None) -> Timeline:
+    """The session's history as a :class:`Timeline`, on its event at ``at`` (default: the
+    last), as the explorer opens it (e.g. at a replay's breakpoint).
+
+    :raises UnknownSession: the session has no events.
+    :raises UnknownPosition: ``at`` names no event of the session.
+    """
+    check_id(session_id, "session_id")
+    events = runtime.history(session_id, progress=_Progress(sys.stderr))
+    if not events:
+        raise UnknownSession(f"no events for session {session_id!r}")
+    timeline = Timeline(session_id, events)
+    if at is not None:
+        sequence = runtime.run(resolve(runtime.journal, session_id, at))
+        timeline.jump_to_sequence(sequence)
+    return timeline
+
+
+def run(runtime: Plantangenet, session_id: str, at: Position | None = None) -> int:
     """Explore ``session_id`` interactively on this terminal; returns the exit status (0).
 
-    Loads the session's history, follows it live, and runs the curses screen
-    until ``q``.
+    Loads the session's history (opened on the event at ``at``, default the last),
+    follows it live, and runs the curses screen until ``q``.
 
     :raises UnknownSession: the session has no events.
     :raises PlantangenetError: standard input or output is not a terminal.
@@ -977,8 +996,8 @@ def run(runtime: Plantangenet, session_id: str) -> int:
     check_id(session_id, "session_id")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise PlantangenetError("explore needs an interactive terminal (try: history)")
-    events = runtime.history(session_id, progress=_Progress(sys.stderr))
-    timeline = Timeline(session_id, events)
+    timeline = open_timeline(runtime, session_id, at)
+    events = timeline.events
     last = events[-1].sequence or 0
     feed = LiveFeed(runtime, session_id, from_sequence=last + 1).start()
     try:

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from plantangenet.actors.agent import Agent
@@ -34,10 +34,11 @@ from plantangenet.botreplay import (
 from plantangenet.cli import _runtime as cli_runtime
 from plantangenet.errors import PlantangenetError
 from plantangenet.events.envelope import Envelope
-from plantangenet.history import parse_position
+from plantangenet.history import StreamSequence, parse_position
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
 from plantangenet.replay_serve import Release, replay_serve
+from plantangenet.runtime import Plantangenet
 
 POSITION_HELP = (
     "a revision N, a stream sequence seq:N, an event id (32 hex) or an ISO time (UTC if no offset)"
@@ -83,12 +84,14 @@ class Prompt:
     """Stops at a breakpoint: shows where, then reads a line of stdin (Enter, ``s``, ``q``).
 
     Enter (or ``c``) continues to the next breakpoint, ``s`` stops before the next
-    event, ``q`` ends the replay there. At the end of the input it continues
-    without stopping again.
+    event, ``q`` ends the replay there, and ``x`` (given ``explore``) opens the
+    explorer on the event (the recorded session), then asks again. At the end of the
+    input it continues without stopping again.
     """
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, explore: Callable[[Envelope], None] | None = None) -> None:
         self.out = out
+        self.explore = explore
         self.ended = False
         #: Report entries already shown at an earlier stop.
         self.shown = 0
@@ -100,7 +103,11 @@ class Prompt:
             return "continue"
         lines = describe_break(envelope, state, report, self.shown)
         self.shown = len(report.entries)
-        answer = _ask("\n".join(lines) + "\n[Enter] continue  [s] step  [q] quit > ", self.out)
+        keys = "[Enter] continue  [s] step  [q] quit" + ("  [x] explore" if self.explore else "")
+        answer = _ask("\n".join(lines) + f"\n{keys} > ", self.out)
+        while answer in {"x", "explore"} and self.explore is not None:
+            self.explore(envelope)
+            answer = _ask(f"{keys} > ", self.out)
         if answer is None:
             self.ended = True
             self.out.write("(end of input: continuing without stopping)\n")
@@ -112,13 +119,26 @@ class Prompt:
         return "continue"
 
 
+def _explorer(pg: Plantangenet, session_id: str) -> Callable[[Envelope], None] | None:
+    """At a breakpoint, ``x`` opens the explorer on the event (on a terminal only)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+
+    def explore(envelope: Envelope) -> None:
+        from plantangenet.explore import run  # curses: loaded only when needed
+
+        run(pg, session_id, StreamSequence(envelope.sequence or 0))
+
+    return explore
+
+
 def cmd_replay_agent(args: argparse.Namespace, out: TextIO) -> int:
     behaviour = load_behaviour(args.behaviour)
     start = None if args.from_position is None else parse_position(args.from_position)
     stop = None if args.to_position is None else parse_position(args.to_position)
     breakpoint = EventFilter(tuple(args.break_types or ()), args.break_agent, args.break_outcome)
-    prompt = Prompt(sys.stderr if args.json else out)
     with cli_runtime(args) as pg:
+        prompt = Prompt(sys.stderr if args.json else out, _explorer(pg, args.session_id))
         report = replay_agent(
             pg,
             args.session_id,

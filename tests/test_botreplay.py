@@ -25,6 +25,7 @@ from plantangenet import (
     Plantangenet,
     ReplayReport,
     SessionState,
+    StreamSequence,
     UnknownAgent,
     UnknownSession,
     replay_agent,
@@ -558,3 +559,27 @@ def test_callbacks_get_every_event_after_the_one_being_handled(runtime: Plantang
 def cli_options(runtime: Plantangenet) -> list[str]:
     """The CLI options of ``runtime``'s log, its live prefix too (bots follow it)."""
     return [*log_options(runtime), "--live-prefix", runtime.journal_config.live_prefix]
+
+
+def test_the_explorer_opens_at_a_breakpoint(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plantangenet.explore import open_timeline
+    from plantangenet.replay_cli import Prompt
+
+    record_sweep(runtime, "explored")
+    moves = sequences(runtime, "explored", "CursorMoved", "tide-bot")
+    # `x` at a stop opens the explorer on that event, then the stop asks again.
+    opened: list[int] = []
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x\nq\n"))
+    prompt = Prompt(io.StringIO(), explore=lambda envelope: opened.append(envelope.sequence or 0))
+    on_moves = EventFilter(types=("CursorMoved",), agent="tide-bot")
+    report = replay_agent(
+        runtime, "explored", "watcher", Watcher, breakpoint=on_moves, on_break=prompt
+    )
+    assert opened == [moves[0]] and report.quit
+    # What the explorer opens there: the recorded session on that event.
+    timeline = open_timeline(runtime, "explored", StreamSequence(moves[0]))
+    assert timeline.selected is not None and timeline.selected.sequence == moves[0]
+    at_revision = open_timeline(runtime, "explored", timeline.selected.revision)
+    assert at_revision.selected == timeline.selected
