@@ -71,6 +71,11 @@ _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
 _INSUFFICIENT_RESOURCES = 10023  # JSInsufficientResourcesErr: the server's store is full
 _STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no space left"...
 _MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
+#: Seconds between an append's attempts at first (doubling up to _RETRY_PAUSE_MAX).
+_RETRY_PAUSE = 0.05
+_RETRY_PAUSE_MAX = 0.4
+#: Reads a retried append makes to find whether an earlier attempt was stored.
+_STORED_CHECKS = 10
 #: Store failures (err_code 10077) that mean "no room", not "broken".
 _NO_ROOM = ("maximum bytes", "maximum messages", "no space left", "insufficient")
 #: Seconds a reader's consumer outlives its reader if deleting it failed (a backstop:
@@ -131,7 +136,12 @@ class JournalConfig:
     :param replicas: stream replicas (3 on a cluster; at most 5). ``None``: 1 for a new
         stream, an existing stream keeps its own.
     :param duplicate_window: seconds during which a command id is deduplicated.
-    :param ack_timeout: seconds to wait for the server to acknowledge an append.
+    :param ack_timeout: seconds an append may take, retries included, before it
+        fails with "no acknowledgement" (it may or may not be stored then).
+    :param attempt_timeout: seconds one attempt of an append waits for its
+        acknowledgement before it is sent again (same message ids, same expected
+        sequence: it cannot be stored twice). Short, so that an append whose stream
+        leader died is sent to the new leader soon after its election.
     :param idle_timeout: seconds a replay may wait for its next message.
     :param max_bytes: the most bytes the stream holds (``-1``: no limit). ``None``: no
         limit for a new stream, an existing stream keeps its own. A full stream refuses
@@ -166,6 +176,7 @@ class JournalConfig:
     replicas: int | None = None
     duplicate_window: float = 120.0
     ack_timeout: float = 10.0
+    attempt_timeout: float = 1.0
     idle_timeout: float = 10.0
     max_bytes: int | None = None
     max_msgs: int | None = None
@@ -179,6 +190,11 @@ class JournalConfig:
     def __post_init__(self) -> None:
         """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap, or a
         limit or ``clock_skew`` is out of range."""
+        if not self.attempt_timeout > 0 or not self.ack_timeout > 0:
+            raise InvalidJournalConfig(
+                f"ack_timeout and attempt_timeout must be positive, got "
+                f"{self.ack_timeout!r} and {self.attempt_timeout!r}"
+            )
         if not 0 <= self.clock_skew < 86_400:
             raise InvalidJournalConfig(
                 f"clock_skew must be between 0 and 86400 seconds, got {self.clock_skew!r}"
@@ -544,40 +560,15 @@ class Journal:
         commit = {"Nats-Msg-Id": msg_ids[last]}
         if last == 0:
             commit["Nats-Expected-Last-Subject-Sequence"] = str(expected_sequence)
-        timeout = self.config.ack_timeout
         observer = self.append_observer
         started = time.perf_counter() if observer is not None else 0.0
         try:
-            try:
-                reply = await self._send_append(
-                    subject, msg_ids, expected_sequence, payloads, commit, timeout
-                )
-            except nats.errors.TimeoutError:
-                if last == 0:
-                    raise
-                # nats-server may drop an atomic batch that meets a full store without
-                # answering its commit. The same batch again (same message ids, same
-                # expected sequence: it cannot be stored twice) gets the typed answer.
-                reply = await self._send_append(
-                    subject, msg_ids, expected_sequence, payloads, commit, timeout / 2
-                )
-        except nats.errors.NoRespondersError:
-            raise JournalError(
-                f"no stream leader answered for {subject}: stream {self.config.stream} is "
-                "missing, or its replicas are electing a leader"
-            ) from None
-        except nats.errors.TimeoutError:
-            raise JournalError(
-                f"no acknowledgement for {session_id} within {timeout}s; "
-                "the append may or may not be stored"
-            ) from None
-        except nats.errors.Error as exc:
-            raise JournalError(f"append to {session_id} failed: {exc}") from exc
+            last_seq = await self._append_with_retries(
+                session_id, subject, msg_ids, expected_sequence, payloads, commit
+            )
         finally:
             if observer is not None:
                 observer(time.perf_counter() - started)
-        ack = _parse_ack(reply.data, expected_sequence, session_id)
-        last_seq = int(ack["seq"])
         first_seq = last_seq - len(envelopes) + 1
         if digests is None:
             digests = [
@@ -589,6 +580,101 @@ class Journal:
             for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
         )
         return AppendResult(session_id, stored)
+
+    async def _append_with_retries(
+        self,
+        session_id: str,
+        subject: str,
+        msg_ids: Sequence[str],
+        expected_sequence: int,
+        payloads: Sequence[bytes],
+        commit: dict[str, str],
+    ) -> int:
+        """Send an append until it is acknowledged; the stream sequence of its last message.
+
+        Each attempt waits ``attempt_timeout`` for its acknowledgement; the attempts
+        together at most ``ack_timeout``. An attempt that times out (a stream leader
+        that died with it) or finds no responders (its replicas electing a new leader)
+        is sent again, after a short pause, with the same message ids and the same
+        expected sequence: whatever attempts reach the log, it stores the append once.
+        A retry finding an earlier attempt stored gets a duplicate acknowledgement
+        (its sequence is the stored one) or, for an atomic batch or a single message
+        whose deduplication the new leader does not know, a wrong-last-sequence or
+        duplicate-in-batch error; then the message after ``expected_sequence`` is read
+        and, if it carries this append's first message id, the append is stored.
+        """
+        config = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.ack_timeout
+        attempts = 0
+        timed_out = False
+        pause = _RETRY_PAUSE
+        while True:
+            attempts += 1
+            attempt = min(config.attempt_timeout, max(deadline - loop.time(), 0.001))
+            try:
+                reply = await self._send_append(
+                    subject, msg_ids, expected_sequence, payloads, commit, attempt
+                )
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if isinstance(exc, nats.errors.TimeoutError):
+                    timed_out = True
+                remaining = deadline - loop.time()
+                if remaining <= 0.001:
+                    if timed_out:
+                        raise JournalError(
+                            f"no acknowledgement for {session_id} within "
+                            f"{config.ack_timeout}s ({attempts} attempts); "
+                            "the append may or may not be stored"
+                        ) from None
+                    raise JournalError(
+                        f"no stream leader answered for {subject}: stream {config.stream} "
+                        "is missing, or its replicas are electing a leader"
+                    ) from None
+                await asyncio.sleep(min(pause, remaining))
+                pause = min(pause * 2, _RETRY_PAUSE_MAX)
+                continue
+            except nats.errors.Error as exc:
+                raise JournalError(f"append to {session_id} failed: {exc}") from exc
+            if attempts == 1:
+                return int(_parse_ack(reply.data, expected_sequence, session_id)["seq"])
+            try:
+                ack = _parse_ack(reply.data, expected_sequence, session_id, retried=True)
+            except (ConcurrencyError, DuplicateCommand) as refused:
+                stored = await self._stored_as(subject, msg_ids, expected_sequence, deadline)
+                if stored is None:
+                    raise refused from None
+                return stored
+            return int(ack["seq"])
+
+    async def _stored_as(
+        self, subject: str, msg_ids: Sequence[str], expected_sequence: int, deadline: float
+    ) -> int | None:
+        """The sequence of an append's last message if the log holds it right after
+        ``expected_sequence`` (an earlier attempt stored it), else ``None``."""
+        loop = asyncio.get_running_loop()
+        direct = not self.config.leader_reads
+        stream = self.config.stream
+        for _ in range(_STORED_CHECKS):
+            try:
+                first = await self.js.get_msg(
+                    stream, seq=expected_sequence + 1, subject=subject, next=True, direct=direct
+                )
+                if _msg_id(first.headers) != msg_ids[0] or first.seq is None:
+                    return None
+                last_seq = first.seq + len(msg_ids) - 1
+                if len(msg_ids) == 1:
+                    return last_seq
+                last = await self.js.get_msg(stream, seq=last_seq, direct=direct)
+                return last_seq if _msg_id(last.headers) == msg_ids[-1] else None
+            except nats.js.errors.NotFoundError:
+                pass  # a replica not there yet (direct gets), or nothing stored
+            except nats.errors.Error:
+                pass  # a leader being elected
+            if loop.time() > deadline:
+                return None
+            await asyncio.sleep(_RETRY_PAUSE)
+        return None
 
     async def _send_append(
         self,
@@ -1403,7 +1489,20 @@ def _msg_ids(session_id: str, envelopes: Sequence[Envelope]) -> list[str]:
     return ids
 
 
-def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
+def _msg_id(headers: dict[str, str] | None) -> str | None:
+    return (headers or {}).get("Nats-Msg-Id")
+
+
+def _parse_ack(
+    data: bytes, expected: int, session_id: str, *, retried: bool = False
+) -> dict[str, Any]:
+    """The acknowledgement of an append, or its typed error.
+
+    ``retried``: the answer to a retry of an append that timed out. A duplicate
+    acknowledgement at a sequence after ``expected`` is then the earlier attempt's,
+    i.e. success; otherwise it is :class:`DuplicateCommand` (a new command reusing
+    a stored command's id).
+    """
     try:
         ack: dict[str, Any] = json.loads(data)
     except ValueError:
@@ -1432,7 +1531,7 @@ def _parse_ack(data: bytes, expected: int, session_id: str) -> dict[str, Any]:
                 f"err_code {code}); nothing of it was stored"
             )
         raise JournalError(f"append to {session_id} refused: {description} (err_code {code})")
-    if ack.get("duplicate"):
+    if ack.get("duplicate") and not (retried and int(ack.get("seq", 0)) > expected):
         raise DuplicateCommand(f"session {session_id}: command already stored at {ack.get('seq')}")
     if "seq" not in ack:
         raise JournalError(f"acknowledgement without a sequence: {ack}")
