@@ -67,7 +67,7 @@ def faulty(
             raise nats.errors.NoRespondersError
         return await send(*args)
 
-    journal._send_append = attempt  # type: ignore[method-assign]
+    journal._send_append = attempt  # type: ignore[method-assign,assignment]
     return attempts
 
 
