@@ -14,6 +14,7 @@ two acknowledgements, and how long after the new leader's election appends resum
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import dataclasses
@@ -35,7 +36,9 @@ from plantangenet import (
     Plantangenet,
     SessionHandle,
 )
+from plantangenet.client import BotClient
 from plantangenet.cluster import EmbeddedCluster
+from plantangenet.service import SessionService
 
 T = TypeVar("T")
 
@@ -49,6 +52,8 @@ BEFORE_KILL = 2.0
 AFTER_RESUME = 3.0
 #: Commands in flight at once (the session groups them into atomic batches).
 WINDOW = 8
+#: Bots, each on a session of its own, for the service test.
+BOTS = 4
 
 
 def eventually(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
@@ -222,4 +227,125 @@ def test_killing_the_stream_leader_under_load_stalls_briefly_and_loses_nothing(
         )
         assert longest < 15.0
     finally:
+        pg.close()
+
+
+@dataclasses.dataclass
+class Bot:
+    """A bot sending `move_cursor` commands one after the other through the service.
+
+    Each request waits 0.5 s for its reply and is sent again twice (same command id);
+    a command still unanswered, or refused because no service answered, is sent again
+    with the same command id after a short pause, until it is acknowledged.
+    """
+
+    session_id: str
+    acked: dict[str, int] = dataclasses.field(default_factory=dict)
+    ack_times: list[float] = dataclasses.field(default_factory=list)
+    failures: list[str] = dataclasses.field(default_factory=list)
+    sent: list[str] = dataclasses.field(default_factory=list)
+
+    async def run(self, url: str, stop: threading.Event) -> None:
+        client = await BotClient.connect(url, agent_id="bot", journal=R3, timeout=0.5, retries=2)
+        try:
+            k = 0
+            while not stop.is_set():
+                command_id = f"{self.session_id}-{k}"
+                self.sent.append(command_id)
+                while True:
+                    try:
+                        reply = await client.move_cursor(
+                            self.session_id, "c", ["x"], float(k), k + 1.0, command_id=command_id
+                        )
+                        break
+                    except JournalError as exc:
+                        self.failures.append(f"{type(exc).__name__}: {str(exc)[:50]}")
+                        await asyncio.sleep(0.05)
+                assert reply["id"] == command_id
+                self.acked[command_id] = reply["seq"]
+                self.ack_times.append(time.monotonic())
+                k += 1
+        finally:
+            await client.close()
+
+    def acks_after(self, moment: float) -> list[float]:
+        return [t for t in self.ack_times if t > moment]
+
+
+def test_bots_through_the_service_see_a_short_stall_when_the_leader_is_killed(
+    cluster: EmbeddedCluster,
+) -> None:
+    pg = open_runtime(cluster, cluster.url, R3)
+    service = SessionService(pg, idle_timeout=300)
+    pg.run(service.start())
+    bots = [Bot(f"bot-session-{i}") for i in range(BOTS)]
+    stop = threading.Event()
+    try:
+        for bot in bots:
+            handle = pg.session(bot.session_id)
+            handle.start({"purpose": "fail-over"})
+            handle.attach("bot", kind="bot", name="Bot")
+            handle.add_cursor("bot", "c", ["x"], 0.0, 1.0)
+            handle.change_policy(
+                replace=[{"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}]
+            )
+        victim = eventually(lambda: cluster.stream_leader(STREAM), "a leader for FO")
+
+        async def all_bots() -> None:
+            await asyncio.gather(*(bot.run(cluster.url, stop) for bot in bots))
+
+        worker = threading.Thread(target=asyncio.run, args=(all_bots(),), daemon=True)
+        worker.start()
+        time.sleep(BEFORE_KILL)
+        killed = time.monotonic()
+        cluster.kill_node(victim)
+        elected = new_leader_elected(cluster, victim)
+        eventually(
+            lambda: all(bot.acks_after(elected) for bot in bots) or None,
+            "every bot acknowledged after the election",
+            30.0,
+        )
+        time.sleep(AFTER_RESUME)
+        stop.set()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the bots did not finish"
+
+        figures = []
+        for bot in bots:
+            gaps = [b - a for a, b in zip(bot.ack_times, bot.ack_times[1:], strict=False)]
+            longest = max(gaps)
+            at = gaps.index(longest)
+            resumed = bot.ack_times[at + 1]
+            figures.append((longest, resumed - elected))
+            # Every acknowledged command is in the log exactly once, where its reply said.
+            assert set(bot.acked) == set(bot.sent)
+            last_acked = max(bot.acked.values())
+            history: list[Envelope] = eventually(
+                lambda bot=bot, last=last_acked: (
+                    (  # type: ignore[misc]
+                        ((h := pg.history(bot.session_id))[-1].sequence or 0) >= last and h
+                    )
+                    or None
+                ),
+                f"a read of {bot.session_id} up to {last_acked}",
+            )
+            moves = [e for e in history if e.causation_id in bot.acked]
+            assert [e.causation_id for e in moves] == bot.sent  # once each, in order
+            assert all(e.sequence == bot.acked[e.causation_id] for e in moves)
+            assert len(history) == 4 + len(bot.sent)
+        worst = max(longest for longest, _ in figures)
+        failures = collections.Counter(f for bot in bots for f in bot.failures)
+        print(
+            f"\n[bots] {BOTS} bots (0.5 s timeout, 2 retries), attempt_timeout="
+            f"{R3.attempt_timeout}s: killed leader node-{victim}; new leader seen "
+            f"{elected - killed:.2f}s after the kill; longest stall per bot "
+            f"{[round(longest, 2) for longest, _ in figures]} s, resumed "
+            f"{[round(after, 2) for _, after in figures]} s after the election was seen; "
+            f"{sum(len(bot.acked) for bot in bots)} commands acked, bot-side failures "
+            f"{dict(failures)}"
+        )
+        assert worst < 15.0
+    finally:
+        stop.set()
+        pg.run(service.stop(timeout=10))
         pg.close()
