@@ -21,7 +21,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import pytest
@@ -170,6 +170,14 @@ def test_killing_the_stream_leader_under_load_stalls_briefly_and_loses_nothing(
         handle.attach("bot", kind="bot", name="Bot")
         handle.add_cursor("bot", "c", ["x"], 0.0, 1.0)
         assert cluster.stream_leader(STREAM) == victim
+        # When JetStream's advisory of the new leader reaches a client (for the figures).
+        advised: list[float] = []
+
+        async def advisory(msg: Any) -> None:
+            advised.append(time.monotonic())
+
+        subject = f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{STREAM}"
+        pg.run(pg.journal.nc.subscribe(subject, cb=advisory))
 
         load = SteadyLoad(handle)
         worker = threading.Thread(target=load.run, daemon=True)
@@ -221,7 +229,9 @@ def test_killing_the_stream_leader_under_load_stalls_briefly_and_loses_nothing(
             f"node-{node}); new leader seen {elected - killed:.2f}s after the kill; longest "
             f"gap between acks {longest:.2f}s, from {stalled - killed:+.2f}s to "
             f"{resumed - killed:+.2f}s after the kill ({resumed - elected:+.2f}s after the "
-            f"election was seen); {len(load.acked)} commands acked "
+            f"election was seen; leader-elected advisory "
+            f"{(f'{advised[0] - killed:+.2f}s' if advised else 'none')} after the kill); "
+            f"{len(load.acked)} commands acked "
             f"({sum(r.duplicate for r in load.acked.values())} as duplicates), "
             f"{len(load.failures)} failed attempts {dict(kinds)}"
         )
