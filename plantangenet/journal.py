@@ -73,7 +73,7 @@ _STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no spa
 _MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
 #: Seconds between an append's attempts at first (doubling up to _RETRY_PAUSE_MAX).
 _RETRY_PAUSE = 0.05
-_RETRY_PAUSE_MAX = 0.4
+_RETRY_PAUSE_MAX = 0.2
 #: Reads a retried append makes to find whether an earlier attempt was stored.
 _STORED_CHECKS = 10
 #: Store failures (err_code 10077) that mean "no room", not "broken".
