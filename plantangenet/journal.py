@@ -597,6 +597,8 @@ class Journal:
         that died with it) or finds no responders (its replicas electing a new leader)
         is sent again, after a short pause, with the same message ids and the same
         expected sequence: whatever attempts reach the log, it stores the append once.
+        (After the first "no responders" the stream is looked up once: a stream that
+        does not exist fails the append at once.)
         A retry finding an earlier attempt stored gets a duplicate acknowledgement
         (its sequence is the stored one) or, for an atomic batch or a single message
         whose deduplication the new leader does not know, a wrong-last-sequence or
@@ -607,7 +609,7 @@ class Journal:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.ack_timeout
         attempts = 0
-        timed_out = False
+        timed_out = asked = False
         pause = _RETRY_PAUSE
         while True:
             attempts += 1
@@ -619,6 +621,13 @@ class Journal:
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
                 if isinstance(exc, nats.errors.TimeoutError):
                     timed_out = True
+                elif not asked:  # no responders: a missing stream, or an election?
+                    asked = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._stream_exists(f"no stream leader answered for {subject}"),
+                            min(config.attempt_timeout, max(deadline - loop.time(), 0.001)),
+                        )
                 remaining = deadline - loop.time()
                 if remaining <= 0.001:
                     if timed_out:
