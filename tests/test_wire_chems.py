@@ -30,6 +30,7 @@ from plantangenet import (
 )
 from plantangenet.cli import main
 from plantangenet.client import BotClient
+from plantangenet.commands import ProposeChem
 from plantangenet.events import OPERATOR
 from plantangenet.protocol import relay_id
 from plantangenet.service import SessionService
@@ -216,3 +217,37 @@ def test_a_bot_that_is_not_party_to_a_chem_cannot_step_it(
         assert runtime.replay(session_id) == state
     denied = [e for e in runtime.history("fleet") if e.type_name == "AccessDenied"]
     assert {e.principal for e in denied} == {MALLORY}
+
+
+def test_a_chem_step_sent_again_is_stored_once_and_completes_a_half_done_one(
+    sides: tuple[EmbeddedNats, Plantangenet],
+) -> None:
+    server, runtime = sides
+    # A step that was stored by the acting side only (say the service died before the relay).
+    half = ProposeChem(
+        command_id="p4",
+        principal=ALICE,
+        chem_id="k4",
+        peer="fleet",
+        proposed_by="harbour",
+        terms=TERMS,
+    )
+    runtime.session("harbour").execute(half)
+    assert "k4" not in runtime.session("fleet").state.chems
+
+    async def send_twice() -> list[dict[str, Any]]:
+        async with bot(server, "alice") as alice:
+            return [
+                await alice.propose_chem("harbour", "fleet", "k4", TERMS, command_id="p4")
+                for _ in range(2)
+            ]
+
+    first, again = run(send_twice())
+    assert first["duplicate"] and again["duplicate"]  # the acting side had it already
+    for session_id in ("harbour", "fleet"):
+        proposals = [
+            e.event
+            for e in runtime.history(session_id)
+            if isinstance(e.event, ChemProposed) and e.event.chem_id == "k4"
+        ]
+        assert [(p.proposed_by, p.round) for p in proposals] == [("harbour", 1)]
