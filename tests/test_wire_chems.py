@@ -27,6 +27,7 @@ from plantangenet import (
     Plantangenet,
     SyntheticCompositor,
     UnknownChem,
+    UnknownCompositor,
 )
 from plantangenet.cli import main
 from plantangenet.client import BotClient
@@ -251,3 +252,20 @@ def test_a_chem_step_sent_again_is_stored_once_and_completes_a_half_done_one(
             if isinstance(e.event, ChemProposed) and e.event.chem_id == "k4"
         ]
         assert [(p.proposed_by, p.round) for p in proposals] == [("harbour", 1)]
+
+
+def test_a_query_the_peer_refuses_is_refunded(sides: tuple[EmbeddedNats, Plantangenet]) -> None:
+    server, runtime = sides
+    balance = runtime.session("fleet").state.balance("bob")
+
+    async def ask() -> Any:
+        async with bot(server, "bob") as bob:
+            return await bob.query_chem("fleet", "k1", ["ocean.temperature"], 0, 3, "nowhere")
+
+    with pytest.raises(UnknownCompositor):  # the harbour coordinates with no such compositor
+        run(ask())
+    fleet = runtime.session("fleet").state
+    assert fleet.balance("bob") == balance  # charged, then refunded from the treasury
+    refunds = [e for e in runtime.history("fleet") if e.type_name == "DustGranted"]
+    assert refunds and "refund: k1 refused by harbour" in refunds[-1].event.memo  # type: ignore[attr-defined]
+    assert runtime.replay("fleet") == fleet

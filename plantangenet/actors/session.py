@@ -842,7 +842,10 @@ class SessionActor(pykka.ThreadingActor):
                 )
             self._compose(command, content, reply, behaviour, plan, compositor, attempt)
             raise _Deferred
-        answer = composed.answer.result()  # raises the compositor's CompositorFailed
+        try:
+            answer = composed.answer.result()  # raises the compositor's CompositorFailed
+        except concurrent.futures.CancelledError:  # the runtime is closing
+            raise CompositorFailed(f"compositor {plan.compositor!r} was stopped") from None
         try:
             disclosed = disclose(state, plan, answer, max_samples=self.limits.max_samples_per_query)
         except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # bad samples
