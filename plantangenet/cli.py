@@ -129,6 +129,11 @@ def _runtime(args: argparse.Namespace) -> Plantangenet:
             max_msgs=limits.get("max_msgs"),
             replicas=limits.get("replicas"),
         ),
+        **(
+            {"compositor_timeout": args.compositor_timeout or None}
+            if getattr(args, "compositor_timeout", None) is not None
+            else {}
+        ),
     )
 
 
@@ -1125,6 +1130,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="provide a compositor: 'synthetic', 'recorded' or 'module:attribute' (repeatable)",
+    )
+    serve.add_argument(
+        "--compositor-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a compositor answering later answers compositor_failed, recording nothing "
+        "(default 5; 0: no limit)",
     )
     serve.add_argument(
         "--metrics-port",
