@@ -12,7 +12,11 @@ batch of several commands, or a command of several events, is all there or absen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import random
+import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -142,3 +146,129 @@ def test_a_store_out_of_space_refuses_appends_clearly_and_loses_nothing(
         with pytest.raises(StorageExhausted):
             session.change_metadata({"after": "restart"})
         assert pg.sessions() == {"s": len(stored)}
+
+
+# -- A real full disk ---------------------------------------------------------------------
+#
+# Above, the server's own limit refuses (err_code 10023). On a real full disk the server
+# believes it has room (here: told it may use 1 GiB of a 4 MiB tmpfs): its write fails
+# ("Critical write error ... no space left on device"), the stream refuses every write
+# until the server restarts, and nats-server never answers those appends. The journal
+# asks the server's /healthz when an acknowledgement is late and names it.
+
+DISK_BYTES = 4 * 1024 * 1024
+BALLAST_BYTES = 512 * 1024
+FULL_CONFIG = JournalConfig(stream="FULL", subject_prefix="full.events")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        ballast = disk / "ballast"  # what an operator deletes to make room
+        ballast.write_bytes(b"\0" * BALLAST_BYTES)
+        conf = tmp_path / "nats.conf"
+        conf.write_text("jetstream {\n  max_file_store: 1G\n}\n")
+        server = EmbeddedNats(disk / "store", monitor=True, extra_args=["-c", str(conf)])
+        server.start()
+        try:
+            yield server, ballast
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
+    full_disk: tuple[EmbeddedNats, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, ballast = full_disk
+    assert server.monitor_url is not None
+    assert server.store_dir not in server.log_path.parents  # the log is not on the full disk
+    config = dataclasses.replace(FULL_CONFIG, monitor_url=server.monitor_url)
+    rng = random.Random(11)
+    acked: dict[str, CommandResult] = {}
+    refused: dict[str, BaseException] = {}
+    with Plantangenet.open(nats_url=server.url, journal=config) as pg:
+        session = pg.session("s")
+        for result in (session.start({"purpose": "full disk"}), session.attach("a")):
+            acked[result.command_id] = result
+        n = 0
+        while not refused:
+            wave: list[tuple[str, Future[CommandResult]]] = []
+            for _ in range(8):
+                n += 1
+                blob = f"{n}:" + "x" * rng.randrange(2000, 6000)
+                command = ChangeMetadata(changed={"blob": blob}, command_id=f"m{n}")
+                wave.append((command.command_id, session.submit(command)))
+            for command_id, future in wave:
+                try:
+                    acked[command_id] = future.result(timeout=30)
+                except JournalError as exc:
+                    refused[command_id] = exc
+            assert n < 4_000, "the disk never filled up"
+        # A single append on the full disk: typed, named, in a couple of seconds.
+        started = time.monotonic()
+        with pytest.raises(StorageExhausted) as single:
+            session.change_metadata({"k": "v"}, command_id="single")
+        assert time.monotonic() - started < 6
+        refused["single"] = single.value
+        for error in refused.values():
+            assert isinstance(error, StorageExhausted), repr(error)
+            assert error.code == "storage_exhausted"
+            assert "no space left on device" in str(error), str(error)
+            assert "restart" in str(error)
+        # Over the wire: the same typed error, and reads keep being answered.
+        service = SessionService(pg)
+        pg.run(service.start())
+        try:
+            payload = encode_request({"changed": {"k": "w"}}, command_id="wire-1")
+            reply = wire_request(server.url, command_subject("s", "change_metadata"), payload)
+        finally:
+            pg.run(service.stop())
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "storage_exhausted", reply  # type: ignore[index]
+        refused["wire-1"] = StorageExhausted("over the wire")
+        history = pg.history("s")
+        stored = [(e.sequence, e.event_id) for e in history]
+        assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
+
+    # The server restarts on the still-full disk (its log is elsewhere); the log is there
+    # and appends are still refused by name. Starting, it says the store needs space.
+    with caplog.at_level(logging.WARNING, logger="plantangenet.embedded"):
+        server.restart()
+    assert f"store {server.store_dir} is nearly full" in caplog.text
+    assert "give it at least" in caplog.text
+    with Plantangenet.open(nats_url=server.url, journal=config) as pg:
+        assert [(e.sequence, e.event_id) for e in pg.history("s")] == stored
+        with pytest.raises(StorageExhausted):
+            pg.session("s").change_metadata({"big": "y" * 20_000}, command_id="still-full")
+        refused["still-full"] = StorageExhausted("still full")
+
+    # Space freed and the server restarted: appends are stored again, nothing acknowledged
+    # was lost and nothing refused appeared.
+    ballast.unlink()
+    server.restart()
+    with Plantangenet.open(nats_url=server.url, journal=config) as pg:
+        session = pg.session("s")
+        after = session.change_metadata({"after": "space freed"}, command_id="after")
+        acked["after"] = after
+        history = pg.history("s")
+        assert [(e.sequence, e.event_id) for e in history][: len(stored)] == stored
+        by_command: dict[str, list[int]] = {}
+        for envelope in history:
+            by_command.setdefault(envelope.causation_id, []).append(envelope.sequence or 0)
+        for command_id, result in acked.items():
+            assert by_command.get(command_id) == [e.sequence for e in result.events], command_id
+        assert set(by_command) == set(acked)
+        assert not set(refused) & set(by_command)
+        assert pg.run(verify(pg.journal, "s")).intact
+        assert pg.replay("s") == session.state
