@@ -230,13 +230,24 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
         service = SessionService(pg)
         pg.run(service.start())
         try:
-            payload = encode_request({"changed": {"k": "w"}}, command_id="wire-1")
-            reply = wire_request(server.url, command_subject("s", "change_metadata"), payload)
+            with caplog.at_level(logging.ERROR, logger="plantangenet.service"):
+                for i in (1, 2):
+                    payload = encode_request({"changed": {"k": "w"}}, command_id=f"wire-{i}")
+                    reply = wire_request(
+                        server.url, command_subject("s", "change_metadata"), payload
+                    )
+                    assert reply["ok"] is False
+                    assert reply["error"]["code"] == "storage_exhausted", reply  # type: ignore[index]
+                    refused[f"wire-{i}"] = StorageExhausted("over the wire")
+                state = wire_request(server.url, command_subject("s", "state"), b"")
         finally:
             pg.run(service.stop())
-        assert reply["ok"] is False
-        assert reply["error"]["code"] == "storage_exhausted", reply  # type: ignore[index]
-        refused["wire-1"] = StorageExhausted("over the wire")
+        assert service.storage_refusals == 2
+        said = [r.getMessage() for r in caplog.records if r.name == "plantangenet.service"]
+        assert len(said) == 1 and "the log has no room" in said[0], said
+        assert "no space left on device" in said[0]
+        assert state["ok"] is True, state
+        assert state["state"]["sequence"] == session.state.sequence  # type: ignore[index]
         history = pg.history("s")
         stored = [(e.sequence, e.event_id) for e in history]
         assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
