@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import random
 import subprocess
@@ -35,6 +36,7 @@ from plantangenet import (
     verify,
 )
 from plantangenet.actors.session import CommandResult
+from plantangenet.cli import main as cli_main
 from plantangenet.protocol import command_subject, encode_request
 from plantangenet.service import SessionService
 
@@ -251,6 +253,14 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
         history = pg.history("s")
         stored = [(e.sequence, e.event_id) for e in history]
         assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
+        # `plantangenet status` names it too (exit status 1: a problem).
+        out = io.StringIO()
+        opts = ["--nats-url", server.url, "--monitor-url", server.monitor_url]
+        opts += ["--stream", FULL_CONFIG.stream, "--subject-prefix", FULL_CONFIG.subject_prefix]
+        assert cli_main(["status", *opts], out=out) == 1, out.getvalue()
+        assert "the server cannot write its store" in out.getvalue()
+        assert "no space left on device" in out.getvalue()
+        assert f"{len(stored):,} events" in out.getvalue()
 
     # The server restarts on the still-full disk (its log is elsewhere); the log is there
     # and appends are still refused by name. Starting, it says the store needs space.
