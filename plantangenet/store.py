@@ -210,8 +210,19 @@ class SharedStore:
             "owner_pid": os.getpid(),
         }
         tmp = self.store_dir / f".{SERVER_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.store_dir / SERVER_FILE)
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.store_dir / SERVER_FILE)
+        except OSError as exc:
+            # A full disk: the server runs (its log is elsewhere) and this process uses
+            # it; other processes cannot join it until the record can be written.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning(
+                "store %s: cannot record its server (%s); other processes cannot join it",
+                self.store_dir,
+                exc,
+            )
 
     def _joinable(self) -> str | None:
         record = _read_record(self.store_dir)

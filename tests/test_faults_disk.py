@@ -12,9 +12,12 @@ batch of several commands, or a command of several events, is all there or absen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import io
 import logging
+import os
 import random
 import subprocess
 import time
@@ -163,9 +166,9 @@ BALLAST_BYTES = 512 * 1024
 FULL_CONFIG = JournalConfig(stream="FULL", subject_prefix="full.events")
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
-    disk = tmp_path / "disk"
+@contextlib.contextmanager
+def small_disk(disk: Path) -> Iterator[Path]:
+    """A tmpfs of DISK_BYTES mounted at ``disk`` (the test is skipped if mounting fails)."""
     disk.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(disk)],
@@ -175,6 +178,26 @@ def full_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
     try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
+    with small_disk(tmp_path / "disk") as disk:
         ballast = disk / "ballast"  # what an operator deletes to make room
         ballast.write_bytes(b"\0" * BALLAST_BYTES)
         conf = tmp_path / "nats.conf"
@@ -185,8 +208,6 @@ def full_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
             yield server, ballast
         finally:
             server.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
@@ -293,3 +314,28 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
         assert not set(refused) & set(by_command)
         assert pg.run(verify(pg.journal, "s")).intact
         assert pg.replay("s") == session.state
+
+
+def test_the_runtime_opens_its_store_on_a_full_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`plantangenet serve` (or any command) on a store whose disk is full: its server
+    starts, history is read, appends are refused by name; with room again, they work."""
+    with small_disk(tmp_path / "disk") as disk:
+        store = disk / "store"
+        with Plantangenet.open(store_dir=store, journal=FULL_CONFIG) as pg:
+            started = pg.session("s").start({"purpose": "full store"})
+        ballast = disk / "ballast"
+        fill(ballast)
+        with (
+            caplog.at_level(logging.WARNING),
+            Plantangenet.open(store_dir=store, journal=FULL_CONFIG) as pg,
+        ):
+            assert [e.event_id for e in pg.history("s")] == [e.event_id for e in started.events]
+            with pytest.raises(StorageExhausted):
+                pg.session("s").change_metadata({"big": "y" * 20_000}, command_id="full")
+        assert f"store {store} is nearly full" in caplog.text
+        ballast.unlink()
+        with Plantangenet.open(store_dir=store, journal=FULL_CONFIG) as pg:
+            pg.session("s").change_metadata({"room": "again"}, command_id="room")
+            assert [e.causation_id for e in pg.history("s")] == [started.command_id, "room"]
