@@ -15,11 +15,14 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import http.server
 import io
+import json
 import logging
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -40,6 +43,7 @@ from plantangenet import (
 )
 from plantangenet.actors.session import CommandResult
 from plantangenet.cli import main as cli_main
+from plantangenet.journal import store_problem
 from plantangenet.protocol import command_subject, encode_request
 from plantangenet.service import SessionService
 
@@ -339,3 +343,50 @@ def test_the_runtime_opens_its_store_on_a_full_disk(
         with Plantangenet.open(store_dir=store, journal=FULL_CONFIG) as pg:
             pg.session("s").change_metadata({"room": "again"}, command_id="room")
             assert [e.causation_id for e in pg.history("s")] == [started.command_id, "room"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "named"),
+    [
+        (200, {"status": "ok"}, None),
+        (
+            503,
+            {
+                "status": "unavailable",
+                "error": "JetStream stream '$G > FULL' write error: write /s/1.blk: "
+                "no space left on device",
+            },
+            "no space left on device",
+        ),
+        (503, {"status": "unavailable", "error": "JetStream not enabled"}, "JetStream is off"),
+        (503, {"status": "unavailable", "error": "JetStream is not current with the meta"}, None),
+        (503, "not json", None),
+    ],
+)
+def test_what_the_servers_health_says_of_its_store(
+    status: int, body: object, named: str | None
+) -> None:
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = (body if isinstance(body, str) else json.dumps(body)).encode()
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        problem = asyncio.run(store_problem(f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    if named is None:
+        assert problem is None
+    else:
+        assert problem is not None and named in problem
+    # No server there at all: no problem known.
+    assert asyncio.run(store_problem(f"http://127.0.0.1:{server.server_port}", 0.5)) is None
