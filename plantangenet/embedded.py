@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BINARY_ENV_VAR",
+    "LOG_DIR_ENV",
     "LOG_DIR_NAME",
     "EmbeddedNats",
     "default_log_file",
@@ -68,6 +69,9 @@ BINARY_ENV_VAR: Final = "PLANTANGENET_NATS_SERVER"
 #: store's filesystem is full, and the server's "ready" line with it: a server restarted
 #: on a full disk would never be seen to start.
 LOG_DIR_NAME: Final = "plantangenet-nats-logs"
+
+#: Environment variable that, when set, names the folder of server logs instead.
+LOG_DIR_ENV: Final = "PLANTANGENET_NATS_LOG_DIR"
 
 #: Free space below which starting a server warns that its store is nearly full: a
 #: JetStream file store writes each stream's messages in blocks of up to 8 MiB.
@@ -175,12 +179,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def default_log_file(store_dir: Path) -> Path:
     """Where the server log of the store `store_dir` goes: outside the store.
 
-    ``<tmp>/plantangenet-nats-logs/<store name>-<hash of its path>.log``: the same file
-    for every start on the same store, a different one for every store.
+    ``<tmp>/plantangenet-nats-logs/<store name>-<hash of its path>.log`` (the folder:
+    ``$PLANTANGENET_NATS_LOG_DIR`` if set): the same file for every start on the same
+    store, a different one for every store.
     """
     digest = hashlib.sha256(str(store_dir).encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", store_dir.name) or "store"
-    return Path(tempfile.gettempdir()) / LOG_DIR_NAME / f"{name}-{digest}.log"
+    folder = os.environ.get(LOG_DIR_ENV) or Path(tempfile.gettempdir()) / LOG_DIR_NAME
+    return Path(folder) / f"{name}-{digest}.log"
 
 
 def store_space(store_dir: Path) -> tuple[int, int]:
@@ -438,6 +444,7 @@ class EmbeddedNats:
                     if self._requested_port is not None:
                         raise EmbeddedServerError(str(exc)) from None
                     logger.info("nats-server port was taken, retrying: %s", exc)
+                    self._monitor_port = None  # it may have been the monitoring port
                     try:
                         self._launch(binary, free_port(self._host))
                     except _PortInUseError as exc2:
