@@ -31,6 +31,8 @@ import json
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +73,16 @@ _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
 _INSUFFICIENT_RESOURCES = 10023  # JSInsufficientResourcesErr: the server's store is full
 _STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no space left"...
 _MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
+#: Where :class:`JournalConfig` finds the server's monitoring URL unless given one.
+MONITOR_URL_ENV = "PLANTANGENET_MONITOR_URL"
+#: Seconds an append waits for its acknowledgement before asking the server's health
+#: whether its store can write (then again every as many seconds, until ``ack_timeout``).
+STORE_PROBE_AFTER = 2.0
+#: What nats-server's ``/healthz`` says of a store that cannot write (a full disk: the
+#: stream met a "critical write error" and refuses every write until restarted), or of
+#: JetStream disabled after one.
+_WRITE_FAILURES = ("write error", "no space left", "disk full", "insufficient")
+_JETSTREAM_OFF = ("jetstream not enabled", "jetstream is not enabled", "disabled")
 #: Store failures (err_code 10077) that mean "no room", not "broken".
 _NO_ROOM = ("maximum bytes", "maximum messages", "no space left", "insufficient")
 #: Seconds a reader's consumer outlives its reader if deleting it failed (a backstop:
@@ -158,6 +170,11 @@ class JournalConfig:
     :param clock_skew: seconds by which an event's ``occurred_at`` (the writer's clock)
         and the stream's stored time of it (the server's clock) may disagree; the
         margin of time seeks (:meth:`Journal.sequence_at`, :meth:`Journal.sequence_after`).
+    :param monitor_url: the server's HTTP monitoring (``http://host:8222``; ``None``:
+        ``$PLANTANGENET_MONITOR_URL``, if set). An append not acknowledged within
+        :data:`STORE_PROBE_AFTER` seconds asks its ``/healthz``: a store that cannot
+        write (a full disk: nats-server answers such appends never) is then
+        :class:`StorageExhausted` at once, instead of a timeout after ``ack_timeout``.
     """
 
     stream: str = DEFAULT_STREAM
@@ -175,6 +192,7 @@ class JournalConfig:
     leader_reads: bool = True
     delete_readers: bool | None = None
     clock_skew: float = 5.0
+    monitor_url: str | None = None
 
     def __post_init__(self) -> None:
         """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap, or a
@@ -549,8 +567,11 @@ class Journal:
         started = time.perf_counter() if observer is not None else 0.0
         try:
             try:
-                reply = await self._send_append(
-                    subject, msg_ids, expected_sequence, payloads, commit, timeout
+                reply = await self._acknowledged(
+                    session_id,
+                    self._send_append(
+                        subject, msg_ids, expected_sequence, payloads, commit, timeout
+                    ),
                 )
             except nats.errors.TimeoutError:
                 if last == 0:
@@ -558,8 +579,11 @@ class Journal:
                 # nats-server may drop an atomic batch that meets a full store without
                 # answering its commit. The same batch again (same message ids, same
                 # expected sequence: it cannot be stored twice) gets the typed answer.
-                reply = await self._send_append(
-                    subject, msg_ids, expected_sequence, payloads, commit, timeout / 2
+                reply = await self._acknowledged(
+                    session_id,
+                    self._send_append(
+                        subject, msg_ids, expected_sequence, payloads, commit, timeout / 2
+                    ),
                 )
         except nats.errors.NoRespondersError:
             raise JournalError(
@@ -589,6 +613,38 @@ class Journal:
             for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
         )
         return AppendResult(session_id, stored)
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The server's HTTP monitoring, if known (see :class:`JournalConfig`)."""
+        return self.config.monitor_url or os.environ.get(MONITOR_URL_ENV) or None
+
+    async def _acknowledged(self, session_id: str, request: Awaitable[Any]) -> Any:
+        """Await an append's acknowledgement; while it is late, ask the server whether
+        its store can write, and raise :class:`StorageExhausted` if it cannot."""
+        monitor = self.monitor_url
+        if monitor is None:
+            return await request
+        task = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STORE_PROBE_AFTER)
+                if done:
+                    return task.result()
+                problem = await store_problem(monitor)
+                if problem is not None:
+                    raise StorageExhausted(
+                        f"append to {session_id} not acknowledged: storage exhausted, the "
+                        f"server cannot write its store ({problem}); the server stores "
+                        "none of it nor any later append. Free space on the store's "
+                        "filesystem, then restart nats-server: a stream that met a write "
+                        "error refuses writes until the server restarts"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _send_append(
         self,
@@ -1351,6 +1407,37 @@ class Journal:
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+async def store_problem(monitor_url: str, timeout: float = 2.0) -> str | None:
+    """What the server's ``/healthz`` says is wrong with its store, or ``None``.
+
+    A store that cannot write (nats-server: "JetStream stream ... write error: ... no
+    space left on device"), or JetStream disabled, is a problem; a healthy server, an
+    unhealthy one for other reasons, or no answer is not (``None``).
+    """
+
+    def get() -> str | None:
+        try:
+            with urllib.request.urlopen(monitor_url.rstrip("/") + "/healthz", timeout=timeout):
+                return None  # 200: healthy
+        except urllib.error.HTTPError as exc:
+            body = exc.read(4096)
+        except (OSError, ValueError):
+            return None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return None
+        error = str(answer.get("error", "")) if isinstance(answer, dict) else ""
+        lowered = error.lower()
+        if any(word in lowered for word in _WRITE_FAILURES):
+            return error
+        if "jetstream" in lowered and any(word in lowered for word in _JETSTREAM_OFF):
+            return f"{error}: JetStream is off on the server"
+        return None
+
+    return await asyncio.to_thread(get)
 
 
 class _Unavailable(JournalError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -211,6 +212,10 @@ class Plantangenet:
             self._store = SharedStore(self.store_dir or default_store_dir())
             url = self._store.open()
             self.server = self._store.server
+            monitor = self._store.monitor_url
+            if monitor is not None and self.journal_config.monitor_url is None:
+                # A late append then asks the server whether its store can still write.
+                self.journal_config = dataclasses.replace(self.journal_config, monitor_url=monitor)
         self.loop.start()
         try:
             self._nc = self.loop.run(self._connect(url), timeout=30)

@@ -94,6 +94,7 @@ from plantangenet.errors import (
     InvalidCommand,
     PlantangenetError,
     ReplyTooLarge,
+    StorageExhausted,
     TooManyRequests,
 )
 from plantangenet.events.chem import ChemQueried
@@ -223,6 +224,8 @@ class SessionService:
         #: Requests answered, and how many of them were errors.
         self.handled = 0
         self.failed = 0
+        #: Commands refused because the log has no room (the first one is logged).
+        self.storage_refusals = 0
         #: Requests dropped unanswered for their reply subject (see the module docs).
         self.refused_replies = 0
         #: Requests refused because the service could not tell who sent them.
@@ -454,6 +457,7 @@ class SessionService:
             self.failed += 1
             failure = exc
             reply = error_reply(exc)
+            self._storage_refused(exc)
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("request on %s failed", msg.subject)
             self.failed += 1
@@ -475,6 +479,19 @@ class SessionService:
             self.metrics.refusal(code)
         await self._reply(msg, reply)
         endpoint.processing_ns += time.perf_counter_ns() - taken
+
+    def _storage_refused(self, error: BaseException) -> None:
+        """Count a command the log had no room for; log the first one, clearly, once."""
+        if not isinstance(error, StorageExhausted):
+            return
+        self.storage_refusals += 1
+        if self.storage_refusals == 1:
+            log.error(
+                "the log has no room: commands are refused with storage_exhausted until an "
+                "operator makes room (reads are still answered; further refusals are "
+                "counted, not logged): %s",
+                error,
+            )
 
     async def _reply(self, msg: Msg, reply: bytes) -> None:
         """Answer on the connection the request came on (a flood's replies stay in its lane)."""
@@ -508,6 +525,7 @@ class SessionService:
             for outcome in outcomes:
                 if isinstance(outcome, PlantangenetError):
                     self.metrics.refusal(outcome.code)
+                    self._storage_refused(outcome)
             return batch_reply(outcomes)
         command = decode_request(name, payload, principal, session_id)
         if name in CHEM_STEPS:
