@@ -1002,9 +1002,19 @@ class _Builder:
         batch_items: list[dict[str, Any]] = []
         for name in sorted(protocol.COMMANDS):
             cls = protocol.COMMANDS[name]
-            fields = [f for f in dataclasses.fields(cls) if f.name not in protocol._BASE_FIELDS]
+            side = protocol.SIDE_FIELDS.get(cls)
+            fields = protocol.wire_fields(cls)
             args = self.wire.fields(cls, fields, _FIELD_RULES)
-            args = {"title": f"{name} args", **_described(args, _doc(cls))}
+            description = _doc(cls)
+            if side is not None:
+                description += (
+                    f"\n\n`{side}` is the session the request is sent to (the service sets "
+                    "it; a request naming it is refused). Once that session stored the step, "
+                    "the service records it in the chem's peer session too, as the operator, "
+                    "under a command id derived from the sender, the session and the request's "
+                    "`id`: a request that failed half-way is completed by sending it again."
+                )
+            args = {"title": f"{name} args", **_described(args, description)}
             self.schemas[f"args.{name}"] = args
             properties = self._request_properties(_ref("schemas", f"args.{name}"))
             self.schemas[f"request.{name}"] = {
@@ -1017,7 +1027,19 @@ class _Builder:
             action, resources, as_other = authorization_of(cls)
             authorization: dict[str, Any] = {"action": action, "resources": resources}
             notes = []
-            if issubclass(cls, c.DataQuery):
+            if cls is c.DiscloseChem:
+                notes.append(
+                    "Sent by the service to the disclosing session of a `query_chem`; a bot "
+                    "needs standing in the disclosing session. The chem's terms, not the "
+                    "policy, say what is disclosed."
+                )
+            elif cls is protocol.QueryChemRequest:
+                notes.append(
+                    "Recorded and charged in the session it is sent to (`QueryChem`); the "
+                    "service then sends `DiscloseChem` to the chem's peer session, as the "
+                    "operator, and refunds the charge if the peer refuses."
+                )
+            elif issubclass(cls, c.DataQuery):
                 authorization["resources"] = ["axis.<axis>"]
                 notes.append(
                     f"`{QUERY_ACTION}` is evaluated for the cursor's agent (even in the owner "

@@ -63,6 +63,7 @@ from plantangenet.journal import (
     DEFAULT_STREAM,
     DEFAULT_SUBJECT_PREFIX,
     LIMIT_ENV,
+    MONITOR_URL_ENV,
     InvalidJournalConfig,
     Journal,
     JournalConfig,
@@ -85,6 +86,7 @@ from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 from plantangenet.reports import cursors_report, describe_cursors, describe_ledger, ledger_report
 from plantangenet.runtime import Plantangenet, default_store_dir
 from plantangenet.service import SessionService
+from plantangenet.status import format_status, gather_status
 from plantangenet.verify import verify
 from plantangenet.views import describe, envelope_record, plain
 
@@ -128,6 +130,12 @@ def _runtime(args: argparse.Namespace) -> Plantangenet:
             max_bytes=limits.get("max_bytes"),
             max_msgs=limits.get("max_msgs"),
             replicas=limits.get("replicas"),
+            monitor_url=getattr(args, "monitor_url", None),
+        ),
+        **(
+            {"compositor_timeout": args.compositor_timeout or None}
+            if getattr(args, "compositor_timeout", None) is not None
+            else {}
         ),
     )
 
@@ -145,6 +153,23 @@ def _limit(name: str) -> Callable[[str], int]:
 
 
 # -- commands ---------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    with _runtime(args) as pg:
+        store = pg.store
+        status = pg.run(
+            gather_status(
+                pg.journal, url=pg.url, store_dir=store.store_dir if store is not None else None
+            ),
+            timeout=30,
+        )
+    if args.json:
+        json.dump(status, out)
+        out.write("\n")
+    else:
+        out.write(format_status(status))
+    return 1 if status["problems"] else 0
 
 
 def cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
@@ -1002,6 +1027,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stream replicas, 1 to 5; 3 on a cluster (default: ${LIMIT_ENV['replicas']}, "
         "else as the stream has it; 1 for a new stream)",
     )
+    common.add_argument(
+        "--monitor-url",
+        default=os.environ.get(MONITOR_URL_ENV) or None,
+        metavar="URL",
+        help="the server's HTTP monitoring, e.g. http://127.0.0.1:8222: a late append asks "
+        f"its /healthz whether the store can write (default: ${MONITOR_URL_ENV}; the "
+        "embedded server's own)",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
     parser = argparse.ArgumentParser(prog="plantangenet", description=__doc__.split("\n")[0])
@@ -1009,6 +1042,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run a scripted session and rehydrate it")
     demo.add_argument("--session-id", default=None, help="session id (default: demo-<time>)")
     demo.set_defaults(run=cmd_demo)
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="the server, its store and the stream: usage, limits, leader, lag, problems",
+    )
+    status.set_defaults(run=cmd_status)
     sessions = sub.add_parser("sessions", parents=[common], help="list sessions in the log")
     sessions.set_defaults(run=cmd_sessions)
     history = sub.add_parser("history", parents=[common], help="list a session's events")
@@ -1125,6 +1164,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="provide a compositor: 'synthetic', 'recorded' or 'module:attribute' (repeatable)",
+    )
+    serve.add_argument(
+        "--compositor-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a compositor answering later answers compositor_failed, recording nothing "
+        "(default 5; 0: no limit)",
     )
     serve.add_argument(
         "--metrics-port",

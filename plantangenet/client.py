@@ -405,6 +405,76 @@ class BotClient:
         args = {"source": self.agent_id, "target": target, "amount": amount, "memo": memo}
         return await self.request(session_id, "grant", args, **kw)
 
+    # -- chems: negotiated disclosure between sessions ------------------------------
+    #
+    # A chem step is sent to the bot's own session (the acting side; the bot must own it,
+    # or send it as one of its agents the policy allows ``chem.<step>``); the service
+    # records it there, then in the peer session. A step that failed half-way (the peer's
+    # write) is completed by sending it again with the same ``command_id``.
+
+    async def propose_chem(
+        self,
+        session_id: str,
+        peer: str,
+        chem_id: str,
+        terms: Sequence[Any],
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """``session_id`` proposes ``terms`` (``ChemClause`` objects or maps of their fields) to
+        the session ``peer``; on a chem the peer proposed, a counter-proposal."""
+        args = {"chem_id": chem_id, "peer": peer, "terms": list(terms)}
+        return await self.request(session_id, "propose_chem", args, **kw)
+
+    async def accept_chem(self, session_id: str, chem_id: str, **kw: Any) -> dict[str, Any]:
+        """``session_id`` accepts the peer's latest proposal: the chem is active in both."""
+        return await self.request(session_id, "accept_chem", {"chem_id": chem_id}, **kw)
+
+    async def refuse_chem(
+        self, session_id: str, chem_id: str, reason: str = "", **kw: Any
+    ) -> dict[str, Any]:
+        """``session_id`` refuses (or withdraws) the proposal: the negotiation ends in both."""
+        args = {"chem_id": chem_id, "reason": reason}
+        return await self.request(session_id, "refuse_chem", args, **kw)
+
+    async def revoke_chem(
+        self, session_id: str, chem_id: str, reason: str = "", **kw: Any
+    ) -> dict[str, Any]:
+        """``session_id`` revokes the active chem: it stops disclosing at once, in both."""
+        args = {"chem_id": chem_id, "reason": reason}
+        return await self.request(session_id, "revoke_chem", args, **kw)
+
+    async def query_chem(
+        self,
+        session_id: str,
+        chem_id: str,
+        axes: Sequence[str],
+        start: float,
+        end: float,
+        compositor: str,
+        resolution: float | None = None,
+        **kw: Any,
+    ) -> list[Sample]:
+        """This bot asks the chem's peer for data, as the peer's terms disclose it.
+
+        ``session_id`` records (and charges this bot for) the query; the peer's
+        ``compositor`` answers. A refusal of the peer is refunded.
+        """
+        kw.setdefault("issued_by", self.agent_id)
+        args = {
+            "chem_id": chem_id,
+            "agent_id": self.agent_id,
+            "axes": list(axes),
+            "start": start,
+            "end": end,
+            "compositor": compositor,
+            "resolution": resolution,
+        }
+        reply = await self.request(session_id, "query_chem", args, **kw)
+        return [
+            Sample(s["axis"], s["time"], s["value"], s.get("fields") or {})
+            for s in reply.get("samples", ())
+        ]
+
     async def end(self, session_id: str, reason: str = "ended", **kw: Any) -> dict[str, Any]:
         """End the session."""
         return await self.request(session_id, "end", {"reason": reason}, **kw)

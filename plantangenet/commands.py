@@ -271,6 +271,8 @@ class DiscloseChem(DataQuery):
     end: float
     compositor: str
     resolution: float | None = None
+    #: Bounds the disclosed data's encoded size, as ``QueryCursor.max_bytes`` does.
+    max_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,9 +11,12 @@ Two ship with plantangenet:
 * :class:`RecordedCompositor`: a bounded buffer of recorded samples, queried
   by region (e.g. fed by a bridge agent).
 
-A compositor is called on the session actor's thread: keep ``query`` fast,
-and raise to refuse (the caller gets ``CompositorFailed``; nothing is charged
-or recorded).
+A compositor is called on the runtime's compositor threads, never on a session
+actor's: a slow one delays no other command, and one taking longer than the
+runtime's ``compositor_timeout`` (5 s by default) answers ``CompositorFailed``.
+``query`` may be called from several threads at once (several sessions, several
+queries): make it thread-safe. Raise to refuse (the caller gets
+``CompositorFailed``; nothing is charged or recorded).
 """
 
 from __future__ import annotations

@@ -382,14 +382,12 @@ def plan_query(
         _require_readable(state, command)
     _require_active(state)
     _check_shape(command)
+    max_bytes = getattr(command, "max_bytes", None)
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+    ):
+        raise InvalidCommand(f"max_bytes must be a positive whole number, got {show(max_bytes)}")
     if isinstance(command, QueryCursor):
-        max_bytes = command.max_bytes
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
-        ):
-            raise InvalidCommand(
-                f"max_bytes must be a positive whole number, got {show(max_bytes)}"
-            )
         _require_agent(state, command.agent_id)
         _require_cursor(state, command.agent_id, command.cursor_id)
     authorize(state, command, now or _EPOCH)  # the sender may send it

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -48,9 +50,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BINARY_ENV_VAR",
+    "LOG_DIR_ENV",
+    "LOG_DIR_NAME",
     "EmbeddedNats",
+    "default_log_file",
     "find_nats_server_binary",
     "free_port",
+    "store_space",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,8 +64,18 @@ logger = logging.getLogger(__name__)
 #: Environment variable that, when set, names the ``nats-server`` binary to use.
 BINARY_ENV_VAR: Final = "PLANTANGENET_NATS_SERVER"
 
-#: Name of the log file, inside the store directory.
-LOG_FILE_NAME: Final = "nats-server.log"
+#: Where server logs go unless ``log_file`` says otherwise: a folder of the temporary
+#: directory, *outside* the store. A log inside the store could not be written once the
+#: store's filesystem is full, and the server's "ready" line with it: a server restarted
+#: on a full disk would never be seen to start.
+LOG_DIR_NAME: Final = "plantangenet-nats-logs"
+
+#: Environment variable that, when set, names the folder of server logs instead.
+LOG_DIR_ENV: Final = "PLANTANGENET_NATS_LOG_DIR"
+
+#: Free space below which starting a server warns that its store is nearly full: a
+#: JetStream file store writes each stream's messages in blocks of up to 8 MiB.
+LOW_SPACE_BYTES: Final = 64 * 1024 * 1024
 
 #: The line nats-server logs once it accepts client connections.
 _READY_LINE: Final = "Server is ready"
@@ -160,6 +176,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def default_log_file(store_dir: Path) -> Path:
+    """Where the server log of the store `store_dir` goes: outside the store.
+
+    ``<tmp>/plantangenet-nats-logs/<store name>-<hash of its path>.log`` (the folder:
+    ``$PLANTANGENET_NATS_LOG_DIR`` if set): the same file for every start on the same
+    store, a different one for every store.
+    """
+    digest = hashlib.sha256(str(store_dir).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", store_dir.name) or "store"
+    folder = os.environ.get(LOG_DIR_ENV) or Path(tempfile.gettempdir()) / LOG_DIR_NAME
+    return Path(folder) / f"{name}-{digest}.log"
+
+
+def store_space(store_dir: Path) -> tuple[int, int]:
+    """``(bytes the store's files take, bytes free on its filesystem)``."""
+    used = 0
+    for root, _dirs, files in os.walk(store_dir):
+        for name in files:
+            with contextlib.suppress(OSError):
+                used += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return used, shutil.disk_usage(store_dir).free
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 def _read_tail(path: Path, lines: int, start: int = 0) -> str:
     """Return the last `lines` lines of `path`, reading from byte `start` on."""
     if lines <= 0:
@@ -184,8 +232,9 @@ class EmbeddedNats:
 
     The server listens on `host` (loopback by default) and keeps its
     JetStream data in `store_dir`: nats-server creates a ``jetstream/``
-    folder there, and the server log is written to ``nats-server.log`` in
-    the same directory.
+    folder there. The server log is written *outside* the store (see
+    `log_file`), so that a server starts, and is seen to start, on a store
+    whose filesystem is full.
 
     Nothing is started by the constructor: call
     [`start()`][plantangenet.embedded.EmbeddedNats.start] or use the instance
@@ -214,6 +263,13 @@ class EmbeddedNats:
         startup_timeout: seconds to wait for the server to become ready
         extra_args: more command line arguments, appended after the ones
             built here (for example ``["-c", "cluster.conf"]``)
+        log_file: the server log. If `None`,
+            [`default_log_file()`][plantangenet.embedded.default_log_file] of
+            the store: a file in the temporary directory, never in the store.
+        monitor: also serve nats-server's HTTP monitoring (``/healthz``,
+            ``/jsz``, ``/varz``) on `host`, on a free port picked by the first
+            `start()` (see `monitor_url`). The journal asks ``/healthz`` why an
+            append is not acknowledged (a store that cannot write).
 
     """
 
@@ -226,6 +282,8 @@ class EmbeddedNats:
         binary: str | os.PathLike[str] | None = None,
         startup_timeout: float = 15.0,
         extra_args: Sequence[str] = (),
+        log_file: str | os.PathLike[str] | None = None,
+        monitor: bool = False,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -235,6 +293,9 @@ class EmbeddedNats:
         self._extra_args: tuple[str, ...] = tuple(extra_args)
         self._owns_store = store_dir is None
         self._store_dir: Path | None = Path(store_dir).absolute() if store_dir is not None else None
+        self._log_file: Path | None = Path(log_file).absolute() if log_file is not None else None
+        self._monitor = monitor
+        self._monitor_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
         self._lock = threading.RLock()
@@ -294,8 +355,20 @@ class EmbeddedNats:
         return self._store_dir
 
     @property
+    def monitor_url(self) -> str | None:
+        """The base URL of the HTTP monitoring (``http://127.0.0.1:8222``).
+
+        `None` unless the server was made with ``monitor=True`` and started.
+        """
+        if self._monitor_port is None:
+            return None
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._monitor_port}"
+
+    @property
     def log_path(self) -> Path:
-        """The server log file, ``nats-server.log`` in the store directory.
+        """The server log file: `log_file`, or one outside the store (see
+        [`default_log_file()`][plantangenet.embedded.default_log_file]).
 
         The server's standard error goes to the same file, so errors printed
         before the log is opened (bad flags, bad config) are found there too.
@@ -306,7 +379,9 @@ class EmbeddedNats:
                 `store_dir`).
 
         """
-        return self.store_dir / LOG_FILE_NAME
+        if self._log_file is not None:
+            return self._log_file
+        return default_log_file(self.store_dir)
 
     @property
     def is_running(self) -> bool:
@@ -369,6 +444,7 @@ class EmbeddedNats:
                     if self._requested_port is not None:
                         raise EmbeddedServerError(str(exc)) from None
                     logger.info("nats-server port was taken, retrying: %s", exc)
+                    self._monitor_port = None  # it may have been the monitoring port
                     try:
                         self._launch(binary, free_port(self._host))
                     except _PortInUseError as exc2:
@@ -493,10 +569,18 @@ class EmbeddedNats:
 
     def _remove_store(self) -> None:
         if self._owns_store and self._store_dir is not None:
+            if self._log_file is None:  # a temporary store's log goes with it
+                with contextlib.suppress(OSError):
+                    default_log_file(self._store_dir).unlink()
             shutil.rmtree(self._store_dir, ignore_errors=True)
 
     def _command(self, binary: Path, port: int) -> list[str]:
         store = self.store_dir
+        monitor: list[str] = []
+        if self._monitor:
+            if self._monitor_port is None:
+                self._monitor_port = free_port(self._host)
+            monitor = ["-m", str(self._monitor_port)]
         return [
             str(binary),
             "-a",
@@ -507,9 +591,10 @@ class EmbeddedNats:
             "-sd",
             str(store),
             "-l",
-            str(store / LOG_FILE_NAME),
+            str(self.log_path),
             "-n",
             f"plantangenet-{port}",
+            *monitor,
             *self._extra_args,
         ]
 
@@ -517,6 +602,11 @@ class EmbeddedNats:
         """Start the process on `port` and wait for it to be ready."""
         self._port = port
         log_path = self.log_path
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create the nats-server log folder {log_path.parent}: {exc}"
+            raise EmbeddedServerError(msg) from exc
         command = self._command(binary, port)
         # stderr shares the log file (both append), so that errors printed
         # before nats-server opens its log end up there too. stdout only gets
@@ -545,6 +635,28 @@ class EmbeddedNats:
         if not self._atexit_registered:
             atexit.register(self._atexit_cleanup)
             self._atexit_registered = True
+        self._report_space()
+
+    def _report_space(self) -> None:
+        """Say how much space the store takes and has left; warn when little is left."""
+        try:
+            used, free = store_space(self.store_dir)
+        except OSError as exc:
+            logger.warning("cannot tell the free space of store %s: %s", self.store_dir, exc)
+            return
+        if free < LOW_SPACE_BYTES:
+            logger.warning(
+                "store %s is nearly full: it takes %s and its filesystem has %s free; "
+                "JetStream needs room for new message blocks (up to 8 MiB per stream) "
+                "to store appends: give it at least %s more, or appends fail with "
+                "storage_exhausted",
+                self.store_dir,
+                _size(used),
+                _size(free),
+                _size(LOW_SPACE_BYTES - free),
+            )
+        else:
+            logger.info("store %s takes %s; %s free", self.store_dir, _size(used), _size(free))
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], binary: Path, log_start: int) -> None:
         log_path = self.log_path

@@ -31,6 +31,8 @@ import json
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +73,16 @@ _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
 _INSUFFICIENT_RESOURCES = 10023  # JSInsufficientResourcesErr: the server's store is full
 _STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no space left"...
 _MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
+#: Where :class:`JournalConfig` finds the server's monitoring URL unless given one.
+MONITOR_URL_ENV = "PLANTANGENET_MONITOR_URL"
+#: Seconds an append waits for its acknowledgement before asking the server's health
+#: whether its store can write (then again every as many seconds, until ``ack_timeout``).
+STORE_PROBE_AFTER = 2.0
+#: What nats-server's ``/healthz`` says of a store that cannot write (a full disk: the
+#: stream met a "critical write error" and refuses every write until restarted), or of
+#: JetStream disabled after one.
+_WRITE_FAILURES = ("write error", "no space left", "disk full", "insufficient")
+_JETSTREAM_OFF = ("jetstream not enabled", "jetstream is not enabled", "disabled")
 #: Seconds between an append's attempts at first (doubling up to _RETRY_PAUSE_MAX).
 _RETRY_PAUSE = 0.05
 _RETRY_PAUSE_MAX = 0.2
@@ -168,6 +180,11 @@ class JournalConfig:
     :param clock_skew: seconds by which an event's ``occurred_at`` (the writer's clock)
         and the stream's stored time of it (the server's clock) may disagree; the
         margin of time seeks (:meth:`Journal.sequence_at`, :meth:`Journal.sequence_after`).
+    :param monitor_url: the server's HTTP monitoring (``http://host:8222``; ``None``:
+        ``$PLANTANGENET_MONITOR_URL``, if set). An append not acknowledged within
+        :data:`STORE_PROBE_AFTER` seconds asks its ``/healthz``: a store that cannot
+        write (a full disk: nats-server answers such appends never) is then
+        :class:`StorageExhausted` at once, instead of a timeout after ``ack_timeout``.
     """
 
     stream: str = DEFAULT_STREAM
@@ -186,6 +203,7 @@ class JournalConfig:
     leader_reads: bool = True
     delete_readers: bool | None = None
     clock_skew: float = 5.0
+    monitor_url: str | None = None
 
     def __post_init__(self) -> None:
         """:raises InvalidJournalConfig: a prefix is malformed, or the two overlap, or a
@@ -563,8 +581,11 @@ class Journal:
         observer = self.append_observer
         started = time.perf_counter() if observer is not None else 0.0
         try:
-            last_seq = await self._append_with_retries(
-                session_id, subject, msg_ids, expected_sequence, payloads, commit
+            last_seq = await self._acknowledged(
+                session_id,
+                self._append_with_retries(
+                    session_id, subject, msg_ids, expected_sequence, payloads, commit
+                ),
             )
         finally:
             if observer is not None:
@@ -684,6 +705,38 @@ class Journal:
                 return None
             await asyncio.sleep(_RETRY_PAUSE)
         return None
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The server's HTTP monitoring, if known (see :class:`JournalConfig`)."""
+        return self.config.monitor_url or os.environ.get(MONITOR_URL_ENV) or None
+
+    async def _acknowledged(self, session_id: str, request: Awaitable[Any]) -> Any:
+        """Await an append's acknowledgement; while it is late, ask the server whether
+        its store can write, and raise :class:`StorageExhausted` if it cannot."""
+        monitor = self.monitor_url
+        if monitor is None:
+            return await request
+        task = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STORE_PROBE_AFTER)
+                if done:
+                    return task.result()
+                problem = await store_problem(monitor)
+                if problem is not None:
+                    raise StorageExhausted(
+                        f"append to {session_id} not acknowledged: storage exhausted, the "
+                        f"server cannot write its store ({problem}); the server stores "
+                        "none of it nor any later append. Free space on the store's "
+                        "filesystem, then restart nats-server: a stream that met a write "
+                        "error refuses writes until the server restarts"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _send_append(
         self,
@@ -1446,6 +1499,37 @@ class Journal:
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+async def store_problem(monitor_url: str, timeout: float = 2.0) -> str | None:
+    """What the server's ``/healthz`` says is wrong with its store, or ``None``.
+
+    A store that cannot write (nats-server: "JetStream stream ... write error: ... no
+    space left on device"), or JetStream disabled, is a problem; a healthy server, an
+    unhealthy one for other reasons, or no answer is not (``None``).
+    """
+
+    def get() -> str | None:
+        try:
+            with urllib.request.urlopen(monitor_url.rstrip("/") + "/healthz", timeout=timeout):
+                return None  # 200: healthy
+        except urllib.error.HTTPError as exc:
+            body = exc.read(4096)
+        except (OSError, ValueError):
+            return None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return None
+        error = str(answer.get("error", "")) if isinstance(answer, dict) else ""
+        lowered = error.lower()
+        if any(word in lowered for word in _WRITE_FAILURES):
+            return error
+        if "jetstream" in lowered and any(word in lowered for word in _JETSTREAM_OFF):
+            return f"{error}: JetStream is off on the server"
+        return None
+
+    return await asyncio.to_thread(get)
 
 
 class _Unavailable(JournalError):

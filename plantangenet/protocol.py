@@ -11,6 +11,7 @@ malformed becomes an ``InvalidCommand`` (or ``DecodeError``) naming the field.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,37 @@ DEFAULT_COMMAND_PREFIX = "plantangenet.cmd"
 DEFAULT_LANES = 8
 #: Largest request payload accepted (bytes).
 MAX_REQUEST_BYTES = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QueryChemRequest(c.QueryChem):
+    """Ask the chem's peer for data: ``agent_id``'s query of ``axes`` over ``[start, end]``.
+
+    The session the request is sent to records (and charges) the query as ``QueryChem``
+    (the agent's policy, the peer's terms, the price); the service then asks the peer
+    session, as the operator, to disclose it (``DiscloseChem``, from the peer's
+    ``compositor``, shaped by the peer's terms). If the peer refuses, the charge is
+    refunded (``DustGranted`` from the treasury) and the refusal is the reply.
+    """
+
+    #: The peer's compositor that answers (the asking side's log does not name it).
+    compositor: str
+
+    def asked(self) -> c.QueryChem:
+        """The ``QueryChem`` the asking session records."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(c.QueryChem)}
+        return c.QueryChem(**fields)
+
+
+#: Chem steps recorded by both sessions: the acting side's field names the session the
+#: request is sent to (the service sets it; a request may not), and once that session
+#: stored the step the service records it in the chem's peer session as the operator.
+SIDE_FIELDS: dict[type[c.Command], str] = {
+    c.ProposeChem: "proposed_by",
+    c.AcceptChem: "accepted_by",
+    c.RefuseChem: "refused_by",
+    c.RevokeChem: "revoked_by",
+}
 
 #: Wire name -> command class. Queries (``state``) are handled by the service.
 COMMANDS: dict[str, type[c.Command]] = {
@@ -55,7 +87,15 @@ COMMANDS: dict[str, type[c.Command]] = {
     "add_owner": c.AddOwner,
     "remove_owner": c.RemoveOwner,
     "bind_agent": c.BindAgent,
+    "propose_chem": c.ProposeChem,
+    "accept_chem": c.AcceptChem,
+    "refuse_chem": c.RefuseChem,
+    "revoke_chem": c.RevokeChem,
+    "query_chem": QueryChemRequest,
+    "disclose_chem": c.DiscloseChem,
 }
+#: The chem steps the service carries to the peer session too (see ``SIDE_FIELDS``).
+CHEM_STEPS = frozenset({"propose_chem", "accept_chem", "refuse_chem", "revoke_chem", "query_chem"})
 #: Wire names that read instead of write: a session's state, and a page of its history.
 QUERIES = frozenset({"state", "history"})
 #: The most events one ``history`` page holds.
@@ -64,12 +104,29 @@ MAX_HISTORY_PAGE = 1000
 BATCH = "batch"
 #: The most commands one batch may carry (its reply must fit in one NATS message).
 MAX_BATCH_COMMANDS = 256
-#: Commands a batch may not carry: their replies carry data of unbounded size.
-UNBATCHED = frozenset({"query_cursor"})
+#: Commands a batch may not carry: their replies carry data of unbounded size, or they
+#: write to a second session (the chem steps).
+UNBATCHED = frozenset({"query_cursor", "disclose_chem", *CHEM_STEPS})
 _ENVELOPE_KEYS = frozenset({"v", "id", "by", "corr", "ctx", "args"})
 _BATCH_KEYS = frozenset({"v", "commands"})
 _COMMAND_ID = re.compile(r"[!-~]{1,128}")
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(c.Command))
+
+
+def wire_fields(cls: type[c.Command]) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` a request's ``args`` may carry: not the envelope's, nor the
+    acting side of a chem step (``SIDE_FIELDS``)."""
+    side = SIDE_FIELDS.get(cls)
+    return [f for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS and f.name != side]
+
+
+def relay_id(principal: str, session_id: str, command_id: str) -> str:
+    """The command id under which the service records a chem step in the peer session:
+    one per (sender, acting session, request id), the same for every retry."""
+    digest = hashlib.blake2b(
+        f"{principal}\0{session_id}\0{command_id}".encode(), digest_size=16
+    ).hexdigest()
+    return f"chem-{digest}"
 
 
 def command_subject(session_id: str, name: str, prefix: str = DEFAULT_COMMAND_PREFIX) -> str:
@@ -158,16 +215,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def decode_request(name: str, payload: bytes, principal: str = OPERATOR) -> c.Command:
+def decode_request(
+    name: str, payload: bytes, principal: str = OPERATOR, session_id: str | None = None
+) -> c.Command:
     """The command in a request payload, sent by ``principal`` (who the NATS server says
-    sent the request; never a field of the payload); raises ``InvalidCommand``/``DecodeError``."""
+    sent the request; never a field of the payload) to ``session_id`` (the acting side of
+    a chem step: see ``SIDE_FIELDS``); raises ``InvalidCommand``/``DecodeError``."""
     if name not in COMMANDS:
         raise InvalidCommand(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
     raw = _unpack_map(payload, "request")
     unknown = raw.keys() - _ENVELOPE_KEYS
     if unknown:
         raise InvalidCommand(f"unknown request field {sorted(map(str, unknown))[0]!r}")
-    return _command(name, raw, principal)
+    return _command(name, raw, principal, session_id)
 
 
 def decode_history(payload: bytes) -> tuple[int, int]:
@@ -253,7 +313,9 @@ def _check_version(raw: dict[Any, Any]) -> None:
         )
 
 
-def _command(name: str, raw: dict[Any, Any], principal: str) -> c.Command:
+def _command(
+    name: str, raw: dict[Any, Any], principal: str, session_id: str | None = None
+) -> c.Command:
     """The ``name`` command a request map describes (its keys already checked)."""
     _check_version(raw)
     command_id = raw.get("id")
@@ -275,10 +337,20 @@ def _command(name: str, raw: dict[Any, Any], principal: str) -> c.Command:
     cls = COMMANDS[name]
     fields, hints = _shape(cls)
     values: dict[str, Any] = {}
+    side = SIDE_FIELDS.get(cls)
     for key, value in args.items():
         if key not in fields or key in _BASE_FIELDS:
             raise InvalidCommand(f"args.{key}: {name} has no such field")
+        if key == side:
+            raise InvalidCommand(
+                f"args.{key}: set by the service: the acting side is the session the "
+                "request is sent to"
+            )
         values[key] = _tuples(value) if _is_sequence(hints[key]) else value
+    if side is not None:
+        if session_id is None:
+            raise InvalidCommand(f"{name} is sent to a session (its acting side)")
+        values[side] = session_id
     for key, f in fields.items():
         if key in _BASE_FIELDS:
             continue

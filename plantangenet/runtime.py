@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -30,6 +31,8 @@ from plantangenet.actors.agent import Agent
 from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.actors.session import (
     DEFAULT_AGENT_IDLE_TIMEOUT,
+    DEFAULT_COMPOSITOR_THREADS,
+    DEFAULT_COMPOSITOR_TIMEOUT,
     DEFAULT_MAX_BATCH,
     AgentFactory,
     Asleep,
@@ -118,6 +121,11 @@ class Plantangenet:
     :param refusal_limit: how fast each remote principal's refusals are recorded one by
         one in a session (default :class:`RefusalLimit`); past it they are answered and
         counted, and a ``RefusalsSuppressed`` event summarises them once per interval.
+    :param compositor_threads: the threads compositors answer data queries on (a pool of
+        this runtime's): never a session actor's, so a slow compositor delays no other
+        command (see :class:`~plantangenet.actors.session.SessionActor`).
+    :param compositor_timeout: seconds a compositor may take to answer before its query
+        is answered ``CompositorFailed``, recording nothing (``None``: no limit).
     """
 
     def __init__(
@@ -136,7 +144,16 @@ class Plantangenet:
         agent_idle_timeout: float | None = DEFAULT_AGENT_IDLE_TIMEOUT,
         session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
         agent_threads: int | None = None,
+        compositor_threads: int = DEFAULT_COMPOSITOR_THREADS,
+        compositor_timeout: float | None = DEFAULT_COMPOSITOR_TIMEOUT,
     ) -> None:
+        if compositor_timeout is not None and not compositor_timeout > 0:
+            raise ValueError("compositor_timeout must be positive (or None: no limit)")
+        #: The threads compositors answer on, and how long they may take.
+        self._compositor_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=compositor_threads, thread_name_prefix="plantangenet-compositor"
+        )
+        self.compositor_timeout = compositor_timeout
         #: The agent actors' threads: a pool of this runtime's, or the process's shared one.
         self._agent_pool = (
             concurrent.futures.ThreadPoolExecutor(
@@ -195,6 +212,10 @@ class Plantangenet:
             self._store = SharedStore(self.store_dir or default_store_dir())
             url = self._store.open()
             self.server = self._store.server
+            monitor = self._store.monitor_url
+            if monitor is not None and self.journal_config.monitor_url is None:
+                # A late append then asks the server whether its store can still write.
+                self.journal_config = dataclasses.replace(self.journal_config, monitor_url=monitor)
         self.loop.start()
         try:
             self._nc = self.loop.run(self._connect(url), timeout=30)
@@ -263,6 +284,7 @@ class Plantangenet:
             self._stop_handle(handle)
         if self._agent_pool is not None:  # the teardowns queued run still
             self._agent_pool.shutdown(wait=False)
+        self._compositor_pool.shutdown(wait=False, cancel_futures=True)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 self.loop.run(self._nc.drain(), timeout=10)
@@ -341,6 +363,8 @@ class Plantangenet:
             asleep=asleep,
             on_passivated=self._passivated,
             agent_pool=self._agent_pool,
+            compositor_pool=self._compositor_pool,
+            compositor_timeout=self.compositor_timeout,
         )
 
     def _start_actor(self, handle: SessionHandle) -> Any:

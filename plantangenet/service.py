@@ -79,7 +79,14 @@ from nats.aio.msg import Msg
 
 from plantangenet.access import REQUEST_INFO_HEADER, principal_from_headers
 from plantangenet.actors.session import CommandResult
-from plantangenet.commands import Command, QueryCursor, StartSession
+from plantangenet.commands import (
+    Command,
+    DiscloseChem,
+    GrantDust,
+    ProposeChem,
+    QueryCursor,
+    StartSession,
+)
 from plantangenet.decide import check_id, decide_authorized
 from plantangenet.errors import (
     AccessRefused,
@@ -87,8 +94,11 @@ from plantangenet.errors import (
     InvalidCommand,
     PlantangenetError,
     ReplyTooLarge,
+    StorageExhausted,
     TooManyRequests,
 )
+from plantangenet.events.chem import ChemQueried
+from plantangenet.events.dust import TREASURY
 from plantangenet.events.envelope import OPERATOR
 from plantangenet.handle import SessionHandle
 from plantangenet.metrics import REPLY_DROPPED, ServiceMetrics
@@ -96,9 +106,11 @@ from plantangenet.micro import EndpointCounts, Registration
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     BATCH,
+    CHEM_STEPS,
     DEFAULT_COMMAND_PREFIX,
     DEFAULT_LANES,
     QUERIES,
+    QueryChemRequest,
     batch_reply,
     data_reply,
     decode_batch,
@@ -109,6 +121,7 @@ from plantangenet.protocol import (
     lane_subjects,
     ok_reply,
     parse_subject,
+    relay_id,
 )
 from plantangenet.runtime import Plantangenet
 from plantangenet.views import plain
@@ -211,6 +224,8 @@ class SessionService:
         #: Requests answered, and how many of them were errors.
         self.handled = 0
         self.failed = 0
+        #: Commands refused because the log has no room (the first one is logged).
+        self.storage_refusals = 0
         #: Requests dropped unanswered for their reply subject (see the module docs).
         self.refused_replies = 0
         #: Requests refused because the service could not tell who sent them.
@@ -442,6 +457,7 @@ class SessionService:
             self.failed += 1
             failure = exc
             reply = error_reply(exc)
+            self._storage_refused(exc)
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("request on %s failed", msg.subject)
             self.failed += 1
@@ -463,6 +479,19 @@ class SessionService:
             self.metrics.refusal(code)
         await self._reply(msg, reply)
         endpoint.processing_ns += time.perf_counter_ns() - taken
+
+    def _storage_refused(self, error: BaseException) -> None:
+        """Count a command the log had no room for; log the first one, clearly, once."""
+        if not isinstance(error, StorageExhausted):
+            return
+        self.storage_refusals += 1
+        if self.storage_refusals == 1:
+            log.error(
+                "the log has no room: commands are refused with storage_exhausted until an "
+                "operator makes room (reads are still answered; further refusals are "
+                "counted, not logged): %s",
+                error,
+            )
 
     async def _reply(self, msg: Msg, reply: bytes) -> None:
         """Answer on the connection the request came on (a flood's replies stay in its lane)."""
@@ -496,9 +525,12 @@ class SessionService:
             for outcome in outcomes:
                 if isinstance(outcome, PlantangenetError):
                     self.metrics.refusal(outcome.code)
+                    self._storage_refused(outcome)
             return batch_reply(outcomes)
-        command = decode_request(name, payload, principal)
-        if isinstance(command, QueryCursor):
+        command = decode_request(name, payload, principal, session_id)
+        if name in CHEM_STEPS:
+            return await self._chem_step(session_id, command)
+        if isinstance(command, QueryCursor | DiscloseChem):
             # The answer must fit in a reply: a larger one is refused before it is
             # recorded or charged (the reply's own fields need a little room).
             room = self._max_payload() - _REPLY_OVERHEAD
@@ -508,6 +540,90 @@ class SessionService:
         if isinstance(outcome, PlantangenetError):
             raise outcome
         return ok_reply(outcome)
+
+    async def _one(self, session_id: str, command: Command) -> CommandResult:
+        """``command`` decided and stored in ``session_id`` (its refusal raised)."""
+        (outcome,) = await self._execute(session_id, [command])
+        if isinstance(outcome, PlantangenetError):
+            raise outcome
+        return outcome
+
+    async def _chem_step(self, session_id: str, command: Command) -> bytes:
+        """A chem step: recorded in ``session_id`` as the request's sender sent it (the
+        same standing and policy checks as any command), then in the chem's peer session.
+
+        The peer records the step as the operator: the acting session's log decided it.
+        Its command id there is derived from the sender, the session and the request's id
+        (:func:`relay_id`), so a retry of a request that failed half-way (the peer's
+        write) completes it, and nobody can take the id beforehand.
+        """
+        relayed = relay_id(command.principal, session_id, command.command_id)
+        correlation = command.correlation_id or command.command_id
+        if isinstance(command, QueryChemRequest):
+            return await self._query_chem(session_id, command, relayed, correlation)
+        result = await self._one(session_id, command)
+        if isinstance(command, ProposeChem):
+            peer = command.peer
+            relay: Command = dataclasses.replace(command, peer=session_id)
+        else:
+            handle = self.runtime.session(session_id)
+            state = await asyncio.wrap_future(handle.state_at_least(result.sequence))
+            chem = state.chems.get(getattr(command, "chem_id", ""))
+            if chem is None:  # pragma: no cover - it was just stored
+                raise InvalidCommand(f"session {session_id} holds no such chem")
+            peer, relay = chem.peer, command
+        relay = dataclasses.replace(
+            relay,
+            command_id=relayed,
+            correlation_id=correlation,
+            issued_by=None,
+            context={},
+            principal=OPERATOR,
+        )
+        await self._one(peer, relay)
+        return ok_reply(result)
+
+    async def _query_chem(
+        self, session_id: str, command: QueryChemRequest, relayed: str, correlation: str
+    ) -> bytes:
+        """``QueryChem`` here, then ``DiscloseChem`` in the peer (see ``QueryChemRequest``)."""
+        asked = await self._one(session_id, command.asked())
+        price = next((e.event.price for e in asked.events if isinstance(e.event, ChemQueried)), 0)
+        handle = self.runtime.session(session_id)
+        state = await asyncio.wrap_future(handle.state_at_least(asked.sequence))
+        chem = state.chems.get(command.chem_id)
+        if chem is None:  # pragma: no cover - it was just stored
+            raise InvalidCommand(f"session {session_id} holds no chem {command.chem_id}")
+        disclose = DiscloseChem(
+            command_id=relayed,
+            correlation_id=correlation,
+            chem_id=command.chem_id,
+            peer=session_id,
+            agent_id=command.agent_id,
+            axes=tuple(command.axes),
+            start=command.start,
+            end=command.end,
+            compositor=command.compositor,
+            resolution=command.resolution,
+            max_bytes=self._max_payload() - _REPLY_OVERHEAD,
+        )
+        try:
+            disclosed = await self._one(chem.peer, disclose)
+        except PlantangenetError as refused:
+            if price > 0:
+                await self._one(
+                    session_id,
+                    GrantDust(
+                        command_id=f"{relayed}-refund",
+                        correlation_id=correlation,
+                        source=TREASURY,
+                        target=command.agent_id,
+                        amount=price,
+                        memo=f"refund: {command.chem_id} refused by {chem.peer} ({refused.code})",
+                    ),
+                )
+            raise
+        return ok_reply(dataclasses.replace(asked, samples=disclosed.samples))
 
     async def _execute(
         self, session_id: str, items: Sequence[Command | PlantangenetError]

@@ -5,7 +5,8 @@ writes the other never sees: after a restart, acknowledged events are gone. So
 a store directory has one *owner* at a time, the process holding an exclusive
 lock on ``<store>/plantangenet.lock`` (``flock``: the kernel releases it when the
 process dies, however it dies). The owner runs the store's server and writes
-``<store>/plantangenet.json`` (its URL, the server's pid, the owner's pid);
+``<store>/plantangenet.json`` (its URL, its HTTP monitoring URL, the server's pid,
+the owner's pid);
 every other process that opens the store *joins* that server instead of
 starting one.
 
@@ -82,6 +83,7 @@ class SharedStore:
         self.timeout = timeout
         self._lock_fd: int | None = None
         self._url: str | None = None
+        self._monitor_url: str | None = None
         #: The server this process started (owner), or the pid of one it adopted.
         self.server: EmbeddedNats | None = None
         self._adopted_pid: int | None = None
@@ -102,6 +104,8 @@ class SharedStore:
             joined = self._joinable()
             if joined is not None:
                 self._url = joined
+                monitor = _read_record(self.store_dir).get("monitor_url")
+                self._monitor_url = monitor if isinstance(monitor, str) else None
                 self._watch()
                 log.info("store %s: joined the server at %s", self.store_dir, joined)
                 break
@@ -123,6 +127,11 @@ class SharedStore:
         if self._url is None:
             raise EmbeddedServerError("the store is not open")
         return self._url
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The HTTP monitoring URL of the store's server (``/healthz``...), if known."""
+        return self._monitor_url
 
     @property
     def owner(self) -> bool:
@@ -178,12 +187,15 @@ class SharedStore:
             ):
                 self._adopted_pid = pid
                 self._url = url
+                monitor = record.get("monitor_url")
+                self._monitor_url = monitor if isinstance(monitor, str) else None
                 log.info("store %s: adopted the server at %s (pid %d)", self.store_dir, url, pid)
             else:
                 port = record.get("port")
                 wanted = port if isinstance(port, int) and _port_free(port) else None
-                self.server = EmbeddedNats(self.store_dir, port=wanted).start()
+                self.server = EmbeddedNats(self.store_dir, port=wanted, monitor=True).start()
                 self._url = self.server.url
+                self._monitor_url = self.server.monitor_url
                 pid = self.server.pid
             self._write_record(pid)
             atexit.register(self.close)  # a normal exit lets the next owner take over
@@ -193,12 +205,24 @@ class SharedStore:
         record = {
             "url": url,
             "port": int(url.rsplit(":", 1)[-1]) if ":" in url else None,
+            "monitor_url": self._monitor_url,
             "server_pid": server_pid,
             "owner_pid": os.getpid(),
         }
         tmp = self.store_dir / f".{SERVER_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.store_dir / SERVER_FILE)
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.store_dir / SERVER_FILE)
+        except OSError as exc:
+            # A full disk: the server runs (its log is elsewhere) and this process uses
+            # it; other processes cannot join it until the record can be written.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning(
+                "store %s: cannot record its server (%s); other processes cannot join it",
+                self.store_dir,
+                exc,
+            )
 
     def _joinable(self) -> str | None:
         record = _read_record(self.store_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,10 +20,24 @@ import pytest
 
 from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
 from plantangenet.client import BotClient
+from plantangenet.embedded import LOG_DIR_ENV
 from plantangenet.service import SessionService
 
 _streams = itertools.count(1)
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nats_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' nats-server logs go to a folder pytest cleans up, not the shared tmp."""
+    folder = tmp_path_factory.mktemp("nats-logs")
+    before = os.environ.get(LOG_DIR_ENV)
+    os.environ[LOG_DIR_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(LOG_DIR_ENV, None)
+    else:
+        os.environ[LOG_DIR_ENV] = before
 
 
 @pytest.fixture(scope="session")

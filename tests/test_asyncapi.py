@@ -484,7 +484,7 @@ def test_document_names_every_command_error_code_and_event_version(
         assert f"request.{name}" in messages
         assert "reply" in committed["operations"][f"send.{name}"]
     for name, cls in protocol.COMMANDS.items():
-        arguments = {f.name for f in dataclasses.fields(cls)} - protocol._BASE_FIELDS
+        arguments = {f.name for f in protocol.wire_fields(cls)}
         assert set(schemas[f"args.{name}"]["properties"]) == arguments
         action, _ = request_of(asyncapi._placeholder(cls))
         assert messages[f"request.{name}"]["x-authorization"]["action"] == action
@@ -576,7 +576,7 @@ def test_requests_fit_the_document_exactly_when_the_service_decodes_them(
 ) -> None:
     for name, cls in protocol.COMMANDS.items():
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.name not in protocol._BASE_FIELDS]
+        fields = protocol.wire_fields(cls)
         for rich in (True, False):
             args = {f.name: example(hints[f.name], rich) for f in fields}
             request = msgpack.unpackb(
@@ -585,7 +585,7 @@ def test_requests_fit_the_document_exactly_when_the_service_decodes_them(
                 )
             )
             fits(request, f"request.{name}", committed)
-            protocol.decode_request(name, msgpack.packb(request))
+            protocol.decode_request(name, msgpack.packb(request), session_id="s-1")
         for missing in schema(committed, f"args.{name}").get("required", ()):
             request = protocol.request_map(
                 {f.name: example(hints[f.name], True) for f in fields if f.name != missing},
@@ -593,7 +593,7 @@ def test_requests_fit_the_document_exactly_when_the_service_decodes_them(
             )
             assert problems(request, schema(committed, f"request.{name}"), committed)
             with pytest.raises(InvalidCommand, match=missing):
-                protocol.decode_request(name, msgpack.packb(request))
+                protocol.decode_request(name, msgpack.packb(request), session_id="s-1")
         unknown = protocol.request_map({"no_such_field": 1}, command_id="c-1")
         assert problems(unknown, schema(committed, f"request.{name}"), committed)
         with pytest.raises(InvalidCommand):

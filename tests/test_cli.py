@@ -279,3 +279,39 @@ def test_a_cli_command_keeps_the_streams_live_prefix(
         monkeypatch.delenv("PLANTANGENET_LIVE_PREFIX")
         assert run(["sessions", *opts, "lp.events", "--live-prefix", "lp.live"])[0] == 0
         assert republished().startswith("lp.live.")
+
+
+def test_status_shows_server_store_and_stream_on_one_screen(
+    runtime: Plantangenet, nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    runtime.session("st").start({"purpose": "status"})
+    opts = [*external(nats_server, journal_config), "--live-prefix", journal_config.live_prefix]
+    status, text = run(["status", *opts, "--json"])
+    assert status == 0, text
+    report = json.loads(text)
+    assert report["server"]["version"] and report["server"]["url"] == nats_server.url
+    assert report["server"]["health"] is None  # no monitoring URL given: not asked
+    stream = report["stream"]
+    assert stream["name"] == journal_config.stream
+    assert (stream["messages"], stream["last_seq"]) == (1, 1)
+    assert stream["max_bytes"] is None and stream["discard"] == "new"
+    assert stream["replicas"] == 1 and stream["leader"]
+    assert report["jetstream"]["storage_used"] >= stream["bytes"] > 0
+    assert report["problems"] == []
+    status, text = run(["status", *opts])
+    assert status == 0, text
+    assert f"nats-server {report['server']['version']}" in text
+    assert f"stream     {journal_config.stream}: 1 events" in text
+    assert "no problems found" in text
+    assert len(text.splitlines()) <= 24  # one screen
+
+
+def test_status_of_an_embedded_store_asks_its_health_and_disk(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    listed = cli("status", "--json", "--store-dir", str(store), timeout=60)
+    report = json.loads(listed.stdout)
+    assert report["server"]["health"] == "ok"
+    assert report["server"]["monitor_url"].startswith("http://127.0.0.1:")
+    assert report["disk"]["store_dir"] == str(store) and report["disk"]["free"] > 0
+    assert report["jetstream"]["store_dir"] == str(store / "jetstream")
+    assert report["jetstream"]["server_storage_limit"] > 0

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import pytest
@@ -36,6 +36,7 @@ from plantangenet import (
     SessionState,
 )
 from plantangenet.cluster import EmbeddedCluster, ReplicaState
+from plantangenet.status import format_status, gather_status
 
 T = TypeVar("T")
 
@@ -428,3 +429,39 @@ def test_a_killed_follower_recovers_its_replica_from_the_others(
     cluster.restart_node(victim)
     replicas = replicas_agree(cluster, pg)
     assert replicas[victim]["last_seq"] >= before["last_seq"] + 50
+
+
+def test_status_names_the_stream_leader_and_its_followers_lag(
+    cluster: EmbeddedCluster, open_runtime: Callable[[JournalConfig], Plantangenet]
+) -> None:
+    pg = open_runtime(R3)
+    started_session(pg, "r3-status")
+    leader = stream_leader(cluster)
+
+    def status() -> dict[str, Any]:
+        report: dict[str, Any] = pg.run(gather_status(pg.journal, url=cluster.url), timeout=20)
+        return report
+
+    def all_current() -> dict[str, Any] | None:
+        report = status()
+        followers = report["stream"]["followers"]
+        healthy = len(followers) == 2 and all(f["current"] and not f["lag"] for f in followers)
+        return report if healthy and not report["problems"] else None
+
+    report = eventually(all_current, "two current followers")
+    stream = report["stream"]
+    assert (stream["replicas"], cluster.node_index(stream["leader"])) == (3, leader)
+    assert report["server"]["version"] and report["jetstream"]["streams"] >= 1
+    text = format_status(report)
+    assert f"leader {stream['leader']}" in text and "lag 0" in text
+
+    # A follower gone: status names it.
+    follower = stream["followers"][0]["name"]
+    cluster.stop_node(cluster.node_index(follower))
+
+    def noticed() -> dict[str, Any] | None:
+        report = status()
+        return report if any(f"replica {follower} " in p for p in report["problems"]) else None
+
+    report = eventually(noticed, f"status naming {follower}", timeout=40)
+    assert f"follower {follower}: " in format_status(report)

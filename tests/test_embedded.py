@@ -183,7 +183,9 @@ def test_given_store_dir_is_created_and_kept(tmp_path: Path) -> None:
     assert not _accepts_connections("127.0.0.1", port)
     assert store.is_dir()
     assert (store / "jetstream").is_dir()
-    assert (store / "nats-server.log").is_file()
+    # The log is kept too, outside the store (a full store could not take it).
+    assert server.log_path.is_file() and store not in server.log_path.parents
+    assert server.log_path == embedded.default_log_file(store)
 
 
 def test_start_twice_is_an_error() -> None:
@@ -344,7 +346,7 @@ def test_automatic_port_taken_is_retried_once(
             assert server.port != taken
             assert asyncio.run(_account_info(server.url)) == 0
 
-    assert "address already in use" in (tmp_path / "store" / "nats-server.log").read_text()
+    assert "address already in use" in server.log_path.read_text()
 
 
 def test_missing_explicit_binary_is_reported(tmp_path: Path) -> None:

@@ -202,6 +202,28 @@ WRONG_TYPES: dict[str, dict[str, Any]] = {
     "add_owner": {"owner": "has space@acc"},
     "remove_owner": {"owner": 7},
     "bind_agent": {"agent_id": "a", "bound_to": ""},
+    "propose_chem": {"chem_id": "k", "peer": "s2", "terms": "x"},
+    "accept_chem": {"chem_id": 5},
+    "refuse_chem": {"chem_id": "k", "reason": 3},
+    "revoke_chem": {"chem_id": ["k"]},
+    "query_chem": {
+        "chem_id": "k",
+        "agent_id": "a",
+        "axes": "x",
+        "start": 0,
+        "end": 1,
+        "compositor": "x",
+    },
+    "disclose_chem": {
+        "chem_id": "k",
+        "peer": "p",
+        "agent_id": "a",
+        "axes": ["x"],
+        "start": 0,
+        "end": 1,
+        "compositor": "x",
+        "max_bytes": -1,
+    },
 }
 
 

@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from plantangenet import Plantangenet
+from plantangenet.journal import store_problem
 from plantangenet.store import LOCK_FILE, SharedStore, StoreInUse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,3 +247,21 @@ def test_when_the_owner_leaves_a_joined_process_takes_over_on_the_same_port(
     assert len(servers_of(store)) == 1
     second.close()
     everything_is_there(store, acked)
+
+
+def test_the_stores_server_serves_its_health_and_the_journal_asks_it(store: Path) -> None:
+    """The store's server serves HTTP monitoring on loopback; every process opening the
+    store (owner or joined) hands its URL to the journal, which asks it why an append is
+    late (a full disk, see test_faults_disk)."""
+    with Plantangenet.open(store_dir=store) as owner:
+        assert owner.store is not None and owner.store.owner
+        monitor = owner.store.monitor_url
+        assert monitor is not None and monitor.startswith("http://127.0.0.1:")
+        assert owner.journal.monitor_url == monitor
+        assert json.loads((store / "plantangenet.json").read_text())["monitor_url"] == monitor
+        with urllib.request.urlopen(monitor + "/healthz", timeout=5) as answer:
+            assert json.loads(answer.read()) == {"status": "ok"}
+        assert owner.run(store_problem(monitor)) is None
+        with Plantangenet.open(store_dir=store) as joined:
+            assert joined.store is not None and not joined.store.owner
+            assert joined.journal.monitor_url == monitor

@@ -23,8 +23,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -66,7 +68,7 @@ from plantangenet.decide import (
     plan_query,
     show,
 )
-from plantangenet.disclose import disclose
+from plantangenet.disclose import Plan, disclose
 from plantangenet.disclosure import Sample
 from plantangenet.errors import (
     AccessRefused,
@@ -118,6 +120,30 @@ AgentFactory = Callable[[str, str], Agent | None]  # (agent_id, kind) -> Agent
 
 #: Seconds an agent actor may idle before it is passivated, unless told otherwise.
 DEFAULT_AGENT_IDLE_TIMEOUT = 60.0
+
+#: Seconds a compositor may take to answer a data query before the query is answered
+#: ``CompositorFailed`` (nothing recorded), unless told otherwise.
+DEFAULT_COMPOSITOR_TIMEOUT = 5.0
+#: Threads of the process's shared compositor pool (runtimes usually bring their own).
+DEFAULT_COMPOSITOR_THREADS = 8
+#: How many times a data query is asked again when the state changed its plan (its
+#: cursor moved, say) while its compositor answered, before it fails.
+MAX_COMPOSE_ATTEMPTS = 3
+
+_compositor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_compositor_pool_lock = threading.Lock()
+
+
+def default_compositor_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's shared compositor threads (started on first use)."""
+    global _compositor_pool
+    with _compositor_pool_lock:
+        if _compositor_pool is None:
+            _compositor_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=DEFAULT_COMPOSITOR_THREADS,
+                thread_name_prefix="plantangenet-compositor",
+            )
+        return _compositor_pool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,6 +248,53 @@ class _Appended:
     outcome: concurrent.futures.Future[AppendResult]
 
 
+@dataclasses.dataclass(slots=True)
+class _Composing:
+    """A data query whose compositor is answering on the compositor pool."""
+
+    command: DataQuery
+    fingerprint: bytes
+    reply: Reply
+    behaviour: Agent | None
+    #: The plan the compositor was asked for, and how many times it was asked.
+    plan: Plan
+    attempt: int
+    #: Identifies this ask: a late answer, or a timeout, of an earlier one is ignored.
+    token: object
+    #: Replies of retries that arrived while the compositor answered.
+    joined: list[Reply] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Composed:
+    """Message: the compositor answered (or failed) the query under ``key``."""
+
+    key: CommandKey
+    token: object
+    answer: concurrent.futures.Future[list[Sample]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ComposeTimedOut:
+    """Message: the compositor of the query under ``key`` took too long."""
+
+    key: CommandKey
+    token: object
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What a compositor answered ``plan`` (its samples, or the failure to report)."""
+
+    plan: Plan
+    attempt: int
+    answer: concurrent.futures.Future[list[Sample]]
+
+
+class _Deferred(Exception):
+    """The query went to its compositor; it is decided when the answer comes back."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _SummariseRefusals:
     """Message: record the refusals of ``principal`` counted since its last summary."""
@@ -292,6 +365,26 @@ class SessionActor(pykka.ThreadingActor):
     :param on_passivated: called with the actor, on its thread, just before it stops to
         be passivated (``passivating`` set, ``asleep`` not yet) and once it stopped
         (``asleep`` set; see :class:`PassivateIfIdle`).
+    :param compositor_pool: the threads compositors answer data queries on (default:
+        the process's shared pool, :func:`default_compositor_pool`): never this actor's,
+        so a slow compositor delays no other command of the session.
+    :param compositor_timeout: seconds a compositor may take before its query is
+        answered ``CompositorFailed`` (nothing recorded; ``None``: no limit).
+
+    A data query (``QueryCursor``, ``DiscloseChem``) is decided in two steps. First it
+    is planned on the state as decided so far (refusals, a missing compositor and a
+    charge the payer cannot pay answer at once, as before), and the compositor is asked
+    for the planned region on the compositor pool; the actor goes on deciding other
+    commands meanwhile. When the answer comes back the query is decided again on the
+    state as decided *then*: planned again (the agent may have detached, the cursor
+    moved or gone, the policy or prices changed, the balance been spent) and, if the
+    plan still asks the same compositor for the same region, the answer is shaped by
+    the new plan and its ``DisclosureMade`` and charge are decided on that state. If
+    the region changed, the compositor is asked again (at most
+    ``MAX_COMPOSE_ATTEMPTS`` times). Its events are thus ordered after the commands
+    decided while it waited. A compositor that raises, answers bad data or takes longer
+    than ``compositor_timeout`` answers ``CompositorFailed``, recording nothing; a late
+    answer is dropped (the thread it holds is freed only when the compositor returns).
     """
 
     #: How many recent commands (with their events) each actor keeps to answer retries
@@ -315,8 +408,14 @@ class SessionActor(pykka.ThreadingActor):
         asleep: Asleep | None = None,
         on_passivated: Callable[[SessionActor], None] | None = None,
         agent_pool: concurrent.futures.Executor | None = None,
+        compositor_pool: concurrent.futures.Executor | None = None,
+        compositor_timeout: float | None = DEFAULT_COMPOSITOR_TIMEOUT,
     ) -> None:
         super().__init__()
+        self.compositor_pool = compositor_pool
+        self.compositor_timeout = compositor_timeout
+        #: Data queries whose compositor is answering, by key (retries join them).
+        self._composing: dict[CommandKey, _Composing] = {}
         self.session_id = session_id
         self.agent_idle_timeout = agent_idle_timeout
         self.agent_pool = agent_pool
@@ -396,6 +495,10 @@ class SessionActor(pykka.ThreadingActor):
         for pending in [*(self._in_flight or []), *self._queued]:
             for reply in pending.replies:
                 _fail(reply, stopped)
+        composing, self._composing = list(self._composing.values()), {}
+        for asked in composing:
+            for reply in [asked.reply, *asked.joined]:
+                _fail(reply, stopped)
         readers, self._readers = self._readers, []
         for reader in readers:
             _fail(reader.reply, stopped)
@@ -413,6 +516,7 @@ class SessionActor(pykka.ThreadingActor):
             or self._in_flight is not None
             or self._queued
             or self._pending
+            or self._composing
             or self._readers
             or self._outbox
             or self.agents
@@ -484,6 +588,10 @@ class SessionActor(pykka.ThreadingActor):
                 self._execute_many(message)
             elif isinstance(message, _Appended):
                 self._appended(message.outcome)
+            elif isinstance(message, _Composed):
+                self._composed(message)
+            elif isinstance(message, _ComposeTimedOut):
+                self._compose_timed_out(message)
             elif isinstance(message, _SummariseRefusals):
                 self._summarise_refusals(message.principal)
             elif isinstance(message, ReadState):
@@ -526,6 +634,7 @@ class SessionActor(pykka.ThreadingActor):
         reply: Reply,
         behaviour: Agent | None,
         rechecked: bool = False,
+        composed: _Answer | None = None,
     ) -> None:
         if reply.done():  # cancelled by a caller who stopped waiting
             return
@@ -567,13 +676,22 @@ class SessionActor(pykka.ThreadingActor):
                 joined.joined = []
             joined.joined.append(reply)
             return
+        asked = self._composing.get(key)
+        if asked is not None:
+            if asked.fingerprint != content:
+                _fail(reply, _conflict(command))
+            else:
+                asked.joined.append(reply)
+            return
         samples: tuple[Sample, ...] = ()
         try:
             at = utc_now()
             authorization: Authorization | None
             try:
                 if isinstance(command, DataQuery):
-                    authorization, events, samples = self._query(command, at)
+                    authorization, events, samples = self._query(
+                        command, at, content, reply, behaviour, composed
+                    )
                 else:
                     authorization, events = decide_authorized(
                         self._speculative, command, now=at, limits=self.limits
@@ -634,12 +752,14 @@ class SessionActor(pykka.ThreadingActor):
             if depends_on_state and not rechecked and not unrecorded and self._stale():
                 # Another writer moved the session on: decide again on the log's state
                 # (the command may even be stored already, as a retry of it).
-                self._execute(command, reply, behaviour, rechecked=True)
+                self._execute(command, reply, behaviour, rechecked=True, composed=composed)
                 return
             _fail(reply, exc)
             return
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields
             _fail(reply, InvalidCommand(f"{type(command).__name__}: {exc}"))
+            return
+        except _Deferred:  # decided when its compositor answers (see _composed)
             return
         self._speculative_hash = previous
         if isinstance(command, AttachAgent) and behaviour is not None:
@@ -687,9 +807,20 @@ class SessionActor(pykka.ThreadingActor):
         self._execute(command, outcome, None)
 
     def _query(
-        self, command: DataQuery, at: datetime
+        self,
+        command: DataQuery,
+        at: datetime,
+        content: bytes,
+        reply: Reply,
+        behaviour: Agent | None,
+        composed: _Answer | None,
     ) -> tuple[Authorization, list[Event], tuple[Sample, ...]]:
-        """Plan a data query, ask its compositor, shape the answer (see ``disclose``)."""
+        """Plan a data query and shape its compositor's answer (see ``disclose``).
+
+        Without an answer for the plan (``composed``) the compositor is asked on the
+        compositor pool and ``_Deferred`` raised: the query is decided again, on the
+        state of that moment, when the answer comes back (see :class:`SessionActor`).
+        """
         state = self._speculative
         authorization, plan = plan_query(state, command, now=at)
         compositor = self.compositors.get(plan.compositor)
@@ -698,10 +829,23 @@ class SessionActor(pykka.ThreadingActor):
                 f"compositor {plan.compositor!r} is registered with session {self.session_id!r} "
                 "but this process does not provide it (Plantangenet.add_compositor)"
             )
+        if (
+            composed is None
+            or composed.plan.compositor != plan.compositor
+            or composed.plan.region != plan.region
+        ):
+            attempt = 1 if composed is None else composed.attempt + 1
+            if attempt > MAX_COMPOSE_ATTEMPTS:
+                raise CompositorFailed(
+                    f"the region of this query changed {MAX_COMPOSE_ATTEMPTS} times while "
+                    f"compositor {plan.compositor!r} answered it (is its cursor moving?)"
+                )
+            self._compose(command, content, reply, behaviour, plan, compositor, attempt)
+            raise _Deferred
         try:
-            answer = compositor.query(plan.region)
-        except Exception as exc:
-            raise CompositorFailed(f"compositor {plan.compositor!r} failed: {show(exc)}") from None
+            answer = composed.answer.result()  # raises the compositor's CompositorFailed
+        except concurrent.futures.CancelledError:  # the runtime is closing
+            raise CompositorFailed(f"compositor {plan.compositor!r} was stopped") from None
         try:
             disclosed = disclose(state, plan, answer, max_samples=self.limits.max_samples_per_query)
         except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # bad samples
@@ -709,6 +853,61 @@ class SessionActor(pykka.ThreadingActor):
                 f"compositor {plan.compositor!r} returned bad data: {show(exc)}"
             ) from None
         return authorization, list(disclosed.events), disclosed.samples
+
+    def _compose(
+        self,
+        command: DataQuery,
+        content: bytes,
+        reply: Reply,
+        behaviour: Agent | None,
+        plan: Plan,
+        compositor: Compositor,
+        attempt: int,
+    ) -> None:
+        """Ask ``compositor`` for ``plan``'s region off this thread; the answer comes back
+        as ``_Composed`` (or, first, ``_ComposeTimedOut``)."""
+        key = _key(command)
+        token = object()
+        pool = self.compositor_pool or default_compositor_pool()
+        most = self.limits.max_samples_per_query
+        answer = pool.submit(_ask, compositor, plan, most)
+        self._composing[key] = _Composing(command, content, reply, behaviour, plan, attempt, token)
+        me = self.actor_ref
+        answer.add_done_callback(lambda f: _tell(me, _Composed(key, token, f)))
+        timeout = self.compositor_timeout
+        if timeout is not None:
+            self.loop.call_later(timeout, lambda: _tell(me, _ComposeTimedOut(key, token)))
+
+    def _composed(self, message: _Composed) -> None:
+        """A compositor answered: decide its query now, on the state of this moment."""
+        asked = self._composing.get(message.key)
+        if asked is None or asked.token is not message.token:
+            return  # timed out (answered already), or the actor was restarted
+        del self._composing[message.key]
+        composed = _Answer(asked.plan, asked.attempt, message.answer)
+        replies = [r for r in [asked.reply, *asked.joined] if not r.done()]
+        if not replies:
+            return  # everyone stopped waiting: nothing is recorded
+        first, rest = replies[0], replies[1:]
+        self._execute(asked.command, first, asked.behaviour, composed=composed)
+        for reply in rest:
+            # Joined to the stored (or queued) outcome; or, if it was answered at once (a
+            # failure), decided the same way on the same answer: not asked again.
+            self._execute(
+                asked.command, reply, asked.behaviour, composed=composed if first.done() else None
+            )
+
+    def _compose_timed_out(self, message: _ComposeTimedOut) -> None:
+        asked = self._composing.get(message.key)
+        if asked is None or asked.token is not message.token:
+            return  # answered in time
+        del self._composing[message.key]
+        error = CompositorFailed(
+            f"compositor {asked.plan.compositor!r} did not answer within "
+            f"{self.compositor_timeout} s; nothing was recorded"
+        )
+        for reply in [asked.reply, *asked.joined]:
+            _fail(reply, error)
 
     def _keep_decided(self, pending: _Pending, speculative: SessionState) -> None:
         """Pack queued commands into append groups as they are decided.
@@ -1206,6 +1405,21 @@ def _log_summary_failure(outcome: concurrent.futures.Future[Any]) -> None:
     error = outcome.exception()
     if error is not None:
         log.info("a summary of suppressed refusals was not recorded: %s", error)
+
+
+def _ask(compositor: Compositor, plan: Plan, most: int) -> list[Sample]:
+    """``compositor``'s answer to ``plan`` (on a compositor thread), at most ``most`` + 1
+    samples of it (more is refused by ``disclose``); its failures as ``CompositorFailed``."""
+    try:
+        answer = compositor.query(plan.region)
+    except Exception as exc:
+        raise CompositorFailed(f"compositor {plan.compositor!r} failed: {show(exc)}") from None
+    try:
+        return list(itertools.islice(answer, most + 1))
+    except Exception as exc:  # not iterable, or it raised while iterated
+        raise CompositorFailed(
+            f"compositor {plan.compositor!r} returned bad data: {show(exc)}"
+        ) from None
 
 
 def _agent_of(command: Command) -> str:
