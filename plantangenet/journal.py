@@ -70,6 +70,7 @@ from plantangenet.frames import batch_frames, send_frames
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
+_BATCH_INCOMPLETE = 10176  # JSAtomicPublishIncompleteBatchErr: a batch message went missing
 _INSUFFICIENT_RESOURCES = 10023  # JSInsufficientResourcesErr: the server's store is full
 _STORE_FAILED = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded", "no space left"...
 _MAX_CONSUMERS = 10026  # JSMaximumConsumersLimitErr
@@ -666,6 +667,14 @@ class Journal:
                 continue
             except nats.errors.Error as exc:
                 raise JournalError(f"append to {session_id} failed: {exc}") from exc
+            if b"error" in reply.data and _error_code(reply.data) == _BATCH_INCOMPLETE:
+                # Some of the batch's messages never reached the leader (a leader change,
+                # a store that stopped answering): send the whole batch again.
+                remaining = deadline - loop.time()
+                if remaining > 0.001:
+                    await asyncio.sleep(min(pause, remaining))
+                    pause = min(pause * 2, _RETRY_PAUSE_MAX)
+                    continue
             if attempts == 1:
                 return int(_parse_ack(reply.data, expected_sequence, session_id)["seq"])
             try:
@@ -1580,6 +1589,16 @@ def _msg_ids(session_id: str, envelopes: Sequence[Envelope]) -> list[str]:
         else:
             ids.append(f"{session_id}:{principal}:{envelope.causation_id}:{n}")
     return ids
+
+
+def _error_code(data: bytes) -> int | None:
+    """The ``err_code`` of a JetStream error answer, if it is one."""
+    try:
+        error = json.loads(data).get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("err_code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _msg_id(headers: dict[str, str] | None) -> str | None:

@@ -10,6 +10,7 @@ one that never reaches it, and "no responders".
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ from plantangenet import (
 from plantangenet.events import new_id, utc_now
 from plantangenet.journal import InvalidJournalConfig, JournalConfig
 from tests.conftest import AsyncJournal
+
+INCOMPLETE = (
+    b'{"error":{"code":400,"err_code":10176,"description":"atomic publish batch is incomplete"}}'
+)
 
 
 def env(event: object, command_id: str, session_id: str = "s1") -> Envelope:
@@ -46,7 +51,8 @@ def faulty(
     """Make the journal's next attempts fail as `faults` says; the attempts made.
 
     ``lost``: sent and stored, acknowledgement lost (a timeout); ``dropped``: not
-    sent (a timeout); ``no-responders``: not sent, no leader. ``before`` (a
+    sent (a timeout); ``no-responders``: not sent, no leader; ``incomplete``: not
+    stored, the server answers "batch incomplete". ``before`` (a
     coroutine function) runs before the first retry (another writer, say).
     """
     journal = j.journal
@@ -65,6 +71,8 @@ def faulty(
             raise nats.errors.TimeoutError
         if fault == "no-responders":
             raise nats.errors.NoRespondersError
+        if fault == "incomplete":  # a batch message went missing on its way
+            return types.SimpleNamespace(data=INCOMPLETE)
         return await send(*args)
 
     journal._send_append = attempt  # type: ignore[method-assign,assignment]
@@ -100,7 +108,7 @@ def test_a_retry_after_a_lost_ack_succeeds_and_stores_once(
     assert [e.event for e in stored[1:]] == [e.event for e in events]
 
 
-@pytest.mark.parametrize("fault", ["dropped", "no-responders"])
+@pytest.mark.parametrize("fault", ["dropped", "no-responders", "incomplete"])
 @pytest.mark.parametrize("size", [1, 3], ids=["one-event", "atomic-batch"])
 def test_an_attempt_that_never_arrived_is_sent_again(
     retrying: AsyncJournal, size: int, fault: str
