@@ -64,11 +64,14 @@ from plantangenet.journal import (
     DEFAULT_SUBJECT_PREFIX,
     LIMIT_ENV,
     MONITOR_URL_ENV,
+    TIMEOUT_ENV,
     InvalidJournalConfig,
     Journal,
     JournalConfig,
     parse_limit,
+    parse_seconds,
     stream_limits_from_env,
+    timeouts_from_env,
 )
 from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.projections.audit_model import (
@@ -118,26 +121,45 @@ def _runtime(args: argparse.Namespace) -> Plantangenet:
         given = getattr(args, name, None)
         if given is not None:
             limits[name] = given
+    # The append timeouts: likewise, the options given, else the environment's.
+    timeouts = timeouts_from_env()
+    for name in TIMEOUT_ENV:
+        given = getattr(args, name, None)
+        if given is not None:
+            timeouts[name] = given
+    journal = JournalConfig(
+        stream=args.stream,
+        subject_prefix=args.subject_prefix,
+        # Opening the journal gives the stream this live republish: the prefix its
+        # bots follow (any other would leave them to see events late).
+        live_prefix=args.live_prefix,
+        max_bytes=limits.get("max_bytes"),
+        max_msgs=limits.get("max_msgs"),
+        replicas=limits.get("replicas"),
+        monitor_url=getattr(args, "monitor_url", None),
+    )
     return Plantangenet.open(
         nats_url=args.nats_url,
         store_dir=args.store_dir,
-        journal=JournalConfig(
-            stream=args.stream,
-            subject_prefix=args.subject_prefix,
-            # Opening the journal gives the stream this live republish: the prefix its
-            # bots follow (any other would leave them to see events late).
-            live_prefix=args.live_prefix,
-            max_bytes=limits.get("max_bytes"),
-            max_msgs=limits.get("max_msgs"),
-            replicas=limits.get("replicas"),
-            monitor_url=getattr(args, "monitor_url", None),
-        ),
+        journal=journal.with_timeouts(timeouts),
         **(
             {"compositor_timeout": args.compositor_timeout or None}
             if getattr(args, "compositor_timeout", None) is not None
             else {}
         ),
     )
+
+
+def _seconds(name: str) -> Callable[[str], float]:
+    """An argparse type: the ``name`` timeout of :func:`parse_seconds` (bad values: exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            return parse_seconds(name, text)
+        except InvalidJournalConfig as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
+
+    return parse
 
 
 def _limit(name: str) -> Callable[[str], int]:
@@ -1034,6 +1056,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's HTTP monitoring, e.g. http://127.0.0.1:8222: a late append asks "
         f"its /healthz whether the store can write (default: ${MONITOR_URL_ENV}; the "
         "embedded server's own)",
+    )
+    common.add_argument(
+        "--ack-timeout",
+        type=_seconds("ack_timeout"),
+        metavar="SECONDS",
+        help="how long an append may take in all, its retries included "
+        f"(default: ${TIMEOUT_ENV['ack_timeout']}, else 10)",
+    )
+    common.add_argument(
+        "--attempt-timeout",
+        type=_seconds("attempt_timeout"),
+        metavar="SECONDS",
+        help="how long one attempt of an append waits before it is sent again under the same "
+        f"message ids (default: ${TIMEOUT_ENV['attempt_timeout']}, else 1)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -33,7 +33,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -245,12 +245,13 @@ class JournalConfig:
     @classmethod
     def from_env(cls) -> JournalConfig:
         """Defaults, with ``PLANTANGENET_STREAM`` / ``PLANTANGENET_SUBJECT_PREFIX`` /
-        ``PLANTANGENET_LIVE_PREFIX`` and the limits of :func:`stream_limits_from_env` applied.
+        ``PLANTANGENET_LIVE_PREFIX``, the limits of :func:`stream_limits_from_env` and the
+        timeouts of :func:`timeouts_from_env` applied.
 
         :raises InvalidJournalConfig: one of them is not usable.
         """
         limits = stream_limits_from_env()
-        return cls(
+        config = cls(
             stream=os.environ.get("PLANTANGENET_STREAM") or DEFAULT_STREAM,
             subject_prefix=os.environ.get("PLANTANGENET_SUBJECT_PREFIX") or DEFAULT_SUBJECT_PREFIX,
             live_prefix=os.environ.get("PLANTANGENET_LIVE_PREFIX") or DEFAULT_LIVE_PREFIX,
@@ -258,6 +259,52 @@ class JournalConfig:
             max_msgs=limits.get("max_msgs"),
             replicas=limits.get("replicas"),
         )
+        return config.with_timeouts(timeouts_from_env())
+
+    def with_timeouts(self, timeouts: Mapping[str, float]) -> JournalConfig:
+        """This config with the append timeouts in ``timeouts`` (by field name) set."""
+        return dataclasses.replace(
+            self,
+            ack_timeout=timeouts.get("ack_timeout", self.ack_timeout),
+            attempt_timeout=timeouts.get("attempt_timeout", self.attempt_timeout),
+        )
+
+
+#: Environment variables of the append timeouts (see :class:`JournalConfig`).
+TIMEOUT_ENV = {
+    "ack_timeout": "PLANTANGENET_ACK_TIMEOUT",
+    "attempt_timeout": "PLANTANGENET_ATTEMPT_TIMEOUT",
+}
+
+
+def parse_seconds(name: str, text: str) -> float:
+    """A positive number of seconds (``ack_timeout``, ``attempt_timeout``) from text.
+
+    :raises InvalidJournalConfig: naming ``name``, if ``text`` is not one.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise InvalidJournalConfig(f"{name}: not a number of seconds: {text!r}") from None
+    if not 0 < seconds < 86_400:
+        raise InvalidJournalConfig(f"{name}: must be positive and under a day, got {text!r}")
+    return seconds
+
+
+def timeouts_from_env() -> dict[str, float]:
+    """The append timeouts set in the environment (:data:`TIMEOUT_ENV`), by field name.
+
+    :raises InvalidJournalConfig: naming the variable, if one is not usable.
+    """
+    found: dict[str, float] = {}
+    for name, variable in TIMEOUT_ENV.items():
+        text = os.environ.get(variable)
+        if text:
+            try:
+                found[name] = parse_seconds(name, text)
+            except InvalidJournalConfig as exc:
+                raise InvalidJournalConfig(f"${variable}: {exc}") from None
+    return found
 
 
 def parse_limit(name: str, text: str) -> int:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,3 +316,39 @@ def test_status_of_an_embedded_store_asks_its_health_and_disk(tmp_path: Path) ->
     assert report["disk"]["store_dir"] == str(store) and report["disk"]["free"] > 0
     assert report["jetstream"]["store_dir"] == str(store / "jetstream")
     assert report["jetstream"]["server_storage_limit"] > 0
+
+
+def test_append_timeouts_from_the_options_and_the_environment(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+
+    used: list[JournalConfig] = []
+    opened = Plantangenet.open
+
+    def recording(**kwargs: Any) -> Plantangenet:
+        used.append(kwargs["journal"])
+        return opened(**kwargs)
+
+    monkeypatch.setattr(Plantangenet, "open", recording)
+    opts = external(nats_server, journal_config)
+    assert run(["sessions", *opts])[0] == 0
+    assert (used[-1].ack_timeout, used[-1].attempt_timeout) == (10.0, 1.0)  # the defaults
+    monkeypatch.setenv("PLANTANGENET_ATTEMPT_TIMEOUT", "0.5")
+    monkeypatch.setenv("PLANTANGENET_ACK_TIMEOUT", "20")
+    assert run(["sessions", *opts])[0] == 0
+    assert (used[-1].ack_timeout, used[-1].attempt_timeout) == (20.0, 0.5)
+    assert run(["sessions", *opts, "--attempt-timeout", "2.5"])[0] == 0  # an option wins
+    assert (used[-1].ack_timeout, used[-1].attempt_timeout) == (20.0, 2.5)
+    assert JournalConfig.from_env().attempt_timeout == 0.5  # the library reads them too
+    # Bad values: a clear error, exit 2, from the option or from the environment.
+    with pytest.raises(SystemExit) as exited:
+        run(["sessions", *opts, "--ack-timeout", "soon"])
+    assert exited.value.code == 2
+    assert "argument --ack-timeout: not a number of seconds: 'soon'" in capsys.readouterr().err
+    monkeypatch.setenv("PLANTANGENET_ATTEMPT_TIMEOUT", "0")
+    assert run(["sessions", *opts]) == (2, "")
+    err = capsys.readouterr().err
+    assert "$PLANTANGENET_ATTEMPT_TIMEOUT: attempt_timeout: must be positive" in err
