@@ -89,7 +89,14 @@ POLICY = [
         "effect": "allow",
         "actions": ["cursor.*"],
         "resources": ["axis.ocean.*", "cursor.*"],
-    }
+    },
+    {  # --shared-session --locked-down: the other bots (other principals) attach themselves
+        "id": "bots-join",
+        "effect": "allow",
+        "actions": ["session.attach"],
+        "resources": ["agent.*"],
+        "conditions": [{"key": "agent.kind", "op": "eq", "value": "bot"}],
+    },
 ]
 SIDES = ("library", "raw", "append")
 #: What each side is called in the reports.
@@ -482,7 +489,10 @@ async def library_level(dep: Deployment, bots: int, args: argparse.Namespace, ta
             return 2
 
         async def join(client: BotClient, session_id: str, cursor: str) -> int:
-            await client.attach(session_id, kind="bot", name=client.agent_id or "")
+            # As its own agent: in a shared session of a locked-down deployment, only the
+            # first bot owns the session; the others attach themselves (policy bots-join).
+            who = {"issued_by": client.agent_id} if shared else {}
+            await client.attach(session_id, kind="bot", name=client.agent_id or "", **who)
             await client.add_cursor(session_id, cursor, AXES, 0.0, 1.0)
             return 2
 
