@@ -182,8 +182,9 @@ class JournalConfig:
         and the stream's stored time of it (the server's clock) may disagree; the
         margin of time seeks (:meth:`Journal.sequence_at`, :meth:`Journal.sequence_after`).
     :param monitor_url: the server's HTTP monitoring (``http://host:8222``; ``None``:
-        ``$PLANTANGENET_MONITOR_URL``, if set). An append not acknowledged within
-        :data:`STORE_PROBE_AFTER` seconds asks its ``/healthz``: a store that cannot
+        ``$PLANTANGENET_MONITOR_URL``, if set). An append whose attempt timed out at least
+        :data:`STORE_PROBE_AFTER` seconds after it began asks its ``/healthz`` (so within
+        about that, with the default ``attempt_timeout``): a store that cannot
         write (a full disk: nats-server answers such appends never) is then
         :class:`StorageExhausted` at once, instead of a timeout after ``ack_timeout``.
     """
@@ -629,11 +630,8 @@ class Journal:
         observer = self.append_observer
         started = time.perf_counter() if observer is not None else 0.0
         try:
-            last_seq = await self._acknowledged(
-                session_id,
-                self._append_with_retries(
-                    session_id, subject, msg_ids, expected_sequence, payloads, commit
-                ),
+            last_seq = await self._append_with_retries(
+                session_id, subject, msg_ids, expected_sequence, payloads, commit
             )
         finally:
             if observer is not None:
@@ -677,6 +675,9 @@ class Journal:
         config = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.ack_timeout
+        # A late append asks the server whether its store can write: a full disk is never
+        # answered (see JournalConfig.monitor_url), so it is named, not waited out.
+        probe_at = loop.time() + STORE_PROBE_AFTER
         attempts = 0
         timed_out = asked = False
         pause = _RETRY_PAUSE
@@ -697,6 +698,9 @@ class Journal:
                             self._stream_exists(f"no stream leader answered for {subject}"),
                             min(config.attempt_timeout, max(deadline - loop.time(), 0.001)),
                         )
+                if timed_out and loop.time() >= probe_at:
+                    await self._check_store(session_id)
+                    probe_at = loop.time() + STORE_PROBE_AFTER
                 remaining = deadline - loop.time()
                 if remaining <= 0.001:
                     if timed_out:
@@ -717,6 +721,9 @@ class Journal:
             if b"error" in reply.data and _error_code(reply.data) == _BATCH_INCOMPLETE:
                 # Some of the batch's messages never reached the leader (a leader change,
                 # a store that stopped answering): send the whole batch again.
+                if loop.time() >= probe_at:
+                    await self._check_store(session_id)
+                    probe_at = loop.time() + STORE_PROBE_AFTER
                 remaining = deadline - loop.time()
                 if remaining > 0.001:
                     await asyncio.sleep(min(pause, remaining))
@@ -767,32 +774,19 @@ class Journal:
         """The server's HTTP monitoring, if known (see :class:`JournalConfig`)."""
         return self.config.monitor_url or os.environ.get(MONITOR_URL_ENV) or None
 
-    async def _acknowledged(self, session_id: str, request: Awaitable[Any]) -> Any:
-        """Await an append's acknowledgement; while it is late, ask the server whether
-        its store can write, and raise :class:`StorageExhausted` if it cannot."""
+    async def _check_store(self, session_id: str) -> None:
+        """Raise :class:`StorageExhausted` if the server's ``/healthz`` says its store cannot
+        write (asked by a late append; nothing to ask without a monitoring URL)."""
         monitor = self.monitor_url
-        if monitor is None:
-            return await request
-        task = asyncio.ensure_future(request)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=STORE_PROBE_AFTER)
-                if done:
-                    return task.result()
-                problem = await store_problem(monitor)
-                if problem is not None:
-                    raise StorageExhausted(
-                        f"append to {session_id} not acknowledged: storage exhausted, the "
-                        f"server cannot write its store ({problem}); the server stores "
-                        "none of it nor any later append. Free space on the store's "
-                        "filesystem, then restart nats-server: a stream that met a write "
-                        "error refuses writes until the server restarts"
-                    )
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        problem = None if monitor is None else await store_problem(monitor)
+        if problem is not None:
+            raise StorageExhausted(
+                f"append to {session_id} not acknowledged: storage exhausted, the "
+                f"server cannot write its store ({problem}); the server stores "
+                "none of it nor any later append. Free space on the store's "
+                "filesystem, then restart nats-server: a stream that met a write "
+                "error refuses writes until the server restarts"
+            )
 
     async def _send_append(
         self,
