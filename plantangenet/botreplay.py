@@ -96,7 +96,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import logging
-import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -119,7 +118,7 @@ from plantangenet.events.base import Event
 from plantangenet.events.envelope import Envelope, new_id, utc_now
 from plantangenet.events.session import AgentAttached, AgentDetached, SessionEnded
 from plantangenet.handle import SessionHandle, Subscription
-from plantangenet.history import Position, describe_state, resolve
+from plantangenet.history import Position, describe_state, fork_origin, resolve
 from plantangenet.journal import Journal
 from plantangenet.projections.agent import AgentState, evolve_agent
 from plantangenet.projections.cursors import CursorIndex
@@ -187,7 +186,6 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 _FIELDS["DiscloseChem"] = ("agent_id", "compositor")
 #: Command fields that are not what it asks for (``context`` only the fingerprint keeps).
 _NOT_CONTENT = frozenset({"command_id", "correlation_id", "issued_by", "context", "principal"})
-_FORKED = re.compile(r"fork:[A-Za-z0-9_-]{1,128}:[0-9]+")
 
 
 class NotReplayable(PlantangenetError):
@@ -619,7 +617,7 @@ def _command_key(envelope: Envelope, previous: Envelope | None) -> bool:
     """Whether ``envelope`` starts another command than ``previous``'s."""
     if previous is None:
         return True
-    if _FORKED.fullmatch(envelope.causation_id):  # a fork's copy: one causation per event
+    if fork_origin(envelope) is not None:  # a fork's copy: one causation per event
         return bool(envelope.fingerprint) or (
             envelope.correlation_id != previous.correlation_id
             or envelope.agent_id != previous.agent_id
