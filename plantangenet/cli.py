@@ -39,7 +39,6 @@ from plantangenet.errors import (
     PlantangenetError,
     UnknownSession,
 )
-from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
 from plantangenet.history import (
@@ -220,23 +219,21 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _history_filter(args: argparse.Namespace) -> Callable[[Envelope], bool]:
-    """The ``--type``/``--agent``/``--since``/``--until`` filters of ``history``."""
-    types = frozenset(args.types or ())
-    unknown = sorted(types - set(EVENTS.types()))
-    if unknown:
-        raise InvalidCommand(
-            f"unknown event type {unknown[0]!r}; known: {', '.join(sorted(EVENTS.types()))}"
-        )
-    agent = args.agent
+    """The ``--type``/``--agent``/``--since``/``--until`` filters of ``history``.
+
+    ``--type`` and ``--agent`` are an :class:`~plantangenet.filters.EventFilter`, the
+    explorer's: case-insensitive names or globs (``--type 'cursor*'``).
+    """
+    from plantangenet.filters import EventFilter
+
+    try:
+        event_filter = EventFilter.of(args.types or (), [args.agent])
+    except ValueError as exc:
+        raise InvalidCommand(str(exc)) from None
     since, until = _parse_time(args.since), _parse_time(args.until)
 
     def keep(envelope: Envelope) -> bool:
-        if types and envelope.type_name not in types:
-            return False
-        if agent is not None and agent not in (
-            envelope.agent_id,
-            getattr(envelope.event, "agent_id", None),
-        ):
+        if not event_filter.matches(envelope):
             return False
         if since is not None and envelope.occurred_at < since:
             return False
@@ -864,7 +861,7 @@ def _print_grounds(grounds: Grounds, out: TextIO, indent: str) -> None:
 
 
 def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
-    from plantangenet.explore import run  # curses: loaded only when needed
+    from plantangenet.explore import run  # Textual: loaded only when needed
 
     with _runtime(args) as pg:
         return run(pg, args.session_id, _position(args.at))

@@ -125,7 +125,7 @@ def _explorer(pg: Plantangenet, session_id: str) -> Callable[[Envelope], None] |
         return None
 
     def explore(envelope: Envelope) -> None:
-        from plantangenet.explore import run  # curses: loaded only when needed
+        from plantangenet.explore import run  # Textual: loaded only when needed
 
         run(pg, session_id, StreamSequence(envelope.sequence or 0))
 

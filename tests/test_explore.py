@@ -1,25 +1,14 @@
-"""The session explorer: its model against a real session's events, and the curses program
-end to end in a pseudo-terminal against the real server."""
+"""The session explorer's model and commands against a real session's events (the Textual
+app itself: tests/test_explorer_app.py)."""
 
 from __future__ import annotations
 
-import codecs
-import fcntl
-import os
 import random
-import re
-import select
-import struct
-import subprocess
-import sys
-import termios
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from plantangenet import AccessRefused, EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet import AccessRefused, Plantangenet
 from plantangenet.events.envelope import Envelope
 from plantangenet.explore import (
     Change,
@@ -315,22 +304,20 @@ def test_live_feed_tails_the_session_into_a_following_timeline(runtime: Plantang
     feed.stop()  # idempotent
 
 
-def test_explorer_keys_prompts_and_status(runtime: Plantangenet) -> None:
+def test_explorer_commands_prompts_search_and_status(runtime: Plantangenet) -> None:
     events = build_session(runtime)
     timeline = Timeline(SID, events)
     explorer = Explorer(timeline)
-    assert explorer.key(ord("n")) is None and timeline.index == 1
-    explorer.key(ord("l"))
-    explorer.key(0x105)  # curses.KEY_RIGHT
+    explorer.step(+1)
+    assert timeline.index == 1 and explorer.message == ""
+    explorer.step(+2)
     assert timeline.index == 3
-    explorer.key(ord("p"))
-    explorer.key(ord("h"))
+    explorer.step(-2)
     assert timeline.index == 1
-    explorer.key(0x104)  # curses.KEY_LEFT
-    explorer.key(0x104)
+    explorer.step(-1)
+    explorer.step(-1)
     assert timeline.index == 0 and explorer.message == "at the first event"
 
-    assert explorer.key(ord("g")) == "jump"
     explorer.submit("jump", f"#{events[6].sequence}")
     assert timeline.index == 6 and explorer.message == ""
     explorer.submit("jump", "0")
@@ -340,7 +327,6 @@ def test_explorer_keys_prompts_and_status(runtime: Plantangenet) -> None:
     explorer.submit("jump", "later")
     assert timeline.index == 2 and "not a sequence or an ISO time" in explorer.message
 
-    assert explorer.key(ord("f")) == "filter"
     assert "[(none)]" in explorer.prompt_label("filter")
     explorer.submit("filter", "agent:bot-1 CursorMoved")
     assert timeline.filter == EventFilter(("CursorMoved",), ("bot-1",))
@@ -354,395 +340,34 @@ def test_explorer_keys_prompts_and_status(runtime: Plantangenet) -> None:
     explorer.submit("filter", "")
     assert not timeline.filter
 
-    explorer.key(ord("F"))
+    # Search: type, agent or payload text, case-insensitive, wrapping around.
+    timeline.first()
+    explorer.submit("search", "ocean.WAVE")  # only in the payload of bot-2's second cursor
+    wave = [i for i, e in enumerate(events) if "ocean.wave" in repr(e.event)]
+    assert wave and timeline.index == wave[0] and explorer.message == "'ocean.WAVE': 1 of 1"
+    explorer.submit("search", "accessdenied")
+    denied = [i for i, e in enumerate(events) if e.type_name == "AccessDenied"]
+    assert timeline.index == denied[0]
+    explorer.submit("search", "bot-1")
+    hits = explorer.hits()
+    assert hits == [i for i, e in enumerate(events) if "bot-1" in repr(e.event) + str(e.agent_id)]
+    assert len(hits) > 3 and timeline.index == next(i for i in hits if i >= denied[0])
+    at = timeline.index
+    explorer.search_next(+1)
+    assert timeline.index == hits[hits.index(at) + 1]
+    explorer.search_next(-1)
+    explorer.search_next(-1)
+    assert timeline.index == hits[hits.index(at) - 1]
+    timeline.select(hits[-1])
+    explorer.search_next(+1)
+    assert timeline.index == hits[0] and "(wrapped)" in explorer.message
+    explorer.submit("search", "no such thing")
+    assert timeline.index == hits[0] and explorer.message == "not found: 'no such thing'"
+
+    explorer.toggle_follow()
     assert timeline.follow and timeline.index == len(events) - 1
     assert explorer.message == "following new events" and "FOLLOW" in explorer.status("live")
-    explorer.key(ord("n"))
+    explorer.step(+1)
     assert explorer.message == "at the last event (following)"
-    explorer.key(ord("F"))
-    assert not timeline.follow
-    assert explorer.key(ord("<")) is None and timeline.index == 0
-    assert explorer.key(ord("G")) is None and timeline.index == len(events) - 1
-    assert explorer.key(12) == "redraw"
-    assert explorer.key(ord("q")) == "quit"
-
-
-# -- end to end: the real curses program in a pseudo-terminal ------------------------------
-
-
-class Screen:
-    """Just enough of an xterm to know what a curses program shows on it."""
-
-    def __init__(self, rows: int, cols: int) -> None:
-        self.rows, self.cols = rows, cols
-        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
-        self._pending = ""
-        self.reset()
-
-    def reset(self) -> None:
-        self.grid = self._blank_grid()
-        self.y = self.x = 0
-        self.top, self.bottom = 0, self.rows - 1
-        self.insert = False
-        self.last = " "
-        self.saved = (0, 0)
-        self.main: list[list[str]] | None = None
-
-    def _blank_grid(self) -> list[list[str]]:
-        return [[" "] * self.cols for _ in range(self.rows)]
-
-    def text(self) -> str:
-        return "\n".join("".join(row).rstrip() for row in self.grid)
-
-    def feed(self, data: bytes) -> None:
-        text = self._pending + self._decode(data)
-        self._pending = ""
-        i = 0
-        while i < len(text):
-            ch = text[i]
-            if ch == "\x1b":
-                after = self._escape(text, i)
-                if after is None:  # incomplete: wait for more bytes
-                    self._pending = text[i:]
-                    return
-                i = after
-                continue
-            if ch == "\r":
-                self.x = 0
-            elif ch in "\n\x0b\x0c":
-                self._linefeed()
-            elif ch == "\b":
-                self.x = max(min(self.x, self.cols - 1) - 1, 0)
-            elif ch == "\t":
-                self.x = min((self.x // 8 + 1) * 8, self.cols - 1)
-            elif ch >= " " and ch != "\x7f":
-                self._put(ch)
-            i += 1
-
-    def _put(self, ch: str) -> None:
-        if self.x >= self.cols:  # pending wrap (xenl)
-            self.x = 0
-            self._linefeed()
-        line = self.grid[self.y]
-        if self.insert:
-            line.insert(self.x, ch)
-            line.pop()
-        else:
-            line[self.x] = ch
-        self.x += 1
-        self.last = ch
-
-    def _linefeed(self) -> None:
-        if self.y == self.bottom:
-            self._scroll_up(1)
-        elif self.y < self.rows - 1:
-            self.y += 1
-
-    def _scroll_up(self, n: int) -> None:
-        for _ in range(n):
-            del self.grid[self.top]
-            self.grid.insert(self.bottom, [" "] * self.cols)
-
-    def _scroll_down(self, n: int) -> None:
-        for _ in range(n):
-            del self.grid[self.bottom]
-            self.grid.insert(self.top, [" "] * self.cols)
-
-    def _escape(self, text: str, i: int) -> int | None:
-        if i + 1 >= len(text):
-            return None
-        kind = text[i + 1]
-        if kind == "[":
-            j = i + 2
-            while j < len(text) and "\x20" <= text[j] <= "\x3f":
-                j += 1
-            if j >= len(text):
-                return None
-            self._csi(text[i + 2 : j], text[j])
-            return j + 1
-        if kind == "]":  # OSC, up to BEL or ST
-            for j in range(i + 2, len(text)):
-                if text[j] == "\x07":
-                    return j + 1
-                if text[j] == "\x1b" and j + 1 < len(text) and text[j + 1] == "\\":
-                    return j + 2
-            return None
-        if kind in "()*+":  # charset designation
-            return i + 3 if i + 2 < len(text) else None
-        if kind == "7":
-            self.saved = (self.y, self.x)
-        elif kind == "8":
-            self.y, self.x = self.saved
-        elif kind == "M":
-            if self.y == self.top:
-                self._scroll_down(1)
-            elif self.y > 0:
-                self.y -= 1
-        elif kind == "D":
-            self._linefeed()
-        elif kind == "E":
-            self.x = 0
-            self._linefeed()
-        elif kind == "c":
-            self.reset()
-        return i + 2
-
-    def _csi(self, params: str, final: str) -> None:
-        prefix = ""
-        while params and params[0] in "?>!<=":
-            prefix, params = prefix + params[0], params[1:]
-        params = params.rstrip(" !\"#$%&'()*+,-./")
-        nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
-
-        def arg(k: int = 0, default: int = 1) -> int:
-            return nums[k] if k < len(nums) and nums[k] else default
-
-        x = min(self.x, self.cols - 1)
-        line = self.grid[self.y]
-        if prefix and final not in "hl":
-            return
-        if final == "A":
-            self.y, self.x = max(self.y - arg(), 0), x
-        elif final == "B":
-            self.y, self.x = min(self.y + arg(), self.rows - 1), x
-        elif final == "C":
-            self.x = min(x + arg(), self.cols - 1)
-        elif final == "D":
-            self.x = max(x - arg(), 0)
-        elif final in "Hf":
-            self.y = min(arg(0) - 1, self.rows - 1)
-            self.x = min(arg(1) - 1, self.cols - 1)
-        elif final == "d":
-            self.y, self.x = min(arg() - 1, self.rows - 1), x
-        elif final in "G`":
-            self.x = min(arg() - 1, self.cols - 1)
-        elif final == "J":
-            mode = nums[0] if nums else 0
-            if mode == 0:
-                line[x:] = [" "] * (self.cols - x)
-                for row in self.grid[self.y + 1 :]:
-                    row[:] = [" "] * self.cols
-            elif mode == 1:
-                line[: x + 1] = [" "] * (x + 1)
-                for row in self.grid[: self.y]:
-                    row[:] = [" "] * self.cols
-            else:
-                self.grid = self._blank_grid()
-        elif final == "K":
-            mode = nums[0] if nums else 0
-            if mode == 0:
-                line[x:] = [" "] * (self.cols - x)
-            elif mode == 1:
-                line[: x + 1] = [" "] * (x + 1)
-            else:
-                line[:] = [" "] * self.cols
-        elif final == "X":
-            n = min(arg(), self.cols - x)
-            line[x : x + n] = [" "] * n
-        elif final == "@":
-            line[x:x] = [" "] * arg()
-            del line[self.cols :]
-        elif final == "P":
-            del line[x : x + arg()]
-            line.extend([" "] * (self.cols - len(line)))
-        elif final in "LM" and self.top <= self.y <= self.bottom:
-            for _ in range(arg()):
-                if final == "L":
-                    del self.grid[self.bottom]
-                    self.grid.insert(self.y, [" "] * self.cols)
-                else:
-                    del self.grid[self.y]
-                    self.grid.insert(self.bottom, [" "] * self.cols)
-            self.x = 0
-        elif final == "S":
-            self._scroll_up(arg())
-        elif final == "T":
-            self._scroll_down(arg())
-        elif final == "r":
-            self.top, self.bottom = arg(0) - 1, arg(1, self.rows) - 1
-            self.y = self.x = 0
-        elif final == "b":
-            for _ in range(arg()):
-                self._put(self.last)
-        elif final in "hl":
-            on = final == "h"
-            if prefix == "?" and 1049 in nums:
-                if on:
-                    self.main = self.grid
-                    self.grid = self._blank_grid()
-                elif self.main is not None:
-                    self.grid, self.main = self.main, None
-            elif prefix == "" and 4 in nums:
-                self.insert = on
-        # m (colours), t, p, n...: nothing to show
-
-
-class Terminal:
-    """The master side of a pty, read into a :class:`Screen`."""
-
-    def __init__(
-        self, fd: int, rows: int, cols: int, child: subprocess.Popen[bytes], stderr: Path
-    ) -> None:
-        self.fd = fd
-        self.screen = Screen(rows, cols)
-        self.child = child
-        self.stderr = stderr
-
-    def pump(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if not ready:
-                return
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:  # the child closed the terminal
-                return
-            if not data:
-                return
-            self.screen.feed(data)
-
-    def send(self, keys: bytes) -> None:
-        os.write(self.fd, keys)
-
-    def wait_for(self, *patterns: str, timeout: float = 15.0) -> str:
-        """Until every regex in ``patterns`` is on the screen; fails with the screen if not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen.text()
-            if all(re.search(p, text, re.MULTILINE) for p in patterns):
-                return text
-            exited = self.child.poll() is not None
-            if exited or time.monotonic() > deadline:
-                if exited:  # what it wrote last, then no more waiting
-                    self.pump(0.2)
-                    text = self.screen.text()
-                    if all(re.search(p, text, re.MULTILINE) for p in patterns):
-                        return text
-                missing = [p for p in patterns if not re.search(p, text, re.MULTILINE)]
-                raise AssertionError(
-                    f"not on the screen: {missing}\n--- screen ---\n{text}\n"
-                    f"--- exit status {self.child.poll()}, stderr ---\n"
-                    f"{self.stderr.read_text(errors='replace')}"
-                )
-            self.pump(0.05)
-
-
-CHILD = """
-import sys
-from plantangenet import Plantangenet
-from plantangenet.explore import run
-with Plantangenet.open() as pg:  # NATS_URL and PLANTANGENET_* from the environment
-    status = run(pg, sys.argv[1])
-print("explorer exited with", status)
-sys.exit(status)
-"""
-
-ROWS, COLS = 40, 140
-
-
-def test_explore_end_to_end_in_a_pseudo_terminal(
-    runtime: Plantangenet,
-    nats_server: EmbeddedNats,
-    journal_config: JournalConfig,
-    tmp_path: Path,
-) -> None:
-    session = runtime.session("seen")
-    session.start({"purpose": "e2e"})
-    session.attach("bot-1", kind="bot", name="Bot One")
-    session.add_cursor("bot-1", "c1", ["ocean.temp"], 0, 10)
-    session.move_cursor("bot-1", "c1", ["ocean.temp"], 5, 15)
-    assert [e.sequence for e in runtime.history("seen")] == [1, 2, 3, 4]
-
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
-    env = {
-        **os.environ,
-        "TERM": "xterm",
-        "LINES": str(ROWS),
-        "COLUMNS": str(COLS),
-        "NATS_URL": nats_server.url,
-        "PLANTANGENET_STREAM": journal_config.stream,
-        "PLANTANGENET_SUBJECT_PREFIX": journal_config.subject_prefix,
-    }
-    stderr_path = tmp_path / "stderr"
-    with stderr_path.open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, "seen"],
-            stdin=slave,
-            stdout=slave,
-            stderr=stderr,
-            env=env,
-            cwd=Path(__file__).resolve().parent.parent,
-            start_new_session=True,
-        )
-    os.close(slave)
-    term = Terminal(master, ROWS, COLS, child, stderr_path)
-    try:
-        term.wait_for(
-            r"plantangenet explore  seen  \(4 events\)",
-            r"\| seq 1  SessionStarted  by \(owner\)",
-            r'\|\s+purpose = "e2e"$',
-            r'\+ metadata\.purpose = "e2e"',
-            r"event 1/4 \| seq 1 \| follow off \| live",
-            r"^\s+4  \d\d-\d\d \d\d:\d\d:\d\d  CursorMoved",
-        )
-        term.send(b"n")
-        term.wait_for(
-            r"\| seq 2  AgentAttached",
-            r'\+ agents\.bot-1 = bot "Bot One" \(attached at seq 2\)',
-            r"agents \(1\):",
-            r"cursors \(0\):",
-            r"event 2/4 \| seq 2",
-        )
-        term.send(b"\x1bOC")  # Right arrow (keypad transmit mode)
-        term.wait_for(
-            r"\| seq 3  CursorAdded",
-            r"\+ cursors\.c1 = bot-1 ocean\.temp \[0, 10\]",
-            r"cursors \(1\):",
-            r"event 3/4 \| seq 3",
-        )
-        term.send(b"p")
-        text = term.wait_for(r"\| seq 2  AgentAttached", r"cursors \(0\):", r"event 2/4")
-        assert "CursorAdded  by" not in text
-        assert re.search(r"^>\s+2  .*AgentAttached", text, re.MULTILINE)  # the selected row
-
-        term.send(b"f")
-        term.wait_for(r"^filter \(types, agent:ID; empty clears\) \[\(none\)\]:")
-        term.send(b"cursormoved\r")  # nothing matches before seq 2: to the next match
-        term.wait_for(
-            r"\| seq 4  CursorMoved", r"event 4/4 \| seq 4 \| filter CursorMoved: 1 match"
-        )
-        text = term.wait_for(r"^>\s+4  ")
-        assert not re.search(r"^\s+[123]  ", text, re.MULTILINE)  # only matching rows listed
-        term.send(b"f")
-        term.wait_for(r"^filter .* \[CursorMoved\]:")
-        term.send(b"\r")  # empty: no filter
-        term.wait_for(r"event 4/4 \| seq 4 \| follow off", r"^\s+1  .*SessionStarted")
-        term.send(b"g")
-        term.wait_for(r"^jump to sequence or ISO time:")
-        term.send(b"1\r")
-        term.wait_for(r"\| seq 1  SessionStarted", r"event 1/4 \| seq 1")
-
-        term.send(b"F")  # follow: to the end, then along with live events
-        term.wait_for(
-            r"\| seq 4  CursorMoved",
-            r"~ cursors\.c1: bot-1 ocean\.temp \[0, 10\] -> bot-1 ocean\.temp \[5, 15\]",
-            r"FOLLOW",
-        )
-        session.move_cursor("bot-1", "c1", ["ocean.temp"], 7, 17)
-        term.wait_for(
-            r"\(5 events\)",
-            r"\| seq 5  CursorMoved",
-            r"\[5, 15\] -> bot-1 ocean\.temp \[7, 17\]",
-            r"event 5/5 \| seq 5 \| FOLLOW \| live",
-        )
-
-        term.send(b"q")
-        term.wait_for(r"explorer exited with 0")
-        assert child.wait(timeout=10) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        os.close(master)
+    explorer.toggle_follow()
+    assert not timeline.follow and explorer.message == "not following"

@@ -1,0 +1,288 @@
+"""The explorer's Textual app, driven by Textual's pilot at 80x24 against a real session on
+the test nats-server (snapshots of it: tests/test_explorer_snapshots.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from plantangenet import Plantangenet
+from plantangenet.events.envelope import Envelope
+from plantangenet.explorer import LiveFeed, Timeline
+from plantangenet.explorer.app import ExplorerApp
+from plantangenet.explorer.text import why_lines
+from plantangenet.explorer.widgets import COLUMNS, HelpScreen, TimelineTable
+from plantangenet.history import StreamSequence, Why, why
+from tests.test_explore import SID, build_session
+
+SIZE = (80, 24)
+
+Scenario = Callable[[ExplorerApp, Pilot[int]], Awaitable[None]]
+
+
+def explore(app: ExplorerApp, scenario: Scenario, size: tuple[int, int] = SIZE) -> None:
+    """Run ``app`` headless at ``size`` and play ``scenario`` on it, then quit with ``q``."""
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await scenario(app, pilot)
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(main())
+
+
+def text(app: ExplorerApp, widget_id: str) -> str:
+    return str(app.query_one(f"#{widget_id}", Static).content)
+
+
+def why_source(runtime: Plantangenet) -> Callable[[Envelope], Why]:
+    def answer(envelope: Envelope) -> Why:
+        position = StreamSequence(envelope.sequence or 0)
+        result: Why = runtime.run(why(runtime.journal, SID, position))
+        return result
+
+    return answer
+
+
+def test_keys_move_through_the_timeline_and_the_panes_follow(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        assert table.row_count == len(events) and table.cursor_row == 0
+        assert text(app, "title") == f" plantangenet explore  {SID}  ({len(events)} events)"
+        assert text(app, "event-text").startswith(f"seq {events[0].sequence}  SessionStarted")
+        assert f"event 1/{len(events)}" in text(app, "status")
+        await pilot.press("down", "j", "down")
+        assert app.timeline.index == 3 and table.cursor_row == 3
+        assert text(app, "event-text").startswith(f"seq {events[3].sequence}  ")
+        await pilot.press("k")
+        assert app.timeline.index == 2 and table.cursor_row == 2
+        await pilot.press("end")
+        assert app.timeline.index == len(events) - 1 == table.cursor_row
+        assert f"event {len(events)}/{len(events)}" in text(app, "status")
+        await pilot.press("less_than_sign")
+        assert app.timeline.index == 0 == table.cursor_row
+        await pilot.press("up")
+        assert app.timeline.index == 0
+        await pilot.press("G")
+        assert app.timeline.index == len(events) - 1
+        await pilot.press("g", *f"#{events[4].sequence}", "enter")
+        assert app.timeline.index == 4 == table.cursor_row
+        await pilot.press("g", *"yesterday", "enter")
+        assert app.timeline.index == 4
+        assert "not a sequence or an ISO time" in text(app, "status")
+
+    explore(app, scenario)
+
+
+def test_every_column_fits_at_80x24(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        assert app.screen.has_class("-narrow")
+        table = app.query_one(TimelineTable)
+        assert [str(c.label) for c in table.columns.values()] == list(COLUMNS)
+        # The table needs no horizontal scrolling: every column is on the screen, whole.
+        assert table.max_scroll_x == 0
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        assert table.region.width == 80 and table.region.height >= 8
+        panes = app.query_one("#panes")
+        assert panes.region.y >= table.region.bottom and panes.region.height >= 8
+
+    explore(app, scenario)
+    wide = ExplorerApp(Timeline(SID, events))
+
+    async def side_by_side(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        assert app.screen.has_class("-wide")
+        table = app.query_one(TimelineTable)
+        panes = app.query_one("#panes")
+        assert panes.region.x >= table.region.right and table.max_scroll_x == 0
+
+    explore(wide, side_by_side, size=(140, 40))
+
+
+def test_help_screen(runtime: Plantangenet) -> None:
+    app = ExplorerApp(Timeline(SID, build_session(runtime)))
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        help_text = str(app.screen.query_one("#help-text", Static).content)
+        assert "search event type, agent, payload" in help_text and "agent:ID" in help_text
+        await pilot.press("x")  # any key closes it, and does nothing else
+        assert not isinstance(app.screen, HelpScreen) and app.timeline.index == 0
+
+    explore(app, scenario)
+
+
+def test_search_across_the_timeline_with_next_and_previous(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+    bot2 = [i for i, e in enumerate(events) if "bot-2" in repr(e.event) + str(e.agent_id)]
+    assert len(bot2) >= 3
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        await pilot.press("slash", *"ocean.wave", "enter")  # only in a payload
+        wave = next(i for i, e in enumerate(events) if "ocean.wave" in repr(e.event))
+        assert app.timeline.index == wave == table.cursor_row
+        assert "'ocean.wave': 1 of 1" in text(app, "status")
+        await pilot.press("home", "slash", *"BOT-2", "enter")
+        assert app.timeline.index == bot2[0]
+        await pilot.press("n")
+        assert app.timeline.index == bot2[1] == table.cursor_row
+        await pilot.press("n")
+        assert app.timeline.index == bot2[2]
+        await pilot.press("N")
+        assert app.timeline.index == bot2[1]
+        await pilot.press("slash", *"nowhere", "enter")
+        assert app.timeline.index == bot2[1] and "not found: 'nowhere'" in text(app, "status")
+        await pilot.press("slash", *"abc", "escape")  # cancelled: the search stays
+        assert app.explorer.search == "nowhere" and app.focused is table
+
+    explore(app, scenario)
+
+
+def test_filter_uses_the_shared_syntax(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+    cursors = [i for i, e in enumerate(events) if e.type_name.startswith("Cursor")]
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        await pilot.press("t", *"cursor*", "enter")
+        assert table.row_count == len(cursors)
+        assert [table.index_at(r) for r in range(table.row_count)] == cursors
+        assert app.timeline.index == cursors[0] and table.cursor_row == 0
+        assert f"filter cursor*: {len(cursors)} match" in text(app, "status")
+        await pilot.press("down")
+        assert app.timeline.index == cursors[1]
+        await pilot.press("t", *"Nonsense", "enter")
+        assert "no event type matches 'Nonsense'" in text(app, "status")
+        assert table.row_count == len(cursors)  # unchanged
+        await pilot.press("t", "enter")  # empty: no filter
+        assert table.row_count == len(events) and app.timeline.index == cursors[1]
+        assert table.cursor_row == cursors[1]
+
+    explore(app, scenario)
+
+
+def test_diff_and_why_panes_of_the_selected_event(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events), why_source=why_source(runtime))
+    denied = next(i for i, e in enumerate(events) if e.type_name == "AccessDenied")
+    moved = next(i for i, e in enumerate(events) if e.type_name == "CursorMoved")
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        app.timeline.select(moved)
+        app._changed()
+        await pilot.press("d")
+        assert app.pane == "diff"
+        diff = text(app, "diff-text")
+        assert "1 change(s)" in diff
+        assert "~ cursors.c1: bot-1 ocean.temp [0, 10] -> bot-1 ocean.temp [5, 15]" in diff
+        assert [str(c) for c in app.timeline.changes] == diff.splitlines()[1:]
+
+        await pilot.press("w")
+        assert app.pane == "why"
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        expected = why_lines(
+            runtime.run(why(runtime.journal, SID, StreamSequence(events[moved].sequence or 0)))
+        )
+        assert text(app, "why-text") == "\n".join(expected)
+        assert "allowed" in expected and any("by statement watchers" in x for x in expected)
+
+        for _ in range(moved - denied):  # to the refusal: the why pane follows
+            await pilot.press("up")
+        assert app.timeline.selected == events[denied]
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        refused = text(app, "why-text")
+        assert "REFUSED" in refused and "default deny" in refused
+        assert f"seq {events[denied].sequence}  AccessDenied" in refused
+
+        await pilot.press("e")
+        assert app.pane == "event" and "AccessDenied" in text(app, "event-text")
+
+    explore(app, scenario)
+
+
+def test_copy_the_selected_event_id(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        await pilot.press("down", "down", "c")
+        assert app.clipboard == events[2].event_id
+        messages = [n.message for n in app._notifications]
+        assert f"copied event id {events[2].event_id}" in messages
+
+    explore(app, scenario)
+
+
+def test_a_click_selects_a_row(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        assert await pilot.click(TimelineTable, offset=(10, 1 + 4))  # header, then rows
+        await pilot.pause()
+        assert table.cursor_row == 4 and app.timeline.index == 4
+        assert text(app, "event-text").startswith(f"seq {events[4].sequence}  ")
+        assert await pilot.click("#tabs-list Tab#--content-tab-diff")
+        await pilot.pause()
+        assert app.pane == "diff"
+
+    explore(app, scenario)
+
+
+def test_live_follow_appends_new_events_while_open(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    timeline = Timeline(SID, events)
+    feed = LiveFeed(runtime, SID, from_sequence=(events[-1].sequence or 0) + 1).start()
+    app = ExplorerApp(timeline, feed=feed, poll_interval=0.05)
+    session = runtime.session(SID)
+
+    async def until(pilot: Pilot[int], done: Callable[[], bool]) -> None:
+        for _ in range(400):  # bounded: fails below, never hangs
+            if done():
+                return
+            await pilot.pause(0.05)
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        assert app.timeline.index == 0
+        # Not following: a new event is appended, the cursor stays.
+        await asyncio.to_thread(session.change_metadata, {"phase": "one"})
+        await until(pilot, lambda: table.row_count == len(events) + 1)
+        assert table.row_count == len(events) + 1 and app.timeline.index == 0
+        assert f"({len(events) + 1} events)" in text(app, "title")
+        assert "| live" in text(app, "status")
+        await pilot.press("f")
+        assert app.timeline.follow and app.timeline.index == len(events)
+        assert "FOLLOW" in text(app, "status")
+        # Following: the cursor moves to each new event.
+        await asyncio.to_thread(session.move_cursor, "bot-1", "c1", ["ocean.temp"], 30, 40)
+        await until(pilot, lambda: table.row_count == len(events) + 2)
+        assert app.timeline.index == len(events) + 1 == table.cursor_row
+        assert app.timeline.selected is not None
+        assert app.timeline.selected.type_name == "CursorMoved"
+        assert "[10, 20] -> bot-1 ocean.temp [30, 40]" in text(app, "diff-text")
+        await pilot.press("f")
+        assert not app.timeline.follow and "follow off" in text(app, "status")
+
+    try:
+        explore(app, scenario)
+    finally:
+        feed.stop()
+    assert app.timeline.state == runtime.session(SID).state
