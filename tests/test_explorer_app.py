@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -14,7 +15,13 @@ from plantangenet.events.envelope import Envelope
 from plantangenet.explorer import LiveFeed, Timeline
 from plantangenet.explorer.app import ExplorerApp
 from plantangenet.explorer.text import why_lines
-from plantangenet.explorer.widgets import COLUMNS, HelpScreen, TimelineTable
+from plantangenet.explorer.widgets import (
+    COLUMNS,
+    REFUSAL_STYLE,
+    HelpScreen,
+    TimelineTable,
+    event_style,
+)
 from plantangenet.history import StreamSequence, Why, why
 from tests.test_explore import SID, build_session
 
@@ -78,6 +85,30 @@ def test_keys_move_through_the_timeline_and_the_panes_follow(runtime: Plantangen
         await pilot.press("g", *"yesterday", "enter")
         assert app.timeline.index == 4
         assert "not a sequence or an ISO time" in text(app, "status")
+
+    explore(app, scenario)
+
+
+def test_refusals_policy_changes_and_role_grants_stand_out(runtime: Plantangenet) -> None:
+    events = build_session(runtime)
+    app = ExplorerApp(Timeline(SID, events))
+    styles = {name: event_style(name) for name in ("AccessDenied", "PolicyChanged", "RoleGranted")}
+    assert styles["AccessDenied"] == REFUSAL_STYLE and "red" not in styles["PolicyChanged"]
+    assert len(set(styles.values())) == 3 and "" not in styles.values()  # distinct, not plain
+    assert event_style("ChargeRefused") == event_style("ChemRefused") == REFUSAL_STYLE
+    assert event_style("CursorMoved") == ""
+
+    async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
+        table = app.query_one(TimelineTable)
+        for row in range(table.row_count):
+            cells = table.get_row_at(row)
+            expected = styles.get(events[row].type_name, "")
+            assert [str(c.style) for c in cells] == [expected] * len(COLUMNS)
+        denied = next(i for i, e in enumerate(events) if e.type_name == "AccessDenied")
+        app.timeline.select(denied)
+        app._changed()
+        head = app.query_one("#event-text", Static).content
+        assert isinstance(head, Text) and head.spans[0].style == REFUSAL_STYLE
 
     explore(app, scenario)
 

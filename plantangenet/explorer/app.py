@@ -28,6 +28,7 @@ from plantangenet.explorer.live import LiveFeed
 from plantangenet.explorer.model import Timeline, open_timeline
 from plantangenet.explorer.text import why_lines
 from plantangenet.explorer.widgets import (
+    REFUSAL_STYLE,
     HelpScreen,
     PromptInput,
     TimelineTable,
@@ -60,9 +61,11 @@ class ExplorerApp(App[int]):
     .-narrow #timeline { height: 45%; }
     .-wide #main { layout: horizontal; }
     .-wide #timeline { width: 64; height: 1fr; }
+    .-wide #panes { width: 1fr; }
     #prompt { display: none; height: 1; border: none; padding: 0 1; }
     #prompt.-active { display: block; }
     TabPane { padding: 0; }
+    #event-text, #diff-text, #why-text { width: 100%; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit_explorer", "Quit"),
@@ -148,10 +151,14 @@ class ExplorerApp(App[int]):
         if self.pane == "why":
             self._load_why()
         status = Text(" ")
-        if self.explorer.message:
-            status.append(self.explorer.message, style="bold")
-            status.append(" | ")
-        status.append(self.explorer.status(self._live()))
+        if self.prompting is not None:
+            status.append(self.explorer.prompt_label(self.prompting), style="bold")
+            status.append(" (Enter: go, Escape: cancel)")
+        else:
+            if self.explorer.message:
+                status.append(self.explorer.message, style="bold")
+                status.append(" | ")
+            status.append(self.explorer.status(self._live()))
         self.query_one("#status", Static).update(status)
 
     def _sync_table(self) -> None:
@@ -249,6 +256,7 @@ class ExplorerApp(App[int]):
         field.value = self.explorer.search if prompt == "search" else ""
         field.add_class("-active")
         field.focus()
+        self._refresh()
 
     def _close_prompt(self) -> None:
         self.prompting = None
@@ -256,6 +264,7 @@ class ExplorerApp(App[int]):
         field.remove_class("-active")
         field.value = ""
         self.table.focus()
+        self._refresh()
 
     def on_input_submitted(self, event: PromptInput.Submitted) -> None:
         prompt = self.prompting
@@ -292,8 +301,9 @@ class ExplorerApp(App[int]):
         assert self.why_source is not None
         try:
             text = Text("\n".join(why_lines(self.why_source(envelope))))
+            text.highlight_words(["REFUSED"], REFUSAL_STYLE)
         except Exception as exc:  # shown in the pane, never fatal
-            text = Text(f"why failed: {exc}", style="bold red")
+            text = Text(f"why failed: {exc}", style=REFUSAL_STYLE)
         self.call_from_thread(self._show_why, index, text)
 
     def _show_why(self, index: int, text: Text) -> None:

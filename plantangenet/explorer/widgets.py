@@ -35,13 +35,15 @@ COLUMNS = ("SEQ", "TIME (UTC)", "EVENT", "BY")
 BY_WIDTH = 14
 
 _REFUSED = ("Denied", "Refused", "Quarantined")
-_HIGHLIGHTED = {"PolicyChanged": "bold magenta", "RoleGranted": "bold yellow"}
+# Explicit colours: a terminal palette may draw ANSI red and magenta alike.
+REFUSAL_STYLE = "bold #ff4d4d"
+_HIGHLIGHTED = {"PolicyChanged": "bold #c38bff", "RoleGranted": "bold #ffd75f"}
 
 
 def event_style(type_name: str) -> str:
     """How an event type stands out: refusals red, policy changes and role grants highlighted."""
     if type_name.endswith(_REFUSED):
-        return "bold red"
+        return REFUSAL_STYLE
     return _HIGHLIGHTED.get(type_name, "")
 
 
@@ -171,8 +173,8 @@ HELP = """\
   f                 follow new events on / off
 
   ?                 this help    q  quit
-  [red]red[/red]: refusals   [magenta]magenta[/magenta]: policy changes   \
-[yellow]yellow[/yellow]: role grants
+  [#ff4d4d]red[/]: refusals   [#c38bff]violet[/]: policy changes   \
+[#ffd75f]yellow[/]: role grants
 
 any key closes this help"""
 
