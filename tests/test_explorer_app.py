@@ -4,13 +4,17 @@ the test nats-server (snapshots of it: tests/test_explorer_snapshots.py)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import sys
 from collections.abc import Awaitable, Callable
 
+import pytest
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from plantangenet import Plantangenet
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet.cli import main
 from plantangenet.events.envelope import Envelope
 from plantangenet.explorer import LiveFeed, Timeline
 from plantangenet.explorer.app import ExplorerApp
@@ -23,6 +27,7 @@ from plantangenet.explorer.widgets import (
     event_style,
 )
 from plantangenet.history import StreamSequence, Why, why
+from tests.test_cli import external
 from tests.test_explore import SID, build_session
 
 SIZE = (80, 24)
@@ -33,14 +38,14 @@ Scenario = Callable[[ExplorerApp, Pilot[int]], Awaitable[None]]
 def explore(app: ExplorerApp, scenario: Scenario, size: tuple[int, int] = SIZE) -> None:
     """Run ``app`` headless at ``size`` and play ``scenario`` on it, then quit with ``q``."""
 
-    async def main() -> None:
+    async def play() -> None:
         async with app.run_test(size=size) as pilot:
             await pilot.pause()
             await scenario(app, pilot)
             await pilot.press("q")
         assert app.return_code == 0
 
-    asyncio.run(main())
+    asyncio.run(play())
 
 
 def text(app: ExplorerApp, widget_id: str) -> str:
@@ -317,3 +322,58 @@ def test_live_follow_appends_new_events_while_open(runtime: Plantangenet) -> Non
     finally:
         feed.stop()
     assert app.timeline.state == runtime.session(SID).state
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plantangenet_explore_opens_the_app_at_a_position_live_and_with_why(
+    runtime: Plantangenet,
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``plantangenet explore SID --at seq:N`` end to end, the terminal played by the pilot."""
+    events = build_session(runtime)
+    denied = next(e for e in events if e.type_name == "AccessDenied")
+    session = runtime.session(SID)
+    seen: list[str] = []
+
+    def drive(app: ExplorerApp) -> int:  # stands in for App.run on a terminal
+        async def play() -> int | None:
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.pause()
+                assert app.timeline.selected == denied  # opened at --at
+                assert app.feed is not None and app.why_source is not None
+                await pilot.press("w")
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                seen.append(text(app, "why-text"))
+                await pilot.press("f")
+                await asyncio.to_thread(session.change_metadata, {"phase": "live"})
+                for _ in range(400):  # bounded wait for the live event
+                    if len(app.timeline) > len(events):
+                        break
+                    await pilot.pause(0.05)
+                selected = app.timeline.selected
+                assert selected is not None and selected.type_name == "SessionMetadataChanged"
+                seen.append(text(app, "status"))
+                await pilot.press("q")
+            return app.return_value
+
+        return asyncio.run(play()) or 0
+
+    monkeypatch.setattr(ExplorerApp, "run", drive)
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    status = main(
+        ["explore", SID, "--at", f"seq:{denied.sequence}", *external(nats_server, journal_config)],
+        out=io.StringIO(),
+    )
+    assert status == 0
+    why_text, status_line = seen
+    assert f"seq {denied.sequence}  AccessDenied" in why_text and "REFUSED" in why_text
+    assert f"event {len(events) + 1}/{len(events) + 1}" in status_line
+    assert "FOLLOW | live" in status_line
