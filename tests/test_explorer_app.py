@@ -4,9 +4,16 @@ the test nats-server (snapshots of it: tests/test_explorer_snapshots.py)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
+import os
+import select
+import struct
+import subprocess
 import sys
+import termios
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from rich.text import Text
@@ -377,3 +384,56 @@ def test_plantangenet_explore_opens_the_app_at_a_position_live_and_with_why(
     assert f"seq {denied.sequence}  AccessDenied" in why_text and "REFUSED" in why_text
     assert f"event {len(events) + 1}/{len(events) + 1}" in status_line
     assert "FOLLOW | live" in status_line
+
+
+def test_explore_runs_in_a_real_terminal(
+    runtime: Plantangenet,
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+) -> None:
+    """The real thing in a pseudo-terminal: it draws the session, and ``q`` exits with 0."""
+    build_session(runtime)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {
+        **os.environ,
+        "TERM": "xterm-256color",
+        "NATS_URL": nats_server.url,
+        "PLANTANGENET_STREAM": journal_config.stream,
+        "PLANTANGENET_SUBJECT_PREFIX": journal_config.subject_prefix,
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "plantangenet.cli", "explore", SID],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+    )
+    os.close(slave)
+    shown = b""
+
+    def read_until(done: Callable[[], bool], rounds: int = 300) -> None:
+        nonlocal shown
+        for _ in range(rounds):  # bounded: the assertions below say what was missing
+            if done():
+                return
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        read_until(lambda: b"AccessDenied" in shown and b"Copy" in shown)
+        assert b"plantangenet explore" in shown and b"AccessDenied" in shown, shown[-2000:]
+        os.write(master, b"q")
+        read_until(lambda: child.poll() is not None)
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(master)
