@@ -13,9 +13,11 @@ import subprocess
 import sys
 import termios
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 
 import pytest
+from rich.style import Style
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -113,9 +115,12 @@ def test_refusals_policy_changes_and_role_grants_stand_out(runtime: Plantangenet
     async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
         table = app.query_one(TimelineTable)
         for row in range(table.row_count):
-            cells = table.get_row_at(row)
-            expected = styles.get(events[row].type_name, "")
-            assert [str(c.style) for c in cells] == [expected] * len(COLUMNS)
+            assert str(table.row(row).style) == styles.get(events[row].type_name, "")
+        # ...and drawn so: the colour is in what the row renders to.
+        for name, style in styles.items():
+            y = 1 + next(i for i, e in enumerate(events) if e.type_name == name)
+            colours = {s.style.color for s in table.render_line(y) if s.style and s.text.strip()}
+            assert colours == {Style.parse(style).color}, name
         denied = next(i for i, e in enumerate(events) if e.type_name == "AccessDenied")
         app.timeline.select(denied)
         app._changed()
@@ -132,13 +137,27 @@ def test_every_column_fits_at_80x24(runtime: Plantangenet) -> None:
     async def scenario(app: ExplorerApp, pilot: Pilot[int]) -> None:
         assert app.screen.has_class("-narrow")
         table = app.query_one(TimelineTable)
-        assert [str(c.label) for c in table.columns.values()] == list(COLUMNS)
         # The table needs no horizontal scrolling: every column is on the screen, whole.
         assert table.max_scroll_x == 0
         assert table.virtual_size.width <= table.scrollable_content_region.width
         assert table.region.width == 80 and table.region.height >= 8
+        assert table.render_line(0).text.split() == ["SEQ", "TIME", "(UTC)", "EVENT", "BY"]
+        assert " ".join(COLUMNS) == "SEQ TIME (UTC) EVENT BY"
+        denied = next(i for i, e in enumerate(events) if e.type_name == "AccessDenied")
+        at = events[denied].occurred_at.astimezone(UTC)
+        cells = [str(events[denied].sequence), f"{at:%m-%d}", f"{at:%H:%M:%S}", "AccessDenied"]
+        assert table.render_line(1 + denied).text.split() == [*cells, "bot-2"]
         panes = app.query_one("#panes")
         assert panes.region.y >= table.region.bottom and panes.region.height >= 8
+        # Rows below the fold: the table scrolls to keep the selected one on screen.
+        shown = table.scrollable_content_region.height - 1
+        assert len(events) > shown
+        await pilot.press("end")
+        last = str(events[-1].sequence)
+        lines = [table.render_line(y).text.split() for y in range(1, shown + 1)]
+        assert lines[-1][0] == last and lines[-1][3] == events[-1].type_name
+        await pilot.press("home")
+        assert table.render_line(1).text.split()[0] == str(events[0].sequence)
 
     explore(app, scenario)
     wide = ExplorerApp(Timeline(SID, events))

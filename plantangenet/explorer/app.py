@@ -18,7 +18,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container, VerticalScroll
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from plantangenet.decide import check_id
 from plantangenet.errors import PlantangenetError
@@ -162,12 +162,8 @@ class ExplorerApp(App[int]):
         self.query_one("#status", Static).update(status)
 
     def _sync_table(self) -> None:
-        """Put the table's cursor on the selected event (after the model moved it)."""
-        table = self.table
-        if self.timeline.matching and table.row_count:
-            row = min(self.timeline.position(), table.row_count - 1)
-            if table.cursor_row != row:
-                table.move_cursor(row=row)
+        """Show the selected event's row (after the model moved it)."""
+        self.table.show_cursor()
 
     def _changed(self) -> None:
         self._sync_table()
@@ -175,15 +171,11 @@ class ExplorerApp(App[int]):
 
     # -- the table --------------------------------------------------------------------
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """Keys or a click moved the table's cursor: select that event."""
-        if event.cursor_row != event.data_table.cursor_row:
-            return  # stale: the table was reloaded or moved again since
-        index = int(event.row_key.value or 0)
-        if index != self.timeline.index:
-            self.explorer.message = ""
-            self.timeline.select(index)
-            self._refresh()
+    def on_timeline_table_chosen(self, event: TimelineTable.Chosen) -> None:
+        """Keys or a click on the table chose an event: select it."""
+        self.explorer.message = ""
+        self.timeline.select(event.index)
+        self._changed()
 
     def _pull(self) -> None:
         """New events from the live feed."""

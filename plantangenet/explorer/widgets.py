@@ -6,16 +6,19 @@ from __future__ import annotations
 from datetime import UTC
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.coordinate import Coordinate
+from textual.events import Click
+from textual.geometry import Size
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, Static
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Input, Static
 
-from plantangenet.events.envelope import Envelope
 from plantangenet.explorer.model import Timeline
 from plantangenet.explorer.text import Change, event_lines, state_lines
 
@@ -33,6 +36,10 @@ __all__ = [
 COLUMNS = ("SEQ", "TIME (UTC)", "EVENT", "BY")
 #: Longest agent id shown whole in the BY column.
 BY_WIDTH = 14
+#: Width of the EVENT column (the longest event type name).
+TYPE_WIDTH = 22
+#: Width of a row: every column whole.
+ROW_WIDTH = 1 + 6 + 2 + 14 + 2 + TYPE_WIDTH + 2 + BY_WIDTH
 
 _REFUSED = ("Denied", "Refused", "Quarantined")
 # Explicit colours: a terminal palette may draw ANSI red and magenta alike.
@@ -52,50 +59,160 @@ def _by(agent_id: str | None) -> str:
     return by if len(by) <= BY_WIDTH else by[: BY_WIDTH - 1] + "…"
 
 
-class TimelineTable(DataTable[Text]):
-    """The events the cursor can stop on, one row each (keyed by position in the timeline)."""
+class TimelineTable(ScrollView, can_focus=True):
+    """The events the cursor can stop on, one row each, under a header that stays put.
+
+    Only the rows on screen are drawn (a long session opens at once). The widget
+    never moves the model: keys and clicks post :class:`Chosen` with the
+    timeline position the user asked for, and the app selects it.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("down", "move(1)", "Next", show=False),
+        Binding("up", "move(-1)", "Previous", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("home", "app.end(0)", "First", show=False),
         Binding("end", "app.end(1)", "Last", show=False),
     ]
+    DEFAULT_CSS = """
+    TimelineTable { background: $surface; }
+    TimelineTable > .timeline--header { text-style: bold; background: $panel; }
+    TimelineTable > .timeline--cursor { background: $block-cursor-background; }
+    TimelineTable:focus > .timeline--cursor { background: $block-cursor-background; }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"timeline--header", "timeline--cursor"}
+
+    class Chosen(Message):
+        """The user picked the event at ``index`` (a position in the timeline's events)."""
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        super().__init__(id=id)
+        self._timeline: Timeline | None = None
 
-    def on_mount(self) -> None:
-        for label in COLUMNS:
-            self.add_column(label, key=label)
+    # -- rows ----------------------------------------------------------------------
 
-    def add_event(self, index: int, envelope: Envelope) -> None:
-        style = event_style(envelope.type_name)
-        at = envelope.occurred_at.astimezone(UTC)
-        self.add_row(
-            Text(f"{envelope.sequence or 0:>6}", style=style),
-            Text(f"{at:%m-%d %H:%M:%S}", style=style),
-            Text(envelope.type_name, style=style),
-            Text(_by(envelope.agent_id), style=style),
-            key=str(index),
-        )
+    @property
+    def row_count(self) -> int:
+        return 0 if self._timeline is None else len(self._timeline.matching)
 
-    def load(self, timeline: Timeline) -> None:
-        """Rows for every event ``timeline`` stops on (replacing any shown)."""
-        self.clear()
-        events = timeline.events
-        for index in timeline.matching:
-            self.add_event(index, events[index])
-
-    def add_new(self, timeline: Timeline) -> int:
-        """Rows for the matching events not shown yet (appended live); returns how many."""
-        new = timeline.matching[self.row_count :]
-        for index in new:
-            self.add_event(index, timeline.events[index])
-        return len(new)
+    @property
+    def cursor_row(self) -> int:
+        """The row of the selected event (-1: it is not among the rows)."""
+        t = self._timeline
+        if t is None or not t.matching:
+            return -1
+        row = t.position()
+        return row if row < len(t.matching) and t.matching[row] == t.index else -1
 
     def index_at(self, row: int) -> int:
         """The timeline position of row ``row``."""
-        key = self.coordinate_to_cell_key(Coordinate(row, 0)).row_key
-        return int(key.value or 0)
+        assert self._timeline is not None
+        return self._timeline.matching[row]
+
+    def row(self, row: int) -> Text:
+        """Row ``row`` as text, styled as its event stands out."""
+        assert self._timeline is not None
+        envelope = self._timeline.events[self._timeline.matching[row]]
+        at = envelope.occurred_at.astimezone(UTC)
+        cells = (
+            f"{envelope.sequence or 0:>6}",
+            f"{at:%m-%d %H:%M:%S}",
+            envelope.type_name,
+            _by(envelope.agent_id),
+        )
+        return Text(_line(cells), style=event_style(envelope.type_name))
+
+    def load(self, timeline: Timeline) -> None:
+        """Show the events ``timeline`` stops on (after a filter changed them)."""
+        self._timeline = timeline
+        self._resize()
+        self.scroll_to(y=0, animate=False)
+        self.show_cursor()
+
+    def add_new(self, timeline: Timeline) -> int:
+        """Take in events appended live; returns how many rows were added."""
+        before = self.virtual_size.height - 1
+        self._timeline = timeline
+        self._resize()
+        return self.row_count - max(before, 0)
+
+    def _resize(self) -> None:
+        self.virtual_size = Size(ROW_WIDTH, self.row_count + 1)  # + the header
+        self.refresh()
+
+    def show_cursor(self) -> None:
+        """Scroll so that the selected event's row is on screen."""
+        row = self.cursor_row
+        if row < 0:
+            self.refresh()
+            return
+        rows = max(self.scrollable_content_region.height - 1, 1)
+        top = round(self.scroll_offset.y)
+        if row < top:
+            self.scroll_to(y=row, animate=False, immediate=True)
+        elif row >= top + rows:
+            self.scroll_to(y=row - rows + 1, animate=False, immediate=True)
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.show_cursor()
+
+    # -- drawing -------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        scroll_x, scroll_y = round(self.scroll_offset.x), round(self.scroll_offset.y)
+        base = self.rich_style
+        if y == 0:
+            line = _line(COLUMNS)
+            styles = [self.get_component_rich_style("timeline--header")]
+        else:
+            row = scroll_y + y - 1
+            if not 0 <= row < self.row_count:
+                return Strip.blank(width, base)
+            shown = self.row(row)
+            line = shown.plain
+            styles = [Style.parse(str(shown.style))]
+            if row == self.cursor_row:
+                styles.append(self.get_component_rich_style("timeline--cursor"))
+        # Spans, not Text.style: a Text's own style is not in the segments it renders.
+        text = Text(line.ljust(max(ROW_WIDTH, width + scroll_x)))
+        for style in (base, *styles):
+            text.stylize(style)
+        strip = Strip(text.render(self.app.console, end=""))
+        return strip.crop(scroll_x, scroll_x + width)
+
+    # -- input ---------------------------------------------------------------------
+
+    def _choose_row(self, row: int) -> None:
+        if self.row_count:
+            self.post_message(self.Chosen(self.index_at(max(min(row, self.row_count - 1), 0))))
+
+    def action_move(self, delta: int) -> None:
+        row = self.cursor_row
+        if row < 0:  # the selected event is filtered out: from where it would be
+            assert self._timeline is not None
+            row = self._timeline.position() - (1 if delta > 0 else 0)
+        self._choose_row(row + delta)
+
+    def action_page(self, direction: int) -> None:
+        rows = max(self.scrollable_content_region.height - 1, 1)
+        self.action_move(direction * rows)
+
+    def on_click(self, event: Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is not None and offset.y >= 1:
+            self._choose_row(round(self.scroll_offset.y) + offset.y - 1)
+
+
+def _line(cells: tuple[str, ...]) -> str:
+    seq, when, kind, by = cells
+    return f" {seq:>6}  {when:<14}  {kind:<{TYPE_WIDTH}}  {by}"
 
 
 def event_text(timeline: Timeline) -> Text:
