@@ -181,6 +181,10 @@ def test_help_screen(runtime: Plantangenet) -> None:
         assert "search event type, agent, payload" in help_text and "agent:ID" in help_text
         await pilot.press("x")  # any key closes it, and does nothing else
         assert not isinstance(app.screen, HelpScreen) and app.timeline.index == 0
+        await pilot.press("question_mark", "f")  # closes it: does not follow
+        assert not isinstance(app.screen, HelpScreen) and not app.timeline.follow
+        await pilot.press("question_mark", "q")  # closes it: does not quit
+        assert not isinstance(app.screen, HelpScreen) and app.is_running
 
     explore(app, scenario)
 

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.events import Click
+from textual.events import Click, Key
 from textual.geometry import Size
 from textual.message import Message
 from textual.screen import ModalScreen
@@ -311,7 +311,9 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Static(HELP, id="help-text")
 
-    def on_key(self) -> None:
+    def on_key(self, event: Key) -> None:
+        event.stop()  # the key only closes the help (no binding of the screen below sees it)
+        event.prevent_default()
         self.dismiss()
 
     def on_click(self) -> None:
