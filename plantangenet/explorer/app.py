@@ -50,6 +50,8 @@ class ExplorerApp(App[int]):
     """Explore a :class:`Timeline`; ``feed`` appends live events, ``why_source`` answers ``w``."""
 
     TITLE = "plantangenet explore"
+    # Its footer entry would push the explorer's own keys off an 80-column footer.
+    ENABLE_COMMAND_PALETTE = False
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
     CSS = """
     #title { height: 1; background: $primary; color: $text; text-style: bold; }
