@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from rich.style import Style
 from rich.text import Text
+from textual.containers import VerticalScroll
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -179,6 +180,8 @@ def test_help_screen(runtime: Plantangenet) -> None:
         assert isinstance(app.screen, HelpScreen)
         help_text = str(app.screen.query_one("#help-text", Static).content)
         assert "search event type, agent, payload" in help_text and "agent:ID" in help_text
+        box = app.screen.query_one(VerticalScroll)
+        assert box.max_scroll_y == 0 and box.max_scroll_x == 0  # all of it fits at 80x24
         await pilot.press("x")  # any key closes it, and does nothing else
         assert not isinstance(app.screen, HelpScreen) and app.timeline.index == 0
         await pilot.press("question_mark", "f")  # closes it: does not follow

@@ -265,35 +265,23 @@ class PromptInput(Input):
 
 HELP = """\
 [b]plantangenet explore[/b]: step through a session's history
-
 [b]moving[/b]
-  Down j / Up k     next / previous event
-  PgDn PgUp         a page down / up
-  Home < / End > G  first / last event
-  click a row       select it
+  Down j / Up k     next / previous event      PgDn PgUp  a page
+  Home < / End > G  first / last event         click      select a row
   g                 jump to a sequence (42, #42) or an ISO time
-
 [b]finding[/b]
   /                 search event type, agent, payload
   n / N             next / previous search hit (wraps around)
   t                 filter: types or globs (cursor*), agent:ID
                     (the same syntax as history --type/--agent)
-
 [b]the selected event[/b]
-  e                 event and the state after it
-  d                 diff: what the event changed
-  w                 why: its command, grounds and request
-  c                 copy its event id
-  \\[ ]               scroll the pane
-
+  e  d  w           event and state after it / what it changed / why
+  c                 copy its event id          \\[ ]        scroll pane
 [b]live[/b]
   f                 follow new events on / off
-
-  ?                 this help    q  quit
-  [#ff4d4d]red[/]: refusals   [#c38bff]violet[/]: policy changes   \
-[#ffd75f]yellow[/]: role grants
-
-any key closes this help"""
+  ?  q              this help / quit
+[#ff4d4d]red[/]: refusals   [#c38bff]violet[/]: policy changes   [#ffd75f]yellow[/]: role grants
+[dim]any key closes this help[/dim]"""
 
 
 class HelpScreen(ModalScreen[None]):
