@@ -73,6 +73,7 @@ from plantangenet.journal import (
     stream_limits_from_env,
     timeouts_from_env,
 )
+from plantangenet.ownership import DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS
 from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.projections.audit_model import (
     GROUP_BY,
@@ -920,6 +921,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 lanes=args.lanes,
                 per_principal=args.per_principal,
                 queued_per_principal=args.queued_per_principal,
+                partitions=args.partitions,
+                lease_ttl=args.lease_ttl,
             )
             pg.run(service.start())
             out.write(f"plantangenet serve: listening on {pg.url} ({args.command_prefix}.*.*)\n")
@@ -1193,6 +1196,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_LANES,
         help="ingress lanes (connections bots' requests arrive on); as nats-config --lanes",
+    )
+    serve.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help="partitions sessions hash into, each owned by one serve process of the stream "
+        f"at a time (default {DEFAULT_PARTITIONS}; 0: any process serves any session)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=DEFAULT_LEASE_TTL,
+        metavar="SECONDS",
+        help="a dead process's partitions are taken over this long after its last renewal "
+        f"(default {DEFAULT_LEASE_TTL})",
     )
     serve.add_argument(
         "--compositor",

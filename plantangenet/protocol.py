@@ -151,7 +151,26 @@ def parse_subject(
         return tokens[0], tokens[1], None
     if len(tokens) == 4 and all(tokens) and tokens[0].isdigit():
         return tokens[2], tokens[3], tokens[1]
+    if len(tokens) == 4 and all(tokens) and tokens[0] == FORWARDED:
+        return tokens[2], tokens[3], None
     raise InvalidCommand(f"not a command subject: {subject[:300]!r}")
+
+
+#: The token that marks a request one ``serve`` process passed on to another.
+FORWARDED = "fwd"
+#: The header that carries a passed-on request's principal (as its first process read it).
+PRINCIPAL_HEADER = "Plantangenet-Principal"
+#: The header that counts how often a request was passed on.
+HOPS_HEADER = "Plantangenet-Hops"
+
+
+def forward_subject(
+    member: str, session_id: str, name: str, prefix: str = DEFAULT_COMMAND_PREFIX
+) -> str:
+    """Where a ``serve`` process passes a request for ``session_id`` on to the process
+    ``member`` that owns the session (see :mod:`plantangenet.ownership`). Only the
+    service's own account reaches it: bots' imports map onto lanes, never here."""
+    return f"{prefix}.{FORWARDED}.{member}.{session_id}.{name}"
 
 
 def lane_subjects(lane: int, prefix: str = DEFAULT_COMMAND_PREFIX) -> str:
