@@ -69,6 +69,11 @@ def partition_of(session_id: str, partitions: int) -> int:
     return int.from_bytes(digest, "big") % partitions
 
 
+def _rank(member: str, partition: int) -> bytes:
+    """Rendezvous rank of ``member`` for ``partition`` (lower: it wants it more)."""
+    return hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
+
+
 def new_member_id() -> str:
     """A member id for this process: its pid and a random part (a subject token)."""
     return f"{os.getpid()}x{secrets.token_hex(4)}"
@@ -143,6 +148,18 @@ class Ownership:
         if seen is None or not seen.value:
             return None
         return seen.value if self._live(seen.value, time.monotonic()) else None
+
+    def successor(self, session_id: str, gone: str | None = None) -> str | None:
+        """The live member (not ``gone``) that would take ``session_id``'s partition first:
+        the one whose rendezvous order puts it first (see ``_preference``). Serving a
+        session there while its partition has no live owner keeps it to one writer."""
+        partition = self.partition(session_id)
+        candidates = [m for m in self.live_members() if m != gone]
+        if self.member_id != gone and self._live(self.member_id, time.monotonic()):
+            candidates.append(self.member_id)
+        if not candidates:
+            return None
+        return min(set(candidates), key=lambda m: _rank(m, partition))
 
     @property
     def owned(self) -> frozenset[int]:
@@ -290,8 +307,7 @@ class Ownership:
 
     def _preference(self, partition: int) -> bytes:
         """This member's rendezvous order of partitions (its favourites first)."""
-        key = f"{self.member_id}/{partition}".encode()
-        return hashlib.blake2b(key, digest_size=8).digest()
+        return _rank(self.member_id, partition)
 
     async def _renew(self) -> None:
         key = _MEMBER + self.member_id

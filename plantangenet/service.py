@@ -489,13 +489,32 @@ class SessionService:
             return False  # a page of the log: any process reads it as well
         owner = self.ownership.owner_of(session_id)
         if owner is None:
+            # Nobody owns it now: the process that will take it first serves it meanwhile.
             self.unowned += 1
             self.metrics.unowned.inc()
-            return False
-        if owner == self.ownership.member_id or hops >= _MAX_HOPS:
+            owner = self.ownership.successor(session_id)
+        return self._pass_to(owner, msg, endpoint, taken, principal, hops, session_id, name)
+
+    def _pass_to(
+        self,
+        owner: str | None,
+        msg: Msg,
+        endpoint: EndpointCounts,
+        taken: int,
+        principal: str,
+        hops: int,
+        session_id: str,
+        name: str,
+    ) -> bool:
+        """Pass ``msg`` on to ``owner`` unless that is this process (or nobody, or the
+        request was passed on too often already); whether it was."""
+        assert self.ownership is not None
+        if owner is None or owner == self.ownership.member_id or hops >= _MAX_HOPS:
             return False
         subject = forward_subject(owner, session_id, name, self.command_prefix)
-        relay = asyncio.create_task(self._relay(msg, endpoint, taken, principal, hops, subject))
+        relay = asyncio.create_task(
+            self._relay(msg, endpoint, taken, principal, hops, subject, owner)
+        )
         self._relays.add(relay)
         relay.add_done_callback(self._relays.discard)
         self.forwarded += 1
@@ -510,6 +529,7 @@ class SessionService:
         principal: str,
         hops: int,
         subject: str,
+        owner: str,
     ) -> None:
         """Ask the owner (a request of this process: the server lets no client publish with
         a bot's ``_R_.`` reply subject), then answer the bot with its reply. An owner that
@@ -520,9 +540,16 @@ class SessionService:
                 subject, msg.data, timeout=self.relay_timeout, headers=headers
             )
         except nats.errors.NoRespondersError:
+            # The owner is gone (its lease has not run out yet): its successor serves it.
+            assert self.ownership is not None
             self.unowned += 1
             self.metrics.unowned.inc()
-            await self._enqueue(msg, endpoint, taken, principal)
+            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
+            successor = self.ownership.successor(session_id, gone=owner)
+            if not self._pass_to(
+                successor, msg, endpoint, taken, principal, hops + 1, session_id, name
+            ):
+                await self._enqueue(msg, endpoint, taken, principal)
             return
         except Exception as exc:  # timed out, or the connection went: the bot retries
             log.warning("no answer from the owner on %s: %s", subject, exc or type(exc).__name__)

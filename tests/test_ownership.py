@@ -20,7 +20,7 @@ from plantangenet.service import SessionService
 from tests.conftest import wait_until
 
 PARTITIONS = 8
-LEASE = 1.0
+LEASE = 2.0
 
 
 def owners(services: list[SessionService]) -> dict[int, list[int]]:
@@ -63,7 +63,7 @@ def test_partitions_spread_evenly_with_one_owner_each(
     make_runtime: Callable[[], Plantangenet],
 ) -> None:
     with services_on(make_runtime, 3) as services:
-        wait_until(lambda: settled(services))
+        wait_until(lambda: settled(services), timeout=30)
         counts = sorted(len(s.ownership.owned) for s in services if s.ownership)
         assert counts == [2, 3, 3]
         members = services[0].ownership.live_members() if services[0].ownership else []
@@ -79,7 +79,7 @@ def test_a_joining_service_gets_its_share_and_a_leaving_one_hands_over(
         second = SessionService(make_runtime(), partitions=PARTITIONS, lease_ttl=LEASE)
         second.runtime.run(second.start())
         services.append(second)
-        wait_until(lambda: settled(services))
+        wait_until(lambda: settled(services), timeout=30)
         assert len(first.owned) == len(second.ownership.owned) == 4  # type: ignore[union-attr]
         assert first.released >= 4
         # A graceful stop hands every partition back at once: no lease to wait out.
@@ -92,7 +92,7 @@ def test_an_owner_that_stops_renewing_is_replaced_after_its_lease(
     make_runtime: Callable[[], Plantangenet],
 ) -> None:
     with services_on(make_runtime, 2) as services:
-        wait_until(lambda: settled(services))
+        wait_until(lambda: settled(services), timeout=30)
         survivor, dying = services[0].ownership, services[1].ownership
         assert survivor is not None and dying is not None
 
@@ -112,7 +112,7 @@ def test_each_session_is_decided_by_its_owner_only(
     url = getattr(nats_server, "url")  # noqa: B009
     sessions = [f"s{i}" for i in range(24)]
     with services_on(make_runtime, 2) as services:
-        wait_until(lambda: settled(services))
+        wait_until(lambda: settled(services), timeout=30)
 
         async def scenario() -> None:
             async with await BotClient.connect(
