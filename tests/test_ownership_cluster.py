@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import re
 import selectors
 import signal
@@ -31,7 +32,7 @@ from typing import IO, TypeVar
 import nats.errors
 import pytest
 
-from plantangenet import EmbeddedServerError, JournalConfig, JournalError, Plantangenet
+from plantangenet import EmbeddedServerError, Envelope, JournalConfig, JournalError, Plantangenet
 from plantangenet.client import BotClient
 from plantangenet.cluster import EmbeddedCluster
 
@@ -175,6 +176,13 @@ class Bot:
             await client.close()
 
 
+def caught_up(pg: Plantangenet, bot: Bot) -> list[Envelope] | None:
+    """The session's history once it holds the bot's last acknowledged command."""
+    history = pg.history(bot.session_id)
+    last = history[-1].sequence if history else 0
+    return history if (last or 0) >= max(bot.acked.values()) else None
+
+
 def partition_owners(pg: Plantangenet) -> dict[str, str]:
     """The partitions table as stored: key -> owner (empty: free)."""
 
@@ -261,14 +269,7 @@ def test_three_serve_processes_one_killed_and_restarted_lose_nothing(
             # Every acknowledged command is in the log exactly once, where its reply said.
             assert set(bot.acked) == set(bot.sent)
             history = eventually(
-                lambda bot=bot: (
-                    (
-                        (h := pg.history(bot.session_id))[-1].sequence >= max(bot.acked.values())
-                        and h
-                    )
-                    or None
-                ),
-                f"a read of {bot.session_id}",
+                functools.partial(caught_up, pg, bot), f"a read of {bot.session_id}"
             )
             moves = [e for e in history if e.causation_id in bot.acked]
             assert [e.causation_id for e in moves] == bot.sent  # once each, in order
