@@ -952,7 +952,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 pg.run(service.stop())
             finally:
                 service.metrics.close()
-            out.write(f"plantangenet serve: stopped after {service.handled} requests\n")
+            conflicts = int(service.metrics.conflicts._value.get())
+            out.write(
+                f"plantangenet serve: stopped after {service.handled} requests "
+                f"({conflicts} conflicts, {service.forwarded} passed on to their owners)\n"
+            )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
