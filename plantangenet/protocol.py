@@ -156,6 +156,41 @@ def parse_subject(
     raise InvalidCommand(f"not a command subject: {subject[:300]!r}")
 
 
+#: The W3C Trace Context header (https://www.w3.org/TR/trace-context/).
+TRACEPARENT_HEADER = "traceparent"
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def traceparent(headers: Mapping[str, str] | None) -> tuple[str, str] | None:
+    """``(header value, trace id)`` of a request's valid W3C ``traceparent`` header (any
+    case of the name), else ``None``: a malformed one is ignored, as the spec says. The
+    service records the trace id as the correlation id of the request's commands that
+    name none, and sends the header back on the reply."""
+    if not headers:
+        return None
+    found_value = [
+        v for k, v in headers.items() if isinstance(k, str) and k.casefold() == "traceparent"
+    ]
+    if len(found_value) != 1:  # none, or sent twice in different cases: ignored
+        return None
+    value = found_value[0]
+    if not isinstance(value, str) or len(value) > 512:
+        return None
+    value = value.strip()
+    found = _TRACEPARENT.fullmatch(value)
+    if found is None:
+        return None
+    version, trace_id, parent_id, _, rest = found.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or trace_id == "0" * 32
+        or parent_id == "0" * 16
+    ):
+        return None
+    return value, trace_id
+
+
 #: The token that marks a request one ``serve`` process passed on to another.
 FORWARDED = "fwd"
 #: The header that carries a passed-on request's principal (as its first process read it).

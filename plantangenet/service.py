@@ -127,6 +127,7 @@ from plantangenet.protocol import (
     HOPS_HEADER,
     PRINCIPAL_HEADER,
     QUERIES,
+    TRACEPARENT_HEADER,
     QueryChemRequest,
     batch_reply,
     data_reply,
@@ -140,6 +141,7 @@ from plantangenet.protocol import (
     ok_reply,
     parse_subject,
     relay_id,
+    traceparent,
 )
 from plantangenet.runtime import Plantangenet
 from plantangenet.views import plain
@@ -163,6 +165,14 @@ _DRAIN_TIMEOUT = 2.0
 QUEUE_GROUP = "plantangenet-serve"
 #: The name the service registers under with the NATS services framework.
 SERVICE_NAME = "plantangenet"
+
+
+def _traced(item: Any, trace: str | None) -> Any:
+    """``item`` (a command, or the error refusing it) with ``trace`` as its correlation id
+    when it names none (see ``protocol.traceparent``)."""
+    if trace and isinstance(item, Command) and item.correlation_id is None:
+        return dataclasses.replace(item, correlation_id=trace)
+    return item
 
 
 def _version() -> str:
@@ -535,6 +545,9 @@ class SessionService:
         a bot's ``_R_.`` reply subject), then answer the bot with its reply. An owner that
         is gone (no responders: it died, its lease has not run out) is replaced here."""
         headers = {PRINCIPAL_HEADER: principal, HOPS_HEADER: str(hops + 1)}
+        trace = traceparent(msg.headers)
+        if trace:
+            headers[TRACEPARENT_HEADER] = trace[0]
         try:
             answer = await self._nc.request(
                 subject, msg.data, timeout=self.relay_timeout, headers=headers
@@ -555,7 +568,7 @@ class SessionService:
             log.warning("no answer from the owner on %s: %s", subject, exc or type(exc).__name__)
             return
         if msg.reply:
-            await self._reply(msg, answer.data)
+            await self._reply(msg, answer.data, {TRACEPARENT_HEADER: trace[0]} if trace else None)
 
     async def _drain_partition(self, partition: int) -> None:
         """Before a partition is handed back: let its sessions' requests in flight finish
@@ -647,11 +660,14 @@ class SessionService:
     ) -> None:
         session_id = name = ""
         failure: BaseException | None = None
+        trace = traceparent(msg.headers)
         try:
             session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
             check_id(session_id, "session_id")
             self._busy[session_id] = self._busy.get(session_id, 0) + 1
-            reply = await self._answer(session_id, name, msg.data, principal)
+            reply = await self._answer(
+                session_id, name, msg.data, principal, trace[1] if trace else None
+            )
             limit = self._max_payload()
             if len(reply) > limit:
                 raise ReplyTooLarge(
@@ -682,7 +698,7 @@ class SessionService:
             code = failure.code if isinstance(failure, PlantangenetError) else "error"
             endpoint.failed(f"{code}: {failure}"[:500])
             self.metrics.refusal(code)
-        await self._reply(msg, reply)
+        await self._reply(msg, reply, {TRACEPARENT_HEADER: trace[0]} if trace else None)
         endpoint.processing_ns += time.perf_counter_ns() - taken
 
     def _storage_refused(self, error: BaseException) -> None:
@@ -698,12 +714,12 @@ class SessionService:
                 error,
             )
 
-    async def _reply(self, msg: Msg, reply: bytes) -> None:
+    async def _reply(self, msg: Msg, reply: bytes, headers: dict[str, str] | None = None) -> None:
         """Answer on the connection the request came on (a flood's replies stay in its lane)."""
         nc = getattr(msg, "_client", None) or self._nc
         if msg.reply and nc is not None:
             try:
-                await nc.publish(msg.reply, reply)
+                await nc.publish(msg.reply, reply, headers=headers)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
@@ -719,20 +735,22 @@ class SessionService:
     async def _log_is_empty(self, session_id: str) -> bool:
         return await self.runtime.journal.last_sequence(session_id) == 0
 
-    async def _answer(self, session_id: str, name: str, payload: bytes, principal: str) -> bytes:
+    async def _answer(
+        self, session_id: str, name: str, payload: bytes, principal: str, trace: str | None
+    ) -> bytes:
         if name == "history":
             return await self._history(session_id, payload)
         if name in QUERIES:
             return await self._query(session_id, name)
         if name == BATCH:
-            commands = decode_batch(payload, principal)
+            commands = [_traced(c, trace) for c in decode_batch(payload, principal)]
             outcomes = await self._execute(session_id, commands)
             for outcome in outcomes:
                 if isinstance(outcome, PlantangenetError):
                     self.metrics.refusal(outcome.code)
                     self._storage_refused(outcome)
             return batch_reply(outcomes)
-        command = decode_request(name, payload, principal, session_id)
+        command = _traced(decode_request(name, payload, principal, session_id), trace)
         if name in CHEM_STEPS:
             return await self._chem_step(session_id, command)
         if isinstance(command, QueryCursor | DiscloseChem):
