@@ -760,8 +760,8 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
         if echoed is not None and echoed != sent["raw"] + sent["append"]:
             raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent}")
         notes.append(
-            f"{dep.name}: service ({processes} process(es)) handled {handled} requests, "
-            f"{service.conflicts} append conflicts; echo {echoed} ({stored.group(1)} "
+            f"{dep.name}: service handled {handled} requests ({processes} process(es), "
+            f"{service.conflicts} append conflicts); echo {echoed} ({stored.group(1)} "
             "of them stored by append-echo; as sent: no loss, no retry)"
         )
     finally:
