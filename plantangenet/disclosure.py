@@ -24,42 +24,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from plantangenet.errors import InvalidPolicy
 from plantangenet.events.fields import MetadataValue
-
-Level = Literal["full", "degraded", "masked", "denied"]
-LEVELS: tuple[Level, ...] = ("denied", "masked", "degraded", "full")
-#: The finest resolution a degraded disclosure may ask for (time units per bucket).
-MIN_RESOLUTION = 1e-9
-#: How much each level discloses (higher discloses more).
-RANK: Mapping[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Disclosure:
-    """What an allowing statement discloses (see the module docs)."""
-
-    level: Level = "full"
-    resolution: float | None = None
-    decimals: int | None = None
-    mask: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """E.g. ``degraded (resolution 10, 1 decimals)``."""
-        details = []
-        if self.resolution is not None:
-            details.append(f"resolution {self.resolution:g}")
-        if self.decimals is not None:
-            details.append(f"{self.decimals} decimals")
-        if self.mask:
-            details.append("mask " + ",".join(self.mask))
-        return f"{self.level} ({', '.join(details)})" if details else self.level
-
-
-FULL = Disclosure()
-DENIED = Disclosure("denied")
+from plantangenet.events.policy_values import (
+    DENIED as DENIED,
+    FULL as FULL,
+    LEVELS as LEVELS,
+    MIN_RESOLUTION as MIN_RESOLUTION,
+    RANK as RANK,
+    Disclosure as Disclosure,
+    Level as Level,
+)
 
 
 def least(disclosures: Iterable[Disclosure]) -> Level:

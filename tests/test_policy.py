@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from plantangenet.disclosure import DENIED, Disclosure
 from plantangenet.errors import InvalidPolicy
+from plantangenet.events.policy_values import _wildcard_matches
 from plantangenet.policy import (
     Condition,
     ConditionOp,
@@ -21,7 +21,6 @@ from plantangenet.policy import (
     Decision,
     Policy,
     Statement,
-    _wildcard_matches,
     check_role,
     check_statement_role,
     evaluate,

@@ -62,9 +62,9 @@ import nats.js.errors
 
 from plantangenet.errors import DecodeError, JournalError
 from plantangenet.events.envelope import Envelope
+from plantangenet.events.policy_values import pattern_matches
 from plantangenet.events.session import AccessDenied
 from plantangenet.journal import Journal
-from plantangenet.policy import pattern_matches
 from plantangenet.projections.audit import AuditEntry, Outcome
 from plantangenet.projections.user import (
     CheckpointConflict,
