@@ -49,8 +49,6 @@ from plantangenet.commands import (
     StartSession,
     SummariseRefusals,
 )
-from plantangenet.disclose import Plan
-from plantangenet.disclose import plan as plan_disclosure
 from plantangenet.errors import (
     AgentAlreadyAttached,
     CursorAlreadyExists,
@@ -92,6 +90,8 @@ from plantangenet.events.trust import (
 )
 from plantangenet.policy import check_role, parse_statements
 from plantangenet.projections.session import SessionState
+from plantangenet.query_plan import Plan
+from plantangenet.query_plan import plan as plan_disclosure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -376,7 +376,7 @@ def plan_query(
     *,
     now: datetime | None = None,
 ) -> tuple[Authorization, Plan]:
-    """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
+    """Check a data query and plan it (see :mod:`plantangenet.query_plan`); raises if refused."""
     _check_envelope(command, DataQuery)
     if state.unreadable:
         _require_readable(state, command)

@@ -28,15 +28,13 @@ from typing import Any, cast
 
 from plantangenet.errors import InvalidPolicy
 from plantangenet.events.fields import MetadataValue
-from plantangenet.events.policy_values import (
-    DENIED as DENIED,
-    FULL as FULL,
-    LEVELS as LEVELS,
-    MIN_RESOLUTION as MIN_RESOLUTION,
-    RANK as RANK,
-    Disclosure as Disclosure,
-    Level as Level,
-)
+from plantangenet.events.policy_values import DENIED as DENIED
+from plantangenet.events.policy_values import FULL as FULL
+from plantangenet.events.policy_values import LEVELS as LEVELS
+from plantangenet.events.policy_values import MIN_RESOLUTION as MIN_RESOLUTION
+from plantangenet.events.policy_values import RANK as RANK
+from plantangenet.events.policy_values import Disclosure as Disclosure
+from plantangenet.events.policy_values import Level as Level
 
 
 def least(disclosures: Iterable[Disclosure]) -> Level:

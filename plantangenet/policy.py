@@ -43,18 +43,16 @@ from typing import Any, cast
 
 from plantangenet.disclosure import parse_disclosure
 from plantangenet.errors import InvalidPolicy
-from plantangenet.events.policy_values import (
-    EVERY_ROLE as EVERY_ROLE,
-    Condition as Condition,
-    ConditionOp as ConditionOp,
-    ConditionValue as ConditionValue,
-    Decision as Decision,
-    Effect as Effect,
-    Policy as Policy,
-    Statement as Statement,
-    _failed,
-    pattern_matches as pattern_matches,
-)
+from plantangenet.events.policy_values import EVERY_ROLE as EVERY_ROLE
+from plantangenet.events.policy_values import Condition as Condition
+from plantangenet.events.policy_values import ConditionOp as ConditionOp
+from plantangenet.events.policy_values import ConditionValue as ConditionValue
+from plantangenet.events.policy_values import Decision as Decision
+from plantangenet.events.policy_values import Effect as Effect
+from plantangenet.events.policy_values import Policy as Policy
+from plantangenet.events.policy_values import Statement as Statement
+from plantangenet.events.policy_values import _failed
+from plantangenet.events.policy_values import pattern_matches as pattern_matches
 
 EFFECTS: frozenset[str] = frozenset({"allow", "deny"})
 OPS: frozenset[str] = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "in", "not_in"})

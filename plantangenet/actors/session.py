@@ -59,7 +59,6 @@ from plantangenet.commands import (
     SummariseRefusals,
     fingerprint,
 )
-from plantangenet.compositors import Compositor
 from plantangenet.decide import (
     DEFAULT_LIMITS,
     Limits,
@@ -68,7 +67,6 @@ from plantangenet.decide import (
     plan_query,
     show,
 )
-from plantangenet.disclose import Plan, disclose
 from plantangenet.disclosure import Sample
 from plantangenet.errors import (
     AccessRefused,
@@ -93,6 +91,7 @@ from plantangenet.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve, settled
+from plantangenet.query_plan import Compositor, Plan, disclose
 from plantangenet.replay import replay
 
 log = logging.getLogger("plantangenet.session")
