@@ -122,7 +122,7 @@ from typing import Any, Final
 from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import PlantangenetError
 from plantangenet.journal import DEFAULT_LIVE_PREFIX, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
+from plantangenet.subjects import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 
 __all__ = [
     "BOT_ACCOUNT_PREFIX",

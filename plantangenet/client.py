@@ -60,8 +60,8 @@ from plantangenet.protocol import (
     error_from,
     request_map,
 )
-from plantangenet.replay import replay
 from plantangenet.runtime import redact
+from plantangenet.session_replay import replay
 from plantangenet.views import plain
 
 log = logging.getLogger("plantangenet.client")
@@ -616,7 +616,7 @@ class BotClient:
 
 
 class _PagedLog:
-    """The part of a journal :func:`~plantangenet.replay.replay` reads, over ``history`` pages."""
+    """What :func:`~plantangenet.session_replay.replay` reads of a journal, from history pages."""
 
     def __init__(self, client: BotClient) -> None:
         self.client = client

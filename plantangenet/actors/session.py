@@ -92,7 +92,7 @@ from plantangenet.projections.agent import AgentState
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve, settled
 from plantangenet.query_plan import Compositor, Plan, disclose
-from plantangenet.replay import replay
+from plantangenet.session_replay import replay
 
 log = logging.getLogger("plantangenet.session")
 

@@ -64,8 +64,8 @@ from plantangenet.errors import DecodeError, JournalError
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.policy_values import pattern_matches
 from plantangenet.events.session import AccessDenied
-from plantangenet.journal import Journal
 from plantangenet.projections.audit import AuditEntry, Outcome
+from plantangenet.projections.log_view import KeptLog
 from plantangenet.projections.user import (
     CheckpointConflict,
     CheckpointError,
@@ -448,7 +448,7 @@ class AuditModel:
         return total
 
 
-def _prefix(journal: Journal, session_id: str) -> str:
+def _prefix(journal: KeptLog, session_id: str) -> str:
     return f"audit.{journal.config.stream}.{session_id}"
 
 
@@ -463,7 +463,7 @@ class _Store:
     direct: bool  # whether direct gets are allowed (and wanted)
 
 
-async def _store(journal: Journal, bucket: str, *, create: bool = True) -> _Store | None:
+async def _store(journal: KeptLog, bucket: str, *, create: bool = True) -> _Store | None:
     kv = await _bucket(
         journal, bucket, create=create, description="plantangenet audit read models", direct=True
     )
@@ -503,7 +503,7 @@ async def _put(kv: Any, key: str, value: bytes) -> None:
 
 
 async def _head(
-    kv: Any, journal: Journal, session_id: str
+    kv: Any, journal: KeptLog, session_id: str
 ) -> tuple[int, str, list[_ChunkMeta], int, bool]:
     """``(position, id of the event there, chunks, KV revision, usable)`` of the stored
     checkpoint (none: ``0, "", []``)."""
@@ -543,7 +543,7 @@ async def _head(
 
 
 async def _still_there(
-    journal: Journal, session_id: str, position: int, event: str, last: int
+    journal: KeptLog, session_id: str, position: int, event: str, last: int
 ) -> bool:
     """Whether the session's event at stream sequence ``position`` is still ``event``
     (one direct get): a checkpoint applies only to the log it was made from."""
@@ -560,7 +560,7 @@ async def _still_there(
 
 async def _save_head(
     kv: Any,
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     position: int,
     event: str,
@@ -594,7 +594,7 @@ async def _save_head(
 
 
 async def audit_model(
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     *,
     bucket: str = AUDIT_BUCKET,
@@ -641,7 +641,7 @@ async def audit_model(
 
 async def _catch_up(
     store: _Store,
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     chunk_entries: int,
     chunk_bytes: int,
@@ -739,7 +739,7 @@ async def _catch_up(
 
 
 async def reset_audit_model(
-    journal: Journal, session_id: str, *, bucket: str = AUDIT_BUCKET
+    journal: KeptLog, session_id: str, *, bucket: str = AUDIT_BUCKET
 ) -> bool:
     """Discard the session's audit read model (its checkpoint and chunks); whether there was one.
 
@@ -764,7 +764,7 @@ async def reset_audit_model(
 
 
 async def query_audit(
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     answer: Callable[[AuditModel], Any],
     **options: Any,

@@ -88,7 +88,7 @@ import nats.js.errors
 
 from plantangenet.errors import ConcurrencyError, JournalError, PlantangenetError
 from plantangenet.events.envelope import Envelope
-from plantangenet.journal import Journal
+from plantangenet.projections.log_view import KeptLog
 
 S = TypeVar("S")
 
@@ -298,7 +298,7 @@ def _unpack(data: bytes) -> Any:
 
 
 async def _bucket(
-    journal: Journal,
+    journal: KeptLog,
     bucket: str,
     *,
     create: bool = True,
@@ -341,7 +341,7 @@ def _projection(projection: Projection[S] | str, registry: ProjectionRegistry) -
 
 
 async def load_checkpoint(
-    journal: Journal,
+    journal: KeptLog,
     projection: Projection[S] | str,
     *,
     bucket: str = DEFAULT_BUCKET,
@@ -357,7 +357,7 @@ async def load_checkpoint(
     return await _load(kv, journal, p, bucket)
 
 
-async def _load(kv: Any, journal: Journal, p: Projection[S], bucket: str) -> Checkpoint[S]:
+async def _load(kv: Any, journal: KeptLog, p: Projection[S], bucket: str) -> Checkpoint[S]:
     try:
         entry = await kv.get(p.name)
     except nats.js.errors.KeyNotFoundError as exc:
@@ -414,7 +414,7 @@ async def _load(kv: Any, journal: Journal, p: Projection[S], bucket: str) -> Che
 
 async def _save(
     kv: Any,
-    journal: Journal,
+    journal: KeptLog,
     p: Projection[S],
     bucket: str,
     state: S,
@@ -467,7 +467,7 @@ async def _save(
 
 
 async def rebuild(
-    journal: Journal,
+    journal: KeptLog,
     projection: Projection[S] | str,
     *,
     sessions: Iterable[str] | None = None,
@@ -585,7 +585,7 @@ def _reporter(progress: RebuildProgress, session_id: str) -> Callable[[int, int]
 
 
 async def reset(
-    journal: Journal,
+    journal: KeptLog,
     projection: Projection[Any] | str,
     *,
     bucket: str = DEFAULT_BUCKET,
