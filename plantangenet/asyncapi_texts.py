@@ -14,7 +14,7 @@ from plantangenet.access import REQUEST_INFO_HEADER
 from plantangenet.decide import ID_PATTERN, PRINCIPAL_PATTERN
 from plantangenet.events.dust import DustDeposited
 from plantangenet.events.envelope import OPERATOR, Envelope
-from plantangenet.journal import _msg_ids
+from plantangenet.journal_acks import _msg_ids
 from plantangenet.policy import _ROLE
 
 #: The request map's keys: the command field each one sets, and what it is.
