@@ -41,7 +41,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from plantangenet.protocol import BATCH, COMMANDS, QUERIES
+from plantangenet.subjects import BATCH, COMMAND_NAMES, QUERIES
 
 __all__ = ["APPEND_BUCKETS", "REPLY_DROPPED", "ServiceMetrics"]
 
@@ -66,7 +66,7 @@ APPEND_BUCKETS = (
 #: The refusal code of a request dropped unanswered for its reply subject.
 REPLY_DROPPED = "reply_dropped"
 #: Request names that get a label of their own (clients may name anything).
-_NAMES = frozenset({*COMMANDS, *QUERIES, BATCH})
+_NAMES = frozenset({*COMMAND_NAMES, *QUERIES, BATCH})
 
 
 class ServiceMetrics:

@@ -24,13 +24,14 @@ from plantangenet import errors
 from plantangenet.actors.session import CommandResult
 from plantangenet.errors import DecodeError, InvalidCommand, PlantangenetError
 from plantangenet.events.envelope import OPERATOR
+from plantangenet.subjects import BATCH as BATCH
+from plantangenet.subjects import COMMAND_NAMES
+from plantangenet.subjects import DEFAULT_COMMAND_PREFIX as DEFAULT_COMMAND_PREFIX
+from plantangenet.subjects import DEFAULT_LANES as DEFAULT_LANES
+from plantangenet.subjects import QUERIES as QUERIES
 
 #: The protocol version this code speaks.
 PROTOCOL_VERSION = 1
-#: Default prefix of command subjects: ``plantangenet.cmd.<session_id>.<command>``.
-DEFAULT_COMMAND_PREFIX = "plantangenet.cmd"
-#: Ingress lanes of the session service (see :func:`lane_of` and ``plantangenet.access``).
-DEFAULT_LANES = 8
 #: Largest request payload accepted (bytes).
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -94,14 +95,12 @@ COMMANDS: dict[str, type[c.Command]] = {
     "query_chem": QueryChemRequest,
     "disclose_chem": c.DiscloseChem,
 }
+if COMMANDS.keys() != COMMAND_NAMES:  # the names the accounts and metrics know
+    raise RuntimeError("plantangenet.subjects.COMMAND_NAMES and COMMANDS disagree")
 #: The chem steps the service carries to the peer session too (see ``SIDE_FIELDS``).
 CHEM_STEPS = frozenset({"propose_chem", "accept_chem", "refuse_chem", "revoke_chem", "query_chem"})
-#: Wire names that read instead of write: a session's state, and a page of its history.
-QUERIES = frozenset({"state", "history"})
 #: The most events one ``history`` page holds.
 MAX_HISTORY_PAGE = 1000
-#: Wire name of several commands in one request (``<prefix>.cmd.<session_id>.batch``).
-BATCH = "batch"
 #: The most commands one batch may carry (its reply must fit in one NATS message).
 MAX_BATCH_COMMANDS = 256
 #: Commands a batch may not carry: their replies carry data of unbounded size, or they
