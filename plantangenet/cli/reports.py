@@ -1,12 +1,28 @@
-"""Readable and machine renderings of the cursor index and the dust ledger (for the CLI)."""
+"""``cursors``, ``ledger``, ``verify`` and ``quarantine``: reports folded from a session's log.
+
+Readable and machine renderings of the cursor index and the dust ledger.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
 
+from plantangenet.cli.common import dump_json, fold_projection, open_runtime
+from plantangenet.cli.output import Progress
+from plantangenet.commands import QuarantineMessage
+from plantangenet.errors import (
+    PlantangenetError,
+    UnknownSession,
+)
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger, LedgerError
 from plantangenet.projections.session import CursorView
+from plantangenet.verify import verify
+from plantangenet.views import plain
 
 
 def cursor_record(cursor: CursorView) -> dict[str, Any]:
@@ -131,3 +147,56 @@ def describe_ledger(report: dict[str, Any]) -> list[str]:
                 f"{r['action']} (held {r['balance']})"
             )
     return lines
+
+
+def _write_report(
+    args: argparse.Namespace, out: TextIO, report: Any, describe: Callable[[Any], list[str]]
+) -> None:
+    if args.json:
+        dump_json(report, out)
+    else:
+        out.write("\n".join(describe(report)) + "\n")
+
+
+def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
+    if args.time is not None and args.axis is None:
+        raise PlantangenetError("--time needs --axis")
+    index = CursorIndex()
+    fold_projection(args, index.apply)
+    _write_report(args, out, cursors_report(index, args.axis, args.time), describe_cursors)
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
+    ledger = Ledger()
+    fold_projection(args, ledger.apply)
+    report = ledger_report(ledger, args.account)
+    _write_report(args, out, report, describe_ledger)
+    return 0 if report["reconciles"] else 1
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    with open_runtime(args) as pg:
+        result = pg.run(verify(pg.journal, args.session_id, progress=Progress(sys.stderr)))
+    if result.checked == 0:  # no events: an unknown session, not a broken one
+        raise UnknownSession(f"no events for session {args.session_id!r}")
+    if args.json:
+        json.dump(plain(result), out)
+        out.write("\n")
+    else:
+        out.write(result.describe() + "\n")
+    return 0 if result.intact else 1
+
+
+def cmd_quarantine(args: argparse.Namespace, out: TextIO) -> int:
+    """Record that the unreadable message at ``SEQ`` is skipped by every fold."""
+    with open_runtime(args) as pg:
+        session = pg.session(args.session_id)
+        result = session.execute(QuarantineMessage(sequence=args.sequence, reason=args.reason))
+        stored = result.sequence
+        pg.stop_session(args.session_id)
+    out.write(
+        f"session {args.session_id}: the message at sequence {args.sequence} is quarantined "
+        f"(MessageQuarantined stored at {stored}); it stays in the log\n"
+    )
+    return 0
