@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from plantangenet.cli.output import Progress
+from plantangenet.cli.output import Progress, progress_on_stderr
 from plantangenet.errors import (
     PlantangenetError,
     UnknownSession,
@@ -106,7 +105,7 @@ async def fold_history(
 
 def fold_projection(args: argparse.Namespace, fold: Callable[[Envelope], None]) -> None:
     """Fold the session's whole history into ``fold`` (``UnknownSession`` if it has none)."""
-    with open_runtime(args) as pg:
-        count = pg.run(fold_history(pg, args.session_id, fold, Progress(sys.stderr)))
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
+        count = pg.run(fold_history(pg, args.session_id, fold, progress))
     if count == 0:
         raise UnknownSession(f"no events for session {args.session_id!r}")

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from plantangenet.cli import output
 from plantangenet.cli.demo import cmd_demo
 from plantangenet.cli.reading import cmd_audit, cmd_history, cmd_sessions
 from plantangenet.cli.reports import cmd_cursors, cmd_ledger, cmd_quarantine, cmd_verify
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         status: int = args.run(args, out or sys.stdout)
     except PlantangenetError as exc:
-        sys.stderr.write(f"plantangenet: error: {exc}\n")
+        output.error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130

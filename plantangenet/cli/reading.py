@@ -16,7 +16,16 @@ from plantangenet.cli.common import (
     open_runtime,
     parse_time,
 )
-from plantangenet.cli.output import Progress
+from plantangenet.cli.output import (
+    REFUSAL,
+    REFUSAL_EVENTS,
+    Column,
+    Progress,
+    RowWriter,
+    is_terminal,
+    print_table,
+    terminal_console,
+)
 from plantangenet.decide import check_id
 from plantangenet.errors import (
     InvalidCommand,
@@ -53,6 +62,10 @@ def cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
     elif not sessions:
         out.write("no sessions in the log\n")
+    elif (console := terminal_console(out)) is not None:
+        columns = (Column("SESSION", 7, flexible=True), Column("EVENTS", 6, justify="right"))
+        rows = [((s, f"{n:,}"), "") for s, n in sessions.items()]
+        print_table(console, columns, rows)
     else:
         width = max(len(s) for s in sessions)
         out.write(f"{'SESSION':<{width}}  EVENTS\n")
@@ -62,12 +75,42 @@ def cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
-    progress = Progress(sys.stderr)
-    with open_runtime(args) as pg:
-        count = pg.run(_print_history(pg, args, out, progress))
-        if count == 0:
-            raise PlantangenetError(f"no events for session {args.session_id!r}")
+    # Rows streaming to the terminal show the progress themselves: a bar only when they
+    # go elsewhere (a file, a pipe) and stderr is a terminal.
+    progress = Progress(sys.stderr, enabled=not is_terminal(out))
+    try:
+        with open_runtime(args) as pg:
+            count = pg.run(_print_history(pg, args, out, progress))
+            if count == 0:
+                raise PlantangenetError(f"no events for session {args.session_id!r}")
+    finally:
+        progress.close()
     return 0
+
+
+#: ``history`` on a terminal: the details take what the other columns leave.
+HISTORY_COLUMNS = (
+    Column("REV", 6, justify="right"),
+    Column("SEQ", 6, justify="right"),
+    Column("TIME (UTC)", 23, minimum=19, overflow="crop"),  # milliseconds, down to seconds
+    Column("EVENT", 22, minimum=13),
+    Column("BY", 12, minimum=7),
+    Column("DETAILS", 0, minimum=16, flexible=True),
+)
+
+
+def history_row(envelope: Envelope, revision: int) -> tuple[list[str], str]:
+    """A ``history`` row's cells on a terminal, and its style (refusals: red)."""
+    at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+    cells = [
+        str(revision),
+        str(envelope.sequence),
+        at,
+        envelope.type_name,
+        envelope.agent_id or "-",
+        describe(envelope),
+    ]
+    return cells, REFUSAL if envelope.type_name in REFUSAL_EVENTS else ""
 
 
 def _history_filter(args: argparse.Namespace) -> Callable[[Envelope], bool]:
@@ -104,6 +147,15 @@ async def _print_history(
     keep = _history_filter(args)
     filtered = bool(args.types or args.agent or args.since or args.until)
     header = not args.json  # written before the first event: none for an unknown session
+    console = terminal_console(out, json=args.json)
+    rows = None if console is None else RowWriter(console, HISTORY_COLUMNS)
+
+    def write_header() -> None:
+        if rows is None:
+            out.write(_HISTORY_HEADER)
+        else:
+            rows.header()
+
     # --since/--until: the read starts at the first event at or after `since` and ends at
     # the last at or before `until`, both found by a seek (`keep` still checks every event).
     journal, session_id = pg.journal, args.session_id
@@ -137,13 +189,15 @@ async def _print_history(
                 continue
             count += 1
             if header:
-                out.write(_HISTORY_HEADER)
+                write_header()
                 header = False
             if not keep(envelope):
                 continue
             shown += 1
             if args.json:
                 out.write(json.dumps(envelope_record(envelope)) + "\n")
+            elif rows is not None:
+                rows.row(*history_row(envelope, revision))
             else:
                 at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")
                 by = envelope.agent_id or "-"
@@ -155,7 +209,7 @@ async def _print_history(
         # What the whole read would have counted (the header, the message, the error).
         count = await _count_between(journal, session_id, low, high)
         if count and header:
-            out.write(_HISTORY_HEADER)
+            write_header()
     if filtered and not args.json and count and not shown:
         out.write(f"(none of the {count} events matches the filters)\n")
     return count
@@ -207,17 +261,24 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
 
     async def answer(model: AuditModel | FoldedAudit) -> None:
         nonlocal written
+        progress.close()  # the read is over: its bar's last line, before any row
         if args.group_by:
             counts = await model.counts(args.group_by, where)
             written = True
             _write_audit_counts(args, out, counts)
             return
         written = True
-        if not args.json:
+        console = terminal_console(out, json=args.json)
+        rows = None if console is None else RowWriter(console, AUDIT_COLUMNS)
+        if rows is not None:
+            rows.header()
+        elif not args.json:
             out.write(_AUDIT_HEADER)
         async for entry in model.entries_matching(where):
             if args.json:
                 out.write(json.dumps(_audit_record(entry)) + "\n")
+            elif rows is not None:
+                rows.row(*audit_row(entry))
             else:
                 out.write(_audit_row(entry))
 
@@ -239,6 +300,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
             audit = Audit()
             pg.run(fold_history(pg, args.session_id, audit, progress))
             pg.run(answer(FoldedAudit(audit.entries)))
+    progress.close()
     return 0
 
 
@@ -246,6 +308,36 @@ _AUDIT_HEADER = (
     f"{'SEQ':>6}  {'TIME (UTC)':<23}  {'AGENT':<12}  {'OUTCOME':<7}  {'ACTION':<16}  "
     f"{'RESOURCE':<24}  {'STATEMENT':<22}  {'POLICY':<6}  REASON\n"
 )
+
+
+#: ``audit`` on a terminal: the reason takes what the other columns leave.
+AUDIT_COLUMNS = (
+    Column("SEQ", 6, justify="right"),
+    Column("TIME (UTC)", 23, minimum=10, overflow="crop"),
+    Column("AGENT", 12, minimum=8),
+    Column("OUTCOME", 7),
+    Column("ACTION", 16, minimum=8),
+    Column("RESOURCE", 24, minimum=10),
+    Column("STATEMENT", 22, minimum=8),
+    Column("POLICY", 6, minimum=3),
+    Column("REASON", 0, minimum=10, flexible=True),
+)
+
+
+def audit_row(e: AuditEntry) -> tuple[list[str], str]:
+    """An ``audit`` row's cells on a terminal, and its style (denied: red)."""
+    cells = [
+        str(e.sequence),
+        e.occurred_at.astimezone(UTC).isoformat(" ", "milliseconds")[:23],
+        e.agent_id or "(owner)",
+        e.outcome,
+        e.action,
+        e.resource,
+        e.statement_id or "-",
+        f"v{e.policy_version}",
+        e.reason,
+    ]
+    return cells, REFUSAL if e.outcome == "denied" else ""
 
 
 def _audit_record(e: AuditEntry) -> dict[str, Any]:
@@ -282,6 +374,16 @@ def _write_audit_counts(args: argparse.Namespace, out: TextIO, counts: Counter[s
             out.write(json.dumps({args.group_by: key, "count": n}) + "\n")
         return
     absent = "(owner)" if args.group_by == "agent" else "-"
+    console = terminal_console(out)
+    if console is not None:
+        columns = (
+            Column(args.group_by.upper(), len(args.group_by), flexible=True),
+            Column("COUNT", 8, justify="right"),
+        )
+        table = [((key or absent, f"{n:,}"), "") for key, n in rows]
+        table.append((("total", f"{sum(counts.values()):,}"), "bold"))
+        print_table(console, columns, table)
+        return
     width = max([len(args.group_by), *(len(k or absent) for k, _ in rows)])
     out.write(f"{args.group_by.upper():<{width}}  {'COUNT':>8}\n")
     for key, n in rows:

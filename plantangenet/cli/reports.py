@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.text import Text
+
 from plantangenet.cli.common import dump_json, fold_projection, open_runtime
-from plantangenet.cli.output import Progress
+from plantangenet.cli.output import (
+    REFUSAL,
+    Column,
+    print_table,
+    progress_on_stderr,
+    terminal_console,
+)
 from plantangenet.commands import QuarantineMessage
 from plantangenet.errors import (
     PlantangenetError,
@@ -149,11 +157,92 @@ def describe_ledger(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def show_cursors(console: Console, report: dict[str, Any]) -> None:
+    """The cursors report as a table fitted to the terminal."""
+    title, *_ = describe_cursors(report)
+    columns = (
+        Column("CURSOR", 16, minimum=8),
+        Column("AGENT", 12, minimum=8),
+        Column("FROM", 10, justify="right"),
+        Column("TO", 10, justify="right"),
+        Column("RES", 6, justify="right"),
+        Column("AXES", 4, flexible=True),
+    )
+    rows = [
+        (
+            (
+                c["cursor_id"],
+                c["agent_id"],
+                f"{c['start']:g}",
+                f"{c['end']:g}",
+                "-" if c["resolution"] is None else f"{c['resolution']:g}",
+                ", ".join(c["axes"]),
+            ),
+            "",
+        )
+        for c in report["cursors"]
+    ]
+    print_table(console, columns, rows, title=title)
+
+
+def show_ledger(console: Console, report: dict[str, Any]) -> None:
+    """The ledger report as tables fitted to the terminal; refusals in red."""
+    state = "reconciles" if report["reconciles"] else f"DOES NOT RECONCILE: {report['problem']}"
+    console.print(
+        Text(f"dust ledger as of sequence {report['sequence']}: {report['deposited']} deposited, ")
+        + Text(state, style="" if report["reconciles"] else REFUSAL)
+    )
+    balances = [((a, str(v)), "") for a, v in report["balances"].items()]
+    print_table(console, (Column("ACCOUNT", 16), Column("BALANCE", 10, justify="right")), balances)
+    if report["prices"]:
+        console.print("prices: " + ", ".join(f"{k}={v}" for k, v in report["prices"].items()))
+    if report["movements"]:
+        columns = (
+            Column("SEQ", 6, justify="right"),
+            Column("KIND", 7),
+            Column("ACCOUNT", 16, minimum=8),
+            Column("AMOUNT", 8, justify="right"),
+            Column("WITH", 16, minimum=8),
+            Column("NOTE", 4, flexible=True),
+        )
+        movements = [
+            (
+                (
+                    str(m["sequence"]),
+                    m["kind"],
+                    m["account"],
+                    f"{m['amount']:+}",
+                    m["counterparty"] or "-",
+                    m["note"],
+                ),
+                "",
+            )
+            for m in report["movements"]
+        ]
+        print_table(console, columns, movements)
+    if report["refusals"]:
+        console.print("refused charges:")
+        for r in report["refusals"]:
+            console.print(
+                Text(
+                    f"{r['sequence']:>6}  {r['account']} could not pay {r['amount']} for "
+                    f"{r['action']} (held {r['balance']})",
+                    style=REFUSAL,
+                )
+            )
+
+
 def _write_report(
-    args: argparse.Namespace, out: TextIO, report: Any, describe: Callable[[Any], list[str]]
+    args: argparse.Namespace,
+    out: TextIO,
+    report: Any,
+    describe: Callable[[Any], list[str]],
+    show: Callable[[Console, Any], None],
 ) -> None:
     if args.json:
         dump_json(report, out)
+    elif (console := terminal_console(out)) is not None:
+        show(console, report)
     else:
         out.write("\n".join(describe(report)) + "\n")
 
@@ -163,7 +252,9 @@ def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
         raise PlantangenetError("--time needs --axis")
     index = CursorIndex()
     fold_projection(args, index.apply)
-    _write_report(args, out, cursors_report(index, args.axis, args.time), describe_cursors)
+    _write_report(
+        args, out, cursors_report(index, args.axis, args.time), describe_cursors, show_cursors
+    )
     return 0
 
 
@@ -171,18 +262,20 @@ def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
     ledger = Ledger()
     fold_projection(args, ledger.apply)
     report = ledger_report(ledger, args.account)
-    _write_report(args, out, report, describe_ledger)
+    _write_report(args, out, report, describe_ledger, show_ledger)
     return 0 if report["reconciles"] else 1
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
-    with open_runtime(args) as pg:
-        result = pg.run(verify(pg.journal, args.session_id, progress=Progress(sys.stderr)))
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
+        result = pg.run(verify(pg.journal, args.session_id, progress=progress))
     if result.checked == 0:  # no events: an unknown session, not a broken one
         raise UnknownSession(f"no events for session {args.session_id!r}")
     if args.json:
         json.dump(plain(result), out)
         out.write("\n")
+    elif (console := terminal_console(out)) is not None:
+        console.print(Text(result.describe(), style="" if result.intact else REFUSAL))
     else:
         out.write(result.describe() + "\n")
     return 0 if result.intact else 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TextIO
 
 from plantangenet.cli.common import (
@@ -11,7 +10,7 @@ from plantangenet.cli.common import (
     open_runtime,
     optional_position,
 )
-from plantangenet.cli.output import Progress
+from plantangenet.cli.output import progress_on_stderr
 from plantangenet.correlations import CorrelationIndex
 from plantangenet.decide import check_id
 from plantangenet.events.envelope import Envelope
@@ -36,8 +35,7 @@ from plantangenet.views import describe
 
 def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
     position = optional_position(args.at)
-    progress = Progress(sys.stderr)
-    with open_runtime(args) as pg:
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
         if position is None:
             state = pg.replay(args.session_id, progress=progress)
         else:
@@ -52,8 +50,7 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     a, b = parse_position(args.a), parse_position(args.b)
     other = args.against
-    progress = Progress(sys.stderr)
-    with open_runtime(args) as pg:
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
         check_id(args.session_id, "session_id")
         if other is None or other == args.session_id:
             other = args.session_id
@@ -82,7 +79,7 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
     position = parse_position(args.event)
-    with open_runtime(args) as pg:
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
         check_id(args.session_id, "session_id")
         index = CorrelationIndex(pg.journal) if args.across and not args.no_index else None
         answer = pg.run(
@@ -90,7 +87,7 @@ def cmd_why(args: argparse.Namespace, out: TextIO) -> int:
                 pg.journal,
                 args.session_id,
                 position,
-                progress=Progress(sys.stderr),
+                progress=progress,
                 across=args.across or args.no_index,
                 index=index,
             )
@@ -211,11 +208,11 @@ def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_fork(args: argparse.Namespace, out: TextIO) -> int:
     position = optional_position(args.at)
-    with open_runtime(args) as pg:
+    with open_runtime(args) as pg, progress_on_stderr() as progress:
         if position is None:
             check_id(args.session_id, "session_id")
             position = StreamSequence(pg.run(pg.journal.last_sequence(args.session_id)))
-        state = fork(pg, args.session_id, position, args.new_id, progress=Progress(sys.stderr))
+        state = fork(pg, args.session_id, position, args.new_id, progress=progress)
         last = pg.history(state.session_id, from_sequence=state.sequence)[-1]
     origin = fork_origin(last)
     origin_sequence = origin[1] if origin is not None else None
