@@ -64,7 +64,8 @@ def wide_policy_session(runtime: Plantangenet, session_id: str = "wide") -> None
 
 
 def lines(rendered: str) -> list[str]:
-    return [line for line in ANSI.sub("", rendered).split("\n") if line]
+    """What was drawn, line by line (a progress bar redraws its line after a carriage return)."""
+    return [line for line in re.split(r"[\r\n]", ANSI.sub("", rendered)) if line]
 
 
 def test_a_policy_changed_row_fits_80_columns_and_a_refusal_is_red(
@@ -174,17 +175,23 @@ def test_a_short_read_shows_no_progress() -> None:
     assert not Progress(io.StringIO()).enabled  # stderr not a terminal: no bar
 
 
-def test_verify_progress_goes_to_stderr_once_and_stdout_stays_plain(
-    runtime: Plantangenet, terminal_env: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    session = session_with_cursor(runtime, "long")
+def long_session(runtime: Plantangenet, session_id: str = "long") -> int:
+    """A session of 2,503 events (the journal reports progress every 1,000); its last sequence."""
+    session = session_with_cursor(runtime, session_id)
     moves = [
         c.MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=float(i), end=i + 1.0)
         for i in range(2500)
     ]
     assert all(not isinstance(o, Exception) for o in session.submit_many(moves).result(60))
-    runtime.stop_session("long")
-    end = runtime.run(runtime.journal.last_sequence("long"))
+    runtime.stop_session(session_id)
+    end: int = runtime.run(runtime.journal.last_sequence(session_id))
+    return end
+
+
+def test_verify_progress_goes_to_stderr_once_and_stdout_stays_plain(
+    runtime: Plantangenet, terminal_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end = long_session(runtime)
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setattr(output, "AUTO_REFRESH", False)  # drawn at start and stop only
@@ -212,3 +219,19 @@ def test_errors_are_red_on_a_terminal(
     assert main(["history", "nothing-here", *log_options(runtime)], io.StringIO()) == 2
     assert err.getvalue().startswith(RED)
     assert "no events for session 'nothing-here'" in ANSI.sub("", err.getvalue())
+
+
+def test_replay_agent_shows_its_progress_on_stderr_unless_it_stops_at_breakpoints(
+    runtime: Plantangenet, terminal_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end = long_session(runtime, "replayed")
+    monkeypatch.setattr(output, "AUTO_REFRESH", False)
+    replay = ["replay-agent", "replayed", "bot", "--behaviour", "tests.replay_bots:Recorder"]
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    out = io.StringIO()
+    status = main([*replay, *log_options(runtime)], out)
+    assert status == 0, out.getvalue()  # (the commands were the owner's)
+    final = [line for line in lines(err.getvalue()) if f"{end}/{end}" in line]
+    assert len(final) == 1 and final[0].startswith("replaying"), err.getvalue()
+    assert "\x1b" not in out.getvalue()

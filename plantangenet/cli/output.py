@@ -253,9 +253,9 @@ class Progress:
 
 
 @contextmanager
-def progress_on_stderr(*, enabled: bool = True) -> Iterator[Progress]:
+def progress_on_stderr(*, enabled: bool = True, label: str = "reading") -> Iterator[Progress]:
     """A :class:`Progress` on stderr, closed (its last line printed) on the way out."""
-    progress = Progress(sys.stderr, enabled=enabled)
+    progress = Progress(sys.stderr, enabled=enabled, label=label)
     try:
         yield progress
     finally:

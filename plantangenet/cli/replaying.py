@@ -32,6 +32,7 @@ from plantangenet.botreplay import (
     replay_agent,
 )
 from plantangenet.cli.common import open_runtime
+from plantangenet.cli.output import progress_on_stderr
 from plantangenet.errors import PlantangenetError
 from plantangenet.events.envelope import Envelope
 from plantangenet.history import StreamSequence, parse_position
@@ -137,7 +138,12 @@ def cmd_replay_agent(args: argparse.Namespace, out: TextIO) -> int:
     start = None if args.from_position is None else parse_position(args.from_position)
     stop = None if args.to_position is None else parse_position(args.to_position)
     breakpoint = EventFilter(tuple(args.break_types or ()), args.break_agent, args.break_outcome)
-    with open_runtime(args) as pg:
+    stops = bool(breakpoint or args.step)
+    # A bar on stderr while the replay runs; none while it stops and asks at breakpoints.
+    with (
+        open_runtime(args) as pg,
+        progress_on_stderr(enabled=not stops, label="replaying") as progress,
+    ):
         prompt = Prompt(sys.stderr if args.json else out, _explorer(pg, args.session_id))
         report = replay_agent(
             pg,
@@ -147,8 +153,9 @@ def cmd_replay_agent(args: argparse.Namespace, out: TextIO) -> int:
             start=start,
             stop=stop,
             breakpoint=breakpoint if breakpoint else None,
-            on_break=prompt if (breakpoint or args.step) else None,
+            on_break=prompt if stops else None,
             step=args.step,
+            progress=progress,
         )
     return _write_report(args, out, report)
 
