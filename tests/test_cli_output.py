@@ -235,3 +235,13 @@ def test_replay_agent_shows_its_progress_on_stderr_unless_it_stops_at_breakpoint
     final = [line for line in lines(err.getvalue()) if f"{end}/{end}" in line]
     assert len(final) == 1 and final[0].startswith("replaying"), err.getvalue()
     assert "\x1b" not in out.getvalue()
+
+
+def test_the_columns_fit_the_width_and_shrink_only_when_they_must() -> None:
+    gaps = output.GAP * (len(HISTORY_COLUMNS) - 1)
+    wide = output.fit(HISTORY_COLUMNS, 200)
+    assert wide[:-1] == [column.width for column in HISTORY_COLUMNS[:-1]]  # room: as designed
+    assert sum(wide) + gaps == 200
+    narrow = output.fit(HISTORY_COLUMNS, 80)
+    assert sum(narrow) + gaps == 80 and narrow[-1] == HISTORY_COLUMNS[-1].minimum
+    assert all(w >= (c.minimum or c.width) for w, c in zip(narrow, HISTORY_COLUMNS, strict=True))
