@@ -488,6 +488,7 @@ def replay_agent(
     breakpoint: Callable[[Envelope], bool] | None = None,
     on_break: OnBreak | None = None,
     step: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Replay ``agent_id``'s behaviour against ``session_id``'s log; compare its commands.
 
@@ -502,6 +503,8 @@ def replay_agent(
         (e.g. an :class:`EventFilter`) and call ``on_break``; ``step`` stops before
         the first event too. ``on_break`` answers ``"continue"``, ``"step"`` (stop
         before the next event) or ``"quit"``.
+    :param progress: ``progress(sequence, end)`` as the replay reads the log (see
+        :meth:`~plantangenet.journal.Journal.read`).
 
     Nothing is written to any session. Blocks the calling thread (the behaviour runs
     on it); the log is read on the runtime's loop.
@@ -525,7 +528,7 @@ def replay_agent(
     stepping = step
     quit = False
     attached = False
-    reader = journal.read(session_id, to_sequence=last)
+    reader = journal.read(session_id, to_sequence=last, progress=progress)
     try:
         while not quit:
             batch: list[Envelope] = pg.run(_take(reader, 256))

@@ -14,9 +14,7 @@ MAX_LINES = 600
 #: Modules being split by other work in progress, allowed over MAX_LINES until it lands.
 #: This allow-list must be empty once cli.py (becoming a package), explore.py (being
 #: rewritten) and service.py (being split) have landed: remove each entry then.
-ALLOWED_OVER = frozenset(
-    {"plantangenet/cli.py", "plantangenet/explore.py", "plantangenet/service.py"}
-)
+ALLOWED_OVER = frozenset({"plantangenet/explore.py", "plantangenet/service.py"})
 
 
 def module_sizes() -> list[tuple[str, int]]:
