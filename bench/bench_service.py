@@ -115,6 +115,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--no-cluster", action="store_true", help="skip the three-node cluster")
     p.add_argument(
+        "--serve-processes",
+        type=int,
+        default=3,
+        help="`plantangenet serve` processes on the cluster, owning the sessions by partition "
+        "(one node: always one; default 3)",
+    )
+    p.add_argument(
         "--locked-down",
         action="store_true",
         help="also run on one node locked down by `plantangenet nats-config` (a NATS account "
@@ -313,6 +320,12 @@ class Child:
         return (out or b"").decode(errors="replace")
 
 
+def conflict_count(output: str) -> int:
+    """The conflicts a ``serve`` child printed on exit ("... (N conflicts, ...)")."""
+    found = re.search(r"\((\d+) conflicts", output)
+    return int(found.group(1)) if found else 0
+
+
 def handled_count(output: str) -> int | None:
     """The request count a child printed on exit ("... stopped after N requests")."""
     for line in output.splitlines():
@@ -327,11 +340,21 @@ def handled_count(output: str) -> int | None:
 class Service:
     """One session service on ``url``: a ``plantangenet serve`` child, or in this process."""
 
-    def __init__(self, url: str, replicas: int, in_process: bool, profile: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        replicas: int,
+        in_process: bool,
+        profile: bool = False,
+        processes: int = 1,
+    ) -> None:
         self.in_process = in_process
         self.pid: int | None = None
+        self.pids: list[int] = []
         self.profile_output = ""
+        self.conflicts = 0
         self._child: Child | None = None
+        self._others: list[Child] = []
         self._pg: Plantangenet | None = None
         self._service: SessionService | None = None
         if in_process:
@@ -362,15 +385,26 @@ class Service:
                 "--replicas",
                 str(replicas),
             ]
-            self._child = Child("plantangenet serve", cmd, "listening")
-            self.pid = self._child.proc.pid
+            urls = url.split(",")
+            for i in range(processes):
+                # Each process on a node of its own first (their sessions' owners spread).
+                own = ",".join(urls[i % len(urls) :] + urls[: i % len(urls)])
+                child = Child(f"plantangenet serve {i}", [*cmd[:5], own, *cmd[6:]], "listening")
+                if self._child is None:
+                    self._child = child
+                else:
+                    self._others.append(child)
+            self.pid = self._child.proc.pid if self._child else None
+        self.pids = [c.proc.pid for c in [self._child, *self._others] if c is not None]
 
     def stop(self) -> int | None:
-        """Stop it; the number of requests it says it handled."""
+        """Stop it; the number of requests it says it handled (all processes together)."""
         if self._child is not None:
-            out = self._child.stop()
-            self.profile_output = out
-            return handled_count(out)
+            outputs = [child.stop() for child in [self._child, *self._others]]
+            self.profile_output = outputs[0]
+            counts = [handled_count(out) for out in outputs]
+            self.conflicts = sum(conflict_count(out) for out in outputs)
+            return None if None in counts else sum(c or 0 for c in counts)
         assert self._pg is not None and self._service is not None
         try:
             self._pg.run(self._service.stop())
@@ -649,7 +683,8 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
     """Run every level on ``dep``, library and raw in alternating order; notes to print."""
     notes: list[str] = []
     url = dep.service_url or ",".join(dep.urls)
-    service = Service(url, dep.replicas, args.in_process, args.profile)
+    processes = args.serve_processes if dep.cluster is not None and not args.in_process else 1
+    service = Service(url, dep.replicas, args.in_process, args.profile, processes)
     stopped = False
     echo: Child | None = None
     try:
@@ -669,7 +704,7 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
         sent = dict.fromkeys(SIDES, 0)
         args.pids = {
             "nats-server": dep.server_pids,
-            "service": [service.pid] if service.pid else [],
+            "service": service.pids,
             "echo": [echo.proc.pid],
             "bots": [os.getpid()],
         }
@@ -725,7 +760,8 @@ def measure(dep: Deployment, args: argparse.Namespace, results: Results) -> list
         if echoed is not None and echoed != sent["raw"] + sent["append"]:
             raise RuntimeError(f"echo answered {echoed} requests, the bots sent {sent}")
         notes.append(
-            f"{dep.name}: service handled {handled} requests, echo {echoed} ({stored.group(1)} "
+            f"{dep.name}: service handled {handled} requests ({processes} process(es), "
+            f"{service.conflicts} append conflicts); echo {echoed} ({stored.group(1)} "
             "of them stored by append-echo; as sent: no loss, no retry)"
         )
     finally:

@@ -161,8 +161,8 @@ from plantangenet.projections.user import (
     rebuild,
     reset,
 )
-from plantangenet.replay import replay
 from plantangenet.runtime import Plantangenet
+from plantangenet.session_replay import replay
 from plantangenet.store import SharedStore, StoreInUse
 from plantangenet.verify import VerifyResult, verify
 

@@ -111,18 +111,30 @@ True
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from plantangenet.access_checks import (
+    _NAME,
+    _PASSWORD,
+    _check,
+    _check_bot,
+    _check_prefixes,
+    _limit,
+    _pick,
+)
+from plantangenet.access_checks import BotAccess as BotAccess
+from plantangenet.access_checks import parse_size as parse_size
 from plantangenet.embedded import EmbeddedNats
-from plantangenet.errors import PlantangenetError
 from plantangenet.journal import DEFAULT_LIVE_PREFIX, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
+from plantangenet.nats_conf import InvalidAccessConfig as InvalidAccessConfig
+from plantangenet.nats_conf import _Account, _array, _list, _map, _quote, _User
+from plantangenet.principals import REQUEST_INFO_HEADER as REQUEST_INFO_HEADER
+from plantangenet.principals import principal_from_headers as principal_from_headers
+from plantangenet.principals import principal_from_request_info as principal_from_request_info
+from plantangenet.subjects import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 
 __all__ = [
     "BOT_ACCOUNT_PREFIX",
@@ -153,68 +165,11 @@ DEFAULT_ACCOUNT: Final = "PLANTANGENET"
 BOT_ACCOUNT_PREFIX: Final = "bot-"
 #: The name of the system account defined with ``system_account=True``.
 SYSTEM_ACCOUNT: Final = "SYS"
-#: The header nats-server sets on a request that crossed a (shared) service import.
-REQUEST_INFO_HEADER: Final = "Nats-Request-Info"
 #: Default JetStream limits of a bot's account (``max_consumers`` is per stream).
 DEFAULT_BOT_MAX_CONSUMERS: Final = 100
 DEFAULT_BOT_MAX_STREAMS: Final = 10
 DEFAULT_BOT_MAX_STORAGE: Final = 256 * 1024 * 1024
 DEFAULT_BOT_MAX_MEMORY: Final = 32 * 1024 * 1024
-
-#: Session ids, as everywhere in plantangenet.
-_SESSION: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
-#: User, account and stream names: one subject token, no wildcards or separators.
-_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: Passwords: printable ASCII without space, quote or backslash (so no escaping is
-#: needed). A bcrypt hash (``$2a$...``, from ``nats server passwd``) qualifies.
-_PASSWORD: Final = re.compile(r"[!#-\[\]-~]{1,256}")
-#: A subject prefix: dot-separated tokens of letters, digits, '_' and '-'.
-_PREFIX: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-#: First subject tokens the server uses for replies: a prefix must not start with them.
-_REPLY_TOKENS: Final = ("_INBOX", "_R_")
-#: Limits: counts must be positive (nats-server reads 0 as "unlimited"), bytes may be 0
-#: ("none of this storage"); -1 ("unlimited") is refused.
-_MAX_LIMIT: Final = 2**62
-#: A principal part (account or user) in :func:`principal_from_request_info`: printable
-#: ASCII without space or '@' (so ``user@account`` parses back unambiguously).
-_PRINCIPAL_PART: Final = re.compile(r"[!-?A-~]{1,256}")
-#: Longer request-info values are refused unparsed (the server's are a few hundred bytes).
-_MAX_REQUEST_INFO: Final = 16 * 1024
-_SIZE: Final = re.compile(r"(\d{1,19})\s*(?:([KMGT])(?:i?B)?|B)?", re.IGNORECASE)
-
-
-class InvalidAccessConfig(PlantangenetError):
-    """An argument of :func:`server_config` is not safe to put in a server config."""
-
-    code = "invalid_access_config"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BotAccess:
-    """A bot's credentials, the sessions it may command and follow, and its account.
-
-    :param user: the NATS user name (letters, digits, ``_`` and ``-``).
-    :param password: its password (printable ASCII without space, ``"`` or
-        ``\\``), or a bcrypt hash of it.
-    :param sessions: the session ids the bot may command and follow.
-    :param account: the bot's account; ``None``: ``bot-<user>``. No other bot
-        may have the same account.
-    :param max_consumers: JetStream limits of the bot's account (consumers per
-        stream, streams, file and memory storage in bytes); ``None``: the
-        ``bot_max_*`` defaults of :func:`server_config`.
-    :param lane: the service's ingress lane the bot's requests arrive on (``None``:
-        its place among the bots, modulo the lanes).
-    """
-
-    user: str
-    password: str
-    sessions: tuple[str, ...]
-    account: str | None = None
-    max_consumers: int | None = None
-    max_streams: int | None = None
-    max_storage: int | None = None
-    max_memory: int | None = None
-    lane: int | None = None
 
 
 def inbox_prefix(user: str) -> str:
@@ -450,75 +405,6 @@ def write_config(path: str | os.PathLike[str], **kwargs: Any) -> Path:
     return target
 
 
-def principal_from_request_info(value: str) -> str | None:
-    """Who sent a request, from its ``Nats-Request-Info`` header value.
-
-    Returns ``"<user>@<account>"``, or ``"@<account>"`` when the value names
-    no user (an import without ``share: true``, or a publish by the account's
-    JetStream itself), and ``None`` when the value is missing, empty, too long,
-    not a JSON object, or has no usable ``"acc"``. Account and user must be
-    printable ASCII without space or ``@``; anything else gives ``None``.
-    Never raises, whatever ``value`` is.
-
-    Trust it only on a subscription in the service account, and read the
-    header by its exact name (or use :func:`principal_from_headers`): the
-    server replaces that header on every request crossing an import, so a bot
-    cannot forge it; a user of the service account itself could, and its
-    requests cross no import and normally carry no such header (``None``).
-    Authorize by the account: it is the bot (one bot per account); the user
-    is missing from what the bot's own JetStream publishes into the import.
-    """
-    if not isinstance(value, str) or not value or len(value) > _MAX_REQUEST_INFO:
-        return None
-    try:
-        info = json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    account = info.get("acc")
-    user = info.get("user")
-    if not isinstance(account, str) or not _PRINCIPAL_PART.fullmatch(account):
-        return None
-    if user is None or user == "":
-        return f"@{account}"
-    if not isinstance(user, str) or not _PRINCIPAL_PART.fullmatch(user):
-        return None
-    return f"{user}@{account}"
-
-
-def principal_from_headers(headers: Mapping[str, str] | None) -> str | None:
-    """:func:`principal_from_request_info` of ``msg.headers`` (nats-py's dict, or ``None``).
-
-    Reads :data:`REQUEST_INFO_HEADER` by its exact name, which is the one the
-    server replaces. A bot may still send the same name in another case
-    (``nats-request-info``): the server passes that through as a header of its
-    own, which a case-insensitive lookup could pick instead of the server's.
-    Such a request gets ``None`` (no principal) rather than a guess.
-    """
-    try:
-        if not headers:
-            return None
-        value = headers.get(REQUEST_INFO_HEADER)
-        folded = REQUEST_INFO_HEADER.casefold()
-        variants = [k for k in headers if isinstance(k, str) and k.casefold() == folded]
-    except Exception:  # not a mapping of strings after all
-        return None
-    if variants != [REQUEST_INFO_HEADER] or not isinstance(value, str):
-        return None
-    known = _PRINCIPALS.get(value)  # a connection's requests carry the same value
-    if known is None:
-        known = principal_from_request_info(value) or ""
-        if len(_PRINCIPALS) >= 4096:
-            _PRINCIPALS.clear()
-        _PRINCIPALS[value] = known
-    return known or None
-
-
-#: Recent ``Nats-Request-Info`` values and the principals they name ("" for none).
-_PRINCIPALS: dict[str, str] = {}
-
-
 class LockedDownNats:
     """A local ``nats-server`` running the deployment :func:`server_config` writes.
 
@@ -593,145 +479,4 @@ class LockedDownNats:
         return self._url(user, self.bots[user].password)
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``"268435456"``, ``"256M"``, ``"256MiB"``, ``"1G"``... (K/M/G/T: powers of 1024).
-
-    :raises InvalidAccessConfig: not a size.
-    """
-    match = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise InvalidAccessConfig(f"not a size: {text!r}; use bytes, or a number with K, M, G or T")
-    number, unit = int(match.group(1)), (match.group(2) or "").upper()
-    return number << (10 * ("KMGT".index(unit) + 1) if unit else 0)
-
-
 # -- internals ------------------------------------------------------------------------
-
-
-def _check(value: object, pattern: re.Pattern[str], label: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        shown = "<hidden>" if "password" in label and isinstance(value, str) else repr(value)
-        raise InvalidAccessConfig(f"{label} is not allowed: {shown}; {_RULES[pattern.pattern]}")
-    return value
-
-
-_RULES: Final = {
-    _SESSION.pattern: "use 1-128 letters, digits, '_' or '-'",
-    _NAME.pattern: "use 1-64 letters, digits, '_' or '-'",
-    _PASSWORD.pattern: "use 1-256 printable ASCII characters without space, '\"' or '\\'",
-    _PREFIX.pattern: "use dot-separated tokens of letters, digits, '_' or '-'",
-}
-
-
-def _pick(own: int | None, default: int) -> int:
-    return default if own is None else own
-
-
-def _limit(value: object, minimum: int, label: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _MAX_LIMIT:
-        raise InvalidAccessConfig(
-            f"{label} is not allowed: {value!r}; use a whole number from {minimum} to {_MAX_LIMIT}"
-        )
-    return value
-
-
-def _check_bot(bot: BotAccess) -> tuple[str, ...]:
-    if not isinstance(bot, BotAccess):
-        raise InvalidAccessConfig(f"bots must be BotAccess instances, got {bot!r}")
-    _check(bot.user, _NAME, "user name")
-    _check(bot.password, _PASSWORD, f"password of user {bot.user!r}")
-    if isinstance(bot.sessions, str) or not isinstance(bot.sessions, Iterable):
-        raise InvalidAccessConfig(
-            f"sessions of bot {bot.user!r} must be a tuple of session ids, got {bot.sessions!r}"
-        )
-    sessions = tuple(bot.sessions)
-    if not sessions:
-        raise InvalidAccessConfig(f"bot {bot.user!r} has no sessions")
-    for session in sessions:
-        _check(session, _SESSION, f"session id of bot {bot.user!r}")
-    if len(set(sessions)) != len(sessions):
-        raise InvalidAccessConfig(f"bot {bot.user!r} lists a session twice: {sessions!r}")
-    return sessions
-
-
-def _check_prefixes(**prefixes: str) -> None:
-    """Each prefix is well formed, avoids reply subjects, and overlaps no other one."""
-    for key, prefix in prefixes.items():
-        label = key.removesuffix("_prefix")
-        _check(prefix, _PREFIX, f"{label} subject prefix")
-        if prefix.split(".")[0].startswith(_REPLY_TOKENS):
-            raise InvalidAccessConfig(f"subject prefix {prefix!r} collides with reply subjects")
-    items = list(prefixes.items())
-    for i, (key_a, a) in enumerate(items):
-        for key_b, b in items[i + 1 :]:
-            tokens_a, tokens_b = a.split("."), b.split(".")
-            shortest = min(len(tokens_a), len(tokens_b))
-            if tokens_a[:shortest] == tokens_b[:shortest]:
-                raise InvalidAccessConfig(
-                    f"{key_a.replace('_', ' ')} {a!r} and {key_b.replace('_', ' ')} {b!r} "
-                    "overlap; none may be another or start with it"
-                )
-
-
-def _quote(value: str, label: str = "value") -> str:
-    if any(c in value for c in '"\\\n\r') or not value.isprintable():
-        raise InvalidAccessConfig(f"{label} cannot be quoted in a server config: {value!r}")
-    return f'"{value}"'
-
-
-def _scalar(value: str | int) -> str:
-    return str(value) if isinstance(value, int) else _quote(value)
-
-
-def _map(items: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in items.items()) + "}"
-
-
-def _array(values: Iterable[str]) -> str:
-    return "[" + ", ".join(_quote(v) for v in values) + "]"
-
-
-def _list(key: str, entries: list[str]) -> list[str]:
-    """``key: [...]`` with one entry a line (indented by the caller), or nothing."""
-    if not entries:
-        return []
-    return [f"{key}: [", *(f"  {entry}" for entry in entries), "]"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _User:
-    user: str
-    password: str
-    permissions: dict[str, dict[str, list[str]]]
-
-    def render(self, indent: str) -> list[str]:
-        lines = [f"{indent}{{", f"{indent}  user: {_quote(self.user)}"]
-        lines.append(f"{indent}  password: {_quote(self.password)}")
-        lines.append(f"{indent}  permissions: {{")
-        for direction, rules in self.permissions.items():
-            parts = ", ".join(f"{kind}: {_array(subjects)}" for kind, subjects in rules.items())
-            lines.append(f"{indent}    {direction}: {{{parts}}}")
-        lines += [f"{indent}  }}", f"{indent}}}"]
-        return lines
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Account:
-    name: str
-    jetstream: str
-    users: list[_User]
-    lines: list[str]
-
-    def render(self, indent: str) -> list[str]:
-        inner = indent + "  "
-        lines = [
-            f"{indent}{_quote(self.name)} {{",
-            f"{inner}jetstream: {self.jetstream}",
-            f"{inner}users: [",
-        ]
-        for user in self.users:
-            lines += user.render(inner + "  ")
-        lines.append(f"{inner}]")
-        lines += [inner + line for line in self.lines]
-        lines.append(f"{indent}}}")
-        return lines

@@ -36,7 +36,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from plantangenet.disclosure import Sample
+from plantangenet.client_commands import SessionCommands
 from plantangenet.errors import (
     DecodeError,
     JournalError,
@@ -60,8 +60,8 @@ from plantangenet.protocol import (
     error_from,
     request_map,
 )
-from plantangenet.replay import replay
 from plantangenet.runtime import redact
+from plantangenet.session_replay import replay
 from plantangenet.views import plain
 
 log = logging.getLogger("plantangenet.client")
@@ -76,7 +76,7 @@ def new_command_id() -> str:
     return secrets.token_hex(16)
 
 
-class BotClient:
+class BotClient(SessionCommands):
     """An asyncio client for one bot.
 
     :param nc: a connected nats-py client.
@@ -266,219 +266,6 @@ class BotClient:
         state: dict[str, Any] = reply["state"]
         return state
 
-    async def attach(
-        self,
-        session_id: str,
-        agent_id: str | None = None,
-        *,
-        kind: str = "bot",
-        name: str = "",
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Attach this bot (or ``agent_id``) to the session.
-
-        Sent in the owner form (the session's owners only) unless ``issued_by`` is given: a
-        bot joining a session it does not own attaches itself with ``issued_by=<its agent>``,
-        as the session's policy allows (see docs/protocol.md, "Who may do what").
-        """
-        agent = agent_id or self.agent_id
-        return await self.request(
-            session_id, "attach", {"agent_id": agent, "kind": kind, "name": name}, **kw
-        )
-
-    async def detach(
-        self, session_id: str, agent_id: str | None = None, reason: str = "detached", **kw: Any
-    ) -> dict[str, Any]:
-        """Detach this bot (or ``agent_id``).
-
-        Detaching itself, the bot speaks as its own agent (an agent may always leave);
-        detaching another is the owner form (owners only) unless ``issued_by`` says otherwise.
-        """
-        agent = agent_id or self.agent_id
-        if agent == self.agent_id:
-            kw.setdefault("issued_by", self.agent_id)
-        return await self.request(session_id, "detach", {"agent_id": agent, "reason": reason}, **kw)
-
-    async def add_cursor(
-        self,
-        session_id: str,
-        cursor_id: str,
-        axes: Sequence[str],
-        start: float,
-        end: float,
-        resolution: float | None = None,
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Open a cursor for this bot (``resolution``: the time step of the data it wants)."""
-        region = (axes, start, end, resolution)
-        return await self._cursor("add_cursor", session_id, cursor_id, *region, **kw)
-
-    async def move_cursor(
-        self,
-        session_id: str,
-        cursor_id: str,
-        axes: Sequence[str],
-        start: float,
-        end: float,
-        resolution: float | None = None,
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Give this bot's cursor a new region (move, resize, change its resolution)."""
-        region = (axes, start, end, resolution)
-        return await self._cursor("move_cursor", session_id, cursor_id, *region, **kw)
-
-    async def _cursor(
-        self,
-        name: str,
-        session_id: str,
-        cursor_id: str,
-        axes: Sequence[str],
-        start: float,
-        end: float,
-        resolution: float | None,
-        **kw: Any,
-    ) -> dict[str, Any]:
-        kw.setdefault("issued_by", self.agent_id)
-        args = {
-            "agent_id": self.agent_id,
-            "cursor_id": cursor_id,
-            "axes": list(axes),
-            "start": start,
-            "end": end,
-            "resolution": resolution,
-        }
-        return await self.request(session_id, name, args, **kw)
-
-    async def remove_cursor(self, session_id: str, cursor_id: str, **kw: Any) -> dict[str, Any]:
-        """Close this bot's cursor."""
-        kw.setdefault("issued_by", self.agent_id)
-        args = {"agent_id": self.agent_id, "cursor_id": cursor_id}
-        return await self.request(session_id, "remove_cursor", args, **kw)
-
-    async def change_metadata(
-        self,
-        session_id: str,
-        changed: Mapping[str, Any] | None = None,
-        removed: Sequence[str] = (),
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Set and/or remove metadata keys (on this bot's behalf)."""
-        kw.setdefault("issued_by", self.agent_id)
-        args = {"changed": dict(changed or {}), "removed": list(removed)}
-        return await self.request(session_id, "change_metadata", args, **kw)
-
-    async def change_policy(
-        self,
-        session_id: str,
-        *,
-        replace: Sequence[Any] | None = None,
-        add: Sequence[Any] = (),
-        remove: Sequence[str] = (),
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Change the session's policy (as the owner unless ``issued_by`` is given)."""
-        args: dict[str, Any] = {"add": list(add), "remove": list(remove)}
-        if replace is not None:
-            args["replace"] = list(replace)
-        return await self.request(session_id, "change_policy", args, **kw)
-
-    async def query_cursor(
-        self, session_id: str, cursor_id: str, compositor: str, **kw: Any
-    ) -> list[Sample]:
-        """The data under this bot's cursor, as the session's policy discloses it to the bot.
-
-        Priced queries are paid from the bot's dust (``InsufficientDust`` if it cannot).
-        """
-        kw.setdefault("issued_by", self.agent_id)
-        args = {"agent_id": self.agent_id, "cursor_id": cursor_id, "compositor": compositor}
-        reply = await self.request(session_id, "query_cursor", args, **kw)
-        return [
-            Sample(s["axis"], s["time"], s["value"], s.get("fields") or {})
-            for s in reply.get("samples", ())
-        ]
-
-    async def grant(
-        self, session_id: str, target: str, amount: int, memo: str = "", **kw: Any
-    ) -> dict[str, Any]:
-        """Give ``amount`` of this bot's dust to ``target`` (an agent or the treasury)."""
-        kw.setdefault("issued_by", self.agent_id)
-        args = {"source": self.agent_id, "target": target, "amount": amount, "memo": memo}
-        return await self.request(session_id, "grant", args, **kw)
-
-    # -- chems: negotiated disclosure between sessions ------------------------------
-    #
-    # A chem step is sent to the bot's own session (the acting side; the bot must own it,
-    # or send it as one of its agents the policy allows ``chem.<step>``); the service
-    # records it there, then in the peer session. A step that failed half-way (the peer's
-    # write) is completed by sending it again with the same ``command_id``.
-
-    async def propose_chem(
-        self,
-        session_id: str,
-        peer: str,
-        chem_id: str,
-        terms: Sequence[Any],
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """``session_id`` proposes ``terms`` (``ChemClause`` objects or maps of their fields) to
-        the session ``peer``; on a chem the peer proposed, a counter-proposal."""
-        args = {"chem_id": chem_id, "peer": peer, "terms": list(terms)}
-        return await self.request(session_id, "propose_chem", args, **kw)
-
-    async def accept_chem(self, session_id: str, chem_id: str, **kw: Any) -> dict[str, Any]:
-        """``session_id`` accepts the peer's latest proposal: the chem is active in both."""
-        return await self.request(session_id, "accept_chem", {"chem_id": chem_id}, **kw)
-
-    async def refuse_chem(
-        self, session_id: str, chem_id: str, reason: str = "", **kw: Any
-    ) -> dict[str, Any]:
-        """``session_id`` refuses (or withdraws) the proposal: the negotiation ends in both."""
-        args = {"chem_id": chem_id, "reason": reason}
-        return await self.request(session_id, "refuse_chem", args, **kw)
-
-    async def revoke_chem(
-        self, session_id: str, chem_id: str, reason: str = "", **kw: Any
-    ) -> dict[str, Any]:
-        """``session_id`` revokes the active chem: it stops disclosing at once, in both."""
-        args = {"chem_id": chem_id, "reason": reason}
-        return await self.request(session_id, "revoke_chem", args, **kw)
-
-    async def query_chem(
-        self,
-        session_id: str,
-        chem_id: str,
-        axes: Sequence[str],
-        start: float,
-        end: float,
-        compositor: str,
-        resolution: float | None = None,
-        **kw: Any,
-    ) -> list[Sample]:
-        """This bot asks the chem's peer for data, as the peer's terms disclose it.
-
-        ``session_id`` records (and charges this bot for) the query; the peer's
-        ``compositor`` answers. A refusal of the peer is refunded.
-        """
-        kw.setdefault("issued_by", self.agent_id)
-        args = {
-            "chem_id": chem_id,
-            "agent_id": self.agent_id,
-            "axes": list(axes),
-            "start": start,
-            "end": end,
-            "compositor": compositor,
-            "resolution": resolution,
-        }
-        reply = await self.request(session_id, "query_chem", args, **kw)
-        return [
-            Sample(s["axis"], s["time"], s["value"], s.get("fields") or {})
-            for s in reply.get("samples", ())
-        ]
-
-    async def end(self, session_id: str, reason: str = "ended", **kw: Any) -> dict[str, Any]:
-        """End the session."""
-        return await self.request(session_id, "end", {"reason": reason}, **kw)
-
     # -- events ----------------------------------------------------------------------
 
     async def page(
@@ -616,7 +403,7 @@ class BotClient:
 
 
 class _PagedLog:
-    """The part of a journal :func:`~plantangenet.replay.replay` reads, over ``history`` pages."""
+    """What :func:`~plantangenet.session_replay.replay` reads of a journal, from history pages."""
 
     def __init__(self, client: BotClient) -> None:
         self.client = client

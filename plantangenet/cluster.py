@@ -25,19 +25,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
+from plantangenet.cluster_nodes import ClusterPorts as ClusterPorts
+from plantangenet.cluster_nodes import ReplicaState as ReplicaState
+from plantangenet.cluster_nodes import _format_host, _poll
 from plantangenet.embedded import EmbeddedNats, free_port
 from plantangenet.errors import EmbeddedServerError
 
@@ -52,40 +52,8 @@ logger = logging.getLogger(__name__)
 _PORT_IN_USE: Final = "address already in use"
 #: How often `start()` picks new ports when one was taken in the meantime.
 _PORT_ATTEMPTS: Final = 3
-_POLL_INTERVAL: Final = 0.05
 _HTTP_TIMEOUT: Final = 5.0
 _TAIL_LINES: Final = 10
-
-_T = TypeVar("_T")
-
-
-class ReplicaState(TypedDict):
-    """A stream replica's state as one node reports it (see `EmbeddedCluster.stream_state`)."""
-
-    #: Number of messages the replica holds.
-    messages: int
-    #: Sequence of its first message (``last_seq + 1`` when it holds none).
-    first_seq: int
-    #: Sequence of its last message (0 for a stream that never had one).
-    last_seq: int
-    #: Bytes the messages take up in the store.
-    bytes: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ClusterPorts:
-    """The TCP ports of one node, all on the cluster's host."""
-
-    #: Port for NATS clients.
-    client: int
-    #: Port other nodes route to (``--cluster``).
-    cluster: int
-    #: HTTP monitoring port (``-m``): ``/varz``, ``/jsz``, ``/healthz``...
-    http: int
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class EmbeddedCluster:
@@ -621,13 +589,3 @@ class EmbeddedCluster:
             msg = f"node {i} answered {url} with {body!r}, not a JSON object"
             raise EmbeddedServerError(msg)
         return status, body
-
-
-def _poll(probe: Callable[[], _T | None], timeout: float) -> _T | None:
-    """Call `probe` until it returns something other than `None`, for up to `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None or time.monotonic() >= deadline:
-            return result
-        time.sleep(_POLL_INTERVAL)

@@ -232,9 +232,9 @@ class DataQuery(Command):
     """Base of the commands that fetch data from a compositor.
 
     They are not decided by :func:`~plantangenet.decide.decide` alone: the
-    session plans them (:func:`plantangenet.disclose.plan`), asks the
+    session plans them (:func:`plantangenet.query_plan.plan`), asks the
     compositor, then shapes the data and records the disclosure
-    (:func:`plantangenet.disclose.disclose`).
+    (:func:`plantangenet.query_plan.disclose`).
     """
 
     __slots__ = ()

@@ -26,33 +26,14 @@ import importlib
 import math
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
 
 from plantangenet.disclosure import Region, Sample
 from plantangenet.events.fields import MetadataValue
-
-
-@runtime_checkable
-class Compositor(Protocol):
-    """What a session needs of a data producer."""
-
-    @property
-    def name(self) -> str:
-        """The name sessions register it under."""
-        ...
-
-    def query(self, region: Region) -> Sequence[Sample]:
-        """The samples for ``region`` (axes, time interval, resolution)."""
-        ...
-
+from plantangenet.query_plan import Compositor as Compositor
+from plantangenet.query_plan import covers as covers
 
 _TAU = 2 * math.pi
-
-
-def covers(watched: str, axis: str) -> bool:
-    """Whether watching axis ``watched`` includes ``axis`` (itself or a dotted child)."""
-    return axis == watched or (axis.startswith(watched) and axis[len(watched)] == ".")
 
 
 class SyntheticCompositor:

@@ -8,15 +8,33 @@ the events into envelopes, appends them, and only then evolves its state.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-import reprlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from plantangenet import chem, dust
 from plantangenet.authorize import authorize, request_of
+from plantangenet.checks import (
+    _EPOCH,
+    _check_metadata,
+    _check_region,
+    _check_resolution,
+    _check_text,
+    _finite,
+    _region,
+)
+from plantangenet.checks import AXIS_PATTERN as AXIS_PATTERN
+from plantangenet.checks import COMMAND_ID_PATTERN as COMMAND_ID_PATTERN
+from plantangenet.checks import DEFAULT_LIMITS as DEFAULT_LIMITS
+from plantangenet.checks import ID_PATTERN as ID_PATTERN
+from plantangenet.checks import MAX_AXES as MAX_AXES
+from plantangenet.checks import MAX_KEY as MAX_KEY
+from plantangenet.checks import MAX_TEXT as MAX_TEXT
+from plantangenet.checks import MAX_VALUE as MAX_VALUE
+from plantangenet.checks import PRINCIPAL_PATTERN as PRINCIPAL_PATTERN
+from plantangenet.checks import Limits as Limits
+from plantangenet.checks import check_id as check_id
+from plantangenet.checks import check_principal as check_principal
+from plantangenet.checks import show as show
 from plantangenet.commands import (
     AcceptChem,
     AddCursor,
@@ -49,8 +67,6 @@ from plantangenet.commands import (
     StartSession,
     SummariseRefusals,
 )
-from plantangenet.disclose import Plan
-from plantangenet.disclose import plan as plan_disclosure
 from plantangenet.errors import (
     AgentAlreadyAttached,
     CursorAlreadyExists,
@@ -68,7 +84,6 @@ from plantangenet.events.base import Event
 from plantangenet.events.chem import ChemQueried
 from plantangenet.events.disclosure import CompositorRegistered
 from plantangenet.events.envelope import OPERATOR, Authorization
-from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     AgentAttached,
     AgentDetached,
@@ -92,179 +107,8 @@ from plantangenet.events.trust import (
 )
 from plantangenet.policy import check_role, parse_statements
 from plantangenet.projections.session import SessionState
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-#: Ids of sessions, agents and cursors: safe as one NATS subject token.
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
-#: Axis names: dotted words, e.g. ``ocean.temperature``.
-AXIS_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-#: Command and correlation ids: visible ASCII (they travel in NATS headers).
-COMMAND_ID_PATTERN = re.compile(r"[!-~]{1,128}")
-#: Principals: ``<user>@<account>`` as NATS names them, or the operator.
-PRINCIPAL_PATTERN = re.compile(r"[!-~]{1,256}")
-MAX_AXES = 64
-#: The longest free text stored: names, reasons, memos, descriptions, metadata values.
-MAX_TEXT = 1024
-#: The longest metadata (and identity attribute) key.
-MAX_KEY = 256
-#: The longest string value of metadata and identity attributes (an event holds at most
-#: 256 KiB in all: a larger one is refused with ``PayloadTooLarge``, nothing stored).
-MAX_VALUE = 64 * 1024
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-session limits, enforced before any event is written (``LimitExceeded``).
-
-    Payload sizes are bounded separately: 256 KiB per event by the codec, 256 KiB
-    per request by the wire protocol.
-    """
-
-    max_agents: int = 1_000
-    max_cursors_per_agent: int = 100
-    max_metadata_keys: int = 256
-    #: The most samples one data query may disclose (more: ``CompositorFailed``).
-    max_samples_per_query: int = 100_000
-    #: The most compositors a session coordinates with.
-    max_compositors: int = 64
-
-
-#: The limits used unless a runtime is configured with others.
-DEFAULT_LIMITS = Limits()
-
-
-_SHOW = reprlib.Repr()
-_SHOW.maxlevel = 3
-_SHOW.maxstring = 80
-_SHOW.maxother = 80
-_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 6
-
-
-def show(value: object) -> str:
-    """A short, safe ``repr`` for error messages (bounded depth and length)."""
-    try:
-        return _SHOW.repr(value)
-    except Exception:  # RecursionError or a hostile __repr__
-        return f"<{type(value).__name__}>"
-
-
-#: Ids and axis names seen valid lately: most commands repeat the same few.
-_VALID_IDS: set[str] = set()
-_VALID_AXES: set[str] = set()
-_REMEMBERED = 4096
-
-
-def _remember(valid: set[str], value: str) -> None:
-    if len(valid) >= _REMEMBERED:
-        valid.clear()
-    valid.add(value)
-
-
-def check_id(value: object, label: str) -> str:
-    """``value`` if it is a valid id, else :class:`InvalidCommand` naming ``label``."""
-    if type(value) is str and value in _VALID_IDS:
-        return value
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise InvalidCommand(
-            f"{label} must be 1-128 characters of letters, digits, '_' or '-', got {show(value)}"
-        )
-    if type(value) is str:
-        _remember(_VALID_IDS, value)
-    return value
-
-
-def _check_text(value: object, label: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise InvalidCommand(f"{label} must be a string of at most {MAX_TEXT} characters")
-    return value
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _check_resolution(resolution: object) -> float | None:
-    if resolution is None:
-        return None
-    if (
-        isinstance(resolution, bool)
-        or not isinstance(resolution, int | float)
-        or not _finite(resolution)
-        or resolution <= 0
-    ):
-        raise InvalidCommand(f"resolution must be a positive number or nil, got {show(resolution)}")
-    return float(resolution)
-
-
-def _check_region(axes: object, start: object, end: object) -> tuple[tuple[str, ...], float, float]:
-    if (
-        type(axes) is tuple
-        and 0 < len(axes) <= MAX_AXES
-        and all(type(axis) is str and axis in _VALID_AXES for axis in axes)
-        and len(set(axes)) == len(axes)
-        and type(start) is float
-        and type(end) is float
-        and math.isfinite(start)
-        and math.isfinite(end)
-        and start <= end
-    ):
-        return axes, start, end  # the common case: names seen valid, finite floats
-    if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes:
-        raise InvalidCommand("axes must be a non-empty list of axis names")
-    if len(axes) > MAX_AXES:
-        raise InvalidCommand(f"a cursor watches at most {MAX_AXES} axes")
-    for axis in axes:
-        if not isinstance(axis, str) or len(axis) > 256 or not AXIS_PATTERN.fullmatch(axis):
-            raise InvalidCommand(f"axis names are dotted words (e.g. 'ocean.temp'), got {axis!r}")
-        _remember(_VALID_AXES, axis)
-    if len(set(axes)) != len(axes):
-        raise InvalidCommand("axes must not repeat")
-    for label, value in (("start", start), ("end", end)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            raise InvalidCommand(f"{label} must be a finite number, got {show(value)}")
-    assert isinstance(start, int | float) and isinstance(end, int | float)
-    if start > end:
-        raise InvalidCommand(f"start ({start}) must not be after end ({end})")
-    return tuple(axes), float(start), float(end)
-
-
-def _region(
-    axes: object, start: object, end: object, resolution: object
-) -> tuple[tuple[str, ...], float, float, float | None]:
-    """The region of a cursor command whose shape :func:`_check_shape` already checked."""
-    res = None if resolution is None else float(resolution)  # type: ignore[arg-type]
-    return tuple(axes), float(start), float(end), res  # type: ignore[arg-type]
-
-
-def _check_metadata(metadata: object, label: str) -> dict[str, MetadataValue]:
-    if not isinstance(metadata, Mapping):
-        raise InvalidCommand(f"{label} must be a map of string keys to scalar values")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
-            raise InvalidCommand(
-                f"{label} keys must be strings of 1-{MAX_KEY} characters, got {show(key)}"
-            )
-        if value is not None and not isinstance(value, str | int | float | bool):
-            raise InvalidCommand(f"{label}[{show(key)}] must be a string, number, boolean or nil")
-        if isinstance(value, str) and len(value) > MAX_VALUE:
-            raise InvalidCommand(f"{label}[{show(key)}] holds at most {MAX_VALUE} characters")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidCommand(f"{label}[{show(key)}] must be a finite number")
-    return dict(metadata)
-
-
-def check_principal(value: object, label: str) -> str:
-    """``value`` if it is a valid principal name, else :class:`InvalidCommand`."""
-    if type(value) is not str or not PRINCIPAL_PATTERN.fullmatch(value):
-        raise InvalidCommand(
-            f"{label} must be 1-256 printable ASCII characters without spaces "
-            f"(a principal: <user>@<account>), got {show(value)}"
-        )
-    return value
+from plantangenet.query_plan import Plan
+from plantangenet.query_plan import plan as plan_disclosure
 
 
 def damage(state: SessionState) -> LogDamaged | None:
@@ -376,7 +220,7 @@ def plan_query(
     *,
     now: datetime | None = None,
 ) -> tuple[Authorization, Plan]:
-    """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
+    """Check a data query and plan it (see :mod:`plantangenet.query_plan`); raises if refused."""
     _check_envelope(command, DataQuery)
     if state.unreadable:
         _require_readable(state, command)

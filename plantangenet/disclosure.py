@@ -24,42 +24,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from plantangenet.errors import InvalidPolicy
 from plantangenet.events.fields import MetadataValue
-
-Level = Literal["full", "degraded", "masked", "denied"]
-LEVELS: tuple[Level, ...] = ("denied", "masked", "degraded", "full")
-#: The finest resolution a degraded disclosure may ask for (time units per bucket).
-MIN_RESOLUTION = 1e-9
-#: How much each level discloses (higher discloses more).
-RANK: Mapping[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Disclosure:
-    """What an allowing statement discloses (see the module docs)."""
-
-    level: Level = "full"
-    resolution: float | None = None
-    decimals: int | None = None
-    mask: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """E.g. ``degraded (resolution 10, 1 decimals)``."""
-        details = []
-        if self.resolution is not None:
-            details.append(f"resolution {self.resolution:g}")
-        if self.decimals is not None:
-            details.append(f"{self.decimals} decimals")
-        if self.mask:
-            details.append("mask " + ",".join(self.mask))
-        return f"{self.level} ({', '.join(details)})" if details else self.level
-
-
-FULL = Disclosure()
-DENIED = Disclosure("denied")
+from plantangenet.events.policy_values import DENIED as DENIED
+from plantangenet.events.policy_values import FULL as FULL
+from plantangenet.events.policy_values import LEVELS as LEVELS
+from plantangenet.events.policy_values import MIN_RESOLUTION as MIN_RESOLUTION
+from plantangenet.events.policy_values import RANK as RANK
+from plantangenet.events.policy_values import Disclosure as Disclosure
+from plantangenet.events.policy_values import Level as Level
 
 
 def least(disclosures: Iterable[Disclosure]) -> Level:

@@ -39,8 +39,8 @@ from plantangenet.errors import ConcurrencyError, DuplicateCommand, JournalError
 from plantangenet.events.base import Event
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.events.session import SessionStarted
-from plantangenet.history import Position, resolve
 from plantangenet.journal import MAX_EVENTS_PER_APPEND, Journal
+from plantangenet.positions import Position, resolve
 from plantangenet.projections.session import SessionState, evolve
 from plantangenet.replay import Progress
 from plantangenet.runtime import Plantangenet

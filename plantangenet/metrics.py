@@ -16,6 +16,12 @@ on a registry of its own:
                                              dropped unanswered for their reply subject
 ``plantangenet_conflicts_total``             appends that lost a race with another writer
                                              (each is retried on the caught-up state)
+``plantangenet_forwarded_total``             requests passed on to the process that owns
+                                             their session's partition
+``plantangenet_unowned_total``               requests handled here while their session's
+                                             partition had no live owner
+``plantangenet_partitions_owned``            partitions this process owns (see
+                                             :mod:`plantangenet.ownership`)
 ``plantangenet_append_seconds``              histogram: from publishing an append to its
                                              acknowledgement (or failure)
 ``plantangenet_sessions_owned``              sessions this service keeps an actor warm for
@@ -35,7 +41,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from plantangenet.protocol import BATCH, COMMANDS, QUERIES
+from plantangenet.subjects import BATCH, COMMAND_NAMES, QUERIES
 
 __all__ = ["APPEND_BUCKETS", "REPLY_DROPPED", "ServiceMetrics"]
 
@@ -60,7 +66,7 @@ APPEND_BUCKETS = (
 #: The refusal code of a request dropped unanswered for its reply subject.
 REPLY_DROPPED = "reply_dropped"
 #: Request names that get a label of their own (clients may name anything).
-_NAMES = frozenset({*COMMANDS, *QUERIES, BATCH})
+_NAMES = frozenset({*COMMAND_NAMES, *QUERIES, BATCH})
 
 
 class ServiceMetrics:
@@ -83,6 +89,19 @@ class ServiceMetrics:
         )
         self.conflicts = Counter(
             "plantangenet_conflicts", "Appends that lost a race with another writer", registry=r
+        )
+        self.forwarded = Counter(
+            "plantangenet_forwarded",
+            "Requests passed on to the owner of their session's partition",
+            registry=r,
+        )
+        self.unowned = Counter(
+            "plantangenet_unowned",
+            "Requests handled here while their session's partition had no live owner",
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "plantangenet_partitions_owned", "Partitions this process owns", registry=r
         )
         self.append_seconds = Histogram(
             "plantangenet_append_seconds",
@@ -134,6 +153,7 @@ class ServiceMetrics:
         consumers_in_use: Callable[[], float],
         requests_waiting: Callable[[], float],
         requests_in_flight: Callable[[], float],
+        partitions_owned: Callable[[], float] = lambda: 0,
     ) -> None:
         """Read the gauges from these functions at each scrape."""
         self.sessions_owned.set_function(sessions_owned)
@@ -141,6 +161,7 @@ class ServiceMetrics:
         self.consumers_in_use.set_function(consumers_in_use)
         self.requests_waiting.set_function(requests_waiting)
         self.requests_in_flight.set_function(requests_in_flight)
+        self.partitions_owned.set_function(partitions_owned)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP on ``address:port`` (0: any free port), in a

@@ -24,13 +24,14 @@ from plantangenet import errors
 from plantangenet.actors.session import CommandResult
 from plantangenet.errors import DecodeError, InvalidCommand, PlantangenetError
 from plantangenet.events.envelope import OPERATOR
+from plantangenet.subjects import BATCH as BATCH
+from plantangenet.subjects import COMMAND_NAMES
+from plantangenet.subjects import DEFAULT_COMMAND_PREFIX as DEFAULT_COMMAND_PREFIX
+from plantangenet.subjects import DEFAULT_LANES as DEFAULT_LANES
+from plantangenet.subjects import QUERIES as QUERIES
 
 #: The protocol version this code speaks.
 PROTOCOL_VERSION = 1
-#: Default prefix of command subjects: ``plantangenet.cmd.<session_id>.<command>``.
-DEFAULT_COMMAND_PREFIX = "plantangenet.cmd"
-#: Ingress lanes of the session service (see :func:`lane_of` and ``plantangenet.access``).
-DEFAULT_LANES = 8
 #: Largest request payload accepted (bytes).
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -94,14 +95,12 @@ COMMANDS: dict[str, type[c.Command]] = {
     "query_chem": QueryChemRequest,
     "disclose_chem": c.DiscloseChem,
 }
+if COMMANDS.keys() != COMMAND_NAMES:  # the names the accounts and metrics know
+    raise RuntimeError("plantangenet.subjects.COMMAND_NAMES and COMMANDS disagree")
 #: The chem steps the service carries to the peer session too (see ``SIDE_FIELDS``).
 CHEM_STEPS = frozenset({"propose_chem", "accept_chem", "refuse_chem", "revoke_chem", "query_chem"})
-#: Wire names that read instead of write: a session's state, and a page of its history.
-QUERIES = frozenset({"state", "history"})
 #: The most events one ``history`` page holds.
 MAX_HISTORY_PAGE = 1000
-#: Wire name of several commands in one request (``<prefix>.cmd.<session_id>.batch``).
-BATCH = "batch"
 #: The most commands one batch may carry (its reply must fit in one NATS message).
 MAX_BATCH_COMMANDS = 256
 #: Commands a batch may not carry: their replies carry data of unbounded size, or they
@@ -151,7 +150,61 @@ def parse_subject(
         return tokens[0], tokens[1], None
     if len(tokens) == 4 and all(tokens) and tokens[0].isdigit():
         return tokens[2], tokens[3], tokens[1]
+    if len(tokens) == 4 and all(tokens) and tokens[0] == FORWARDED:
+        return tokens[2], tokens[3], None
     raise InvalidCommand(f"not a command subject: {subject[:300]!r}")
+
+
+#: The W3C Trace Context header (https://www.w3.org/TR/trace-context/).
+TRACEPARENT_HEADER = "traceparent"
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def traceparent(headers: Mapping[str, str] | None) -> tuple[str, str] | None:
+    """``(header value, trace id)`` of a request's valid W3C ``traceparent`` header (any
+    case of the name), else ``None``: a malformed one is ignored, as the spec says. The
+    service records the trace id as the correlation id of the request's commands that
+    name none, and sends the header back on the reply."""
+    if not headers:
+        return None
+    found_value = [
+        v for k, v in headers.items() if isinstance(k, str) and k.casefold() == "traceparent"
+    ]
+    if len(found_value) != 1:  # none, or sent twice in different cases: ignored
+        return None
+    value = found_value[0]
+    if not isinstance(value, str) or len(value) > 512:
+        return None
+    value = value.strip()
+    found = _TRACEPARENT.fullmatch(value)
+    if found is None:
+        return None
+    version, trace_id, parent_id, _, rest = found.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or trace_id == "0" * 32
+        or parent_id == "0" * 16
+    ):
+        return None
+    return value, trace_id
+
+
+#: The token that marks a request one ``serve`` process passed on to another.
+FORWARDED = "fwd"
+#: The header that carries a passed-on request's principal (as its first process read it).
+PRINCIPAL_HEADER = "Plantangenet-Principal"
+#: The header that counts how often a request was passed on.
+HOPS_HEADER = "Plantangenet-Hops"
+
+
+def forward_subject(
+    member: str, session_id: str, name: str, prefix: str = DEFAULT_COMMAND_PREFIX
+) -> str:
+    """Where a ``serve`` process passes a request for ``session_id`` on to the process
+    ``member`` that owns the session (see :mod:`plantangenet.ownership`). Only the
+    service's own account reaches it: bots' imports map onto lanes, never here."""
+    return f"{prefix}.{FORWARDED}.{member}.{session_id}.{name}"
 
 
 def lane_subjects(lane: int, prefix: str = DEFAULT_COMMAND_PREFIX) -> str:

@@ -43,9 +43,9 @@ from plantangenet.botreplay import (
     Pairer,
     ReplayReport,
     _command_key,
-    _Recorded,
     record_of_events,
 )
+from plantangenet.botreplay_session import _Recorded
 from plantangenet.commands import (
     AddCursor,
     AddOwner,

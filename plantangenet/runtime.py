@@ -47,14 +47,15 @@ from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope
 from plantangenet.handle import SessionHandle
-from plantangenet.history import Position
-from plantangenet.history import state_at as history_state_at
 from plantangenet.journal import Journal, JournalConfig
 from plantangenet.loop import EventLoopThread
+from plantangenet.positions import Position
+from plantangenet.positions import state_at as history_state_at
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
-from plantangenet.replay import Progress, replay
+from plantangenet.replay import Progress
+from plantangenet.session_replay import replay
 from plantangenet.store import SharedStore
 
 log = logging.getLogger("plantangenet.runtime")
@@ -513,7 +514,7 @@ class Plantangenet:
         """Fold the session's events from the log, independently of any actor.
 
         :raises LogDamaged: the log holds a message that is not a valid event of the
-            session, not quarantined (fold with :func:`plantangenet.replay.replay` to
+            session, not quarantined (fold with :func:`plantangenet.session_replay.replay` to
             see the state around it).
         :raises UnknownSession: the session has no events.
         """

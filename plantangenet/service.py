@@ -38,6 +38,18 @@ The operator (requests from the service's own account) is not limited: it
 is trusted, and without accounts (an unauthenticated server) every client is
 the operator.
 
+**One writer per session.** With ``partitions`` set (``plantangenet serve``: 32 by
+default), the processes that share a stream own its sessions by partition, under
+leases in NATS KV (:mod:`plantangenet.ownership`): a request for a session whose
+partition another live process owns is passed on to that process on
+``<prefix>.fwd.<member>.<session_id>.<command>`` with the principal this process read
+from the server (only the service's own account can publish there, and a request
+that crossed an import is never taken from it), and the owner answers the bot
+directly. ``history`` pages are answered where they arrive (they read the log, not an
+actor). A request for a partition with no live owner (a process just died and its
+lease has not run out yet) is served where it arrives: the concurrency guard keeps
+the log right, and the metrics count it (``plantangenet_unowned_total``).
+
 Requests that cannot change a session whose log is empty (a ``state`` query,
 any command but ``start``) are answered from the log without starting an
 actor: clients name session ids at will, and must not start threads at will.
@@ -75,6 +87,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nats.errors
 from nats.aio.msg import Msg
 
 from plantangenet.access import REQUEST_INFO_HEADER, principal_from_headers
@@ -103,13 +116,18 @@ from plantangenet.events.envelope import OPERATOR
 from plantangenet.handle import SessionHandle
 from plantangenet.metrics import REPLY_DROPPED, ServiceMetrics
 from plantangenet.micro import EndpointCounts, Registration
+from plantangenet.ownership import DEFAULT_LEASE_TTL, Ownership
 from plantangenet.projections.session import SessionState
 from plantangenet.protocol import (
     BATCH,
     CHEM_STEPS,
     DEFAULT_COMMAND_PREFIX,
     DEFAULT_LANES,
+    FORWARDED,
+    HOPS_HEADER,
+    PRINCIPAL_HEADER,
     QUERIES,
+    TRACEPARENT_HEADER,
     QueryChemRequest,
     batch_reply,
     data_reply,
@@ -117,11 +135,13 @@ from plantangenet.protocol import (
     decode_history,
     decode_request,
     error_reply,
+    forward_subject,
     history_reply,
     lane_subjects,
     ok_reply,
     parse_subject,
     relay_id,
+    traceparent,
 )
 from plantangenet.runtime import Plantangenet
 from plantangenet.views import plain
@@ -135,12 +155,24 @@ _REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
 _YIELD_EVERY = 64
 #: Room a reply's own fields need beside the data it carries.
 _REPLY_OVERHEAD = 4096
+#: How often a request may be passed on before it is served where it is.
+_MAX_HOPS = 2
+#: Seconds a partition handed back waits for its sessions' requests in flight.
+_DRAIN_TIMEOUT = 2.0
 
 
 #: The queue group every ``serve`` process joins.
 QUEUE_GROUP = "plantangenet-serve"
 #: The name the service registers under with the NATS services framework.
 SERVICE_NAME = "plantangenet"
+
+
+def _traced(item: Any, trace: str | None) -> Any:
+    """``item`` (a command, or the error refusing it) with ``trace`` as its correlation id
+    when it names none (see ``protocol.traceparent``)."""
+    if trace and isinstance(item, Command) and item.correlation_id is None:
+        return dataclasses.replace(item, correlation_id=trace)
+    return item
 
 
 def _version() -> str:
@@ -171,6 +203,11 @@ class SessionService:
         say the same; see the module docs).
     :param metrics: where the Prometheus metrics go (default: a registry of its own).
     :param service_name: the name registered with the NATS services framework.
+    :param partitions: partitions the sessions hash into, owned one process each across
+        the ``serve`` processes of the stream (see the module docs); 0: any process
+        serves any session (one process alone, or tests).
+    :param lease_ttl: seconds a process's ownership outlives its last renewal (an
+        owner that died is replaced that long after).
     """
 
     def __init__(
@@ -187,6 +224,8 @@ class SessionService:
         lanes: int = DEFAULT_LANES,
         metrics: ServiceMetrics | None = None,
         service_name: str = SERVICE_NAME,
+        partitions: int = 0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         self.runtime = runtime
         self.command_prefix = command_prefix
@@ -197,6 +236,25 @@ class SessionService:
         self.per_principal = per_principal
         self.queued_per_principal = queued_per_principal
         self.lanes = lanes
+        #: Who owns which sessions across processes (``None``: ``partitions=0``).
+        self.ownership: Ownership | None = None
+        if partitions:
+            self.ownership = Ownership(
+                runtime.journal.js,
+                runtime.journal_config.stream,
+                partitions=partitions,
+                lease_ttl=lease_ttl,
+                replicas=runtime.journal_config.replicas,
+                on_release=self._drain_partition,
+            )
+        self._forward_sub: Any = None
+        self._relays: set[asyncio.Task[None]] = set()
+        #: Seconds a request passed on to its owner waits for the owner's answer.
+        self.relay_timeout = 60.0
+        #: Requests passed on to their session's owner, and requests served here while
+        #: their session had no live owner.
+        self.forwarded = 0
+        self.unowned = 0
         #: The lanes' connections (see ``start``).
         self._lane_connections: list[Any] = []
         self._lane_subs: list[Any] = []
@@ -240,6 +298,7 @@ class SessionService:
             consumers_in_use=lambda: runtime.journal.consumers_in_use,
             requests_waiting=self._waiting_now,
             requests_in_flight=lambda: len(self._tasks),
+            partitions_owned=lambda: len(self.ownership.owned) if self.ownership else 0,
         )
         #: The endpoints reported to ``$SRV.INFO``/``$SRV.STATS``: the command subject,
         #: then each lane.
@@ -259,6 +318,8 @@ class SessionService:
             },
             endpoints=self.endpoints,
         )
+        #: Requests other processes passed on to this one (counted, not registered).
+        self._forward_endpoint = EndpointCounts("forwarded", f"{command_prefix}.{FORWARDED}", "")
         self._overflow_reply = error_reply(
             TooManyRequests(
                 f"{queued_per_principal} requests of yours are waiting already; nothing was "
@@ -272,6 +333,17 @@ class SessionService:
         """Connect (connections of its own: see the module docs), subscribe, begin serving."""
         nc = self._nc = await self.runtime.open_connection("plantangenet-serve")
         self.runtime.journal.append_observer = self.metrics.append_seconds.observe
+        if self.ownership is not None:
+            # Passed-on requests first, then ownership: once others see this process own a
+            # partition, what they pass on arrives.
+            self._forward_sub = await nc.subscribe(
+                forward_subject(self.ownership.member_id, "*", "*", self.command_prefix),
+                cb=self._on_forwarded,
+                pending_msgs_limit=1_000_000,
+                pending_bytes_limit=1024 * 1024 * 1024,
+            )
+            await nc.flush()
+            await self.ownership.start()
         self._sub = await self._subscribe(nc, self.endpoints[0])
         for lane in range(self.lanes):
             lane_nc = await self.runtime.open_connection(f"plantangenet-serve-lane-{lane}")
@@ -307,11 +379,20 @@ class SessionService:
                 with contextlib.suppress(Exception):
                     await sub.drain()
         self._sub, self._lane_subs = None, []
+        if self.ownership is not None:
+            # Hand the partitions back (each drained first); what was passed on meanwhile
+            # is still taken until the others see it, then the subscription goes.
+            with contextlib.suppress(Exception):
+                await self.ownership.stop()
+            if self._forward_sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._forward_sub.drain()
+            self._forward_sub = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._tasks or self._turns) and loop.time() < deadline:
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=deadline - loop.time())
+        while (self._tasks or self._turns or self._relays) and loop.time() < deadline:
+            if self._tasks or self._relays:
+                await asyncio.wait([*self._tasks, *self._relays], timeout=deadline - loop.time())
             else:
                 await asyncio.sleep(0.01)
         if self._reaper is not None:
@@ -375,6 +456,143 @@ class SessionService:
             await self._reply(msg, error_reply(refused))
             endpoint.processing_ns += time.perf_counter_ns() - taken
             return
+        if self.ownership is not None and self._passed_on(msg, endpoint, taken, principal, 0):
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            return
+        await self._enqueue(msg, endpoint, taken, principal)
+
+    async def _on_forwarded(self, msg: Msg) -> None:
+        """A request another ``serve`` process passed on: its principal is the header
+        that process set; only the service's own account can publish here."""
+        taken = time.perf_counter_ns()
+        endpoint = self._forward_endpoint
+        endpoint.requests += 1
+        headers = msg.headers or {}
+        crossed = any(isinstance(k, str) and k.casefold() == _REQUEST_INFO for k in headers)
+        principal = headers.get(PRINCIPAL_HEADER)
+        if crossed or not principal or self._reply_refusal(msg.reply, False) is not None:
+            # Not from a process of ours: nothing crosses an import onto this subject.
+            self.unidentified += 1
+            endpoint.failed("dropped: a passed-on request not from the service's account")
+            log.warning("dropped a passed-on request on %s: not from a service", msg.subject)
+            return
+        try:
+            hops = int(headers.get(HOPS_HEADER, "1"))
+        except ValueError:
+            hops = _MAX_HOPS
+        if self._passed_on(msg, endpoint, taken, principal, hops):
+            return
+        await self._enqueue(msg, endpoint, taken, principal)
+
+    def _passed_on(
+        self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str, hops: int
+    ) -> bool:
+        """Pass ``msg`` on to its session's owner if that is another live process; whether
+        it was (then its answer is relayed back). Requests for partitions nobody owns now
+        are counted and served here."""
+        assert self.ownership is not None
+        try:
+            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
+        except InvalidCommand:
+            return False  # answered as malformed here
+        if name == "history":
+            return False  # a page of the log: any process reads it as well
+        owner = self.ownership.owner_of(session_id)
+        if owner is None:
+            # Nobody owns it now: the process that will take it first serves it meanwhile.
+            self.unowned += 1
+            self.metrics.unowned.inc()
+            owner = self.ownership.successor(session_id)
+        return self._pass_to(owner, msg, endpoint, taken, principal, hops, session_id, name)
+
+    def _pass_to(
+        self,
+        owner: str | None,
+        msg: Msg,
+        endpoint: EndpointCounts,
+        taken: int,
+        principal: str,
+        hops: int,
+        session_id: str,
+        name: str,
+    ) -> bool:
+        """Pass ``msg`` on to ``owner`` unless that is this process (or nobody, or the
+        request was passed on too often already); whether it was."""
+        assert self.ownership is not None
+        if owner is None or owner == self.ownership.member_id or hops >= _MAX_HOPS:
+            return False
+        subject = forward_subject(owner, session_id, name, self.command_prefix)
+        relay = asyncio.create_task(
+            self._relay(msg, endpoint, taken, principal, hops, subject, owner)
+        )
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
+        self.forwarded += 1
+        self.metrics.forwarded.inc()
+        return True
+
+    async def _relay(
+        self,
+        msg: Msg,
+        endpoint: EndpointCounts,
+        taken: int,
+        principal: str,
+        hops: int,
+        subject: str,
+        owner: str,
+    ) -> None:
+        """Ask the owner (a request of this process: the server lets no client publish with
+        a bot's ``_R_.`` reply subject), then answer the bot with its reply. An owner that
+        is gone (no responders: it died, its lease has not run out) is replaced here."""
+        headers = {PRINCIPAL_HEADER: principal, HOPS_HEADER: str(hops + 1)}
+        trace = traceparent(msg.headers)
+        if trace:
+            headers[TRACEPARENT_HEADER] = trace[0]
+        try:
+            answer = await self._nc.request(
+                subject, msg.data, timeout=self.relay_timeout, headers=headers
+            )
+        except nats.errors.NoRespondersError:
+            # The owner is gone (its lease has not run out yet): its successor serves it.
+            assert self.ownership is not None
+            self.unowned += 1
+            self.metrics.unowned.inc()
+            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
+            successor = self.ownership.successor(session_id, gone=owner)
+            if not self._pass_to(
+                successor, msg, endpoint, taken, principal, hops + 1, session_id, name
+            ):
+                await self._enqueue(msg, endpoint, taken, principal)
+            return
+        except Exception as exc:  # timed out, or the connection went: the bot retries
+            log.warning("no answer from the owner on %s: %s", subject, exc or type(exc).__name__)
+            return
+        if msg.reply:
+            await self._reply(msg, answer.data, {TRACEPARENT_HEADER: trace[0]} if trace else None)
+
+    async def _drain_partition(self, partition: int) -> None:
+        """Before a partition is handed back: let its sessions' requests in flight finish
+        (at most ``_DRAIN_TIMEOUT``), then passivate their actors, so that this process
+        never answers from a state folded while another process wrote."""
+        assert self.ownership is not None
+        mine = self.ownership.partition
+
+        def in_partition() -> list[str]:
+            return [sid for sid in self._last_used if mine(sid) == partition]
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DRAIN_TIMEOUT
+        while any(self._busy.get(sid) for sid in in_partition()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for session_id in in_partition():
+            self._last_used.pop(session_id, None)
+            self._busy.pop(session_id, None)
+            await loop.run_in_executor(None, self.runtime.passivate_session, session_id)
+
+    async def _enqueue(
+        self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str
+    ) -> None:
+        """Queue a request behind its principal's others (see the module docs)."""
         waiting = self._waiting.get(principal)
         if waiting is None:
             waiting = self._waiting[principal] = deque()
@@ -442,11 +660,14 @@ class SessionService:
     ) -> None:
         session_id = name = ""
         failure: BaseException | None = None
+        trace = traceparent(msg.headers)
         try:
             session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
             check_id(session_id, "session_id")
             self._busy[session_id] = self._busy.get(session_id, 0) + 1
-            reply = await self._answer(session_id, name, msg.data, principal)
+            reply = await self._answer(
+                session_id, name, msg.data, principal, trace[1] if trace else None
+            )
             limit = self._max_payload()
             if len(reply) > limit:
                 raise ReplyTooLarge(
@@ -477,7 +698,7 @@ class SessionService:
             code = failure.code if isinstance(failure, PlantangenetError) else "error"
             endpoint.failed(f"{code}: {failure}"[:500])
             self.metrics.refusal(code)
-        await self._reply(msg, reply)
+        await self._reply(msg, reply, {TRACEPARENT_HEADER: trace[0]} if trace else None)
         endpoint.processing_ns += time.perf_counter_ns() - taken
 
     def _storage_refused(self, error: BaseException) -> None:
@@ -493,12 +714,12 @@ class SessionService:
                 error,
             )
 
-    async def _reply(self, msg: Msg, reply: bytes) -> None:
+    async def _reply(self, msg: Msg, reply: bytes, headers: dict[str, str] | None = None) -> None:
         """Answer on the connection the request came on (a flood's replies stay in its lane)."""
         nc = getattr(msg, "_client", None) or self._nc
         if msg.reply and nc is not None:
             try:
-                await nc.publish(msg.reply, reply)
+                await nc.publish(msg.reply, reply, headers=headers)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
@@ -514,20 +735,22 @@ class SessionService:
     async def _log_is_empty(self, session_id: str) -> bool:
         return await self.runtime.journal.last_sequence(session_id) == 0
 
-    async def _answer(self, session_id: str, name: str, payload: bytes, principal: str) -> bytes:
+    async def _answer(
+        self, session_id: str, name: str, payload: bytes, principal: str, trace: str | None
+    ) -> bytes:
         if name == "history":
             return await self._history(session_id, payload)
         if name in QUERIES:
             return await self._query(session_id, name)
         if name == BATCH:
-            commands = decode_batch(payload, principal)
+            commands = [_traced(c, trace) for c in decode_batch(payload, principal)]
             outcomes = await self._execute(session_id, commands)
             for outcome in outcomes:
                 if isinstance(outcome, PlantangenetError):
                     self.metrics.refusal(outcome.code)
                     self._storage_refused(outcome)
             return batch_reply(outcomes)
-        command = decode_request(name, payload, principal, session_id)
+        command = _traced(decode_request(name, payload, principal, session_id), trace)
         if name in CHEM_STEPS:
             return await self._chem_step(session_id, command)
         if isinstance(command, QueryCursor | DiscloseChem):

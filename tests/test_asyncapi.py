@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from plantangenet import asyncapi, protocol
+from plantangenet import asyncapi, asyncapi_schemas, protocol
 from plantangenet.actors.session import CommandResult
 from plantangenet.authorize import request_of
 from plantangenet.disclosure import Sample
@@ -486,7 +486,7 @@ def test_document_names_every_command_error_code_and_event_version(
     for name, cls in protocol.COMMANDS.items():
         arguments = {f.name for f in protocol.wire_fields(cls)}
         assert set(schemas[f"args.{name}"]["properties"]) == arguments
-        action, _ = request_of(asyncapi._placeholder(cls))
+        action, _ = request_of(asyncapi_schemas._placeholder(cls))
         assert messages[f"request.{name}"]["x-authorization"]["action"] == action
 
     codes = schemas["ErrorCode"]["enum"]
@@ -681,7 +681,7 @@ def test_protocol_md_gives_each_commands_action_and_links_the_document() -> None
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     assert "asyncapi.yaml" in text
     for name, cls in protocol.COMMANDS.items():
-        action, _ = request_of(asyncapi._placeholder(cls))
+        action, _ = request_of(asyncapi_schemas._placeholder(cls))
         assert f"`{name}`" in text and f"`{action}`" in text, name
     for phrase in ("idempotency_conflict", "Nats-Last-Sequence", "`more: false`", "`kind`"):
         assert phrase in text

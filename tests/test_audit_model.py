@@ -328,7 +328,7 @@ def test_without_a_read_model_audit_folds_the_log_and_says_so(
 ) -> None:
     import io
 
-    import plantangenet.cli as cli
+    import plantangenet.cli.reading as cli
     from plantangenet.errors import JournalError
 
     busy_session(runtime, "fb")

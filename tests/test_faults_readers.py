@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, SessionStarted, TooManyReaders
-from plantangenet import journal as journal_module
+from plantangenet import journal_reads as journal_module  # where the readers' consumers are made
 from plantangenet.protocol import command_subject
 from plantangenet.service import SessionService
 from tests.conftest import AsyncJournal, wait_until

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from plantangenet.disclosure import DENIED, Disclosure
 from plantangenet.errors import InvalidPolicy
+from plantangenet.events.policy_values import _wildcard_matches
 from plantangenet.policy import (
     Condition,
     ConditionOp,
@@ -21,7 +22,6 @@ from plantangenet.policy import (
     Decision,
     Policy,
     Statement,
-    _wildcard_matches,
     check_role,
     check_statement_role,
     evaluate,

@@ -11,7 +11,7 @@ from plantangenet import Plantangenet
 from plantangenet.events.codec import CODEC
 from plantangenet.events.envelope import Envelope
 from plantangenet.fork import fork
-from plantangenet.replay import replay
+from plantangenet.session_replay import replay
 from tests.conftest import session_with_cursor
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from plantangenet.disclosure import Disclosure
 from plantangenet.events.base import Event, event_type
+from plantangenet.events.policy_values import Disclosure
 
 ChemStatus = Literal["proposed", "active", "refused", "revoked"]
 

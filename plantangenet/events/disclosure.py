@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from plantangenet.disclosure import Level
 from plantangenet.events.base import Event, event_type
+from plantangenet.events.policy_values import Level
 
 
 @event_type("CompositorRegistered", version=1)

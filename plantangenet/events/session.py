@@ -15,8 +15,8 @@ from plantangenet.events.chem import CHEM_EVENTS
 from plantangenet.events.disclosure import DISCLOSURE_EVENTS
 from plantangenet.events.dust import DUST_EVENTS
 from plantangenet.events.fields import MetadataValue
+from plantangenet.events.policy_values import Statement
 from plantangenet.events.trust import TRUST_EVENTS
-from plantangenet.policy import Statement
 
 
 @event_type("SessionStarted", version=1)

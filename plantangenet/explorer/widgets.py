@@ -41,7 +41,7 @@ TYPE_WIDTH = 22
 #: Width of a row: every column whole.
 ROW_WIDTH = 1 + 6 + 2 + 14 + 2 + TYPE_WIDTH + 2 + BY_WIDTH
 
-_REFUSED = ("Denied", "Refused", "Quarantined")
+_REFUSED = ("Denied", "Refused")  # AccessDenied, ChargeRefused, ChemRefused, as history shows them
 # Explicit colours: a terminal palette may draw ANSI red and magenta alike.
 REFUSAL_STYLE = "bold #ff4d4d"
 _HIGHLIGHTED = {"PolicyChanged": "bold #c38bff", "RoleGranted": "bold #ffd75f"}

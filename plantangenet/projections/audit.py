@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Literal
 
 from plantangenet.events.envelope import Envelope
+from plantangenet.events.policy_values import pattern_matches
 from plantangenet.events.session import AccessDenied
-from plantangenet.policy import pattern_matches
 
 Outcome = Literal["allowed", "denied"]
 

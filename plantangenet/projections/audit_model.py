@@ -51,404 +51,46 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 
 from plantangenet.errors import DecodeError, JournalError
-from plantangenet.events.envelope import Envelope
-from plantangenet.events.session import AccessDenied
-from plantangenet.journal import Journal
-from plantangenet.policy import pattern_matches
-from plantangenet.projections.audit import AuditEntry, Outcome
+from plantangenet.projections.audit import AuditEntry
+from plantangenet.projections.audit_chunks import (
+    _GROUP_COLUMN,
+    _HEAD_KEYS,
+    _OUTCOME,
+    _OUTCOMES,
+    _SEQ,
+    _Chunk,
+    _Damaged,
+    _digest,
+)
+from plantangenet.projections.audit_chunks import AUDIT_BUCKET as AUDIT_BUCKET
+from plantangenet.projections.audit_chunks import CHECKPOINT_EVERY as CHECKPOINT_EVERY
+from plantangenet.projections.audit_chunks import CHUNK_BYTES as CHUNK_BYTES
+from plantangenet.projections.audit_chunks import CHUNK_ENTRIES as CHUNK_ENTRIES
+from plantangenet.projections.audit_chunks import GROUP_ATTRIBUTE as GROUP_ATTRIBUTE
+from plantangenet.projections.audit_chunks import GROUP_BY as GROUP_BY
+from plantangenet.projections.audit_chunks import MODEL_FORMAT as MODEL_FORMAT
+from plantangenet.projections.audit_chunks import MODEL_VERSION as MODEL_VERSION
+from plantangenet.projections.audit_chunks import AuditFilter as AuditFilter
+from plantangenet.projections.audit_chunks import FoldedAudit as FoldedAudit
+from plantangenet.projections.audit_chunks import GroupBy as GroupBy
+from plantangenet.projections.log_view import KeptLog
 from plantangenet.projections.user import (
     CheckpointConflict,
     CheckpointError,
     _bucket,
-    _pack,
-    _unpack,
 )
-
-#: The KV bucket of the audit read models unless told otherwise.
-AUDIT_BUCKET = "plantangenet-audit"
-#: Bump when what the fold stores changes: older models are rebuilt.
-MODEL_VERSION = 1
-MODEL_FORMAT = 1
-#: A chunk is closed (at an event boundary) at this many entries...
-CHUNK_ENTRIES = 4096
-#: ... or about this many bytes of strings and numbers.
-CHUNK_BYTES = 256 * 1024
-#: Events folded between two checkpoints (besides one per closed chunk and one at the end).
-CHECKPOINT_EVERY = 20_000
-
-GroupBy = Literal["agent", "action", "resource", "statement", "outcome"]
-GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_OUTCOMES: tuple[Outcome, Outcome] = ("allowed", "denied")
-# Column numbers.
-_SEQ, _AT, _AGENT, _CID, _CMD, _ACTION, _RESOURCE, _OUTCOME, _STATEMENT, _POLICY, _REASON = range(
-    11
-)
-_STRING_COLUMNS = (_AGENT, _CMD, _ACTION, _RESOURCE, _STATEMENT, _REASON)
-_NUMBER_COLUMNS = tuple(n for n in range(11) if n != _CID)
-_GROUP_COLUMN = {
-    "agent": _AGENT,
-    "action": _ACTION,
-    "resource": _RESOURCE,
-    "statement": _STATEMENT,
-    "outcome": _OUTCOME,
-}
-_HEAD_KEYS = frozenset(
-    {"f", "version", "stream", "session", "position", "event", "chunks", "saved_at"}
-)
+from plantangenet.projections.user_model import _pack, _unpack
 
 
-def _micros(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-class _Damaged(Exception):
-    """What is stored cannot be used (the caller rebuilds)."""
-
-
-class _Chunk:
-    """Entries in columns, their strings dictionary-encoded."""
-
-    __slots__ = ("columns", "index", "shapes", "size", "strings")
-
-    def __init__(self) -> None:
-        self.strings: list[str | None] = []
-        self.index: dict[str | None, int] = {}
-        #: Numbers, or codes of strings (command ids: the strings themselves, all distinct).
-        self.columns: list[list[int]] = [[] for _ in range(11)]
-        self.size = 0
-        #: (outcome, agent, command, action, resource, statement, reason) -> codes
-        self.shapes: dict[tuple[Any, ...], tuple[int, ...]] = {}
-
-    def __len__(self) -> int:
-        return len(self.columns[_SEQ])
-
-    def _code(self, text: str | None) -> int:
-        code = self.index.get(text)
-        if code is None:
-            code = self.index[text] = len(self.strings)
-            self.strings.append(text)
-            self.size += 8 + (len(text) if text else 0)
-        return code
-
-    def fold(self, envelope: Envelope) -> bool:
-        """Add the entries ``envelope`` contributes; whether it contributed any.
-
-        The same entries as :func:`~plantangenet.projections.audit.audit_entries`
-        (the tests hold the two equal), written straight into the columns: no
-        :class:`AuditEntry` is made on the way, which keeps a first build near
-        the cost of a replay.
-        """
-        event = envelope.event
-        if isinstance(event, AccessDenied):
-            self._row(
-                envelope,
-                event.policy_version,
-                (1, event.agent_id, event.command, event.action, event.resource),
-                event.statement_id,
-                event.reason,
-            )
-            return True
-        auth = envelope.authorization
-        if auth is None:
-            return False
-        added = False
-        agent, command, action, version = (
-            envelope.agent_id,
-            envelope.type_name,
-            auth.action,
-            auth.policy_version,
-        )
-        for resource, statement in zip(auth.resources, auth.statements, strict=False):
-            self._row(envelope, version, (0, agent, command, action, resource), statement, None)
-            added = True
-        return added
-
-    def _row(
-        self,
-        envelope: Envelope,
-        version: int,
-        what: tuple[int, str | None, str, str, str],
-        statement: str | None,
-        reason: str | None,
-    ) -> None:
-        """One entry: ``what`` is (outcome, agent, command, action, resource); an allowed
-        entry's reason (``None`` here) follows from its statement."""
-        key = (*what, statement, reason)
-        codes = self.shapes.get(key)
-        if codes is None:
-            code = self._code
-            if reason is None:
-                reason = (
-                    "session owner" if statement is None else f"allowed by statement {statement!r}"
-                )
-            outcome, agent, command, action, resource = what
-            codes = self.shapes[key] = (
-                code(agent),
-                code(command),
-                code(action),
-                code(resource),
-                outcome,
-                code(statement),
-                code(reason),
-            )
-        (seqs, ats, agents, cids, commands, actions, resources, outcomes, statements, policies,
-         reasons) = self.columns  # fmt: skip
-        seqs.append(envelope.sequence or 0)
-        ats.append(_micros(envelope.occurred_at))
-        agents.append(codes[0])
-        cid = envelope.causation_id
-        cids.append(cid)  # type: ignore[arg-type]  # (a column of strings, not of codes)
-        commands.append(codes[1])
-        actions.append(codes[2])
-        resources.append(codes[3])
-        outcomes.append(codes[4])
-        statements.append(codes[5])
-        policies.append(version)
-        reasons.append(codes[6])
-        self.size += 40 + len(cid)
-
-    def full(self, entries: int, size: int) -> bool:
-        return len(self) >= entries or self.size >= size
-
-    def pack(self) -> bytes:
-        return _pack({"f": MODEL_FORMAT, "s": self.strings, "c": self.columns})
-
-    @classmethod
-    def unpack(cls, data: bytes, *, to_extend: bool = False) -> _Chunk:
-        """The chunk stored as ``data`` (:class:`_Damaged` if it is none); ``to_extend``:
-        ready for more entries (the index of its strings and its size computed)."""
-        try:
-            raw = _unpack(data)
-            strings, columns = raw["s"], raw["c"]
-            if raw["f"] != MODEL_FORMAT or type(strings) is not list or type(columns) is not list:
-                raise _Damaged("not a chunk")
-            if len(columns) != 11 or len({len(c) for c in columns}) != 1:
-                raise _Damaged("columns of different lengths")
-            if not all(s is None or type(s) is str for s in strings):
-                raise _Damaged("a string that is not one")
-            if not all(type(s) is str for s in columns[_CID]):
-                raise _Damaged("a command id that is not a string")
-            for n in _NUMBER_COLUMNS:
-                if columns[n] and min(columns[n]) < 0:  # (types: min/max raise on others)
-                    raise _Damaged("a negative number")
-            for n in _STRING_COLUMNS:
-                if columns[n] and max(columns[n]) >= len(strings):
-                    raise _Damaged("a string index out of range")
-            if columns[_OUTCOME] and max(columns[_OUTCOME]) > 1:
-                raise _Damaged("an unknown outcome")
-        except _Damaged:
-            raise
-        except Exception as exc:
-            raise _Damaged(f"unreadable ({type(exc).__name__}: {exc})") from None
-        chunk = cls()
-        chunk.strings = strings
-        chunk.columns = columns
-        if to_extend:
-            chunk.index = {s: i for i, s in enumerate(strings)}
-            chunk.size = sum(8 + (len(s) if s else 0) for s in strings) + sum(
-                40 + len(cid) for cid in columns[_CID]
-            )
-        return chunk
-
-    def entry(self, i: int) -> AuditEntry:
-        s = self.strings
-        c = self.columns
-        return AuditEntry(
-            c[_SEQ][i],
-            _EPOCH + timedelta(microseconds=c[_AT][i]),
-            s[c[_AGENT][i]],
-            c[_CID][i],  # type: ignore[arg-type]
-            s[c[_CMD][i]],  # type: ignore[arg-type]
-            s[c[_ACTION][i]],  # type: ignore[arg-type]
-            s[c[_RESOURCE][i]],  # type: ignore[arg-type]
-            _OUTCOMES[c[_OUTCOME][i]],
-            s[c[_STATEMENT][i]],
-            c[_POLICY][i],
-            s[c[_REASON][i]],  # type: ignore[arg-type]
-        )
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuditFilter:
-    """Which entries a query keeps (as :meth:`Audit.query` does)."""
-
-    agent: str | None = None
-    action: str | None = None
-    resource: str | None = None
-    outcome: Outcome | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def rows(self, chunk: _Chunk) -> Sequence[int]:
-        """Indices of the chunk's entries that pass."""
-        rows: Sequence[int] = range(len(chunk))
-        c = chunk.columns
-        strings = chunk.strings
-        tests: list[tuple[int, Callable[[str | None], bool]]] = []
-        agent, action, resource = self.agent, self.action, self.resource
-        if agent is not None:
-            tests.append((_AGENT, lambda s: s == agent))
-        if action is not None:
-            tests.append((_ACTION, lambda s: s is not None and pattern_matches(action, s)))
-        if resource is not None:
-            tests.append((_RESOURCE, lambda s: s is not None and pattern_matches(resource, s)))
-        for column, test in tests:
-            codes = {i for i, s in enumerate(strings) if test(s)}
-            values = c[column]
-            rows = [i for i in rows if values[i] in codes]
-        if self.outcome is not None:
-            wanted = _OUTCOMES.index(self.outcome)
-            outcomes = c[_OUTCOME]
-            rows = [i for i in rows if outcomes[i] == wanted]
-        at = c[_AT]
-        if self.since is not None:
-            since = _micros(self.since)
-            rows = [i for i in rows if at[i] >= since]
-        if self.until is not None:
-            until = _micros(self.until)
-            rows = [i for i in rows if at[i] <= until]
-        return rows
-
-    @property
-    def empty(self) -> bool:
-        return self == AuditFilter()
-
-    def keeps(self, e: AuditEntry) -> bool:
-        """Whether one entry passes (as :meth:`Audit.query` decides)."""
-        return (
-            (self.agent is None or e.agent_id == self.agent)
-            and (self.action is None or pattern_matches(self.action, e.action))
-            and (self.resource is None or pattern_matches(self.resource, e.resource))
-            and (self.outcome is None or e.outcome == self.outcome)
-            and (self.since is None or e.occurred_at >= self.since)
-            and (self.until is None or e.occurred_at <= self.until)
-        )
-
-
-#: The AuditEntry attribute each ``group_by`` counts.
-GROUP_ATTRIBUTE = {
-    "agent": "agent_id",
-    "action": "action",
-    "resource": "resource",
-    "statement": "statement_id",
-    "outcome": "outcome",
-}
-
-
-class FoldedAudit:
-    """The questions of :class:`AuditModel`, asked of entries in memory (a fold of the
-    log): what ``plantangenet audit`` answers from when the read model cannot be kept."""
-
-    def __init__(self, entries: Sequence[AuditEntry]) -> None:
-        self.entries = entries
-
-    async def entries_matching(
-        self, where: AuditFilter = AuditFilter()
-    ) -> AsyncIterator[AuditEntry]:
-        for entry in self.entries:
-            if where.keeps(entry):
-                yield entry
-
-    async def counts(
-        self, group_by: GroupBy, where: AuditFilter = AuditFilter()
-    ) -> collections.Counter[str | None]:
-        attribute = GROUP_ATTRIBUTE[group_by]
-        return collections.Counter(getattr(e, attribute) for e in self.entries if where.keeps(e))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _ChunkMeta:
-    entries: int
-    last_sequence: int
-    digest: str
-
-
-@dataclasses.dataclass(slots=True)
-class AuditModel:
-    """A session's audit read model, caught up to ``position`` (a stream sequence).
-
-    ``folded`` counts the events this catch-up folded, ``rebuilt`` whether it
-    started from scratch (no model yet, or one that could not be used), ``saved``
-    whether its checkpoint was written (false if another writer's won).
-    """
-
-    session_id: str
-    position: int
-    entries: int
-    folded: int
-    rebuilt: bool
-    saved: bool
-    _store: _Store
-    _prefix: str
-    _chunks: tuple[_ChunkMeta, ...]
-    _tail: _Chunk
-
-    async def _each_chunk(self) -> AsyncIterator[_Chunk]:
-        for i, meta in enumerate(self._chunks):
-            key = f"{self._prefix}.c{i}"
-            data = await _get(self._store, key, direct=self._store.direct)
-            if self._store.direct and (data is None or _digest(data) != meta.digest):
-                data = await _get(self._store, key)  # a replica behind the leader: ask the leader
-            if data is None or _digest(data) != meta.digest:
-                raise _Damaged(f"chunk {i} is missing or not the one recorded")
-            chunk = _Chunk.unpack(data)
-            if len(chunk) != meta.entries:
-                raise _Damaged(f"chunk {i} holds {len(chunk)} entries, not {meta.entries}")
-            yield chunk
-        yield self._tail
-
-    async def entries_matching(
-        self, where: AuditFilter = AuditFilter()
-    ) -> AsyncIterator[AuditEntry]:
-        """The entries that pass ``where``, in log order, a chunk at a time."""
-        async for chunk in self._each_chunk():
-            entry = chunk.entry
-            for i in where.rows(chunk):
-                yield entry(i)
-
-    async def all_entries(self, where: AuditFilter = AuditFilter()) -> list[AuditEntry]:
-        """:meth:`entries_matching` as a list."""
-        return [e async for e in self.entries_matching(where)]
-
-    async def counts(
-        self, group_by: GroupBy, where: AuditFilter = AuditFilter()
-    ) -> collections.Counter[str | None]:
-        """How many entries that pass ``where`` each value of ``group_by`` has
-        (agent ``None``: the session's owner; statement ``None``: none named)."""
-        if group_by not in _GROUP_COLUMN:
-            raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
-        column = _GROUP_COLUMN[group_by]
-        total: collections.Counter[str | None] = collections.Counter()
-        everything = where.empty
-        async for chunk in self._each_chunk():
-            values = chunk.columns[column]
-            counted = collections.Counter(
-                values if everything else [values[i] for i in where.rows(chunk)]
-            )
-            names: Sequence[str | None] = _OUTCOMES if column == _OUTCOME else chunk.strings
-            for code, n in counted.items():
-                total[names[code]] += n
-        return total
-
-
-def _prefix(journal: Journal, session_id: str) -> str:
+def _prefix(journal: KeptLog, session_id: str) -> str:
     return f"audit.{journal.config.stream}.{session_id}"
 
 
@@ -463,7 +105,7 @@ class _Store:
     direct: bool  # whether direct gets are allowed (and wanted)
 
 
-async def _store(journal: Journal, bucket: str, *, create: bool = True) -> _Store | None:
+async def _store(journal: KeptLog, bucket: str, *, create: bool = True) -> _Store | None:
     kv = await _bucket(
         journal, bucket, create=create, description="plantangenet audit read models", direct=True
     )
@@ -503,7 +145,7 @@ async def _put(kv: Any, key: str, value: bytes) -> None:
 
 
 async def _head(
-    kv: Any, journal: Journal, session_id: str
+    kv: Any, journal: KeptLog, session_id: str
 ) -> tuple[int, str, list[_ChunkMeta], int, bool]:
     """``(position, id of the event there, chunks, KV revision, usable)`` of the stored
     checkpoint (none: ``0, "", []``)."""
@@ -543,7 +185,7 @@ async def _head(
 
 
 async def _still_there(
-    journal: Journal, session_id: str, position: int, event: str, last: int
+    journal: KeptLog, session_id: str, position: int, event: str, last: int
 ) -> bool:
     """Whether the session's event at stream sequence ``position`` is still ``event``
     (one direct get): a checkpoint applies only to the log it was made from."""
@@ -560,7 +202,7 @@ async def _still_there(
 
 async def _save_head(
     kv: Any,
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     position: int,
     event: str,
@@ -594,7 +236,7 @@ async def _save_head(
 
 
 async def audit_model(
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     *,
     bucket: str = AUDIT_BUCKET,
@@ -641,7 +283,7 @@ async def audit_model(
 
 async def _catch_up(
     store: _Store,
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     chunk_entries: int,
     chunk_bytes: int,
@@ -739,7 +381,7 @@ async def _catch_up(
 
 
 async def reset_audit_model(
-    journal: Journal, session_id: str, *, bucket: str = AUDIT_BUCKET
+    journal: KeptLog, session_id: str, *, bucket: str = AUDIT_BUCKET
 ) -> bool:
     """Discard the session's audit read model (its checkpoint and chunks); whether there was one.
 
@@ -764,7 +406,7 @@ async def reset_audit_model(
 
 
 async def query_audit(
-    journal: Journal,
+    journal: KeptLog,
     session_id: str,
     answer: Callable[[AuditModel], Any],
     **options: Any,
@@ -778,6 +420,83 @@ async def query_audit(
         await reset_audit_model(journal, session_id, bucket=options.get("bucket", AUDIT_BUCKET))
         model = await audit_model(journal, session_id, **options)
         return await answer(model)
+
+
+#: The filter that passes every entry (the default of the queries).
+_EVERYTHING = AuditFilter()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ChunkMeta:
+    entries: int
+    last_sequence: int
+    digest: str
+
+
+@dataclasses.dataclass(slots=True)
+class AuditModel:
+    """A session's audit read model, caught up to ``position`` (a stream sequence).
+
+    ``folded`` counts the events this catch-up folded, ``rebuilt`` whether it
+    started from scratch (no model yet, or one that could not be used), ``saved``
+    whether its checkpoint was written (false if another writer's won).
+    """
+
+    session_id: str
+    position: int
+    entries: int
+    folded: int
+    rebuilt: bool
+    saved: bool
+    _store: _Store
+    _prefix: str
+    _chunks: tuple[_ChunkMeta, ...]
+    _tail: _Chunk
+
+    async def _each_chunk(self) -> AsyncIterator[_Chunk]:
+        for i, meta in enumerate(self._chunks):
+            key = f"{self._prefix}.c{i}"
+            data = await _get(self._store, key, direct=self._store.direct)
+            if self._store.direct and (data is None or _digest(data) != meta.digest):
+                data = await _get(self._store, key)  # a replica behind the leader: ask the leader
+            if data is None or _digest(data) != meta.digest:
+                raise _Damaged(f"chunk {i} is missing or not the one recorded")
+            chunk = _Chunk.unpack(data)
+            if len(chunk) != meta.entries:
+                raise _Damaged(f"chunk {i} holds {len(chunk)} entries, not {meta.entries}")
+            yield chunk
+        yield self._tail
+
+    async def entries_matching(self, where: AuditFilter = _EVERYTHING) -> AsyncIterator[AuditEntry]:
+        """The entries that pass ``where``, in log order, a chunk at a time."""
+        async for chunk in self._each_chunk():
+            entry = chunk.entry
+            for i in where.rows(chunk):
+                yield entry(i)
+
+    async def all_entries(self, where: AuditFilter = _EVERYTHING) -> list[AuditEntry]:
+        """:meth:`entries_matching` as a list."""
+        return [e async for e in self.entries_matching(where)]
+
+    async def counts(
+        self, group_by: GroupBy, where: AuditFilter = _EVERYTHING
+    ) -> collections.Counter[str | None]:
+        """How many entries that pass ``where`` each value of ``group_by`` has
+        (agent ``None``: the session's owner; statement ``None``: none named)."""
+        if group_by not in _GROUP_COLUMN:
+            raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
+        column = _GROUP_COLUMN[group_by]
+        total: collections.Counter[str | None] = collections.Counter()
+        everything = where.empty
+        async for chunk in self._each_chunk():
+            values = chunk.columns[column]
+            counted = collections.Counter(
+                values if everything else [values[i] for i in where.rows(chunk)]
+            )
+            names: Sequence[str | None] = _OUTCOMES if column == _OUTCOME else chunk.strings
+            for code, n in counted.items():
+                total[names[code]] += n
+        return total
 
 
 __all__ = [

@@ -33,6 +33,7 @@ from plantangenet.events.dust import (
 )
 from plantangenet.events.envelope import OPERATOR, Envelope
 from plantangenet.events.fields import MetadataValue
+from plantangenet.events.policy_values import Policy
 from plantangenet.events.session import (
     AgentAttached,
     AgentDetached,
@@ -53,7 +54,6 @@ from plantangenet.events.trust import (
     OwnerAdded,
     OwnerRemoved,
 )
-from plantangenet.policy import Policy
 from plantangenet.projections.maps import EMPTY_VIEW, FrozenMap, frozen, view
 
 SessionStatus = Literal["new", "active", "ended"]

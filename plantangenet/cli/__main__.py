@@ -1,0 +1,7 @@
+"""``python -m plantangenet.cli``, as ``python -m plantangenet``."""
+
+import sys
+
+from plantangenet.cli import main
+
+sys.exit(main())

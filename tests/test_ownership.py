@@ -1,0 +1,138 @@
+"""One writer per session across ``serve`` processes: partitions owned under KV leases.
+
+Real nats-server, several session services on one stream (each with a runtime of its
+own, as separate processes would have): ownership spreads evenly, no partition has two
+owners, each session's commands are decided by one process only (the others pass them
+on), ownership moves when a service stops or stops renewing, and nothing a bot sends can
+make a service trust a principal the server did not vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+
+from plantangenet import JournalConfig, Plantangenet
+from plantangenet.client import BotClient
+from plantangenet.ownership import partition_of
+from plantangenet.service import SessionService
+from tests.conftest import wait_until
+
+PARTITIONS = 8
+LEASE = 2.0
+
+
+def owners(services: list[SessionService]) -> dict[int, list[int]]:
+    """Per partition, the services (by index) that believe they own it."""
+    table: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
+    for i, service in enumerate(services):
+        assert service.ownership is not None
+        for p in service.ownership.owned:
+            table[p].append(i)
+    return table
+
+
+def settled(services: list[SessionService]) -> bool:
+    """Every partition owned by exactly one service, and shares even (within one)."""
+    table = owners(services)
+    if any(len(found) != 1 for found in table.values()):
+        return False
+    counts = [sum(1 for found in table.values() if found == [i]) for i in range(len(services))]
+    return max(counts) - min(counts) <= 1
+
+
+@contextlib.contextmanager
+def services_on(
+    make_runtime: Callable[[], Plantangenet], count: int
+) -> Iterator[list[SessionService]]:
+    started: list[SessionService] = []
+    try:
+        for _ in range(count):
+            service = SessionService(make_runtime(), partitions=PARTITIONS, lease_ttl=LEASE)
+            service.runtime.run(service.start())
+            started.append(service)
+        yield started
+    finally:
+        for service in started:
+            with contextlib.suppress(Exception):
+                service.runtime.run(service.stop(timeout=10))
+
+
+def test_partitions_spread_evenly_with_one_owner_each(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    with services_on(make_runtime, 3) as services:
+        wait_until(lambda: settled(services), timeout=30)
+        counts = sorted(len(s.ownership.owned) for s in services if s.ownership)
+        assert counts == [2, 3, 3]
+        members = services[0].ownership.live_members() if services[0].ownership else []
+        assert len(members) == 3
+
+
+def test_a_joining_service_gets_its_share_and_a_leaving_one_hands_over(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    with services_on(make_runtime, 1) as services:
+        first = services[0].ownership
+        assert first is not None and len(first.owned) == PARTITIONS  # alone: all of them
+        second = SessionService(make_runtime(), partitions=PARTITIONS, lease_ttl=LEASE)
+        second.runtime.run(second.start())
+        services.append(second)
+        wait_until(lambda: settled(services), timeout=30)
+        assert len(first.owned) == len(second.ownership.owned) == 4  # type: ignore[union-attr]
+        assert first.released >= 4
+        # A graceful stop hands every partition back at once: no lease to wait out.
+        second.runtime.run(second.stop(timeout=10))
+        services.pop()
+        wait_until(lambda: len(first.owned) == PARTITIONS, timeout=LEASE)
+
+
+def test_an_owner_that_stops_renewing_is_replaced_after_its_lease(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    with services_on(make_runtime, 2) as services:
+        wait_until(lambda: settled(services), timeout=30)
+        survivor, dying = services[0].ownership, services[1].ownership
+        assert survivor is not None and dying is not None
+
+        # As a SIGKILL leaves it: no more renewals, nothing handed back.
+        async def die() -> None:
+            for task in dying._tasks:
+                task.cancel()
+
+        services[1].runtime.run(die())
+        wait_until(lambda: len(survivor.owned) == PARTITIONS, timeout=LEASE * 4)
+        assert survivor.taken >= PARTITIONS // 2
+
+
+def test_each_session_is_decided_by_its_owner_only(
+    make_runtime: Callable[[], Plantangenet], journal_config: JournalConfig, nats_server: object
+) -> None:
+    url = getattr(nats_server, "url")  # noqa: B009
+    sessions = [f"s{i}" for i in range(24)]
+    with services_on(make_runtime, 2) as services:
+        wait_until(lambda: settled(services), timeout=30)
+
+        async def scenario() -> None:
+            async with await BotClient.connect(
+                url, agent_id="a", journal=journal_config, timeout=5
+            ) as bot:
+                for sid in sessions:
+                    await bot.open(sid)
+                    await bot.attach(sid)
+                    await bot.add_cursor(sid, "c", ["x"], 0, 1, issued_by=None)
+
+        asyncio.run(scenario())
+        for sid in sessions:
+            owner_index = [
+                i
+                for i, s in enumerate(services)
+                if s.ownership and partition_of(sid, PARTITIONS) in s.ownership.owned
+            ]
+            running = [i for i, s in enumerate(services) if s.runtime.running_session(sid)]
+            assert running == owner_index, sid  # only the owner ever started its actor
+        assert sum(s.forwarded for s in services) > 0
+        assert sum(s.metrics.conflicts._value.get() for s in services) == 0
+        replay = services[0].runtime.replay(sessions[0])
+        assert "a" in replay.agents and "c" in replay.cursors

@@ -1,0 +1,210 @@
+"""Passing requests on between ``serve`` processes, tried by a hostile bot.
+
+A deployment locked down as README says (``plantangenet nats-config``: bots alice and
+mallory in accounts of their own), served by two session services that own the
+sessions by partition. A request may reach either process; the one that does not
+own the session passes it on with the principal the *server* vouched for. Mallory
+tries to use that: publish straight onto the passing-on subject, and send requests
+carrying the header that names a passed-on request's principal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+
+from plantangenet import AccessRefused, EmbeddedNats, Plantangenet, PlantangenetError
+from plantangenet.cli import main
+from plantangenet.client import BotClient, new_command_id
+from plantangenet.events import AccessDenied
+from plantangenet.protocol import (
+    HOPS_HEADER,
+    PRINCIPAL_HEADER,
+    command_subject,
+    decode_reply,
+    encode_request,
+    forward_subject,
+)
+from plantangenet.service import SessionService
+from tests.conftest import wait_until
+
+PASSWORD = "svc-pw-ownership"
+ALICE, MALLORY = "alice@bot-alice", "mallory@bot-mallory"
+SESSIONS = [f"al{i}" for i in range(8)]
+PARTITIONS = 4
+
+
+class Deployment:
+    def __init__(self, server: EmbeddedNats, services: list[SessionService]) -> None:
+        self.server = server
+        self.services = services
+        self.runtime: Plantangenet = services[0].runtime
+
+    def url(self, user: str, password: str) -> str:
+        return f"nats://{user}:{password}@{self.server.host}:{self.server.port}"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root: Path = tmp_path_factory.mktemp("ownership-trust")
+    conf = root / "nats.conf"
+    out = io.StringIO()
+    sessions = ",".join(SESSIONS)
+    status = main(
+        [
+            "nats-config",
+            "--service-password",
+            PASSWORD,
+            "--bot",
+            f"alice:alice-pw:{sessions}",
+            "--bot",
+            f"mallory:mallory-pw:{sessions},mallory-own",
+            "--out",
+            str(conf),
+        ],
+        out,
+    )
+    assert status == 0, out.getvalue()
+    server = EmbeddedNats(root / "store", extra_args=["-c", str(conf)]).start()
+    services: list[SessionService] = []
+    try:
+        url = f"nats://plantangenet:{PASSWORD}@{server.host}:{server.port}"
+        for _ in range(2):
+            runtime = Plantangenet.open(nats_url=url)
+            service = SessionService(runtime, partitions=PARTITIONS, lease_ttl=2.0)
+            runtime.run(service.start())
+            services.append(service)
+        wait_until(lambda: all(s.ownership and len(s.ownership.owned) == 2 for s in services))
+        deployment = Deployment(server, services)
+        asyncio.run(_set_up(deployment))
+        yield deployment
+    finally:
+        for service in services:
+            with contextlib.suppress(Exception):
+                service.runtime.run(service.stop(timeout=10))
+            service.runtime.close()
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def bot(deployment: Deployment, who: str) -> AsyncIterator[BotClient]:
+    client = await BotClient.connect(
+        deployment.url(who, f"{who}-pw"), agent_id=who, timeout=5, retries=0
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _set_up(deployment: Deployment) -> None:
+    async with bot(deployment, "alice") as alice:
+        for sid in SESSIONS:
+            await alice.open(sid)
+            await alice.attach(sid)
+
+
+def test_requests_reach_the_owner_from_either_process_and_bots_get_the_reply(
+    deployment: Deployment,
+) -> None:
+    before = sum(s.forwarded for s in deployment.services)
+
+    async def scenario() -> None:
+        async with bot(deployment, "alice") as alice:
+            for sid in SESSIONS:
+                for i in range(3):
+                    await alice.change_metadata(sid, {"note": f"n{i}"}, issued_by=None)
+
+    asyncio.run(scenario())
+    # Some of 24 requests landed on the process that does not own their session.
+    assert sum(s.forwarded for s in deployment.services) > before
+    for sid in SESSIONS:
+        running = [s for s in deployment.services if s.runtime.running_session(sid)]
+        assert len(running) == 1, sid
+        assert deployment.runtime.replay(sid).metadata.get("note") == "n2"
+
+
+def test_a_bot_cannot_publish_onto_the_passing_on_subject(deployment: Deployment) -> None:
+    owner = deployment.services[0].ownership
+    assert owner is not None
+    target = next(s for s in SESSIONS if owner.owner_of(s) == owner.member_id)
+    before = deployment.runtime.sessions().get(target, 0)
+    payload = encode_request(
+        {"changed": {"note": "mallory was here"}}, command_id=new_command_id(), issued_by=None
+    )
+
+    async def scenario() -> Exception:
+        nc = await nats.connect(deployment.url("mallory", "mallory-pw"), allow_reconnect=False)
+        try:
+            for subject in (
+                forward_subject(owner.member_id, target, "change_metadata"),
+                forward_subject("*", target, "change_metadata"),
+            ):
+                try:
+                    await nc.request(
+                        subject,
+                        payload,
+                        timeout=1,
+                        headers={PRINCIPAL_HEADER: ALICE, HOPS_HEADER: "1"},
+                    )
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+                    error: Exception = exc
+                else:
+                    raise AssertionError("a bot's request on the passing-on subject was answered")
+            return error
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+    assert deployment.runtime.sessions().get(target, 0) == before  # nothing stored
+
+
+def test_a_forged_principal_header_is_ignored_wherever_the_request_lands(
+    deployment: Deployment,
+) -> None:
+    """Mallory names alice in the passed-on request's header on ordinary requests; each
+    is decided as hers (refused: she has no standing in alice's sessions), whichever
+    process took it and whether or not it was passed on."""
+    forwarded = sum(s.forwarded for s in deployment.services)
+
+    async def scenario() -> list[PlantangenetError]:
+        refusals: list[PlantangenetError] = []
+        nc = await nats.connect(deployment.url("mallory", "mallory-pw"), allow_reconnect=False)
+        try:
+            for sid in SESSIONS:
+                payload = encode_request(
+                    {"changed": {"note": "forged"}},
+                    command_id=new_command_id(),
+                    issued_by="alice",
+                )
+                reply = await nc.request(
+                    command_subject(sid, "change_metadata"),
+                    payload,
+                    timeout=5,
+                    headers={PRINCIPAL_HEADER: ALICE, HOPS_HEADER: "0"},
+                )
+                try:
+                    decode_reply(reply.data)
+                except PlantangenetError as exc:
+                    refusals.append(exc)
+        finally:
+            await nc.close()
+        return refusals
+
+    refusals = asyncio.run(scenario())
+    assert len(refusals) == len(SESSIONS)
+    assert all(isinstance(r, AccessRefused) for r in refusals), refusals
+    assert sum(s.forwarded for s in deployment.services) > forwarded  # some were passed on
+    for sid in SESSIONS:
+        state = deployment.runtime.replay(sid)
+        assert state.metadata.get("note") != "forged"
+        denied = [e for e in deployment.runtime.history(sid) if isinstance(e.event, AccessDenied)]
+        assert all(e.principal != ALICE for e in denied)
+        assert any(e.principal == MALLORY for e in denied), sid
