@@ -127,6 +127,15 @@ def test_refusals_policy_changes_and_role_grants_stand_out(runtime: Plantangenet
         app._changed()
         head = app.query_one("#event-text", Static).content
         assert isinstance(head, Text) and head.spans[0].style == REFUSAL_STYLE
+        # Selected, the refusal keeps its colour (on the cursor's background).
+        assert table.cursor_row == denied
+        line = table.render_line(1 + denied)
+        assert {s.style.color for s in line if s.style and s.text.strip()} == {
+            Style.parse(REFUSAL_STYLE).color
+        }
+        assert {s.style.bgcolor for s in line if s.style and s.text.strip()} != {
+            s.style.bgcolor for s in table.render_line(1) if s.style and s.text.strip()
+        }
 
     explore(app, scenario)
 

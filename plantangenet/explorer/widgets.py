@@ -177,9 +177,10 @@ class TimelineTable(ScrollView, can_focus=True):
                 return Strip.blank(width, base)
             shown = self.row(row)
             line = shown.plain
-            styles = [Style.parse(str(shown.style))]
-            if row == self.cursor_row:
-                styles.append(self.get_component_rich_style("timeline--cursor"))
+            own = Style.parse(str(shown.style))
+            styles = [own]
+            if row == self.cursor_row:  # the cursor's background, the event's own colour
+                styles = [self.get_component_rich_style("timeline--cursor"), own]
         # Spans, not Text.style: a Text's own style is not in the segments it renders.
         text = Text(line.ljust(max(ROW_WIDTH, width + scroll_x)))
         for style in (base, *styles):
@@ -242,7 +243,10 @@ def changes_text(timeline: Timeline) -> Text:
     if selected is None:
         return Text("no event selected")
     changes: list[Change] = timeline.changes
-    text = Text(f"seq {selected.sequence} {selected.type_name}: ", style="bold")
+    text = Text(
+        f"seq {selected.sequence} {selected.type_name}: ",
+        style=event_style(selected.type_name) or "bold",
+    )
     text.append(f"{len(changes)} change(s)\n")
     if not changes:
         text.append("  (no change to the state)\n", style="dim")
