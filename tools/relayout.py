@@ -108,7 +108,6 @@ PLACES: dict[str, str] = {
     "access.py": "wire/access.py",
     "metrics.py": "wire/metrics.py",
     "micro.py": "wire/micro.py",
-    "asyncapi.py": "wire/asyncapi.py",
     "partitions.py": "wire/partitions.py",  # the service's partition ownership (lead)
     # -- timetravel
     "history.py": "timetravel/history.py",
@@ -124,6 +123,8 @@ PLACES: dict[str, str] = {
     "reports.py": "cli/reports.py",
     "replay_cli.py": "cli/replay.py",
     "status.py": "cli/status.py",
+    # it imports every module (pkgutil) for the error registry: it sits at the top
+    "asyncapi.py": "cli/asyncapi.py",
 }
 
 #: The rooms, top of the stack first, each with what it holds and what it may import.
@@ -131,7 +132,9 @@ ROOMS: dict[str, str] = {
     "cli": """The command line: ``plantangenet`` and its commands, rendered for people and scripts.
 
 Holds the argument parser and every command (``main``), the renderings of the cursor index and
-the ledger (``reports``), ``replay-agent``/``replay-serve`` (``replay``) and ``status``.
+the ledger (``reports``), ``replay-agent``/``replay-serve`` (``replay``), ``status``, and
+``asyncapi`` (``python -m plantangenet.cli.asyncapi`` writes docs/asyncapi.yaml from the registries
+of every module).
 May import every other room; nothing imports it but ``plantangenet.__main__``.""",
     "timetravel": """Time travel: the session at any position, forks, the explorer, replaying bots.
 
@@ -143,7 +146,7 @@ May import wire, the runtime and everything below them; not cli.""",
 
 Holds the messages and their codes (``protocol``), the session service (``service``, with its
 ``metrics`` and NATS ``micro`` endpoints), the bot client (``client``), the nats-server accounts
-of a deployment (``access``) and the AsyncAPI document generated from all of it (``asyncapi``).
+of a deployment (``access``).
 May import the runtime and everything below it; not timetravel or cli.""",
     "actors": """Actors: the session actor (its session's single writer), agent actors, the handle.
 
@@ -201,6 +204,8 @@ EXTRA_TEXT_FILES = {".ci/run"}
 SELF = "tools/relayout.py"
 LAYOUT_TEST = ("tools/test_layout.py", "tests/test_layout.py")
 CI_LINE = ".venv/bin/lint-imports"
+MARK = "\0relayout\0"
+LINE_LENGTH = 100
 
 
 class Unplaced(Exception):
@@ -287,7 +292,21 @@ def text_files(root: Path) -> list[Path]:
     return found
 
 
-def rewriter(renames: dict[str, str], paths: dict[str, str]):  # type: ignore[no-untyped-def]
+def exported_names(root: Path) -> set[str]:
+    """The names ``plantangenet/__init__.py`` binds by importing them (functions, classes)."""
+    init = root / PACKAGE / "__init__.py"
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    return {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+
+
+def rewriter(  # type: ignore[no-untyped-def]
+    renames: dict[str, str], paths: dict[str, str], exported: set[str]
+):
     """A function rewriting one file's text for the renames (dotted) and moves (paths)."""
     if not renames:
         return lambda text: text
@@ -301,7 +320,8 @@ def rewriter(renames: dict[str, str], paths: dict[str, str]):  # type: ignore[no
     )
     # from plantangenet import journal, Plantangenet as P  (one line, no parentheses)
     from_re = re.compile(r"^([ \t]*)from " + PACKAGE + r" import ([^(\n#]+?)[ \t]*$", re.M)
-    top_level = {old for old in renames if "." not in old}
+    # ``from plantangenet import verify`` names the function the package exports, not the module
+    top_level = {old for old in renames if "." not in old} - exported
 
     def split_from(match: re.Match[str]) -> str:
         indent, names = match.group(1), match.group(2)
@@ -320,13 +340,14 @@ def rewriter(renames: dict[str, str], paths: dict[str, str]):  # type: ignore[no
         if not by_parent:
             return match.group(0)
         lines = [f"{indent}from {PACKAGE} import {', '.join(kept)}"] if kept else []
-        for parent in sorted(by_parent):
-            lines.append(f"{indent}from {PACKAGE}.{parent} import {', '.join(by_parent[parent])}")
+        for parent in sorted(by_parent):  # marked, so the dotted rewrite below leaves it be
+            lines.append(f"{indent}from {MARK}.{parent} import {', '.join(by_parent[parent])}")
         return "\n".join(lines)
 
     def rewrite(text: str) -> str:
         text = from_re.sub(split_from, text)
         text = name_re.sub(lambda m: f"{PACKAGE}.{renames[m.group(1)]}", text)
+        text = text.replace(MARK, PACKAGE)
         return path_re.sub(lambda m: f"{PACKAGE}/{paths[m.group(1)]}", text)
 
     return rewrite
@@ -376,7 +397,7 @@ def run(root: Path, dry_run: bool) -> int:
         return 1
     paths = {old: new for old, new in moves}
     paths.update({o: n for o, n in PLACES.items() if o.endswith("/") and dotted(o) in renames})
-    rewrite = rewriter(renames, paths)
+    rewrite = rewriter(renames, paths, exported_names(root))
 
     print(f"relayout: {len(moves)} module(s) to move")
     for old, new in moves:
@@ -442,6 +463,18 @@ def run(root: Path, dry_run: bool) -> int:
         subprocess.run([str(tool), "format", "-q", *python], cwd=root, check=True)
     elif python:
         print("relayout: ruff not found; sort imports and format by hand", file=sys.stderr)
+    long_lines = [
+        f"  {Path(name).relative_to(root)}:{number}"
+        for name in python
+        for number, line in enumerate(Path(name).read_text(encoding="utf-8").splitlines(), 1)
+        if len(line) > LINE_LENGTH
+    ]
+    if long_lines:
+        print(
+            f"relayout: lines now over {LINE_LENGTH} characters (longer module paths in a string "
+            "or comment); shorten them before committing:\n" + "\n".join(long_lines),
+            file=sys.stderr,
+        )
     if changed or moves:
         subprocess.run(
             ["git", "add", "-A", "--", PACKAGE, *sorted({str(p) for p in changed})],
