@@ -449,7 +449,7 @@ def run(root: Path, dry_run: bool) -> int:
     ci = root / ".ci/run"
     if ci.exists():
         lines = ci.read_text(encoding="utf-8").splitlines(keepends=True)
-        if not any(line.strip() == CI_LINE for line in lines):
+        if not any(line.split("#")[0].strip() == CI_LINE for line in lines):
             at = max(i for i, line in enumerate(lines) if "mypy" in line) + 1
             lines.insert(at, f"{CI_LINE}  # the layers' import contracts (pyproject.toml)\n")
             ci.write_text("".join(lines), encoding="utf-8")
@@ -480,6 +480,8 @@ def run(root: Path, dry_run: bool) -> int:
             check=True,
         )
     print(f"relayout: {len(set(changed))} file(s) rewritten or written; all staged")
+    for path in sorted(set(changed)):
+        print(f"  {path.relative_to(root)}")
     return 0
 
 
