@@ -616,7 +616,7 @@ class BotClient:
 
 
 class _PagedLog:
-    """What :func:`~plantangenet.replay.replay` reads of a journal, over ``history`` pages."""
+    """A journal for :func:`~plantangenet.replay.replay`, read in ``history`` pages."""
 
     def __init__(self, client: BotClient) -> None:
         self.client = client
