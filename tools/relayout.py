@@ -427,6 +427,14 @@ def run(root: Path, dry_run: bool) -> int:
         folder = root / PACKAGE / old.rstrip("/")
         if old.endswith("/") and folder.is_dir() and not any(folder.rglob("*.py")):
             shutil.rmtree(folder)
+    for path in text_files(root):
+        text = path.read_text(encoding="utf-8")
+        new_text = rewrite(text)
+        if new_text != text:
+            path.write_text(new_text, encoding="utf-8")
+            changed.append(path)
+
+    # after the rewrite: a room's text names modules by their new paths already
     for room in rooms:
         init = root / PACKAGE / room / "__init__.py"
         init.parent.mkdir(parents=True, exist_ok=True)
@@ -435,13 +443,6 @@ def run(root: Path, dry_run: bool) -> int:
         if new_text != text:
             init.write_text(new_text, encoding="utf-8")
             changed.append(init)
-    for path in text_files(root):
-        text = path.read_text(encoding="utf-8")
-        new_text = rewrite(text)
-        if new_text != text:
-            path.write_text(new_text, encoding="utf-8")
-            changed.append(path)
-
     source, target = (root / p for p in LAYOUT_TEST)
     if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
         shutil.copyfile(source, target)
