@@ -616,7 +616,7 @@ class BotClient:
 
 
 class _PagedLog:
-    """A journal for :func:`~plantangenet.replay.replay`, read in ``history`` pages."""
+    """What :func:`~plantangenet.replay.replay` reads of a journal, over ``history`` pages."""
 
     def __init__(self, client: BotClient) -> None:
         self.client = client
