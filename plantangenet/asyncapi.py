@@ -806,7 +806,7 @@ class _Builder:
             "description": markdown(
                 """The stable code of a failure (each error class's `code`).
 
-                A client maps a code to its class with `plantangenet.protocol.ERROR_CLASSES`
+                A client maps a code to its error class with `plantangenet.protocol.ERROR_CLASSES`
                 (the classes of `plantangenet.errors`); an unknown code reads as the base
                 error (`error`). Codes marked `x-local` are those of errors defined outside
                 `plantangenet.errors` (access configuration, projections, the store): local

@@ -616,7 +616,7 @@ class BotClient:
 
 
 class _PagedLog:
-    """What :func:`~plantangenet.replay.replay` reads of a journal, over ``history`` pages."""
+    """The part of a journal :func:`~plantangenet.replay.replay` reads, over ``history`` pages."""
 
     def __init__(self, client: BotClient) -> None:
         self.client = client

@@ -376,7 +376,7 @@ def plan_query(
     *,
     now: datetime | None = None,
 ) -> tuple[Authorization, Plan]:
-    """Check and plan a data query (see :mod:`plantangenet.disclose`); raises if refused."""
+    """Check a data query and plan it (see :mod:`plantangenet.disclose`); raises if refused."""
     _check_envelope(command, DataQuery)
     if state.unreadable:
         _require_readable(state, command)

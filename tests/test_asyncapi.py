@@ -418,8 +418,7 @@ def test_asyncapi_document_is_current() -> None:
     if written != generated:
         pytest.fail(
             f"docs/asyncapi.yaml is not what the code describes "
-            f"({asyncapi._difference(written, generated)}): "
-            "run `python -m plantangenet.asyncapi`"
+            f"({asyncapi._difference(written, generated)}): run `python -m plantangenet.asyncapi`"
         )
 
 
