@@ -63,12 +63,14 @@ PLACES: dict[str, str] = {
     "projections/agent.py": "projections/agent.py",
     "projections/audit.py": "projections/audit.py",
     "projections/audit_model.py": "projections/audit_model.py",
+    "projections/audit_chunks.py": "projections/audit_chunks.py",
     "projections/cursors.py": "projections/cursors.py",
     "projections/ledger.py": "projections/ledger.py",
     "projections/log_view.py": "projections/log_view.py",
     "projections/maps.py": "projections/maps.py",
     "projections/session.py": "projections/session.py",
     "projections/user.py": "projections/user.py",
+    "projections/user_model.py": "projections/user_model.py",
     "views.py": "projections/views.py",
     # -- domain: pure decisions
     "commands.py": "domain/commands.py",
@@ -79,6 +81,7 @@ PLACES: dict[str, str] = {
     "dust.py": "domain/dust.py",
     "chem.py": "domain/chem.py",
     "query_plan.py": "domain/query_plan.py",
+    "checks.py": "domain/checks.py",  # what callers send: ids, axes, texts, limits
     # -- log: the stream, and reading it into state
     "journal.py": "log/journal.py",
     "frames.py": "log/frames.py",
@@ -92,6 +95,9 @@ PLACES: dict[str, str] = {
     "embedded.py": "nats/embedded.py",
     "cluster.py": "nats/cluster.py",
     "store.py": "nats/store.py",
+    "cluster_nodes.py": "nats/cluster_nodes.py",
+    "nats_local.py": "nats/local.py",  # the machine a local server runs on
+    "nats_conf.py": "nats/config.py",  # nats-server configuration text
     # -- actors
     "actors/__init__.py": "actors/__init__.py",
     "actors/agent.py": "actors/agent.py",
@@ -112,6 +118,9 @@ PLACES: dict[str, str] = {
     "ownership.py": "wire/ownership.py",
     "client.py": "wire/client.py",
     "access.py": "wire/access.py",
+    "access_checks.py": "wire/access_checks.py",
+    "principals.py": "wire/principals.py",
+    "client_commands.py": "wire/client_commands.py",
     "metrics.py": "wire/metrics.py",
     "micro.py": "wire/micro.py",
     # -- timetravel
@@ -123,6 +132,9 @@ PLACES: dict[str, str] = {
     "explorer/": "timetravel/explorer/",  # the Textual explorer (explorer-textual)
     "filters.py": "timetravel/filters.py",  # its event filters (explorer-textual)
     "botreplay.py": "timetravel/botreplay.py",
+    "botreplay_records.py": "timetravel/botreplay_records.py",
+    "botreplay_report.py": "timetravel/botreplay_report.py",
+    "botreplay_session.py": "timetravel/botreplay_session.py",
     "replay_serve.py": "timetravel/replay_serve.py",
     # -- cli
     "cli.py": "cli/main.py",  # before cli-rich; with it, its package stays as it is:
@@ -132,6 +144,10 @@ PLACES: dict[str, str] = {
     "status.py": "cli/status.py",
     # it imports every module (pkgutil) for the error registry: it sits at the top
     "asyncapi.py": "cli/asyncapi.py",
+    "asyncapi_components.py": "cli/asyncapi_components.py",
+    "asyncapi_schemas.py": "cli/asyncapi_schemas.py",
+    "asyncapi_texts.py": "cli/asyncapi_texts.py",
+    "asyncapi_yaml.py": "cli/asyncapi_yaml.py",
 }
 
 #: Re-export shims (old path -> the module they re-export). When that module exists the shim
@@ -185,8 +201,9 @@ a session's state), ``positions`` (revisions, sequences, times, and the session 
 May import domain, projections, events and errors; no actors, nothing above them.""",
     "nats": """NATS itself: the embedded ``nats-server``, clusters of them, one server per store.
 
-Holds ``embedded`` (a server on a free port), ``cluster`` (a JetStream cluster of them) and
-``store`` (one server per store directory, whichever process opens it).
+Holds ``embedded`` (a server on a free port, with ``local``: its binary, port, log and disk),
+``cluster`` (a JetStream cluster of them, with ``cluster_nodes``), ``store`` (one server per
+store directory, whichever process opens it) and ``config`` (nats-server configuration text).
 May import domain, projections, events and errors; it is independent of the log.""",
     "domain": """The domain: pure decisions over a session's state, no I/O.
 
