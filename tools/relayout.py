@@ -386,8 +386,9 @@ def rewriter(  # type: ignore[no-untyped-def]
 
     def dotted_name(match: re.Match[str]) -> str:
         old, after = match.group(1), match.string[match.end() : match.end() + 1]
-        before = match.string[max(0, match.start() - 7) : match.start()]
-        if old in exported and after not in (".", ":") and not before.endswith((":mod:`", "`~")):
+        before = match.string[max(0, match.start() - 8) : match.start()]
+        module_context = ("from ", "import ", "-m ", ":mod:`", ":mod:`~")
+        if old in exported and after not in (".", ":") and not before.endswith(module_context):
             return match.group(0)  # plantangenet.verify: the function the package exports
         return f"{PACKAGE}.{renames[old]}"
 
