@@ -361,6 +361,7 @@ def rewriter(  # type: ignore[no-untyped-def]
     # from plantangenet import journal, Plantangenet as P  (one line, no parentheses)
     from_re = re.compile(r"^([ \t]*)from " + PACKAGE + r" import ([^(\n#]+?)[ \t]*$", re.M)
     # ``from plantangenet import verify`` names the function the package exports, not the module
+    # (a dotted ``plantangenet.verify`` in prose is taken for the module, as it mostly is)
     top_level = {old for old in renames if "." not in old} - exported
 
     def split_from(match: re.Match[str]) -> str:
@@ -387,9 +388,8 @@ def rewriter(  # type: ignore[no-untyped-def]
     def dotted_name(match: re.Match[str]) -> str:
         old, after = match.group(1), match.string[match.end() : match.end() + 1]
         before = match.string[max(0, match.start() - 8) : match.start()]
-        module_context = ("from ", "import ", "-m ", ":mod:`", ":mod:`~")
-        if old in exported and after not in (".", ":") and not before.endswith(module_context):
-            return match.group(0)  # plantangenet.verify: the function the package exports
+        if old in exported and (after == "(" or before.endswith((":func:`", ":func:`~"))):
+            return match.group(0)  # plantangenet.verify(...): the function the package exports
         return f"{PACKAGE}.{renames[old]}"
 
     def rewrite(text: str) -> str:
