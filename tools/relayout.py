@@ -11,14 +11,17 @@ What it does, in order:
    new path). A module the table does not place is an error: the script lists them and exits 1
    before touching anything, so a module added since the table was written is placed on purpose.
 2. ``git mv``\\ s the modules that are not yet where the table puts them.
-3. Writes each room's ``__init__.py`` docstring (:data:`ROOMS`: what the room holds, what it may
-   import); an ``__init__`` that already has a docstring keeps it below the room's text.
-4. Rewrites every reference to a moved module in the repository's text files: dotted names
+3. Rewrites every reference to a moved module in the repository's text files: dotted names
    (``plantangenet.journal`` -> ``plantangenet.log.journal``, in imports, mock targets, strings such
    as ``"plantangenet.cli:main"`` and ``python -m plantangenet.asyncapi``), module imports
    (``from plantangenet import journal`` -> ``from plantangenet.log import journal``) and paths
    (``plantangenet/journal.py``).
-5. Installs ``tools/test_layout.py`` as ``tests/test_layout.py`` and adds ``lint-imports`` (the
+4. Writes each room's ``__init__.py`` docstring (:data:`ROOMS`: what the room holds, what it may
+   import); an ``__init__`` that already has a docstring keeps it below the room's text
+   (after the rewrite: the rooms' texts name the new paths already).
+5. Replaces the README's "## Layout" section with :data:`README_LAYOUT`, drops the "pending" note
+   of docs/architecture.md (written for the new layout, so not rewritten), installs
+   ``tools/test_layout.py`` as ``tests/test_layout.py`` and adds ``lint-imports`` (the
    contracts of ``[tool.importlinter]`` in ``pyproject.toml``) to ``.ci/run`` after mypy.
 6. Sorts the imports and formats the Python files it changed (ruff, if found).
 
@@ -225,6 +228,42 @@ Holds the events, the envelope, the field conversions, the policy and disclosure
 carry (``policy_values``) and the msgpack codec.
 May import errors only.""",
 }
+
+#: The README's "## Layout" section after the relayout (the flat list it replaces names old paths).
+README_LAYOUT = """## Layout
+
+The package is grouped by layer, each folder a room that imports only the rooms below it
+(checked by `lint-imports`); [docs/architecture.md](docs/architecture.md) draws the layers and the
+path of a command and of a read, each step naming its module.
+
+```
+plantangenet/
+  cli/           the command line (plantangenet ...), status, replay-agent/replay-serve, and
+                 asyncapi (python -m plantangenet.cli.asyncapi writes docs/asyncapi.yaml)
+  timetravel/    history, why, state_diff, fork (what-if forks), the explorer (terminal UI),
+                 botreplay (a bot against recorded events), replay_serve
+  wire/          subjects, protocol, service (plantangenet serve; ownership of partitions,
+                 micro: $SRV answers, metrics: Prometheus), client (BotClient), access
+                 (nats-server accounts for a locked-down deployment), principals
+  runtime.py     Plantangenet: connection, journal, session actors, compositors, chems
+  data/          compositors (synthetic, recorded), disclose (running a query), chems (both sides)
+  actors/        SessionActor (single writer, group commit), AgentActor + Agent hooks, pool
+                 (agent actors as mailboxes on a shared thread pool), SessionHandle, futures
+  log/           journal (the only code that talks to JetStream), frames (atomic batches), loop
+                 (the thread owning the NATS connection), replay, session_replay, positions
+                 (revisions, state_at), verify (hash chain), correlations (KV index)
+  nats/          EmbeddedNats, clusters, one server per store directory, server configuration
+  domain/        commands, decide(state, command) -> events, authorize + policy (statements and
+                 evaluation), disclosure (levels and shaping), dust, chem (one side), query_plan
+  projections/   session and agent folds (evolve; maps: persistent maps), audit and its read
+                 model in KV (audit_model), cursor index, dust ledger, user projections, views
+  events/        event types, envelope, fields, policy values, registry + upcasters, msgpack codec
+  errors.py      every error, with its stable code
+bench/           benchmarks against raw nats-py (results: docs/benchmarks.md)
+tests/           pytest + hypothesis, against real nats-server processes
+```
+"""
+LAYOUT_SECTION = re.compile(r"^## Layout\n.*?(?=^## )", re.S | re.M)
 
 #: One-line docstrings the room texts replace outright (they say less than the room does).
 SUBSUMED = {
@@ -496,6 +535,13 @@ def run(root: Path, dry_run: bool) -> int:
         if new_text != text:
             init.write_text(new_text, encoding="utf-8")
             changed.append(init)
+    readme = root / "README.md"
+    if readme.exists() and renames:
+        text = readme.read_text(encoding="utf-8")
+        new_text = LAYOUT_SECTION.sub(lambda _: README_LAYOUT + "\n", text, count=1)
+        if new_text != text:
+            readme.write_text(new_text, encoding="utf-8")
+            changed.append(readme)
     doc = root / WRITTEN_FOR_IT
     if doc.exists() and PENDING.search(doc.read_text(encoding="utf-8")):
         doc.write_text(PENDING.sub("", doc.read_text(encoding="utf-8")), encoding="utf-8")
