@@ -8,7 +8,8 @@ Run from the repository root, on a clean tree, after the other work has landed::
 What it does, in order:
 
 1. Places every module under ``plantangenet/`` with :data:`PLACES` (file or folder, old path ->
-   new path). A module the table does not place is an error: the script lists them and exits 1
+   new path); a module already inside a room (``actors/``, ``events/``, ``projections/``, ...)
+   stays there. A module the table does not place is an error: the script lists them and exits 1
    before touching anything, so a module added since the table was written is placed on purpose.
 2. ``git mv``\\ s the modules that are not yet where the table puts them.
 3. Rewrites every reference to a moved module in the repository's text files: dotted names
@@ -87,6 +88,10 @@ PLACES: dict[str, str] = {
     "checks.py": "domain/checks.py",  # what callers send: ids, axes, texts, limits
     # -- log: the stream, and reading it into state
     "journal.py": "log/journal.py",
+    "journal_acks.py": "log/journal_acks.py",
+    "journal_config.py": "log/journal_config.py",
+    "journal_reads.py": "log/journal_reads.py",
+    "journal_seek.py": "log/journal_seek.py",
     "frames.py": "log/frames.py",
     "loop.py": "log/loop.py",
     "replay.py": "log/replay.py",
@@ -319,7 +324,7 @@ def place(rel: str) -> tuple[str, bool] | None:
         if new.endswith("/") and rel.startswith(new):
             return rel, True
     room = rel.split("/")[0]
-    if rel == f"{room}/__init__.py" and room in ROOMS:
+    if "/" in rel and room in ROOMS:  # a module already inside a room stays there
         return rel, True
     return None
 
