@@ -403,7 +403,9 @@ def rewriter(  # type: ignore[no-untyped-def]
         r"(?<![\w/.])" + PACKAGE + "/(" + "|".join(map(re.escape, old_paths)) + r")(?![\w])"
     )
     # from plantangenet import journal, Plantangenet as P  (one line, no parentheses)
-    from_re = re.compile(r"^([ \t]*)from " + PACKAGE + r" import ([^(\n#]+?)[ \t]*$", re.M)
+    from_re = re.compile(
+        r"^([ \t]*)from " + PACKAGE + r" import ([^(\n#]+?)[ \t]*(#[^\n]*)?$", re.M
+    )
     # ``from plantangenet import verify`` names the function the package exports, not the module
     # (a dotted ``plantangenet.verify`` in prose is taken for the module, as it mostly is)
     top_level = {old for old in renames if "." not in old} - exported
@@ -427,6 +429,8 @@ def rewriter(  # type: ignore[no-untyped-def]
         lines = [f"{indent}from {PACKAGE} import {', '.join(kept)}"] if kept else []
         for parent in sorted(by_parent):  # marked, so the dotted rewrite below leaves it be
             lines.append(f"{indent}from {MARK}.{parent} import {', '.join(by_parent[parent])}")
+        if match.group(3):  # a trailing comment stays on the last line
+            lines[-1] += f"  {match.group(3)}"
         return "\n".join(lines)
 
     def dotted_name(match: re.Match[str]) -> str:
