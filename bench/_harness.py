@@ -47,7 +47,7 @@ from plantangenet import (  # noqa: E402
     Plantangenet,
     SessionHandle,
 )
-from plantangenet.embedded import find_nats_server_binary  # noqa: E402
+from plantangenet.nats.embedded import find_nats_server_binary  # noqa: E402
 
 T = TypeVar("T")
 

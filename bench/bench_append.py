@@ -50,7 +50,7 @@ from plantangenet import (
     PlantangenetError,
 )
 from plantangenet.actors.session import DEFAULT_MAX_BATCH
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_APPEND"
 PREFIX = "bench.append"

@@ -36,7 +36,7 @@ import _harness as h  # first: puts the checkout on sys.path
 
 from plantangenet import JournalConfig, Plantangenet
 from plantangenet.cli import main as cli_main
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.projections.audit_model import audit_model, reset_audit_model
 
 STREAM = "BENCH_AUDIT"

@@ -32,8 +32,8 @@ import bench_service
 import nats
 
 from plantangenet import JournalConfig
-from plantangenet.client import BotClient
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
+from plantangenet.wire.client import BotClient
 
 STREAM = bench_service.STREAM
 PREFIX = bench_service.PREFIX

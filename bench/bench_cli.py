@@ -47,7 +47,7 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 from plantangenet import JournalConfig, Plantangenet
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_CLI"
 PREFIX = "bench.cli"

@@ -59,8 +59,8 @@ from plantangenet import (
     SessionHandle,
     SyntheticCompositor,
 )
-from plantangenet.compositors import covers
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.data.compositors import covers
+from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.projections.session import CursorView
 
 STREAM = "BENCH_DISCLOSURE"

@@ -49,9 +49,9 @@ import _harness as h  # first: puts the checkout on sys.path
 import nats
 
 from plantangenet import Plantangenet
-from plantangenet.access import BotAccess, LockedDownNats
-from plantangenet.client import BotClient
-from plantangenet.protocol import command_subject, encode_request
+from plantangenet.wire.access import BotAccess, LockedDownNats
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import command_subject, encode_request
 
 SESSION = "shared"
 SERVICE_PASSWORD = "flood-svc-pw"
@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MALLORY = r"""
 import asyncio, json, secrets, sys, time
 import nats
-from plantangenet.protocol import command_subject, encode_request
+from plantangenet.wire.protocol import command_subject, encode_request
 
 async def main(url: str, count: int, subject: str) -> None:
     nc = await nats.connect(url, pending_size=256 * 1024 * 1024)

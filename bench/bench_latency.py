@@ -27,7 +27,7 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 from plantangenet import Envelope, JournalConfig, MoveCursor, Plantangenet, SessionHandle
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_LATENCY"
 PREFIX = "bench.latency"

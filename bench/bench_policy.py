@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plantangenet.policy import Condition, Policy, Statement
+from plantangenet.domain.policy import Condition, Policy, Statement
 
 
 def make_policy(size: int, rng: random.Random) -> Policy:

@@ -49,7 +49,7 @@ from plantangenet import (
     Plantangenet,
     SessionState,
 )
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_REHYDRATE"
 PREFIX = "bench.rehydrate"

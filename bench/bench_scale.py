@@ -54,7 +54,7 @@ from plantangenet import (
     Plantangenet,
     SessionHandle,
 )
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_SCALE"
 PREFIX = "bench.scale"

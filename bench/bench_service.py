@@ -67,12 +67,12 @@ import nats
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from plantangenet import JournalConfig, Plantangenet
-from plantangenet.access import BotAccess, LockedDownNats
-from plantangenet.client import BotClient
-from plantangenet.cluster import EmbeddedCluster
-from plantangenet.embedded import EmbeddedNats
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, encode_request
-from plantangenet.service import SessionService
+from plantangenet.nats.cluster import EmbeddedCluster
+from plantangenet.nats.embedded import EmbeddedNats
+from plantangenet.wire.access import BotAccess, LockedDownNats
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import DEFAULT_COMMAND_PREFIX, encode_request
+from plantangenet.wire.service import SessionService
 
 STREAM = "BENCH_SERVICE"
 PREFIX = "bench.service"

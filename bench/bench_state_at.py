@@ -36,7 +36,7 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 from plantangenet import JournalConfig, Plantangenet
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_STATE_AT"
 PREFIX = "bench.stateat"

@@ -1,4 +1,4 @@
-"""Hash-chain verification of a long session: plantangenet.verify vs a raw nats-py push read.
+"""Hash-chain verification of a long session: plantangenet.log.verify vs a raw nats-py push read.
 
 Setup (not timed): one session of ``--events`` events -- SessionStarted,
 AgentAttached, CursorAdded and one CursorMoved written by the library, then
@@ -41,8 +41,8 @@ import _harness as h  # first: puts the checkout on sys.path
 import msgpack
 
 from plantangenet import JournalConfig, Plantangenet
-from plantangenet.embedded import EmbeddedNats
-from plantangenet.verify import VerifyResult, verify
+from plantangenet.log.verify import VerifyResult, verify
+from plantangenet.nats.embedded import EmbeddedNats
 
 STREAM = "BENCH_VERIFY"
 PREFIX = "bench.verify"

@@ -59,13 +59,13 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
-from plantangenet.client import BotClient
+from plantangenet.domain.policy import _wildcard_matches as pattern_cache
 from plantangenet.errors import PlantangenetError
 from plantangenet.events import codec as codec_module
 from plantangenet.events.envelope import new_id
-from plantangenet.policy import _wildcard_matches as pattern_cache
-from plantangenet.protocol import _SHAPES
-from plantangenet.service import SessionService
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import _SHAPES
+from plantangenet.wire.service import SessionService
 
 STREAM = "PROBE"
 PREFIX = "probe.events"

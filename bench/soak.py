@@ -49,10 +49,10 @@ import _harness as h  # first: puts the checkout on sys.path
 # isort: on
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
-from plantangenet.client import BotClient
 from plantangenet.errors import PlantangenetError
 from plantangenet.events.envelope import new_id
-from plantangenet.verify import verify
+from plantangenet.log.verify import verify
+from plantangenet.wire.client import BotClient
 
 STREAM = "SOAK"
 PREFIX = "soak.events"

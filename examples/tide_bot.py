@@ -14,7 +14,7 @@ import asyncio
 import os
 import sys
 
-from plantangenet.client import BotClient
+from plantangenet.wire.client import BotClient
 
 #: Every attached agent may work cursors over ocean and air axes.
 POLICY = [

@@ -14,8 +14,8 @@ import asyncio
 import os
 import sys
 
-from plantangenet.client import BotClient
 from plantangenet.errors import SessionNotStarted
+from plantangenet.wire.client import BotClient
 
 
 async def run(url: str, session_id: str, *, wait: float = 10.0, ahead: float = 10.0) -> None:

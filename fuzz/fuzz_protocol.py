@@ -5,7 +5,7 @@ An input is one of three kinds, chosen by its first byte:
 * raw wire request (first byte < 0x80, bit 4 clear): a wire command name, a NUL byte,
   then the request payload for it (``decode_request``), decided in the fixed state chosen
   by the first byte's bits 5-6 (new, active, priced, ended);
-* raw direct command (bit 4 set): a command class name (any in ``plantangenet.commands``),
+* raw direct command (bit 4 set): a command class name (any in ``plantangenet.domain.commands``),
   a NUL, then a msgpack map of its fields, built as Python callers of the session actor
   build commands, decided the same way;
 * structured (first byte >= 0x80): a ``FuzzedDataProvider`` builds one to four commands
@@ -47,10 +47,10 @@ with atheris.instrument_imports(include=["plantangenet", "msgpack"]):
     import fuzzlib
     import msgpack
 
-    from plantangenet import commands as c
-    from plantangenet.decide import DEFAULT_LIMITS, decide, decide_authorized, plan_query
-    from plantangenet.disclose import disclose
-    from plantangenet.disclosure import Region, Sample
+    from plantangenet.data.disclose import disclose
+    from plantangenet.domain import commands as c
+    from plantangenet.domain.decide import DEFAULT_LIMITS, decide, decide_authorized, plan_query
+    from plantangenet.domain.disclosure import Region, Sample
     from plantangenet.errors import (
         CommandRejected,
         CompositorFailed,
@@ -63,7 +63,7 @@ with atheris.instrument_imports(include=["plantangenet", "msgpack"]):
     from plantangenet.events import CODEC, Authorization
     from plantangenet.events.base import Event
     from plantangenet.projections.session import SessionState, evolve
-    from plantangenet.protocol import COMMANDS, decode_reply, decode_request, error_reply
+    from plantangenet.wire.protocol import COMMANDS, decode_reply, decode_request, error_reply
 
 WIRE_NAME = {cls: name for name, cls in COMMANDS.items()}
 CLASSES = {cls.__name__: cls for cls in fuzzlib.COMMAND_CLASSES}

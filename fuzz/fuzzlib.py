@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from plantangenet import commands as c
-from plantangenet.decide import decide_authorized
+from plantangenet.domain import commands as c
+from plantangenet.domain.decide import decide_authorized
 from plantangenet.errors import RecordedRefusal
 from plantangenet.events import Envelope
 from plantangenet.events.base import Event

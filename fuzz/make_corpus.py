@@ -21,7 +21,7 @@ import fuzzlib
 import msgpack
 
 from plantangenet.events import CODEC
-from plantangenet.protocol import COMMANDS, encode_request
+from plantangenet.wire.protocol import COMMANDS, encode_request
 
 HERE = pathlib.Path(__file__).parent
 NEW, ACTIVE = 0, 1  # indices in fuzzlib.STATES

@@ -6,21 +6,13 @@ actors decide, then emit immutable events to a JetStream stream, which is the
 only source of truth. Rehydration is replaying those events.
 """
 
-from plantangenet.access import BotAccess, LockedDownNats
 from plantangenet.actors import Agent, AgentContext, CommandResult, HookFailure, SessionActor
+from plantangenet.actors.handle import SessionHandle, Subscription
 from plantangenet.actors.refusals import RefusalLimit
-from plantangenet.authorize import authorize, request_of
-from plantangenet.botreplay import (
-    CommandRecord,
-    EventFilter,
-    NotReplayable,
-    RecordingSession,
-    ReplayEntry,
-    ReplayReport,
-    replay_agent,
-)
-from plantangenet.chems import ChemAnswer, Chems
-from plantangenet.commands import (
+from plantangenet.data.chems import ChemAnswer, Chems
+from plantangenet.data.compositors import Compositor, RecordedCompositor, SyntheticCompositor
+from plantangenet.domain.authorize import authorize, request_of
+from plantangenet.domain.commands import (
     AcceptChem,
     AddCursor,
     AddOwner,
@@ -53,10 +45,9 @@ from plantangenet.commands import (
     SummariseRefusals,
     fingerprint,
 )
-from plantangenet.compositors import Compositor, RecordedCompositor, SyntheticCompositor
-from plantangenet.decide import DEFAULT_LIMITS, Limits, decide, decide_authorized
-from plantangenet.disclosure import Disclosure, Level, Region, Sample
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.domain.decide import DEFAULT_LIMITS, Limits, decide, decide_authorized
+from plantangenet.domain.disclosure import Disclosure, Level, Region, Sample
+from plantangenet.domain.policy import Condition, Decision, Policy, Statement, evaluate
 from plantangenet.errors import (
     AccessRefused,
     ActorStopped,
@@ -144,11 +135,12 @@ from plantangenet.events.dust import (
     DustGranted,
     PricesChanged,
 )
-from plantangenet.handle import SessionHandle, Subscription
-from plantangenet.history import Position, StreamSequence
-from plantangenet.journal import AppendResult, Journal, JournalConfig
-from plantangenet.loop import EventLoopThread
-from plantangenet.policy import Condition, Decision, Policy, Statement, evaluate
+from plantangenet.log.journal import AppendResult, Journal, JournalConfig
+from plantangenet.log.loop import EventLoopThread
+from plantangenet.log.session_replay import replay
+from plantangenet.log.verify import VerifyResult, verify
+from plantangenet.nats.embedded import EmbeddedNats
+from plantangenet.nats.store import SharedStore, StoreInUse
 from plantangenet.projections import AgentView, CursorView, IdentityView, SessionState, evolve, fold
 from plantangenet.projections.agent import AgentState
 from plantangenet.projections.audit import Audit, AuditEntry
@@ -162,9 +154,17 @@ from plantangenet.projections.user import (
     reset,
 )
 from plantangenet.runtime import Plantangenet
-from plantangenet.session_replay import replay
-from plantangenet.store import SharedStore, StoreInUse
-from plantangenet.verify import VerifyResult, verify
+from plantangenet.timetravel.botreplay import (
+    CommandRecord,
+    EventFilter,
+    NotReplayable,
+    RecordingSession,
+    ReplayEntry,
+    ReplayReport,
+    replay_agent,
+)
+from plantangenet.timetravel.history import Position, StreamSequence
+from plantangenet.wire.access import BotAccess, LockedDownNats
 
 __version__ = "0.1.0"
 

@@ -331,7 +331,7 @@ class ReplyTooLarge(PlantangenetError):
     Only a ``state`` reply can grow that large (a session's metadata and agents
     are bounded per event, not in total). :attr:`sequence` is the stream
     sequence the state was at: fold the session's events from the log up to
-    it to get the same state (:meth:`plantangenet.client.BotClient.state` does).
+    it to get the same state (:meth:`plantangenet.wire.client.BotClient.state` does).
     """
 
     code = "reply_too_large"

@@ -28,6 +28,7 @@ import nats
 import nats.errors
 
 from plantangenet.actors.agent import Agent
+from plantangenet.actors.handle import SessionHandle
 from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.actors.session import (
     DEFAULT_AGENT_IDLE_TIMEOUT,
@@ -39,24 +40,23 @@ from plantangenet.actors.session import (
     PassivateIfIdle,
     SessionActor,
 )
-from plantangenet.chems import Chems
-from plantangenet.compositors import Compositor
-from plantangenet.decide import DEFAULT_LIMITS, Limits, check_id, damage
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.data.chems import Chems
+from plantangenet.data.compositors import Compositor
+from plantangenet.domain.decide import DEFAULT_LIMITS, Limits, check_id, damage
 from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope
-from plantangenet.handle import SessionHandle
-from plantangenet.journal import Journal, JournalConfig
-from plantangenet.loop import EventLoopThread
-from plantangenet.positions import Position
-from plantangenet.positions import state_at as history_state_at
+from plantangenet.log.journal import Journal, JournalConfig
+from plantangenet.log.loop import EventLoopThread
+from plantangenet.log.positions import Position
+from plantangenet.log.positions import state_at as history_state_at
+from plantangenet.log.replay import Progress
+from plantangenet.log.session_replay import replay
+from plantangenet.nats.embedded import EmbeddedNats
+from plantangenet.nats.store import SharedStore
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger
 from plantangenet.projections.session import SessionState
-from plantangenet.replay import Progress
-from plantangenet.session_replay import replay
-from plantangenet.store import SharedStore
 
 log = logging.getLogger("plantangenet.runtime")
 
@@ -206,7 +206,7 @@ class Plantangenet:
 
         Without a NATS URL, the store directory's one server is used: this process starts
         it, or joins the one another process runs on the same store (see
-        :mod:`plantangenet.store`), never a second one.
+        :mod:`plantangenet.nats.store`), never a second one.
         """
         url = self.nats_url
         if url is None:
@@ -514,7 +514,7 @@ class Plantangenet:
         """Fold the session's events from the log, independently of any actor.
 
         :raises LogDamaged: the log holds a message that is not a valid event of the
-            session, not quarantined (fold with :func:`plantangenet.session_replay.replay` to
+            session, not quarantined (fold with :func:`plantangenet.log.session_replay.replay` to
             see the state around it).
         :raises UnknownSession: the session has no events.
         """
@@ -533,7 +533,7 @@ class Plantangenet:
         self, session_id: str, position: Position, *, progress: Progress | None = None
     ) -> SessionState:
         """The session right after the event ``position`` resolves to: a stream sequence,
-        an event id or a time (see :mod:`plantangenet.history`)."""
+        an event id or a time (see :mod:`plantangenet.timetravel.history`)."""
         check_id(session_id, "session_id")
         state: SessionState = self.loop.run(
             history_state_at(self.journal, session_id, position, progress=progress)

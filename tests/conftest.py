@@ -19,9 +19,9 @@ import nats
 import pytest
 
 from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
-from plantangenet.client import BotClient
-from plantangenet.embedded import LOG_DIR_ENV
-from plantangenet.service import SessionService
+from plantangenet.nats.embedded import LOG_DIR_ENV
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 
 _streams = itertools.count(1)
 T = TypeVar("T")

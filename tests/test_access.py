@@ -1,7 +1,7 @@
 """The generated nats-server config, enforced by a real nats-server.
 
 One server runs for the module, started with ``-c`` and the config from
-:func:`plantangenet.access.server_config`: the service account (its user runs a
+:func:`plantangenet.wire.access.server_config`: the service account (its user runs a
 plantangenet runtime, which creates the event stream) and one account per bot.
 Both sides use raw nats-py: a responder in the service account, subscribed on
 ``plantangenet.cmd.*.*``, answers each request with what it received (subject,
@@ -39,7 +39,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.js.api import RePublish, StorageType, StreamConfig
 
-import plantangenet.access
+import plantangenet.wire.access
 from plantangenet import (
     EmbeddedNats,
     EmbeddedServerError,
@@ -47,7 +47,9 @@ from plantangenet import (
     Plantangenet,
     PlantangenetError,
 )
-from plantangenet.access import (
+from plantangenet.cli import main
+from plantangenet.nats.embedded import find_nats_server_binary
+from plantangenet.wire.access import (
     DEFAULT_BOT_MAX_CONSUMERS,
     DEFAULT_BOT_MAX_MEMORY,
     DEFAULT_BOT_MAX_STORAGE,
@@ -65,8 +67,6 @@ from plantangenet.access import (
     server_config,
     write_config,
 )
-from plantangenet.cli import main
-from plantangenet.embedded import find_nats_server_binary
 
 STREAM = "PLANTANGENET"
 # Characters that matter to the config parser ($ variables, quotes, braces, comments)
@@ -687,7 +687,7 @@ def test_bot_cannot_publish_events(deployment: Deployment) -> None:
 
 
 ONE_BOT = """\
-# nats-server configuration written by plantangenet.access
+# nats-server configuration written by plantangenet.wire.access
 
 jetstream {}
 
@@ -962,7 +962,7 @@ def test_refused_passwords_are_not_echoed() -> None:
 
 
 def test_module_doctest() -> None:
-    assert doctest.testmod(plantangenet.access).failed == 0
+    assert doctest.testmod(plantangenet.wire.access).failed == 0
 
 
 def test_store_dir_in_the_config(tmp_path: Path) -> None:

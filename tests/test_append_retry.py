@@ -26,7 +26,7 @@ from plantangenet import (
     SessionStarted,
 )
 from plantangenet.events import new_id, utc_now
-from plantangenet.journal import InvalidJournalConfig, JournalConfig
+from plantangenet.log.journal import InvalidJournalConfig, JournalConfig
 from tests.conftest import AsyncJournal
 
 INCOMPLETE = (

@@ -1,6 +1,6 @@
 """The AsyncAPI document (docs/asyncapi.yaml) is current, complete, and says what the code does.
 
-Pure: no NATS. The committed file must be exactly what ``python -m plantangenet.asyncapi``
+Pure: no NATS. The committed file must be exactly what ``python -m plantangenet.cli.asyncapi``
 writes (the freshness test). It is read back with a small reader of the YAML subset the
 generator writes (and with PyYAML too, when it is installed), and real payloads, made by
 the code's own codec, encoders and reply builders, are checked against its schemas with a
@@ -23,15 +23,16 @@ from typing import Any
 import msgpack
 import pytest
 
-from plantangenet import asyncapi, asyncapi_schemas, protocol
 from plantangenet.actors.session import CommandResult
-from plantangenet.authorize import request_of
-from plantangenet.disclosure import Sample
+from plantangenet.cli import asyncapi, asyncapi_schemas
+from plantangenet.domain.authorize import request_of
+from plantangenet.domain.disclosure import Sample
 from plantangenet.errors import InvalidCommand, PlantangenetError
 from plantangenet.events import CODEC, EVENTS, Authorization, Envelope, Event, codec
 from plantangenet.events.codec import ENVELOPE_FORMAT, FINGERPRINT_BYTES
 from plantangenet.projections.session import SessionState, evolve
-from plantangenet.views import plain
+from plantangenet.projections.views import plain
+from plantangenet.wire import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "asyncapi.yaml"
@@ -418,7 +419,8 @@ def test_asyncapi_document_is_current() -> None:
     if written != generated:
         pytest.fail(
             f"docs/asyncapi.yaml is not what the code describes "
-            f"({asyncapi._difference(written, generated)}): run `python -m plantangenet.asyncapi`"
+            f"({asyncapi._difference(written, generated)}): "
+            "run `python -m plantangenet.cli.asyncapi`"
         )
 
 
@@ -433,7 +435,7 @@ def test_check_mode_fails_on_a_stale_file_and_passes_on_a_current_one(
     path.write_text(path.read_text().replace("session.attach", "session.join"))
     assert asyncapi.main(["--check", str(path)]) == 1
     error = capsys.readouterr().err
-    assert "out of date" in error and "python -m plantangenet.asyncapi" in error
+    assert "out of date" in error and "python -m plantangenet.cli.asyncapi" in error
 
 
 def test_document_parses_as_asyncapi_3(built: dict[str, Any], committed: dict[str, Any]) -> None:

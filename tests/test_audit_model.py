@@ -30,7 +30,7 @@ from plantangenet import (
     SyntheticCompositor,
 )
 from plantangenet.cli import main
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.projections.audit_model import (
     AUDIT_BUCKET,
@@ -43,7 +43,7 @@ from plantangenet.projections.audit_model import (
     reset_audit_model,
 )
 from plantangenet.projections.user import _bucket
-from plantangenet.views import plain
+from plantangenet.projections.views import plain
 from tests.conftest import log_options
 from tests.test_replay_property import COMMANDS
 

@@ -1,4 +1,4 @@
-"""Replaying in-process bots against recorded sessions (plantangenet.botreplay)."""
+"""Replaying in-process bots against recorded sessions (plantangenet.timetravel.botreplay)."""
 
 from __future__ import annotations
 
@@ -30,15 +30,15 @@ from plantangenet import (
     UnknownSession,
     replay_agent,
 )
-from plantangenet.botreplay import (
+from plantangenet.cli import main
+from plantangenet.timetravel.botreplay import (
     BreakAction,
     FieldChange,
     compare,
     record_of_command,
     record_of_events,
 )
-from plantangenet.cli import main
-from plantangenet.fork import fork
+from plantangenet.timetravel.fork import fork
 from tests.conftest import log_options, wait_until
 from tests.replay_bots import (
     POLICY,
@@ -564,8 +564,8 @@ def cli_options(runtime: Plantangenet) -> list[str]:
 def test_the_explorer_opens_at_a_breakpoint(
     runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plantangenet.explore import open_timeline
-    from plantangenet.replay_cli import Prompt
+    from plantangenet.cli.replaying import Prompt
+    from plantangenet.timetravel.explore import open_timeline
 
     record_sweep(runtime, "explored")
     moves = sequences(runtime, "explored", "CursorMoved", "tide-bot")

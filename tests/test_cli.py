@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
-from plantangenet import commands as c
 from plantangenet.cli import build_parser, main
+from plantangenet.domain import commands as c
 from tests.conftest import log_options, session_with_cursor
 
 

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-import plantangenet.commands as c
+import plantangenet.domain.commands as c
 from plantangenet.cli import main, output
 from plantangenet.cli.output import REFUSAL, Progress, RowWriter
 from plantangenet.cli.reading import HISTORY_COLUMNS, history_row

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from plantangenet import store
-from plantangenet.client import BotClient
 from plantangenet.errors import JournalError, PlantangenetError
-from plantangenet.protocol import error_from
+from plantangenet.nats import store
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import error_from
 
 
 def paged_client(pages: list[tuple[list[tuple[int, bytes]], int, bool]]) -> BotClient:

@@ -1,4 +1,4 @@
-"""A real three-node JetStream cluster (plantangenet.cluster) under a session's load.
+"""A real three-node JetStream cluster (plantangenet.nats.cluster) under a session's load.
 
 Every node is a real ``nats-server`` process on loopback. Nothing is mocked or
 skipped: a node that cannot start fails the test.
@@ -35,8 +35,8 @@ from plantangenet import (
     SessionHandle,
     SessionState,
 )
-from plantangenet.cluster import EmbeddedCluster, ReplicaState
-from plantangenet.status import format_status, gather_status
+from plantangenet.cli.status import format_status, gather_status
+from plantangenet.nats.cluster import EmbeddedCluster, ReplicaState
 
 T = TypeVar("T")
 

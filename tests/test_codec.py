@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from plantangenet.domain.policy import Condition, Statement
 from plantangenet.errors import (
     DecodeError,
     EncodeError,
@@ -50,7 +51,6 @@ from plantangenet.events import (
 )
 from plantangenet.events import codec as codec_module
 from plantangenet.events.codec import DEFAULT_MAX_EVENT_BYTES
-from plantangenet.policy import Condition, Statement
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from plantangenet import commands as commands_module
-from plantangenet.authorize import request_of
-from plantangenet.commands import (
+from plantangenet.domain import commands as commands_module
+from plantangenet.domain.authorize import request_of
+from plantangenet.domain.commands import (
     AcceptChem,
     AddCursor,
     AddOwner,
@@ -52,8 +52,9 @@ from plantangenet.commands import (
     StartSession,
     SummariseRefusals,
 )
-from plantangenet.decide import decide, decide_authorized
-from plantangenet.disclosure import Disclosure
+from plantangenet.domain.decide import decide, decide_authorized
+from plantangenet.domain.disclosure import Disclosure
+from plantangenet.domain.policy import Condition, Policy, Statement
 from plantangenet.errors import (
     AccessRefused,
     AgentAlreadyAttached,
@@ -105,7 +106,6 @@ from plantangenet.events.trust import (
     OwnerRemoved,
     RefusalsSuppressed,
 )
-from plantangenet.policy import Condition, Policy, Statement
 from plantangenet.projections.session import (
     IdentityView,
     SessionState,
@@ -289,7 +289,7 @@ EXPECTED_IN_ACTIVE: dict[str, list[Event]] = {
     "SummariseRefusals": [RefusalsSuppressed("m@x", 3, {"MoveCursor": 3}, 1.5)],
 }
 
-# The action and resources of each command above (the table in plantangenet.authorize).
+# The action and resources of each command above (the table in plantangenet.domain.authorize).
 REQUESTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "StartSession": ("session.start", ("session",)),
     "ChangeMetadata": ("metadata.change", ("metadata.k", "metadata.n")),

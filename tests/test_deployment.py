@@ -10,8 +10,8 @@ import pytest
 
 from plantangenet import EmbeddedNats, JournalError, Plantangenet
 from plantangenet.cli import main
-from plantangenet.client import BotClient
-from plantangenet.service import SessionService
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 
 POLICY = [{"id": "all", "effect": "allow", "actions": ["*"], "resources": ["*"]}]
 

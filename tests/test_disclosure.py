@@ -28,7 +28,7 @@ from plantangenet import (
     SyntheticCompositor,
     UnknownCompositor,
 )
-from plantangenet.disclosure import Disclosure, parse_disclosure, shape
+from plantangenet.domain.disclosure import Disclosure, parse_disclosure, shape
 
 OCEAN = ("ocean.temperature", "ocean.salinity")
 POLICY: list[Mapping[str, Any]] = [

@@ -1,4 +1,4 @@
-"""Tests of plantangenet.embedded against the real nats-server binary.
+"""Tests of plantangenet.nats.embedded against the real nats-server binary.
 
 Nothing here is skipped: if nats-server cannot be found or started, the tests
 fail.
@@ -18,9 +18,9 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from plantangenet import embedded
-from plantangenet.embedded import EmbeddedNats, find_nats_server_binary, free_port
 from plantangenet.errors import EmbeddedServerError
+from plantangenet.nats import embedded
+from plantangenet.nats.embedded import EmbeddedNats, find_nats_server_binary, free_port
 
 STREAM = "EMBEDDED_TEST"
 SUBJECT = "embedded.test"

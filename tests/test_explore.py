@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from plantangenet import AccessRefused, Plantangenet
+from plantangenet.domain.policy import Statement
 from plantangenet.events.envelope import Envelope
-from plantangenet.explore import (
+from plantangenet.projections.session import CursorView, SessionState, fold
+from plantangenet.timetravel.explore import (
     Change,
     EventFilter,
     Explorer,
@@ -20,8 +22,6 @@ from plantangenet.explore import (
     parse_jump,
     state_lines,
 )
-from plantangenet.policy import Statement
-from plantangenet.projections.session import CursorView, SessionState, fold
 from tests.conftest import wait_until
 
 SID = "explored"

@@ -26,17 +26,17 @@ from textual.widgets import Static
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet.cli import main
 from plantangenet.events.envelope import Envelope
-from plantangenet.explorer import LiveFeed, Timeline
-from plantangenet.explorer.app import ExplorerApp
-from plantangenet.explorer.text import why_lines
-from plantangenet.explorer.widgets import (
+from plantangenet.timetravel.explorer import LiveFeed, Timeline
+from plantangenet.timetravel.explorer.app import ExplorerApp
+from plantangenet.timetravel.explorer.text import why_lines
+from plantangenet.timetravel.explorer.widgets import (
     COLUMNS,
     REFUSAL_STYLE,
     HelpScreen,
     TimelineTable,
     event_style,
 )
-from plantangenet.history import StreamSequence, Why, why
+from plantangenet.timetravel.history import StreamSequence, Why, why
 from tests.test_cli import external
 from tests.test_explore import SID, build_session
 

@@ -15,8 +15,8 @@ from textual.pilot import Pilot
 
 from plantangenet import Plantangenet
 from plantangenet.events.envelope import Envelope
-from plantangenet.explorer import Timeline
-from plantangenet.explorer.app import ExplorerApp
+from plantangenet.timetravel.explorer import Timeline
+from plantangenet.timetravel.explorer.app import ExplorerApp
 from tests.test_explore import SID, build_session
 
 SnapCompare = Callable[..., bool]

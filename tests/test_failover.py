@@ -36,9 +36,9 @@ from plantangenet import (
     Plantangenet,
     SessionHandle,
 )
-from plantangenet.client import BotClient
-from plantangenet.cluster import EmbeddedCluster
-from plantangenet.service import SessionService
+from plantangenet.nats.cluster import EmbeddedCluster
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 
 T = TypeVar("T")
 

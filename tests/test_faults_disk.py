@@ -43,9 +43,9 @@ from plantangenet import (
 )
 from plantangenet.actors.session import CommandResult
 from plantangenet.cli import main as cli_main
-from plantangenet.journal import store_problem
-from plantangenet.protocol import command_subject, encode_request
-from plantangenet.service import SessionService
+from plantangenet.log.journal import store_problem
+from plantangenet.wire.protocol import command_subject, encode_request
+from plantangenet.wire.service import SessionService
 
 #: What the server's JetStream file store may hold.
 STORE_BYTES = 384 * 1024
@@ -257,7 +257,7 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
         service = SessionService(pg)
         pg.run(service.start())
         try:
-            with caplog.at_level(logging.ERROR, logger="plantangenet.service"):
+            with caplog.at_level(logging.ERROR, logger="plantangenet.wire.service"):
                 for i in (1, 2):
                     payload = encode_request({"changed": {"k": "w"}}, command_id=f"wire-{i}")
                     reply = wire_request(
@@ -270,7 +270,7 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
         finally:
             pg.run(service.stop())
         assert service.storage_refusals == 2
-        said = [r.getMessage() for r in caplog.records if r.name == "plantangenet.service"]
+        said = [r.getMessage() for r in caplog.records if r.name == "plantangenet.wire.service"]
         assert len(said) == 1 and "the log has no room" in said[0], said
         assert "no space left on device" in said[0]
         assert state["ok"] is True, state
@@ -289,7 +289,7 @@ def test_a_full_disk_is_named_within_seconds_and_recovers_after_space_is_freed(
 
     # The server restarts on the still-full disk (its log is elsewhere); the log is there
     # and appends are still refused by name. Starting, it says the store needs space.
-    with caplog.at_level(logging.WARNING, logger="plantangenet.embedded"):
+    with caplog.at_level(logging.WARNING, logger="plantangenet.nats.embedded"):
         server.restart()
     assert f"store {server.store_dir} is nearly full" in caplog.text
     assert "give it at least" in caplog.text

@@ -21,9 +21,11 @@ import pytest
 from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet, SessionStarted, TooManyReaders
-from plantangenet import journal_reads as journal_module  # where the readers' consumers are made
-from plantangenet.protocol import command_subject
-from plantangenet.service import SessionService
+from plantangenet.log import (
+    journal_reads as journal_module,  # where the readers' consumers are made
+)
+from plantangenet.wire.protocol import command_subject
+from plantangenet.wire.service import SessionService
 from tests.conftest import AsyncJournal, wait_until
 from tests.test_journal import env
 

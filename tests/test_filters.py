@@ -1,4 +1,5 @@
-"""One filter syntax for ``history --type/--agent`` and the explorer (plantangenet.filters)."""
+"""One filter syntax for ``history --type/--agent`` and the explorer
+(plantangenet.timetravel.filters)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet.cli import main
-from plantangenet.explorer import Explorer, Timeline
-from plantangenet.filters import EventFilter, type_pattern
+from plantangenet.timetravel.explorer import Explorer, Timeline
+from plantangenet.timetravel.filters import EventFilter, type_pattern
 from tests.test_cli import external
 from tests.test_explore import SID, build_session
 

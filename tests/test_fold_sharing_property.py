@@ -28,7 +28,7 @@ from plantangenet import (
     evolve,
 )
 from plantangenet.events.envelope import new_id
-from plantangenet.views import plain
+from plantangenet.projections.views import plain
 from tests.test_replay_property import COMMANDS
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)

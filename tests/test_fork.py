@@ -29,9 +29,9 @@ from plantangenet import (
     fold,
 )
 from plantangenet.cli import main
-from plantangenet.fork import comparable, fork, same_history
-from plantangenet.history import diff, fork_origin, why
-from plantangenet.verify import verify
+from plantangenet.log.verify import verify
+from plantangenet.timetravel.fork import comparable, fork, same_history
+from plantangenet.timetravel.history import diff, fork_origin, why
 
 POLICY = [
     {

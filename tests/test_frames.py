@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from plantangenet import AgentAttached, ConcurrencyError, DuplicateCommand, SessionStarted
-from plantangenet import journal as journal_module
-from plantangenet.frames import batch_frames, send_frames
+from plantangenet.log import journal as journal_module
+from plantangenet.log.frames import batch_frames, send_frames
 from tests.conftest import AsyncJournal
 from tests.test_journal import env, read
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from plantangenet.events import CODEC
-from plantangenet.protocol import COMMANDS, decode_request
+from plantangenet.wire.protocol import COMMANDS, decode_request
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 #: Where pyproject.toml's environment marker installs atheris (wheels exist there).

@@ -46,7 +46,7 @@ from plantangenet import (
 )
 from plantangenet.cli import main
 from plantangenet.errors import UnknownPosition
-from plantangenet.history import (
+from plantangenet.timetravel.history import (
     Change,
     StateDiff,
     apply,

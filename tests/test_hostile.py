@@ -32,18 +32,18 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
-from plantangenet.client import BotClient
 from plantangenet.events.base import EVENTS
-from plantangenet.protocol import (
+from plantangenet.log.verify import verify
+from plantangenet.projections.views import plain
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import (
     COMMANDS,
     ERROR_CLASSES,
     QUERIES,
     command_subject,
     encode_request,
 )
-from plantangenet.service import SessionService
-from plantangenet.verify import verify
-from plantangenet.views import plain
+from plantangenet.wire.service import SessionService
 
 #: Error codes a reply may carry; ``error`` (an unexpected exception) is a bug.
 CODES = set(ERROR_CLASSES) - {"error"}

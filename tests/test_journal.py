@@ -30,7 +30,7 @@ from plantangenet import (
     SessionStarted,
 )
 from plantangenet.events import new_id, utc_now
-from plantangenet.journal import AppendResult, HistoryPage, InvalidJournalConfig
+from plantangenet.log.journal import AppendResult, HistoryPage, InvalidJournalConfig
 from tests.conftest import AsyncJournal, wait_until
 
 

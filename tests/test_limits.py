@@ -20,7 +20,7 @@ from plantangenet import (
     Plantangenet,
     StorageExhausted,
 )
-from plantangenet.journal import InvalidJournalConfig
+from plantangenet.log.journal import InvalidJournalConfig
 
 
 def test_session_limits_are_enforced_before_anything_is_written(

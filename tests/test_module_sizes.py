@@ -13,8 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "plantangenet"
 MAX_LINES = 600
 #: Modules being split by other work in progress, allowed over MAX_LINES until it lands.
 #: This allow-list must be empty once service.py (being split) has landed: remove its
-#: entry then (cli.py became a package, explore.py the plantangenet/explorer/ package).
-ALLOWED_OVER = frozenset({"plantangenet/service.py"})
+#: entry then (cli.py became a package, explore.py the plantangenet/timetravel/explorer/ package).
+ALLOWED_OVER = frozenset({"plantangenet/wire/service.py"})
 
 
 def module_sizes() -> list[tuple[str, int]]:

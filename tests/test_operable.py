@@ -17,11 +17,11 @@ from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from prometheus_client.parser import text_string_to_metric_families
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
-from plantangenet.access import BotAccess, server_config
-from plantangenet.client import BotClient
 from plantangenet.errors import PlantangenetError
 from plantangenet.events import AgentAttached, Envelope, SessionStarted, new_id, utc_now
-from plantangenet.service import SERVICE_NAME, SessionService
+from plantangenet.wire.access import BotAccess, server_config
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SERVICE_NAME, SessionService
 from tests.conftest import AsyncJournal, with_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,7 @@ def test_serve_with_metrics_port_and_log_level(
         assert samples[("plantangenet_requests_total", (("name", "start"),))] >= 1
         process.terminate()
         _, err = process.communicate(timeout=30)
-        assert "INFO plantangenet.service: serving" in err
+        assert "INFO plantangenet.wire.service: serving" in err
     finally:
         if process.poll() is None:
             process.kill()

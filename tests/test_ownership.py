@@ -14,9 +14,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from plantangenet import JournalConfig, Plantangenet
-from plantangenet.client import BotClient
-from plantangenet.ownership import partition_of
-from plantangenet.service import SessionService
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.ownership import partition_of
+from plantangenet.wire.service import SessionService
 from tests.conftest import wait_until
 
 PARTITIONS = 8

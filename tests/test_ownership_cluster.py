@@ -33,8 +33,8 @@ import nats.errors
 import pytest
 
 from plantangenet import EmbeddedServerError, Envelope, JournalConfig, JournalError, Plantangenet
-from plantangenet.client import BotClient
-from plantangenet.cluster import EmbeddedCluster
+from plantangenet.nats.cluster import EmbeddedCluster
+from plantangenet.wire.client import BotClient
 
 T = TypeVar("T")
 STREAM = "OWN"

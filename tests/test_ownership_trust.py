@@ -22,9 +22,9 @@ import pytest
 
 from plantangenet import AccessRefused, EmbeddedNats, Plantangenet, PlantangenetError
 from plantangenet.cli import main
-from plantangenet.client import BotClient, new_command_id
 from plantangenet.events import AccessDenied
-from plantangenet.protocol import (
+from plantangenet.wire.client import BotClient, new_command_id
+from plantangenet.wire.protocol import (
     HOPS_HEADER,
     PRINCIPAL_HEADER,
     command_subject,
@@ -32,7 +32,7 @@ from plantangenet.protocol import (
     encode_request,
     forward_subject,
 )
-from plantangenet.service import SessionService
+from plantangenet.wire.service import SessionService
 from tests.conftest import wait_until
 
 PASSWORD = "svc-pw-ownership"

@@ -22,8 +22,8 @@ from plantangenet import (
     MoveCursor,
     Plantangenet,
 )
-from plantangenet.embedded import EmbeddedNats
-from plantangenet.handle import SessionHandle
+from plantangenet.actors.handle import SessionHandle
+from plantangenet.nats.embedded import EmbeddedNats
 from tests.conftest import wait_until
 
 #: Seconds an agent actor idles before it is passivated, in these tests.

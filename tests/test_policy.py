@@ -12,10 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantangenet.disclosure import DENIED, Disclosure
-from plantangenet.errors import InvalidPolicy
-from plantangenet.events.policy_values import _wildcard_matches
-from plantangenet.policy import (
+from plantangenet.domain.disclosure import DENIED, Disclosure
+from plantangenet.domain.policy import (
     Condition,
     ConditionOp,
     ConditionValue,
@@ -29,6 +27,8 @@ from plantangenet.policy import (
     parse_statements,
     pattern_matches,
 )
+from plantangenet.errors import InvalidPolicy
+from plantangenet.events.policy_values import _wildcard_matches
 
 
 def allow(

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plantangenet.commands import (
+from plantangenet.domain.commands import (
     AddCursor,
     AttachAgent,
     BindIdentity,
@@ -35,7 +35,8 @@ from plantangenet.commands import (
     RevokeRole,
     StartSession,
 )
-from plantangenet.decide import decide_authorized
+from plantangenet.domain.decide import decide_authorized
+from plantangenet.domain.policy import Condition, Policy, Statement
 from plantangenet.errors import AccessRefused, CommandRejected
 from plantangenet.events import (
     CODEC,
@@ -80,7 +81,6 @@ from plantangenet.events.trust import (
     OwnerRemoved,
     RefusalsSuppressed,
 )
-from plantangenet.policy import Condition, Policy, Statement
 from plantangenet.projections.session import (
     AgentView,
     CursorView,

@@ -34,8 +34,8 @@ from plantangenet import (
     Plantangenet,
     StartSession,
 )
-from plantangenet.client import BotClient
-from plantangenet.service import SessionService
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 from tests.conftest import two_services, with_client
 
 ROOT = Path(__file__).resolve().parent.parent

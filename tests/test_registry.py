@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plantangenet.domain.policy import Condition, Statement
 from plantangenet.errors import DecodeError, InvalidCommand, UnknownEventType, UnknownEventVersion
 from plantangenet.events import CODEC as REAL_CODEC
 from plantangenet.events import (
@@ -31,7 +32,6 @@ from plantangenet.events import (
     PolicyChanged,
     event_type,
 )
-from plantangenet.policy import Condition, Statement
 from plantangenet.projections.session import fold
 
 AT = datetime(2024, 11, 25, 13, 0, 0, 654321, tzinfo=UTC)

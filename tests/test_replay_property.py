@@ -40,10 +40,10 @@ from plantangenet import (
     SyntheticCompositor,
     fold,
 )
-from plantangenet.commands import fingerprint
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.domain.commands import fingerprint
+from plantangenet.log.verify import verify
+from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.projections.audit import Audit
-from plantangenet.verify import verify
 from tests.conftest import append_sizes
 
 AGENTS = st.sampled_from(["a", "b", "c"])

@@ -1,4 +1,4 @@
-"""Replaying a recorded session to a remote bot (plantangenet.replay_serve)."""
+"""Replaying a recorded session to a remote bot (plantangenet.timetravel.replay_serve)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from plantangenet import (
     ReplayReport,
 )
 from plantangenet.cli import main
-from plantangenet.client import BotClient
-from plantangenet.replay_serve import command_of, replay_serve
-from plantangenet.service import SessionService
+from plantangenet.timetravel.replay_serve import command_of, replay_serve
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 from tests.conftest import log_options, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import msgpack
 from plantangenet import Plantangenet
 from plantangenet.events.codec import CODEC
 from plantangenet.events.envelope import Envelope
-from plantangenet.fork import fork
-from plantangenet.session_replay import replay
+from plantangenet.log.session_replay import replay
+from plantangenet.timetravel.fork import fork
 from tests.conftest import session_with_cursor
 
 
@@ -118,7 +118,7 @@ def test_a_fork_keeps_the_revisions_of_its_origin(runtime: Plantangenet) -> None
 def test_an_event_is_found_by_its_revision_without_reading_the_session(
     runtime: Plantangenet,
 ) -> None:
-    from plantangenet.history import event_at
+    from plantangenet.timetravel.history import event_at
 
     session_with_cursor(runtime, "looked-up")
     session_with_cursor(runtime, "between")

@@ -33,7 +33,7 @@ from plantangenet.cli import main
 from plantangenet.errors import UnknownPosition
 from plantangenet.events import new_id
 from plantangenet.events.codec import EventCodec
-from plantangenet.history import StreamSequence, state_at, states_at
+from plantangenet.timetravel.history import StreamSequence, state_at, states_at
 
 #: Pauses (seconds) between the commands of a spaced session: longer and shorter than the
 #: small clock skews tried, so events fall on both sides of a seek's window.

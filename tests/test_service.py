@@ -28,18 +28,18 @@ from plantangenet import (
     UnknownAgent,
 )
 from plantangenet.actors.session import SessionActor
-from plantangenet.client import BotClient
 from plantangenet.errors import AccessRefused, DecodeError, JournalError, PlantangenetError
 from plantangenet.projections.session import SessionState
-from plantangenet.protocol import (
+from plantangenet.projections.views import plain
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import (
     COMMANDS,
     ERROR_CLASSES,
     command_subject,
     decode_reply,
     encode_request,
 )
-from plantangenet.service import SessionService
-from plantangenet.views import plain
+from plantangenet.wire.service import SessionService
 from tests.conftest import two_services, wait_until, with_client
 
 ROOT = Path(__file__).resolve().parent.parent

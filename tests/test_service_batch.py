@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
 from plantangenet.actors.session import SessionActor
-from plantangenet.client import BotClient
 from plantangenet.errors import (
     AccessRefused,
     DecodeError,
@@ -23,7 +22,8 @@ from plantangenet.errors import (
     PlantangenetError,
     UnknownAgent,
 )
-from plantangenet.protocol import (
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import (
     MAX_BATCH_COMMANDS,
     PROTOCOL_VERSION,
     command_subject,
@@ -31,7 +31,7 @@ from plantangenet.protocol import (
     encode_batch,
     request_map,
 )
-from plantangenet.service import SessionService
+from plantangenet.wire.service import SessionService
 from tests.conftest import two_services, with_client
 
 ALLOW_MOVES = {
@@ -146,7 +146,8 @@ def test_any_batch_decodes_to_one_command_or_typed_error_per_item(items: list[An
     assert len(decoded) == len(items)
     for item in decoded:
         assert (
-            isinstance(item, PlantangenetError) or type(item).__module__ == "plantangenet.commands"
+            isinstance(item, PlantangenetError)
+            or type(item).__module__ == "plantangenet.domain.commands"
         )
 
 

@@ -33,7 +33,7 @@ from plantangenet import (
     UnknownSession,
 )
 from plantangenet.actors.session import DEFAULT_MAX_BATCH
-from plantangenet.embedded import EmbeddedNats
+from plantangenet.nats.embedded import EmbeddedNats
 from tests.conftest import append_sizes, session_with_cursor, wait_until
 
 ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources": ["*"]}

@@ -21,9 +21,9 @@ from plantangenet import (
     SessionHandle,
     SyntheticCompositor,
 )
-from plantangenet.embedded import EmbeddedNats
 from plantangenet.errors import CommandRejected
-from plantangenet.journal import JournalConfig
+from plantangenet.log.journal import JournalConfig
+from plantangenet.nats.embedded import EmbeddedNats
 
 OCEAN = ("ocean.temperature", "ocean.salinity")
 POLICY: list[dict[str, Any]] = [

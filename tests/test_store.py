@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from plantangenet import Plantangenet
-from plantangenet.journal import store_problem
-from plantangenet.store import LOCK_FILE, SharedStore, StoreInUse
+from plantangenet.log.journal import store_problem
+from plantangenet.nats.store import LOCK_FILE, SharedStore, StoreInUse
 
 ROOT = Path(__file__).resolve().parent.parent
 

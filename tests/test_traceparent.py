@@ -13,9 +13,9 @@ import nats
 import pytest
 
 from plantangenet import EmbeddedNats, Plantangenet
-from plantangenet.client import new_command_id
-from plantangenet.protocol import command_subject, decode_reply, encode_request
-from plantangenet.service import SessionService
+from plantangenet.wire.client import new_command_id
+from plantangenet.wire.protocol import command_subject, decode_reply, encode_request
+from plantangenet.wire.service import SessionService
 from tests.conftest import wait_until
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -21,8 +21,8 @@ from plantangenet import (
 )
 from plantangenet.cli import main
 from plantangenet.events import AccessDenied
+from plantangenet.log.verify import verify
 from plantangenet.projections.audit import Audit
-from plantangenet.verify import verify
 
 CURSORS = {
     "id": "watchers",

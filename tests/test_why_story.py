@@ -19,9 +19,9 @@ from plantangenet import (
     StreamSequence,
 )
 from plantangenet.cli import main
-from plantangenet.correlations import CorrelationIndex
-from plantangenet.fork import fork
-from plantangenet.history import diff_sessions, state_at, why
+from plantangenet.log.correlations import CorrelationIndex
+from plantangenet.timetravel.fork import fork
+from plantangenet.timetravel.history import diff_sessions, state_at, why
 
 EDITORS = {
     "id": "editors-edit",

@@ -41,11 +41,11 @@ from plantangenet import (
 )
 from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.cli import main
-from plantangenet.client import BotClient, new_command_id
 from plantangenet.events import OPERATOR, AccessDenied, Envelope
-from plantangenet.protocol import command_subject, encode_request
-from plantangenet.service import SessionService
-from plantangenet.verify import VerifyResult, verify
+from plantangenet.log.verify import VerifyResult, verify
+from plantangenet.wire.client import BotClient, new_command_id
+from plantangenet.wire.protocol import command_subject, encode_request
+from plantangenet.wire.service import SessionService
 
 T = TypeVar("T")
 SERVICE_PASSWORD = "svc-pw-attacks"

@@ -30,11 +30,11 @@ from plantangenet import (
     UnknownCompositor,
 )
 from plantangenet.cli import main
-from plantangenet.client import BotClient
-from plantangenet.commands import ProposeChem
+from plantangenet.domain.commands import ProposeChem
 from plantangenet.events import OPERATOR
-from plantangenet.protocol import relay_id
-from plantangenet.service import SessionService
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import relay_id
+from plantangenet.wire.service import SessionService
 
 PASSWORD = "svc-pw-chems"
 ALICE, BOB, MALLORY = "alice@bot-alice", "bob@bot-bob", "mallory@bot-mallory"

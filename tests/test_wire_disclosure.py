@@ -20,9 +20,9 @@ from plantangenet import (
     Plantangenet,
     SyntheticCompositor,
 )
-from plantangenet.client import BotClient
-from plantangenet.disclosure import Disclosure, Region, shape
-from plantangenet.service import SessionService
+from plantangenet.domain.disclosure import Disclosure, Region, shape
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEGRADED = {

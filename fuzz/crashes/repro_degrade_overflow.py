@@ -1,6 +1,6 @@
 """Reproducer: OverflowError escapes ``disclose`` when degrading samples (found by fuzzing).
 
-``plantangenet.disclosure._degrade`` raises ``OverflowError`` (not caught by the session
+``plantangenet.domain.disclosure._degrade`` raises ``OverflowError`` (not caught by the session
 actor, which maps only TypeError/ValueError/AttributeError to ``CompositorFailed``), so a
 ``QueryCursor`` is answered "internal error" (code ``error``):
 
@@ -19,10 +19,10 @@ import sys
 import traceback
 from datetime import UTC, datetime
 
-from plantangenet import commands as c
-from plantangenet.decide import decide, plan_query
-from plantangenet.disclose import disclose
-from plantangenet.disclosure import Disclosure, Sample, shape
+from plantangenet.data.disclose import disclose
+from plantangenet.domain import commands as c
+from plantangenet.domain.decide import decide, plan_query
+from plantangenet.domain.disclosure import Disclosure, Sample, shape
 from plantangenet.errors import InvalidPolicy
 from plantangenet.events import Envelope
 from plantangenet.projections.session import SessionState, evolve

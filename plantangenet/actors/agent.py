@@ -38,7 +38,7 @@ from plantangenet.projections.agent import AgentState, evolve_agent
 from plantangenet.projections.session import CursorView, SessionState
 
 if TYPE_CHECKING:
-    from plantangenet.handle import SessionHandle
+    from plantangenet.actors.handle import SessionHandle
 
 log = logging.getLogger("plantangenet.agent")
 
@@ -65,7 +65,7 @@ class AgentContext:
 
         In ``on_event`` it is when the event being handled occurred (its
         ``occurred_at``: the session's clock when it decided the command), live and
-        when the agent is replayed against the log (:mod:`plantangenet.botreplay`),
+        when the agent is replayed against the log (:mod:`plantangenet.timetravel.botreplay`),
         so a replayed agent decides and stamps as it did. Elsewhere (``setup``,
         ``teardown``, ``on_change`` callbacks, other threads) it is the wall clock
         live, and the time of the event being replayed in a replay.

@@ -13,14 +13,14 @@ import concurrent.futures
 import itertools
 import threading
 
-from plantangenet.decide import (
+from plantangenet.domain.decide import (
     show,
 )
-from plantangenet.disclosure import Sample
+from plantangenet.domain.disclosure import Sample
+from plantangenet.domain.query_plan import Compositor, Plan
 from plantangenet.errors import (
     CompositorFailed,
 )
-from plantangenet.query_plan import Compositor, Plan
 
 #: Seconds a compositor may take to answer a data query before the query is answered
 #: ``CompositorFailed`` (nothing recorded), unless told otherwise.

@@ -23,20 +23,20 @@ from plantangenet.actors.agent import (
     Agent,
 )
 from plantangenet.actors.replies import Batch, Reply
-from plantangenet.commands import (
+from plantangenet.domain.commands import (
     Command,
     DataQuery,
 )
-from plantangenet.disclosure import Sample
+from plantangenet.domain.disclosure import Sample
+from plantangenet.domain.query_plan import Plan
 from plantangenet.errors import (
     CommandRejected,
     IdempotencyConflict,
     RecordedRefusal,
 )
 from plantangenet.events.envelope import Envelope
-from plantangenet.journal import AppendResult
+from plantangenet.log.journal import AppendResult
 from plantangenet.projections.session import SessionState
-from plantangenet.query_plan import Plan
 
 if TYPE_CHECKING:  # it handles these messages (and imports this module)
     from plantangenet.actors.session import SessionActor
@@ -131,7 +131,7 @@ class _Pending:
     """
 
     command: Command
-    #: What the command asks (see :func:`~plantangenet.commands.fingerprint`).
+    #: What the command asks (see :func:`~plantangenet.domain.commands.fingerprint`).
     fingerprint: bytes
     envelopes: tuple[Envelope, ...]
     #: The encoding of each envelope.

@@ -68,11 +68,12 @@ from plantangenet.actors.refusals import RefusalLimit, RefusalMeter
 from plantangenet.actors.replies import Reply
 from plantangenet.actors.session_deciding import _SessionDeciding
 from plantangenet.actors.session_storing import _SessionStoring
-from plantangenet.decide import (
+from plantangenet.domain.decide import (
     DEFAULT_LIMITS,
     Limits,
 )
-from plantangenet.disclosure import Sample
+from plantangenet.domain.disclosure import Sample
+from plantangenet.domain.query_plan import Compositor
 from plantangenet.errors import (
     AccessRefused,
     ActorStopped,
@@ -84,11 +85,10 @@ from plantangenet.events.codec import EventCodec
 from plantangenet.events.dust import ChargeRefused
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import AccessDenied
-from plantangenet.journal import MAX_EVENTS_PER_APPEND, Journal
-from plantangenet.loop import EventLoopThread
+from plantangenet.log.journal import MAX_EVENTS_PER_APPEND, Journal
+from plantangenet.log.loop import EventLoopThread
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState
-from plantangenet.query_plan import Compositor
 
 log = logging.getLogger("plantangenet.session")
 
@@ -101,7 +101,7 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
     :param journal: the log.
     :param codec: encodes envelopes (size and type checks happen here).
     :param agent_factory: behaviour for agents attached without one.
-    :param handle: the :class:`~plantangenet.handle.SessionHandle` given to agents.
+    :param handle: the :class:`~plantangenet.actors.handle.SessionHandle` given to agents.
     :param max_batch: the most events one group-commit append carries (and one command
         may write); at most 1,000.
     :param compositors: the compositors this process provides, by name (data queries

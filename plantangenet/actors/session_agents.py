@@ -29,7 +29,7 @@ from plantangenet.actors.messages import _EVERYONE, AgentFactory, OnChange, _Rea
 from plantangenet.actors.pool import PooledRef
 from plantangenet.events.base import Event
 from plantangenet.events.session import AgentDetached, SessionEnded
-from plantangenet.loop import EventLoopThread
+from plantangenet.log.loop import EventLoopThread
 from plantangenet.projections.agent import AgentState
 from plantangenet.projections.session import SessionState
 

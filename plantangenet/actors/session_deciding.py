@@ -42,20 +42,21 @@ from plantangenet.actors.messages import (
 )
 from plantangenet.actors.refusals import RefusalMeter
 from plantangenet.actors.replies import Reply
-from plantangenet.commands import (
+from plantangenet.domain.commands import (
     AttachAgent,
     Command,
     DataQuery,
     SummariseRefusals,
     fingerprint,
 )
-from plantangenet.decide import (
+from plantangenet.domain.decide import (
     Limits,
     decide_authorized,
     plan_query,
     show,
 )
-from plantangenet.disclosure import Sample
+from plantangenet.domain.disclosure import Sample
+from plantangenet.domain.query_plan import Compositor, Plan, disclose
 from plantangenet.errors import (
     CodecError,
     CommandRejected,
@@ -67,10 +68,9 @@ from plantangenet.errors import (
 from plantangenet.events.base import Event
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
-from plantangenet.journal import Journal
-from plantangenet.loop import EventLoopThread
+from plantangenet.log.journal import Journal
+from plantangenet.log.loop import EventLoopThread
 from plantangenet.projections.session import SessionState, evolve
-from plantangenet.query_plan import Compositor, Plan, disclose
 
 log = logging.getLogger("plantangenet.session")
 

@@ -35,24 +35,24 @@ from plantangenet.actors.messages import (
 from plantangenet.actors.pool import PooledRef
 from plantangenet.actors.replies import Reply
 from plantangenet.actors.session_agents import _SessionAgents
-from plantangenet.commands import (
+from plantangenet.domain.commands import (
     Command,
 )
-from plantangenet.decide import (
+from plantangenet.domain.decide import (
     damage,
 )
-from plantangenet.disclosure import Sample
+from plantangenet.domain.disclosure import Sample
 from plantangenet.errors import (
     JournalError,
     PlantangenetError,
 )
 from plantangenet.events.envelope import Envelope
 from plantangenet.events.session import AgentAttached, AgentDetached, SessionEnded
-from plantangenet.journal import AppendResult, Journal
-from plantangenet.loop import EventLoopThread
+from plantangenet.log.journal import AppendResult, Journal
+from plantangenet.log.loop import EventLoopThread
+from plantangenet.log.session_replay import replay
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve, settled
-from plantangenet.session_replay import replay
 
 log = logging.getLogger("plantangenet.session")
 

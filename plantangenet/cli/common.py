@@ -15,11 +15,7 @@ from plantangenet.errors import (
     UnknownSession,
 )
 from plantangenet.events.envelope import Envelope
-from plantangenet.history import (
-    Position,
-    parse_position,
-)
-from plantangenet.journal import (
+from plantangenet.log.journal import (
     LIMIT_ENV,
     TIMEOUT_ENV,
     JournalConfig,
@@ -27,8 +23,12 @@ from plantangenet.journal import (
     timeouts_from_env,
 )
 from plantangenet.projections.session import SessionState
+from plantangenet.projections.views import plain
 from plantangenet.runtime import Plantangenet
-from plantangenet.views import plain
+from plantangenet.timetravel.history import (
+    Position,
+    parse_position,
+)
 
 
 def state_summary(state: SessionState) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from plantangenet.errors import (
     AccessRefused,
 )
 from plantangenet.events.envelope import Envelope
+from plantangenet.log.verify import verify
 from plantangenet.projections.audit import Audit
-from plantangenet.verify import verify
-from plantangenet.views import envelope_record
+from plantangenet.projections.views import envelope_record
 
 
 class _DemoAgent(Agent):

@@ -27,7 +27,7 @@ from plantangenet.cli.travel import cmd_diff, cmd_explore, cmd_fork, cmd_state, 
 from plantangenet.errors import (
     PlantangenetError,
 )
-from plantangenet.journal import (
+from plantangenet.log.journal import (
     DEFAULT_LIVE_PREFIX,
     DEFAULT_STREAM,
     DEFAULT_SUBJECT_PREFIX,
@@ -38,12 +38,12 @@ from plantangenet.journal import (
     parse_limit,
     parse_seconds,
 )
-from plantangenet.ownership import DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS
 from plantangenet.projections.audit_model import (
     GROUP_BY,
 )
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 from plantangenet.runtime import default_store_dir
+from plantangenet.wire.ownership import DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS
+from plantangenet.wire.protocol import DEFAULT_COMMAND_PREFIX, DEFAULT_LANES
 
 
 def _seconds(name: str) -> Callable[[str], float]:
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log messages of this level and above, to stderr (default: warning)",
     )
     serve.set_defaults(run=cmd_serve)
-    from plantangenet import access as nats_access
+    from plantangenet.wire import access as nats_access
 
     access = sub.add_parser(
         "nats-config",

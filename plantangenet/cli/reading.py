@@ -26,7 +26,7 @@ from plantangenet.cli.output import (
     print_table,
     terminal_console,
 )
-from plantangenet.decide import check_id
+from plantangenet.domain.decide import check_id
 from plantangenet.errors import (
     InvalidCommand,
     JournalError,
@@ -34,12 +34,7 @@ from plantangenet.errors import (
     UnknownSession,
 )
 from plantangenet.events.envelope import Envelope
-from plantangenet.filters import EventFilter
-from plantangenet.history import (
-    StreamSequence,
-    parse_position,
-)
-from plantangenet.journal import (
+from plantangenet.log.journal import (
     Journal,
 )
 from plantangenet.projections.audit import Audit, AuditEntry
@@ -50,8 +45,13 @@ from plantangenet.projections.audit_model import (
     query_audit,
     reset_audit_model,
 )
+from plantangenet.projections.views import describe, envelope_record
 from plantangenet.runtime import Plantangenet
-from plantangenet.views import describe, envelope_record
+from plantangenet.timetravel.filters import EventFilter
+from plantangenet.timetravel.history import (
+    StreamSequence,
+    parse_position,
+)
 
 
 def cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
@@ -116,7 +116,7 @@ def history_row(envelope: Envelope, revision: int) -> tuple[list[str], str]:
 def _history_filter(args: argparse.Namespace) -> Callable[[Envelope], bool]:
     """The ``--type``/``--agent``/``--since``/``--until`` filters of ``history``.
 
-    ``--type`` and ``--agent`` are an :class:`~plantangenet.filters.EventFilter`, the
+    ``--type`` and ``--agent`` are an :class:`~plantangenet.timetravel.filters.EventFilter`, the
     explorer's: case-insensitive names or globs (``--type 'cursor*'``).
     """
     try:

@@ -1,8 +1,8 @@
 """``plantangenet replay-agent`` and ``replay-serve``: replay a bot against a recorded session.
 
-``replay-agent`` runs an in-process agent (:mod:`plantangenet.botreplay`),
+``replay-agent`` runs an in-process agent (:mod:`plantangenet.timetravel.botreplay`),
 ``replay-serve`` serves a fork of the session to a remote bot
-(:mod:`plantangenet.replay_serve`). Exit status 0 when the bot issues the
+(:mod:`plantangenet.timetravel.replay_serve`). Exit status 0 when the bot issues the
 commands it issued then, 1 when it diverges (or one of its hooks raises), 2 on an
 error (unknown session, agent or position, a behaviour that cannot be loaded, a
 fork id in use).
@@ -23,7 +23,13 @@ from typing import Any, TextIO
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.session import CommandResult
-from plantangenet.botreplay import (
+from plantangenet.cli.common import open_runtime
+from plantangenet.cli.output import progress_on_stderr
+from plantangenet.errors import PlantangenetError
+from plantangenet.events.envelope import Envelope
+from plantangenet.projections.session import SessionState
+from plantangenet.runtime import Plantangenet
+from plantangenet.timetravel.botreplay import (
     BehaviourFactory,
     BreakAction,
     EventFilter,
@@ -31,15 +37,9 @@ from plantangenet.botreplay import (
     describe_break,
     replay_agent,
 )
-from plantangenet.cli.common import open_runtime
-from plantangenet.cli.output import progress_on_stderr
-from plantangenet.errors import PlantangenetError
-from plantangenet.events.envelope import Envelope
-from plantangenet.history import StreamSequence, parse_position
-from plantangenet.projections.session import SessionState
-from plantangenet.protocol import DEFAULT_COMMAND_PREFIX
-from plantangenet.replay_serve import Release, replay_serve
-from plantangenet.runtime import Plantangenet
+from plantangenet.timetravel.history import StreamSequence, parse_position
+from plantangenet.timetravel.replay_serve import Release, replay_serve
+from plantangenet.wire.protocol import DEFAULT_COMMAND_PREFIX
 
 POSITION_HELP = (
     "a revision N, a stream sequence seq:N, an event id (32 hex) or an ISO time (UTC if no offset)"
@@ -126,7 +126,7 @@ def _explorer(pg: Plantangenet, session_id: str) -> Callable[[Envelope], None] |
         return None
 
     def explore(envelope: Envelope) -> None:
-        from plantangenet.explore import run  # Textual: loaded only when needed
+        from plantangenet.timetravel.explore import run  # Textual: loaded only when needed
 
         run(pg, session_id, StreamSequence(envelope.sequence or 0))
 

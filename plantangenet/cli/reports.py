@@ -21,16 +21,16 @@ from plantangenet.cli.output import (
     progress_on_stderr,
     terminal_console,
 )
-from plantangenet.commands import QuarantineMessage
+from plantangenet.domain.commands import QuarantineMessage
 from plantangenet.errors import (
     PlantangenetError,
     UnknownSession,
 )
+from plantangenet.log.verify import verify
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.ledger import Ledger, LedgerError
 from plantangenet.projections.session import CursorView
-from plantangenet.verify import verify
-from plantangenet.views import plain
+from plantangenet.projections.views import plain
 
 
 def cursor_record(cursor: CursorView) -> dict[str, Any]:

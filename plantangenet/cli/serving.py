@@ -9,17 +9,17 @@ import signal
 import threading
 from typing import Any, TextIO
 
-from plantangenet.access import BotAccess, server_config, write_config
 from plantangenet.cli.common import (
     open_runtime,
 )
-from plantangenet.compositors import load_compositor
+from plantangenet.cli.status import format_status, gather_status
+from plantangenet.data.compositors import load_compositor
 from plantangenet.errors import (
     InvalidCommand,
     PlantangenetError,
 )
-from plantangenet.service import SessionService
-from plantangenet.status import format_status, gather_status
+from plantangenet.wire.access import BotAccess, server_config, write_config
+from plantangenet.wire.service import SessionService
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_nats_config(args: argparse.Namespace, out: TextIO) -> int:
-    from plantangenet.access import parse_size
+    from plantangenet.wire.access import parse_size
 
     bots = []
     for spec in args.bot:

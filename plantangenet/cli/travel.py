@@ -11,11 +11,12 @@ from plantangenet.cli.common import (
     optional_position,
 )
 from plantangenet.cli.output import progress_on_stderr
-from plantangenet.correlations import CorrelationIndex
-from plantangenet.decide import check_id
+from plantangenet.domain.decide import check_id
 from plantangenet.events.envelope import Envelope
-from plantangenet.fork import fork
-from plantangenet.history import (
+from plantangenet.log.correlations import CorrelationIndex
+from plantangenet.projections.views import describe
+from plantangenet.timetravel.fork import fork
+from plantangenet.timetravel.history import (
     Grounds,
     StreamSequence,
     Why,
@@ -30,7 +31,6 @@ from plantangenet.history import (
     states_at,
     why,
 )
-from plantangenet.views import describe
 
 
 def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
@@ -200,7 +200,7 @@ def _print_grounds(grounds: Grounds, out: TextIO, indent: str) -> None:
 
 
 def cmd_explore(args: argparse.Namespace, out: TextIO) -> int:
-    from plantangenet.explore import run  # Textual: loaded only when needed
+    from plantangenet.timetravel.explore import run  # Textual: loaded only when needed
 
     with open_runtime(args) as pg:
         return run(pg, args.session_id, optional_position(args.at))

@@ -1,4 +1,9 @@
-"""Events: immutable facts, their envelope, registry, upcasters and codec."""
+"""Events: immutable facts, their envelope, registry, upcasters and codec.
+
+Holds the events, the envelope, the field conversions, the policy and disclosure values events
+carry (``policy_values``) and the msgpack codec.
+May import errors only.
+"""
 
 from plantangenet.events.base import EVENTS, Event, EventRegistry, Upcaster, event_type
 from plantangenet.events.codec import CODEC, EventCodec

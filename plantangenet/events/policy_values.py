@@ -5,8 +5,8 @@ The values a session's policy is made of (:class:`Statement`, :class:`Condition`
 and its levels) sit below events, which carry them (``PolicyChanged``, ``ChemClause``,
 ``CompositorRegistered``), and below projections, which hold them. A policy answers
 for itself (:meth:`Policy.evaluate`, :meth:`Policy.disclose`); validating and parsing
-policy documents from callers stays in :mod:`plantangenet.policy`, shaping samples in
-:mod:`plantangenet.disclosure`. See :mod:`plantangenet.policy` for the semantics.
+policy documents from callers stays in :mod:`plantangenet.domain.policy`, shaping samples in
+:mod:`plantangenet.domain.disclosure`. See :mod:`plantangenet.domain.policy` for the semantics.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The user projections' checkpoints (:mod:`plantangenet.projections.user`) and the audit
 read model (:mod:`plantangenet.projections.audit_model`) read a session's events and keep
 their results in a KV bucket of the same JetStream. They take a
-:class:`~plantangenet.journal.Journal`, but name only what they use of it here, so the
+:class:`~plantangenet.log.journal.Journal`, but name only what they use of it here, so the
 projections do not import the log layer (which itself folds with projections).
 """
 
@@ -17,7 +17,7 @@ from plantangenet.events.envelope import Envelope
 
 
 class LogSettings(Protocol):
-    """The parts of a :class:`~plantangenet.journal.JournalConfig` a read model reads."""
+    """The parts of a :class:`~plantangenet.log.journal.JournalConfig` a read model reads."""
 
     @property
     def stream(self) -> str: ...
@@ -30,14 +30,14 @@ class LogSettings(Protocol):
 
 
 class LogPage(Protocol):
-    """A :class:`~plantangenet.journal.HistoryPage`: ``(stream sequence, payload)`` pairs."""
+    """A :class:`~plantangenet.log.journal.HistoryPage`: ``(stream sequence, payload)`` pairs."""
 
     @property
     def messages(self) -> tuple[tuple[int, bytes], ...]: ...
 
 
 class KeptLog(Protocol):
-    """A log whose stream also keeps read models: a :class:`~plantangenet.journal.Journal`."""
+    """A log whose stream also keeps read models: a :class:`~plantangenet.log.journal.Journal`."""
 
     @property
     def nc(self) -> Any: ...

@@ -1,0 +1,358 @@
+"""Reading a session's stored events: streams of them, pages, tails, the sessions.
+
+A base of :class:`~plantangenet.log.journal.Journal`: :meth:`read` and :meth:`read_raw`
+stream a session's events through an ordered consumer (deleted as soon as the read
+ends), :meth:`page` reads them a page at a time with a batched direct get, and
+:meth:`sessions` lists the sessions of the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+)
+
+from plantangenet.errors import (
+    DecodeError,
+    JournalError,
+    LogDamaged,
+    TooManyReaders,
+    UnknownEventType,
+    UnknownEventVersion,
+    UnknownSession,
+)
+from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.events.trust import MessageQuarantined
+from plantangenet.log.journal_acks import (
+    _MAX_CONSUMERS,
+    HistoryPage,
+    _Inbox,
+    _sequences,
+    _Unavailable,
+)
+from plantangenet.log.journal_seek import DEFAULT_PAGE_BYTES, DEFAULT_PAGE_EVENTS, _Seeking
+
+#: Seconds a reader's consumer outlives its reader if deleting it failed (a backstop:
+#: a stream holds at most 1,000 consumers, so readers must not linger).
+READER_INACTIVE_THRESHOLD = 5.0
+
+
+class _Reading(_Seeking):
+    """Reading a session's stored events: streams of them, pages, tails, the sessions."""
+
+    consumers_in_use: int
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        from_sequence: int = 1,
+        to_sequence: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AsyncGenerator[Envelope, None]:
+        """The session's events in order, from/up to stream sequences (inclusive).
+
+        Stops at the last event that existed when the read began (or at
+        ``to_sequence``). ``progress(sequence, end)`` is called every 1,000 events.
+        Every envelope has its ``revision``: events stored before revisions were
+        recorded are numbered on the way (see :meth:`count_before`).
+
+        A stored message that is not an envelope at all is skipped if the read also meets its
+        quarantine (``MessageQuarantined``, later in the log); otherwise, once the read
+        has yielded everything else, it raises :class:`LogDamaged` naming the message.
+        """
+        end = await self.last_sequence(session_id)
+        if to_sequence is not None:
+            end = min(end, to_sequence)
+        if end < max(from_sequence, 1):
+            return
+        decode = self.codec.decode
+        count = 0
+        unreadable: dict[int, DecodeError] = {}
+        revision: int | None = 0 if from_sequence <= 1 else None  # of the last one yielded
+        rows = self._ordered(session_id, from_sequence, stop_at=end)
+        async with contextlib.aclosing(rows):
+            async for seq, data in rows:
+                count += 1
+                if progress is not None and count % 1000 == 0:
+                    progress(seq, end)
+                try:
+                    envelope = decode(data, sequence=seq)
+                except (UnknownEventType, UnknownEventVersion):
+                    raise  # an event of newer code (or a missing upcaster): not this log's damage
+                except DecodeError as exc:
+                    unreadable[seq] = exc
+                    continue
+                if unreadable and type(envelope.event) is MessageQuarantined:
+                    unreadable.pop(envelope.event.sequence, None)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
+                yield envelope
+        if progress is not None:
+            progress(end, end)
+        if unreadable:
+            first = min(unreadable)
+            raise LogDamaged.at(session_id, first, unreadable[first])
+
+    async def read_raw(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """``(sequence, payload)`` of the session's stored messages, undecoded, in order.
+
+        ``session_id`` :data:`ALL_SESSIONS` reads every session's messages, in stream order.
+        """
+        end = await self.last_sequence(session_id)
+        if to_sequence is not None:
+            end = min(end, to_sequence)
+        if end < max(from_sequence, 1):
+            return
+        rows = self._ordered(session_id, from_sequence, stop_at=end)
+        async with contextlib.aclosing(rows):
+            async for item in rows:
+                yield item
+
+    async def page(
+        self,
+        session_id: str,
+        from_sequence: int = 1,
+        *,
+        max_events: int = DEFAULT_PAGE_EVENTS,
+        max_bytes: int = DEFAULT_PAGE_BYTES,
+    ) -> HistoryPage:
+        """The session's stored messages from stream sequence ``from_sequence`` on, one page.
+
+        One batched direct get (``<api prefix>.DIRECT.GET.<stream>``, answered by any
+        replica): no consumer is created, so paging never counts against the
+        stream's consumer limit. The page holds at most ``max_events`` messages, and
+        stops once the bytes sent reach ``max_bytes``, counted as the server does:
+        subject + stored headers + payload of each message. The message that reaches
+        the limit is still in the page, so a page may exceed ``max_bytes`` by up to
+        one message, and always holds at least one message if there is one at or
+        after ``from_sequence`` (however large): paging always makes progress.
+        ``from_sequence`` below 1 reads from the start.
+
+        The whole page must arrive within ``config.api_timeout`` seconds. Each
+        message's ``Nats-Last-Sequence`` (the previous message of the batch) is
+        checked, so a page with a message lost in transit is an error, never a gap.
+        A session without events, or ``from_sequence`` past its end, gives an empty
+        page with ``more`` false. On a cluster the replica that answers may lag the
+        leader by a few events (then ``more`` may be true with an empty page: ask again).
+
+        :raises JournalError: the stream does not exist or answers no direct gets,
+            the server refused or did not answer in time, or the page came incomplete.
+        """
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        start = max(from_sequence, 1)
+        request = {
+            "seq": start,
+            "next_by_subj": self.subject(session_id),
+            "batch": max_events,
+            "max_bytes": max_bytes,
+        }
+        messages, pending = await self._direct_batch(session_id, request)
+        if messages and not pending:
+            return HistoryPage(tuple(messages), messages[-1][0], False)
+        last = await self.last_sequence(session_id)
+        if messages:  # Nats-Num-Pending messages follow the page
+            last = max(last, messages[-1][0] + pending)
+        return HistoryPage(tuple(messages), last, bool(pending) or last >= start)
+
+    async def read_all(self, session_id: str, **kwargs: Any) -> list[Envelope]:
+        """:meth:`read` into a list; raises :class:`UnknownSession` if there are no events."""
+        out = [e async for e in self.read(session_id, **kwargs)]
+        if not out and await self.last_sequence(session_id) == 0:
+            raise UnknownSession(f"no events for session {session_id!r}")
+        return out
+
+    async def tail(
+        self, session_id: str, *, from_sequence: int | None = None
+    ) -> AsyncGenerator[Envelope, None]:
+        """Events as they are stored, from ``from_sequence`` (default: only new ones).
+
+        Runs until the consumer of the iterator stops it.
+        """
+        start = (
+            from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
+        )
+        revision: int | None = 0 if start <= 1 else None  # of the last one yielded
+        rows = self._ordered(session_id, start, stop_at=None)
+        async with contextlib.aclosing(rows):
+            async for seq, data in rows:
+                envelope = self.codec.decode(data, sequence=seq)
+                if envelope.revision is None:
+                    if revision is None:
+                        revision = await self.count_before(session_id, seq)
+                    envelope = envelope.with_revision(revision + 1)
+                revision = envelope.revision
+                yield envelope
+
+    async def _ordered(
+        self, session_id: str, from_sequence: int | None, *, stop_at: int | None
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """``(stream sequence, payload)`` in order, with no gap and no duplicate.
+
+        This is an ordered consumer done here rather than by nats-py: a push
+        consumer with flow control, heartbeats and acks used only as a window,
+        whose consumer
+        sequence is checked on every message. On a gap, a stall, or (for a
+        live tail) a long silence, it is replaced by a fresh consumer starting
+        right after the last delivered event. Each consumer is *named* and
+        filtered, created through ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>``,
+        so a user allowed to read one session's subject needs no wider permission.
+        """
+        subject = self.subject(session_id)
+        next_sequence = (
+            from_sequence if from_sequence is not None else await self.last_sequence(session_id) + 1
+        )
+        stalls = failures = 0
+        ack_every = max(self.config.read_window // 4, 1)
+        loop = asyncio.get_running_loop()
+        idle_timeout = self.config.idle_timeout
+        while True:
+            name = new_id()
+            inbox = _Inbox()
+            try:
+                sub = await self._consumer(
+                    session_id, subject, max(next_sequence, 1), name, inbox.arrived
+                )
+            except _Unavailable:
+                # The server is away (restarting, electing a leader): a tail waits for
+                # it; a bounded read tries a few times, then reports.
+                failures += 1
+                if stop_at is not None and failures > 3:
+                    raise
+                await asyncio.sleep(min(0.2 * failures, 2.0))
+                continue
+            failures = 0
+            expected = 1
+            self.consumers_in_use += 1
+            try:
+                while True:
+                    if not inbox.messages and not await inbox.wait(loop, idle_timeout):
+                        break  # stalled, or a quiet tail: start a fresh consumer
+                    msg = inbox.messages.popleft()
+                    sequence, delivered = _sequences(msg.reply)
+                    if delivered != expected:
+                        break  # a message was lost in transit: start again after the last
+                    if delivered % ack_every == 0:
+                        await self.nc.publish(msg.reply, b"")
+                    expected += 1
+                    next_sequence = sequence + 1
+                    stalls = 0
+                    yield sequence, msg.data
+                    if stop_at is not None and sequence >= stop_at:
+                        return
+            finally:
+                self.consumers_in_use -= 1
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+                await self._delete_consumer(name)
+            if stop_at is not None:
+                stalls += 1
+                if stalls > 3:
+                    raise JournalError(
+                        f"replay of {session_id} stalled before sequence {stop_at} "
+                        f"(at {next_sequence})"
+                    )
+
+    async def _consumer(
+        self,
+        session_id: str,
+        subject: str,
+        start: int,
+        name: str,
+        arrived: Callable[[Msg], Awaitable[None]],
+    ) -> Any:
+        config = ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            # Acks are only backpressure: acking every quarter window (AckAll) keeps at
+            # most `read_window` events in flight, so memory does not grow with the replay.
+            ack_policy=AckPolicy.ALL,
+            max_ack_pending=self.config.read_window,
+            ack_wait=300.0,
+            max_deliver=1,
+            flow_control=True,
+            idle_heartbeat=5.0,
+            mem_storage=True,
+            num_replicas=1,
+            # Deleted when the read ends (see _delete_consumer); this is the backstop.
+            inactive_threshold=READER_INACTIVE_THRESHOLD,
+        )
+        reconnects = self.nc.stats.get("reconnects", 0)
+        try:
+            # (nats-py overwrites these two from its own arguments: pass them twice.)
+            return await self.js.subscribe(
+                subject,
+                stream=self.config.stream,
+                config=config,
+                cb=arrived,
+                manual_ack=True,
+                flow_control=True,
+                idle_heartbeat=5.0,
+                # The ack window bounds what is in flight; these only must not be lower.
+                pending_msgs_limit=max(4 * self.config.read_window, 65_536),
+                pending_bytes_limit=256 * 1024 * 1024,
+            )
+        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
+            raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _MAX_CONSUMERS:
+                raise TooManyReaders(
+                    f"cannot read {session_id}: stream {self.config.stream} holds as many "
+                    f"readers (consumers) as it may ({exc.description}, err_code "
+                    f"{exc.err_code}); retry when reads finish"
+                ) from exc
+            raise JournalError(f"cannot read {session_id}: {exc}") from exc
+        except nats.errors.Error as exc:
+            if not self.nc.is_connected:
+                raise _Unavailable(f"cannot read {session_id}: disconnected") from exc
+            if self.nc.stats.get("reconnects", 0) != reconnects:
+                # The connection was lost and regained meanwhile (a server restart): the
+                # request went down with the old connection. Not a permission problem.
+                raise _Unavailable(f"cannot read {session_id}: reconnected meanwhile") from exc
+            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+
+    async def _delete_consumer(self, name: str) -> None:
+        """Delete a finished reader's consumer: best effort, fire and forget.
+
+        A stream holds at most 1,000 consumers; a reader that left its consumer
+        behind would count against that until the inactive threshold expires.
+        The request is only published (the server needs no reply subject to act on
+        it), so a read never waits for it, and nothing it raises reaches the reader.
+        """
+        delete = self.config.delete_readers
+        if not (self.config.leader_reads if delete is None else delete) or self.nc.is_closed:
+            return
+        prefix = getattr(self.js, "_prefix", "$JS.API")
+        with contextlib.suppress(Exception):
+            await self.nc.publish(f"{prefix}.CONSUMER.DELETE.{self.config.stream}.{name}", b"")
+
+    async def sessions(self) -> dict[str, int]:
+        """Every session in the log, with its number of events."""
+        prefix = self.config.subject_prefix + "."
+        try:
+            info = await self.js.stream_info(self.config.stream, subjects_filter=prefix + "*")
+        except nats.js.errors.NotFoundError:
+            return {}
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot list sessions: {exc}") from exc
+        subjects = info.state.subjects or {}
+        return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}

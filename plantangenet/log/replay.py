@@ -1,0 +1,29 @@
+"""What a replay reads, and how it reports progress: the log side of replaying a session.
+
+:func:`plantangenet.log.session_replay.replay` folds a session's log into its projection;
+it reads any :class:`ReadableLog` (a :class:`~plantangenet.log.journal.Journal`, or a bot's
+pages) and sits above both the log and the projections. The function is also
+``plantangenet.replay`` at the top of the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from plantangenet.events.codec import EventCodec
+
+#: ``progress(sequence_reached, last_sequence)``
+Progress = Callable[[int, int], None]
+
+
+class ReadableLog(Protocol):
+    """What a replay reads: a :class:`~plantangenet.log.journal.Journal`, or a bot's pages."""
+
+    codec: EventCodec
+
+    def read_raw(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    async def last_sequence(self, session_id: str) -> int: ...

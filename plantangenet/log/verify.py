@@ -1,0 +1,160 @@
+"""Tamper evidence: recompute a session's hash chain from the log.
+
+Every stored envelope carries ``previous_hash``, the SHA-256 of the encoded
+previous event of its session (empty for the first). :func:`verify` streams
+the session's raw messages, hashes each one, and checks each link. Deleting a
+message breaks the link of the event after it; republishing an altered copy
+breaks the link of the copy itself; altering an event in place would break
+the next event's link. The first broken link is reported.
+
+A message that is not an event of the session (it does not decode as an
+envelope, or it is another session's) is not a link of the chain: the event
+after it must link to the event before it. Such a message breaks the session
+until an operator quarantines it (``MessageQuarantined``, written by
+``plantangenet quarantine``); a quarantined message stays in the log and is
+reported, and the chain around it is checked as usual.
+
+Known limit: removing the *last* events of a session leaves a shorter chain
+that is still consistent; anchor the head elsewhere if that matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from plantangenet.errors import DecodeError
+from plantangenet.log.journal import Journal
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of :func:`verify`."""
+
+    session_id: str
+    intact: bool
+    #: Events checked (up to and including the first broken one).
+    checked: int
+    #: Stream sequence of the first event whose link is broken (0 if intact).
+    broken_at: int = 0
+    #: Stream sequence of the event before it in the log (0: none).
+    previous_sequence: int = 0
+    problem: str = ""
+    #: Messages that are no events of the session, quarantined (skipped by every fold).
+    quarantined: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        """One human-readable line."""
+        if self.intact:
+            skipped = (
+                f"; {len(self.quarantined)} quarantined message(s) skipped: "
+                + ", ".join(map(str, self.quarantined))
+                if self.quarantined
+                else ""
+            )
+            return (
+                f"session {self.session_id}: history intact ({self.checked} events verified"
+                f"{skipped})"
+            )
+        return f"session {self.session_id}: BROKEN at sequence {self.broken_at}: {self.problem}"
+
+
+async def verify(
+    journal: Journal,
+    session_id: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Recompute ``session_id``'s hash chain; memory stays flat whatever its length.
+
+    The first problem not resolved by a later quarantine is reported: a broken
+    link, or a message that is no event of the session (quarantine it).
+    """
+    end = await journal.last_sequence(session_id)
+    previous_digest = b""
+    previous_sequence = 0
+    checked = 0
+    if end == 0:
+        return VerifyResult(session_id, False, 0, problem="the session has no events")
+    #: Messages that are no events of the session: sequence -> (the one before it, why).
+    strays: dict[int, tuple[int, str]] = {}
+    quarantined: set[int] = set()
+    first_break: VerifyResult | None = None
+    async for sequence, payload in journal.read_raw(session_id, to_sequence=end):
+        checked += 1
+        try:
+            claimed, raw = _previous_hash(payload, session_id)
+        except DecodeError as exc:
+            if len(strays) < _MAX_STRAYS:
+                strays[sequence] = (previous_sequence, f"not an event of this session: {exc}")
+            continue
+        if claimed != previous_digest:
+            if first_break is None:
+                first_break = VerifyResult(
+                    session_id,
+                    False,
+                    checked,
+                    sequence,
+                    previous_sequence,
+                    _break(previous_sequence),
+                )
+            continue  # the events after it may still link past it (a stray before them)
+        if raw.get("t") == "MessageQuarantined":
+            data = raw.get("d")
+            number = data.get("sequence") if isinstance(data, dict) else None
+            if type(number) is int:
+                quarantined.add(number)
+        previous_digest = hashlib.sha256(payload).digest()
+        previous_sequence = sequence
+        if progress is not None and checked % 1000 == 0:
+            progress(sequence, end)
+    if progress is not None:
+        progress(end, end)
+    unresolved = sorted(s for s in strays if s not in quarantined)
+    problems = []
+    if unresolved:
+        stray = unresolved[0]
+        before, why = strays[stray]
+        hint = f"; an operator may quarantine it: plantangenet quarantine {session_id} {stray}"
+        problems.append(VerifyResult(session_id, False, checked, stray, before, why + hint))
+    if first_break is not None:
+        problems.append(first_break)
+    if problems:
+        return min(problems, key=lambda result: result.broken_at)
+    return VerifyResult(
+        session_id, True, checked, quarantined=tuple(sorted(quarantined & set(strays)))
+    )
+
+
+#: The most strays remembered (a log with more is reported broken at the first anyway).
+_MAX_STRAYS = 10_000
+
+
+def _break(previous_sequence: int) -> str:
+    if previous_sequence == 0:
+        return (
+            "the first event in the log does not start the chain: "
+            "earlier events were removed, or this one was inserted"
+        )
+    return (
+        f"it does not follow the event at sequence {previous_sequence}: "
+        "an event between them was removed, or one of them was altered or inserted"
+    )
+
+
+def _previous_hash(payload: bytes, session_id: str) -> tuple[bytes, dict[str, Any]]:
+    """The chain link an envelope claims, and the envelope's map; or :class:`DecodeError`."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"malformed msgpack: {exc}") from None
+    if type(raw) is not dict or type(raw.get("p")) is not bytes:
+        raise DecodeError("not an envelope with a previous hash", field="previous_hash")
+    if raw.get("s") != session_id:
+        raise DecodeError(f"an event of session {str(raw.get('s'))[:128]!r}", field="session_id")
+    previous: bytes = raw["p"]
+    return previous, raw
