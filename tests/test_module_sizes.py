@@ -11,10 +11,6 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "plantangenet"
 #: The most lines a module may have.
 MAX_LINES = 600
-#: Modules being split by other work in progress, allowed over MAX_LINES until it lands.
-#: This allow-list must be empty once service.py (being split) has landed: remove its
-#: entry then (cli.py became a package, explore.py the plantangenet/timetravel/explorer/ package).
-ALLOWED_OVER = frozenset({"plantangenet/wire/service.py"})
 
 
 def module_sizes() -> list[tuple[str, int]]:
@@ -36,15 +32,7 @@ def test_no_module_is_over_the_limit() -> None:
     print(report(sizes))
     assert len(sizes) > 50  # the walk found the package, not an empty directory
     over = {name: count for name, count in sizes if count > MAX_LINES}
-    assert set(over) <= ALLOWED_OVER, {n: c for n, c in over.items() if n not in ALLOWED_OVER}
-
-
-def test_the_allow_list_names_only_modules_over_the_limit() -> None:
-    # An allowed module that is gone or back under the limit leaves the list: it shrinks
-    # as the splits land, and nothing new can hide behind a stale entry.
-    sizes = dict(module_sizes())
-    stale = {name for name in ALLOWED_OVER if sizes.get(name, 0) <= MAX_LINES}
-    assert not stale, f"remove from ALLOWED_OVER: {sorted(stale)}"
+    assert not over, over
 
 
 if __name__ == "__main__":

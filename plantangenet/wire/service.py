@@ -78,101 +78,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import importlib.metadata
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 
 from plantangenet.actors.handle import SessionHandle
-from plantangenet.actors.session import CommandResult
-from plantangenet.domain.commands import (
-    Command,
-    DiscloseChem,
-    GrantDust,
-    ProposeChem,
-    QueryCursor,
-    StartSession,
-)
-from plantangenet.domain.decide import check_id, decide_authorized
+from plantangenet.domain.decide import check_id
 from plantangenet.errors import (
-    AccessRefused,
-    ConcurrencyError,
-    InvalidCommand,
     PlantangenetError,
     ReplyTooLarge,
     StorageExhausted,
     TooManyRequests,
 )
-from plantangenet.events.chem import ChemQueried
-from plantangenet.events.dust import TREASURY
-from plantangenet.events.envelope import OPERATOR
-from plantangenet.projections.session import SessionState
-from plantangenet.projections.views import plain
 from plantangenet.runtime import Plantangenet
-from plantangenet.wire.access import REQUEST_INFO_HEADER, principal_from_headers
-from plantangenet.wire.metrics import REPLY_DROPPED, ServiceMetrics
+from plantangenet.wire.metrics import ServiceMetrics
 from plantangenet.wire.micro import EndpointCounts, Registration
 from plantangenet.wire.ownership import DEFAULT_LEASE_TTL, Ownership
 from plantangenet.wire.protocol import (
-    BATCH,
-    CHEM_STEPS,
     DEFAULT_COMMAND_PREFIX,
     DEFAULT_LANES,
     FORWARDED,
-    HOPS_HEADER,
-    PRINCIPAL_HEADER,
-    QUERIES,
     TRACEPARENT_HEADER,
-    QueryChemRequest,
-    batch_reply,
-    data_reply,
-    decode_batch,
-    decode_history,
-    decode_request,
     error_reply,
     forward_subject,
-    history_reply,
     lane_subjects,
-    ok_reply,
     parse_subject,
-    relay_id,
     traceparent,
 )
+from plantangenet.wire.service_answers import Answering
+from plantangenet.wire.service_ingress import Ingress, _Waiting
+from plantangenet.wire.service_routing import PassingOn
 
 log = logging.getLogger("plantangenet.wire.service")
-
-#: Placeholder for a batch command not answered yet (every one is, before the reply).
-_UNANSWERED = PlantangenetError("internal error: a command of the batch was not answered")
-_REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
-#: Messages taken off the connection between two yields to the event loop.
-_YIELD_EVERY = 64
-#: Room a reply's own fields need beside the data it carries.
-_REPLY_OVERHEAD = 4096
-#: How often a request may be passed on before it is served where it is.
-_MAX_HOPS = 2
-#: Seconds a partition handed back waits for its sessions' requests in flight.
-_DRAIN_TIMEOUT = 2.0
 
 
 #: The queue group every ``serve`` process joins.
 QUEUE_GROUP = "plantangenet-serve"
 #: The name the service registers under with the NATS services framework.
 SERVICE_NAME = "plantangenet"
-
-
-def _traced(item: Any, trace: str | None) -> Any:
-    """``item`` (a command, or the error refusing it) with ``trace`` as its correlation id
-    when it names none (see ``protocol.traceparent``)."""
-    if trace and isinstance(item, Command) and item.correlation_id is None:
-        return dataclasses.replace(item, correlation_id=trace)
-    return item
 
 
 def _version() -> str:
@@ -182,11 +131,7 @@ def _version() -> str:
         return "0.0.0"
 
 
-#: A request waiting for its turn: the message, its endpoint, when it was taken (ns).
-_Waiting = tuple[Msg, EndpointCounts, int]
-
-
-class SessionService:
+class SessionService(Ingress, PassingOn, Answering):
     """Serves commands for any session over NATS.
 
     :param runtime: a started :class:`~plantangenet.runtime.Plantangenet`.
@@ -409,250 +354,6 @@ class SessionService:
 
     # -- taking requests off the connection --------------------------------------
 
-    async def _on_message(self, msg: Msg, endpoint: EndpointCounts) -> None:
-        taken = time.perf_counter_ns()
-        endpoint.requests += 1
-        self._taken += 1
-        if self._taken % _YIELD_EVERY == 0:
-            # nats-py hands a backlog over without yielding: let the requests already
-            # started (everyone's, in turn) run between messages of a burst.
-            await asyncio.sleep(0)
-        headers = msg.headers
-        crossed = bool(headers) and any(
-            isinstance(k, str) and k.casefold() == _REQUEST_INFO for k in headers or ()
-        )
-        refusal = self._reply_refusal(msg.reply, crossed)
-        if refusal is not None:
-            self.refused_replies += 1
-            endpoint.failed(f"dropped: the reply subject is {refusal}")
-            endpoint.processing_ns += time.perf_counter_ns() - taken
-            self.metrics.refusal(REPLY_DROPPED)
-            if self.refused_replies <= 10 or self.refused_replies % 1000 == 0:
-                log.warning(
-                    "dropped a request on %s: its reply subject %r is %s (%d dropped so far)",
-                    msg.subject,
-                    msg.reply[:200],
-                    refusal,
-                    self.refused_replies,
-                )
-            return
-        principal = principal_from_headers(headers) if crossed else OPERATOR
-        try:
-            lane_account = parse_subject(msg.subject, self.command_prefix)[2]
-        except InvalidCommand:
-            lane_account = None  # answered as malformed when handled
-        if lane_account is not None and (
-            not crossed or principal is None or not principal.endswith("@" + lane_account)
-        ):
-            principal = None  # on a lane without the server's word, or not its account's
-        if principal is None:
-            self.unidentified += 1
-            refused = AccessRefused(
-                "the service cannot tell who sent this request: its Nats-Request-Info "
-                "header is unreadable or repeated; nothing was done"
-            )
-            endpoint.failed(f"{refused.code}: {refused}")
-            self.metrics.refusal(refused.code)
-            await self._reply(msg, error_reply(refused))
-            endpoint.processing_ns += time.perf_counter_ns() - taken
-            return
-        if self.ownership is not None and self._passed_on(msg, endpoint, taken, principal, 0):
-            endpoint.processing_ns += time.perf_counter_ns() - taken
-            return
-        await self._enqueue(msg, endpoint, taken, principal)
-
-    async def _on_forwarded(self, msg: Msg) -> None:
-        """A request another ``serve`` process passed on: its principal is the header
-        that process set; only the service's own account can publish here."""
-        taken = time.perf_counter_ns()
-        endpoint = self._forward_endpoint
-        endpoint.requests += 1
-        headers = msg.headers or {}
-        crossed = any(isinstance(k, str) and k.casefold() == _REQUEST_INFO for k in headers)
-        principal = headers.get(PRINCIPAL_HEADER)
-        if crossed or not principal or self._reply_refusal(msg.reply, False) is not None:
-            # Not from a process of ours: nothing crosses an import onto this subject.
-            self.unidentified += 1
-            endpoint.failed("dropped: a passed-on request not from the service's account")
-            log.warning("dropped a passed-on request on %s: not from a service", msg.subject)
-            return
-        try:
-            hops = int(headers.get(HOPS_HEADER, "1"))
-        except ValueError:
-            hops = _MAX_HOPS
-        if self._passed_on(msg, endpoint, taken, principal, hops):
-            return
-        await self._enqueue(msg, endpoint, taken, principal)
-
-    def _passed_on(
-        self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str, hops: int
-    ) -> bool:
-        """Pass ``msg`` on to its session's owner if that is another live process; whether
-        it was (then its answer is relayed back). Requests for partitions nobody owns now
-        are counted and served here."""
-        assert self.ownership is not None
-        try:
-            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
-        except InvalidCommand:
-            return False  # answered as malformed here
-        if name == "history":
-            return False  # a page of the log: any process reads it as well
-        owner = self.ownership.owner_of(session_id)
-        if owner is None:
-            # Nobody owns it now: the process that will take it first serves it meanwhile.
-            self.unowned += 1
-            self.metrics.unowned.inc()
-            owner = self.ownership.successor(session_id)
-        return self._pass_to(owner, msg, endpoint, taken, principal, hops, session_id, name)
-
-    def _pass_to(
-        self,
-        owner: str | None,
-        msg: Msg,
-        endpoint: EndpointCounts,
-        taken: int,
-        principal: str,
-        hops: int,
-        session_id: str,
-        name: str,
-    ) -> bool:
-        """Pass ``msg`` on to ``owner`` unless that is this process (or nobody, or the
-        request was passed on too often already); whether it was."""
-        assert self.ownership is not None
-        if owner is None or owner == self.ownership.member_id or hops >= _MAX_HOPS:
-            return False
-        subject = forward_subject(owner, session_id, name, self.command_prefix)
-        relay = asyncio.create_task(
-            self._relay(msg, endpoint, taken, principal, hops, subject, owner)
-        )
-        self._relays.add(relay)
-        relay.add_done_callback(self._relays.discard)
-        self.forwarded += 1
-        self.metrics.forwarded.inc()
-        return True
-
-    async def _relay(
-        self,
-        msg: Msg,
-        endpoint: EndpointCounts,
-        taken: int,
-        principal: str,
-        hops: int,
-        subject: str,
-        owner: str,
-    ) -> None:
-        """Ask the owner (a request of this process: the server lets no client publish with
-        a bot's ``_R_.`` reply subject), then answer the bot with its reply. An owner that
-        is gone (no responders: it died, its lease has not run out) is replaced here."""
-        headers = {PRINCIPAL_HEADER: principal, HOPS_HEADER: str(hops + 1)}
-        trace = traceparent(msg.headers)
-        if trace:
-            headers[TRACEPARENT_HEADER] = trace[0]
-        try:
-            answer = await self._nc.request(
-                subject, msg.data, timeout=self.relay_timeout, headers=headers
-            )
-        except nats.errors.NoRespondersError:
-            # The owner is gone (its lease has not run out yet): its successor serves it.
-            assert self.ownership is not None
-            self.unowned += 1
-            self.metrics.unowned.inc()
-            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
-            successor = self.ownership.successor(session_id, gone=owner)
-            if not self._pass_to(
-                successor, msg, endpoint, taken, principal, hops + 1, session_id, name
-            ):
-                await self._enqueue(msg, endpoint, taken, principal)
-            return
-        except Exception as exc:  # timed out, or the connection went: the bot retries
-            log.warning("no answer from the owner on %s: %s", subject, exc or type(exc).__name__)
-            return
-        if msg.reply:
-            await self._reply(msg, answer.data, {TRACEPARENT_HEADER: trace[0]} if trace else None)
-
-    async def _drain_partition(self, partition: int) -> None:
-        """Before a partition is handed back: let its sessions' requests in flight finish
-        (at most ``_DRAIN_TIMEOUT``), then passivate their actors, so that this process
-        never answers from a state folded while another process wrote."""
-        assert self.ownership is not None
-        mine = self.ownership.partition
-
-        def in_partition() -> list[str]:
-            return [sid for sid in self._last_used if mine(sid) == partition]
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _DRAIN_TIMEOUT
-        while any(self._busy.get(sid) for sid in in_partition()) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for session_id in in_partition():
-            self._last_used.pop(session_id, None)
-            self._busy.pop(session_id, None)
-            await loop.run_in_executor(None, self.runtime.passivate_session, session_id)
-
-    async def _enqueue(
-        self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str
-    ) -> None:
-        """Queue a request behind its principal's others (see the module docs)."""
-        waiting = self._waiting.get(principal)
-        if waiting is None:
-            waiting = self._waiting[principal] = deque()
-        elif len(waiting) >= self.queued_per_principal and principal != OPERATOR:
-            self.overflowed += 1  # the cheapest answer there is: a flood must cost little
-            endpoint.failed(f"{TooManyRequests.code}: principal {principal} overflowed")
-            self.metrics.refusal(TooManyRequests.code)
-            await self._reply(msg, self._overflow_reply)
-            endpoint.processing_ns += time.perf_counter_ns() - taken
-            return
-        waiting.append((msg, endpoint, taken))
-        if len(waiting) == 1 and (
-            self._running_of.get(principal, 0) < self.per_principal or principal == OPERATOR
-        ):
-            self._turns.append(principal)
-        self._dispatch()
-
-    def _reply_refusal(self, reply: str, crossed: bool) -> str | None:
-        """Why the service must not publish on ``reply`` (``None``: it may)."""
-        if not reply:
-            return None  # a command sent without waiting for its outcome
-        if crossed and not reply.startswith("_R_."):
-            return "not the reply subject the server issued for a request from another account"
-        if reply.startswith("$"):
-            return "a system subject"
-        if reply.startswith(self._protected) or reply + "." in self._protected:
-            return "a subject of the event stream, its live republish, or the commands"
-        if any(c in reply for c in " \t\r\n*>") or ".." in reply or reply.endswith("."):
-            return "not a subject one may publish to"
-        return None
-
-    def _dispatch(self) -> None:
-        """Start waiting requests, one principal at a time, in turn."""
-        turns = self._turns
-        while turns and len(self._tasks) < self.max_in_flight:
-            principal = turns.popleft()
-            waiting = self._waiting[principal]
-            request = waiting.popleft()
-            running = self._running_of.get(principal, 0) + 1
-            self._running_of[principal] = running
-            if waiting and (running < self.per_principal or principal == OPERATOR):
-                turns.append(principal)  # its next request: after everyone else's
-            elif not waiting:
-                del self._waiting[principal]
-            task = asyncio.create_task(self._handle(*request, principal=principal))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._done, principal=principal))
-
-    def _done(self, task: asyncio.Task[None], principal: str) -> None:
-        self._tasks.discard(task)
-        running = self._running_of[principal] - 1
-        if running:
-            self._running_of[principal] = running
-        else:
-            del self._running_of[principal]
-        waiting = self._waiting.get(principal)
-        if waiting and principal not in self._turns:
-            self._turns.append(principal)
-        self._dispatch()
-
     # -- requests --------------------------------------------------------------------
 
     async def _handle(
@@ -734,211 +435,6 @@ class SessionService:
 
     async def _log_is_empty(self, session_id: str) -> bool:
         return await self.runtime.journal.last_sequence(session_id) == 0
-
-    async def _answer(
-        self, session_id: str, name: str, payload: bytes, principal: str, trace: str | None
-    ) -> bytes:
-        if name == "history":
-            return await self._history(session_id, payload)
-        if name in QUERIES:
-            return await self._query(session_id, name)
-        if name == BATCH:
-            commands = [_traced(c, trace) for c in decode_batch(payload, principal)]
-            outcomes = await self._execute(session_id, commands)
-            for outcome in outcomes:
-                if isinstance(outcome, PlantangenetError):
-                    self.metrics.refusal(outcome.code)
-                    self._storage_refused(outcome)
-            return batch_reply(outcomes)
-        command = _traced(decode_request(name, payload, principal, session_id), trace)
-        if name in CHEM_STEPS:
-            return await self._chem_step(session_id, command)
-        if isinstance(command, QueryCursor | DiscloseChem):
-            # The answer must fit in a reply: a larger one is refused before it is
-            # recorded or charged (the reply's own fields need a little room).
-            room = self._max_payload() - _REPLY_OVERHEAD
-            if command.max_bytes is None or command.max_bytes > room:
-                command = dataclasses.replace(command, max_bytes=room)
-        (outcome,) = await self._execute(session_id, [command])
-        if isinstance(outcome, PlantangenetError):
-            raise outcome
-        return ok_reply(outcome)
-
-    async def _one(self, session_id: str, command: Command) -> CommandResult:
-        """``command`` decided and stored in ``session_id`` (its refusal raised)."""
-        (outcome,) = await self._execute(session_id, [command])
-        if isinstance(outcome, PlantangenetError):
-            raise outcome
-        return outcome
-
-    async def _chem_step(self, session_id: str, command: Command) -> bytes:
-        """A chem step: recorded in ``session_id`` as the request's sender sent it (the
-        same standing and policy checks as any command), then in the chem's peer session.
-
-        The peer records the step as the operator: the acting session's log decided it.
-        Its command id there is derived from the sender, the session and the request's id
-        (:func:`relay_id`), so a retry of a request that failed half-way (the peer's
-        write) completes it, and nobody can take the id beforehand.
-        """
-        relayed = relay_id(command.principal, session_id, command.command_id)
-        correlation = command.correlation_id or command.command_id
-        if isinstance(command, QueryChemRequest):
-            return await self._query_chem(session_id, command, relayed, correlation)
-        result = await self._one(session_id, command)
-        if isinstance(command, ProposeChem):
-            peer = command.peer
-            relay: Command = dataclasses.replace(command, peer=session_id)
-        else:
-            handle = self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.state_at_least(result.sequence))
-            chem = state.chems.get(getattr(command, "chem_id", ""))
-            if chem is None:  # pragma: no cover - it was just stored
-                raise InvalidCommand(f"session {session_id} holds no such chem")
-            peer, relay = chem.peer, command
-        relay = dataclasses.replace(
-            relay,
-            command_id=relayed,
-            correlation_id=correlation,
-            issued_by=None,
-            context={},
-            principal=OPERATOR,
-        )
-        await self._one(peer, relay)
-        return ok_reply(result)
-
-    async def _query_chem(
-        self, session_id: str, command: QueryChemRequest, relayed: str, correlation: str
-    ) -> bytes:
-        """``QueryChem`` here, then ``DiscloseChem`` in the peer (see ``QueryChemRequest``)."""
-        asked = await self._one(session_id, command.asked())
-        price = next((e.event.price for e in asked.events if isinstance(e.event, ChemQueried)), 0)
-        handle = self.runtime.session(session_id)
-        state = await asyncio.wrap_future(handle.state_at_least(asked.sequence))
-        chem = state.chems.get(command.chem_id)
-        if chem is None:  # pragma: no cover - it was just stored
-            raise InvalidCommand(f"session {session_id} holds no chem {command.chem_id}")
-        disclose = DiscloseChem(
-            command_id=relayed,
-            correlation_id=correlation,
-            chem_id=command.chem_id,
-            peer=session_id,
-            agent_id=command.agent_id,
-            axes=tuple(command.axes),
-            start=command.start,
-            end=command.end,
-            compositor=command.compositor,
-            resolution=command.resolution,
-            max_bytes=self._max_payload() - _REPLY_OVERHEAD,
-        )
-        try:
-            disclosed = await self._one(chem.peer, disclose)
-        except PlantangenetError as refused:
-            if price > 0:
-                await self._one(
-                    session_id,
-                    GrantDust(
-                        command_id=f"{relayed}-refund",
-                        correlation_id=correlation,
-                        source=TREASURY,
-                        target=command.agent_id,
-                        amount=price,
-                        memo=f"refund: {command.chem_id} refused by {chem.peer} ({refused.code})",
-                    ),
-                )
-            raise
-        return ok_reply(dataclasses.replace(asked, samples=disclosed.samples))
-
-    async def _execute(
-        self, session_id: str, items: Sequence[Command | PlantangenetError]
-    ) -> list[CommandResult | PlantangenetError]:
-        """Each command decided and stored in order, each on its own; per item its outcome.
-
-        ``items`` are a request's commands (one, or a batch's), with the errors that
-        refused malformed ones in their places. They go to the session's actor as one
-        message (``submit_many``); a command that lost a race with another writer is
-        sent again on the caught-up state (at most ``conflict_retries`` times).
-        """
-        outcomes: list[CommandResult | PlantangenetError] = [
-            item if isinstance(item, PlantangenetError) else _UNANSWERED for item in items
-        ]
-        commands = {i: item for i, item in enumerate(items) if isinstance(item, Command)}
-        for command in commands.values():
-            self.metrics.command(type(command).__name__)
-        pending = list(commands)
-        if (
-            pending
-            and not any(isinstance(command, StartSession) for command in commands.values())
-            and self._running(session_id) is None
-            and await self._log_is_empty(session_id)
-        ):
-            # Anyone may name any session id: commands that cannot apply to a session
-            # that was never started are refused without starting an actor for it.
-            could_apply = []
-            for i in pending:
-                try:
-                    self._refuse_unstarted(session_id, commands[i])
-                    could_apply.append(i)
-                except PlantangenetError as exc:
-                    outcomes[i] = exc
-            pending = could_apply
-        for attempt in range(self.conflict_retries + 1):
-            if not pending:
-                break
-            handle = self.runtime.session(session_id)
-            batch = [commands[i] for i in pending]
-            answers = await asyncio.wrap_future(handle.submit_many(batch))
-            retry = []
-            for i, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, ConcurrencyError):
-                    self.metrics.conflicts.inc()
-                if isinstance(answer, ConcurrencyError) and attempt < self.conflict_retries:
-                    retry.append(i)
-                else:
-                    outcomes[i] = answer
-            pending = retry
-        return outcomes
-
-    def _refuse_unstarted(self, session_id: str, command: Command) -> None:
-        """Raise what the session's actor would for ``command`` on a session with no events.
-
-        Returns only if the command could apply (then an actor must handle it).
-        """
-        try:
-            decide_authorized(SessionState(session_id), command, limits=self.runtime.limits)
-        except (TypeError, ValueError, AttributeError) as exc:  # as the actor reports them
-            raise InvalidCommand(f"{type(command).__name__}: {exc}") from None
-
-    async def _query(self, session_id: str, name: str) -> bytes:
-        # Read-your-writes across processes: the session's last sequence, asked now (after
-        # the request arrived), covers every command acknowledged before it was sent,
-        # whichever process stored it; the actor answers only once its state holds it.
-        last = await self.runtime.journal.last_sequence(session_id)
-        handle = self._running(session_id)
-        if handle is None and last == 0:
-            # A read starts no actor for a session that does not exist: its state is new.
-            state = SessionState(session_id)
-        else:
-            handle = handle or self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.state_at_least(last))
-        reply = data_reply({"state": plain(state)})
-        limit = self._max_payload()
-        if len(reply) > limit:
-            raise ReplyTooLarge(
-                f"the state of session {session_id} is {len(reply)} bytes, more than this "
-                f"connection carries ({limit}); fold its events from the log up to sequence "
-                f"{state.sequence} instead",
-                sequence=state.sequence,
-            )
-        return reply
-
-    async def _history(self, session_id: str, payload: bytes) -> bytes:
-        """A page of the session's stored events, as stored (see ``protocol.history_reply``)."""
-        start, most = decode_history(payload)
-        room = self._max_payload() - _REPLY_OVERHEAD
-        page = await self.runtime.journal.page(
-            session_id, start, max_events=most, max_bytes=max(room // 2, 1)
-        )
-        return history_reply(page.messages, page.last_sequence, page.more)
 
     # -- idle sessions --------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""The session service's front door: taking requests off the connections, telling who
+sent them (the server's word, never the payload's), refusing reply subjects it must not
+publish to, and serving each principal's requests in turn (see
+:mod:`plantangenet.wire.service`)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+
+from nats.aio.msg import Msg
+
+from plantangenet.errors import (
+    AccessRefused,
+    InvalidCommand,
+    TooManyRequests,
+)
+from plantangenet.events.envelope import OPERATOR
+from plantangenet.wire.access import REQUEST_INFO_HEADER, principal_from_headers
+from plantangenet.wire.metrics import REPLY_DROPPED
+from plantangenet.wire.micro import EndpointCounts
+from plantangenet.wire.protocol import (
+    error_reply,
+    parse_subject,
+)
+from plantangenet.wire.service_base import ServiceState, Waiting
+
+log = logging.getLogger("plantangenet.wire.service")
+
+_REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
+#: Messages taken off the connection between two yields to the event loop.
+_YIELD_EVERY = 64
+_Waiting = Waiting
+
+
+class Ingress(ServiceState):
+    """Methods of :class:`~plantangenet.wire.service.SessionService` (a mixin of it)."""
+
+    async def _on_message(self, msg: Msg, endpoint: EndpointCounts) -> None:
+        taken = time.perf_counter_ns()
+        endpoint.requests += 1
+        self._taken += 1
+        if self._taken % _YIELD_EVERY == 0:
+            # nats-py hands a backlog over without yielding: let the requests already
+            # started (everyone's, in turn) run between messages of a burst.
+            await asyncio.sleep(0)
+        headers = msg.headers
+        crossed = bool(headers) and any(
+            isinstance(k, str) and k.casefold() == _REQUEST_INFO for k in headers or ()
+        )
+        refusal = self._reply_refusal(msg.reply, crossed)
+        if refusal is not None:
+            self.refused_replies += 1
+            endpoint.failed(f"dropped: the reply subject is {refusal}")
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            self.metrics.refusal(REPLY_DROPPED)
+            if self.refused_replies <= 10 or self.refused_replies % 1000 == 0:
+                log.warning(
+                    "dropped a request on %s: its reply subject %r is %s (%d dropped so far)",
+                    msg.subject,
+                    msg.reply[:200],
+                    refusal,
+                    self.refused_replies,
+                )
+            return
+        principal = principal_from_headers(headers) if crossed else OPERATOR
+        try:
+            lane_account = parse_subject(msg.subject, self.command_prefix)[2]
+        except InvalidCommand:
+            lane_account = None  # answered as malformed when handled
+        if lane_account is not None and (
+            not crossed or principal is None or not principal.endswith("@" + lane_account)
+        ):
+            principal = None  # on a lane without the server's word, or not its account's
+        if principal is None:
+            self.unidentified += 1
+            refused = AccessRefused(
+                "the service cannot tell who sent this request: its Nats-Request-Info "
+                "header is unreadable or repeated; nothing was done"
+            )
+            endpoint.failed(f"{refused.code}: {refused}")
+            self.metrics.refusal(refused.code)
+            await self._reply(msg, error_reply(refused))
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            return
+        if self.ownership is not None and self._passed_on(msg, endpoint, taken, principal, 0):
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            return
+        await self._enqueue(msg, endpoint, taken, principal)
+
+    async def _enqueue(
+        self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str
+    ) -> None:
+        """Queue a request behind its principal's others (see the module docs)."""
+        waiting = self._waiting.get(principal)
+        if waiting is None:
+            waiting = self._waiting[principal] = deque()
+        elif len(waiting) >= self.queued_per_principal and principal != OPERATOR:
+            self.overflowed += 1  # the cheapest answer there is: a flood must cost little
+            endpoint.failed(f"{TooManyRequests.code}: principal {principal} overflowed")
+            self.metrics.refusal(TooManyRequests.code)
+            await self._reply(msg, self._overflow_reply)
+            endpoint.processing_ns += time.perf_counter_ns() - taken
+            return
+        waiting.append((msg, endpoint, taken))
+        if len(waiting) == 1 and (
+            self._running_of.get(principal, 0) < self.per_principal or principal == OPERATOR
+        ):
+            self._turns.append(principal)
+        self._dispatch()
+
+    def _reply_refusal(self, reply: str, crossed: bool) -> str | None:
+        """Why the service must not publish on ``reply`` (``None``: it may)."""
+        if not reply:
+            return None  # a command sent without waiting for its outcome
+        if crossed and not reply.startswith("_R_."):
+            return "not the reply subject the server issued for a request from another account"
+        if reply.startswith("$"):
+            return "a system subject"
+        if reply.startswith(self._protected) or reply + "." in self._protected:
+            return "a subject of the event stream, its live republish, or the commands"
+        if any(c in reply for c in " \t\r\n*>") or ".." in reply or reply.endswith("."):
+            return "not a subject one may publish to"
+        return None
+
+    def _dispatch(self) -> None:
+        """Start waiting requests, one principal at a time, in turn."""
+        turns = self._turns
+        while turns and len(self._tasks) < self.max_in_flight:
+            principal = turns.popleft()
+            waiting = self._waiting[principal]
+            request = waiting.popleft()
+            running = self._running_of.get(principal, 0) + 1
+            self._running_of[principal] = running
+            if waiting and (running < self.per_principal or principal == OPERATOR):
+                turns.append(principal)  # its next request: after everyone else's
+            elif not waiting:
+                del self._waiting[principal]
+            task = asyncio.create_task(self._handle(*request, principal=principal))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._done, principal=principal))
+
+    def _done(self, task: asyncio.Task[None], principal: str) -> None:
+        self._tasks.discard(task)
+        running = self._running_of[principal] - 1
+        if running:
+            self._running_of[principal] = running
+        else:
+            del self._running_of[principal]
+        waiting = self._waiting.get(principal)
+        if waiting and principal not in self._turns:
+            self._turns.append(principal)
+        self._dispatch()
