@@ -1,6 +1,5 @@
 """The package's layout: few modules at the top, rooms saying what they hold (docs/architecture.md).
 
-``tools/relayout.py`` installs this file as ``tests/test_layout.py`` when it groups the package.
 ``pytest -s tests/test_layout.py`` prints the top-level modules and every room with line counts.
 """
 
