@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
 import pytest
 
-from plantangenet import EmbeddedNats, Journal, JournalConfig, Plantangenet, SessionHandle
+from plantangenet import (
+    EmbeddedNats,
+    EmbeddedServerError,
+    Journal,
+    JournalConfig,
+    JournalError,
+    Plantangenet,
+    SessionHandle,
+)
 from plantangenet.nats.embedded import LOG_DIR_ENV
 from plantangenet.wire.client import BotClient
 from plantangenet.wire.service import SessionService
@@ -173,6 +182,27 @@ def append_sizes(runtime: Plantangenet) -> list[int]:
 
     runtime.journal.append_payloads = counted  # type: ignore[method-assign]
     return sizes
+
+
+#: What a probe of a cluster may raise while it is not ready yet (``eventually`` retries).
+NOT_YET = (KeyError, EmbeddedServerError, JournalError, nats.errors.Error)
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
+    """``probe()``'s first answer that is not ``None`` (raising ``NOT_YET`` counts as none);
+    fail the test after ``timeout`` seconds, naming ``what`` and the last error."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = probe()
+        except NOT_YET as exc:
+            result, last = None, exc
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+        time.sleep(0.02)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

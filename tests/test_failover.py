@@ -20,15 +20,13 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import nats.errors
 import pytest
 
 from plantangenet import (
     CommandResult,
-    EmbeddedServerError,
     Envelope,
     JournalConfig,
     JournalError,
@@ -39,6 +37,7 @@ from plantangenet import (
 from plantangenet.nats.cluster import EmbeddedCluster
 from plantangenet.wire.client import BotClient
 from plantangenet.wire.service import SessionService
+from tests.conftest import eventually
 
 T = TypeVar("T")
 
@@ -46,7 +45,6 @@ STREAM = "FO"
 R3 = JournalConfig(stream=STREAM, subject_prefix="fo.events", live_prefix="fo.live", replicas=3)
 #: Errors a caller may meet while the leader is gone; it sends the command again.
 RETRYABLE = (JournalError, TimeoutError)
-NOT_YET = (KeyError, EmbeddedServerError, JournalError, nats.errors.Error)
 #: Seconds of load before the kill, and after the first acknowledgement that follows it.
 BEFORE_KILL = 2.0
 AFTER_RESUME = 3.0
@@ -54,21 +52,6 @@ AFTER_RESUME = 3.0
 WINDOW = 8
 #: Bots, each on a session of its own, for the service test.
 BOTS = 4
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-        except NOT_YET as exc:
-            result, last = None, exc
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,16 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
-import nats.errors
 import pytest
 
-from plantangenet import EmbeddedServerError, Envelope, JournalConfig, JournalError, Plantangenet
+from plantangenet import Envelope, JournalConfig, JournalError, Plantangenet
 from plantangenet.nats.cluster import EmbeddedCluster
 from plantangenet.wire.client import BotClient
+from tests.conftest import eventually
 
 T = TypeVar("T")
 STREAM = "OWN"
@@ -48,22 +48,6 @@ BEFORE_KILL = 2.0
 DOWN = 2.0
 AFTER_RESTART = 4.0
 ROOT = Path(__file__).resolve().parent.parent
-NOT_YET = (KeyError, EmbeddedServerError, JournalError, nats.errors.Error)
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-        except NOT_YET as exc:
-            result, last = None, exc
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
-        time.sleep(0.05)
 
 
 class Serve:
@@ -217,7 +201,7 @@ def test_three_serve_processes_one_killed_and_restarted_lose_nothing(
     cluster: EmbeddedCluster,
 ) -> None:
     pg = Plantangenet.open(nats_url=cluster.url, journal=CONFIG)
-    eventually(lambda: cluster.stream_leader(STREAM), "a leader for the stream")
+    eventually(lambda: cluster.stream_leader(STREAM), "a leader for the stream", 30.0)
     bots = [Bot(f"sess-{i}") for i in range(BOTS)]
     for bot in bots:
         handle = pg.session(bot.session_id)
@@ -233,7 +217,7 @@ def test_three_serve_processes_one_killed_and_restarted_lose_nothing(
     worker: threading.Thread | None = None
     try:
         serves = [Serve(cluster.urls[i]) for i in range(3)]
-        before = eventually(lambda: spread(pg, 3), "partitions spread over three processes")
+        before = eventually(lambda: spread(pg, 3), "partitions spread over three processes", 30.0)
         print(f"\n[ownership] partitions before the kill: {sorted(before.items())}")
 
         async def all_bots() -> None:
@@ -246,11 +230,11 @@ def test_three_serve_processes_one_killed_and_restarted_lose_nothing(
         conflicts_before = sum(s.metric("plantangenet_conflicts_total") for s in serves)
         killed = time.monotonic()
         victim.kill()
-        taken_over = eventually(lambda: spread(pg, 2), "the survivors own every partition")
+        taken_over = eventually(lambda: spread(pg, 2), "the survivors own every partition", 30.0)
         taken_at = time.monotonic() - killed
         time.sleep(max(DOWN - taken_at, 0))
         serves[0] = Serve(cluster.urls[0])  # restarted
-        eventually(lambda: spread(pg, 3), "partitions spread over three processes again")
+        eventually(lambda: spread(pg, 3), "partitions spread over three processes again", 30.0)
         restarted = time.monotonic()
         time.sleep(AFTER_RESTART)
         stop.set()
@@ -269,7 +253,7 @@ def test_three_serve_processes_one_killed_and_restarted_lose_nothing(
             # Every acknowledged command is in the log exactly once, where its reply said.
             assert set(bot.acked) == set(bot.sent)
             history = eventually(
-                functools.partial(caught_up, pg, bot), f"a read of {bot.session_id}"
+                functools.partial(caught_up, pg, bot), f"a read of {bot.session_id}", 30.0
             )
             moves = [e for e in history if e.causation_id in bot.acked]
             assert [e.causation_id for e in moves] == bot.sent  # once each, in order
