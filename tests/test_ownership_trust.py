@@ -20,7 +20,13 @@ import nats
 import nats.errors
 import pytest
 
-from plantangenet import AccessRefused, EmbeddedNats, Plantangenet, PlantangenetError
+from plantangenet import (
+    AccessRefused,
+    EmbeddedNats,
+    Plantangenet,
+    PlantangenetError,
+    TooManyRequests,
+)
 from plantangenet.cli import main
 from plantangenet.events import AccessDenied
 from plantangenet.wire.client import BotClient, new_command_id
@@ -39,6 +45,8 @@ PASSWORD = "svc-pw-ownership"
 ALICE, MALLORY = "alice@bot-alice", "mallory@bot-mallory"
 SESSIONS = [f"al{i}" for i in range(8)]
 PARTITIONS = 4
+#: Small queues, so that a flood overflows them quickly.
+PER_PRINCIPAL, QUEUED_PER_PRINCIPAL = 2, 8
 
 
 class Deployment:
@@ -78,7 +86,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         url = f"nats://plantangenet:{PASSWORD}@{server.host}:{server.port}"
         for _ in range(2):
             runtime = Plantangenet.open(nats_url=url)
-            service = SessionService(runtime, partitions=PARTITIONS, lease_ttl=2.0)
+            service = SessionService(
+                runtime,
+                partitions=PARTITIONS,
+                lease_ttl=2.0,
+                per_principal=PER_PRINCIPAL,
+                queued_per_principal=QUEUED_PER_PRINCIPAL,
+            )
             runtime.run(service.start())
             services.append(service)
         wait_until(lambda: all(s.ownership and len(s.ownership.owned) == 2 for s in services))
@@ -208,3 +222,68 @@ def test_a_forged_principal_header_is_ignored_wherever_the_request_lands(
         denied = [e for e in deployment.runtime.history(sid) if isinstance(e.event, AccessDenied)]
         assert all(e.principal != ALICE for e in denied)
         assert any(e.principal == MALLORY for e in denied), sid
+
+
+def test_a_flood_through_the_process_that_does_not_own_the_session_is_bounded_there(
+    deployment: Deployment,
+) -> None:
+    """Mallory fires 2,000 ``state`` requests at once at a session the second process
+    owns; about half land on the first, which passes them on. It passes on at most as
+    many of hers as the owner would hold for her and answers the rest
+    ``too_many_requests`` itself; every request is answered, and alice, sending
+    commands meanwhile, is served."""
+    owner = deployment.services[1]
+    assert owner.ownership is not None
+    owned = [s for s in SESSIONS if owner.ownership.owner_of(s) == owner.ownership.member_id]
+    target, mine = owned[0], owned[1]  # both the second process's
+    bound = PER_PRINCIPAL + QUEUED_PER_PRINCIPAL
+    for service in deployment.services:
+        service.relays_peak = 0
+    overflowed = [s.overflowed for s in deployment.services]
+
+    async def flood() -> list[object]:
+        nc = await nats.connect(deployment.url("mallory", "mallory-pw"), allow_reconnect=False)
+        try:
+            payload = encode_request({}, command_id=new_command_id())
+            replies = await asyncio.gather(
+                *(
+                    nc.request(command_subject(target, "state"), payload, timeout=30)
+                    for _ in range(2000)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await nc.close()
+        outcomes: list[object] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                outcomes.append(reply)
+                continue
+            try:
+                outcomes.append(decode_reply(reply.data))
+            except PlantangenetError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def alice_meanwhile() -> int:
+        async with bot(deployment, "alice") as alice:
+            for i in range(10):
+                await alice.change_metadata(mine, {"during": f"flood-{i}"}, issued_by=None)
+        return 10
+
+    async def scenario() -> tuple[list[object], int]:
+        return await asyncio.gather(flood(), alice_meanwhile())
+
+    outcomes, served = asyncio.run(scenario())
+    assert served == 10
+    assert deployment.runtime.replay(mine).metadata.get("during") == "flood-9"
+    timeouts = [o for o in outcomes if isinstance(o, nats.errors.TimeoutError)]
+    assert not timeouts, f"{len(timeouts)} of mallory's requests went unanswered"
+    refused = [o for o in outcomes if isinstance(o, TooManyRequests)]
+    assert refused, "a flood of 2,000 at once overflowed no queue"
+    first, second = deployment.services
+    # The first process passed some of hers on, never more than the bound at a time,
+    # and answered the rest itself.
+    assert 0 < first.relays_peak <= bound, first.relays_peak
+    assert first.overflowed > overflowed[0]
+    assert second.relays_peak == 0  # it owns both sessions: nothing to pass on

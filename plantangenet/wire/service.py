@@ -44,11 +44,14 @@ leases in NATS KV (:mod:`plantangenet.wire.ownership`): a request for a session 
 partition another live process owns is passed on to that process on
 ``<prefix>.fwd.<member>.<session_id>.<command>`` with the principal this process read
 from the server (only the service's own account can publish there, and a request
-that crossed an import is never taken from it), and the owner answers the bot
-directly. ``history`` pages are answered where they arrive (they read the log, not an
-actor). A request for a partition with no live owner (a process just died and its
-lease has not run out yet) is served where it arrives: the concurrency guard keeps
-the log right, and the metrics count it (``plantangenet_unowned_total``).
+that crossed an import is never taken from it); the owner's answer is relayed to the
+bot. A process passes on at most ``per_principal + queued_per_principal`` requests
+of one principal at a time (what the owner would hold for it): a flood through the
+process that does not own the session is answered ``too_many_requests`` there.
+``history`` pages are answered where they arrive (they read the log, not an actor).
+A request for a partition with no live owner (a process just died and its lease has
+not run out yet) is served where it arrives: the concurrency guard keeps the log
+right, and the metrics count it (``plantangenet_unowned_total``).
 
 Requests that cannot change a session whose log is empty (a ``state`` query,
 any command but ``start``) are answered from the log without starting an
@@ -194,6 +197,10 @@ class SessionService(Ingress, PassingOn, Answering):
             )
         self._forward_sub: Any = None
         self._relays: set[asyncio.Task[None]] = set()
+        #: Relays in flight per principal (at most ``per_principal + queued_per_principal``
+        #: each: more are answered ``too_many_requests`` here), and the most there were.
+        self._relaying_of: dict[str, int] = {}
+        self.relays_peak = 0
         #: Seconds a request passed on to its owner waits for the owner's answer.
         self.relay_timeout = 60.0
         #: Requests passed on to their session's owner, and requests served here while

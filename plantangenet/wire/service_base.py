@@ -33,6 +33,7 @@ class ServiceState:
     metrics: ServiceMetrics
     relay_timeout: float
     forwarded: int
+    relays_peak: int
     unowned: int
     unidentified: int
     overflowed: int
@@ -43,6 +44,7 @@ class ServiceState:
     _overflow_reply: bytes
     _forward_endpoint: EndpointCounts
     _relays: set[asyncio.Task[None]]
+    _relaying_of: dict[str, int]
     _tasks: set[asyncio.Task[None]]
     _waiting: dict[str, deque[Waiting]]
     _turns: deque[str]

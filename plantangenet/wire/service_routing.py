@@ -14,7 +14,9 @@ from nats.aio.msg import Msg
 
 from plantangenet.errors import (
     InvalidCommand,
+    TooManyRequests,
 )
+from plantangenet.events.envelope import OPERATOR
 from plantangenet.wire.micro import EndpointCounts
 from plantangenet.wire.protocol import (
     HOPS_HEADER,
@@ -103,15 +105,35 @@ class PassingOn(ServiceState):
         assert self.ownership is not None
         if owner is None or owner == self.ownership.member_id or hops >= _MAX_HOPS:
             return False
-        subject = forward_subject(owner, session_id, name, self.command_prefix)
-        relay = asyncio.create_task(
-            self._relay(msg, endpoint, taken, principal, hops, subject, owner)
-        )
+        relaying = self._relaying_of.get(principal, 0)
+        if relaying >= self.per_principal + self.queued_per_principal and principal != OPERATOR:
+            # As many as the owner would hold for this principal are on their way already:
+            # a flood through this process is answered here, as the owner would answer it.
+            self.overflowed += 1
+            endpoint.failed(f"{TooManyRequests.code}: principal {principal} overflowed")
+            self.metrics.refusal(TooManyRequests.code)
+            relay = asyncio.create_task(self._reply(msg, self._overflow_reply))
+        else:
+            self._relaying_of[principal] = relaying + 1
+            self.relays_peak = max(self.relays_peak, relaying + 1)
+            subject = forward_subject(owner, session_id, name, self.command_prefix)
+            relay = asyncio.create_task(
+                self._relay(msg, endpoint, taken, principal, hops, subject, owner)
+            )
+            relay.add_done_callback(lambda _: self._relayed(principal))
+            self.forwarded += 1
+            self.metrics.forwarded.inc()
         self._relays.add(relay)
         relay.add_done_callback(self._relays.discard)
-        self.forwarded += 1
-        self.metrics.forwarded.inc()
         return True
+
+    def _relayed(self, principal: str) -> None:
+        """A relay of ``principal``'s ended (answered, timed out or served here)."""
+        left = self._relaying_of[principal] - 1
+        if left:
+            self._relaying_of[principal] = left
+        else:
+            del self._relaying_of[principal]
 
     async def _relay(
         self,
