@@ -13,7 +13,17 @@ own; the parent starts one nats-server for all of them):
   with ``submit_many``; moves/s. Every active agent is woken by its moves.
 * idle: the agent actors are passivated after ``--idle`` seconds without an
   event (``Plantangenet(agent_idle_timeout=...)``); the run waits until all are.
-* replay: ``Plantangenet.replay`` of the session on a fresh runtime; events/s.
+* probes (issue 18 point 3): ``--probe`` agents attached one at a time (``submit``,
+  waiting for each answer: the round trip), then as many moves of one cursor the
+  same way -- once on the session while it is still empty and again once it holds
+  the ``N`` agents; median round trip in µs, and the full session's over the empty
+  one's. The parent measures the same round trip for a raw nats-py
+  ``js.publish`` (one at a time, ``Nats-Expected-Last-Subject-Sequence``, a
+  payload of the size of a stored ``MoveCursor``): the single-append latency.
+* replay: ``Plantangenet.replay`` of the session on a fresh runtime, ``--replays``
+  times (median events/s). The moves are as many as make the session ``--events``
+  events long (100,000 by default, at least ``--moves``), so every size replays a
+  session of the same length.
 
 Threads are ``threading.active_count()`` of the child: at rest before the session,
 the peak while attaching and moving (sampled every 5 ms by one more thread, not
@@ -23,13 +33,15 @@ that each active agent saw every event about it exactly once, in order, and that
 setup ran once per agent and teardown never (no agent was detached).
 
 Run: .venv/bin/python bench/bench_scale.py (``--agents 10,1000,10000 --active 0.01
---moves 2000 --chunk 1000 --idle 1.0``).
+--moves 2000 --events 100000 --probe 200 --replays 3 --chunk 1000 --idle 1.0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +52,9 @@ from typing import Any
 # isort: off
 import _harness as h  # first: puts the checkout on sys.path
 # isort: on
+
+import nats
+from nats.js.api import StorageType, StreamConfig
 
 from plantangenet import (
     AddCursor,
@@ -120,6 +135,53 @@ def send(session: SessionHandle, commands: list[Command], chunk: int) -> float:
     return time.perf_counter() - start
 
 
+def round_trips(session: SessionHandle, commands: list[Command]) -> float:
+    """Median µs of ``commands`` sent one at a time, each answered before the next."""
+    times = []
+    for command in commands:
+        start = time.perf_counter()
+        outcome = session.submit(command).result(60)
+        times.append(time.perf_counter() - start)
+        if isinstance(outcome, Exception):
+            raise outcome
+    return statistics.median(times) * 1e6
+
+
+def probe(session: SessionHandle, tag: str, count: int) -> tuple[float, float]:
+    """(attach, move) median round trips of ``count`` probe agents and one probe cursor."""
+    ids = [f"probe{tag}-{i}" for i in range(count)]
+    attach_us = round_trips(session, [AttachAgent(agent_id=a, kind="bot") for a in ids])
+    cursor = f"c-{ids[0]}"
+    session.submit(
+        AddCursor(agent_id=ids[0], cursor_id=cursor, axes=("x",), start=0, end=1)
+    ).result(60)
+    moves: list[Command] = [
+        MoveCursor(agent_id=ids[0], cursor_id=cursor, axes=("x",), start=i, end=i + 1)
+        for i in range(count)
+    ]
+    return attach_us, round_trips(session, moves)
+
+
+async def raw_append_us(url: str, count: int, size: int) -> float:
+    """Median µs of a raw ``js.publish`` with the concurrency guard, one at a time."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    stream = f"{STREAM}_RAW"
+    await js.add_stream(
+        StreamConfig(name=stream, subjects=[f"{PREFIX}.raw.>"], storage=StorageType.FILE)
+    )
+    payload, last, times = b"x" * size, 0, []
+    for _ in range(count):
+        start = time.perf_counter()
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        ack = await js.publish(f"{PREFIX}.raw.s", payload, headers=headers)
+        times.append(time.perf_counter() - start)
+        last = ack.seq
+    await js.delete_stream(stream)
+    await nc.close()
+    return statistics.median(times) * 1e6
+
+
 def _sleeping(session: SessionHandle) -> tuple[int, int]:
     """(agent actors running, agents passivated)."""
     return session.query(lambda actor: (len(actor.agents), len(actor.sleeping))).result(30)
@@ -130,13 +192,13 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
     behaviours: dict[str, Counting] = {}
 
     def factory(agent_id: str, kind: str) -> Agent | None:
-        if int(agent_id.rsplit("-", 1)[1]) % active_every:
+        if agent_id.startswith("probe") or int(agent_id.rsplit("-", 1)[1]) % active_every:
             return None  # a remote bot: no behaviour, no actor
         behaviours[agent_id] = Counting()
         return behaviours[agent_id]
 
     session_id = f"scale-{agents}"
-    limits = Limits(max_agents=max(agents, 1_000))
+    limits = Limits(max_agents=max(agents, 1_000) + 2 * args.probe)
     result: dict[str, Any] = {"agents": agents}
     with Plantangenet.open(
         nats_url=url,
@@ -148,6 +210,7 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         session = pg.session(session_id)
         session.start()
         result["threads_at_rest"] = threading.active_count()
+        result["attach_rtt_empty"], result["move_rtt_empty"] = probe(session, "e", args.probe)
         ids = [f"agent-{i}" for i in range(agents)]
         with PeakThreads() as peak:
             attach: list[Command] = [AttachAgent(agent_id=a, kind="bot") for a in ids]
@@ -157,7 +220,7 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
                 AddCursor(agent_id=a, cursor_id=f"c-{a}", axes=("x",), start=0, end=1) for a in ids
             ]
             send(session, cursors, args.chunk)
-            moves = max(agents, args.moves)
+            moves = max(agents, args.moves, args.events - 2 * agents - 2 * args.probe - 2)
             moving: list[Command] = [
                 MoveCursor(
                     agent_id=ids[i % agents],
@@ -182,6 +245,7 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         running, sleeping = _sleeping(session)
         time.sleep(0.2)  # the passivated actors' threads finish
         result["threads_idle"] = threading.active_count()
+        result["attach_rtt_full"], result["move_rtt_full"] = probe(session, "f", args.probe)
         result["actors_idle"] = running
         result["passivated"] = sleeping
         state = session.state
@@ -194,13 +258,16 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         result["teardowns"] = sum(b.teardowns for b in behaviours.values())
         result["rss_mib"] = h.rss_kib() / 1024
         result["rss_peak_mib"] = h.peak_rss_kib() / 1024
-    with Plantangenet.open(nats_url=url, journal=journal_config(), limits=limits) as fresh:
-        start = time.perf_counter()
-        replayed = fresh.replay(session_id)
-        replay_s = time.perf_counter() - start
-    assert replayed.event_count == events and len(replayed.agents) == agents
+    rates = []
+    for _ in range(args.replays):
+        with Plantangenet.open(nats_url=url, journal=journal_config(), limits=limits) as fresh:
+            start = time.perf_counter()
+            replayed = fresh.replay(session_id)
+            rates.append(events / (time.perf_counter() - start))
+        assert replayed.event_count == events
+        assert len(replayed.agents) == agents + 2 * args.probe
     result["events"] = events
-    result["replay_per_s"] = events / replay_s
+    result["replay_per_s"] = statistics.median(rates)
     return result
 
 
@@ -210,7 +277,12 @@ def table(rows: Iterable[dict[str, Any]]) -> str:
         ("active", "with behaviour", "{:,}"),
         ("attach_per_s", "attach/s", "{:,.0f}"),
         ("move_per_s", "moves/s", "{:,.0f}"),
+        ("events", "events", "{:,}"),
         ("replay_per_s", "replay events/s", "{:,.0f}"),
+        ("attach_rtt_empty", "attach µs empty", "{:,.0f}"),
+        ("attach_rtt_full", "attach µs full", "{:,.0f}"),
+        ("move_rtt_empty", "move µs empty", "{:,.0f}"),
+        ("move_rtt_full", "move µs full", "{:,.0f}"),
         ("threads_at_rest", "threads at rest", "{}"),
         ("threads_peak", "threads peak", "{}"),
         ("threads_after_moves", "after moves", "{}"),
@@ -232,6 +304,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agents", default="10,1000,10000", help="sizes, comma-separated")
     parser.add_argument("--active", type=float, default=0.01, help="share with behaviour")
     parser.add_argument("--moves", type=int, default=2000, help="at least this many moves")
+    parser.add_argument("--events", type=int, default=100_000, help="session length to replay")
+    parser.add_argument("--probe", type=int, default=200, help="one-at-a-time attaches/moves")
+    parser.add_argument("--replays", type=int, default=3, help="replays (median)")
     parser.add_argument("--chunk", type=int, default=1000, help="commands per submit_many")
     parser.add_argument("--idle", type=float, default=1.0, help="agent_idle_timeout (s)")
     parser.add_argument("--child", nargs=2, metavar=("URL", "AGENTS"), help=argparse.SUPPRESS)
@@ -259,6 +334,8 @@ def main() -> int:
                 __file__,
                 *("--child", server.url, str(agents)),
                 *("--active", str(args.active), "--moves", str(args.moves)),
+                *("--events", str(args.events), "--probe", str(args.probe)),
+                *("--replays", str(args.replays)),
                 *("--chunk", str(args.chunk), "--idle", str(args.idle)),
             ]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
@@ -276,8 +353,27 @@ def main() -> int:
                 f"teardowns {row['teardowns']}",
                 flush=True,
             )
+        raw_us = asyncio.run(raw_append_us(server.url, max(args.probe, 50), 400))
     print()
     print(table(rows))
+    print()
+    print(f"raw single append (js.publish with the guard, one at a time): {raw_us:,.0f} µs median")
+    for row in rows:
+        print(
+            f"{row['agents']:,} agents: attach round trip full/empty "
+            f"{row['attach_rtt_full'] / row['attach_rtt_empty']:.2f}, move round trip "
+            f"full/empty {row['move_rtt_full'] / row['move_rtt_empty']:.2f}, "
+            f"move/raw append {row['move_rtt_full'] / raw_us:.2f}, attach/raw append "
+            f"{row['attach_rtt_full'] / raw_us:.2f}"
+        )
+    small, large = rows[0], rows[-1]
+    print(
+        f"replay {large['agents']:,} agents / {small['agents']:,} agents (events/s, "
+        f"{large['events']:,} / {small['events']:,} events): "
+        f"{large['replay_per_s'] / small['replay_per_s']:.2f}; attach round trip at "
+        f"{large['agents']:,} agents / at {small['agents']:,}: "
+        f"{large['attach_rtt_full'] / small['attach_rtt_full']:.2f}"
+    )
     ok = all(r["seen_ok"] and not r["disorder"] and r["teardowns"] == 0 for r in rows)
     return 0 if ok else 1
 
