@@ -21,9 +21,10 @@ own; the parent starts one nats-server for all of them):
   ``js.publish`` (one at a time, ``Nats-Expected-Last-Subject-Sequence``, a
   payload of the size of a stored ``MoveCursor``): the single-append latency.
 * replay: ``Plantangenet.replay`` of the session on a fresh runtime, ``--replays``
-  times (median events/s). The moves are as many as make the session ``--events``
-  events long (100,000 by default, at least ``--moves``), so every size replays a
-  session of the same length.
+  times (median events/s, and the median share of the replay's wall time spent in
+  CPython's cyclic garbage collector, from ``gc.callbacks``). The moves are as many
+  as make the session ``--events`` events long (100,000 by default, at least
+  ``--moves``), so every size replays a session of the same length.
 
 Threads are ``threading.active_count()`` of the child: at rest before the session,
 the peak while attaching and moving (sampled every 5 ms by one more thread, not
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import subprocess
@@ -133,6 +135,27 @@ def send(session: SessionHandle, commands: list[Command], chunk: int) -> float:
             if isinstance(outcome, Exception):
                 raise outcome
     return time.perf_counter() - start
+
+
+class GcTime:
+    """Seconds spent in CPython's cyclic garbage collector while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def round_trips(session: SessionHandle, commands: list[Command]) -> float:
@@ -258,16 +281,20 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         result["teardowns"] = sum(b.teardowns for b in behaviours.values())
         result["rss_mib"] = h.rss_kib() / 1024
         result["rss_peak_mib"] = h.peak_rss_kib() / 1024
-    rates = []
+    rates, collecting = [], []
     for _ in range(args.replays):
         with Plantangenet.open(nats_url=url, journal=journal_config(), limits=limits) as fresh:
-            start = time.perf_counter()
-            replayed = fresh.replay(session_id)
-            rates.append(events / (time.perf_counter() - start))
+            with GcTime() as gc_time:
+                start = time.perf_counter()
+                replayed = fresh.replay(session_id)
+                took = time.perf_counter() - start
+            rates.append(events / took)
+            collecting.append(gc_time.seconds / took)
         assert replayed.event_count == events
         assert len(replayed.agents) == agents + 2 * args.probe
     result["events"] = events
     result["replay_per_s"] = statistics.median(rates)
+    result["replay_gc_share"] = statistics.median(collecting)
     return result
 
 
@@ -279,6 +306,7 @@ def table(rows: Iterable[dict[str, Any]]) -> str:
         ("move_per_s", "moves/s", "{:,.0f}"),
         ("events", "events", "{:,}"),
         ("replay_per_s", "replay events/s", "{:,.0f}"),
+        ("replay_gc_share", "of it in GC", "{:.0%}"),
         ("attach_rtt_empty", "attach µs empty", "{:,.0f}"),
         ("attach_rtt_full", "attach µs full", "{:,.0f}"),
         ("move_rtt_empty", "move µs empty", "{:,.0f}"),
