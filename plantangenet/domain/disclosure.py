@@ -128,6 +128,11 @@ class Sample:
             "fields": dict(self.fields),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
+        """The sample :meth:`to_dict` gave ``data`` for."""
+        return cls(data["axis"], data["time"], data["value"], dict(data.get("fields") or {}))
+
 
 def shape(samples: Iterable[Sample], disclosure: Disclosure) -> list[Sample]:
     """What ``disclosure`` lets through of ``samples`` (pure; order is kept)."""

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import nats.errors
+
 from plantangenet.actors.session import CommandResult
 from plantangenet.domain.commands import (
     Command,
@@ -20,9 +22,12 @@ from plantangenet.domain.commands import (
     StartSession,
 )
 from plantangenet.domain.decide import decide_authorized
+from plantangenet.domain.disclosure import Sample
 from plantangenet.errors import (
+    AccessRefused,
     ConcurrencyError,
     InvalidCommand,
+    JournalError,
     PlantangenetError,
     ReplyTooLarge,
 )
@@ -34,13 +39,20 @@ from plantangenet.projections.views import plain
 from plantangenet.wire.protocol import (
     BATCH,
     CHEM_STEPS,
+    HOPS_HEADER,
+    PRINCIPAL_HEADER,
     QUERIES,
+    RELAYED,
     QueryChemRequest,
     batch_reply,
     data_reply,
     decode_batch,
     decode_history,
+    decode_relayed,
+    decode_reply,
     decode_request,
+    encode_relayed,
+    forward_subject,
     history_reply,
     ok_reply,
     relay_id,
@@ -86,7 +98,12 @@ class Answering(ServiceState):
                     self.metrics.refusal(outcome.code)
                     self._storage_refused(outcome)
             return batch_reply(outcomes)
-        command = _traced(decode_request(name, payload, principal, session_id), trace)
+        if name == RELAYED:
+            if principal != OPERATOR:  # no bot's import reaches it; this is the backstop
+                raise AccessRefused(f"{RELAYED}: only the session service passes on chem steps")
+            command = decode_relayed(payload)
+        else:
+            command = _traced(decode_request(name, payload, principal, session_id), trace)
         if name in CHEM_STEPS:
             return await self._chem_step(session_id, command)
         if isinstance(command, QueryCursor | DiscloseChem):
@@ -106,6 +123,36 @@ class Answering(ServiceState):
         if isinstance(outcome, PlantangenetError):
             raise outcome
         return outcome
+
+    async def _at_peer(self, peer: str, command: Command) -> tuple[Sample, ...]:
+        """``command`` (a chem step's second half, as the operator's) decided and stored in
+        ``peer`` by the ``serve`` process that owns ``peer``: passed on to it, or here if
+        this process owns it (or nobody does, or its owner is gone: the concurrency guard
+        keeps the log right meanwhile). A refusal is raised; returns what it disclosed."""
+        ownership = self.ownership
+        owner = ownership.owner_of(peer) if ownership is not None else None
+        if ownership is not None and owner is not None and owner != ownership.member_id:
+            subject = forward_subject(owner, peer, RELAYED, self.command_prefix)
+            headers = {PRINCIPAL_HEADER: OPERATOR, HOPS_HEADER: "1"}
+            try:
+                answer = await self._nc.request(
+                    subject, encode_relayed(command), timeout=self.relay_timeout, headers=headers
+                )
+            except nats.errors.NoRespondersError:
+                self.unowned += 1  # its owner is gone (its lease has not run out yet)
+                self.metrics.unowned.inc()
+            except nats.errors.TimeoutError:
+                raise JournalError(
+                    f"the process owning session {peer} did not answer within "
+                    f"{self.relay_timeout} s; the step may or may not be recorded there: "
+                    "send the request again (the same id completes it)"
+                ) from None
+            else:
+                self.forwarded += 1
+                self.metrics.forwarded.inc()
+                reply = decode_reply(answer.data)  # a refusal is raised as its typed error
+                return tuple(Sample.from_dict(s) for s in reply.get("samples", ()))
+        return (await self._one(peer, command)).samples
 
     async def _chem_step(self, session_id: str, command: Command) -> bytes:
         """A chem step: recorded in ``session_id`` as the request's sender sent it (the
@@ -139,7 +186,7 @@ class Answering(ServiceState):
             context={},
             principal=OPERATOR,
         )
-        await self._one(peer, relay)
+        await self._at_peer(peer, relay)
         return ok_reply(result)
 
     async def _query_chem(
@@ -171,7 +218,7 @@ class Answering(ServiceState):
             max_bytes=self._max_payload() - _REPLY_OVERHEAD,
         )
         try:
-            disclosed = await self._one(chem.peer, disclose)
+            samples = await self._at_peer(chem.peer, disclose)
         except PlantangenetError as refused:
             if price > 0:
                 await self._one(
@@ -186,7 +233,7 @@ class Answering(ServiceState):
                     ),
                 )
             raise
-        return ok_reply(dataclasses.replace(asked, samples=disclosed.samples))
+        return ok_reply(dataclasses.replace(asked, samples=samples))
 
     async def _execute(
         self, session_id: str, items: Sequence[Command | PlantangenetError]
