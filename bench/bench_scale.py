@@ -9,29 +9,31 @@ own; the parent starts one nats-server for all of them):
   runtime's agent factory that listens (``on_event``) and counts its hooks: those
   run in agent actors. The others are remote bots: no behaviour, no actor.
 * cursors (not timed): one ``AddCursor`` per agent.
-* move: ``max(N, --moves)`` ``MoveCursor`` commands round-robin over the agents,
+* move: ``MoveCursor`` commands round-robin over the agents (see ``--events``),
   with ``submit_many``; moves/s. Every active agent is woken by its moves.
 * idle: the agent actors are passivated after ``--idle`` seconds without an
   event (``Plantangenet(agent_idle_timeout=...)``); the run waits until all are.
-* probes (issue 18 point 3): ``--probe`` agents attached one at a time (``submit``,
-  waiting for each answer: the round trip), then as many moves of one cursor the
-  same way -- once on the session while it is still empty and again once it holds
-  the ``N`` agents; median round trip in µs, and the full session's over the empty
-  one's. The parent measures the same round trip for a raw nats-py
-  ``js.publish`` (one at a time, ``Nats-Expected-Last-Subject-Sequence``, a
-  payload of the size of a stored ``MoveCursor``): the single-append latency.
-* replay: ``Plantangenet.replay`` of the session on a fresh runtime, ``--replays``
-  times (median events/s, and the median share of the replay's wall time spent in
-  CPython's cyclic garbage collector, from ``gc.callbacks``). The moves are as many
-  as make the session ``--events`` events long (100,000 by default, at least
-  ``--moves``), so every size replays a session of the same length.
+* probes (issue 18 point 3), once the agent actors sleep: ``--probe`` rounds, each
+  attaching one probe agent to the session and to an empty one started beside it
+  (which one first alternates), each sent alone and waited for (the round trip),
+  then detaching both (not timed); then as many moves of a probe cursor in each, in
+  turn the same way. Median round trip in µs, full and empty; interleaved, so both
+  see the same moments of a noisy machine. The parent measures the same round trip
+  for a raw nats-py ``js.publish`` (one at a time, with
+  ``Nats-Expected-Last-Subject-Sequence``): the single-append latency.
+
+The moves are as many as make each session ``--events`` events long (100,000 by
+default, at least ``--moves``). At the end the parent replays every size's session
+(``Plantangenet.replay`` on a fresh runtime), the sizes in turn, ``--replays`` times:
+median events/s, and the median share of each replay's wall time spent in CPython's
+cyclic garbage collector (``gc.callbacks``).
 
 Threads are ``threading.active_count()`` of the child: at rest before the session,
 the peak while attaching and moving (sampled every 5 ms by one more thread, not
 counted), after the moves, and once the agent actors were passivated. RSS is the
 child's ``VmRSS`` at the end and its peak (``VmHWM``). At the end the run checks
 that each active agent saw every event about it exactly once, in order, and that
-setup ran once per agent and teardown never (no agent was detached).
+setup ran once per agent and teardown never (no agent with behaviour was detached).
 
 Run: .venv/bin/python bench/bench_scale.py (``--agents 10,1000,10000 --active 0.01
 --moves 2000 --events 100000 --probe 200 --replays 3 --chunk 1000 --idle 1.0``).
@@ -64,6 +66,7 @@ from plantangenet import (
     AgentContext,
     AttachAgent,
     Command,
+    DetachAgent,
     Envelope,
     JournalConfig,
     Limits,
@@ -158,31 +161,48 @@ class GcTime:
         gc.callbacks.remove(self._callback)
 
 
-def round_trips(session: SessionHandle, commands: list[Command]) -> float:
-    """Median µs of ``commands`` sent one at a time, each answered before the next."""
-    times = []
-    for command in commands:
-        start = time.perf_counter()
-        outcome = session.submit(command).result(60)
-        times.append(time.perf_counter() - start)
-        if isinstance(outcome, Exception):
-            raise outcome
-    return statistics.median(times) * 1e6
+def _timed(session: SessionHandle, command: Command) -> float:
+    """Seconds until ``command`` is answered (sent alone, nothing else outstanding)."""
+    began = time.perf_counter()
+    outcome = session.submit(command).result(60)
+    took = time.perf_counter() - began
+    if isinstance(outcome, Exception):
+        raise outcome
+    return took
 
 
-def probe(session: SessionHandle, tag: str, count: int) -> tuple[float, float]:
-    """(attach, move) median round trips of ``count`` probe agents and one probe cursor."""
-    ids = [f"probe{tag}-{i}" for i in range(count)]
-    attach_us = round_trips(session, [AttachAgent(agent_id=a, kind="bot") for a in ids])
-    cursor = f"c-{ids[0]}"
-    session.submit(
-        AddCursor(agent_id=ids[0], cursor_id=cursor, axes=("x",), start=0, end=1)
-    ).result(60)
-    moves: list[Command] = [
-        MoveCursor(agent_id=ids[0], cursor_id=cursor, axes=("x",), start=i, end=i + 1)
-        for i in range(count)
-    ]
-    return attach_us, round_trips(session, moves)
+def probe(full: SessionHandle, empty: SessionHandle, count: int) -> dict[str, float]:
+    """Median µs of one-at-a-time attaches and moves, in ``full`` and in ``empty`` in turn.
+
+    Each round attaches a probe agent to both sessions (which one first alternates),
+    timing each round trip, then detaches both (not timed): the sessions keep their
+    sizes. Then a probe cursor in each is moved ``count`` times, in turn the same way.
+    Interleaving makes the two medians see the same moments of a noisy machine.
+    """
+    times: dict[str, list[float]] = {
+        f"{what}_rtt_{side}": [] for what in ("attach", "move") for side in ("full", "empty")
+    }
+    sides = [("full", full), ("empty", empty)]
+    for i in range(count):
+        for side, session in sides if i % 2 == 0 else sides[::-1]:
+            times[f"attach_rtt_{side}"].append(
+                _timed(session, AttachAgent(agent_id=f"probe-{i}", kind="bot"))
+            )
+        for _, session in sides:
+            _timed(session, DetachAgent(agent_id=f"probe-{i}"))
+    for _, session in sides:
+        _timed(session, AttachAgent(agent_id="probe-mover", kind="bot"))
+        _timed(
+            session,
+            AddCursor(agent_id="probe-mover", cursor_id="c-probe", axes=("x",), start=0, end=1),
+        )
+    for i in range(count):
+        for side, session in sides if i % 2 == 0 else sides[::-1]:
+            move = MoveCursor(
+                agent_id="probe-mover", cursor_id="c-probe", axes=("x",), start=i, end=i + 1
+            )
+            times[f"move_rtt_{side}"].append(_timed(session, move))
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
 async def raw_append_us(url: str, count: int, size: int) -> float:
@@ -221,7 +241,7 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         return behaviours[agent_id]
 
     session_id = f"scale-{agents}"
-    limits = Limits(max_agents=max(agents, 1_000) + 2 * args.probe)
+    limits = Limits(max_agents=max(agents, 1_000) + 2)
     result: dict[str, Any] = {"agents": agents}
     with Plantangenet.open(
         nats_url=url,
@@ -233,7 +253,6 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         session = pg.session(session_id)
         session.start()
         result["threads_at_rest"] = threading.active_count()
-        result["attach_rtt_empty"], result["move_rtt_empty"] = probe(session, "e", args.probe)
         ids = [f"agent-{i}" for i in range(agents)]
         with PeakThreads() as peak:
             attach: list[Command] = [AttachAgent(agent_id=a, kind="bot") for a in ids]
@@ -243,7 +262,7 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
                 AddCursor(agent_id=a, cursor_id=f"c-{a}", axes=("x",), start=0, end=1) for a in ids
             ]
             send(session, cursors, args.chunk)
-            moves = max(agents, args.moves, args.events - 2 * agents - 2 * args.probe - 2)
+            moves = max(agents, args.moves, args.events - 2 * agents - 1)
             moving: list[Command] = [
                 MoveCursor(
                     agent_id=ids[i % agents],
@@ -268,11 +287,12 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         running, sleeping = _sleeping(session)
         time.sleep(0.2)  # the passivated actors' threads finish
         result["threads_idle"] = threading.active_count()
-        result["attach_rtt_full"], result["move_rtt_full"] = probe(session, "f", args.probe)
+        empty = pg.session(f"{session_id}-empty")
+        empty.start()
+        result |= probe(session, empty, args.probe)
         result["actors_idle"] = running
         result["passivated"] = sleeping
-        state = session.state
-        events = state.event_count
+        events = session.state.event_count
         # What each active agent must have seen: its attach, its cursor, its moves.
         expected = {a: 2 + sum(1 for i in range(moves) if ids[i % agents] == a) for a in behaviours}
         result["seen_ok"] = all(b.seen == expected[a] for a, b in behaviours.items())
@@ -281,21 +301,32 @@ def child(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
         result["teardowns"] = sum(b.teardowns for b in behaviours.values())
         result["rss_mib"] = h.rss_kib() / 1024
         result["rss_peak_mib"] = h.peak_rss_kib() / 1024
-    rates, collecting = [], []
-    for _ in range(args.replays):
-        with Plantangenet.open(nats_url=url, journal=journal_config(), limits=limits) as fresh:
-            with GcTime() as gc_time:
-                start = time.perf_counter()
-                replayed = fresh.replay(session_id)
-                took = time.perf_counter() - start
-            rates.append(events / took)
-            collecting.append(gc_time.seconds / took)
-        assert replayed.event_count == events
-        assert len(replayed.agents) == agents + 2 * args.probe
     result["events"] = events
-    result["replay_per_s"] = statistics.median(rates)
-    result["replay_gc_share"] = statistics.median(collecting)
     return result
+
+
+def replays(url: str, rows: list[dict[str, Any]], rounds: int) -> None:
+    """Replay every size's session on a fresh runtime, the sizes in turn, ``rounds`` times;
+    the median events/s and share of the time in CPython's GC go into each row."""
+    rates: dict[int, list[float]] = {row["agents"]: [] for row in rows}
+    collecting: dict[int, list[float]] = {row["agents"]: [] for row in rows}
+    limits = Limits(max_agents=max(r["agents"] for r in rows) + 1_000)
+    for round_ in range(rounds):
+        for row in rows if round_ % 2 == 0 else rows[::-1]:
+            agents = row["agents"]
+            with Plantangenet.open(nats_url=url, journal=journal_config(), limits=limits) as fresh:
+                gc.collect()
+                with GcTime() as gc_time:
+                    start = time.perf_counter()
+                    replayed = fresh.replay(f"scale-{agents}")
+                    took = time.perf_counter() - start
+            assert replayed.event_count == row["events"]
+            assert len(replayed.agents) == agents + 1  # and the probes' mover
+            rates[agents].append(row["events"] / took)
+            collecting[agents].append(gc_time.seconds / took)
+    for row in rows:
+        row["replay_per_s"] = statistics.median(rates[row["agents"]])
+        row["replay_gc_share"] = statistics.median(collecting[row["agents"]])
 
 
 def table(rows: Iterable[dict[str, Any]]) -> str:
@@ -382,6 +413,7 @@ def main() -> int:
                 flush=True,
             )
         raw_us = asyncio.run(raw_append_us(server.url, max(args.probe, 50), 400))
+        replays(server.url, rows, args.replays)
     print()
     print(table(rows))
     print()
