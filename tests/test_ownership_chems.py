@@ -46,12 +46,10 @@ from plantangenet.domain.commands import (
 from plantangenet.events import OPERATOR
 from plantangenet.wire.client import BotClient
 from plantangenet.wire.protocol import (
-    RELAYED,
     command_subject,
-    decode_relayed,
     decode_reply,
-    encode_relayed,
 )
+from plantangenet.wire.relayed import RELAYED, decode_relayed, encode_relayed
 from plantangenet.wire.service import SessionService
 from tests.conftest import wait_until
 

@@ -42,21 +42,19 @@ from plantangenet.wire.protocol import (
     HOPS_HEADER,
     PRINCIPAL_HEADER,
     QUERIES,
-    RELAYED,
     QueryChemRequest,
     batch_reply,
     data_reply,
     decode_batch,
     decode_history,
-    decode_relayed,
     decode_reply,
     decode_request,
-    encode_relayed,
     forward_subject,
     history_reply,
     ok_reply,
     relay_id,
 )
+from plantangenet.wire.relayed import RELAYED, decode_relayed, encode_relayed
 from plantangenet.wire.service_base import ServiceState
 
 log = logging.getLogger("plantangenet.wire.service")
