@@ -123,6 +123,29 @@ def two_services(make_runtime: Callable[[], Plantangenet]) -> Iterator[list[Sess
             service.runtime.run(service.stop())
 
 
+@contextlib.contextmanager
+def owning_services(
+    url: str, count: int = 2, *, partitions: int = 4, runtime_options: Any = None, **options: Any
+) -> Iterator[list[SessionService]]:
+    """``count`` session services (in this process, each on a runtime of its own) owning
+    the sessions by ``partitions``, once each owns its share; stopped at the end."""
+    services: list[SessionService] = []
+    try:
+        for _ in range(count):
+            runtime = Plantangenet.open(nats_url=url, **(runtime_options or {}))
+            service = SessionService(runtime, partitions=partitions, lease_ttl=2.0, **options)
+            services.append(service)
+            runtime.run(service.start())
+        share = partitions // count
+        wait_until(lambda: all(s.ownership and len(s.ownership.owned) == share for s in services))
+        yield services
+    finally:
+        for service in services:
+            with contextlib.suppress(Exception):
+                service.runtime.run(service.stop(timeout=10))
+            service.runtime.close()
+
+
 class AsyncJournal:
     """Runs journal coroutines on a private loop, for tests of the journal alone."""
 

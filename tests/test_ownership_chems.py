@@ -29,7 +29,6 @@ from plantangenet import (
     DisclosureMade,
     EmbeddedNats,
     InvalidCommand,
-    Plantangenet,
     SyntheticCompositor,
 )
 from plantangenet.cli import main
@@ -51,7 +50,7 @@ from plantangenet.wire.protocol import (
 )
 from plantangenet.wire.relayed import RELAYED, decode_relayed, encode_relayed
 from plantangenet.wire.service import SessionService
-from tests.conftest import wait_until
+from tests.conftest import owning_services
 
 PASSWORD = "svc-pw-ownership-chems"
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "mallory": "mallory-pw"}
@@ -97,21 +96,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     )
     assert status == 0, out.getvalue()
     server = EmbeddedNats(root / "store", extra_args=["-c", str(conf)]).start()
-    services: list[SessionService] = []
     try:
         url = f"nats://plantangenet:{PASSWORD}@{server.host}:{server.port}"
-        for _ in range(2):
-            runtime = Plantangenet.open(nats_url=url, compositors=[SyntheticCompositor()])
-            service = SessionService(runtime, partitions=4, lease_ttl=2.0)
-            runtime.run(service.start())
-            services.append(service)
-        wait_until(lambda: all(s.ownership and len(s.ownership.owned) == 2 for s in services))
-        yield Deployment(server, services)
+        compositors = {"compositors": [SyntheticCompositor()]}
+        with owning_services(url, runtime_options=compositors) as services:
+            yield Deployment(server, services)
     finally:
-        for service in services:
-            with contextlib.suppress(Exception):
-                service.runtime.run(service.stop(timeout=10))
-            service.runtime.close()
         server.stop()
 
 

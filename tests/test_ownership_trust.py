@@ -39,7 +39,7 @@ from plantangenet.wire.protocol import (
     forward_subject,
 )
 from plantangenet.wire.service import SessionService
-from tests.conftest import wait_until
+from tests.conftest import owning_services
 
 PASSWORD = "svc-pw-ownership"
 ALICE, MALLORY = "alice@bot-alice", "mallory@bot-mallory"
@@ -81,29 +81,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     )
     assert status == 0, out.getvalue()
     server = EmbeddedNats(root / "store", extra_args=["-c", str(conf)]).start()
-    services: list[SessionService] = []
     try:
         url = f"nats://plantangenet:{PASSWORD}@{server.host}:{server.port}"
-        for _ in range(2):
-            runtime = Plantangenet.open(nats_url=url)
-            service = SessionService(
-                runtime,
-                partitions=PARTITIONS,
-                lease_ttl=2.0,
-                per_principal=PER_PRINCIPAL,
-                queued_per_principal=QUEUED_PER_PRINCIPAL,
-            )
-            runtime.run(service.start())
-            services.append(service)
-        wait_until(lambda: all(s.ownership and len(s.ownership.owned) == 2 for s in services))
-        deployment = Deployment(server, services)
-        asyncio.run(_set_up(deployment))
-        yield deployment
+        with owning_services(
+            url,
+            partitions=PARTITIONS,
+            per_principal=PER_PRINCIPAL,
+            queued_per_principal=QUEUED_PER_PRINCIPAL,
+        ) as services:
+            deployment = Deployment(server, services)
+            asyncio.run(_set_up(deployment))
+            yield deployment
     finally:
-        for service in services:
-            with contextlib.suppress(Exception):
-                service.runtime.run(service.stop(timeout=10))
-            service.runtime.close()
         server.stop()
 
 
