@@ -388,7 +388,7 @@ def _command(
     if type(args) is not dict:
         raise InvalidCommand("args: must be a map")
     cls = COMMANDS[name]
-    fields, hints = _shape(cls)
+    fields, sequences = _shape(cls)
     values: dict[str, Any] = {}
     side = SIDE_FIELDS.get(cls)
     for key, value in args.items():
@@ -399,7 +399,7 @@ def _command(
                 f"args.{key}: set by the service: the acting side is the session the "
                 "request is sent to"
             )
-        values[key] = _tuples(value) if _is_sequence(hints[key]) else value
+        values[key] = _tuples(value) if key in sequences else value
     if side is not None:
         if session_id is None:
             raise InvalidCommand(f"{name} is sent to a session (its acting side)")
@@ -420,16 +420,18 @@ def _command(
     )
 
 
-_SHAPES: dict[type[c.Command], tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {}
+_SHAPES: dict[type[c.Command], tuple[dict[str, dataclasses.Field[Any]], frozenset[str]]] = {}
 
 
-def _shape(cls: type[c.Command]) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
-    """A command class's fields and resolved annotations (resolving them is slow: cache)."""
+def _shape(cls: type[c.Command]) -> tuple[dict[str, dataclasses.Field[Any]], frozenset[str]]:
+    """A command class's fields, and those of them that hold sequences (a request's lists
+    become tuples there); resolving the annotations is slow: cached per class."""
     shape = _SHAPES.get(cls)
     if shape is None:
+        hints = typing.get_type_hints(cls)
         shape = _SHAPES[cls] = (
             {f.name: f for f in dataclasses.fields(cls)},
-            typing.get_type_hints(cls),
+            frozenset(name for name, tp in hints.items() if _is_sequence(tp)),
         )
     return shape
 
@@ -448,7 +450,11 @@ def _tuples(value: Any) -> Any:
 
 def ok_reply(result: CommandResult) -> bytes:
     """The reply to a stored command."""
-    return _pack(_ok(result))
+    if result.samples:
+        return _pack(_ok(result))
+    # Plain already (strings, numbers, a list of type names): no need to walk it.
+    payload: bytes = msgpack.packb(_ok(result), use_bin_type=True)
+    return payload
 
 
 def _ok(result: CommandResult) -> dict[str, Any]:

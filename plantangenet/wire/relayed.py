@@ -22,7 +22,6 @@ from plantangenet.wire.protocol import (
     PROTOCOL_VERSION,
     SIDE_FIELDS,
     _check_version,
-    _is_sequence,
     _pack,
     _shape,
     _tuples,
@@ -78,12 +77,12 @@ def decode_relayed(payload: bytes) -> c.Command:
     if type(args) is not dict:
         raise InvalidCommand("args: must be a map")
     cls = COMMANDS[name]
-    fields, hints = _shape(cls)
+    fields, sequences = _shape(cls)
     values: dict[str, Any] = {}
     for key, value in args.items():
         if key not in fields or key in _BASE_FIELDS:
             raise InvalidCommand(f"args.{key}: {name} has no such field")
-        values[key] = _tuples(value) if _is_sequence(hints[key]) else value
+        values[key] = _tuples(value) if key in sequences else value
     try:
         return cls(
             command_id=command_id,
