@@ -579,3 +579,64 @@ def test_page_timeouts_refusals_and_losses_are_journal_errors(nats_server: Embed
     errors = asyncio.run(scenario())
     for error, words in zip(errors, expected, strict=True):
         assert words in error, error
+
+
+class _SlowCreates:
+    """The journal's JetStream context, whose first ``late`` stream creations time out
+    (a cluster that forms the stream's replica group after the request gave up)."""
+
+    def __init__(self, js: Any, late: int) -> None:
+        self._js, self.late, self.creates = js, late, 0
+
+    async def add_stream(self, config: StreamConfig) -> Any:
+        self.creates += 1
+        if self.creates <= self.late:
+            if self.creates == 1:
+                await self._js.add_stream(config)  # created, but the answer came too late
+            raise nats.errors.TimeoutError
+        return await self._js.add_stream(config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+def test_a_stream_creation_that_times_out_is_asked_again(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    config = dataclasses.replace(journal_config, stream=f"SLOW_{new_id()[:8]}")
+
+    async def scenario() -> tuple[int, Any]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            journal = Journal(nc, config)
+            slow = _SlowCreates(journal.js, late=2)
+            journal.js = slow  # type: ignore[assignment]
+            await journal.ensure_stream()
+            return slow.creates, await slow.stream_info(config.stream)
+        finally:
+            await nc.close()
+
+    creates, info = asyncio.run(scenario())
+    assert creates == 3
+    assert info.config.republish is not None  # the stream this config makes
+
+
+def test_a_stream_creation_that_never_answers_is_an_error(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("plantangenet.log.journal.STREAM_CREATE_TIMEOUT", 0.5)
+    config = dataclasses.replace(journal_config, stream=f"NEVER_{new_id()[:8]}")
+
+    async def scenario() -> int:
+        nc = await nats.connect(nats_server.url)
+        try:
+            journal = Journal(nc, config)
+            slow = _SlowCreates(journal.js, late=10_000)
+            journal.js = slow  # type: ignore[assignment]
+            with pytest.raises(JournalError, match=r"no answer within 0\.5 s"):
+                await journal.ensure_stream()
+            return slow.creates
+        finally:
+            await nc.close()
+
+    assert asyncio.run(scenario()) > 2  # asked again until the deadline
