@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from plantangenet import JournalConfig, Plantangenet
+import nats
+import nats.errors
+
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet.events import new_id
 from plantangenet.wire.client import BotClient
-from plantangenet.wire.ownership import partition_of
+from plantangenet.wire.ownership import Ownership, partition_of
 from plantangenet.wire.service import SessionService
 from tests.conftest import wait_until
 
@@ -136,3 +141,41 @@ def test_each_session_is_decided_by_its_owner_only(
         assert sum(s.metrics.conflicts._value.get() for s in services) == 0
         replay = services[0].runtime.replay(sessions[0])
         assert "a" in replay.agents and "c" in replay.cursors
+
+
+class _SlowBuckets:
+    """A JetStream context whose first bucket creations time out, the first of them
+    stored anyway (a busy cluster forming the bucket's replica group late)."""
+
+    def __init__(self, js: Any, late: int) -> None:
+        self._js, self.late, self.creates = js, late, 0
+
+    async def create_key_value(self, **config: Any) -> Any:
+        self.creates += 1
+        if self.creates <= self.late:
+            if self.creates == 1:
+                await self._js.create_key_value(**config)
+            raise nats.errors.TimeoutError
+        return await self._js.create_key_value(**config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+def test_a_lease_bucket_creation_that_times_out_is_asked_again(nats_server: EmbeddedNats) -> None:
+    async def scenario() -> tuple[int, set[int]]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            slow = _SlowBuckets(nc.jetstream(), late=2)
+            ownership = Ownership(slow, f"SLOWKV{new_id()[:8]}", partitions=4, lease_ttl=1.0)
+            await ownership.start()
+            try:
+                return slow.creates, set(ownership.owned)
+            finally:
+                await ownership.stop()
+        finally:
+            await nc.close()
+
+    creates, owned = asyncio.run(scenario())
+    assert creates == 4  # the members bucket after two time-outs, then the partitions bucket
+    assert owned == {0, 1, 2, 3}  # alone: every partition
