@@ -44,6 +44,7 @@ from plantangenet.errors import (
     UnknownEventVersion,
 )
 from plantangenet.events.envelope import Envelope
+from plantangenet.log.creating import created
 from plantangenet.log.journal import ALL_SESSIONS, Journal
 
 #: Suffix of the bucket's name (after the stream's).
@@ -75,7 +76,10 @@ class CorrelationIndex:
                 self._kv = await js.key_value(self.bucket_name)
             except nats.js.errors.BucketNotFoundError:
                 try:
-                    self._kv = await js.create_key_value(bucket=self.bucket_name, history=1)
+                    self._kv = await created(
+                        lambda: js.create_key_value(bucket=self.bucket_name, history=1),
+                        self.bucket_name,
+                    )
                 except nats.errors.Error as exc:
                     raise JournalError(f"cannot create {self.bucket_name}: {exc}") from exc
             except nats.errors.Error as exc:

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.log.creating import created
 from plantangenet.log.frames import batch_frames, send_frames
 from plantangenet.log.journal_acks import (
     _BATCH_INCOMPLETE,
@@ -80,17 +80,12 @@ from plantangenet.log.journal_reads import _Reading
 from plantangenet.log.journal_seek import DEFAULT_PAGE_BYTES as DEFAULT_PAGE_BYTES
 from plantangenet.log.journal_seek import DEFAULT_PAGE_EVENTS as DEFAULT_PAGE_EVENTS
 
-log = logging.getLogger(__name__)
-
 #: Seconds an append waits for its acknowledgement before asking the server's health
 #: whether its store can write (then again every as many seconds, until ``ack_timeout``).
 STORE_PROBE_AFTER = 2.0
 #: Seconds between an append's attempts at first (doubling up to _RETRY_PAUSE_MAX).
 _RETRY_PAUSE = 0.05
 _RETRY_PAUSE_MAX = 0.2
-#: Seconds ``ensure_stream`` keeps asking for a stream whose creation timed out (under
-#: the runtime's 30 s for opening the log, so that this error is the one reported).
-STREAM_CREATE_TIMEOUT = 20.0
 #: Reads a retried append makes to find whether an earlier attempt was stored.
 _STORED_CHECKS = 10
 
@@ -174,36 +169,18 @@ class Journal(_Reading):
         await self._wait_for_leader()
 
     async def _create_stream(self, config: StreamConfig) -> bool:
-        """Create the stream; whether it existed already (with another configuration).
-
-        A create that times out is asked again (for up to ``STREAM_CREATE_TIMEOUT``
-        seconds): a cluster that has just started, or is busy, may form the stream's
-        replica group after the request's own timeout, and creating a stream with the
-        same configuration again is answered as a success.
-        """
+        """Create the stream (asked again while it times out: see
+        :mod:`plantangenet.log.creating`); whether it existed with another configuration."""
         name = self.config.stream
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STREAM_CREATE_TIMEOUT
-        pause = _RETRY_PAUSE
-        while True:
-            try:
-                await self.js.add_stream(config)
-                return False
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:  # stream name already in use with another config
-                    raise JournalError(f"cannot create stream {name}: {exc.description}") from exc
-                return True
-            except nats.errors.TimeoutError as exc:
-                if loop.time() + pause >= deadline:
-                    raise JournalError(
-                        f"cannot create stream {name}: no answer within "
-                        f"{STREAM_CREATE_TIMEOUT:g} s ({exc})"
-                    ) from exc
-                log.info("creating stream %s timed out; asking again", name)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            except nats.errors.Error as exc:
-                raise JournalError(f"cannot create stream {name}: {exc}") from exc
+        try:
+            await created(lambda: self.js.add_stream(config), f"stream {name}")
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # stream name already in use with another config
+                raise JournalError(f"cannot create stream {name}: {exc.description}") from exc
+            return True
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot create stream {name}: {exc}") from exc
+        return False
 
     async def _adopt_stream(self, subjects: list[str], republish: RePublish) -> None:
         """Check an existing stream's subjects; give it the live republish if it lacks it,

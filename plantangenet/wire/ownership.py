@@ -45,7 +45,7 @@ import nats.errors
 import nats.js.errors
 
 from plantangenet.errors import JournalError
-from plantangenet.log.journal import STREAM_CREATE_TIMEOUT
+from plantangenet.log.creating import created
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -231,25 +231,15 @@ class Ownership:
                 replicas = (await self.js.stream_info(self.stream)).config.num_replicas or 1
             except nats.errors.Error:
                 replicas = 1
-        # A create that times out is asked again (a busy cluster forms the bucket's
-        # replica group late; creating the same bucket again is a success).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STREAM_CREATE_TIMEOUT
-        pause = 0.05
-        while True:
-            try:
-                return await self.js.create_key_value(
+        try:
+            return await created(
+                lambda: self.js.create_key_value(
                     bucket=name, history=1, ttl=ttl, replicas=replicas
-                )
-            except nats.errors.TimeoutError as exc:
-                if loop.time() + pause >= deadline:
-                    raise JournalError(
-                        f"cannot create {name}: no answer within {STREAM_CREATE_TIMEOUT:g} s"
-                    ) from exc
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            except nats.errors.Error as exc:
-                raise JournalError(f"cannot create {name}: {exc}") from exc
+                ),
+                name,
+            )
+        except nats.errors.Error as exc:
+            raise JournalError(f"cannot create {name}: {exc}") from exc
 
     async def _follow(self, watcher: Any, apply: Callable[[Any], None]) -> None:
         async for entry in watcher:
