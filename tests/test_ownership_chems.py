@@ -47,6 +47,7 @@ from plantangenet.wire.client import BotClient
 from plantangenet.wire.protocol import (
     command_subject,
     decode_reply,
+    forward_subject,
 )
 from plantangenet.wire.relayed import RELAYED, decode_relayed, encode_relayed
 from plantangenet.wire.service import SessionService
@@ -229,3 +230,50 @@ def test_only_chem_steps_are_relayed() -> None:
     attach = {"v": 1, "cmd": "attach", "id": "x", "args": {"agent_id": "a", "kind": "bot"}}
     with pytest.raises(InvalidCommand, match="not a chem step"):
         decode_relayed(msgpack.packb(attach))
+
+
+def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
+    deployment: Deployment,
+) -> None:
+    """The peer's owner stops answering passed-on requests (as after a SIGKILL, before its
+    lease runs out): the step's second half is written where the peer's partition goes
+    next -- here the only other process -- and recorded once."""
+    pairs = [
+        (h, f) for h in HARBOURS for f in FLEETS if deployment.owner(h) is not deployment.owner(f)
+    ]
+    harbour, fleet = next(p for p in pairs if p[0] != pairs[0][0] and p[1] != pairs[0][1])
+    acting, gone = deployment.owner(harbour), deployment.owner(fleet)
+    terms: list[dict[str, Any]] = [{"discloser": fleet, "axes": ["wind.*"], "disclosure": "full"}]
+
+    async def set_up() -> None:
+        async with bot(deployment, "alice") as alice, bot(deployment, "bob") as bob:
+            await alice.open(harbour)
+            await alice.attach(harbour)
+            await bob.open(fleet)
+            await bob.attach(fleet)
+
+    async def propose() -> None:
+        async with bot(deployment, "alice") as alice:
+            await alice.propose_chem(harbour, fleet, "k2", terms)
+
+    asyncio.run(set_up())
+    gone.runtime.passivate_session(fleet)  # its owner holds no state of it
+    gone.runtime.run(gone._forward_sub.unsubscribe())  # passed-on requests go unanswered
+    unowned = acting.unowned
+    try:
+        asyncio.run(asyncio.wait_for(propose(), 60))
+    finally:
+        assert gone.ownership is not None
+        gone._forward_sub = gone.runtime.run(
+            gone._nc.subscribe(
+                forward_subject(gone.ownership.member_id, "*", "*", gone.command_prefix),
+                cb=gone._on_forwarded,
+            )
+        )
+        acting.runtime.passivate_session(fleet)  # back to one writer: the owner
+    assert acting.unowned > unowned
+    log = acting.runtime.history(fleet)
+    proposed = [(e, ev) for e in log if isinstance(ev := e.event, ChemProposed)]
+    assert [(e.principal, ev.chem_id, ev.proposed_by) for e, ev in proposed] == [
+        (OPERATOR, "k2", harbour)
+    ]

@@ -41,10 +41,12 @@ from plantangenet import (
 )
 from plantangenet.actors.refusals import RefusalLimit
 from plantangenet.cli import main
+from plantangenet.domain.commands import ProposeChem
 from plantangenet.events import OPERATOR, AccessDenied, Envelope
 from plantangenet.log.verify import VerifyResult, verify
 from plantangenet.wire.client import BotClient, new_command_id
 from plantangenet.wire.protocol import command_subject, encode_request
+from plantangenet.wire.relayed import RELAYED, encode_relayed
 from plantangenet.wire.service import SessionService
 
 T = TypeVar("T")
@@ -360,6 +362,33 @@ def test_a_forged_request_info_header_is_replaced_by_the_servers(shared: Deploym
     assert reply["ok"] is False and reply["error"]["code"] == "access_refused"
     assert len(refusals_by(shared, "shared", MALLORY)) == denied + 1  # mallory's, not alice's
     assert shared.runtime.replay("shared").cursors["c"].start != 9
+
+
+def test_a_bot_cannot_send_a_chem_step_in_the_form_only_the_service_relays(
+    shared: Deployment,
+) -> None:
+    """``relayed_step`` records a chem step as the operator's, every field as sent (the
+    acting side too): the form one ``serve`` process passes to the peer session's owner.
+    Mallory sends it on the shared session's subject, which her account reaches."""
+    step = ProposeChem(
+        command_id=new_command_id(),
+        chem_id="mallory-chem",
+        peer="mallory-own",
+        proposed_by="mallory-own",
+        terms=({"discloser": "shared", "axes": ["*"], "disclosure": "full"},),
+    )
+
+    async def scenario() -> dict[str, Any]:
+        async with raw(shared, "mallory") as nc:
+            subject = command_subject("shared", RELAYED)
+            reply = await nc.request(subject, encode_relayed(step), timeout=5)
+            return dict(msgpack.unpackb(reply.data))
+
+    before = shared.count("shared")
+    reply = run(scenario())
+    assert reply["ok"] is False and reply["error"]["code"] == "access_refused"
+    assert shared.count("shared") == before  # nothing recorded, not even a refusal
+    assert "mallory-chem" not in shared.runtime.replay("shared").chems
 
 
 def test_a_second_request_info_header_in_another_case_is_refused(shared: Deployment) -> None:

@@ -124,32 +124,40 @@ class Answering(ServiceState):
 
     async def _at_peer(self, peer: str, command: Command) -> tuple[Sample, ...]:
         """``command`` (a chem step's second half, as the operator's) decided and stored in
-        ``peer`` by the ``serve`` process that owns ``peer``: passed on to it, or here if
-        this process owns it (or nobody does, or its owner is gone: the concurrency guard
-        keeps the log right meanwhile). A refusal is raised; returns what it disclosed."""
+        ``peer`` by the ``serve`` process that owns ``peer``, as a passed-on request would
+        be: at its owner, or, while it has none or its owner is gone, at the process that
+        takes it next; here if that is this process. A refusal is raised; returns what
+        it disclosed."""
         ownership = self.ownership
-        owner = ownership.owner_of(peer) if ownership is not None else None
-        if ownership is not None and owner is not None and owner != ownership.member_id:
+        owner = None if ownership is None else ownership.owner_of(peer)
+        if ownership is not None and owner is None:
+            self.unowned += 1
+            self.metrics.unowned.inc()
+            owner = ownership.successor(peer)
+        for _ in range(2):  # the owner, then (if it is gone) its successor
+            if ownership is None or owner is None or owner == ownership.member_id:
+                break
             subject = forward_subject(owner, peer, RELAYED, self.command_prefix)
             headers = {PRINCIPAL_HEADER: OPERATOR, HOPS_HEADER: "1"}
             try:
                 answer = await self._nc.request(
                     subject, encode_relayed(command), timeout=self.relay_timeout, headers=headers
                 )
-            except nats.errors.NoRespondersError:
-                self.unowned += 1  # its owner is gone (its lease has not run out yet)
+            except nats.errors.NoRespondersError:  # gone; its lease has not run out yet
+                self.unowned += 1
                 self.metrics.unowned.inc()
+                owner = ownership.successor(peer, gone=owner)
+                continue
             except nats.errors.TimeoutError:
                 raise JournalError(
                     f"the process owning session {peer} did not answer within "
                     f"{self.relay_timeout} s; the step may or may not be recorded there: "
                     "send the request again (the same id completes it)"
                 ) from None
-            else:
-                self.forwarded += 1
-                self.metrics.forwarded.inc()
-                reply = decode_reply(answer.data)  # a refusal is raised as its typed error
-                return tuple(Sample.from_dict(s) for s in reply.get("samples", ()))
+            self.forwarded += 1
+            self.metrics.forwarded.inc()
+            reply = decode_reply(answer.data)  # a refusal is raised as its typed error
+            return tuple(Sample.from_dict(s) for s in reply.get("samples", ()))
         return (await self._one(peer, command)).samples
 
     async def _chem_step(self, session_id: str, command: Command) -> bytes:
