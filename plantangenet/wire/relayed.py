@@ -10,22 +10,17 @@ anyone else).
 
 from __future__ import annotations
 
-from typing import Any
-
 from plantangenet.domain import commands as c
 from plantangenet.errors import InvalidCommand
 from plantangenet.events.envelope import OPERATOR
 from plantangenet.wire.protocol import (
-    _BASE_FIELDS,
-    _COMMAND_ID,
+    _ENVELOPE_KEYS,
     COMMANDS,
-    PROTOCOL_VERSION,
     SIDE_FIELDS,
-    _check_version,
+    _command,
     _pack,
-    _shape,
-    _tuples,
     _unpack_map,
+    request_map,
     wire_fields,
 )
 
@@ -36,61 +31,37 @@ _RELAYABLE = frozenset(
     {"propose_chem", "accept_chem", "refuse_chem", "revoke_chem", "disclose_chem"}
 )
 _NAME_OF = {cls: name for name, cls in COMMANDS.items() if name in _RELAYABLE}
+#: Beside a request's own keys: the step's wire name and its acting side.
+_RELAYED_KEYS = _ENVELOPE_KEYS | {"cmd", "side"}
 
 
 def encode_relayed(command: c.Command) -> bytes:
     """A chem step's second half (``command``, recorded in the peer as the operator) as
-    the payload of a ``RELAYED`` request: every field of the command, its acting side
-    too (which a bot's request may not set)."""
+    the payload of a ``RELAYED`` request: the request a bot would send for it, with the
+    step's name and its acting side (which a bot's request may not set)."""
     name = _NAME_OF.get(type(command))
     if name is None:
         raise InvalidCommand(f"{type(command).__name__} is not a chem step")
     args = {f.name: getattr(command, f.name) for f in wire_fields(type(command))}
-    side = SIDE_FIELDS.get(type(command))
-    if side is not None:
-        args[side] = getattr(command, side)
-    return _pack(
-        {
-            "v": PROTOCOL_VERSION,
-            "cmd": name,
-            "id": command.command_id,
-            "corr": command.correlation_id,
-            "args": args,
-        }
+    request = request_map(
+        args, command_id=command.command_id, correlation_id=command.correlation_id
     )
+    side = SIDE_FIELDS.get(type(command))
+    return _pack({**request, "cmd": name, "side": getattr(command, side) if side else None})
 
 
 def decode_relayed(payload: bytes) -> c.Command:
-    """The command of a ``RELAYED`` request (see ``encode_relayed``), as the operator's."""
+    """The command of a ``RELAYED`` request (see ``encode_relayed``), as the operator's:
+    decoded and checked as any request is, its acting side the one it names."""
     raw = _unpack_map(payload, "relayed step")
-    _check_version(raw)
-    name = raw.get("cmd")
+    unknown = raw.keys() - _RELAYED_KEYS
+    if unknown:
+        raise InvalidCommand(f"unknown relayed step field {sorted(map(str, unknown))[0]!r}")
+    name, side = raw.pop("cmd", None), raw.pop("side", None)
     if not isinstance(name, str) or name not in _RELAYABLE:
         raise InvalidCommand(f"cmd: {name!r:.60} is not a chem step")
-    command_id, correlation, args = raw.get("id"), raw.get("corr"), raw.get("args")
-    if not isinstance(command_id, str) or not _COMMAND_ID.fullmatch(command_id):
-        raise InvalidCommand("id: the command id must be 1-128 printable ASCII characters")
-    if correlation is not None and (
-        not isinstance(correlation, str) or not _COMMAND_ID.fullmatch(correlation)
-    ):
-        raise InvalidCommand("corr: a correlation id is nil or 1-128 printable ASCII characters")
-    if type(args) is not dict:
-        raise InvalidCommand("args: must be a map")
-    cls = COMMANDS[name]
-    fields, sequences = _shape(cls)
-    values: dict[str, Any] = {}
-    for key, value in args.items():
-        if key not in fields or key in _BASE_FIELDS:
-            raise InvalidCommand(f"args.{key}: {name} has no such field")
-        values[key] = _tuples(value) if key in sequences else value
-    try:
-        return cls(
-            command_id=command_id,
-            issued_by=None,
-            correlation_id=correlation,
-            context={},
-            principal=OPERATOR,
-            **values,
-        )
-    except TypeError as exc:
-        raise InvalidCommand(f"{name}: {exc}") from None
+    if raw.get("by") is not None or raw.get("ctx"):
+        raise InvalidCommand("a relayed step is the operator's: no 'by', no 'ctx'")
+    if side is not None and not isinstance(side, str):
+        raise InvalidCommand("side: the acting session's id")
+    return _command(name, raw, OPERATOR, session_id=side)
