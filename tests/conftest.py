@@ -146,6 +146,30 @@ def owning_services(
             service.runtime.close()
 
 
+class LateCreates:
+    """A JetStream context whose first ``late`` calls of ``method`` (a create) time out,
+    the first of them carried out anyway: a busy cluster answering after the request
+    gave up. Everything else goes to ``js``."""
+
+    def __init__(self, js: Any, method: str, late: int) -> None:
+        self._js, self._method, self.late, self.creates = js, method, late, 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name != self._method:
+            return getattr(self._js, name)
+        create = getattr(self._js, name)
+
+        async def late_create(*args: Any, **kwargs: Any) -> Any:
+            self.creates += 1
+            if self.creates <= self.late:
+                if self.creates == 1:
+                    await create(*args, **kwargs)
+                raise nats.errors.TimeoutError
+            return await create(*args, **kwargs)
+
+        return late_create
+
+
 class AsyncJournal:
     """Runs journal coroutines on a private loop, for tests of the journal alone."""
 

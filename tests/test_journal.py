@@ -31,7 +31,7 @@ from plantangenet import (
 )
 from plantangenet.events import new_id, utc_now
 from plantangenet.log.journal import AppendResult, HistoryPage, InvalidJournalConfig
-from tests.conftest import AsyncJournal, wait_until
+from tests.conftest import AsyncJournal, LateCreates, wait_until
 
 
 def env(event: object, command_id: str, session_id: str = "s1") -> Envelope:
@@ -581,25 +581,6 @@ def test_page_timeouts_refusals_and_losses_are_journal_errors(nats_server: Embed
         assert words in error, error
 
 
-class _SlowCreates:
-    """The journal's JetStream context, whose first ``late`` stream creations time out
-    (a cluster that forms the stream's replica group after the request gave up)."""
-
-    def __init__(self, js: Any, late: int) -> None:
-        self._js, self.late, self.creates = js, late, 0
-
-    async def add_stream(self, config: StreamConfig) -> Any:
-        self.creates += 1
-        if self.creates <= self.late:
-            if self.creates == 1:
-                await self._js.add_stream(config)  # created, but the answer came too late
-            raise nats.errors.TimeoutError
-        return await self._js.add_stream(config)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js, name)
-
-
 def test_a_stream_creation_that_times_out_is_asked_again(
     nats_server: EmbeddedNats, journal_config: JournalConfig
 ) -> None:
@@ -609,7 +590,7 @@ def test_a_stream_creation_that_times_out_is_asked_again(
         nc = await nats.connect(nats_server.url)
         try:
             journal = Journal(nc, config)
-            slow = _SlowCreates(journal.js, late=2)
+            slow = LateCreates(journal.js, "add_stream", late=2)
             journal.js = slow  # type: ignore[assignment]
             await journal.ensure_stream()
             return slow.creates, await slow.stream_info(config.stream)
@@ -631,7 +612,7 @@ def test_a_stream_creation_that_never_answers_is_an_error(
         nc = await nats.connect(nats_server.url)
         try:
             journal = Journal(nc, config)
-            slow = _SlowCreates(journal.js, late=10_000)
+            slow = LateCreates(journal.js, "add_stream", late=10_000)
             journal.js = slow  # type: ignore[assignment]
             with pytest.raises(JournalError, match=r"no answer within 0\.5 s"):
                 await journal.ensure_stream()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import nats
 import nats.errors
@@ -22,7 +21,7 @@ from plantangenet.events import new_id
 from plantangenet.wire.client import BotClient
 from plantangenet.wire.ownership import Ownership, partition_of
 from plantangenet.wire.service import SessionService
-from tests.conftest import wait_until
+from tests.conftest import LateCreates, wait_until
 
 PARTITIONS = 8
 LEASE = 2.0
@@ -143,30 +142,11 @@ def test_each_session_is_decided_by_its_owner_only(
         assert "a" in replay.agents and "c" in replay.cursors
 
 
-class _SlowBuckets:
-    """A JetStream context whose first bucket creations time out, the first of them
-    stored anyway (a busy cluster forming the bucket's replica group late)."""
-
-    def __init__(self, js: Any, late: int) -> None:
-        self._js, self.late, self.creates = js, late, 0
-
-    async def create_key_value(self, **config: Any) -> Any:
-        self.creates += 1
-        if self.creates <= self.late:
-            if self.creates == 1:
-                await self._js.create_key_value(**config)
-            raise nats.errors.TimeoutError
-        return await self._js.create_key_value(**config)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js, name)
-
-
 def test_a_lease_bucket_creation_that_times_out_is_asked_again(nats_server: EmbeddedNats) -> None:
     async def scenario() -> tuple[int, set[int]]:
         nc = await nats.connect(nats_server.url)
         try:
-            slow = _SlowBuckets(nc.jetstream(), late=2)
+            slow = LateCreates(nc.jetstream(), "create_key_value", late=2)
             ownership = Ownership(slow, f"SLOWKV{new_id()[:8]}", partitions=4, lease_ttl=1.0)
             await ownership.start()
             try:
