@@ -610,6 +610,46 @@ def test_a_bot_cannot_publish_into_the_event_stream(shared: Deployment) -> None:
     assert shared.counts() == before
 
 
+def test_a_forged_acknowledgement_never_reaches_the_services_appends(shared: Deployment) -> None:
+    """Mallory knows (worst case) the inbox the service's appends are acknowledged on and
+    the tokens it uses next, and floods them with acknowledgements of a made-up sequence
+    while alice works: what she publishes stays in her own account."""
+    acks = shared.runtime.journal._acks
+    prefix = acks.prefix
+    assert prefix is not None  # the set-up's appends opened it
+    forged = json.dumps({"stream": STREAM, "seq": 999_999_999}).encode()
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with raw(shared, "mallory") as nc, bot(shared, "alice") as alice:
+            stop = asyncio.Event()
+
+            async def forge() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(nats.errors.Error):
+                        first = acks.sent + 1
+                        for token in range(first, first + 40):
+                            await nc.publish(f"{prefix}{token}", forged)
+                        await nc.flush()
+                    await asyncio.sleep(0.005)
+
+            forger = asyncio.ensure_future(forge())
+            try:
+                await asyncio.sleep(0.05)
+                return [
+                    await alice.change_metadata("alice-private", {"k": i}, issued_by=None)
+                    for i in range(8)
+                ]
+            finally:
+                stop.set()
+                await forger
+
+    replies = run(scenario())
+    stored = {e.causation_id: e.sequence for e in shared.history("alice-private")}
+    assert [r["seq"] for r in replies] == [stored[r["id"]] for r in replies]
+    assert all(r["seq"] < 999_999_999 for r in replies)
+    assert shared.intact("alice-private")
+
+
 def test_a_bot_cannot_reach_or_follow_sessions_it_was_not_given(shared: Deployment) -> None:
     async def scenario() -> tuple[str, list[Any]]:
         async with raw(shared, "mallory") as nc:

@@ -16,6 +16,9 @@ hex id). When a value does not qualify, the connection is not up, a payload is
 over the server's limit, or the installed nats-py lacks the write queue these use
 (``Client._send_command``, there since nats-py 2.0), the journal publishes through
 nats-py's ``publish`` instead: that path raises nats-py's own errors.
+
+:func:`request_frame` builds the commit's frame the same way, with the reply subject
+its acknowledgement comes back on (see :mod:`plantangenet.log.ack_inbox`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 _VISIBLE = re.compile(r"[!-~]+")
+#: What a header name may hold (an HTTP token: what nats-py's publish accepts).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def batch_frames(
@@ -60,11 +65,45 @@ def batch_frames(
     return b"".join(parts)
 
 
-async def send_frames(nc: Any, frames: bytes, payloads: Sequence[bytes]) -> bool:
+def request_frame(
+    subject: str, reply: str, headers: dict[str, str], payload: bytes
+) -> bytes | None:
+    """The ``HPUB`` frame of one message asking for an answer on ``reply``, or ``None``.
+
+    Used for an append's last message (its commit, which JetStream acknowledges).
+    ``None`` means some name or value is not plain visible ASCII: publish through
+    nats-py instead.
+    """
+    visible = _VISIBLE.fullmatch
+    if not visible(subject) or not visible(reply):
+        return None
+    lines = ["NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if not _TOKEN.fullmatch(key) or not visible(value):
+            return None
+        lines.append(f"{key}: {value}\r\n")
+    lines.append("\r\n")
+    header = "".join(lines).encode()
+    size = len(header)
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        size,
+        size + len(payload),
+        header,
+        payload,
+    )
+
+
+async def send_frames(
+    nc: Any, frames: bytes, payloads: Sequence[bytes], *, flush: bool = False
+) -> bool:
     """Queue ``frames`` (carrying ``payloads``) on ``nc`` as one write; False if it cannot.
 
     Nothing is sent when False is returned: the caller publishes the messages
-    through nats-py instead.
+    through nats-py instead. ``flush`` asks the connection's writer to send what is
+    queued (as nats-py's ``publish`` does); without it the frames go with the next
+    publish.
     """
     send = getattr(nc, "_send_command", None)
     if send is None or not nc.is_connected or nc.is_draining_pubs:
@@ -75,4 +114,8 @@ async def send_frames(nc: Any, frames: bytes, payloads: Sequence[bytes]) -> bool
     stats = nc.stats
     stats["out_msgs"] += len(payloads)
     stats["out_bytes"] += sum(map(len, payloads))
+    if flush:
+        flush_queue = getattr(nc, "_flush_queue", None)
+        if flush_queue is not None and flush_queue.empty():
+            await nc._flush_pending()
     return True

@@ -49,6 +49,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope, new_id
+from plantangenet.log.ack_inbox import AckInbox
 from plantangenet.log.creating import created
 from plantangenet.log.frames import batch_frames, send_frames
 from plantangenet.log.journal_acks import (
@@ -108,6 +109,7 @@ class Journal(_Reading):
         self.config = config or JournalConfig()
         self.js = nc.jetstream(timeout=self.config.api_timeout)
         self.codec = codec
+        self._acks = AckInbox(nc)
         #: Called with the seconds each append took, from publishing it to its
         #: acknowledgement or failure (the session service's metrics use it).
         self.append_observer: Callable[[float], None] | None = None
@@ -498,7 +500,7 @@ class Journal(_Reading):
             headers["Nats-Batch-Id"] = batch_id
             headers["Nats-Batch-Sequence"] = str(last + 1)
             headers["Nats-Batch-Commit"] = "1"
-        return await self.nc.request(subject, payloads[last], timeout, headers=headers)
+        return await self._acks.request(subject, payloads[last], timeout, headers)
 
     async def _publish_batch(
         self,

@@ -1,0 +1,126 @@
+"""Where appends' acknowledgements come back: one inbox, one table of waiting appends.
+
+An append's last message is a request: JetStream answers it with the
+acknowledgement. nats-py's ``request`` does per call what a busy journal does a
+thousand times a second: two random bytes from the OS for the token (a system call,
+during which the event loop's thread gives up the GIL to whichever session thread
+wants it), a ``wait_for`` with its own future and task machinery, and header
+validation key by key. :class:`AckInbox` asks the same question more cheaply: one
+subscription to ``<inbox>.*`` for the connection's life, a counter for tokens, one
+timer per append, and the message's frame built in one pass
+(:func:`~plantangenet.log.frames.request_frame`, falling back to nats-py's
+``publish`` for anything that is not plain ASCII).
+
+It raises what ``Client.request`` raises for the cases the journal handles:
+:class:`nats.errors.TimeoutError` when no answer comes in time and
+:class:`nats.errors.NoRespondersError` when the server says nobody listens (a
+stream without a leader). A connection closed meanwhile fails the publish with
+nats-py's own error, or the wait with the timeout.
+
+Whoever can publish on the inbox could answer in JetStream's place: it is the
+connection's own (``_INBOX.<random>``), in the service's NATS account, where bots
+of other accounts cannot publish (README, "Locking it down").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from plantangenet.log.frames import request_frame, send_frames
+
+#: The status header nats-server sets on a request nobody answers.
+_NO_RESPONDERS = "503"
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
+
+
+class AckInbox:
+    """Requests on ``nc`` whose answers share one subscription (see the module docstring).
+
+    Use it on the connection's event loop only.
+    """
+
+    __slots__ = ("_count", "_nc", "_opening", "_prefix", "_waiting")
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+        self._prefix: str | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._count = 0
+
+    @property
+    def prefix(self) -> str | None:
+        """The inbox's subject prefix (answers come on ``<prefix><token>``), once opened."""
+        return self._prefix
+
+    @property
+    def sent(self) -> int:
+        """How many requests were sent (the last token used)."""
+        return self._count
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for their answer now."""
+        return len(self._waiting)
+
+    async def _open(self) -> str:
+        """Subscribe to the inbox once (concurrent first callers wait for the one call)."""
+        if self._prefix is not None:
+            return self._prefix
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_future()
+            prefix = f"{self._nc.new_inbox()}."
+            try:
+                await self._nc.subscribe(f"{prefix}*", cb=self._arrived)
+            except BaseException as exc:
+                opening, self._opening = self._opening, None
+                opening.set_exception(exc)
+                opening.exception()  # retrieved: the next caller tries again
+                raise
+            self._prefix = prefix
+            self._opening.set_result(None)
+            return prefix
+        await asyncio.shield(self._opening)
+        assert self._prefix is not None
+        return self._prefix
+
+    async def _arrived(self, msg: Msg) -> None:
+        prefix = self._prefix
+        if prefix is None:
+            return
+        future = self._waiting.get(msg.subject[len(prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def request(
+        self, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
+    ) -> Msg:
+        """Publish ``payload`` on ``subject`` and return the answer (see the module docstring)."""
+        prefix = self._prefix if self._prefix is not None else await self._open()
+        self._count += 1
+        token = str(self._count)
+        reply = prefix + token
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            nc = self._nc
+            frame = request_frame(subject, reply, headers, payload)
+            if frame is None or not await send_frames(nc, frame, (payload,), flush=True):
+                await nc.publish(subject, payload, reply=reply, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            raise nats.errors.NoRespondersError()
+        return msg

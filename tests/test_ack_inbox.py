@@ -1,0 +1,183 @@
+"""The journal's acknowledgement inbox: requests on one subscription, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+from plantangenet import EmbeddedNats
+from plantangenet.log.ack_inbox import AckInbox
+from plantangenet.log.frames import request_frame
+
+visible = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+#: An HTTP token: what nats-py accepts as a header name.
+header_name = st.text(
+    st.sampled_from(
+        "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+def parse_request(frame: bytes) -> tuple[str, str, bytes, bytes]:
+    """``(subject, reply, header block, payload)`` of one HPUB frame with a reply subject."""
+    line, rest = frame.split(b"\r\n", 1)
+    words = line.split()
+    assert words[0] == b"HPUB" and len(words) == 5, line
+    hdr_len, total = int(words[3]), int(words[4])
+    assert rest[total:] == b"\r\n" and len(rest) == total + 2
+    return words[1].decode(), words[2].decode(), rest[:hdr_len], rest[hdr_len:total]
+
+
+def nats_py_frame(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
+    nc = Client()
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(cmd)
+
+    nc._send_command = capture  # type: ignore[method-assign]
+    nc._flush_queue = None
+    asyncio.run(nc._send_publish(subject, reply, payload, len(payload), headers))
+    return b"".join(sent)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    subject=visible,
+    reply=visible,
+    headers=st.dictionaries(header_name, visible, max_size=6),
+    payload=st.binary(max_size=300),
+)
+def test_a_request_frame_carries_what_nats_py_would_send(
+    subject: str, reply: str, headers: dict[str, str], payload: bytes
+) -> None:
+    ours = request_frame(subject, reply, headers, payload)
+    assert ours is not None
+    theirs = nats_py_frame(subject, reply, headers, payload)
+    assert parse_request(ours) == parse_request(theirs)
+
+
+@pytest.mark.parametrize(
+    ("subject", "reply", "headers"),
+    [
+        ("p.sé", "r.1", {}),
+        ("p.s", "r 1", {}),
+        ("p.s", "r.1", {"Nats-Msg-Id": "a b"}),
+        ("p.s", "r.1", {"Nats-Msg-Id": "a\r\nX-Injected: 1"}),
+        ("p.s", "r.1", {"Bad:Key": "1"}),
+        ("p.s", "r.1", {"Bad(Key)": "1"}),
+        ("p.s", "r.1", {"Key": "é"}),
+    ],
+)
+def test_values_that_need_escaping_get_no_request_frame(
+    subject: str, reply: str, headers: dict[str, str]
+) -> None:
+    assert request_frame(subject, reply, headers, b"x") is None
+
+
+class Connected:
+    """A connection to the module's server, a responder on ``echo.>``, and an inbox."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.nc: Any = self.run(nats.connect(url))
+        self.responder: Any = self.run(nats.connect(url))
+        self.seen: list[Any] = []
+        self.run(self.responder.subscribe("echo.>", cb=self._echo))
+        self.run(self.responder.flush())
+        self.inbox = AckInbox(self.nc)
+
+    async def _echo(self, msg: Any) -> None:
+        self.seen.append(msg)
+        if msg.subject == "echo.silent":
+            return
+        await self.responder.publish(msg.reply, b"re:" + msg.data, headers=msg.headers)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.nc.close())
+        self.run(self.responder.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def connected(nats_server: EmbeddedNats) -> Iterator[Connected]:
+    c = Connected(nats_server.url)
+    yield c
+    c.close()
+
+
+def test_each_request_gets_its_own_answer(connected: Connected) -> None:
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                connected.inbox.request(f"echo.{i}", b"%d" % i, 5, {"Nats-Msg-Id": f"m{i}"})
+                for i in range(300)
+            )
+        )
+
+    answers = connected.run(scenario())
+    assert [a.data for a in answers] == [b"re:%d" % i for i in range(300)]
+    # headers went out as framed and came back as the responder echoed them
+    assert [a.headers["Nats-Msg-Id"] for a in answers] == [f"m{i}" for i in range(300)]
+    assert connected.inbox.waiting == 0
+
+
+def test_the_first_requests_share_one_subscription(connected: Connected) -> None:
+    before = len(connected.nc._subs)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(connected.inbox.request("echo.a", b"", 5, {}) for _ in range(20)))
+
+    connected.run(scenario())
+    assert len(connected.nc._subs) == before + 1
+
+
+def test_an_unanswered_request_times_out_and_leaves_nothing_waiting(
+    connected: Connected,
+) -> None:
+    async def scenario() -> None:
+        await connected.inbox.request("echo.silent", b"x", 0.3, {})
+
+    with pytest.raises(nats.errors.TimeoutError):
+        connected.run(scenario())
+    assert connected.inbox.waiting == 0 and len(connected.seen) == 1
+    # a late answer to the expired token is dropped, and the next request is answered
+    answer = connected.run(connected.inbox.request("echo.b", b"y", 5, {}))
+    assert answer.data == b"re:y"
+
+
+def test_a_request_nobody_listens_to_says_no_responders(connected: Connected) -> None:
+    with pytest.raises(nats.errors.NoRespondersError):
+        connected.run(connected.inbox.request("nobody.here", b"x", 5, {}))
+    assert connected.inbox.waiting == 0
+
+
+def test_headers_that_cannot_be_framed_go_through_nats_py(connected: Connected) -> None:
+    answer = connected.run(connected.inbox.request("echo.c", b"z", 5, {"Note": "two words"}))
+    assert answer.data == b"re:z"
+    assert connected.seen[-1].headers == {"Note": "two words"}
+
+
+def test_a_cancelled_request_leaves_nothing_waiting(connected: Connected) -> None:
+    async def scenario() -> None:
+        task = asyncio.ensure_future(connected.inbox.request("echo.silent", b"x", 30, {}))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    connected.run(scenario())
+    assert connected.inbox.waiting == 0
