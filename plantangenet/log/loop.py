@@ -4,6 +4,14 @@ pykka actors are threads; nats-py is asyncio. Actors never touch the
 connection: they hand coroutines to this loop with :meth:`EventLoopThread.submit`
 (non-blocking, returns a :class:`concurrent.futures.Future`) or
 :meth:`EventLoopThread.run` (blocks the *calling* thread, never the loop).
+Coroutines on the loop wait for an actor's answer with :meth:`EventLoopThread.wrap`.
+
+Hand-offs share wake-ups. asyncio's ``call_soon_threadsafe`` writes a byte to the
+loop's wake-up socket on every call: a system call on the actor's thread and a
+read on the loop's, each giving up the GIL to whichever of a hundred session
+threads wants it. :meth:`EventLoopThread.call_soon` queues the call instead and
+wakes the loop only if no wake-up is on its way: under load, the hand-offs of many
+sessions ride one wake-up.
 """
 
 from __future__ import annotations
@@ -11,11 +19,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
+from asyncio.futures import _chain_future  # type: ignore[attr-defined]
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("plantangenet.loop")
+
+
+def _copy_outcome(source: concurrent.futures.Future[T], target: asyncio.Future[T]) -> None:
+    """Give ``target`` (on its loop) the outcome of the ended ``source``."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    exception = source.exception()
+    if exception is not None:
+        target.set_exception(exception)
+    else:
+        target.set_result(source.result())
 
 
 class EventLoopThread:
@@ -25,6 +52,10 @@ class EventLoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
+        #: Calls handed over from other threads, run in order on the loop.
+        self._handoffs: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        #: Whether a wake-up that runs them is on its way.
+        self._woken = False
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -55,12 +86,85 @@ class EventLoopThread:
         """Whether the caller is running on the loop's own thread."""
         return threading.current_thread() is self._thread
 
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` on the loop soon (from any thread), after the calls
+        handed over before it; raises ``RuntimeError`` if the loop is closed.
+
+        ``callback`` must not block; an exception it raises is logged.
+        """
+        self._handoffs.append((callback, args))
+        if self._woken:
+            return  # the wake-up on its way runs this call too
+        self._woken = True
+        try:
+            self.loop.call_soon_threadsafe(self._run_handoffs)
+        except RuntimeError:
+            self._woken = False
+            with contextlib.suppress(ValueError):
+                self._handoffs.remove((callback, args))
+            raise
+
+    def _run_handoffs(self) -> None:
+        # Cleared before draining: a call queued after the last pop sees it cleared
+        # and wakes the loop again; one queued before it is popped here.
+        self._woken = False
+        handoffs = self._handoffs
+        while handoffs:
+            callback, args = handoffs.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("a call handed to the event loop failed: %r", callback)
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop; returns at once."""
+        """Schedule ``coro`` on the loop; returns at once.
+
+        As ``asyncio.run_coroutine_threadsafe``: the future holds the coroutine's
+        outcome, and cancelling it cancels the coroutine.
+        """
         if self.loop.is_closed():
             coro.close()
             raise RuntimeError("the event loop is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            if future.cancelled():
+                coro.close()  # cancelled before it started
+                return
+            try:
+                _chain_future(asyncio.ensure_future(coro, loop=self.loop), future)
+            except BaseException as exc:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                raise
+
+        try:
+            self.call_soon(start)
+        except RuntimeError:
+            coro.close()
+            raise
+        return future
+
+    def wrap(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+        """An asyncio future of this loop with ``future``'s outcome (call it on the loop).
+
+        As ``asyncio.wrap_future``, but the outcome crosses to the loop through
+        :meth:`call_soon` (shared wake-ups); cancelling the asyncio future cancels
+        ``future``.
+        """
+        target: asyncio.Future[T] = self.loop.create_future()
+
+        def ended(source: concurrent.futures.Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self.call_soon(_copy_outcome, source, target)
+
+        def dropped(target: asyncio.Future[T]) -> None:
+            if target.cancelled():
+                future.cancel()
+
+        target.add_done_callback(dropped)
+        future.add_done_callback(ended)
+        return target
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> None:
         """Call ``callback()`` on the loop after ``delay`` seconds (from any thread).
@@ -69,7 +173,7 @@ class EventLoopThread:
         """
         if not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed between the check and the call
-                self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
+                self.call_soon(self.loop.call_later, delay, callback)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result in the calling thread."""

@@ -4,7 +4,6 @@ acknowledged write, and ``history`` pages (see :mod:`plantangenet.wire.service`)
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -179,7 +178,7 @@ class Answering(ServiceState):
             relay: Command = dataclasses.replace(command, peer=session_id)
         else:
             handle = self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.state_at_least(result.sequence))
+            state = await self.runtime.loop.wrap(handle.state_at_least(result.sequence))
             chem = state.chems.get(getattr(command, "chem_id", ""))
             if chem is None:  # pragma: no cover - it was just stored
                 raise InvalidCommand(f"session {session_id} holds no such chem")
@@ -206,7 +205,7 @@ class Answering(ServiceState):
         asked = await self._one(session_id, command.asked())
         price = next((e.event.price for e in asked.events if isinstance(e.event, ChemQueried)), 0)
         handle = self.runtime.session(session_id)
-        state = await asyncio.wrap_future(handle.state_at_least(asked.sequence))
+        state = await self.runtime.loop.wrap(handle.state_at_least(asked.sequence))
         chem = state.chems.get(command.chem_id)
         if chem is None:  # pragma: no cover - it was just stored
             raise InvalidCommand(f"session {session_id} holds no chem {command.chem_id}")
@@ -279,7 +278,7 @@ class Answering(ServiceState):
                 break
             handle = self.runtime.session(session_id)
             batch = [commands[i] for i in pending]
-            answers = await asyncio.wrap_future(handle.submit_many(batch))
+            answers = await self.runtime.loop.wrap(handle.submit_many(batch))
             retry = []
             for i, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, ConcurrencyError):
@@ -312,7 +311,7 @@ class Answering(ServiceState):
             state = SessionState(session_id)
         else:
             handle = handle or self.runtime.session(session_id)
-            state = await asyncio.wrap_future(handle.state_at_least(last))
+            state = await self.runtime.loop.wrap(handle.state_at_least(last))
         reply = data_reply({"state": plain(state)})
         limit = self._max_payload()
         if len(reply) > limit:
