@@ -11,11 +11,11 @@ import nats.errors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nats.aio.client import Client
 
 from plantangenet import EmbeddedNats
 from plantangenet.log.ack_inbox import AckInbox
 from plantangenet.log.frames import request_frame
+from tests.test_frames import nats_py_frames
 
 visible = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
 #: An HTTP token: what nats-py accepts as a header name.
@@ -38,19 +38,6 @@ def parse_request(frame: bytes) -> tuple[str, str, bytes, bytes]:
     return words[1].decode(), words[2].decode(), rest[:hdr_len], rest[hdr_len:total]
 
 
-def nats_py_frame(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
-    nc = Client()
-    sent: list[bytes] = []
-
-    async def capture(cmd: bytes, priority: bool = False) -> None:
-        sent.append(cmd)
-
-    nc._send_command = capture  # type: ignore[method-assign]
-    nc._flush_queue = None
-    asyncio.run(nc._send_publish(subject, reply, payload, len(payload), headers))
-    return b"".join(sent)
-
-
 @settings(max_examples=80, deadline=None)
 @given(
     subject=visible,
@@ -63,7 +50,7 @@ def test_a_request_frame_carries_what_nats_py_would_send(
 ) -> None:
     ours = request_frame(subject, reply, headers, payload)
     assert ours is not None
-    theirs = nats_py_frame(subject, reply, headers, payload)
+    theirs = nats_py_frames(subject, [headers], [payload], reply=reply)
     assert parse_request(ours) == parse_request(theirs)
 
 

@@ -34,7 +34,9 @@ def parse(frames: bytes) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-def nats_py_frames(subject: str, headers: list[dict[str, str]], payloads: list[bytes]) -> bytes:
+def nats_py_frames(
+    subject: str, headers: list[dict[str, str]], payloads: list[bytes], reply: str = ""
+) -> bytes:
     """What nats-py's own publish path queues for the same messages."""
     nc = Client()
     sent: list[bytes] = []
@@ -47,7 +49,7 @@ def nats_py_frames(subject: str, headers: list[dict[str, str]], payloads: list[b
 
     async def publish_all() -> None:
         for hdr, payload in zip(headers, payloads, strict=True):
-            await nc._send_publish(subject, "", payload, len(payload), hdr)
+            await nc._send_publish(subject, reply, payload, len(payload), hdr)
 
     asyncio.run(publish_all())
     return b"".join(sent)

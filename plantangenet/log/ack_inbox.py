@@ -52,7 +52,7 @@ class AckInbox:
     def __init__(self, nc: Any) -> None:
         self._nc = nc
         self._prefix: str | None = None
-        self._opening: asyncio.Future[None] | None = None
+        self._opening = asyncio.Lock()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._count = 0
 
@@ -72,25 +72,13 @@ class AckInbox:
         return len(self._waiting)
 
     async def _open(self) -> str:
-        """Subscribe to the inbox once (concurrent first callers wait for the one call)."""
-        if self._prefix is not None:
-            return self._prefix
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_future()
-            prefix = f"{self._nc.new_inbox()}."
-            try:
+        """Subscribe to the inbox, once (the first callers wait for the one subscription)."""
+        async with self._opening:
+            if self._prefix is None:
+                prefix = f"{self._nc.new_inbox()}."
                 await self._nc.subscribe(f"{prefix}*", cb=self._arrived)
-            except BaseException as exc:
-                opening, self._opening = self._opening, None
-                opening.set_exception(exc)
-                opening.exception()  # retrieved: the next caller tries again
-                raise
-            self._prefix = prefix
-            self._opening.set_result(None)
-            return prefix
-        await asyncio.shield(self._opening)
-        assert self._prefix is not None
-        return self._prefix
+                self._prefix = prefix
+            return self._prefix
 
     async def _arrived(self, msg: Msg) -> None:
         prefix = self._prefix
