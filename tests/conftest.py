@@ -136,8 +136,13 @@ def owning_services(
             service = SessionService(runtime, partitions=partitions, lease_ttl=2.0, **options)
             services.append(service)
             runtime.run(service.start())
-        share = partitions // count
-        wait_until(lambda: all(s.ownership and len(s.ownership.owned) == share for s in services))
+        least, most = partitions // count, -(-partitions // count)
+
+        def spread() -> bool:
+            owned = [len(s.ownership.owned) if s.ownership else 0 for s in services]
+            return sum(owned) == partitions and all(least <= n <= most for n in owned)
+
+        wait_until(spread)
         yield services
     finally:
         for service in services:

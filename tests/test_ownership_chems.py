@@ -79,6 +79,20 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Two ``serve`` processes."""
+    with deployed(tmp_path_factory, 2) as two:
+        yield two
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Three ``serve`` processes."""
+    with deployed(tmp_path_factory, 3) as processes:
+        yield processes
+
+
+@contextlib.contextmanager
+def deployed(tmp_path_factory: pytest.TempPathFactory, count: int) -> Iterator[Deployment]:
     root: Path = tmp_path_factory.mktemp("ownership-chems")
     conf = root / "nats.conf"
     out = io.StringIO()
@@ -100,7 +114,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         url = f"nats://plantangenet:{PASSWORD}@{server.host}:{server.port}"
         compositors = {"compositors": [SyntheticCompositor()]}
-        with owning_services(url, runtime_options=compositors) as services:
+        partitions = 2 * count  # each process its two
+        with owning_services(
+            url, count=count, partitions=partitions, runtime_options=compositors
+        ) as services:
             yield Deployment(server, services)
     finally:
         server.stop()
@@ -277,3 +294,72 @@ def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
     assert [(e.principal, ev.chem_id, ev.proposed_by) for e, ev in proposed] == [
         (OPERATOR, "k2", harbour)
     ]
+
+
+def test_with_three_processes_a_gone_owners_step_is_written_by_the_successor_alone(
+    three: Deployment,
+) -> None:
+    """Three processes: the acting session's owner A, the peer's owner B (gone: it stops
+    answering passed-on requests, its lease still held), and C, where the peer's partition
+    goes next. The step's second half is written at C -- the one every live process names
+    as B's successor -- and nowhere else, once."""
+    by_id = {s.ownership.member_id: s for s in three.services if s.ownership is not None}
+
+    def successor(of: str, gone: SessionService) -> SessionService:
+        assert gone.ownership is not None
+        named = {
+            s.ownership.successor(of, gone=gone.ownership.member_id)
+            for s in three.services
+            if s is not gone and s.ownership is not None
+        }
+        assert len(named) == 1, named  # the live processes agree
+        (member,) = named
+        assert member is not None
+        return by_id[member]
+
+    harbour, fleet = next(
+        (h, f)
+        for h in HARBOURS
+        for f in FLEETS
+        if three.owner(h) is not three.owner(f)
+        and successor(f, three.owner(f)) not in (three.owner(h), three.owner(f))
+    )
+    acting, gone = three.owner(harbour), three.owner(fleet)
+    taker = successor(fleet, gone)
+    terms: list[dict[str, Any]] = [{"discloser": fleet, "axes": ["wind.*"], "disclosure": "full"}]
+
+    async def set_up() -> None:
+        async with bot(three, "alice") as alice, bot(three, "bob") as bob:
+            await alice.open(harbour)
+            await alice.attach(harbour)
+            await bob.open(fleet)
+            await bob.attach(fleet)
+
+    async def propose() -> None:
+        async with bot(three, "alice") as alice:
+            await alice.propose_chem(harbour, fleet, "k3", terms)
+
+    asyncio.run(set_up())
+    gone.runtime.passivate_session(fleet)  # its owner holds no state of it
+    gone.runtime.run(gone._forward_sub.unsubscribe())  # passed-on requests go unanswered
+    try:
+        asyncio.run(asyncio.wait_for(propose(), 60))
+        # Only the successor ran the peer's actor: neither the acting process nor the gone one.
+        assert taker.runtime.running_session(fleet) is not None
+        assert acting.runtime.running_session(fleet) is None
+        assert gone.runtime.running_session(fleet) is None
+    finally:
+        assert gone.ownership is not None
+        gone._forward_sub = gone.runtime.run(
+            gone._nc.subscribe(
+                forward_subject(gone.ownership.member_id, "*", "*", gone.command_prefix),
+                cb=gone._on_forwarded,
+            )
+        )
+        taker.runtime.passivate_session(fleet)  # back to one writer: the owner
+    log = acting.runtime.history(fleet)
+    proposed = [(e, ev) for e in log if isinstance(ev := e.event, ChemProposed)]
+    assert [(e.principal, ev.chem_id, ev.proposed_by) for e, ev in proposed] == [
+        (OPERATOR, "k3", harbour)
+    ]
+    assert all(s.metrics.conflicts._value.get() == 0 for s in three.services)
