@@ -74,6 +74,21 @@ def test_partitions_spread_evenly_with_one_owner_each(
         assert len(members) == 3
 
 
+def test_a_process_joining_when_every_share_is_full_still_gets_one(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    """8 partitions: four processes hold two each (their full share, ceil(8/5) = 2, once a
+    fifth is live); the fifth must still get its least share (floor(8/5) = 1)."""
+    with services_on(make_runtime, 4) as services:
+        wait_until(lambda: settled(services), timeout=30)
+        fifth = SessionService(make_runtime(), partitions=PARTITIONS, lease_ttl=LEASE)
+        fifth.runtime.run(fifth.start())
+        services.append(fifth)
+        wait_until(lambda: settled(services), timeout=30)
+        counts = sorted(len(s.ownership.owned) for s in services if s.ownership)
+        assert counts == [1, 1, 2, 2, 2]
+
+
 def test_a_joining_service_gets_its_share_and_a_leaving_one_hands_over(
     make_runtime: Callable[[], Plantangenet],
 ) -> None:

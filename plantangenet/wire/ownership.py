@@ -17,9 +17,13 @@ Each process aims at its share, ``ceil(partitions / live members)``: below it, i
 free partitions and partitions whose owner is no longer live (in its own rendezvous
 order, so that processes starting together do not race for the same ones); above it
 (someone joined), it hands the excess back (its ``on_release`` callback drains them
-first). So ownership spreads evenly and moves when processes join or leave: a
-SIGKILLed owner's partitions are taken once its member key is ``lease_ttl`` old, a
-stopped one's at once (:meth:`Ownership.stop` frees them).
+first). While another live process holds less than ``floor(partitions / live members)``
+(it joined when every other one held a full share: 8 partitions, a fifth process), each
+aims at that least share instead, handing back what is above it, and takes nothing
+more. So every process owns between the floor and the ceiling: ownership spreads evenly
+and moves when processes join or leave. A SIGKILLed owner's partitions are taken once
+its member key is ``lease_ttl`` old, a stopped one's at once (:meth:`Ownership.stop`
+frees them).
 
 Nothing here is consensus of our own: every decision is one compare-and-set in
 JetStream. Nor does correctness rest on it: a process that still writes a session it
@@ -30,6 +34,7 @@ concurrency guard. Ownership keeps that from happening in steady state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -291,6 +296,12 @@ class Ownership:
             now = time.monotonic()
             live = [m for m in {*self._members, self.member_id} if self._live(m, now)]
             share = math.ceil(self.partitions / max(len(live), 1))
+            least = self.partitions // max(len(live), 1)
+            held = collections.Counter(seen.value for seen in self._table.values())
+            if any(held[m] < least for m in live if m != self.member_id):
+                # Another live process holds less than its least share (it joined when
+                # every other one held its full share): make room down to the least share.
+                share = least
             owned = sorted(self.owned, key=self._preference)
             if len(owned) > share:
                 for partition in owned[share:]:
