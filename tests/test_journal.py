@@ -605,7 +605,7 @@ def test_a_stream_creation_that_times_out_is_asked_again(
 def test_a_stream_creation_that_never_answers_is_an_error(
     nats_server: EmbeddedNats, journal_config: JournalConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("plantangenet.log.creating.CREATE_TIMEOUT", 0.5)
+    monkeypatch.setattr("plantangenet.creating.CREATE_TIMEOUT", 0.5)
     config = dataclasses.replace(journal_config, stream=f"NEVER_{new_id()[:8]}")
 
     async def scenario() -> int:

@@ -38,7 +38,7 @@ from plantangenet.projections.user import (
     rebuild,
     reset,
 )
-from tests.conftest import AsyncJournal
+from tests.conftest import AsyncJournal, LateCreates
 
 SESSIONS = ("dock", "harbour", "quay")
 AGENTS = {"harbour": ("tide", "gull", "pilot"), "quay": ("tide", "crane"), "dock": ("forklift",)}
@@ -373,6 +373,20 @@ def test_a_corrupt_checkpoint_is_a_clear_error_until_reset(
     assert rebuilt.folded == good.folded
     assert rebuilt.state == good.state == expected(log)
     assert raw_checkpoint(j, bucket, "tally")[0]["positions"] == good.positions
+
+
+def test_a_checkpoint_bucket_creation_that_times_out_is_asked_again(
+    connect: Callable[[], AsyncJournal], bucket: str
+) -> None:
+    """A busy cluster answers the bucket's creation after nats-py gave up (twice; the
+    first carried out anyway): the checkpoint is still loaded, from the one bucket."""
+    j = connect()
+    slow = LateCreates(j.journal.js, "create_key_value", late=2)
+    j.journal.js = slow  # type: ignore[assignment]
+    fresh = j.run(load_checkpoint(j.journal, tally_projection(), bucket=bucket))
+    assert (fresh.events, fresh.revision) == (0, 0)
+    assert slow.creates == 3
+    assert j.run(j.journal.js.key_value(bucket)).__class__.__name__ == "KeyValue"
 
 
 def test_two_rebuilders_one_wins_and_the_other_gets_a_conflict(

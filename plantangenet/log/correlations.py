@@ -37,6 +37,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from plantangenet.creating import created
 from plantangenet.errors import (
     DecodeError,
     JournalError,
@@ -44,7 +45,6 @@ from plantangenet.errors import (
     UnknownEventVersion,
 )
 from plantangenet.events.envelope import Envelope
-from plantangenet.log.creating import created
 from plantangenet.log.journal import ALL_SESSIONS, Journal
 
 #: Suffix of the bucket's name (after the stream's).

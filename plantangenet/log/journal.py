@@ -41,6 +41,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from plantangenet.creating import created
 from plantangenet.errors import (
     ConcurrencyError,
     DuplicateCommand,
@@ -50,7 +51,6 @@ from plantangenet.errors import (
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.log.ack_inbox import AckInbox
-from plantangenet.log.creating import created
 from plantangenet.log.frames import batch_frames, send_frames
 from plantangenet.log.journal_acks import (
     _BATCH_INCOMPLETE,
@@ -172,7 +172,7 @@ class Journal(_Reading):
 
     async def _create_stream(self, config: StreamConfig) -> bool:
         """Create the stream (asked again while it times out: see
-        :mod:`plantangenet.log.creating`); whether it existed with another configuration."""
+        :mod:`plantangenet.creating`); whether it existed with another configuration."""
         name = self.config.stream
         try:
             await created(lambda: self.js.add_stream(config), f"stream {name}")

@@ -83,6 +83,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
+from plantangenet.creating import created
 from plantangenet.errors import JournalError
 from plantangenet.projections.log_view import KeptLog
 from plantangenet.projections.user_model import _NAME, _SESSION_ID, _pack, _unpack
@@ -125,12 +126,15 @@ async def _bucket(
     except nats.errors.Error as exc:
         raise JournalError(f"cannot open KV bucket {bucket!r}: {exc}") from exc
     try:
-        return await js.create_key_value(
-            bucket=bucket,
-            history=1,
-            replicas=journal.config.replicas or 1,
-            description=description,
-            direct=direct,
+        return await created(
+            lambda: js.create_key_value(
+                bucket=bucket,
+                history=1,
+                replicas=journal.config.replicas or 1,
+                description=description,
+                direct=direct,
+            ),
+            f"KV bucket {bucket!r}",
         )
     except nats.js.errors.BadRequestError:  # created by another rebuilder meanwhile
         try:

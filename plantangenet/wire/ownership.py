@@ -49,8 +49,8 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
+from plantangenet.creating import created
 from plantangenet.errors import JournalError
-from plantangenet.log.creating import created
 
 __all__ = [
     "DEFAULT_LEASE_TTL",

@@ -5,6 +5,10 @@ after nats-py's request has given up: the create times out although it may have
 happened. Creating the same thing again is answered as a success (or, if another
 configuration exists, as the usual error), so a create that timed out is simply asked
 again, for up to :data:`CREATE_TIMEOUT` seconds.
+
+It sits beside :mod:`plantangenet.errors`, outside the layers, because the log (the
+stream, the correlation index), the service's ownership and the read models of
+:mod:`plantangenet.projections` (checkpoint buckets) all create things that way.
 """
 
 from __future__ import annotations
