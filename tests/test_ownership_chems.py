@@ -249,17 +249,15 @@ def test_only_chem_steps_are_relayed() -> None:
         decode_relayed(msgpack.packb(attach))
 
 
-def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
-    deployment: Deployment,
-) -> None:
-    """The peer's owner stops answering passed-on requests (as after a SIGKILL, before its
-    lease runs out): the step's second half is written where the peer's partition goes
-    next -- here the only other process -- and recorded once."""
-    pairs = [
-        (h, f) for h in HARBOURS for f in FLEETS if deployment.owner(h) is not deployment.owner(f)
-    ]
-    harbour, fleet = next(p for p in pairs if p[0] != pairs[0][0] and p[1] != pairs[0][1])
-    acting, gone = deployment.owner(harbour), deployment.owner(fleet)
+@contextlib.contextmanager
+def proposed_while_gone(
+    deployment: Deployment, harbour: str, fleet: str, chem_id: str
+) -> Iterator[None]:
+    """Alice (harbour) proposes ``chem_id`` to bob's fleet while the fleet's owner does not
+    answer passed-on requests (as after a SIGKILL, before its lease runs out; it holds no
+    state of the fleet). Inside the block the owner is still quiet; after it, it answers
+    again and the fleet's actor runs nowhere else."""
+    gone = deployment.owner(fleet)
     terms: list[dict[str, Any]] = [{"discloser": fleet, "axes": ["wind.*"], "disclosure": "full"}]
 
     async def set_up() -> None:
@@ -271,14 +269,14 @@ def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
 
     async def propose() -> None:
         async with bot(deployment, "alice") as alice:
-            await alice.propose_chem(harbour, fleet, "k2", terms)
+            await alice.propose_chem(harbour, fleet, chem_id, terms)
 
     asyncio.run(set_up())
-    gone.runtime.passivate_session(fleet)  # its owner holds no state of it
-    gone.runtime.run(gone._forward_sub.unsubscribe())  # passed-on requests go unanswered
-    unowned = acting.unowned
+    gone.runtime.passivate_session(fleet)
+    gone.runtime.run(gone._forward_sub.unsubscribe())
     try:
         asyncio.run(asyncio.wait_for(propose(), 60))
+        yield
     finally:
         assert gone.ownership is not None
         gone._forward_sub = gone.runtime.run(
@@ -287,22 +285,44 @@ def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
                 cb=gone._on_forwarded,
             )
         )
-        acting.runtime.passivate_session(fleet)  # back to one writer: the owner
-    assert acting.unowned > unowned
-    log = acting.runtime.history(fleet)
-    proposed = [(e, ev) for e in log if isinstance(ev := e.event, ChemProposed)]
-    assert [(e.principal, ev.chem_id, ev.proposed_by) for e, ev in proposed] == [
-        (OPERATOR, "k2", harbour)
+        for service in deployment.services:  # back to one writer: the owner
+            if service is not gone:
+                service.runtime.passivate_session(fleet)
+
+
+def proposals(deployment: Deployment, fleet: str) -> list[tuple[str | None, str, str]]:
+    """(principal, chem id, proposer) of every ChemProposed in the fleet's log."""
+    log = deployment.services[0].runtime.history(fleet)
+    return [
+        (e.principal, ev.chem_id, ev.proposed_by)
+        for e in log
+        if isinstance(ev := e.event, ChemProposed)
     ]
+
+
+def test_a_chem_step_whose_peer_owner_is_gone_is_written_by_its_successor(
+    deployment: Deployment,
+) -> None:
+    """The step's second half is written where the peer's partition goes next -- here the
+    only other process, the acting one -- and recorded once."""
+    pairs = [
+        (h, f) for h in HARBOURS for f in FLEETS if deployment.owner(h) is not deployment.owner(f)
+    ]
+    harbour, fleet = next(p for p in pairs if p[0] != pairs[0][0] and p[1] != pairs[0][1])
+    acting = deployment.owner(harbour)
+    unowned = acting.unowned
+    with proposed_while_gone(deployment, harbour, fleet, "k2"):
+        assert acting.runtime.running_session(fleet) is not None
+    assert acting.unowned > unowned
+    assert proposals(deployment, fleet) == [(OPERATOR, "k2", harbour)]
 
 
 def test_with_three_processes_a_gone_owners_step_is_written_by_the_successor_alone(
     three: Deployment,
 ) -> None:
-    """Three processes: the acting session's owner A, the peer's owner B (gone: it stops
-    answering passed-on requests, its lease still held), and C, where the peer's partition
-    goes next. The step's second half is written at C -- the one every live process names
-    as B's successor -- and nowhere else, once."""
+    """Three processes: the acting session's owner A, the peer's owner B (gone), and C,
+    where the peer's partition goes next. The step's second half is written at C -- the
+    one every live process names as B's successor -- and nowhere else, once."""
     by_id = {s.ownership.member_id: s for s in three.services if s.ownership is not None}
 
     def successor(of: str, gone: SessionService) -> SessionService:
@@ -326,40 +346,10 @@ def test_with_three_processes_a_gone_owners_step_is_written_by_the_successor_alo
     )
     acting, gone = three.owner(harbour), three.owner(fleet)
     taker = successor(fleet, gone)
-    terms: list[dict[str, Any]] = [{"discloser": fleet, "axes": ["wind.*"], "disclosure": "full"}]
-
-    async def set_up() -> None:
-        async with bot(three, "alice") as alice, bot(three, "bob") as bob:
-            await alice.open(harbour)
-            await alice.attach(harbour)
-            await bob.open(fleet)
-            await bob.attach(fleet)
-
-    async def propose() -> None:
-        async with bot(three, "alice") as alice:
-            await alice.propose_chem(harbour, fleet, "k3", terms)
-
-    asyncio.run(set_up())
-    gone.runtime.passivate_session(fleet)  # its owner holds no state of it
-    gone.runtime.run(gone._forward_sub.unsubscribe())  # passed-on requests go unanswered
-    try:
-        asyncio.run(asyncio.wait_for(propose(), 60))
+    with proposed_while_gone(three, harbour, fleet, "k3"):
         # Only the successor ran the peer's actor: neither the acting process nor the gone one.
         assert taker.runtime.running_session(fleet) is not None
         assert acting.runtime.running_session(fleet) is None
         assert gone.runtime.running_session(fleet) is None
-    finally:
-        assert gone.ownership is not None
-        gone._forward_sub = gone.runtime.run(
-            gone._nc.subscribe(
-                forward_subject(gone.ownership.member_id, "*", "*", gone.command_prefix),
-                cb=gone._on_forwarded,
-            )
-        )
-        taker.runtime.passivate_session(fleet)  # back to one writer: the owner
-    log = acting.runtime.history(fleet)
-    proposed = [(e, ev) for e in log if isinstance(ev := e.event, ChemProposed)]
-    assert [(e.principal, ev.chem_id, ev.proposed_by) for e, ev in proposed] == [
-        (OPERATOR, "k3", harbour)
-    ]
+    assert proposals(three, fleet) == [(OPERATOR, "k3", harbour)]
     assert all(s.metrics.conflicts._value.get() == 0 for s in three.services)
