@@ -169,6 +169,35 @@ def test_a_bot_cannot_publish_onto_the_passing_on_subject(deployment: Deployment
     assert deployment.runtime.sessions().get(target, 0) == before  # nothing stored
 
 
+def test_a_bot_cannot_join_the_ownership_or_claim_a_partition(deployment: Deployment) -> None:
+    """Mallory writes the lease buckets' keys as a KV put would: a member of her own (a
+    live process holding nothing would make the others hand partitions back) and a claim
+    on every partition. The buckets are the service account's: nothing changes."""
+    ownership = deployment.services[0].ownership
+    assert ownership is not None
+    owned = [set(s.ownership.owned) for s in deployment.services if s.ownership]
+    members = ownership.live_members()
+
+    async def scenario() -> None:
+        nc = await nats.connect(deployment.url("mallory", "mallory-pw"), allow_reconnect=False)
+        try:
+            for _ in range(3):
+                await nc.publish(f"$KV.{ownership.members_bucket}.m.mallory-member", b"")
+                for partition in range(PARTITIONS):
+                    await nc.publish(
+                        f"$KV.{ownership.partitions_bucket}.p.{partition}", b"mallory-member"
+                    )
+                await nc.flush()
+                await asyncio.sleep(ownership.lease_ttl / 2)  # the services tick meanwhile
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    asyncio.run(scenario())
+    assert ownership.live_members() == members
+    assert [set(s.ownership.owned) for s in deployment.services if s.ownership] == owned
+
+
 def test_a_forged_principal_header_is_ignored_wherever_the_request_lands(
     deployment: Deployment,
 ) -> None:
