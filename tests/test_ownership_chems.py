@@ -346,7 +346,10 @@ def test_with_three_processes_a_gone_owners_step_is_written_by_the_successor_alo
     )
     acting, gone = three.owner(harbour), three.owner(fleet)
     taker = successor(fleet, gone)
+    unowned = taker.unowned
     with proposed_while_gone(three, harbour, fleet, "k3"):
+        # It served the step: it did not ask the gone owner (whose lease it still sees) again.
+        assert taker.unowned == unowned
         # Only the successor ran the peer's actor: neither the acting process nor the gone one.
         assert taker.runtime.running_session(fleet) is not None
         assert acting.runtime.running_session(fleet) is None

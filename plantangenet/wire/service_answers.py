@@ -133,11 +133,13 @@ class Answering(ServiceState):
             self.unowned += 1
             self.metrics.unowned.inc()
             owner = ownership.successor(peer)
-        for _ in range(2):  # the owner, then (if it is gone) its successor
+        for hops in (1, 2):  # the owner, then (if it is gone) its successor
             if ownership is None or owner is None or owner == ownership.member_id:
                 break
             subject = forward_subject(owner, peer, RELAYED, self.command_prefix)
-            headers = {PRINCIPAL_HEADER: OPERATOR, HOPS_HEADER: "1"}
+            # The successor gets the step as a second hop: it serves it, rather than ask
+            # the gone owner (whose lease it still sees) again.
+            headers = {PRINCIPAL_HEADER: OPERATOR, HOPS_HEADER: str(hops)}
             try:
                 answer = await self._nc.request(
                     subject, encode_relayed(command), timeout=self.relay_timeout, headers=headers
