@@ -621,3 +621,43 @@ def test_a_stream_creation_that_never_answers_is_an_error(
             await nc.close()
 
     assert asyncio.run(scenario()) > 2  # asked again until the deadline
+
+
+class LateReaders:
+    """A JetStream context whose first ``late`` reader creations (``subscribe``) time out
+    before anything is made: a stream leader just elected, not answering yet."""
+
+    def __init__(self, js: Any, late: int) -> None:
+        self._js, self.late, self.creates = js, late, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        self.creates += 1
+        if self.creates <= self.late:
+            raise nats.errors.TimeoutError
+        return await self._js.subscribe(*args, **kwargs)
+
+
+def test_a_reader_whose_creation_times_out_is_made_again(journal: AsyncJournal) -> None:
+    """The reader's creation is answered late: the read asks again and returns every event
+    once; one that is never answered is a clear error after a few attempts."""
+    j = journal.journal
+    batch = [env(AgentAttached(f"a{i}", "bot", ""), "late-read") for i in range(5)]
+    journal.run(j.append("late", [env(SessionStarted("late", {}), "c0")], expected_sequence=0))
+    journal.run(j.append("late", batch, expected_sequence=1))
+    real = j.js
+    slow = LateReaders(real, late=1)
+    j.js = slow  # type: ignore[assignment]
+    try:
+        stored = read(journal, "late")
+        assert [e.revision for e in stored] == [1, 2, 3, 4, 5, 6]
+        assert slow.creates == 2
+        never = LateReaders(real, late=10_000)
+        j.js = never  # type: ignore[assignment]
+        with pytest.raises(JournalError, match="no answer to the reader's creation"):
+            read(journal, "late")
+        assert never.creates == 4  # the first attempt and three more
+    finally:
+        j.js = real

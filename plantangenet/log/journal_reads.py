@@ -313,6 +313,14 @@ class _Reading(_Seeking):
             )
         except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+        except nats.errors.TimeoutError as exc:
+            # A stream leader just elected may take a while to answer its first requests:
+            # asked again, as when there is none. (A consumer made anyway is named by this
+            # attempt alone and goes after READER_INACTIVE_THRESHOLD.)
+            raise _Unavailable(
+                f"cannot read {session_id}: no answer to the reader's creation within "
+                f"{self.config.api_timeout:g} s"
+            ) from exc
         except nats.js.errors.APIError as exc:
             if exc.err_code == _MAX_CONSUMERS:
                 raise TooManyReaders(
