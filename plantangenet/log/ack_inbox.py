@@ -28,12 +28,11 @@ import asyncio
 from typing import Any
 
 import nats.errors
+from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.msg import Msg
+from nats.js.api import Header
 
 from plantangenet.log.frames import request_frame, send_frames
-
-#: The status header nats-server sets on a request nobody answers.
-_NO_RESPONDERS = "503"
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
@@ -109,6 +108,7 @@ class AckInbox:
         finally:
             timer.cancel()
             del self._waiting[token]
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+        # What nats-py's request checks: the server's status for a request nobody took.
+        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             raise nats.errors.NoRespondersError()
         return msg
