@@ -624,7 +624,7 @@ def test_a_stream_creation_that_never_answers_is_an_error(
 
 
 class LateReaders:
-    """A JetStream context whose first ``late`` reader creations (``subscribe``) time out
+    """A JetStream context whose first ``late`` reader creations (``add_consumer``) time out
     before anything is made: a stream leader just elected, not answering yet."""
 
     def __init__(self, js: Any, late: int) -> None:
@@ -633,11 +633,11 @@ class LateReaders:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._js, name)
 
-    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+    async def add_consumer(self, *args: Any, **kwargs: Any) -> Any:
         self.creates += 1
         if self.creates <= self.late:
             raise nats.errors.TimeoutError
-        return await self._js.subscribe(*args, **kwargs)
+        return await self._js.add_consumer(*args, **kwargs)
 
 
 def test_a_reader_whose_creation_times_out_is_made_again(journal: AsyncJournal) -> None:

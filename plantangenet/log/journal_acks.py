@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from plantangenet.errors import (
     ConcurrencyError,
     DuplicateCommand,
@@ -28,6 +26,7 @@ from plantangenet.errors import (
     StorageExhausted,
 )
 from plantangenet.events.envelope import OPERATOR, Envelope
+from plantangenet.log.deliveries import header_value
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 
@@ -244,25 +243,38 @@ def _parse_ack(
 class _Inbox:
     """Where one reader's consumer delivers: a queue its generator takes from in order.
 
-    nats-py's subscription task hands each message to :meth:`arrived`, which only
-    queues it (and wakes the reader if it waits). The reader waits only when the
-    queue is empty, with one timer per wait, so a fast log costs no wait at all.
+    The reader's direct subscription (:mod:`plantangenet.log.deliveries`) hands each
+    message to :meth:`arrived`, on the loop's thread, straight from nats-py's parser. A
+    stored event is queued as ``(reply subject, payload)``; a flow-control request, or
+    a heartbeat saying flow control stalled, queues the subject it wants an empty
+    answer on (:attr:`answers`, sent by the reader); either wakes the reader if it
+    waits. The reader waits only when both queues are empty, with one timer per wait,
+    so a fast log costs no wait at all.
     """
 
-    __slots__ = ("messages", "waiter")
+    __slots__ = ("answers", "messages", "waiter")
 
     def __init__(self) -> None:
-        self.messages: collections.deque[Msg] = collections.deque()
+        self.messages: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.answers: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
 
-    async def arrived(self, msg: Msg) -> None:
-        self.messages.append(msg)
+    def arrived(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if reply[:8] == b"$JS.ACK.":
+            self.messages.append((reply, data))
+        elif headers is not None and headers[:12] == b"NATS/1.0 100":
+            target = reply or header_value(headers, b"Nats-Consumer-Stalled")
+            if not target:
+                return  # a plain idle heartbeat
+            self.answers.append(target)
+        else:
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a message; whether one came."""
+        """Wait up to ``timeout`` seconds for a message or an answer to send; whether one came."""
         self.waiter = waiter = loop.create_future()
         timer = loop.call_later(timeout, _wake, waiter)
         try:
@@ -270,7 +282,7 @@ class _Inbox:
         finally:
             timer.cancel()
             self.waiter = None
-        return bool(self.messages)
+        return bool(self.messages or self.answers)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -279,11 +291,11 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _sequences(reply: str) -> tuple[int, int]:
+def _sequences(reply: bytes) -> tuple[int, int]:
     """``(stream sequence, consumer sequence)`` from a JetStream message's reply subject."""
     # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
     # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>...
-    tokens = reply.split(".")
+    tokens = reply.split(b".")
     offset = 5 if len(tokens) == 9 else 7
     try:
         return int(tokens[offset]), int(tokens[offset + 1])

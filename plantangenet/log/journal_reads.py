@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -33,6 +32,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.envelope import Envelope, new_id
 from plantangenet.events.trust import MessageQuarantined
+from plantangenet.log.deliveries import DirectSubscription, Handler, subscribe_direct
 from plantangenet.log.journal_acks import (
     _MAX_CONSUMERS,
     HistoryPage,
@@ -244,18 +244,24 @@ class _Reading(_Seeking):
             self.consumers_in_use += 1
             try:
                 while True:
-                    if not inbox.messages and not await inbox.wait(loop, idle_timeout):
-                        break  # stalled, or a quiet tail: start a fresh consumer
-                    msg = inbox.messages.popleft()
-                    sequence, delivered = _sequences(msg.reply)
+                    if inbox.answers:  # flow control wants an (empty) answer
+                        answers, inbox.answers = inbox.answers, []
+                        for target in answers:
+                            await self.nc.publish(target.decode(), b"")
+                    if not inbox.messages:
+                        if not await inbox.wait(loop, idle_timeout):
+                            break  # stalled, or a quiet tail: start a fresh consumer
+                        continue
+                    reply, data = inbox.messages.popleft()
+                    sequence, delivered = _sequences(reply)
                     if delivered != expected:
                         break  # a message was lost in transit: start again after the last
                     if delivered % ack_every == 0:
-                        await self.nc.publish(msg.reply, b"")
+                        await self.nc.publish(reply.decode(), b"")
                     expected += 1
                     next_sequence = sequence + 1
                     stalls = 0
-                    yield sequence, msg.data
+                    yield sequence, data
                     if stop_at is not None and sequence >= stop_at:
                         return
             finally:
@@ -277,12 +283,20 @@ class _Reading(_Seeking):
         subject: str,
         start: int,
         name: str,
-        arrived: Callable[[Msg], Awaitable[None]],
-    ) -> Any:
+        arrived: Handler,
+    ) -> DirectSubscription:
+        """A push consumer named ``name`` delivering ``subject`` from ``start`` to ``arrived``.
+
+        The delivery subscription is direct (:mod:`plantangenet.log.deliveries`): each
+        message goes from nats-py's parser to ``arrived``, with no ``Msg`` and no queue.
+        """
+        deliver = self.nc.new_inbox()
         config = ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
+            filter_subject=subject,
+            deliver_subject=deliver,
             # Acks are only backpressure: acking every quarter window (AckAll) keeps at
             # most `read_window` events in flight, so memory does not grow with the replay.
             ack_policy=AckPolicy.ALL,
@@ -297,46 +311,46 @@ class _Reading(_Seeking):
             inactive_threshold=READER_INACTIVE_THRESHOLD,
         )
         reconnects = self.nc.stats.get("reconnects", 0)
+        sub: DirectSubscription | None = None
         try:
-            # (nats-py overwrites these two from its own arguments: pass them twice.)
-            return await self.js.subscribe(
-                subject,
-                stream=self.config.stream,
-                config=config,
-                cb=arrived,
-                manual_ack=True,
-                flow_control=True,
-                idle_heartbeat=5.0,
-                # The ack window bounds what is in flight; these only must not be lower.
-                pending_msgs_limit=max(4 * self.config.read_window, 65_536),
-                pending_bytes_limit=256 * 1024 * 1024,
-            )
-        except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
-            raise _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
-        except nats.errors.TimeoutError as exc:
+            sub = await subscribe_direct(self.nc, deliver, arrived)
+            await self.js.add_consumer(self.config.stream, config=config)
+        except BaseException as exc:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if isinstance(exc, nats.errors.Error):
+                raise self._reader_error(session_id, exc, reconnects) from exc
+            raise
+        return sub
+
+    def _reader_error(self, session_id: str, exc: nats.errors.Error, reconnects: int) -> Exception:
+        """What a failed reader creation means: retry later (``_Unavailable``), or a typed error."""
+        if isinstance(exc, nats.errors.NoRespondersError | nats.errors.ConnectionClosedError):
+            return _Unavailable(f"cannot read {session_id}: {exc or type(exc).__name__}")
+        if isinstance(exc, nats.errors.TimeoutError):
             # A stream leader just elected may take a while to answer its first requests:
             # asked again, as when there is none. (A consumer made anyway is named by this
             # attempt alone and goes after READER_INACTIVE_THRESHOLD.)
-            raise _Unavailable(
+            return _Unavailable(
                 f"cannot read {session_id}: no answer to the reader's creation within "
                 f"{self.config.api_timeout:g} s"
-            ) from exc
-        except nats.js.errors.APIError as exc:
+            )
+        if isinstance(exc, nats.js.errors.APIError):
             if exc.err_code == _MAX_CONSUMERS:
-                raise TooManyReaders(
+                return TooManyReaders(
                     f"cannot read {session_id}: stream {self.config.stream} holds as many "
                     f"readers (consumers) as it may ({exc.description}, err_code "
                     f"{exc.err_code}); retry when reads finish"
-                ) from exc
-            raise JournalError(f"cannot read {session_id}: {exc}") from exc
-        except nats.errors.Error as exc:
-            if not self.nc.is_connected:
-                raise _Unavailable(f"cannot read {session_id}: disconnected") from exc
-            if self.nc.stats.get("reconnects", 0) != reconnects:
-                # The connection was lost and regained meanwhile (a server restart): the
-                # request went down with the old connection. Not a permission problem.
-                raise _Unavailable(f"cannot read {session_id}: reconnected meanwhile") from exc
-            raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
+                )
+            return JournalError(f"cannot read {session_id}: {exc}")
+        if not self.nc.is_connected:
+            return _Unavailable(f"cannot read {session_id}: disconnected")
+        if self.nc.stats.get("reconnects", 0) != reconnects:
+            # The connection was lost and regained meanwhile (a server restart): the
+            # request went down with the old connection. Not a permission problem.
+            return _Unavailable(f"cannot read {session_id}: reconnected meanwhile")
+        return JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}")
 
     async def _delete_consumer(self, name: str) -> None:
         """Delete a finished reader's consumer: best effort, fire and forget.

@@ -1,0 +1,145 @@
+"""Direct subscriptions: messages from nats-py's parser to a function, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from plantangenet import EmbeddedNats
+from plantangenet.log.deliveries import header_value, subscribe_direct
+from plantangenet.log.journal_acks import _Inbox, _sequences
+
+Seen = list[tuple[bytes, bytes, bytes | None]]
+
+
+def connected(url: str, scenario: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        nc = await nats.connect(url)
+        try:
+            return await scenario(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["direct", "fallback"])
+def test_messages_arrive_in_order_with_reply_data_and_headers(
+    nats_server: EmbeddedNats, fallback: bool
+) -> None:
+    """Both paths hand over the same (reply, data, headers) for plain and header messages."""
+
+    async def scenario(nc: Any) -> tuple[Seen, bool, int]:
+        seen: Seen = []
+        sub = await subscribe_direct(
+            nc, "direct.t", lambda r, d, h: seen.append((r, d, h)), fallback=fallback
+        )
+        before = nc.stats["in_msgs"]
+        for i in range(200):
+            await nc.publish("direct.t", b"%d" % i, reply=f"r.{i}")
+        await nc.publish("direct.t", b"h", headers={"Nats-Msg-Id": "m-1", "X-Two": "2"})
+        await until(lambda: len(seen) == 201)
+        counted = nc.stats["in_msgs"] - before
+        await sub.unsubscribe()
+        await nc.publish("direct.t", b"after")
+        await nc.flush()
+        await asyncio.sleep(0.1)
+        return seen, sub.direct, counted
+
+    seen, direct, counted = connected(nats_server.url, scenario)
+    assert direct is not fallback
+    assert counted == 201  # the connection's statistics count them either way
+    assert [(r, d, h) for r, d, h in seen[:200]] == [
+        (f"r.{i}".encode(), b"%d" % i, None) for i in range(200)
+    ]
+    reply, data, headers = seen[200]
+    assert (reply, data) == (b"", b"h")
+    assert headers is not None and headers.startswith(b"NATS/1.0\r\n")
+    assert header_value(headers, b"Nats-Msg-Id") == b"m-1"
+    assert header_value(headers, b"X-Two") == b"2"
+    assert header_value(headers, b"Missing") is None
+    assert len(seen) == 201  # nothing after unsubscribing
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["direct", "fallback"])
+def test_status_messages_keep_their_status_line(nats_server: EmbeddedNats, fallback: bool) -> None:
+    """A push consumer's idle heartbeats reach the handler as ``NATS/1.0 100`` blocks."""
+
+    async def scenario(nc: Any) -> Seen:
+        js = nc.jetstream()
+        await js.add_stream(name=f"DIRECT{int(fallback)}", subjects=[f"direct{int(fallback)}.>"])
+        seen: Seen = []
+        inbox = nc.new_inbox()
+        sub = await subscribe_direct(
+            nc, inbox, lambda r, d, h: seen.append((r, d, h)), fallback=fallback
+        )
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            idle_heartbeat=0.1,
+            deliver_subject=inbox,
+            filter_subject=f"direct{int(fallback)}.x",
+        )
+        await js.add_consumer(f"DIRECT{int(fallback)}", config=config)
+        await until(lambda: len(seen) >= 2)
+        await sub.unsubscribe()
+        return seen
+
+    seen = connected(nats_server.url, scenario)
+    for reply, data, headers in seen[:2]:
+        assert (reply, data) == (b"", b"")
+        assert headers is not None and headers.startswith(b"NATS/1.0 100 Idle Heartbeat")
+        assert header_value(headers, b"Nats-Last-Consumer") == b"0"
+
+
+def test_a_failing_handler_is_logged_and_the_next_messages_still_arrive(
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(nc: Any) -> list[bytes]:
+        seen: list[bytes] = []
+
+        def handler(reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if data == b"bad":
+                raise ValueError("bad message")
+            seen.append(data)
+
+        sub = await subscribe_direct(nc, "direct.f", handler)
+        for data in (b"1", b"bad", b"2"):
+            await nc.publish("direct.f", data)
+        await until(lambda: len(seen) == 2)
+        # Other subscriptions of the connection are nats-py's as before.
+        answer = await nc.request("$JS.API.INFO", b"", timeout=5)
+        assert b"memory" in answer.data
+        await sub.unsubscribe()
+        return seen
+
+    with caplog.at_level(logging.ERROR, logger="plantangenet.log.deliveries"):
+        assert connected(nats_server.url, scenario) == [b"1", b"2"]
+    assert any("bad message" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_a_reader_inbox_queues_events_and_the_answers_flow_control_wants() -> None:
+    """What the journal's reader does with each kind of message its consumer sends."""
+    inbox = _Inbox()
+    inbox.arrived(b"$JS.ACK.S.c.1.7.1.0.0", b"event", b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n")
+    inbox.arrived(b"$JS.FC.S.c.1", b"", b"NATS/1.0 100 FlowControl Request\r\n\r\n")
+    stalled = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Consumer-Stalled: $JS.FC.S.c.2\r\n\r\n"
+    inbox.arrived(b"", b"", stalled)
+    inbox.arrived(b"", b"", b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 1\r\n\r\n")
+    inbox.arrived(b"elsewhere", b"not a delivery", None)
+    assert list(inbox.messages) == [(b"$JS.ACK.S.c.1.7.1.0.0", b"event")]
+    assert inbox.answers == [b"$JS.FC.S.c.1", b"$JS.FC.S.c.2"]
+    assert _sequences(b"$JS.ACK.S.c.1.7.1.0.0") == (7, 1)
