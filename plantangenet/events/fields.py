@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from plantangenet.errors import DecodeError, EncodeError
+from plantangenet.events.slots import slot_builder
 
 #: ``convert(value, path) -> value``; ``path`` names the field for errors.
 Converter = Callable[[Any, str], Any]
@@ -304,7 +305,7 @@ def compile_fields_decoder(
     is wrong. Every value still gets the full check; only the bookkeeping is
     generated once per event type instead of looped over per event.
     """
-    namespace: dict[str, Any] = {"isfinite": math.isfinite, "cls": cls}
+    namespace: dict[str, Any] = {"isfinite": math.isfinite, "cls": slot_builder(cls)}
     lines = ["def decode_fields(data):", f"    if len(data) != {len(names)}:"]
     lines += ["        return None", "    try:"]
     for i, name in enumerate(names):
