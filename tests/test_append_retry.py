@@ -10,7 +10,6 @@ one that never reaches it, and "no responders".
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +71,7 @@ def faulty(
         if fault == "no-responders":
             raise nats.errors.NoRespondersError
         if fault == "incomplete":  # a batch message went missing on its way
-            return types.SimpleNamespace(data=INCOMPLETE)
+            return INCOMPLETE
         return await send(*args)
 
     journal._send_append = attempt  # type: ignore[method-assign,assignment]

@@ -45,7 +45,7 @@ def test_messages_arrive_in_order_with_reply_data_and_headers(
     async def scenario(nc: Any) -> tuple[Seen, bool, int]:
         seen: Seen = []
         sub = await subscribe_direct(
-            nc, "direct.t", lambda r, d, h: seen.append((r, d, h)), fallback=fallback
+            nc, "direct.t", lambda s, r, d, h: seen.append((r, d, h)), fallback=fallback
         )
         before = nc.stats["in_msgs"]
         for i in range(200):
@@ -84,7 +84,7 @@ def test_status_messages_keep_their_status_line(nats_server: EmbeddedNats, fallb
         seen: Seen = []
         inbox = nc.new_inbox()
         sub = await subscribe_direct(
-            nc, inbox, lambda r, d, h: seen.append((r, d, h)), fallback=fallback
+            nc, inbox, lambda s, r, d, h: seen.append((r, d, h)), fallback=fallback
         )
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL,
@@ -111,7 +111,8 @@ def test_a_failing_handler_is_logged_and_the_next_messages_still_arrive(
     async def scenario(nc: Any) -> list[bytes]:
         seen: list[bytes] = []
 
-        def handler(reply: bytes, data: bytes, headers: bytes | None) -> None:
+        def handler(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            assert subject == b"direct.f"
             if data == b"bad":
                 raise ValueError("bad message")
             seen.append(data)
@@ -134,12 +135,12 @@ def test_a_failing_handler_is_logged_and_the_next_messages_still_arrive(
 def test_a_reader_inbox_queues_events_and_the_answers_flow_control_wants() -> None:
     """What the journal's reader does with each kind of message its consumer sends."""
     inbox = _Inbox()
-    inbox.arrived(b"$JS.ACK.S.c.1.7.1.0.0", b"event", b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n")
-    inbox.arrived(b"$JS.FC.S.c.1", b"", b"NATS/1.0 100 FlowControl Request\r\n\r\n")
+    inbox.arrived(b"i", b"$JS.ACK.S.c.1.7.1.0.0", b"event", b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n")
+    inbox.arrived(b"i", b"$JS.FC.S.c.1", b"", b"NATS/1.0 100 FlowControl Request\r\n\r\n")
     stalled = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Consumer-Stalled: $JS.FC.S.c.2\r\n\r\n"
-    inbox.arrived(b"", b"", stalled)
-    inbox.arrived(b"", b"", b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 1\r\n\r\n")
-    inbox.arrived(b"elsewhere", b"not a delivery", None)
+    inbox.arrived(b"i", b"", b"", stalled)
+    inbox.arrived(b"i", b"", b"", b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 1\r\n\r\n")
+    inbox.arrived(b"i", b"elsewhere", b"not a delivery", None)
     assert list(inbox.messages) == [(b"$JS.ACK.S.c.1.7.1.0.0", b"event")]
     assert inbox.answers == [b"$JS.FC.S.c.1", b"$JS.FC.S.c.2"]
     assert _sequences(b"$JS.ACK.S.c.1.7.1.0.0") == (7, 1)

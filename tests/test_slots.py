@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -25,7 +26,8 @@ def test_the_envelope_and_every_registered_event_get_a_builder() -> None:
 
 
 def test_a_built_envelope_equals_hashes_and_stays_frozen_like_one_made_by_the_class() -> None:
-    values = (AgentAttached("a", "bot", ""), "s", "e", "c", "r", EPOCH, "a", 5, b"p", None, b"d")
+    event = AgentAttached("a", "bot", "")
+    values: tuple[Any, ...] = (event, "s", "e", "c", "r", EPOCH, "a", 5, b"p", None, b"d")
     values += ("u@A", b"f", 3)
     made, built = Envelope(*values), slot_builder(Envelope)(*values)
     assert type(built) is Envelope

@@ -4,12 +4,15 @@ An append's last message is a request: JetStream answers it with the
 acknowledgement. nats-py's ``request`` does per call what a busy journal does a
 thousand times a second: two random bytes from the OS for the token (a system call,
 during which the event loop's thread gives up the GIL to whichever session thread
-wants it), a ``wait_for`` with its own future and task machinery, and header
-validation key by key. :class:`AckInbox` asks the same question more cheaply: one
-subscription to ``<inbox>.*`` for the connection's life, a counter for tokens, one
+wants it), a ``wait_for`` with its own future and task machinery, header validation
+key by key, and for the answer a header dict, a ``Msg``, a queue and a task.
+:class:`AckInbox` asks the same question more cheaply: one direct subscription to
+``<inbox>.*`` for the connection's life (answers go from nats-py's parser to the
+waiting append, see :mod:`plantangenet.log.deliveries`), a counter for tokens, one
 timer per append, and the message's frame built in one pass
 (:func:`~plantangenet.log.frames.request_frame`, falling back to nats-py's
-``publish`` for anything that is not plain ASCII).
+``publish`` for anything that is not plain ASCII). An answer is its payload: all
+the journal reads of an acknowledgement.
 
 It raises what ``Client.request`` raises for the cases the journal handles:
 :class:`nats.errors.TimeoutError` when no answer comes in time and
@@ -29,13 +32,15 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import NO_RESPONDERS_STATUS
-from nats.aio.msg import Msg
-from nats.js.api import Header
 
+from plantangenet.log.deliveries import subscribe_direct
 from plantangenet.log.frames import request_frame, send_frames
 
+#: The status line of the server's answer to a request nobody took.
+_NO_RESPONDERS = f"NATS/1.0 {NO_RESPONDERS_STATUS}".encode()
 
-def _expire(future: asyncio.Future[Msg]) -> None:
+
+def _expire(future: asyncio.Future[bytes]) -> None:
     if not future.done():
         future.set_exception(nats.errors.TimeoutError())
 
@@ -46,13 +51,14 @@ class AckInbox:
     Use it on the connection's event loop only.
     """
 
-    __slots__ = ("_count", "_nc", "_opening", "_prefix", "_waiting")
+    __slots__ = ("_count", "_nc", "_opening", "_prefix", "_token_at", "_waiting")
 
     def __init__(self, nc: Any) -> None:
         self._nc = nc
         self._prefix: str | None = None
+        self._token_at = 0
         self._opening = asyncio.Lock()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self._count = 0
 
     @property
@@ -75,28 +81,31 @@ class AckInbox:
         async with self._opening:
             if self._prefix is None:
                 prefix = f"{self._nc.new_inbox()}."
-                await self._nc.subscribe(f"{prefix}*", cb=self._arrived)
+                self._token_at = len(prefix)
+                await subscribe_direct(self._nc, f"{prefix}*", self._arrived)
                 self._prefix = prefix
             return self._prefix
 
-    async def _arrived(self, msg: Msg) -> None:
-        prefix = self._prefix
-        if prefix is None:
+    def _arrived(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        future = self._waiting.get(subject[self._token_at :])
+        if future is None or future.done():
             return
-        future = self._waiting.get(msg.subject[len(prefix) :])
-        if future is not None and not future.done():
-            future.set_result(msg)
+        # What nats-py's request checks: the server's status for a request nobody took.
+        if headers is not None and headers[: len(_NO_RESPONDERS)] == _NO_RESPONDERS:
+            future.set_exception(nats.errors.NoRespondersError())
+        else:
+            future.set_result(data)
 
     async def request(
         self, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
-    ) -> Msg:
-        """Publish ``payload`` on ``subject`` and return the answer (see the module docstring)."""
+    ) -> bytes:
+        """Publish ``payload`` on ``subject``; the answer's payload (see the module docstring)."""
         prefix = self._prefix if self._prefix is not None else await self._open()
         self._count += 1
-        token = str(self._count)
-        reply = prefix + token
+        token = b"%d" % self._count
+        reply = f"{prefix}{self._count}"
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(timeout, _expire, future)
         try:
@@ -104,11 +113,7 @@ class AckInbox:
             frame = request_frame(subject, reply, headers, payload)
             if frame is None or not await send_frames(nc, frame, (payload,), flush=True):
                 await nc.publish(subject, payload, reply=reply, headers=headers)
-            msg = await future
+            return await future
         finally:
             timer.cancel()
             del self._waiting[token]
-        # What nats-py's request checks: the server's status for a request nobody took.
-        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
-            raise nats.errors.NoRespondersError()
-        return msg

@@ -7,8 +7,8 @@ event loop's thread than everything else the transport does: a push consumer rea
 way delivered 2.2-2.5 times as many messages a second as the same read through a
 callback (``docs/benchmarks.md``, issue 15). A *direct* subscription skips it: each
 message goes, in the order it arrived and on the loop's thread, to a plain function
-``handler(reply, data, headers)`` (bytes; ``headers`` the raw header block, status line
-included, or ``None``). The handler must be quick and must not block; what it raises is
+``handler(subject, reply, data, headers)`` (bytes; ``headers`` the raw header block,
+status line included, or ``None``). The handler must be quick and must not block; what it raises is
 logged, and the next message is handed over as usual.
 
 How: the connection's ``_process_msg`` (what nats-py's parser calls with each message,
@@ -33,9 +33,9 @@ __all__ = ["DirectSubscription", "Handler", "header_value", "subscribe_direct"]
 
 log = logging.getLogger("plantangenet.log.deliveries")
 
-#: ``handler(reply, data, headers)``: a message's reply subject (``b""`` if none), its
-#: payload, and its raw header block (``None`` if it has none).
-Handler = Callable[[bytes, bytes, bytes | None], None]
+#: ``handler(subject, reply, data, headers)``: a message's subject, its reply subject
+#: (``b""`` if none), its payload, and its raw header block (``None`` if it has none).
+Handler = Callable[[bytes, bytes, bytes, bytes | None], None]
 
 _PARAMETERS = ["sid", "subject", "reply", "data", "headers"]
 _STATUS = "Status"
@@ -63,7 +63,7 @@ class _Dispatch:
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         try:
-            handler(reply, data, headers)
+            handler(subject, reply, data, headers)
         except Exception:
             log.exception("handler of direct subscription %d failed", sid)
 
@@ -122,7 +122,7 @@ async def subscribe_direct(
 
 def _callback(handler: Handler) -> Callable[[Msg], Awaitable[None]]:
     async def arrived(msg: Msg) -> None:
-        handler(msg.reply.encode(), msg.data, _header_block(msg.headers))
+        handler(msg.subject.encode(), msg.reply.encode(), msg.data, _header_block(msg.headers))
 
     return arrived
 

@@ -410,7 +410,7 @@ class Journal(_Reading):
                 continue
             except nats.errors.Error as exc:
                 raise JournalError(f"append to {session_id} failed: {exc}") from exc
-            if b"error" in reply.data and _error_code(reply.data) == _BATCH_INCOMPLETE:
+            if b"error" in reply and _error_code(reply) == _BATCH_INCOMPLETE:
                 # Some of the batch's messages never reached the leader (a leader change,
                 # a store that stopped answering): send the whole batch again.
                 if loop.time() >= probe_at:
@@ -422,9 +422,9 @@ class Journal(_Reading):
                     pause = min(pause * 2, _RETRY_PAUSE_MAX)
                     continue
             if attempts == 1:
-                return int(_parse_ack(reply.data, expected_sequence, session_id)["seq"])
+                return int(_parse_ack(reply, expected_sequence, session_id)["seq"])
             try:
-                ack = _parse_ack(reply.data, expected_sequence, session_id, retried=True)
+                ack = _parse_ack(reply, expected_sequence, session_id, retried=True)
             except (ConcurrencyError, DuplicateCommand) as refused:
                 stored = await self._stored_as(subject, msg_ids, expected_sequence, deadline)
                 if stored is None:
@@ -488,8 +488,8 @@ class Journal(_Reading):
         payloads: Sequence[bytes],
         commit: dict[str, str],
         timeout: float,
-    ) -> Any:
-        """Publish an append (an atomic batch if several) and wait for its acknowledgement."""
+    ) -> bytes:
+        """Publish an append (an atomic batch if several); its acknowledgement's payload."""
         last = len(payloads) - 1
         headers = dict(commit)
         if last > 0:

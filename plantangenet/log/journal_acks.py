@@ -259,7 +259,7 @@ class _Inbox:
         self.answers: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
 
-    def arrived(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+    def arrived(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if reply[:8] == b"$JS.ACK.":
             self.messages.append((reply, data))
         elif headers is not None and headers[:12] == b"NATS/1.0 100":
