@@ -1,7 +1,7 @@
 """Events: immutable facts, their envelope, registry, upcasters and codec.
 
 Holds the events, the envelope, the field conversions, the policy and disclosure values events
-carry (``policy_values``) and the msgpack codec.
+carry (``policy_values``), the msgpack codec and the ``slots`` builders it decodes with.
 May import errors only.
 """
 
