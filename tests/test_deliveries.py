@@ -14,6 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from plantangenet import EmbeddedNats
 from plantangenet.log.deliveries import header_value, subscribe_direct
 from plantangenet.log.journal_acks import _Inbox, _sequences
+from tests.conftest import AsyncJournal
 
 Seen = list[tuple[bytes, bytes, bytes | None]]
 
@@ -144,3 +145,25 @@ def test_a_reader_inbox_queues_events_and_the_answers_flow_control_wants() -> No
     assert list(inbox.messages) == [(b"$JS.ACK.S.c.1.7.1.0.0", b"event")]
     assert inbox.answers == [b"$JS.FC.S.c.1", b"$JS.FC.S.c.2"]
     assert _sequences(b"$JS.ACK.S.c.1.7.1.0.0") == (7, 1)
+
+
+def test_header_value_takes_the_last_of_a_repeated_header() -> None:
+    block = b"NATS/1.0\r\nNats-Subject: forged\r\nNats-Stream: S\r\nNats-Subject: real\r\n\r\n"
+    assert header_value(block, b"Nats-Subject") == b"real"
+    assert header_value(block, b"Nats-Stream") == b"S"
+    assert header_value(block, b"nats-stream") is None  # exact case, as the server sends
+
+
+def test_a_page_reads_the_servers_headers_not_a_stored_messages_own(
+    journal: AsyncJournal,
+) -> None:
+    """A message written behind the service's back with headers that look like a direct
+    get's (another sequence and subject) is paged with what the server says of it."""
+    j = journal.journal
+    subject = j.subject("forged")
+    forged = {"Nats-Sequence": "999", "Nats-Subject": "elsewhere", "Nats-Last-Sequence": "77"}
+    ack = journal.run(j.js.publish(subject, b"bytes", headers=forged))
+    journal.run(j.js.publish(subject, b"more"))
+    page = journal.run(j.page("forged"))
+    assert page.messages == ((ack.seq, b"bytes"), (ack.seq + 1, b"more"))
+    assert not page.more

@@ -97,6 +97,12 @@ class DirectSubscription:
         #: Whether messages skip nats-py's queue (False: the fallback callback).
         self.direct = dispatch is not None
 
+    @property
+    def subject(self) -> str:
+        """The subject subscribed to."""
+        subject: str = self._sub.subject
+        return subject
+
     async def unsubscribe(self) -> None:
         """Stop the deliveries (nothing more reaches the handler)."""
         if self._dispatch is not None:
@@ -142,8 +148,12 @@ def _header_block(headers: dict[str, str] | None) -> bytes | None:
 
 
 def header_value(headers: bytes, name: bytes) -> bytes | None:
-    """The value of header ``name`` (exact case) in a raw header block, or ``None``."""
-    start = headers.find(b"\r\n" + name + b":")
+    """The value of header ``name`` (exact case) in a raw header block, or ``None``.
+
+    Of a header given more than once, the last value (the one nats-py's parsed
+    headers keep): a server adds its own headers after a stored message's.
+    """
+    start = headers.rfind(b"\r\n" + name + b":")
     if start < 0:
         return None
     start += len(name) + 3

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from plantangenet.errors import (
@@ -29,6 +28,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import Envelope
+from plantangenet.log.deliveries import header_value, subscribe_direct
 from plantangenet.log.journal_acks import (
     _MICROSECOND,
     _shift,
@@ -49,6 +49,30 @@ _SEEK_PAGE = 16
 _EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
 
 _LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+
+#: Status codes of a direct get's last message: the batch ended, nothing matched, no
+#: replica answers (as they stand in its status line, ``NATS/1.0 <code> <description>``).
+_END_OF_BATCH = b"204"
+_NOT_FOUND = b"404"
+_NO_RESPONDERS = b"503"
+
+
+def _status(headers: bytes) -> tuple[bytes, str] | None:
+    """``(code, description)`` of a status message (``None``: a stored message).
+
+    The server puts the status in the header block's first line (``NATS/1.0 204
+    EOB``); ``Status`` and ``Description`` headers say the same (what nats-py makes of
+    that line, and what a stand-in for the server may send).
+    """
+    if headers[8:9] == b" ":
+        line = headers.split(b"\r\n", 1)[0][9:]
+        code, _, description = line.partition(b" ")
+        return code, description.decode(errors="replace").strip()
+    given = header_value(headers, b"Status")
+    if given is None:
+        return None
+    said = header_value(headers, b"Description") or b""
+    return given, said.decode(errors="replace")
 
 
 class _Seeking:
@@ -382,38 +406,42 @@ class _Seeking:
         prefix = getattr(self.js, "_prefix", "$JS.API")
         start = int(request.get("seq", 1))  # nothing before a requested sequence
         messages: list[tuple[int, bytes]] = []
-        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        wanted = subject.encode()
 
         def fail(problem: str) -> None:
             if not done.done():
                 done.set_exception(JournalError(f"read of {session_id}: {problem}"))
 
-        async def collect(msg: Msg) -> None:
+        def collect(_subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
             if done.done():
                 return
-            headers = msg.headers or {}
-            if "Status" in headers:  # end of batch, or no message at all
+            if headers is None:
+                fail("not a stored message (no headers)")
+                return
+            if _status(headers) is not None:  # end of batch, or no message at all
                 done.set_result(headers)
                 return
             try:
-                sequence = int(headers["Nats-Sequence"])
-                previous = int(headers.get("Nats-Last-Sequence", "0"))
-            except (KeyError, ValueError):
-                fail(f"not a stored message (headers {headers})")
+                sequence = int(header_value(headers, b"Nats-Sequence") or b"")
+                previous = int(header_value(headers, b"Nats-Last-Sequence") or b"0")
+            except ValueError:
+                fail(f"not a stored message (headers {headers[:300]!r})")
                 return
-            if headers.get("Nats-Subject") != subject or sequence < start:
-                fail(f"got sequence {sequence} of {headers.get('Nats-Subject')}")
+            stored_on = header_value(headers, b"Nats-Subject")
+            if stored_on != wanted or sequence < start:
+                fail(f"got sequence {sequence} of {stored_on!r}")
                 return
             # Nats-Last-Sequence: the batch's message before this one (0 for the first).
             intact = previous == messages[-1][0] < sequence if messages else previous < start
             if not intact:
                 fail(f"message lost in transit before sequence {sequence}")
                 return
-            messages.append((sequence, msg.data))
+            messages.append((sequence, data))
 
         timeout = self.config.api_timeout
         try:
-            sub = await self.nc.subscribe(self.nc.new_inbox(), cb=collect)
+            sub = await subscribe_direct(self.nc, self.nc.new_inbox(), collect)
         except nats.errors.Error as exc:
             raise JournalError(f"cannot read {session_id}: {exc or type(exc).__name__}") from exc
         try:
@@ -431,31 +459,30 @@ class _Seeking:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        status = end.get("Status")
-        if status == "204":  # end of batch
+        status, description = _status(end) or (b"", "")
+        if status == _END_OF_BATCH:
             try:
-                pending = int(end.get("Nats-Num-Pending", "0"))
-                last_sent = int(end.get("Nats-Last-Sequence", "0"))
+                pending = int(header_value(end, b"Nats-Num-Pending") or b"0")
+                last_sent = int(header_value(end, b"Nats-Last-Sequence") or b"0")
             except ValueError:
-                raise JournalError(f"read of {session_id}: unreadable end {end}") from None
+                raise JournalError(f"read of {session_id}: unreadable end {end!r}") from None
             if messages and last_sent != messages[-1][0]:
                 raise JournalError(
                     f"read of {session_id}: message lost in transit after sequence "
                     f"{messages[-1][0]} (the server sent up to {last_sent})"
                 )
             return messages, pending
-        if status == "404" and not messages:  # nothing matches
+        if status == _NOT_FOUND and not messages:  # nothing matches
             return [], 0
-        if status == "503":  # no responders
+        if status == _NO_RESPONDERS:
             await self._stream_exists(f"cannot read {session_id}")
             raise JournalError(
                 f"cannot read {session_id}: stream {stream} answered no direct get (its "
                 "replicas may be electing a leader, or it does not allow direct gets)"
             )
-        description = end.get("Description", "")
         raise JournalError(
-            f"read of {session_id} refused by stream {stream}: status {status} "
-            f"{description}".rstrip()
+            f"read of {session_id} refused by stream {stream}: status "
+            f"{status.decode(errors='replace')} {description}".rstrip()
         )
 
     async def count_before(self, session_id: str, sequence: int) -> int:
