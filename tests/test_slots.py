@@ -10,17 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plantangenet.events import EVENTS, AgentAttached, SessionStarted
+from plantangenet.events import EVENTS, AgentAttached, CursorMoved, SessionStarted
 from plantangenet.events.codec import _EXACT_TIMESTAMPS, CODEC
 from plantangenet.events.envelope import Authorization, Envelope
 from plantangenet.events.slots import slot_builder
+from plantangenet.projections.session import CursorView, cursor_view
 from tests.test_codec import envelope_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def test_the_envelope_and_every_registered_event_get_a_builder() -> None:
-    classes = [Envelope, Authorization, *EVENTS.types().values()]
+def test_the_envelope_every_registered_event_and_the_cursor_view_get_a_builder() -> None:
+    classes = [Envelope, Authorization, CursorView, *EVENTS.types().values()]
     for cls in classes:
         assert slot_builder(cls) is not cls, cls.__name__
 
@@ -79,3 +80,9 @@ def test_stored_times_decode_to_the_exact_microsecond(at: int) -> None:
     )
     assert decoded.occurred_at == occurred
     assert decoded.occurred_at.tzinfo is UTC
+
+
+def test_the_fold_s_cursor_equals_one_made_by_the_class() -> None:
+    move = CursorMoved("a", "c1", ("x", "y"), 1.0, 2.0, 0.5)
+    made = CursorView("c1", "a", ("x", "y"), 1.0, 2.0, 0.5)
+    assert cursor_view(move) == made and hash(cursor_view(move)) == hash(made)

@@ -48,6 +48,7 @@ from plantangenet.events.session import (
     SessionMetadataChanged,
     SessionStarted,
 )
+from plantangenet.events.slots import slot_builder
 from plantangenet.events.trust import (
     AgentBound,
     MessageQuarantined,
@@ -91,9 +92,13 @@ class CursorView:
     resolution: float | None = None
 
 
+#: ``CursorView(...)`` built slot by slot (the fold makes one per cursor move).
+_new_cursor = slot_builder(CursorView)
+
+
 def cursor_view(event: CursorAdded | CursorMoved) -> CursorView:
     """The cursor a ``CursorAdded`` or ``CursorMoved`` describes."""
-    return CursorView(
+    return _new_cursor(
         event.cursor_id, event.agent_id, event.axes, event.start, event.end, event.resolution
     )
 
@@ -262,7 +267,7 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             cursor_id, agent_id = event.cursor_id, event.agent_id
             cursors = frozen(state.cursors)
             before = cursors.get(cursor_id)
-            cursor = CursorView(
+            cursor = _new_cursor(
                 cursor_id, agent_id, event.axes, event.start, event.end, event.resolution
             )
             changes["cursors"] = view(cursors.set(cursor_id, cursor))
