@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,9 +13,12 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from plantangenet import EmbeddedNats
+from plantangenet.events import AgentAttached, SessionStarted
+from plantangenet.log import deliveries
 from plantangenet.log.deliveries import header_value, subscribe_direct
 from plantangenet.log.journal_acks import _Inbox, _sequences
 from tests.conftest import AsyncJournal
+from tests.test_journal import env
 
 Seen = list[tuple[bytes, bytes, bytes | None]]
 
@@ -167,3 +171,28 @@ def test_a_page_reads_the_servers_headers_not_a_stored_messages_own(
     page = journal.run(j.page("forged"))
     assert page.messages == ((ack.seq, b"bytes"), (ack.seq + 1, b"more"))
     assert not page.more
+
+
+def test_without_the_direct_path_the_journal_reads_and_appends_the_same(
+    journal: AsyncJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nats-py without the parser hook the direct path needs: every subscription takes
+    the ordinary callback, and appends, reads (flow control included) and pages still work."""
+    monkeypatch.setattr(deliveries, "_dispatch", lambda nc: None)
+    journal_ = journal.journal
+    journal_.config = dataclasses.replace(journal_.config, read_window=64)
+    events = [env(SessionStarted("fb", {}), "c0", "fb")]
+    journal.run(journal_.append("fb", events, expected_sequence=0))
+    for i in range(1, 300):
+        batch = [env(AgentAttached(f"a{i}", "bot", ""), f"c{i}", "fb")]
+        journal.run(journal_.append("fb", batch, expected_sequence=i))
+
+    async def everything() -> list[int | None]:
+        return [e.revision async for e in journal_.read("fb")]
+
+    assert journal.run(everything()) == list(range(1, 301))
+    page = journal.run(journal_.page("fb", 1, max_events=500))
+    assert len(page.messages) == 300 and not page.more
+    assert journal_._acks.prefix is not None  # the acknowledgements came back too
+    # ... all through nats-py's own handling: nothing wrapped its parser's hook.
+    assert not isinstance(getattr(journal.nc._process_msg, "__self__", None), deliveries._Dispatch)
