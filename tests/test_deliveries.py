@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from plantangenet import EmbeddedNats
 from plantangenet.events import AgentAttached, SessionStarted
 from plantangenet.log import deliveries
-from plantangenet.log.deliveries import header_value, subscribe_direct
+from plantangenet.log.deliveries import header_value, status_of, subscribe_direct
 from plantangenet.log.journal_acks import _Inbox, _sequences
 from tests.conftest import AsyncJournal
 from tests.test_journal import env
@@ -196,3 +196,14 @@ def test_without_the_direct_path_the_journal_reads_and_appends_the_same(
     assert journal_._acks.prefix is not None  # the acknowledgements came back too
     # ... all through nats-py's own handling: nothing wrapped its parser's hook.
     assert not isinstance(getattr(journal.nc._process_msg, "__self__", None), deliveries._Dispatch)
+
+
+def test_status_of_reads_the_status_line_or_the_headers_that_say_it() -> None:
+    assert status_of(b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 0\r\n\r\n") == (b"204", "EOB")
+    assert status_of(b"NATS/1.0 503\r\n\r\n") == (b"503", "")
+    assert status_of(b"NATS/1.0\r\nStatus: 408\r\nDescription: Request Timeout\r\n\r\n") == (
+        b"408",
+        "Request Timeout",
+    )
+    assert status_of(b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n") is None
+    assert status_of(None) is None

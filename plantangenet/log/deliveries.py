@@ -29,7 +29,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-__all__ = ["DirectSubscription", "Handler", "header_value", "subscribe_direct"]
+__all__ = ["DirectSubscription", "Handler", "header_value", "status_of", "subscribe_direct"]
 
 log = logging.getLogger("plantangenet.log.deliveries")
 
@@ -89,13 +89,16 @@ def _dispatch(nc: Any) -> _Dispatch | None:
 class DirectSubscription:
     """A subscription made by :func:`subscribe_direct`."""
 
-    __slots__ = ("_dispatch", "_sub", "direct")
+    __slots__ = ("_dispatch", "_sub")
 
     def __init__(self, sub: Any, dispatch: _Dispatch | None) -> None:
         self._sub = sub
         self._dispatch = dispatch
-        #: Whether messages skip nats-py's queue (False: the fallback callback).
-        self.direct = dispatch is not None
+
+    @property
+    def direct(self) -> bool:
+        """Whether messages skip nats-py's queue (False: the fallback callback)."""
+        return self._dispatch is not None
 
     @property
     def subject(self) -> str:
@@ -159,3 +162,24 @@ def header_value(headers: bytes, name: bytes) -> bytes | None:
     start += len(name) + 3
     end = headers.find(b"\r\n", start)
     return headers[start : end if end >= 0 else len(headers)].strip()
+
+
+def status_of(headers: bytes | None) -> tuple[bytes, str] | None:
+    """``(code, description)`` of a status message (``None``: an ordinary message).
+
+    The server puts a status in the header block's first line (``NATS/1.0 503``,
+    ``NATS/1.0 100 FlowControl Request``); ``Status`` and ``Description`` headers say
+    the same (what nats-py makes of that line, and what a stand-in for the server may
+    send).
+    """
+    if headers is None:
+        return None
+    if headers[8:9] == b" ":
+        line = headers.split(b"\r\n", 1)[0][9:]
+        code, _, description = line.partition(b" ")
+        return code, description.decode(errors="replace").strip()
+    given = header_value(headers, b"Status")
+    if given is None:
+        return None
+    said = header_value(headers, b"Description") or b""
+    return given, said.decode(errors="replace")

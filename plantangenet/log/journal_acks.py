@@ -26,9 +26,12 @@ from plantangenet.errors import (
     StorageExhausted,
 )
 from plantangenet.events.envelope import OPERATOR, Envelope
-from plantangenet.log.deliveries import header_value
+from plantangenet.log.deliveries import header_value, status_of
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
+
+#: The status of a consumer's control messages (flow-control requests, idle heartbeats).
+_CONTROL = b"100"
 
 
 _BATCH_DUPLICATE = 10201  # atomic batch contains a duplicate message id
@@ -262,7 +265,7 @@ class _Inbox:
     def arrived(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if reply[:8] == b"$JS.ACK.":
             self.messages.append((reply, data))
-        elif headers is not None and headers[:12] == b"NATS/1.0 100":
+        elif headers is not None and (status_of(headers) or (b"",))[0] == _CONTROL:
             target = reply or header_value(headers, b"Nats-Consumer-Stalled")
             if not target:
                 return  # a plain idle heartbeat

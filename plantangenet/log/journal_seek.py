@@ -28,7 +28,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import Envelope
-from plantangenet.log.deliveries import header_value, subscribe_direct
+from plantangenet.log.deliveries import header_value, status_of, subscribe_direct
 from plantangenet.log.journal_acks import (
     _MICROSECOND,
     _shift,
@@ -55,24 +55,6 @@ _LATEST = datetime(2262, 1, 1, tzinfo=UTC)
 _END_OF_BATCH = b"204"
 _NOT_FOUND = b"404"
 _NO_RESPONDERS = b"503"
-
-
-def _status(headers: bytes) -> tuple[bytes, str] | None:
-    """``(code, description)`` of a status message (``None``: a stored message).
-
-    The server puts the status in the header block's first line (``NATS/1.0 204
-    EOB``); ``Status`` and ``Description`` headers say the same (what nats-py makes of
-    that line, and what a stand-in for the server may send).
-    """
-    if headers[8:9] == b" ":
-        line = headers.split(b"\r\n", 1)[0][9:]
-        code, _, description = line.partition(b" ")
-        return code, description.decode(errors="replace").strip()
-    given = header_value(headers, b"Status")
-    if given is None:
-        return None
-    said = header_value(headers, b"Description") or b""
-    return given, said.decode(errors="replace")
 
 
 class _Seeking:
@@ -419,7 +401,7 @@ class _Seeking:
             if headers is None:
                 fail("not a stored message (no headers)")
                 return
-            if _status(headers) is not None:  # end of batch, or no message at all
+            if status_of(headers) is not None:  # end of batch, or no message at all
                 done.set_result(headers)
                 return
             try:
@@ -459,7 +441,7 @@ class _Seeking:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        status, description = _status(end) or (b"", "")
+        status, description = status_of(end) or (b"", "")
         if status == _END_OF_BATCH:
             try:
                 pending = int(header_value(end, b"Nats-Num-Pending") or b"0")
