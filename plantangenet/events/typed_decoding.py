@@ -1,0 +1,157 @@
+"""Envelopes and events decoded straight into their types, checked in C (msgspec).
+
+Reading a log decodes every stored message. The codec's complete path
+(:meth:`~plantangenet.events.codec.EventCodec.decode`) unpacks the msgpack map
+into Python dicts, checks each value in Python and builds the objects; this
+module gives it a *typed* path for the common case: a current-format envelope
+of a current-version event whose fields all have annotations msgspec checks
+exactly as the field converters of :mod:`plantangenet.events.fields` do. The
+msgpack bytes go to a msgspec decoder for the envelope (the event's data and
+authorization left as raw msgpack) and then to one for the event's fields; both
+check every value while they read it, in C.
+
+The typed path never decides a refusal. Whatever it cannot take -- an older
+format or version, an unknown type, a field annotation it does not map, or any
+value it refuses -- goes to the complete path, which decodes it or raises the
+:class:`~plantangenet.errors.DecodeError` naming what is wrong. So the typed
+path only has to accept exactly what the complete path accepts, with equal
+results, which ``tests/test_typed_decoding.py`` checks value by value and with
+random payloads.
+
+Annotations mapped (the rest: the complete path, per event type):
+
+* ``str``, ``int``, ``bool``, ``bytes``, ``None``: the exact msgpack type (a
+  bool is not an int, a str is not bytes), as ``type(v) is ...`` in the
+  converters;
+* ``float``: a float or an int, finite (NaN and the infinities are refused
+  through bounds, which NaN fails too), as ``float(v)``;
+* ``Literal[...]`` of strings, ``X | None`` and ``tuple[X, ...]`` of mapped ``X``.
+
+Not mapped: maps (the complete path hands out read-only views), nested
+dataclasses, and unions of several types (the converters try them in order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from plantangenet.events.slots import slot_builder
+
+__all__ = ["envelope_decoder", "fields_decoder", "typed_annotation"]
+
+#: A finite float: bounds NaN and the infinities fail (as ``math.isfinite`` in the converters).
+_FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+_SCALARS: dict[Any, Any] = {
+    str: str,
+    int: int,
+    bool: bool,
+    bytes: bytes,
+    float: _FINITE,
+    type(None): None,
+    None: None,
+}
+_UNMAPPED = object()
+
+
+def typed_annotation(tp: Any) -> Any:
+    """The msgspec annotation that accepts exactly what ``tp``'s converter accepts,
+    with the same value, or ``_UNMAPPED``."""
+    try:
+        if tp in _SCALARS:
+            return _SCALARS[tp]
+    except TypeError:  # an unhashable annotation object
+        return _UNMAPPED
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return tp if args and all(type(a) is str for a in args) else _UNMAPPED
+    if origin in (typing.Union, types.UnionType):
+        others = [a for a in args if a is not type(None)]
+        if len(others) != 1 or len(args) != 2:
+            return _UNMAPPED
+        inner = typed_annotation(others[0])
+        return _UNMAPPED if inner is _UNMAPPED else inner | None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = typed_annotation(args[0])
+        return _UNMAPPED if item is _UNMAPPED else tuple[item, ...]  # type: ignore[valid-type]
+    return _UNMAPPED
+
+
+def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """``decode(raw msgpack of the fields) -> event`` for dataclass ``cls``, or ``None``
+    when one of its fields has an annotation :func:`typed_annotation` does not map (or
+    fields the class is not built from positionally).
+
+    The decoder raises ``msgspec`` errors for anything it refuses (a field missing,
+    unknown or mistyped): the caller's complete path then decides.
+    """
+    fields = dataclasses.fields(cls)
+    if any(not f.init or f.kw_only is True for f in fields):
+        return None
+    spec: list[tuple[str, Any, Any]] = []
+    for f in fields:
+        annotation = typed_annotation(hints[f.name])
+        if annotation is _UNMAPPED:
+            return None
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = msgspec.field(default_factory=f.default_factory)
+        else:
+            default = msgspec.NODEFAULT
+        spec.append((f.name, annotation, default))
+    stored = msgspec.defstruct(
+        f"Stored{cls.__name__}",
+        spec,
+        kw_only=True,  # fields keep the class's order; defaults may come anywhere
+        forbid_unknown_fields=True,
+    )
+    if tuple(stored.__struct_fields__) != tuple(f.name for f in fields):
+        return None
+    decode = msgspec.msgpack.Decoder(stored).decode
+    values = msgspec.structs.astuple
+    build: Callable[..., Any] = slot_builder(cls)
+
+    def decode_fields(raw: Any) -> Any:
+        return build(*values(decode(raw)))
+
+    decode_fields.__qualname__ = decode_fields.__name__ = f"decode_{cls.__name__}"
+    return decode_fields
+
+
+def envelope_decoder(max_principal: int, fingerprint_bytes: int) -> Callable[[Any], Any]:
+    """``decode(payload) -> stored envelope``: a format-3 envelope as stored (see
+    :mod:`plantangenet.events.codec`), every value checked -- the principal's and the
+    fingerprint's limits and a positive revision too -- with the event's data (``d``)
+    and the authorization (``z``) left as raw msgpack for the codec. Raises ``msgspec``
+    errors for anything else (an older format among them: keys missing)."""
+    stored = msgspec.defstruct(
+        "StoredEnvelope",
+        [
+            ("f", int),
+            ("t", str),
+            ("v", int),
+            ("id", str),
+            ("s", str),
+            ("a", str | None),
+            ("c", str),
+            ("r", str),
+            ("at", int),
+            ("p", bytes),
+            ("z", msgspec.Raw),
+            ("u", Annotated[str, msgspec.Meta(max_length=max_principal)] | None),
+            ("k", Annotated[bytes, msgspec.Meta(max_length=fingerprint_bytes)]),
+            ("n", Annotated[int, msgspec.Meta(ge=1)] | None),
+            ("d", msgspec.Raw),
+        ],
+        forbid_unknown_fields=True,
+    )
+    decode: Callable[[Any], Any] = msgspec.msgpack.Decoder(stored).decode
+    return decode
