@@ -45,7 +45,7 @@ from plantangenet.projections.audit_model import (
     query_audit,
     reset_audit_model,
 )
-from plantangenet.projections.views import describe, envelope_record
+from plantangenet.projections.views import clock_text, describe, envelope_record
 from plantangenet.runtime import Plantangenet
 from plantangenet.timetravel.filters import EventFilter
 from plantangenet.timetravel.history import (
@@ -101,7 +101,7 @@ HISTORY_COLUMNS = (
 
 def history_row(envelope: Envelope, revision: int) -> tuple[list[str], str]:
     """A ``history`` row's cells on a terminal, and its style (refusals: red)."""
-    at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+    at = clock_text(envelope.occurred_at)[:23]
     cells = [
         str(revision),
         str(envelope.sequence),
@@ -195,7 +195,7 @@ async def _print_history(
             elif rows is not None:
                 rows.row(*history_row(envelope, revision))
             else:
-                at = envelope.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+                at = clock_text(envelope.occurred_at)
                 by = envelope.agent_id or "-"
                 out.write(
                     f"{revision:>6}  {envelope.sequence:>6}  {at:<26}  {envelope.type_name:<22}  "

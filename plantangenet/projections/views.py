@@ -49,12 +49,57 @@ def envelope_record(envelope: Envelope) -> dict[str, Any]:
 
 
 def describe(envelope: Envelope) -> str:
-    """A short human-readable summary of an event's content."""
-    data = plain(envelope.event)
+    """A short human-readable summary of an event's content: ``field=value`` for each
+    field with a value (empty strings, maps, lists and ``None`` left out), lists joined
+    with commas, nested values as their :func:`plain` form."""
+    event = envelope.event
+    names = _SHOWN_FIELDS.get(type(event))
+    if names is None:
+        names = _SHOWN_FIELDS[type(event)] = _shown_fields(type(event))
     parts = []
-    for key, value in data.items():
+    for key in names:
+        value = getattr(event, key)
+        kind = type(value)
+        if kind is str:  # the common cases first, shown as plain() would show them
+            if value:
+                parts.append(f"{key}={value}")
+            continue
+        if kind is int or kind is float or kind is bool:
+            parts.append(f"{key}={value}")
+            continue
+        if value is None:
+            continue
+        if kind is tuple and all(type(v) is str for v in value):
+            if value:
+                parts.append(f"{key}={','.join(value)}")
+            continue
+        value = plain(value)
         if value in ({}, [], None, ""):
             continue
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         parts.append(f"{key}={shown}")
     return " ".join(parts)
+
+
+#: Event type -> the fields :func:`describe` shows (as :func:`plain` does: no ``_x``).
+_SHOWN_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _shown_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+
+
+#: ``"%Y-%m-%d %H:%M:%S"`` of the seconds :func:`clock_text` saw last (a log's events
+#: crowd into few seconds: formatting each second once saves most of the work).
+_SECONDS: dict[tuple[int, int, int, int, int, int], str] = {}
+
+
+def clock_text(moment: datetime) -> str:
+    """``moment`` as ``YYYY-MM-DD HH:MM:SS.ffffff`` (its own time zone's wall clock)."""
+    key = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    seconds = _SECONDS.get(key)
+    if seconds is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        seconds = _SECONDS[key] = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{seconds}.{moment.microsecond:06d}"
