@@ -13,6 +13,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import msgpack
@@ -32,6 +33,7 @@ from tests.test_codec import (
     Counted,
     Drawn,
     Evolved,
+    builds_from_hints,
     envelope_of,
     envelopes,
     pack,
@@ -102,9 +104,13 @@ def check_agrees(codec: EventCodec, payload: bytes) -> Envelope | None:
         (tuple[float | None, ...], True),
         (Literal["a", "b"], True),
         (Literal[1, 2], False),  # only string literals, as the converters
-        (str | int, False),  # tried in order by the converters: not mapped
-        (str | int | None, False),
-        (Mapping[str, int], False),  # read-only views in the complete path
+        (str | int, True),  # distinct msgpack types: the same member either way
+        (str | int | float | bool | None, True),
+        (int | float, True),
+        (float | int, False),  # the converters make an int a float: msgspec would not
+        (str | Literal["a"], False),
+        (str | tuple[str, ...], False),
+        (Mapping[str, int], False),  # only as a field's own annotation (fields_decoder)
         (tuple[str, int], False),
         (list[str], False),
     ],
@@ -119,9 +125,39 @@ def test_the_hot_event_types_have_a_typed_decoder_and_maps_and_value_objects_do_
     assert CursorMoved in with_decoder
     assert len(with_decoder) >= len(SESSION_EVENTS) // 2
     hints = typing.get_type_hints
-    assert fields_decoder(Drawn, hints(Drawn)) is None  # a nested value object and a map
-    assert fields_decoder(Counted, hints(Counted)) is None  # a map of several types
+    assert fields_decoder(Drawn, hints(Drawn)) is None  # nested value objects
+    assert fields_decoder(Counted, hints(Counted)) is not None  # a map of several types
     assert fields_decoder(Evolved, hints(Evolved)) is not None
+    without = {c.type_name for c in SESSION_EVENTS if not CODEC._typed_decoder(c.type_name)[1]}
+    assert without == {"PolicyChanged", "ChemProposed"}  # statements, clauses: value objects
+
+
+def test_maps_decode_as_read_only_views_with_every_value_checked() -> None:
+    payload = PRIVATE_CODEC.encode(envelope_of(Counted(1, 2.0, None, True, {"a": 1, "b": "x"})))
+    fast = check_agrees(PRIVATE_CODEC, payload)
+    assert fast is not None and isinstance(fast.event, Counted)
+    assert type(fast.event.labels) is MappingProxyType and fast.event.labels == {"a": 1, "b": "x"}
+    raw = msgpack.unpackb(payload)
+    for labels in ({"a": math.nan}, {"a": [1]}, {"a": {"b": 1}}, {"a": b"x"}):
+        raw["d"]["labels"] = labels
+        assert typed(PRIVATE_CODEC, pack(raw)) is None
+        with pytest.raises(DecodeError):
+            PRIVATE_CODEC.decode(pack(raw))
+    raw["d"]["labels"] = {"a": 1}
+    packed = pack(raw)
+    bytes_key = packed.replace(b"\x81\xa1a\x01", b"\x81\xc4\x01a\x01")  # the key as bin
+    assert bytes_key != packed
+    assert typed(PRIVATE_CODEC, bytes_key) is None
+    with pytest.raises(DecodeError):
+        PRIVATE_CODEC.decode(bytes_key)
+
+
+@SETTINGS
+@given(envelopes(st.sampled_from([Counted]).flatmap(builds_from_hints)))
+def test_maps_and_unions_decode_the_same_both_ways(envelope: Envelope) -> None:
+    fast = check_agrees(PRIVATE_CODEC, PRIVATE_CODEC.encode(envelope))
+    if 1900 < envelope.occurred_at.year < 2100:
+        assert fast is not None
 
 
 def test_a_cursor_move_takes_the_typed_path_and_equals_the_complete_one() -> None:
@@ -303,10 +339,11 @@ def test_authorizations_decode_once_per_distinct_stored_form() -> None:
         CODEC.decode(pack(bad))
 
 
-def test_the_private_registry_types_without_a_typed_decoder_still_decode() -> None:
+def test_every_private_registry_type_decodes_either_way() -> None:
     for cls in PRIVATE.types().values():
         payload = PRIVATE_CODEC.encode(envelope_of(_example(cls)))
-        assert check_agrees(PRIVATE_CODEC, payload) is None or cls is Evolved
+        fast = check_agrees(PRIVATE_CODEC, payload)
+        assert (fast is None) is (cls is Drawn)  # nested value objects: the complete path
 
 
 def _example(cls: type[Any]) -> Any:

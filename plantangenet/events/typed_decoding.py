@@ -25,10 +25,16 @@ Annotations mapped (the rest: the complete path, per event type):
   converters;
 * ``float``: a float or an int, finite (NaN and the infinities are refused
   through bounds, which NaN fails too), as ``float(v)``;
-* ``Literal[...]`` of strings, ``X | None`` and ``tuple[X, ...]`` of mapped ``X``.
+* ``Literal[...]`` of strings, ``X | None`` and ``tuple[X, ...]`` of mapped ``X``;
+* unions of several of ``str``, ``int``, ``float``, ``bool`` and ``bytes`` (each
+  its own msgpack type, so the member the converters try first that accepts a
+  value is the one msgspec picks), as long as ``int`` comes before ``float``
+  (else the converters turn an int into a float);
+* a field annotated ``Mapping[str, X]`` (no default), handed out as a read-only
+  view as the converters do.
 
-Not mapped: maps (the complete path hands out read-only views), nested
-dataclasses, and unions of several types (the converters try them in order).
+Not mapped: nested dataclasses (value objects such as policy statements), maps
+inside other values, and other unions.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -58,6 +65,8 @@ _SCALARS: dict[Any, Any] = {
     None: None,
 }
 _UNMAPPED = object()
+#: The types a union may hold and still be mapped (each its own msgpack type).
+_UNION_MEMBERS = (str, int, float, bool, bytes)
 
 
 def typed_annotation(tp: Any) -> Any:
@@ -74,14 +83,32 @@ def typed_annotation(tp: Any) -> Any:
         return tp if args and all(type(a) is str for a in args) else _UNMAPPED
     if origin in (typing.Union, types.UnionType):
         others = [a for a in args if a is not type(None)]
-        if len(others) != 1 or len(args) != 2:
+        if len(others) == 1:
+            inner = typed_annotation(others[0])
+            return _UNMAPPED if inner is _UNMAPPED else inner | None
+        # Several types: the converter takes the first that accepts the value; msgspec,
+        # the one of the value's own msgpack type. The same while the members are plain
+        # types of distinct msgpack types, and an int stays an int (int before float).
+        if any(a not in _UNION_MEMBERS for a in others) or (
+            float in others and int in others and others.index(float) < others.index(int)
+        ):
             return _UNMAPPED
-        inner = typed_annotation(others[0])
-        return _UNMAPPED if inner is _UNMAPPED else inner | None
+        members = tuple(_SCALARS[a] for a in args)
+        return typing.Union[members]  # noqa: UP007 (built at run time)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         item = typed_annotation(args[0])
         return _UNMAPPED if item is _UNMAPPED else tuple[item, ...]  # type: ignore[valid-type]
     return _UNMAPPED
+
+
+def _map_annotation(tp: Any) -> Any:
+    """``dict[str, X]`` for a field annotated ``Mapping[str, X]`` with ``X`` mapped (the
+    decoder hands the dict out as a read-only view), or ``_UNMAPPED``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) not in (Mapping, dict) or len(args) != 2 or args[0] is not str:
+        return _UNMAPPED
+    item = typed_annotation(args[1])
+    return _UNMAPPED if item is _UNMAPPED else dict[str, item]  # type: ignore[valid-type]
 
 
 def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | None:
@@ -96,8 +123,15 @@ def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | N
     if any(not f.init or f.kw_only is True for f in fields):
         return None
     spec: list[tuple[str, Any, Any]] = []
-    for f in fields:
-        annotation = typed_annotation(hints[f.name])
+    maps: list[int] = []  # the fields handed out as read-only views, as the converters do
+    for i, f in enumerate(fields):
+        annotation = _map_annotation(hints[f.name])
+        if annotation is not _UNMAPPED:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                return None  # a default map stays as the class made it: not a view of it
+            maps.append(i)
+        else:
+            annotation = typed_annotation(hints[f.name])
         if annotation is _UNMAPPED:
             return None
         if f.default is not dataclasses.MISSING:
@@ -119,8 +153,19 @@ def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | N
     values = msgspec.structs.astuple
     build: Callable[..., Any] = slot_builder(cls)
 
-    def decode_fields(raw: Any) -> Any:
-        return build(*values(decode(raw)))
+    if maps:
+        viewed = tuple(maps)
+
+        def decode_fields(raw: Any) -> Any:
+            decoded = list(values(decode(raw)))
+            for i in viewed:
+                decoded[i] = MappingProxyType(decoded[i])
+            return build(*decoded)
+
+    else:
+
+        def decode_fields(raw: Any) -> Any:
+            return build(*values(decode(raw)))
 
     decode_fields.__qualname__ = decode_fields.__name__ = f"decode_{cls.__name__}"
     return decode_fields
