@@ -350,3 +350,29 @@ def _example(cls: type[Any]) -> Any:
     from tests.test_codec import example_of
 
     return example_of(cls)
+
+
+def test_threads_decoding_at_once_each_get_their_own_envelopes() -> None:
+    """The codec is shared by the loop thread and the actors' threads."""
+    import threading
+
+    payloads = [
+        CODEC.encode(envelope_of(CursorMoved(f"bot-{i}", f"c{i}", ("x",), float(i), i + 1.0, None)))
+        for i in range(8)
+    ]
+    wrong: list[str] = []
+
+    def decode_many(index: int) -> None:
+        for _ in range(2_000):
+            envelope = CODEC.decode(payloads[index], sequence=index)
+            event = envelope.event
+            if not isinstance(event, CursorMoved) or event.agent_id != f"bot-{index}":
+                wrong.append(repr(envelope))
+                return
+
+    threads = [threading.Thread(target=decode_many, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
