@@ -11,6 +11,7 @@ read from the log. See ``watcher_bot.py`` for the bot that follows it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 
@@ -52,6 +53,13 @@ async def run(url: str, session_id: str, *, steps: int = 5, pause: float = 0.05)
                 session_id, "tide", ["ocean.tide"], step * 10, step * 10 + 60
             )
             print(f"tide-bot: cursor at [{step * 10}, {step * 10 + 60}] (seq {reply['seq']})")
+        # Leave once the watcher answered the last sweep (or after a while: it may be gone),
+        # so that its answer is in the log before this bot's leaving, on a busy machine too.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(pause * 10, 1.0)):
+                async for envelope in bot.events(session_id, from_sequence=reply["seq"] + 1):
+                    if envelope.type_name == "CursorMoved" and envelope.agent_id == "watcher-bot":
+                        break
         await bot.detach(session_id, reason="sweep done")
         print("tide-bot: done")
 
