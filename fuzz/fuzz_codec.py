@@ -1,7 +1,9 @@
 """Coverage-guided fuzzing of the event codec (atheris).
 
 Feeds arbitrary bytes to ``CODEC.decode``. The only exception allowed out of it is
-``DecodeError`` (or a subclass). Whenever decoding succeeds:
+``DecodeError`` (or a subclass). Whenever the codec's typed path (msgspec) accepts the
+bytes, its complete path accepts them too and builds the same envelope, field types
+included. Whenever decoding succeeds:
 
 * re-encoding and decoding again gives an equal envelope, and the canonical encoding is
   stable (encoding the re-decoded envelope gives the same bytes);
@@ -23,13 +25,29 @@ with atheris.instrument_imports(include=["plantangenet", "msgpack"]):
     import fuzzlib
 
     from plantangenet.errors import DecodeError, PayloadTooLarge
-    from plantangenet.events import CODEC
+    from plantangenet.events import CODEC, Envelope
     from plantangenet.projections.session import evolve
 
 STATES = (fuzzlib.NEW, fuzzlib.ACTIVE)
 
 
+def _typed(data: bytes) -> Envelope | None:
+    """What the codec's typed path makes of ``data`` (``None``: it steps aside)."""
+    try:
+        return CODEC._decode_typed(data, None)
+    except Exception:
+        return None
+
+
 def TestOneInput(data: bytes) -> None:
+    typed = _typed(data)
+    if typed is not None:  # the typed path accepts only what the complete path accepts
+        complete = CODEC._decode(data, None)
+        assert typed == complete and typed.digest == complete.digest, (typed, complete)
+        assert all(
+            type(getattr(typed.event, name)) is type(getattr(complete.event, name))
+            for name in CODEC.registry.spec_of(typed.event).field_names
+        ), (typed, complete)
     try:
         envelope = CODEC.decode(data)
     except DecodeError:

@@ -1,7 +1,8 @@
 """Write the seed corpora of the fuzz harnesses (deterministic; rerun after format changes).
 
 * ``corpus/codec/``: one valid encoded envelope of each event type, built with the real
-  codec from the commands that set up the harnesses' fixed states;
+  codec from the commands that set up the harnesses' fixed states (``<type>.f<format>``;
+  seeds written in older envelope formats are kept);
 * ``corpus/protocol/``: one valid raw-mode input per wire command (first byte: the
   active state, or new for ``start``; the command's name, a NUL, then the request), plus
   one valid raw input per command class built directly (first byte 0x10 | the state;
@@ -21,6 +22,7 @@ import fuzzlib
 import msgpack
 
 from plantangenet.events import CODEC
+from plantangenet.events.codec import ENVELOPE_FORMAT
 from plantangenet.wire.protocol import COMMANDS, encode_request
 
 HERE = pathlib.Path(__file__).parent
@@ -76,14 +78,16 @@ def write(directory: pathlib.Path, name: str, data: bytes) -> None:
 
 def main() -> None:
     codec_dir, protocol_dir = HERE / "corpus" / "codec", HERE / "corpus" / "protocol"
-    for directory in (codec_dir, protocol_dir):
-        for old in directory.glob("*"):
-            old.unlink()
+    # Seeds of older envelope formats stay (``<type>.f1.msgpack``: the complete path's
+    # upcasting); this format's are written again.
+    for old in [*codec_dir.glob(f"*.f{ENVELOPE_FORMAT}.msgpack"), *protocol_dir.glob("*")]:
+        old.unlink()
     seen: set[str] = set()
     for envelope in fuzzlib.seed_envelopes():
         if envelope.type_name not in seen:
             seen.add(envelope.type_name)
-            write(codec_dir, f"{envelope.type_name}.msgpack", CODEC.encode(envelope))
+            name = f"{envelope.type_name}.f{ENVELOPE_FORMAT}.msgpack"
+            write(codec_dir, name, CODEC.encode(envelope))
     for name, args in REQUESTS.items():
         state = NEW if name == "start" else ACTIVE
         if name not in COMMANDS:  # a wire command this version does not have (yet)
