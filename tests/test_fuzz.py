@@ -20,9 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from plantangenet.events import CODEC
+from plantangenet.events.codec import ENVELOPE_FORMAT
 from plantangenet.wire.protocol import COMMANDS, decode_request
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
@@ -95,11 +97,27 @@ def test_protocol_harness_runs_clean(tmp_path: Path) -> None:
 # -- the seed corpora stay valid (no atheris needed) ----------------------------------------
 
 
-def test_codec_seeds_are_valid_envelopes_of_every_event_type() -> None:
+def test_codec_seeds_are_valid_envelopes_of_every_event_type_in_each_format() -> None:
     seeds = sorted((FUZZ / "corpus" / "codec").iterdir())
-    assert 0 < len(seeds) < 30
-    decoded = [CODEC.decode(p.read_bytes()) for p in seeds]  # else: rerun fuzz/make_corpus.py
-    assert [e.type_name for e in decoded] == [p.stem for p in seeds]
+    by_format: dict[str, set[str]] = {}
+    for path in seeds:  # <type>.f<format>.msgpack
+        type_name, _, form = path.name.removesuffix(".msgpack").rpartition(".f")
+        envelope = CODEC.decode(path.read_bytes())  # else: rerun fuzz/make_corpus.py
+        assert envelope.type_name == type_name
+        assert msgpack.unpackb(path.read_bytes())["f"] == int(form)
+        by_format.setdefault(form, set()).add(type_name)
+    assert set(by_format) == {"1", str(ENVELOPE_FORMAT)}  # the oldest and the current
+    assert by_format["1"] == by_format[str(ENVELOPE_FORMAT)] and len(by_format["1"]) >= 20
+    typed = [p for p in seeds if _typed(p.read_bytes())]
+    assert len(typed) >= 20 and all(p.name.endswith(f".f{ENVELOPE_FORMAT}.msgpack") for p in typed)
+
+
+def _typed(payload: bytes) -> bool:
+    """Whether the codec's typed path takes ``payload`` (else it raises or steps aside)."""
+    try:
+        return CODEC._decode_typed(payload, None) is not None
+    except Exception:
+        return False
 
 
 def test_protocol_seeds_are_valid_requests() -> None:
