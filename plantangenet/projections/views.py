@@ -8,15 +8,22 @@ from typing import Any
 
 from plantangenet.events.envelope import Envelope
 
+#: Dataclass -> the fields :func:`plain` and :func:`describe` show.
+_SHOWN_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _shown_fields(cls: type) -> tuple[str, ...]:
+    """A field named ``_x`` is internal (e.g. a policy's role index): not data."""
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+
 
 def plain(value: Any) -> Any:
     """``value`` as JSON-friendly data (events, views, mappings, tuples, datetimes)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {  # a field named _x is internal (e.g. a policy's role index): not data
-            f.name: plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if not f.name.startswith("_")
-        }
+        names = _SHOWN_FIELDS.get(type(value))
+        if names is None:
+            names = _SHOWN_FIELDS[type(value)] = _shown_fields(type(value))
+        return {name: plain(getattr(value, name)) for name in names}
     if hasattr(value, "items"):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -79,14 +86,6 @@ def describe(envelope: Envelope) -> str:
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         parts.append(f"{key}={shown}")
     return " ".join(parts)
-
-
-#: Event type -> the fields :func:`describe` shows (as :func:`plain` does: no ``_x``).
-_SHOWN_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _shown_fields(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
 
 
 #: ``"%Y-%m-%d %H:%M:%S"`` of the seconds :func:`clock_text` saw last (a log's events
