@@ -132,6 +132,24 @@ def test_the_hot_event_types_have_a_typed_decoder_and_maps_and_value_objects_do_
     assert without == {"PolicyChanged", "ChemProposed"}  # statements, clauses: value objects
 
 
+def test_an_event_msgspec_cannot_type_has_no_typed_decoder_and_decodes_the_complete_way() -> None:
+    from plantangenet.events import Event, EventRegistry, event_type
+
+    registry = EventRegistry()
+
+    @event_type("Blob", registry=registry)
+    class Blob(Event):
+        content: str | bytes  # a union msgspec refuses (two str-like types)
+
+    codec = EventCodec(registry)
+    assert typed_annotation(str | bytes) is not _UNMAPPED  # distinct msgpack types...
+    assert fields_decoder(Blob, typing.get_type_hints(Blob)) is None  # ...msgspec refuses
+    for content in ("text", b"bytes"):
+        payload = codec.encode(envelope_of(Blob(content)))
+        assert codec.decode(payload).event == Blob(content)
+    assert codec._typed["Blob"] == (1, None)  # looked up once, remembered
+
+
 def test_maps_decode_as_read_only_views_with_every_value_checked() -> None:
     payload = PRIVATE_CODEC.encode(envelope_of(Counted(1, 2.0, None, True, {"a": 1, "b": "x"})))
     fast = check_agrees(PRIVATE_CODEC, payload)

@@ -141,15 +141,18 @@ def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | N
         else:
             default = msgspec.NODEFAULT
         spec.append((f.name, annotation, default))
-    stored = msgspec.defstruct(
-        f"Stored{cls.__name__}",
-        spec,
-        kw_only=True,  # fields keep the class's order; defaults may come anywhere
-        forbid_unknown_fields=True,
-    )
+    try:
+        stored = msgspec.defstruct(
+            f"Stored{cls.__name__}",
+            spec,
+            kw_only=True,  # fields keep the class's order; defaults may come anywhere
+            forbid_unknown_fields=True,
+        )
+        decode = msgspec.msgpack.Decoder(stored).decode
+    except TypeError:  # a combination msgspec does not take (e.g. ``str | bytes``)
+        return None
     if tuple(stored.__struct_fields__) != tuple(f.name for f in fields):
         return None
-    decode = msgspec.msgpack.Decoder(stored).decode
     values = msgspec.structs.astuple
     build: Callable[..., Any] = slot_builder(cls)
 
