@@ -29,7 +29,8 @@ Annotations mapped (the rest: the complete path, per event type):
 * unions of several of ``str``, ``int``, ``float``, ``bool`` and ``bytes`` (each
   its own msgpack type, so the member the converters try first that accepts a
   value is the one msgspec picks), as long as ``int`` comes before ``float``
-  (else the converters turn an int into a float);
+  (else the converters turn an int into a float) and msgspec takes the union
+  (not ``str`` with ``bytes``: the event type then goes the complete path);
 * a field annotated ``Mapping[str, X]`` (no default), handed out as a read-only
   view as the converters do.
 
