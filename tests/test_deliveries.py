@@ -15,7 +15,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from plantangenet import EmbeddedNats
 from plantangenet.events import AgentAttached, SessionStarted
 from plantangenet.log import deliveries
-from plantangenet.log.deliveries import header_value, status_of, subscribe_direct
+from plantangenet.log.deliveries import (
+    NO_RESPONDERS,
+    header_value,
+    status_code,
+    status_of,
+    subscribe_direct,
+)
 from plantangenet.log.journal_acks import _Inbox, _sequences
 from tests.conftest import AsyncJournal
 from tests.test_journal import env
@@ -43,15 +49,15 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["direct", "fallback"])
 def test_messages_arrive_in_order_with_reply_data_and_headers(
-    nats_server: EmbeddedNats, fallback: bool
+    nats_server: EmbeddedNats, fallback: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both paths hand over the same (reply, data, headers) for plain and header messages."""
+    if fallback:  # a nats-py without the parser hook: the ordinary callback path
+        monkeypatch.setattr(deliveries, "_dispatch", lambda nc: None)
 
     async def scenario(nc: Any) -> tuple[Seen, bool, int]:
         seen: Seen = []
-        sub = await subscribe_direct(
-            nc, "direct.t", lambda s, r, d, h: seen.append((r, d, h)), fallback=fallback
-        )
+        sub = await subscribe_direct(nc, "direct.t", lambda s, r, d, h: seen.append((r, d, h)))
         before = nc.stats["in_msgs"]
         for i in range(200):
             await nc.publish("direct.t", b"%d" % i, reply=f"r.{i}")
@@ -80,17 +86,19 @@ def test_messages_arrive_in_order_with_reply_data_and_headers(
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["direct", "fallback"])
-def test_status_messages_keep_their_status_line(nats_server: EmbeddedNats, fallback: bool) -> None:
+def test_status_messages_keep_their_status_line(
+    nats_server: EmbeddedNats, fallback: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A push consumer's idle heartbeats reach the handler as ``NATS/1.0 100`` blocks."""
+    if fallback:
+        monkeypatch.setattr(deliveries, "_dispatch", lambda nc: None)
 
     async def scenario(nc: Any) -> Seen:
         js = nc.jetstream()
         await js.add_stream(name=f"DIRECT{int(fallback)}", subjects=[f"direct{int(fallback)}.>"])
         seen: Seen = []
         inbox = nc.new_inbox()
-        sub = await subscribe_direct(
-            nc, inbox, lambda s, r, d, h: seen.append((r, d, h)), fallback=fallback
-        )
+        sub = await subscribe_direct(nc, inbox, lambda s, r, d, h: seen.append((r, d, h)))
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.NONE,
@@ -207,3 +215,7 @@ def test_status_of_reads_the_status_line_or_the_headers_that_say_it() -> None:
     )
     assert status_of(b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n") is None
     assert status_of(None) is None
+    assert status_code(b"NATS/1.0 503\r\n\r\n") == NO_RESPONDERS
+    assert status_code(b"NATS/1.0 100 FlowControl Request\r\n\r\n") == b"100"
+    assert status_code(b"NATS/1.0\r\nNats-Msg-Id: m\r\n\r\n") is None
+    assert status_code(None) is None

@@ -31,13 +31,9 @@ import asyncio
 from typing import Any
 
 import nats.errors
-from nats.aio.client import NO_RESPONDERS_STATUS
 
-from plantangenet.log.deliveries import status_of, subscribe_direct
+from plantangenet.log.deliveries import NO_RESPONDERS, status_code, subscribe_direct
 from plantangenet.log.frames import request_frame, send_frames
-
-#: The status of the server's answer to a request nobody took.
-_NO_RESPONDERS = NO_RESPONDERS_STATUS.encode()
 
 
 def _expire(future: asyncio.Future[bytes]) -> None:
@@ -91,7 +87,7 @@ class AckInbox:
         if future is None or future.done():
             return
         # What nats-py's request checks: the server's status for a request nobody took.
-        if headers is not None and (status_of(headers) or (b"",))[0] == _NO_RESPONDERS:
+        if status_code(headers) == NO_RESPONDERS:
             future.set_exception(nats.errors.NoRespondersError())
         else:
             future.set_result(data)

@@ -29,7 +29,15 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-__all__ = ["DirectSubscription", "Handler", "header_value", "status_of", "subscribe_direct"]
+__all__ = [
+    "NO_RESPONDERS",
+    "DirectSubscription",
+    "Handler",
+    "header_value",
+    "status_code",
+    "status_of",
+    "subscribe_direct",
+]
 
 log = logging.getLogger("plantangenet.log.deliveries")
 
@@ -39,6 +47,8 @@ Handler = Callable[[bytes, bytes, bytes, bytes | None], None]
 
 _PARAMETERS = ["sid", "subject", "reply", "data", "headers"]
 _STATUS = "Status"
+#: The status the server answers a request with when nobody subscribes to its subject.
+NO_RESPONDERS = b"503"
 _DESCRIPTION = "Description"
 
 
@@ -113,14 +123,9 @@ class DirectSubscription:
         await self._sub.unsubscribe()
 
 
-async def subscribe_direct(
-    nc: Any, subject: str, handler: Handler, *, fallback: bool = False
-) -> DirectSubscription:
-    """Subscribe ``handler`` to ``subject`` on ``nc`` (see the module docs).
-
-    ``fallback`` forces the ordinary callback path (for tests and comparison).
-    """
-    dispatch = None if fallback else _dispatch(nc)
+async def subscribe_direct(nc: Any, subject: str, handler: Handler) -> DirectSubscription:
+    """Subscribe ``handler`` to ``subject`` on ``nc`` (see the module docs)."""
+    dispatch = _dispatch(nc)
     if dispatch is None:
         sub = await nc.subscribe(subject, cb=_callback(handler))
         return DirectSubscription(sub, None)
@@ -162,6 +167,12 @@ def header_value(headers: bytes, name: bytes) -> bytes | None:
     start += len(name) + 3
     end = headers.find(b"\r\n", start)
     return headers[start : end if end >= 0 else len(headers)].strip()
+
+
+def status_code(headers: bytes | None) -> bytes | None:
+    """The status code of a status message (``b"100"``, ``b"503"``...), else ``None``."""
+    status = status_of(headers)
+    return None if status is None else status[0]
 
 
 def status_of(headers: bytes | None) -> tuple[bytes, str] | None:

@@ -26,7 +26,7 @@ from plantangenet.errors import (
     StorageExhausted,
 )
 from plantangenet.events.envelope import OPERATOR, Envelope
-from plantangenet.log.deliveries import header_value, status_of
+from plantangenet.log.deliveries import header_value, status_code
 
 _WRONG_LAST = 10071  # JSStreamWrongLastSequenceErrF
 
@@ -265,7 +265,7 @@ class _Inbox:
     def arrived(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if reply[:8] == b"$JS.ACK.":
             self.messages.append((reply, data))
-        elif headers is not None and (status_of(headers) or (b"",))[0] == _CONTROL:
+        elif headers is not None and status_code(headers) == _CONTROL:
             target = reply or header_value(headers, b"Nats-Consumer-Stalled")
             if not target:
                 return  # a plain idle heartbeat

@@ -28,7 +28,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import Envelope
-from plantangenet.log.deliveries import header_value, status_of, subscribe_direct
+from plantangenet.log.deliveries import NO_RESPONDERS, header_value, status_of, subscribe_direct
 from plantangenet.log.journal_acks import (
     _MICROSECOND,
     _shift,
@@ -50,11 +50,10 @@ _EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
 
 _LATEST = datetime(2262, 1, 1, tzinfo=UTC)
 
-#: Status codes of a direct get's last message: the batch ended, nothing matched, no
-#: replica answers (as they stand in its status line, ``NATS/1.0 <code> <description>``).
+#: Status codes of a direct get's last message: the batch ended, nothing matched (as
+#: they stand in its status line, ``NATS/1.0 <code> <description>``); or NO_RESPONDERS.
 _END_OF_BATCH = b"204"
 _NOT_FOUND = b"404"
-_NO_RESPONDERS = b"503"
 
 
 class _Seeking:
@@ -456,7 +455,7 @@ class _Seeking:
             return messages, pending
         if status == _NOT_FOUND and not messages:  # nothing matches
             return [], 0
-        if status == _NO_RESPONDERS:
+        if status == NO_RESPONDERS:
             await self._stream_exists(f"cannot read {session_id}")
             raise JournalError(
                 f"cannot read {session_id}: stream {stream} answered no direct get (its "
