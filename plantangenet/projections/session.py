@@ -267,9 +267,7 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             cursor_id, agent_id = event.cursor_id, event.agent_id
             cursors = frozen(state.cursors)
             before = cursors.get(cursor_id)
-            cursor = _new_cursor(
-                cursor_id, agent_id, event.axes, event.start, event.end, event.resolution
-            )
+            cursor = cursor_view(event)
             changes["cursors"] = view(cursors.set(cursor_id, cursor))
             if before is None or before.agent_id != agent_id:  # a new owner (else the same)
                 owned = _owned(state)
