@@ -47,6 +47,19 @@ def test_a_service_that_keeps_saying_more_but_sends_nothing_is_an_error() -> Non
         asyncio.run(read())
 
 
+def test_pages_come_whole_as_batches_and_stop_at_the_bound() -> None:
+    pages = [([(1, b"a"), (2, b"b")], 5, True), ([(4, b"d"), (5, b"e")], 5, False)]
+
+    async def read(to: int | None) -> list[list[tuple[int, bytes]]]:
+        client = paged_client(list(pages))
+        return [page async for page in client.stored_pages("s", 1, to)]
+
+    assert asyncio.run(read(None)) == [[(1, b"a"), (2, b"b")], [(4, b"d"), (5, b"e")]]
+    assert asyncio.run(read(4)) == [[(1, b"a"), (2, b"b")], [(4, b"d")]]
+    assert asyncio.run(read(2)) == [[(1, b"a"), (2, b"b")]]
+    assert asyncio.run(read(3)) == [[(1, b"a"), (2, b"b")]]  # no empty page
+
+
 def all_error_classes() -> list[type[PlantangenetError]]:
     found: list[type[PlantangenetError]] = []
     pending: list[type[PlantangenetError]] = [PlantangenetError]

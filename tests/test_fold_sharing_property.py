@@ -26,6 +26,16 @@ from plantangenet import (
     StartSession,
     decide,
     evolve,
+    fold,
+)
+from plantangenet.events import (
+    AgentAttached,
+    AgentDetached,
+    CursorAdded,
+    CursorMoved,
+    CursorRemoved,
+    Event,
+    RoleGranted,
 )
 from plantangenet.events.envelope import new_id
 from plantangenet.projections.views import plain
@@ -76,3 +86,51 @@ def test_earlier_states_never_change_and_a_refold_is_equal(
     for envelope, expected in zip(envelopes, states[1:], strict=True):
         again = evolve(again, envelope)
         assert again == expected
+
+
+# -- fold: runs of cursor moves at once, equal to evolve one by one ------------------------
+
+_AGENTS = st.sampled_from("abc")
+_CURSORS = st.sampled_from(["c1", "c2", "c3"])
+_SPAN = st.floats(min_value=0, max_value=100, allow_nan=False)
+_CURSOR_EVENTS = st.one_of(
+    st.builds(CursorMoved, _AGENTS, _CURSORS, st.just(("x",)), _SPAN, _SPAN),
+    st.builds(CursorAdded, _AGENTS, _CURSORS, st.just(("y",)), _SPAN, _SPAN),
+)
+#: Mostly cursor moves (long runs), among events that end a run: a new owner, a cursor
+#: removed, an agent leaving (its cursors with it), a role.
+_EVENTS = st.one_of(
+    _CURSOR_EVENTS,
+    _CURSOR_EVENTS,
+    _CURSOR_EVENTS,
+    st.builds(CursorRemoved, _AGENTS, _CURSORS),
+    st.builds(AgentAttached, _AGENTS, st.just("bot"), st.just("")),
+    st.builds(AgentDetached, _AGENTS, st.just("gone")),
+    st.builds(RoleGranted, _AGENTS, st.sampled_from(["r", "s"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.tuples(_EVENTS, st.booleans()), max_size=60),
+    cut=st.integers(min_value=0, max_value=60),
+)
+def test_fold_equals_evolve_one_by_one(events: list[tuple[Event, bool]], cut: int) -> None:
+    # Some envelopes carry no sequence (folded before the log numbered them).
+    envelopes = [
+        Envelope(event, "runs", new_id(), "c", "r", AT, None, (n + 1) * 2 if numbered else None)
+        for n, (event, numbered) in enumerate(events)
+    ]
+    expected = SessionState("runs")
+    for envelope in envelopes:
+        expected = evolve(expected, envelope)
+    folded = fold("runs", envelopes)
+    in_two = fold("runs", envelopes[cut:], fold("runs", envelopes[:cut]))
+    for state in (folded, in_two):
+        assert state == expected
+        assert snapshot(state) == snapshot(expected)
+        for agent in "abc":  # the cursors-by-owner cache the fold carries along
+            assert state.cursors_of(agent) == expected.cursors_of(agent)
+        # A later event folds onto it as onto the state evolve made.
+        later = Envelope(AgentDetached("a", "x"), "runs", new_id(), "c", "r", AT, None, 999)
+        assert evolve(state, later) == evolve(expected, later)

@@ -504,6 +504,30 @@ def test_paging_through_a_session_yields_what_read_does(
     wait_until(lambda: consumers(journal) == 0)
 
 
+def test_read_batches_are_read_raw_in_order_never_empty_and_bounded(
+    journal: AsyncJournal,
+) -> None:
+    j = journal.journal
+    s1 = interleaved(journal, 30)["s1"]
+    middle, near_end = s1[len(s1) // 3][0], s1[-5][0]
+
+    async def batches(**bounds: int) -> list[list[tuple[int, bytes]]]:
+        return [b async for b in j.read_batches("s1", **bounds)]
+
+    for bounds, expected in (
+        ({}, s1),
+        ({"from_sequence": middle}, [m for m in s1 if m[0] >= middle]),
+        ({"to_sequence": near_end}, [m for m in s1 if m[0] <= near_end]),
+        ({"from_sequence": middle, "to_sequence": middle}, [m for m in s1 if m[0] == middle]),
+        ({"from_sequence": s1[-1][0] + 1}, []),
+    ):
+        got = journal.run(batches(**bounds))
+        assert all(got), bounds  # no empty batch
+        assert [m for batch in got for m in batch] == expected, bounds
+    assert journal.run(batches(to_sequence=0)) == []
+    wait_until(lambda: consumers(journal) == 0)  # each read's consumer is gone
+
+
 def test_page_of_a_missing_stream_names_it(journal: AsyncJournal) -> None:
     j = journal.journal
     journal.run(j.js.delete_stream(j.config.stream))

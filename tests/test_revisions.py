@@ -130,9 +130,9 @@ def test_an_event_is_found_by_its_revision_without_reading_the_session(
     decoded: list[int] = []
     decode = journal.codec.decode
 
-    def counted(payload: bytes, *, sequence: int | None = None) -> Envelope:
+    def counted(payload: bytes, *, sequence: int | None = None, digest: bool = True) -> Envelope:
         decoded.append(sequence or 0)
-        return decode(payload, sequence=sequence)
+        return decode(payload, sequence=sequence, digest=digest)
 
     journal.codec.decode = counted  # type: ignore[method-assign]
     try:

@@ -48,9 +48,11 @@ class CountingCodec(EventCodec):
         super().__init__(CODEC.registry, max_event_bytes=CODEC.max_event_bytes)
         self.decoded = 0
 
-    def decode(self, payload: bytes, *, sequence: int | None = None) -> Envelope:
+    def decode(
+        self, payload: bytes, *, sequence: int | None = None, digest: bool = True
+    ) -> Envelope:
         self.decoded += 1
-        return super().decode(payload, sequence=sequence)
+        return super().decode(payload, sequence=sequence, digest=digest)
 
 
 def journal_with(runtime: Plantangenet, skew: float, codec: EventCodec = CODEC) -> Journal:

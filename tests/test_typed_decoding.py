@@ -10,6 +10,7 @@ returns -- never an envelope the complete path would refuse or build otherwise.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import typing
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from tests.test_codec import (
 )
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+ENVELOPE_FIELDS = [f.name for f in dataclasses.fields(Envelope) if f.name != "digest"]
 ENVELOPE_KEYS = ("f", "t", "v", "id", "s", "a", "c", "r", "at", "p", "z", "u", "k", "n", "d")
 
 
@@ -199,6 +201,24 @@ def test_a_cursor_move_takes_the_typed_path_and_equals_the_complete_one() -> Non
 @given(ANY_ENVELOPE)
 def test_every_session_event_decodes_the_same_both_ways(envelope: Envelope) -> None:
     check_agrees(CODEC, CODEC.encode(envelope))
+
+
+@SETTINGS
+@given(ANY_ENVELOPE, st.booleans())
+def test_a_decode_without_digest_differs_only_in_the_digest(
+    envelope: Envelope, older_format: bool
+) -> None:
+    """Both paths (the typed one; format 2 goes the complete one) skip only the hashing."""
+    payload = CODEC.encode(envelope)
+    if older_format:
+        payload = pack({k: v for k, v in raw_of(envelope).items() if k != "n"} | {"f": 2})
+    full = CODEC.decode(payload, sequence=7)
+    bare = CODEC.decode(payload, sequence=7, digest=False)
+    assert full.digest == hashlib.sha256(payload).digest()
+    assert bare.digest == b""
+    assert dataclasses.replace(bare, digest=full.digest) == full
+    for name in ENVELOPE_FIELDS:
+        assert getattr(bare, name) == getattr(full, name), name
 
 
 @SETTINGS

@@ -201,20 +201,25 @@ class EventCodec:
             )
         return payload
 
-    def decode(self, payload: bytes, *, sequence: int | None = None) -> Envelope:
+    def decode(
+        self, payload: bytes, *, sequence: int | None = None, digest: bool = True
+    ) -> Envelope:
         """The envelope in ``payload`` (upcast to the current version).
 
         :param sequence: the stream sequence the message was stored at.
+        :param digest: whether to compute the envelope's ``digest`` (the SHA-256 of
+            ``payload``, which the session's next event chains to); without it, ``b""``.
+            A fold that reads no digest (a replay) saves the hashing.
         :raises DecodeError: for anything that is not a valid envelope.
         """
         try:  # the common case, checked in C; anything else: the complete path decides
-            envelope = self._decode_typed(payload, sequence)
+            envelope = self._decode_typed(payload, sequence, digest)
         except Exception:
             envelope = None
         if envelope is not None:
             return envelope
         try:
-            return self._decode(payload, sequence)
+            return self._decode(payload, sequence, digest)
         except DecodeError:
             raise
         except PlantangenetError as exc:
@@ -222,7 +227,9 @@ class EventCodec:
         except Exception as exc:  # an upcaster or msgpack failing in an unforeseen way
             raise DecodeError(f"cannot decode event: {type(exc).__name__}: {exc}") from None
 
-    def _decode_typed(self, payload: bytes, sequence: int | None) -> Envelope | None:
+    def _decode_typed(
+        self, payload: bytes, sequence: int | None, digest: bool = True
+    ) -> Envelope | None:
         """The typed path (:mod:`.typed_decoding`): the envelope, ``None`` where it does not
         apply, or any exception where it refuses (the complete path names why)."""
         if len(payload) > self.max_event_bytes:
@@ -255,7 +262,7 @@ class EventCodec:
             sequence,
             stored.p,
             authorization,
-            _hash(payload).digest(),
+            _hash(payload).digest() if digest else b"",
             stored.u,
             stored.k,
             stored.n,
@@ -272,7 +279,7 @@ class EventCodec:
         )
         return typed
 
-    def _decode(self, payload: bytes, sequence: int | None) -> Envelope:
+    def _decode(self, payload: bytes, sequence: int | None, digest: bool = True) -> Envelope:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise DecodeError(f"expected bytes, got {type(payload).__name__}")
         if len(payload) > self.max_event_bytes:
@@ -335,7 +342,7 @@ class EventCodec:
             sequence,
             previous_hash,
             authorization,
-            hashlib.sha256(payload).digest(),
+            hashlib.sha256(payload).digest() if digest else b"",
             principal,
             fingerprint,
             revision,

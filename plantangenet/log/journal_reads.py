@@ -82,25 +82,26 @@ class _Reading(_Seeking):
         revision: int | None = 0 if from_sequence <= 1 else None  # of the last one yielded
         rows = self._ordered(session_id, from_sequence, stop_at=end)
         async with contextlib.aclosing(rows):
-            async for seq, data in rows:
-                count += 1
-                if progress is not None and count % 1000 == 0:
-                    progress(seq, end)
-                try:
-                    envelope = decode(data, sequence=seq)
-                except (UnknownEventType, UnknownEventVersion):
-                    raise  # an event of newer code (or a missing upcaster): not this log's damage
-                except DecodeError as exc:
-                    unreadable[seq] = exc
-                    continue
-                if unreadable and type(envelope.event) is MessageQuarantined:
-                    unreadable.pop(envelope.event.sequence, None)
-                if envelope.revision is None:
-                    if revision is None:
-                        revision = await self.count_before(session_id, seq)
-                    envelope = envelope.with_revision(revision + 1)
-                revision = envelope.revision
-                yield envelope
+            async for batch in rows:
+                for seq, data in batch:
+                    count += 1
+                    if progress is not None and count % 1000 == 0:
+                        progress(seq, end)
+                    try:
+                        envelope = decode(data, sequence=seq)
+                    except (UnknownEventType, UnknownEventVersion):
+                        raise  # an event of newer code (or a missing upcaster): not damage
+                    except DecodeError as exc:
+                        unreadable[seq] = exc
+                        continue
+                    if unreadable and type(envelope.event) is MessageQuarantined:
+                        unreadable.pop(envelope.event.sequence, None)
+                    if envelope.revision is None:
+                        if revision is None:
+                            revision = await self.count_before(session_id, seq)
+                        envelope = envelope.with_revision(revision + 1)
+                    revision = envelope.revision
+                    yield envelope
         if progress is not None:
             progress(end, end)
         if unreadable:
@@ -114,6 +115,19 @@ class _Reading(_Seeking):
 
         ``session_id`` :data:`ALL_SESSIONS` reads every session's messages, in stream order.
         """
+        batches = self.read_batches(
+            session_id, from_sequence=from_sequence, to_sequence=to_sequence
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def read_batches(
+        self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
+        """:meth:`read_raw` in batches (never empty): what arrived together, for a reader
+        that goes through many messages (a replay) and need not wake once for each."""
         end = await self.last_sequence(session_id)
         if to_sequence is not None:
             end = min(end, to_sequence)
@@ -121,8 +135,8 @@ class _Reading(_Seeking):
             return
         rows = self._ordered(session_id, from_sequence, stop_at=end)
         async with contextlib.aclosing(rows):
-            async for item in rows:
-                yield item
+            async for batch in rows:
+                yield batch
 
     async def page(
         self,
@@ -193,19 +207,21 @@ class _Reading(_Seeking):
         revision: int | None = 0 if start <= 1 else None  # of the last one yielded
         rows = self._ordered(session_id, start, stop_at=None)
         async with contextlib.aclosing(rows):
-            async for seq, data in rows:
-                envelope = self.codec.decode(data, sequence=seq)
-                if envelope.revision is None:
-                    if revision is None:
-                        revision = await self.count_before(session_id, seq)
-                    envelope = envelope.with_revision(revision + 1)
-                revision = envelope.revision
-                yield envelope
+            async for batch in rows:
+                for seq, data in batch:
+                    envelope = self.codec.decode(data, sequence=seq)
+                    if envelope.revision is None:
+                        if revision is None:
+                            revision = await self.count_before(session_id, seq)
+                        envelope = envelope.with_revision(revision + 1)
+                    revision = envelope.revision
+                    yield envelope
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
-    ) -> AsyncGenerator[tuple[int, bytes], None]:
-        """``(stream sequence, payload)`` in order, with no gap and no duplicate.
+    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
+        """``(stream sequence, payload)`` in order, with no gap and no duplicate, in
+        batches (what arrived since the last batch was taken: never empty).
 
         This is an ordered consumer done here rather than by nats-py: a push
         consumer with flow control, heartbeats and acks used only as a window,
@@ -248,22 +264,38 @@ class _Reading(_Seeking):
                         answers, inbox.answers = inbox.answers, []
                         for target in answers:
                             await self.nc.publish(target.decode(), b"")
-                    if not inbox.messages:
+                    messages = inbox.messages
+                    if not messages:
                         if not await inbox.wait(loop, idle_timeout):
                             break  # stalled, or a quiet tail: start a fresh consumer
                         continue
-                    reply, data = inbox.messages.popleft()
-                    sequence, delivered = _sequences(reply)
-                    if delivered != expected:
-                        break  # a message was lost in transit: start again after the last
-                    if delivered % ack_every == 0:
-                        await self.nc.publish(reply.decode(), b"")
-                    expected += 1
-                    next_sequence = sequence + 1
-                    stalls = 0
-                    yield sequence, data
-                    if stop_at is not None and sequence >= stop_at:
+                    # Everything that arrived meanwhile, as one batch.
+                    batch: list[tuple[int, bytes]] = []
+                    lost = done = False
+                    ack: bytes | None = None
+                    while messages:
+                        reply, data = messages.popleft()
+                        sequence, delivered = _sequences(reply)
+                        if delivered != expected:
+                            lost = True  # a message was lost in transit
+                            break
+                        if delivered % ack_every == 0:
+                            ack = reply
+                        expected += 1
+                        batch.append((sequence, data))
+                        if stop_at is not None and sequence >= stop_at:
+                            done = True
+                            break
+                    if ack is not None:  # AckAll: the last one acknowledges the batch
+                        await self.nc.publish(ack.decode(), b"")
+                    if batch:
+                        next_sequence = batch[-1][0] + 1
+                        stalls = 0
+                        yield batch
+                    if done:
                         return
+                    if lost:
+                        break  # start again after the last delivered
             finally:
                 self.consumers_in_use -= 1
                 with contextlib.suppress(nats.errors.Error):

@@ -8,7 +8,7 @@ pages) and sits above both the log and the projections. The function is also
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from plantangenet.events.codec import EventCodec
@@ -22,8 +22,11 @@ class ReadableLog(Protocol):
 
     codec: EventCodec
 
-    def read_raw(
+    def read_batches(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
-    ) -> AsyncIterator[tuple[int, bytes]]: ...
+    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
+        """``(stream sequence, stored bytes)`` of the session's messages in order, in
+        batches (never empty)."""
+        ...
 
     async def last_sequence(self, session_id: str) -> int: ...

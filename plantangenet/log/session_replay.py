@@ -16,12 +16,13 @@ session projection, so it sits above both.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from plantangenet.errors import DecodeError, UnknownEventType, UnknownEventVersion
 from plantangenet.events.envelope import Envelope
 from plantangenet.log.replay import Progress, ReadableLog
-from plantangenet.projections.session import SessionState, evolve, with_unreadable
+from plantangenet.projections.session import SessionState, fold, with_unreadable
 
 
 async def replay(
@@ -36,38 +37,72 @@ async def replay(
     """Fold the session's events into ``state`` (default: a new session).
 
     Continues after ``state.sequence``, so it also catches a live state up
-    with events other writers stored. ``observe`` sees each envelope after it
-    was folded in, with its revision (``state.revision`` after folding it).
+    with events other writers stored. ``observe`` sees each envelope once it is
+    folded in (with the others that arrived with it), with its revision (its
+    position in the session: ``state.revision`` right after it).
     """
     current = state if state is not None else SessionState(session_id)
     decode = journal.codec.decode
+    digest = observe is not None  # the fold reads no digest; an observer may
     end = await _end(journal, session_id, to_sequence) if progress is not None else 0
     count = 0
-    async for sequence, payload in journal.read_raw(
+    batches = journal.read_batches(
         session_id, from_sequence=current.sequence + 1, to_sequence=to_sequence
-    ):
-        try:
-            envelope = decode(payload, sequence=sequence)
-        except (UnknownEventType, UnknownEventVersion):
-            raise  # an event of newer code (or a missing upcaster), not damage: say so
-        except DecodeError as exc:
-            current = with_unreadable(current, sequence, f"{exc.code}: {exc}")
-        else:
-            if envelope.session_id == session_id:
-                current = evolve(current, envelope)
-                if observe is not None:
-                    if envelope.revision is None:  # stored before revisions were recorded
-                        envelope = envelope.with_revision(current.event_count)
-                    observe(envelope)
-            else:
-                problem = f"an event of session {envelope.session_id!r}, not of {session_id!r}"
-                current = with_unreadable(current, sequence, problem)
-        count += 1
-        if progress is not None and count % 1000 == 0:
-            progress(sequence, end)
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            current = _fold_batch(current, batch, decode, digest, observe)
+            if progress is not None:
+                before, count = count, count + len(batch)
+                if count // 1000 != before // 1000:
+                    progress(batch[-1][0], end)
     if progress is not None and count:
         progress(end, end)
     return current
+
+
+def _fold_batch(
+    state: SessionState,
+    batch: list[tuple[int, bytes]],
+    decode: Callable[..., Envelope],
+    digest: bool,
+    observe: Callable[[Envelope], None] | None,
+) -> SessionState:
+    """``state`` with the stored messages of ``batch`` folded in (see :func:`replay`)."""
+    session_id = state.session_id
+    envelopes: list[Envelope] = []  # decoded, not folded yet
+    for sequence, payload in batch:
+        try:
+            envelope = decode(payload, sequence=sequence, digest=digest)
+        except (UnknownEventType, UnknownEventVersion):
+            raise  # an event of newer code (or a missing upcaster), not damage: say so
+        except DecodeError as exc:
+            problem = f"{exc.code}: {exc}"
+        else:
+            if envelope.session_id == session_id:
+                envelopes.append(envelope)
+                continue
+            problem = f"an event of session {envelope.session_id!r}, not of {session_id!r}"
+        state = with_unreadable(_folded(state, envelopes, observe), sequence, problem)
+        envelopes = []
+    return _folded(state, envelopes, observe)
+
+
+def _folded(
+    state: SessionState, envelopes: list[Envelope], observe: Callable[[Envelope], None] | None
+) -> SessionState:
+    """``state`` with ``envelopes`` folded in, each then shown to ``observe``."""
+    if not envelopes:
+        return state
+    revision = state.event_count  # each event folded counts one
+    state = fold(state.session_id, envelopes, state)
+    if observe is not None:
+        for envelope in envelopes:
+            revision += 1
+            if envelope.revision is None:  # stored before revisions were recorded
+                envelope = envelope.with_revision(revision)
+            observe(envelope)
+    return state
 
 
 async def _end(journal: ReadableLog, session_id: str, to_sequence: int | None) -> int:

@@ -435,8 +435,51 @@ _NUMBERED = frozenset({AgentAttached})
 def fold(
     session_id: str, envelopes: Iterable[Envelope], state: SessionState | None = None
 ) -> SessionState:
-    """Fold ``envelopes`` into ``state`` (or a new session's initial state)."""
+    """Fold ``envelopes`` into ``state`` (or a new session's initial state).
+
+    The same as :func:`evolve` applied to each in turn, but a run of cursor moves
+    (``CursorMoved``/``CursorAdded`` of cursors that keep their owner: most of a
+    long session's log) makes one new state instead of one per event.
+    """
     current = state if state is not None else SessionState(session_id)
+    cursors = current.cursors
+    moved: dict[str, CursorView] = {}  # the run's cursors, by id (the last move of each)
+    count = 0  # events in the run
+    sequence: int | None = None  # the run's last stream sequence
     for envelope in envelopes:
+        event = envelope.event
+        if isinstance(event, _MOVES):
+            cursor_id = event.cursor_id
+            before = moved.get(cursor_id)
+            if before is None:
+                before = cursors.get(cursor_id)
+            if before is not None and before.agent_id == event.agent_id:
+                moved[cursor_id] = cursor_view(event)
+                count += 1
+                if envelope.sequence is not None:
+                    sequence = envelope.sequence
+                continue
+        if count:
+            current = _moved(current, moved, count, sequence)
+            moved, count, sequence = {}, 0, None
         current = evolve(current, envelope)
-    return current
+        cursors = current.cursors
+    return _moved(current, moved, count, sequence) if count else current
+
+
+#: Events that set a cursor (a run of them folds at once, see :func:`fold`).
+_MOVES = (CursorMoved, CursorAdded)
+
+
+def _moved(
+    state: SessionState, moved: Mapping[str, CursorView], count: int, sequence: int | None
+) -> SessionState:
+    """``state`` after ``count`` cursor events that set ``moved`` and changed no owner."""
+    return _changed(
+        state,
+        {
+            "sequence": state.sequence if sequence is None else sequence,
+            "event_count": state.event_count + count,
+            "cursors": view(frozen(state.cursors).update(moved)),
+        },
+    )

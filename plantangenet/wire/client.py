@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -301,15 +301,24 @@ class BotClient(SessionCommands):
         self, session_id: str, from_sequence: int = 1, to_sequence: int | None = None
     ) -> AsyncIterator[tuple[int, bytes]]:
         """``(sequence, stored bytes)`` of the session's events, page by page, in order."""
+        async for page in self.stored_pages(session_id, from_sequence, to_sequence):
+            for item in page:
+                yield item
+
+    async def stored_pages(
+        self, session_id: str, from_sequence: int = 1, to_sequence: int | None = None
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """:meth:`stored` a page at a time (never an empty one)."""
         start = from_sequence
         empty = 0  # pages in a row that said "more" but held nothing
         while to_sequence is None or start <= to_sequence:
             page, _, more = await self.page(session_id, start)
-            for sequence, data in page:
-                if to_sequence is not None and sequence > to_sequence:
-                    return
-                yield sequence, data
-                start = sequence + 1
+            if to_sequence is not None and page and page[-1][0] > to_sequence:
+                page = [item for item in page if item[0] <= to_sequence]
+                more = False
+            if page:
+                start = page[-1][0] + 1
+                yield page
             if not more:
                 return
             if page:
@@ -414,11 +423,11 @@ class _PagedLog:
         _, last, _ = await self.client.page(session_id, 1, 1)
         return last
 
-    async def read_raw(
+    async def read_batches(
         self, session_id: str, *, from_sequence: int = 1, to_sequence: int | None = None
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        async for item in self.client.stored(session_id, from_sequence, to_sequence):
-            yield item
+    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
+        async for page in self.client.stored_pages(session_id, from_sequence, to_sequence):
+            yield page
 
 
 async def _one(sequence: int, data: bytes) -> AsyncIterator[tuple[int, bytes]]:
