@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,7 +51,7 @@ from plantangenet.log.loop import EventLoopThread
 from plantangenet.log.positions import Position
 from plantangenet.log.positions import state_at as history_state_at
 from plantangenet.log.replay import Progress
-from plantangenet.log.session_replay import replay
+from plantangenet.log.session_replay import fold_events, replay
 from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.nats.store import SharedStore
 from plantangenet.projections.cursors import CursorIndex
@@ -547,12 +547,30 @@ class Plantangenet:
         return events
 
     def ledger(self, session_id: str, *, to_sequence: int | None = None) -> Ledger:
-        """The session's dust ledger, folded from the log."""
-        return Ledger.of(self.history(session_id, to_sequence=to_sequence))
+        """The session's dust ledger, folded from the log (streamed: memory stays flat).
+
+        :raises UnknownSession: the session has no events.
+        """
+        ledger = Ledger()
+        self._fold_events(session_id, ledger.apply, to_sequence)
+        return ledger
 
     def cursor_index(self, session_id: str, *, to_sequence: int | None = None) -> CursorIndex:
-        """The session's cursor index, folded from the log."""
-        return CursorIndex.of(self.history(session_id, to_sequence=to_sequence))
+        """The session's cursor index, folded from the log (streamed: memory stays flat).
+
+        :raises UnknownSession: the session has no events.
+        """
+        index = CursorIndex()
+        self._fold_events(session_id, index.apply, to_sequence)
+        return index
+
+    def _fold_events(
+        self, session_id: str, apply: Callable[[Envelope], object], to_sequence: int | None
+    ) -> None:
+        check_id(session_id, "session_id")
+        count = self.loop.run(fold_events(self.journal, session_id, apply, to_sequence=to_sequence))
+        if count == 0 and self.loop.run(self.journal.last_sequence(session_id)) == 0:
+            raise UnknownSession(f"no events for session {session_id!r}")
 
     def sessions(self) -> dict[str, int]:
         """Every session in the log with its number of events."""

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantangenet import CursorIndex, Plantangenet
+from plantangenet import CursorIndex, Ledger, Plantangenet, UnknownSession
 from plantangenet.cli import main
 from plantangenet.events import (
     AgentDetached,
@@ -182,3 +182,29 @@ def test_cli_cursors_lists_and_answers_coverage(
     assert [(c["cursor_id"], c["resolution"]) for c in report["cursors"]] == [("c1", 2.0)]
     assert main(["cursors", "nobody", *args]) == 2
     assert main(["cursors", "cli-cursors", *args, "--time", "3"]) == 2
+
+
+def test_the_runtime_folds_its_projections_from_a_stream_not_a_list(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = runtime.session("streamed")
+    session.start()
+    session.attach("a")
+    session.add_cursor("a", "c1", ("x",), 0.0, 1.0)
+    session.move_cursor("a", "c1", ("x",), 2.0, 3.0)
+    session.deposit("a", 5)
+    expected_index = CursorIndex.of(runtime.history("streamed"))
+    expected_ledger = Ledger.of(runtime.history("streamed"))
+
+    def whole_history(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read the whole history into a list")
+
+    monkeypatch.setattr(runtime, "history", whole_history)
+    index, ledger = runtime.cursor_index("streamed"), runtime.ledger("streamed")
+    assert index.cursors == expected_index.cursors and index.cursors
+    assert index.covering("x", 2.5) == expected_index.covering("x", 2.5)
+    assert ledger.balances == expected_ledger.balances == {"a": 5}
+    with pytest.raises(UnknownSession):
+        runtime.cursor_index("nobody-here")
+    with pytest.raises(UnknownSession):
+        runtime.ledger("nobody-here")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from plantangenet.cli.output import Progress, progress_on_stderr
+from plantangenet.cli.output import progress_on_stderr
 from plantangenet.errors import (
     PlantangenetError,
     UnknownSession,
@@ -22,6 +21,7 @@ from plantangenet.log.journal import (
     stream_limits_from_env,
     timeouts_from_env,
 )
+from plantangenet.log.session_replay import fold_events
 from plantangenet.projections.session import SessionState
 from plantangenet.projections.views import plain
 from plantangenet.runtime import Plantangenet
@@ -91,21 +91,9 @@ def dump_json(data: Any, out: TextIO) -> None:
     out.write("\n")
 
 
-async def fold_history(
-    pg: Plantangenet, session_id: str, fold: Callable[[Envelope], None], progress: Progress
-) -> int:
-    count = 0
-    envelopes = pg.journal.read(session_id, progress=progress)
-    async with contextlib.aclosing(envelopes):
-        async for envelope in envelopes:
-            fold(envelope)
-            count += 1
-    return count
-
-
 def fold_projection(args: argparse.Namespace, fold: Callable[[Envelope], None]) -> None:
     """Fold the session's whole history into ``fold`` (``UnknownSession`` if it has none)."""
     with open_runtime(args) as pg, progress_on_stderr() as progress:
-        count = pg.run(fold_history(pg, args.session_id, fold, progress))
+        count = pg.run(fold_events(pg.journal, args.session_id, fold, progress=progress))
     if count == 0:
         raise UnknownSession(f"no events for session {args.session_id!r}")

@@ -12,7 +12,6 @@ from datetime import UTC
 from typing import Any, TextIO
 
 from plantangenet.cli.common import (
-    fold_history,
     open_runtime,
     parse_time,
 )
@@ -37,6 +36,7 @@ from plantangenet.events.envelope import Envelope
 from plantangenet.log.journal import (
     Journal,
 )
+from plantangenet.log.session_replay import fold_events
 from plantangenet.projections.audit import Audit, AuditEntry
 from plantangenet.projections.audit_model import (
     AuditFilter,
@@ -294,7 +294,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
                 f"plantangenet: audit read model unavailable ({exc}); folding the whole log\n"
             )
             audit = Audit()
-            pg.run(fold_history(pg, args.session_id, audit, progress))
+            pg.run(fold_events(journal, args.session_id, audit, progress=progress))
             pg.run(answer(FoldedAudit(audit.entries)))
     progress.close()
     return 0

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from plantangenet.errors import DecodeError, UnknownEventType, UnknownEventVersion
 from plantangenet.events.envelope import Envelope
+from plantangenet.log.journal import Journal
 from plantangenet.log.replay import Progress, ReadableLog
 from plantangenet.projections.session import SessionState, fold, with_unreadable
 
@@ -59,6 +60,28 @@ async def replay(
     if progress is not None and count:
         progress(end, end)
     return current
+
+
+async def fold_events(
+    journal: Journal,
+    session_id: str,
+    apply: Callable[[Envelope], object],
+    *,
+    to_sequence: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Hand each of the session's events, in order, to ``apply`` (a projection's fold
+    step: a :class:`~plantangenet.projections.ledger.Ledger`'s ``apply``, say); how many.
+
+    Streams, as :func:`replay` does: memory stays flat however long the session.
+    """
+    count = 0
+    envelopes = journal.read(session_id, to_sequence=to_sequence, progress=progress)
+    async with contextlib.aclosing(envelopes):
+        async for envelope in envelopes:
+            apply(envelope)
+            count += 1
+    return count
 
 
 def _fold_batch(
