@@ -46,11 +46,14 @@ from plantangenet import (
 )
 from plantangenet.cli import main
 from plantangenet.errors import UnknownPosition
+from plantangenet.log import positions
 from plantangenet.timetravel.history import (
     Change,
+    Position,
     StateDiff,
     apply,
     diff,
+    event_at,
     parse_position,
     resolve,
     state_at,
@@ -140,6 +143,55 @@ def test_positions_resolve_to_the_sessions_own_events(runtime: Plantangenet) -> 
     # b's first event is 2: sequence 1 is before it.
     with pytest.raises(UnknownPosition, match="before its first event"):
         runtime.run(state_at(journal, "b", seq(1)))
+
+
+def test_the_quick_walk_equals_the_full_one(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Positions settled as stream sequences and replayed to (the quick walk) give what
+    reading event by event gives, for every kind it takes, in any order; event ids and
+    positions outside the session go the full walk, which names the problem."""
+    history_a, _ = _interleaved(runtime)
+    journal = runtime.journal
+    seq = StreamSequence
+    moments = [e.occurred_at for e in history_a]
+    cases: list[list[Position]] = [
+        [1],
+        [4],
+        [seq(4)],  # another session's sequence: a's event before it
+        [seq(1000)],
+        [moments[2]],
+        [3, seq(2), moments[1], 1, seq(7)],  # several, out of order
+    ]
+    read_calls: list[object] = []
+    original_read = journal.read
+
+    def counted_read(*args: object, **kwargs: object) -> object:
+        read_calls.append(args)
+        return original_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal, "read", counted_read)
+    quick = [runtime.run(states_at(journal, "a", case)) for case in cases]
+    assert read_calls == []  # none of them read event by event
+    events = [runtime.run(event_at(journal, "a", seq(6)))]
+    assert read_calls == [] and events[0] == history_a[2]
+
+    monkeypatch.setattr(positions, "_walk_to_bounds", _never_quick)
+    full = [runtime.run(states_at(journal, "a", case)) for case in cases]
+    assert read_calls  # the full walk reads
+    assert quick == full
+    assert [[s.event_count for s in states] for states in quick] == [
+        [1],
+        [4],
+        [2],
+        [4],
+        [3],
+        [3, 1, 2, 1, 4],
+    ]
+
+
+async def _never_quick(*args: object) -> bool:
+    return False
 
 
 def test_commands_sharing_a_time_resolve_to_their_last_event(runtime: Plantangenet) -> None:

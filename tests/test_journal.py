@@ -510,6 +510,7 @@ def test_read_batches_are_read_raw_in_order_never_empty_and_bounded(
     j = journal.journal
     s1 = interleaved(journal, 30)["s1"]
     middle, near_end = s1[len(s1) // 3][0], s1[-5][0]
+    in_a_gap = next(m[0] + 1 for m, n in zip(s1, s1[1:], strict=False) if n[0] > m[0] + 1)
 
     async def batches(**bounds: int) -> list[list[tuple[int, bytes]]]:
         return [b async for b in j.read_batches("s1", **bounds)]
@@ -520,6 +521,7 @@ def test_read_batches_are_read_raw_in_order_never_empty_and_bounded(
         ({"to_sequence": near_end}, [m for m in s1 if m[0] <= near_end]),
         ({"from_sequence": middle, "to_sequence": middle}, [m for m in s1 if m[0] == middle]),
         ({"from_sequence": s1[-1][0] + 1}, []),
+        ({"to_sequence": in_a_gap}, [m for m in s1 if m[0] <= in_a_gap]),  # not one past it
     ):
         got = journal.run(batches(**bounds))
         assert all(got), bounds  # no empty batch

@@ -282,10 +282,12 @@ class _Reading(_Seeking):
                         if delivered % ack_every == 0:
                             ack = reply
                         expected += 1
-                        batch.append((sequence, data))
                         if stop_at is not None and sequence >= stop_at:
+                            if sequence == stop_at:  # not one past it (another session's)
+                                batch.append((sequence, data))
                             done = True
                             break
+                        batch.append((sequence, data))
                     if ack is not None:  # AckAll: the last one acknowledges the batch
                         await self.nc.publish(ack.decode(), b"")
                     if batch:

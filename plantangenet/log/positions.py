@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from plantangenet.errors import (
+    DecodeError,
     UnknownPosition,
     UnknownSession,
 )
 from plantangenet.events.envelope import Envelope
 from plantangenet.log.journal import Journal
 from plantangenet.log.replay import Progress
+from plantangenet.log.session_replay import replay
 from plantangenet.projections.session import (
     SessionState,
     evolve,
@@ -145,6 +147,8 @@ async def _walk(
             target.bound = found[p]
         elif isinstance(p, StreamSequence):
             target.bound = p.value
+    if await _walk_to_bounds(journal, session_id, targets, progress):
+        return targets
     ints = [t.bound for t in targets if t.bound is not None]
     bound = max(ints) if len(ints) == len(targets) else None
     state = SessionState(session_id)
@@ -187,6 +191,61 @@ async def _walk(
                 problem = "is before its first event"
             raise UnknownPosition(f"session {session_id!r}: {describe_position(p)} {problem}")
     return targets
+
+
+async def _walk_to_bounds(
+    journal: Journal, session_id: str, targets: list[_Target], progress: Progress | None
+) -> bool:
+    """The quick walk: each position found as a stream sequence first (a revision by a
+    bisection of direct gets), then the log replayed up to each in turn (batched reads,
+    runs of cursor moves folded at once: :func:`~plantangenet.log.session_replay.replay`).
+
+    ``False``, with no target set, where that does not settle every position: an event
+    id, a revision of a log that does not record them, a position outside the session,
+    a message that is no event of it. The full walk then decides, and names what is wrong.
+    """
+    found: list[tuple[int, _Target, Envelope | None]] = []
+    for target in targets:
+        if isinstance(target.position, str):
+            return False  # an event id: only reading finds it
+        if type(target.position) is int:
+            event = await journal.event_of_revision(session_id, target.position)
+            if event is None or event.sequence is None:
+                return False
+            found.append((event.sequence, target, event))
+        elif target.bound is not None and target.bound >= 1:
+            found.append((target.bound, target, None))
+        else:
+            return False
+    state = SessionState(session_id)
+    settled: list[tuple[_Target, SessionState, Envelope]] = []
+    for bound, target, event in sorted(found, key=lambda item: item[0]):
+        if state.sequence < bound:
+            state = await replay(
+                journal, session_id, state=state, to_sequence=bound, progress=progress
+            )
+        if state.unreadable or state.event_count == 0:
+            return False
+        if event is None:
+            event = await _event_stored_at(journal, session_id, state.sequence)
+        if event is None or (type(target.position) is int and state.revision != target.position):
+            return False
+        settled.append((target, state, event))
+    for target, state, event in settled:
+        target.state, target.envelope, target.done = state, event, True
+    return True
+
+
+async def _event_stored_at(journal: Journal, session_id: str, sequence: int) -> Envelope | None:
+    """The session's event stored at ``sequence`` (``None``: none, or no event of it)."""
+    page = await journal.page(session_id, sequence, max_events=1)
+    if not page.messages or page.messages[0][0] != sequence:
+        return None
+    try:
+        event = journal.codec.decode(page.messages[0][1], sequence=sequence)
+    except DecodeError:
+        return None
+    return event if event.session_id == session_id else None
 
 
 async def resolve(
