@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import itertools
 import json
 from typing import Any
 
@@ -510,7 +511,7 @@ def test_read_batches_are_read_raw_in_order_never_empty_and_bounded(
     j = journal.journal
     s1 = interleaved(journal, 30)["s1"]
     middle, near_end = s1[len(s1) // 3][0], s1[-5][0]
-    in_a_gap = next(m[0] + 1 for m, n in zip(s1, s1[1:], strict=False) if n[0] > m[0] + 1)
+    in_a_gap = next(m[0] + 1 for m, n in itertools.pairwise(s1) if n[0] > m[0] + 1)
 
     async def batches(**bounds: int) -> list[list[tuple[int, bytes]]]:
         return [b async for b in j.read_batches("s1", **bounds)]

@@ -32,7 +32,8 @@ from plantangenet import (
     UnknownAgent,
     UnknownSession,
 )
-from plantangenet.actors.session import DEFAULT_MAX_BATCH
+from plantangenet.actors.session import DEFAULT_MAX_BATCH, SessionActor
+from plantangenet.log.verify import verify
 from plantangenet.nats.embedded import EmbeddedNats
 from tests.conftest import append_sizes, session_with_cursor, wait_until
 
@@ -179,6 +180,43 @@ def test_same_command_sent_twice_is_stored_once(runtime: Plantangenet) -> None:
     third = runtime.session("s1").execute(command)
     assert third.duplicate and third.events == first.events
     assert runtime.sessions()["s1"] == 2
+
+
+def test_a_long_rehydration_remembers_the_last_commands_and_chains_on(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more than twice as many events as it remembers commands, a rehydrating actor
+    observes only the tail (log.tail_replay): the last commands are still answered as
+    retries, with their events and digests, and its next event chains to the last."""
+    monkeypatch.setattr(SessionActor, "remembered_commands", 3)
+    session = runtime.session("long")
+    session.start()
+    session.attach("bot")
+    session.add_cursor("bot", "c1", ("x",), 0.0, 1.0)
+    moves = [
+        MoveCursor(
+            agent_id="bot",
+            cursor_id="c1",
+            axes=("x",),
+            start=float(n),
+            end=n + 1.0,
+            command_id=f"move-{n}",
+        )
+        for n in range(20)
+    ]
+    results = [session.execute(move) for move in moves]
+    stored = runtime.sessions()["long"]
+    runtime.stop_session("long")
+    again = runtime.session("long")
+    for move, first in zip(moves[-3:], results[-3:], strict=True):
+        retried = again.execute(move)
+        assert retried.duplicate and retried.events == first.events
+        assert [e.digest for e in retried.events] == [e.digest for e in first.events]
+        assert all(e.digest for e in retried.events)
+    assert runtime.sessions()["long"] == stored
+    again.move_cursor("bot", "c1", ("x",), 50.0, 51.0)
+    assert runtime.run(verify(runtime.journal, "long")).intact  # the chain goes on unbroken
+    assert again.state == runtime.replay("long")
 
 
 def test_a_retry_arriving_while_the_command_is_pending_joins_it(runtime: Plantangenet) -> None:

@@ -51,6 +51,7 @@ from plantangenet.events.session import AgentAttached, AgentDetached, SessionEnd
 from plantangenet.log.journal import AppendResult, Journal
 from plantangenet.log.loop import EventLoopThread
 from plantangenet.log.session_replay import replay
+from plantangenet.log.tail_replay import command_key, replay_tail
 from plantangenet.projections.cursors import CursorIndex
 from plantangenet.projections.session import SessionState, evolve, settled
 
@@ -219,9 +220,19 @@ class _SessionStoring(_SessionAgents):
     def _catch_up(self) -> None:
         """Fold the events stored after ``state`` (other writers', lost acks')."""
         self._needs_catch_up = True
-        state = self.loop.run(
-            replay(self.journal, self.session_id, state=self.state, observe=self._remember)
-        )
+        if self._cursor_index is None:  # what it remembers needs only the last commands
+            catching_up = replay_tail(
+                self.journal,
+                self.session_id,
+                state=self.state,
+                observe=self._remember,
+                commands=self.remembered_commands,
+            )
+        else:  # a cursor index kept up to date needs every event
+            catching_up = replay(
+                self.journal, self.session_id, state=self.state, observe=self._remember
+            )
+        state = self.loop.run(catching_up)
         self.state = self._speculative = state
         self._speculative_hash = self._last_hash
         self._needs_catch_up = False
@@ -300,7 +311,7 @@ class _SessionStoring(_SessionAgents):
         if self._cursor_index is not None:
             self._cursor_index.apply(envelope)
         results = self._results
-        key = (envelope.principal, envelope.causation_id)
+        key = command_key(envelope)
         envelopes = results.get(key)
         if envelopes is None:
             results[key] = (envelope,)

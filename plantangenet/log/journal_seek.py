@@ -256,6 +256,16 @@ class _Seeking:
                     break
         return first, best
 
+    async def event_stored_at(self, session_id: str, sequence: int) -> Envelope | None:
+        """The session's event stored at ``sequence`` (``None``: none there, or a message
+        that is no event of the session). One direct get."""
+        request = {"seq": sequence, "next_by_subj": self.subject(session_id), "batch": 1}
+        messages, _ = await self._direct_batch(session_id, request)
+        if not messages or messages[0][0] != sequence:
+            return None
+        event = self._decoded(messages[0][1], sequence)
+        return event if event is not None and event.session_id == session_id else None
+
     async def event_of_revision(self, session_id: str, revision: int) -> Envelope | None:
         """The session's event numbered ``revision``, found by bisection (direct gets).
 

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from plantangenet.errors import (
-    DecodeError,
     UnknownPosition,
     UnknownSession,
 )
@@ -227,25 +226,13 @@ async def _walk_to_bounds(
         if state.unreadable or state.event_count == 0:
             return False
         if event is None:
-            event = await _event_stored_at(journal, session_id, state.sequence)
+            event = await journal.event_stored_at(session_id, state.sequence)
         if event is None or (type(target.position) is int and state.revision != target.position):
             return False
         settled.append((target, state, event))
     for target, state, event in settled:
         target.state, target.envelope, target.done = state, event, True
     return True
-
-
-async def _event_stored_at(journal: Journal, session_id: str, sequence: int) -> Envelope | None:
-    """The session's event stored at ``sequence`` (``None``: none, or no event of it)."""
-    page = await journal.page(session_id, sequence, max_events=1)
-    if not page.messages or page.messages[0][0] != sequence:
-        return None
-    try:
-        event = journal.codec.decode(page.messages[0][1], sequence=sequence)
-    except DecodeError:
-        return None
-    return event if event.session_id == session_id else None
 
 
 async def resolve(
