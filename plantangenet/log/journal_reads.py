@@ -97,9 +97,7 @@ class _Reading(_Seeking):
                     if unreadable and type(envelope.event) is MessageQuarantined:
                         unreadable.pop(envelope.event.sequence, None)
                     if envelope.revision is None:
-                        if revision is None:
-                            revision = await self.count_before(session_id, seq)
-                        envelope = envelope.with_revision(revision + 1)
+                        envelope = await self._numbered(session_id, envelope, revision)
                     revision = envelope.revision
                     yield envelope
         if progress is not None:
@@ -211,11 +209,18 @@ class _Reading(_Seeking):
                 for seq, data in batch:
                     envelope = self.codec.decode(data, sequence=seq)
                     if envelope.revision is None:
-                        if revision is None:
-                            revision = await self.count_before(session_id, seq)
-                        envelope = envelope.with_revision(revision + 1)
+                        envelope = await self._numbered(session_id, envelope, revision)
                     revision = envelope.revision
                     yield envelope
+
+    async def _numbered(
+        self, session_id: str, envelope: Envelope, previous: int | None
+    ) -> Envelope:
+        """``envelope`` (stored before revisions were recorded) numbered after ``previous``,
+        the revision of the event read before it (``None``: none read yet, so counted)."""
+        if previous is None:
+            previous = await self.count_before(session_id, envelope.sequence or 0)
+        return envelope.with_revision(previous + 1)
 
     async def _ordered(
         self, session_id: str, from_sequence: int | None, *, stop_at: int | None
