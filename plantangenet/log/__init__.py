@@ -3,7 +3,8 @@
 Holds the ``journal`` (appends, reads, seeks, tails), the atomic batch ``frames``, the
 ``ack_inbox`` and the ``deliveries`` (direct subscriptions) its appends and reads get their
 messages from, the asyncio ``loop`` thread that owns the connection, ``replay`` and
-``session_replay`` (the log folded into a session's state), ``positions`` (revisions,
+``session_replay`` (the log folded into a session's state), ``tail_replay`` (the same,
+observing only the last commands' events: an actor's rehydration), ``positions`` (revisions,
 sequences, times, and the session at one), ``verify`` (the hash chain) and
 ``correlations`` (the cross-session correlation index).
 May import domain, projections, events and errors; no actors, nothing above them.
