@@ -9,6 +9,7 @@ ends), :meth:`page` reads them a page at a time with a batched direct get, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -274,25 +275,8 @@ class _Reading(_Seeking):
                         if not await inbox.wait(loop, idle_timeout):
                             break  # stalled, or a quiet tail: start a fresh consumer
                         continue
-                    # Everything that arrived meanwhile, as one batch.
-                    batch: list[tuple[int, bytes]] = []
-                    lost = done = False
-                    ack: bytes | None = None
-                    while messages:
-                        reply, data = messages.popleft()
-                        sequence, delivered = _sequences(reply)
-                        if delivered != expected:
-                            lost = True  # a message was lost in transit
-                            break
-                        if delivered % ack_every == 0:
-                            ack = reply
-                        expected += 1
-                        if stop_at is not None and sequence >= stop_at:
-                            if sequence == stop_at:  # not one past it (another session's)
-                                batch.append((sequence, data))
-                            done = True
-                            break
-                        batch.append((sequence, data))
+                    batch, expected, ack, ended = _batch(messages, expected, ack_every, stop_at)
+                    lost, done = ended is _LOST, ended is _DONE
                     if ack is not None:  # AckAll: the last one acknowledges the batch
                         await self.nc.publish(ack.decode(), b"")
                     if batch:
@@ -417,3 +401,39 @@ class _Reading(_Seeking):
             raise JournalError(f"cannot list sessions: {exc}") from exc
         subjects = info.state.subjects or {}
         return {s[len(prefix) :]: n for s, n in sorted(subjects.items())}
+
+
+_LOST = "lost"
+_DONE = "done"
+
+
+def _batch(
+    messages: collections.deque[tuple[bytes, bytes]],
+    expected: int,
+    ack_every: int,
+    stop_at: int | None,
+) -> tuple[list[tuple[int, bytes]], int, bytes | None, str | None]:
+    """Take what arrived (``messages``: reply subject and payload) as one batch, in order.
+
+    Returns the batch of ``(stream sequence, payload)``, the consumer sequence expected
+    next, the reply subject to acknowledge the batch with (``None``: no window point in
+    it), and why it ended early: :data:`_LOST` (a consumer sequence skipped: a message
+    lost in transit), :data:`_DONE` (``stop_at`` reached; a message past it, another
+    session's sequence in the gap, is left out) or ``None``.
+    """
+    batch: list[tuple[int, bytes]] = []
+    ack: bytes | None = None
+    while messages:
+        reply, data = messages.popleft()
+        sequence, delivered = _sequences(reply)
+        if delivered != expected:
+            return batch, expected, ack, _LOST
+        if delivered % ack_every == 0:
+            ack = reply
+        expected += 1
+        if stop_at is not None and sequence >= stop_at:
+            if sequence == stop_at:
+                batch.append((sequence, data))
+            return batch, expected, ack, _DONE
+        batch.append((sequence, data))
+    return batch, expected, ack, None
