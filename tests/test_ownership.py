@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 import nats
@@ -123,6 +124,26 @@ def test_an_owner_that_stops_renewing_is_replaced_after_its_lease(
         services[1].runtime.run(die())
         wait_until(lambda: len(survivor.owned) == PARTITIONS, timeout=LEASE * 4)
         assert survivor.taken >= PARTITIONS // 2
+
+
+def test_a_live_owner_that_looks_gone_to_a_lagging_watcher_keeps_its_partitions(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    """A stalled loop or a watcher that stops delivering makes a live member look gone;
+    its key is read before its partitions are taken, so nothing moves."""
+    with services_on(make_runtime, 2) as services:
+        wait_until(lambda: settled(services), timeout=30)
+        lagging, live = services[0].ownership, services[1].ownership
+        assert lagging is not None and live is not None
+        before = (lagging.owned, live.owned, lagging.taken)
+
+        async def stop_seeing_members() -> None:
+            lagging._tasks[0].cancel()  # the members watcher: renewals no longer seen
+
+        services[0].runtime.run(stop_seeing_members())
+        time.sleep(LEASE * 3)
+        assert (lagging.owned, live.owned, lagging.taken) == before
+        assert live.lost == 0
 
 
 def test_each_session_is_decided_by_its_owner_only(

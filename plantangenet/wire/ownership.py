@@ -23,7 +23,9 @@ aims at that least share instead, handing back what is above it, and takes nothi
 more. So every process owns between the floor and the ceiling: ownership spreads evenly
 and moves when processes join or leave. A SIGKILLed owner's partitions are taken once
 its member key is ``lease_ttl`` old, a stopped one's at once (:meth:`Ownership.stop`
-frees them).
+frees them). Liveness is what this process's watcher delivered, so before an owner's
+partitions are taken its key is read from the bucket: a stalled loop or a lagging
+watcher does not make a live owner look gone.
 
 Nothing here is consensus of our own: every decision is one compare-and-set in
 JetStream. Nor does correctness rest on it: a process that still writes a session it
@@ -317,8 +319,16 @@ class Ownership:
                 or not seen.value
                 or (seen.value != self.member_id and not self._live(seen.value, now))
             ]
-            for partition in sorted(free, key=self._preference)[:wanted]:
-                await self._take(partition)
+            gone: dict[str, bool] = {}
+            for partition in sorted(free, key=self._preference):
+                if wanted <= 0:
+                    break
+                owner = self._table[partition].value if partition in self._table else ""
+                if owner and owner not in gone:
+                    gone[owner] = await self._gone(owner)
+                if not owner or gone[owner]:
+                    await self._take(partition)
+                    wanted -= 1
 
     def _preference(self, partition: int) -> bytes:
         """This member's rendezvous order of partitions (its favourites first)."""
@@ -340,6 +350,23 @@ class Ownership:
             self._own_revision = 0
             self._own_revision = await self._members_kv.create(key, b"")
         self._renewed_at = time.monotonic()
+
+    async def _gone(self, member: str) -> bool:
+        """Whether ``member`` stopped renewing, asked of the bucket itself.
+
+        This process's view of a member is what its watcher delivered: a stalled loop or
+        a lagging watcher makes a live member look gone. Before its partitions are taken,
+        its key is read: a revision newer than the one seen means it renewed (seen now).
+        """
+        seen = self._members.get(member)
+        try:
+            entry = await self._members_kv.get(_MEMBER + member)
+        except nats.js.errors.KeyNotFoundError:  # aged out or deleted: it left
+            return True
+        if seen is not None and entry.revision <= seen.revision:
+            return True
+        self._members[member] = _Seen(member, entry.revision, time.monotonic())
+        return False
 
     async def _take(self, partition: int) -> None:
         seen = self._table.get(partition)
