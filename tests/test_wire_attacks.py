@@ -922,6 +922,70 @@ def test_a_flood_of_refusals_is_recorded_at_a_bounded_rate_and_does_not_starve_o
     assert len(new) < 3 * (REFUSALS.burst + REFUSALS.rate * (elapsed + 1))  # not one per request
 
 
+def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
+    shared: Deployment,
+) -> None:
+    """Each refusal halves the principal's window, each request served widens it by one:
+    a flood of refused commands has one at a time in the shared session's actor, ahead
+    of the other bots' commands, not ``per_principal``."""
+    service = shared.service
+    args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
+    running = {ALICE: 0, MALLORY: 0}
+    peak = {ALICE: 0, MALLORY: 0}
+    answer = service._answer
+
+    async def counted(session_id: str, name: str, data: bytes, principal: str, *rest: Any) -> Any:
+        if principal in running:
+            running[principal] += 1
+            peak[principal] = max(peak[principal], running[principal])
+        try:
+            return await answer(session_id, name, data, principal, *rest)
+        finally:
+            if principal in running:
+                running[principal] -= 1
+
+    async def wave(nc: Any, count: int) -> dict[str, int]:
+        inbox = nc.new_inbox()
+        codes: dict[str, int] = {}
+        done = asyncio.Event()
+
+        async def replied(msg: Any) -> None:
+            code = msgpack.unpackb(msg.data)["error"]["code"]
+            codes[code] = codes.get(code, 0) + 1
+            if sum(codes.values()) == count:
+                done.set()
+
+        sub = await nc.subscribe(inbox + ".*", cb=replied)
+        for i in range(count):
+            payload = encode_request(args, command_id=new_command_id(), issued_by="alice")
+            await nc.publish(command_subject("shared", "move_cursor"), payload, f"{inbox}.{i}")
+        await asyncio.wait_for(done.wait(), 60)
+        await sub.unsubscribe()
+        return codes
+
+    async def scenario() -> tuple[dict[str, int], int, int]:
+        async with raw(shared, "mallory") as nc, bot(shared, "mallory") as mallory:
+            await wave(nc, 40)  # narrows her window
+            narrowed = service.window(MALLORY)
+            peak[MALLORY] = 0
+            codes = await wave(nc, 30)
+            for _ in range(service.per_principal):  # requests served widen it again
+                await mallory.state("mallory-own")
+            await asyncio.sleep(REFUSALS.interval * 3)  # the last summary comes an interval on
+            return codes, narrowed, service.window(MALLORY)
+
+    alices = service.window(ALICE)
+    service._answer = counted  # type: ignore[method-assign,assignment]
+    try:
+        codes, narrowed, widened = run(scenario())
+    finally:
+        del service._answer
+    assert codes == {"access_refused": 30}
+    assert narrowed == 1 and peak[MALLORY] == 1
+    assert widened == service.per_principal
+    assert service.window(ALICE) == alices  # another's refusals narrow nobody else's
+
+
 # -- a poisoned log ------------------------------------------------------------------------
 
 

@@ -34,6 +34,11 @@ their own, and the queues are served in turn, at most ``per_principal``
 requests of one principal at a time. A principal that floods the service fills
 its own queue (past ``queued_per_principal`` its requests are answered
 ``too_many_requests``) and delays the others only by the CPU its flood takes.
+A principal whose requests are refused runs fewer at once: each refusal halves
+its window, each request served without one widens it by one, back up to
+``per_principal`` (:meth:`SessionService.window`). A flood of refused commands
+on a shared session thus has one of them at a time in the session's actor, not
+``per_principal``, ahead of the other bots' commands.
 The operator (requests from the service's own account) is not limited: it
 is trusted, and without accounts (an unauthenticated server) every client is
 the operator.
@@ -216,6 +221,9 @@ class SessionService(Ingress, PassingOn, Answering):
         self._waiting: dict[str, deque[_Waiting]] = {}
         self._turns: deque[str] = deque()
         self._running_of: dict[str, int] = {}
+        #: Principals whose requests were refused lately, and how many of theirs may run
+        #: at once now (below ``per_principal``; see ``Ingress._answered``).
+        self._window_of: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._busy: dict[str, int] = {}
         #: The connection requests arrive and replies leave on: not the runtime's, whose
@@ -401,6 +409,7 @@ class SessionService(Ingress, PassingOn, Answering):
                     del self._busy[session_id]
                     self._last_used.pop(session_id, None)
         self.handled += 1
+        self._answered(principal, failure)
         self.metrics.request(name)
         if failure is not None:
             code = failure.code if isinstance(failure, PlantangenetError) else "error"

@@ -49,6 +49,7 @@ class ServiceState:
     _waiting: dict[str, deque[Waiting]]
     _turns: deque[str]
     _running_of: dict[str, int]
+    _window_of: dict[str, int]
     _last_used: dict[str, float]
     _busy: dict[str, int]
 
@@ -75,6 +76,8 @@ class ServiceState:
         ) -> None: ...
 
         def _reply_refusal(self, reply: str, crossed: bool) -> str | None: ...
+
+        def _answered(self, principal: str, failure: BaseException | None) -> None: ...
 
         def _passed_on(
             self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str, hops: int

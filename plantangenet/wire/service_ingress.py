@@ -15,6 +15,8 @@ from nats.aio.msg import Msg
 
 from plantangenet.errors import (
     AccessRefused,
+    CodecError,
+    CommandRejected,
     InvalidCommand,
     TooManyRequests,
 )
@@ -106,11 +108,31 @@ class Ingress(ServiceState):
             endpoint.processing_ns += time.perf_counter_ns() - taken
             return
         waiting.append((msg, endpoint, taken))
-        if len(waiting) == 1 and (
-            self._running_of.get(principal, 0) < self.per_principal or principal == OPERATOR
-        ):
+        if len(waiting) == 1 and self._may_start(principal):
             self._turns.append(principal)
         self._dispatch()
+
+    def window(self, principal: str) -> int:
+        """How many requests of ``principal`` may be handled at once now: ``per_principal``,
+        less after refusals (see the module docs of :mod:`plantangenet.wire.service`)."""
+        return self._window_of.get(principal, self.per_principal)
+
+    def _may_start(self, principal: str) -> bool:
+        return principal == OPERATOR or self._running_of.get(principal, 0) < self.window(principal)
+
+    def _answered(self, principal: str, failure: BaseException | None) -> None:
+        """Narrow or widen ``principal``'s window after one of its requests was answered:
+        halved by a refusal of what it sent or may do, one wider after a request served."""
+        if principal == OPERATOR:
+            return
+        window = self._window_of.get(principal)
+        if isinstance(failure, CommandRejected | CodecError):
+            self._window_of[principal] = max(1, (window or self.per_principal) // 2)
+        elif window is not None and failure is None:
+            if window + 1 >= self.per_principal:
+                del self._window_of[principal]
+            else:
+                self._window_of[principal] = window + 1
 
     def _reply_refusal(self, reply: str, crossed: bool) -> str | None:
         """Why the service must not publish on ``reply`` (``None``: it may)."""
@@ -131,11 +153,12 @@ class Ingress(ServiceState):
         turns = self._turns
         while turns and len(self._tasks) < self.max_in_flight:
             principal = turns.popleft()
+            if not self._may_start(principal):
+                continue  # its window narrowed meanwhile: its next turn comes when one ends
             waiting = self._waiting[principal]
             request = waiting.popleft()
-            running = self._running_of.get(principal, 0) + 1
-            self._running_of[principal] = running
-            if waiting and (running < self.per_principal or principal == OPERATOR):
+            self._running_of[principal] = self._running_of.get(principal, 0) + 1
+            if waiting and self._may_start(principal):
                 turns.append(principal)  # its next request: after everyone else's
             elif not waiting:
                 del self._waiting[principal]
@@ -151,6 +174,6 @@ class Ingress(ServiceState):
         else:
             del self._running_of[principal]
         waiting = self._waiting.get(principal)
-        if waiting and principal not in self._turns:
+        if waiting and principal not in self._turns and self._may_start(principal):
             self._turns.append(principal)
         self._dispatch()
