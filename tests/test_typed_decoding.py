@@ -75,12 +75,21 @@ def typed(codec: EventCodec, payload: bytes, sequence: int | None = 3) -> Envelo
 
 
 def check_agrees(codec: EventCodec, payload: bytes) -> Envelope | None:
-    """Assert the typed path agrees with the complete one; the typed result."""
+    """Assert the typed path, and the checked fields, agree with the complete path; the
+    typed result."""
     fast = typed(codec, payload)
     full = complete(codec, payload)
     if fast is not None:
         assert isinstance(full, Envelope), (full, fast)
         assert same(fast, full), (fast, full)
+    checked = codec.checked_fields(payload)
+    if checked is not None:  # only what decodes, and with the same values
+        assert isinstance(full, Envelope), (full, checked)
+        type_name, session_id, fields = checked
+        assert (type_name, session_id) == (full.event.type_name, full.session_id)
+        for f in dataclasses.fields(typing.cast(Any, full.event)):
+            value, expected = getattr(fields, f.name), getattr(full.event, f.name)
+            assert value == expected and type(value) is type(expected), (f.name, value)
     decoded = codec.decode(payload, sequence=3) if isinstance(full, Envelope) else None
     if decoded is not None:
         assert isinstance(full, Envelope) and same(decoded, full)
@@ -149,7 +158,7 @@ def test_an_event_msgspec_cannot_type_has_no_typed_decoder_and_decodes_the_compl
     for content in ("text", b"bytes"):
         payload = codec.encode(envelope_of(Blob(content)))
         assert codec.decode(payload).event == Blob(content)
-    assert codec._typed["Blob"] == (1, None)  # looked up once, remembered
+    assert codec._typed["Blob"] == (1, None, None)  # looked up once, remembered
 
 
 def test_maps_decode_as_read_only_views_with_every_value_checked() -> None:
@@ -195,6 +204,11 @@ def test_a_cursor_move_takes_the_typed_path_and_equals_the_complete_one() -> Non
     assert same(fast, full)
     assert fast.sequence == 9 and fast.revision == 12 and fast.occurred_at == AT
     assert isinstance(fast.event, CursorMoved) and type(fast.event.axes) is tuple
+    # A replay's run of moves reads its fields checked, without the envelope built.
+    checked = CODEC.checked_fields(payload)
+    assert checked is not None and checked[:2] == ("CursorMoved", envelope.session_id)
+    assert check_agrees(CODEC, payload) is not None
+    assert CODEC.checked_fields(payload[:-1]) is None  # cut short: decode decides
 
 
 @SETTINGS
@@ -350,7 +364,7 @@ def test_a_type_registered_after_the_first_decode_takes_the_typed_path_then() ->
 
     other = EventCodec(registry)
     payload = other.encode(envelope_of(Late("x")))
-    assert codec._typed_decoder("Nope") == (0, None)
+    assert codec._typed_decoder("Nope") == (0, None, None)
     assert typed(codec, payload) is not None
     assert codec.decode(payload).event == Late("x")
 

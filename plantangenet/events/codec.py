@@ -62,7 +62,7 @@ from plantangenet.events.base import EVENTS, EventRegistry, EventSpec
 from plantangenet.events.envelope import Authorization, Envelope
 from plantangenet.events.fields import compile_decoder, compile_encoder
 from plantangenet.events.slots import slot_builder
-from plantangenet.events.typed_decoding import envelope_decoder, fields_decoder
+from plantangenet.events.typed_decoding import envelope_decoder, fields_checker, fields_decoder
 
 #: The envelope layout written by this code (formats 1 and 2 are still read).
 ENVELOPE_FORMAT = 3
@@ -104,6 +104,8 @@ _ENVELOPE_KEYS = frozenset(_ENVELOPE_FIELDS)
 #: The typed path's decoder of a stored format-3 envelope (see :mod:`.typed_decoding`).
 _decode_stored = envelope_decoder(MAX_PRINCIPAL, FINGERPRINT_BYTES)
 _hash = hashlib.sha256
+#: An event type's current version, and its typed fields decoder and checker (or ``None``).
+_Typed = tuple[int, Callable[[Any], Any] | None, Callable[[Any], Any] | None]
 #: The keys of format 2 (no revision) and format 1 (no principal, no fingerprint either).
 _V2_KEYS = _ENVELOPE_KEYS - {"n"}
 _V1_KEYS = _V2_KEYS - {"u", "k"}
@@ -143,8 +145,9 @@ class EventCodec:
     ) -> None:
         self.registry = registry
         self.max_event_bytes = max_event_bytes
-        #: Type name -> (current version, typed fields decoder or ``None``), as looked up.
-        self._typed: dict[str, tuple[int, Callable[[Any], Any] | None]] = {}
+        #: Type name -> (current version, typed fields decoder and checker, each or
+        #: ``None``), as looked up.
+        self._typed: dict[str, _Typed] = {}
 
     def encode(self, envelope: Envelope) -> bytes:
         """The msgpack bytes of ``envelope``; raises :class:`EncodeError` on bad values."""
@@ -227,37 +230,42 @@ class EventCodec:
         except Exception as exc:  # an upcaster or msgpack failing in an unforeseen way
             raise DecodeError(f"cannot decode event: {type(exc).__name__}: {exc}") from None
 
+    def checked_fields(self, payload: bytes) -> tuple[str, str, Any] | None:
+        """``(event type name, session id, fields)`` of the envelope in ``payload``, every
+        value checked as :meth:`decode` checks it, but neither the envelope nor its event
+        built: ``fields`` has the event's fields as attributes, with the values the
+        decoded event would have. For a fold that needs only those (a replay's run of
+        cursor moves). ``None`` where :meth:`decode` must decide: a type with map fields
+        or of another version, an older format, anything it would refuse.
+        """
+        try:
+            found = self._typed_stored(payload)
+            if found is None:
+                return None
+            stored, (_, _, check_fields), _ = found
+            if check_fields is None:
+                return None
+            return stored.t, stored.s, check_fields(stored.d)
+        except Exception:
+            return None
+
     def _decode_typed(
         self, payload: bytes, sequence: int | None, digest: bool = True
     ) -> Envelope | None:
         """The typed path (:mod:`.typed_decoding`): the envelope, ``None`` where it does not
         apply, or any exception where it refuses (the complete path names why)."""
-        if len(payload) > self.max_event_bytes:
+        found = self._typed_stored(payload)
+        if found is None:
             return None
-        stored = _decode_stored(payload)
-        typed = self._typed.get(stored.t)
-        if typed is None:
-            typed = self._typed_decoder(stored.t)
-        version, decode_fields = typed
-        at = stored.at
-        if (
-            decode_fields is None
-            or stored.v != version
-            or stored.f != ENVELOPE_FORMAT
-            or not -_EXACT_TIMESTAMPS < at < _EXACT_TIMESTAMPS
-        ):
-            return None
-        raw_authorization = bytes(stored.z)
-        authorization = _AUTHORIZATIONS_STORED.get(raw_authorization, _UNSEEN)
-        if authorization is _UNSEEN:
-            authorization = _stored_authorization(raw_authorization)
+        stored, (_, decode_fields, _), authorization = found
+        assert decode_fields is not None  # _typed_stored sees to it
         return _new_envelope(
             decode_fields(stored.d),
             stored.s,
             stored.id,
             stored.c,
             stored.r,
-            _from_timestamp(at / 1e6, UTC),
+            _from_timestamp(stored.at / 1e6, UTC),
             stored.a,
             sequence,
             stored.p,
@@ -268,14 +276,39 @@ class EventCodec:
             stored.n,
         )
 
-    def _typed_decoder(self, type_name: str) -> tuple[int, Callable[[Any], Any] | None]:
+    def _typed_stored(self, payload: bytes) -> tuple[Any, _Typed, Authorization | None] | None:
+        """The stored envelope in ``payload``, its type's typed decoders and its
+        authorization, every value checked; ``None`` where the typed path does not apply,
+        or any exception where it refuses."""
+        if len(payload) > self.max_event_bytes:
+            return None
+        stored = _decode_stored(payload)
+        typed = self._typed.get(stored.t)
+        if typed is None:
+            typed = self._typed_decoder(stored.t)
+        if (
+            typed[1] is None
+            or stored.v != typed[0]
+            or stored.f != ENVELOPE_FORMAT
+            or not -_EXACT_TIMESTAMPS < stored.at < _EXACT_TIMESTAMPS
+        ):
+            return None
+        raw_authorization = bytes(stored.z)
+        authorization = _AUTHORIZATIONS_STORED.get(raw_authorization, _UNSEEN)
+        if authorization is _UNSEEN:
+            authorization = _stored_authorization(raw_authorization)
+        return stored, typed, authorization
+
+    def _typed_decoder(self, type_name: str) -> _Typed:
         try:
             spec = self.registry.spec(type_name)
         except UnknownEventType:
-            return (0, None)  # not remembered: the type may be registered later
+            return (0, None, None)  # not remembered: the type may be registered later
+        hints = typing.get_type_hints(spec.cls)
         typed = self._typed[type_name] = (
             spec.version,
-            fields_decoder(spec.cls, typing.get_type_hints(spec.cls)),
+            fields_decoder(spec.cls, hints),
+            fields_checker(spec.cls, hints),
         )
         return typed
 

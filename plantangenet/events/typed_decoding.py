@@ -52,7 +52,7 @@ import msgspec
 
 from plantangenet.events.slots import slot_builder
 
-__all__ = ["envelope_decoder", "fields_decoder", "typed_annotation"]
+__all__ = ["envelope_decoder", "fields_checker", "fields_decoder", "typed_annotation"]
 
 #: A finite float: bounds NaN and the infinities fail (as ``math.isfinite`` in the converters).
 _FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
@@ -120,6 +120,46 @@ def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | N
     The decoder raises ``msgspec`` errors for anything it refuses (a field missing,
     unknown or mistyped): the caller's complete path then decides.
     """
+    made = _fields_struct(cls, hints)
+    if made is None:
+        return None
+    decode, maps = made
+    values = msgspec.structs.astuple
+    build: Callable[..., Any] = slot_builder(cls)
+
+    if maps:
+        viewed = tuple(maps)
+
+        def decode_fields(raw: Any) -> Any:
+            decoded = list(values(decode(raw)))
+            for i in viewed:
+                decoded[i] = MappingProxyType(decoded[i])
+            return build(*decoded)
+
+    else:
+
+        def decode_fields(raw: Any) -> Any:
+            return build(*values(decode(raw)))
+
+    decode_fields.__qualname__ = decode_fields.__name__ = f"decode_{cls.__name__}"
+    return decode_fields
+
+
+def fields_checker(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """``check(raw msgpack of the fields) -> struct`` for dataclass ``cls``: every value
+    checked as :func:`fields_decoder`'s decoder checks it, the event itself not built
+    (the struct has the event's fields as attributes, with the same values). ``None``
+    where :func:`fields_decoder` gives ``None``, and for a class with map fields (the
+    struct would hold them as dicts, not the event's read-only views)."""
+    made = _fields_struct(cls, hints)
+    return None if made is None or made[1] else made[0]
+
+
+def _fields_struct(
+    cls: type, hints: dict[str, Any]
+) -> tuple[Callable[[Any], Any], list[int]] | None:
+    """A msgspec decoder of ``cls``'s stored fields into a struct, and the positions of
+    its map fields; ``None`` where the typed path does not apply (see :func:`fields_decoder`)."""
     fields = dataclasses.fields(cls)
     if any(not f.init or f.kw_only is True for f in fields):
         return None
@@ -154,25 +194,7 @@ def fields_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Any], Any] | N
         return None
     if tuple(stored.__struct_fields__) != tuple(f.name for f in fields):
         return None
-    values = msgspec.structs.astuple
-    build: Callable[..., Any] = slot_builder(cls)
-
-    if maps:
-        viewed = tuple(maps)
-
-        def decode_fields(raw: Any) -> Any:
-            decoded = list(values(decode(raw)))
-            for i in viewed:
-                decoded[i] = MappingProxyType(decoded[i])
-            return build(*decoded)
-
-    else:
-
-        def decode_fields(raw: Any) -> Any:
-            return build(*values(decode(raw)))
-
-    decode_fields.__qualname__ = decode_fields.__name__ = f"decode_{cls.__name__}"
-    return decode_fields
+    return decode, maps
 
 
 def envelope_decoder(max_principal: int, fingerprint_bytes: int) -> Callable[[Any], Any]:

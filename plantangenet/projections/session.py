@@ -439,36 +439,60 @@ def fold(
 
     The same as :func:`evolve` applied to each in turn, but a run of cursor moves
     (``CursorMoved``/``CursorAdded`` of cursors that keep their owner: most of a
-    long session's log) makes one new state instead of one per event.
+    long session's log) makes one new state instead of one per event (:class:`MoveRun`).
     """
     current = state if state is not None else SessionState(session_id)
-    cursors = current.cursors
-    moved: dict[str, CursorView] = {}  # the run's cursors, by id (the last move of each)
-    count = 0  # events in the run
-    sequence: int | None = None  # the run's last stream sequence
+    run = MoveRun(current)
     for envelope in envelopes:
         event = envelope.event
-        if isinstance(event, _MOVES):
-            cursor_id = event.cursor_id
-            before = moved.get(cursor_id)
-            if before is None:
-                before = cursors.get(cursor_id)
-            if before is not None and before.agent_id == event.agent_id:
-                moved[cursor_id] = cursor_view(event)
-                count += 1
-                if envelope.sequence is not None:
-                    sequence = envelope.sequence
-                continue
-        if count:
-            current = _moved(current, moved, count, sequence)
-            moved, count, sequence = {}, 0, None
-        current = evolve(current, envelope)
-        cursors = current.cursors
-    return _moved(current, moved, count, sequence) if count else current
+        if isinstance(event, _MOVES) and run.takes(event.cursor_id, event.agent_id):
+            run.add(cursor_view(event), envelope.sequence)
+            continue
+        current = evolve(run.folded(current), envelope)
+        run = MoveRun(current)
+    return run.folded(current)
 
 
 #: Events that set a cursor (a run of them folds at once, see :func:`fold`).
 _MOVES = (CursorMoved, CursorAdded)
+#: Their type names.
+MOVE_TYPE_NAMES = frozenset(cls.type_name for cls in _MOVES)
+
+
+class MoveRun:
+    """Cursor events gathered to fold at once: those that set a cursor that exists and
+    keeps its owner (``CursorMoved``/``CursorAdded``), in a row, on top of ``state``.
+
+    Such an event changes only its cursor's view, the sequence and the count of events,
+    so a run of them makes one new state (:meth:`folded`) instead of one per event.
+    Any other event ends the run: fold the run, :func:`evolve` the event, start a new run
+    on the state that gives.
+    """
+
+    __slots__ = ("_count", "_cursors", "_moved", "_sequence")
+
+    def __init__(self, state: SessionState) -> None:
+        self._cursors = state.cursors
+        self._moved: dict[str, CursorView] = {}  # the last view of each cursor in the run
+        self._count = 0
+        self._sequence: int | None = None  # the run's last stream sequence
+
+    def takes(self, cursor_id: str, agent_id: str) -> bool:
+        """Whether an event by ``agent_id`` that sets ``cursor_id`` joins the run: the cursor
+        exists (in the state or the run) and ``agent_id`` owns it."""
+        before = self._moved.get(cursor_id) or self._cursors.get(cursor_id)
+        return before is not None and before.agent_id == agent_id
+
+    def add(self, cursor: CursorView, sequence: int | None) -> None:
+        """Add the event that sets ``cursor`` (one :meth:`takes`), stored at ``sequence``."""
+        self._moved[cursor.cursor_id] = cursor
+        self._count += 1
+        if sequence is not None:
+            self._sequence = sequence
+
+    def folded(self, state: SessionState) -> SessionState:
+        """``state`` (the one the run began on) with the run's events folded in."""
+        return _moved(state, self._moved, self._count, self._sequence) if self._count else state
 
 
 def _moved(
