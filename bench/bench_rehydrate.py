@@ -14,8 +14,9 @@ Timed, ``--repeats`` times in rotating order, median kept:
   ``async`` callback, generous pending limits; the variants measured are in
   its docstring). It touches ``msg.data`` of every message; no decoding, no
   folding. The ratios are library / this.
-* library replay: ``Plantangenet.replay(session_id)`` (ordered consumer,
-  full decode of every envelope, fold into ``SessionState``).
+* library replay: ``Plantangenet.replay(session_id)`` (the library's reader,
+  every envelope checked in full -- a run of cursor moves from its checked
+  fields, the rest decoded into envelopes -- folded into ``SessionState``).
 * actor rehydration: ``pg.session(session_id).state`` on a fresh runtime
   (the session actor catches up from the log and starts the agent's actor);
   opening the runtime is not timed. Once by default (``--actor-repeats``).
@@ -311,8 +312,10 @@ def run() -> int:
     print()
     print(
         f"note: raw = {h.RAW_READ_LABEL} (AckNone, flow control, async callback), "
-        "which only touches msg.data; the library also decodes every envelope "
-        "(msgpack + validation) and folds it into SessionState."
+        "which only touches msg.data; the library also checks every envelope in full "
+        "(msgpack + validation: cursor moves from their checked fields, the rest decoded "
+        "into envelopes) and folds it into SessionState. Its reader skips nats-py's "
+        "per-message Msg and queue (direct delivery) and acknowledges per window."
     )
     if args.require_ratio is not None and ratio < args.require_ratio:
         return 2
