@@ -3,7 +3,7 @@ fields (no envelope built) and gives exactly what decoding every payload gives.
 
 ``plantangenet.log.session_replay`` folds a batch of stored payloads two ways: decoding
 each into an envelope (``_fold_batch``, as an observer needs), or, with no observer,
-taking a cursor move that joins the current run from ``EventCodec.checked_fields``
+taking a cursor move that joins the current run from ``EventCodec.checked``
 (``_fold_checked``). For random batches -- moves and adds of cursors that keep or change
 owners, events that end a run, events of another session, damaged payloads -- both must
 give equal states, whole or split in two, from nothing or from a state with cursors.
@@ -68,7 +68,7 @@ def test_folding_checked_fields_equals_folding_decoded_envelopes(
     before = start() if with_cursors else SessionState(SESSION)
     first = before.sequence + 1
     batch = [(first + n, payload(kind, event, first + n)) for n, (kind, event) in enumerate(stored)]
-    decode, checked = CODEC.decode, CODEC.checked_fields
+    decode, checked = CODEC.decode, CODEC.checked
     expected = _fold_batch(before, batch, decode, False, None)
     whole = _fold_checked(before, batch, decode, checked)
     in_two = _fold_checked(

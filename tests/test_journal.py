@@ -22,6 +22,7 @@ from plantangenet import (
     AgentAttached,
     ConcurrencyError,
     CursorAdded,
+    CursorMoved,
     DuplicateCommand,
     EmbeddedNats,
     Envelope,
@@ -30,7 +31,8 @@ from plantangenet import (
     JournalError,
     SessionStarted,
 )
-from plantangenet.events import new_id, utc_now
+from plantangenet.events import MessageQuarantined, new_id, utc_now
+from plantangenet.events.envelope import CheckedEvent
 from plantangenet.log.journal import AppendResult, HistoryPage, InvalidJournalConfig
 from tests.conftest import AsyncJournal, LateCreates, wait_until
 
@@ -503,6 +505,49 @@ def test_paging_through_a_session_yields_what_read_does(
     # Paging creates no consumer; read_raw's own is deleted as it ends (a request the
     # server carries out a moment later).
     wait_until(lambda: consumers(journal) == 0)
+
+
+def test_a_checked_read_gives_what_a_read_does_without_building_what_it_checks(
+    journal: AsyncJournal,
+) -> None:
+    j = journal.journal
+    events: list[object] = [SessionStarted("s1", {}), AgentAttached("a", "bot", "")]
+    events += [CursorAdded("a", "c", ("x",), 0.0, 1.0)]
+    events += [CursorMoved("a", "c", ("x",), float(i), float(i + 1)) for i in range(20)]
+    envelopes = [dataclasses.replace(env(e, f"c{n}"), revision=n + 1) for n, e in enumerate(events)]
+    envelopes.append(env(CursorMoved("a", "c", ("x",), 0.0, 2.0), "unnumbered"))  # no revision
+    journal.run(j.append("s1", envelopes, expected_sequence=0))
+    # Bytes written behind the writer's back, then their quarantine: read skips them.
+    journal.run(j.js.publish(j.subject("s1"), b"\xc1 not an event"))
+    quarantine = MessageQuarantined(sequence=25, problem="decode_error", reason="test")
+    journal.run(j.append("s1", [env(quarantine, "q")], expected_sequence=25))
+    plain = read(journal)
+
+    async def read_checked() -> list[Envelope | CheckedEvent]:
+        batches = [b async for b in j.read_event_batches("s1", checked=True)]
+        assert all(batches)  # never an empty one
+        return [e for batch in batches for e in batch]
+
+    checked = journal.run(read_checked())
+    assert [(e.sequence, e.event_id, e.type_name) for e in checked] == [
+        (e.sequence, e.event_id, e.type_name) for e in plain
+    ]
+    assert [e.sequence for e in plain] == [*range(1, 25), 26]
+    by_kind = {
+        type(e).__name__: [x.type_name for x in checked if type(x) is type(e)] for e in checked
+    }
+    # The moves and the others whose values the codec checks come as checked values;
+    # the unnumbered move and the quarantine (which the read itself reads) as envelopes.
+    assert set(by_kind) == {"CheckedEvent", "Envelope"}
+    assert by_kind["CheckedEvent"].count("CursorMoved") == 20
+    assert "MessageQuarantined" in by_kind["Envelope"] and "CursorMoved" in by_kind["Envelope"]
+    for values, envelope in zip(checked, plain, strict=True):
+        if isinstance(values, CheckedEvent):
+            assert values.revision == envelope.revision and values.agent_id == envelope.agent_id
+            assert values.session_id == "s1" and values.causation_id == envelope.causation_id
+            for name in ("agent_id", "cursor_id", "start", "end"):
+                if hasattr(envelope.event, name):
+                    assert getattr(values.fields, name) == getattr(envelope.event, name)
 
 
 def test_read_batches_are_read_raw_in_order_never_empty_and_bounded(

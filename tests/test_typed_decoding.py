@@ -82,13 +82,15 @@ def check_agrees(codec: EventCodec, payload: bytes) -> Envelope | None:
     if fast is not None:
         assert isinstance(full, Envelope), (full, fast)
         assert same(fast, full), (fast, full)
-    checked = codec.checked_fields(payload)
+    checked = codec.checked(payload)
     if checked is not None:  # only what decodes, and with the same values
         assert isinstance(full, Envelope), (full, checked)
-        type_name, session_id, fields = checked
-        assert (type_name, session_id) == (full.event.type_name, full.session_id)
+        assert checked.type_name == full.event.type_name
+        assert checked.occurred_at == round(full.occurred_at.timestamp() * 1e6)
+        for name in ("session_id", "event_id", "agent_id", "causation_id", "authorization"):
+            assert getattr(checked, name) == getattr(full, name), name
         for f in dataclasses.fields(typing.cast(Any, full.event)):
-            value, expected = getattr(fields, f.name), getattr(full.event, f.name)
+            value, expected = getattr(checked.fields, f.name), getattr(full.event, f.name)
             assert value == expected and type(value) is type(expected), (f.name, value)
     decoded = codec.decode(payload, sequence=3) if isinstance(full, Envelope) else None
     if decoded is not None:
@@ -205,10 +207,10 @@ def test_a_cursor_move_takes_the_typed_path_and_equals_the_complete_one() -> Non
     assert fast.sequence == 9 and fast.revision == 12 and fast.occurred_at == AT
     assert isinstance(fast.event, CursorMoved) and type(fast.event.axes) is tuple
     # A replay's run of moves reads its fields checked, without the envelope built.
-    checked = CODEC.checked_fields(payload)
+    checked = CODEC.checked(payload)
     assert checked is not None and checked[:2] == ("CursorMoved", envelope.session_id)
     assert check_agrees(CODEC, payload) is not None
-    assert CODEC.checked_fields(payload[:-1]) is None  # cut short: decode decides
+    assert CODEC.checked(payload[:-1]) is None  # cut short: decode decides
 
 
 @SETTINGS

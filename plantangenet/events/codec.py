@@ -42,6 +42,7 @@ what the complete path accepts, with equal results (``tests/test_typed_decoding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import typing
@@ -59,7 +60,7 @@ from plantangenet.errors import (
     UnknownEventType,
 )
 from plantangenet.events.base import EVENTS, EventRegistry, EventSpec
-from plantangenet.events.envelope import Authorization, Envelope
+from plantangenet.events.envelope import Authorization, CheckedEvent, Envelope
 from plantangenet.events.fields import compile_decoder, compile_encoder
 from plantangenet.events.slots import slot_builder
 from plantangenet.events.typed_decoding import envelope_decoder, fields_checker, fields_decoder
@@ -80,6 +81,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EXACT_TIMESTAMPS = 2**32 * 1_000_000
 _from_timestamp = datetime.fromtimestamp
 _new_envelope = slot_builder(Envelope)
+_new_checked = functools.partial(tuple.__new__, CheckedEvent)
 _encode_authorization = compile_encoder(Authorization | None)
 _decode_authorization = compile_decoder(Authorization | None)
 #: Stored key -> the name errors use for it.
@@ -230,22 +232,33 @@ class EventCodec:
         except Exception as exc:  # an upcaster or msgpack failing in an unforeseen way
             raise DecodeError(f"cannot decode event: {type(exc).__name__}: {exc}") from None
 
-    def checked_fields(self, payload: bytes) -> tuple[str, str, Any] | None:
-        """``(event type name, session id, fields)`` of the envelope in ``payload``, every
-        value checked as :meth:`decode` checks it, but neither the envelope nor its event
-        built: ``fields`` has the event's fields as attributes, with the values the
-        decoded event would have. For a fold that needs only those (a replay's run of
-        cursor moves). ``None`` where :meth:`decode` must decide: a type with map fields
-        or of another version, an older format, anything it would refuse.
+    def checked(self, payload: bytes, *, sequence: int | None = None) -> CheckedEvent | None:
+        """The values of the envelope in ``payload`` (stored at ``sequence``), every one
+        checked as :meth:`decode` checks it, but neither the envelope nor its event built
+        (see :class:`CheckedEvent`). ``None`` where :meth:`decode` must decide: a type
+        with map fields or of another version, an older format, anything it would refuse.
         """
         try:
             found = self._typed_stored(payload)
             if found is None:
                 return None
-            stored, (_, _, check_fields), _ = found
+            stored, (_, _, check_fields), authorization = found
             if check_fields is None:
                 return None
-            return stored.t, stored.s, check_fields(stored.d)
+            return _new_checked(
+                (
+                    stored.t,
+                    stored.s,
+                    stored.id,
+                    stored.a,
+                    stored.c,
+                    stored.at,
+                    authorization,
+                    stored.n,
+                    sequence,
+                    check_fields(stored.d),
+                )
+            )
         except Exception:
             return None
 

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import os
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from plantangenet.events.base import Event
 
@@ -119,3 +120,25 @@ class Envelope:
             self.fingerprint,
             self.revision,
         )
+
+
+class CheckedEvent(NamedTuple):
+    """A stored envelope's values, every one checked as decoding checks it, with neither
+    the envelope nor its event built (:meth:`~plantangenet.events.codec.EventCodec.checked`):
+    for folds that need only these (a replay's cursor moves, the audit's entries).
+
+    ``occurred_at`` is in microseconds since the epoch (what :class:`Envelope` holds as a
+    ``datetime``); ``fields`` has the event's fields as attributes, with the values the
+    decoded event would have; ``sequence`` is the stream sequence it was read at.
+    """
+
+    type_name: str
+    session_id: str
+    event_id: str
+    agent_id: str | None
+    causation_id: str
+    occurred_at: int
+    authorization: Authorization | None
+    revision: int | None
+    sequence: int | None
+    fields: Any

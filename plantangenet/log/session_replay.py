@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 from plantangenet.errors import DecodeError, UnknownEventType, UnknownEventVersion
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.log.journal import Journal
 from plantangenet.log.replay import Progress, ReadableLog
 from plantangenet.projections.session import (
@@ -50,13 +49,13 @@ async def replay(
     folded in (with the others that arrived with it), with its revision (its
     position in the session: ``state.revision`` right after it). With no observer,
     a run of cursor moves is folded from the fields the codec checked, without
-    building their envelopes (:meth:`~plantangenet.events.codec.EventCodec.checked_fields`):
+    building their envelopes (:meth:`~plantangenet.events.codec.EventCodec.checked`):
     every value is still checked, and the state is the same.
     """
     current = state if state is not None else SessionState(session_id)
     decode = journal.codec.decode
     digest = observe is not None  # the fold reads no digest; an observer may
-    checked = journal.codec.checked_fields if observe is None else None
+    checked = journal.codec.checked if observe is None else None
     end = await _end(journal, session_id, to_sequence) if progress is not None else 0
     count = 0
     batches = journal.read_batches(
@@ -123,12 +122,12 @@ def _fold_checked(
     state: SessionState,
     batch: list[tuple[int, bytes]],
     decode: Callable[..., Envelope],
-    checked: Callable[[bytes], tuple[str, str, Any] | None],
+    checked: Callable[..., CheckedEvent | None],
 ) -> SessionState:
     """:func:`_fold_batch` with no observer: what it gives, for less.
 
     A cursor move that joins a :class:`MoveRun` (most of a long log) is folded from
-    its fields as the codec checked them (``checked``: every value checked as ``decode``
+    its values as the codec checked them (``checked``: every value checked as ``decode``
     checks it), without building its envelope or event; anything else is decoded and
     folded as :func:`_fold_batch` does.
     """
@@ -136,8 +135,12 @@ def _fold_checked(
     run = MoveRun(state)
     for sequence, payload in batch:
         found = checked(payload)
-        if found is not None and found[1] == session_id and found[0] in MOVE_TYPE_NAMES:
-            fields = found[2]
+        if (
+            found is not None
+            and found.type_name in MOVE_TYPE_NAMES
+            and found.session_id == session_id
+        ):
+            fields = found.fields
             if run.takes(fields.cursor_id, fields.agent_id):
                 run.add(cursor_view(fields), sequence)
                 continue

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import Authorization, CheckedEvent, Envelope
 from plantangenet.events.policy_values import pattern_matches
 from plantangenet.events.session import AccessDenied
 from plantangenet.projections.audit import AuditEntry, Outcome
@@ -82,6 +82,9 @@ _HEAD_KEYS = frozenset(
 )
 
 
+_DENIED = AccessDenied.type_name
+
+
 def _micros(moment: datetime) -> int:
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -125,33 +128,73 @@ class _Chunk:
         the cost of a replay.
         """
         event = envelope.event
-        if isinstance(event, AccessDenied):
+        return self._fold(
+            envelope.sequence or 0,
+            _micros(envelope.occurred_at),
+            envelope.causation_id,
+            envelope.type_name,
+            envelope.agent_id,
+            envelope.authorization,
+            event if isinstance(event, AccessDenied) else None,
+        )
+
+    def fold_checked(self, checked: CheckedEvent) -> bool:
+        """:meth:`fold` for an event read as its checked values (no envelope built)."""
+        return self._fold(
+            checked.sequence or 0,
+            checked.occurred_at,
+            checked.causation_id,
+            checked.type_name,
+            checked.agent_id,
+            checked.authorization,
+            checked.fields if checked.type_name == _DENIED else None,
+        )
+
+    def _fold(
+        self,
+        sequence: int,
+        at: int,
+        causation_id: str,
+        command: str,
+        agent: str | None,
+        auth: Authorization | None,
+        denied: Any,
+    ) -> bool:
+        """The entries of one event stored at ``sequence``, ``at`` µs since the epoch:
+        ``denied`` (an ``AccessDenied``'s fields) is one refused; else ``auth``'s."""
+        if denied is not None:
             self._row(
-                envelope,
-                event.policy_version,
-                (1, event.agent_id, event.command, event.action, event.resource),
-                event.statement_id,
-                event.reason,
+                sequence,
+                at,
+                causation_id,
+                denied.policy_version,
+                (1, denied.agent_id, denied.command, denied.action, denied.resource),
+                denied.statement_id,
+                denied.reason,
             )
             return True
-        auth = envelope.authorization
         if auth is None:
             return False
         added = False
-        agent, command, action, version = (
-            envelope.agent_id,
-            envelope.type_name,
-            auth.action,
-            auth.policy_version,
-        )
+        action, version = auth.action, auth.policy_version
         for resource, statement in zip(auth.resources, auth.statements, strict=False):
-            self._row(envelope, version, (0, agent, command, action, resource), statement, None)
+            self._row(
+                sequence,
+                at,
+                causation_id,
+                version,
+                (0, agent, command, action, resource),
+                statement,
+                None,
+            )
             added = True
         return added
 
     def _row(
         self,
-        envelope: Envelope,
+        sequence: int,
+        at: int,
+        causation_id: str,
         version: int,
         what: tuple[int, str | None, str, str, str],
         statement: str | None,
@@ -179,11 +222,10 @@ class _Chunk:
             )
         (seqs, ats, agents, cids, commands, actions, resources, outcomes, statements, policies,
          reasons) = self.columns  # fmt: skip
-        seqs.append(envelope.sequence or 0)
-        ats.append(_micros(envelope.occurred_at))
+        seqs.append(sequence)
+        ats.append(at)
         agents.append(codes[0])
-        cid = envelope.causation_id
-        cids.append(cid)  # type: ignore[arg-type]  # (a column of strings, not of codes)
+        cids.append(causation_id)  # type: ignore[arg-type]  # (a column of strings, not codes)
         commands.append(codes[1])
         actions.append(codes[2])
         resources.append(codes[3])
@@ -191,7 +233,7 @@ class _Chunk:
         statements.append(codes[5])
         policies.append(version)
         reasons.append(codes[6])
-        self.size += 40 + len(cid)
+        self.size += 40 + len(causation_id)
 
     def full(self, entries: int, size: int) -> bool:
         return len(self) >= entries or self.size >= size

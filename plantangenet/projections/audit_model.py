@@ -59,6 +59,7 @@ import nats.errors
 import nats.js.errors
 
 from plantangenet.errors import DecodeError, JournalError
+from plantangenet.events.envelope import CheckedEvent
 from plantangenet.projections.audit import AuditEntry
 from plantangenet.projections.audit_chunks import (
     _GROUP_COLUMN,
@@ -341,28 +342,38 @@ async def _catch_up(
 
     stopped = False
     if last > position:
-        reading = journal.read(
-            session_id, from_sequence=position + 1, to_sequence=last, progress=progress
+        reading = journal.read_event_batches(
+            session_id,
+            from_sequence=position + 1,
+            to_sequence=last,
+            progress=progress,
+            checked=True,  # no envelope built for what the entries need no more of
         )
-        async with contextlib.aclosing(reading) as envelopes:
-            async for envelope in envelopes:
-                if tail.fold(envelope):
-                    changed = True
-                position = envelope.sequence or position
-                event = envelope.event_id
-                folded += 1
-                unsaved += 1
-                if tail.full(chunk_entries, chunk_bytes):
-                    data = tail.pack()
-                    await _put(kv, f"{prefix}.c{len(chunks)}", data)
-                    chunks.append(_ChunkMeta(len(tail), tail.columns[_SEQ][-1], _digest(data)))
-                    tail = _Chunk()
-                    changed = False
-                    await checkpoint()
-                elif unsaved >= checkpoint_every:
-                    await checkpoint()
-                if stop_after is not None and folded >= stop_after:
-                    stopped = True
+        async with contextlib.aclosing(reading) as batches:
+            async for batch in batches:
+                for item in batch:
+                    if isinstance(item, CheckedEvent):
+                        changed = tail.fold_checked(item) or changed
+                    elif tail.fold(item):
+                        changed = True
+                    position = item.sequence or position
+                    event = item.event_id
+                    folded += 1
+                    unsaved += 1
+                    if tail.full(chunk_entries, chunk_bytes):
+                        data = tail.pack()
+                        await _put(kv, f"{prefix}.c{len(chunks)}", data)
+                        meta = _ChunkMeta(len(tail), tail.columns[_SEQ][-1], _digest(data))
+                        chunks.append(meta)
+                        tail = _Chunk()
+                        changed = False
+                        await checkpoint()
+                    elif unsaved >= checkpoint_every:
+                        await checkpoint()
+                    if stop_after is not None and folded >= stop_after:
+                        stopped = True
+                        break
+                if stopped:
                     break
     if not stopped and position != saved_position:
         await checkpoint()

@@ -10,10 +10,10 @@ projections do not import the log layer (which itself folds with projections).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from plantangenet.events.codec import EventCodec
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 
 
 class LogSettings(Protocol):
@@ -63,6 +63,28 @@ class KeptLog(Protocol):
         to_sequence: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> AsyncGenerator[Envelope, None]: ...
+
+    @overload
+    def read_event_batches(
+        self,
+        session_id: str,
+        *,
+        from_sequence: int = 1,
+        to_sequence: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        checked: Literal[False] = False,
+    ) -> AsyncGenerator[list[Envelope], None]: ...
+
+    @overload
+    def read_event_batches(
+        self,
+        session_id: str,
+        *,
+        from_sequence: int = 1,
+        to_sequence: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        checked: Literal[True],
+    ) -> AsyncGenerator[list[Envelope | CheckedEvent], None]: ...
 
     async def page(
         self,
