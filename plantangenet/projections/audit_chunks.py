@@ -97,7 +97,7 @@ class _Damaged(Exception):
 class _Chunk:
     """Entries in columns, their strings dictionary-encoded."""
 
-    __slots__ = ("columns", "index", "shapes", "size", "strings")
+    __slots__ = ("_allowed", "columns", "index", "shapes", "size", "strings")
 
     def __init__(self) -> None:
         self.strings: list[str | None] = []
@@ -107,6 +107,8 @@ class _Chunk:
         self.size = 0
         #: (outcome, agent, command, action, resource, statement, reason) -> codes
         self.shapes: dict[tuple[Any, ...], tuple[int, ...]] = {}
+        #: (command, agent, id of an authorization) -> (it, the codes of its entries)
+        self._allowed: dict[tuple[Any, ...], tuple[Authorization, list[tuple[int, ...]]]] = {}
 
     def __len__(self) -> int:
         return len(self.columns[_SEQ])
@@ -140,13 +142,26 @@ class _Chunk:
 
     def fold_checked(self, checked: CheckedEvent) -> bool:
         """:meth:`fold` for an event read as its checked values (no envelope built)."""
+        auth = checked.authorization
+        if auth is not None:  # the common case first: an allowed command's entries, known
+            found = self._allowed.get((checked.type_name, checked.agent_id, id(auth)))
+            if found is not None and found[0] is auth and checked.type_name != _DENIED:
+                rows = found[1]
+                self._append(
+                    rows,
+                    checked.sequence or 0,
+                    checked.occurred_at,
+                    checked.causation_id,
+                    auth.policy_version,
+                )
+                return bool(rows)
         return self._fold(
             checked.sequence or 0,
             checked.occurred_at,
             checked.causation_id,
             checked.type_name,
             checked.agent_id,
-            checked.authorization,
+            auth,
             checked.fields if checked.type_name == _DENIED else None,
         )
 
@@ -163,45 +178,61 @@ class _Chunk:
         """The entries of one event stored at ``sequence``, ``at`` µs since the epoch:
         ``denied`` (an ``AccessDenied``'s fields) is one refused; else ``auth``'s."""
         if denied is not None:
-            self._row(
-                sequence,
-                at,
-                causation_id,
-                denied.policy_version,
-                (1, denied.agent_id, denied.command, denied.action, denied.resource),
-                denied.statement_id,
-                denied.reason,
-            )
-            return True
-        if auth is None:
+            what = (1, denied.agent_id, denied.command, denied.action, denied.resource)
+            rows = [self._codes(what, denied.statement_id, denied.reason)]
+            version = denied.policy_version
+        elif auth is None:
             return False
-        added = False
-        action, version = auth.action, auth.policy_version
-        for resource, statement in zip(auth.resources, auth.statements, strict=False):
-            self._row(
-                sequence,
-                at,
-                causation_id,
-                version,
-                (0, agent, command, action, resource),
-                statement,
-                None,
-            )
-            added = True
-        return added
+        else:
+            # The entries' codes by command, agent and authorization: the codec hands out
+            # one object per distinct stored authorization (kept here, its id stays its own).
+            key = (command, agent, id(auth))
+            found = self._allowed.get(key)
+            if found is None or found[0] is not auth:
+                action = auth.action
+                found = self._allowed[key] = (
+                    auth,
+                    [
+                        self._codes((0, agent, command, action, resource), statement, None)
+                        for resource, statement in zip(
+                            auth.resources, auth.statements, strict=False
+                        )
+                    ],
+                )
+            rows, version = found[1], auth.policy_version
+        self._append(rows, sequence, at, causation_id, version)
+        return bool(rows)
 
-    def _row(
+    def _append(
         self,
+        rows: list[tuple[int, ...]],
         sequence: int,
         at: int,
         causation_id: str,
         version: int,
-        what: tuple[int, str | None, str, str, str],
-        statement: str | None,
-        reason: str | None,
     ) -> None:
-        """One entry: ``what`` is (outcome, agent, command, action, resource); an allowed
-        entry's reason (``None`` here) follows from its statement."""
+        """One entry per shape in ``rows`` (see :meth:`_codes`) for the event at ``sequence``."""
+        (seqs, ats, agents, cids, commands, actions, resources, outcomes, statements, policies,
+         reasons) = self.columns  # fmt: skip
+        for codes in rows:
+            seqs.append(sequence)
+            ats.append(at)
+            agents.append(codes[0])
+            cids.append(causation_id)  # type: ignore[arg-type]  # (strings, not codes)
+            commands.append(codes[1])
+            actions.append(codes[2])
+            resources.append(codes[3])
+            outcomes.append(codes[4])
+            statements.append(codes[5])
+            policies.append(version)
+            reasons.append(codes[6])
+            self.size += 40 + len(causation_id)
+
+    def _codes(
+        self, what: tuple[int, str | None, str, str, str], statement: str | None, reason: str | None
+    ) -> tuple[int, ...]:
+        """The codes of an entry's shape: ``what`` is (outcome, agent, command, action,
+        resource); an allowed entry's reason (``None`` here) follows from its statement."""
         key = (*what, statement, reason)
         codes = self.shapes.get(key)
         if codes is None:
@@ -220,20 +251,7 @@ class _Chunk:
                 code(statement),
                 code(reason),
             )
-        (seqs, ats, agents, cids, commands, actions, resources, outcomes, statements, policies,
-         reasons) = self.columns  # fmt: skip
-        seqs.append(sequence)
-        ats.append(at)
-        agents.append(codes[0])
-        cids.append(causation_id)  # type: ignore[arg-type]  # (a column of strings, not codes)
-        commands.append(codes[1])
-        actions.append(codes[2])
-        resources.append(codes[3])
-        outcomes.append(codes[4])
-        statements.append(codes[5])
-        policies.append(version)
-        reasons.append(codes[6])
-        self.size += 40 + len(causation_id)
+        return codes
 
     def full(self, entries: int, size: int) -> bool:
         return len(self) >= entries or self.size >= size
