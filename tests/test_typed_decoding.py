@@ -211,6 +211,8 @@ def test_a_cursor_move_takes_the_typed_path_and_equals_the_complete_one() -> Non
     assert checked is not None and checked[:2] == ("CursorMoved", envelope.session_id)
     assert check_agrees(CODEC, payload) is not None
     assert CODEC.checked(payload[:-1]) is None  # cut short: decode decides
+    assert CODEC.checked(payload, types={"CursorMoved"}) == checked
+    assert CODEC.checked(payload, types={"CursorAdded"}) is None  # not asked for
 
 
 @SETTINGS

@@ -46,7 +46,7 @@ import functools
 import hashlib
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -232,14 +232,22 @@ class EventCodec:
         except Exception as exc:  # an upcaster or msgpack failing in an unforeseen way
             raise DecodeError(f"cannot decode event: {type(exc).__name__}: {exc}") from None
 
-    def checked(self, payload: bytes, *, sequence: int | None = None) -> CheckedEvent | None:
+    def checked(
+        self,
+        payload: bytes,
+        *,
+        sequence: int | None = None,
+        types: Container[str] | None = None,
+    ) -> CheckedEvent | None:
         """The values of the envelope in ``payload`` (stored at ``sequence``), every one
         checked as :meth:`decode` checks it, but neither the envelope nor its event built
         (see :class:`CheckedEvent`). ``None`` where :meth:`decode` must decide: a type
-        with map fields or of another version, an older format, anything it would refuse.
+        with map fields or of another version, an older format, anything it would refuse;
+        and an event of a type not in ``types`` (if given), told before its values are
+        checked (a caller that decodes those anyway does not check them twice).
         """
         try:
-            found = self._typed_stored(payload)
+            found = self._typed_stored(payload, types)
             if found is None:
                 return None
             stored, (_, _, check_fields), authorization = found
@@ -289,13 +297,17 @@ class EventCodec:
             stored.n,
         )
 
-    def _typed_stored(self, payload: bytes) -> tuple[Any, _Typed, Authorization | None] | None:
+    def _typed_stored(
+        self, payload: bytes, types: Container[str] | None = None
+    ) -> tuple[Any, _Typed, Authorization | None] | None:
         """The stored envelope in ``payload``, its type's typed decoders and its
         authorization, every value checked; ``None`` where the typed path does not apply,
         or any exception where it refuses."""
         if len(payload) > self.max_event_bytes:
             return None
         stored = _decode_stored(payload)
+        if types is not None and stored.t not in types:
+            return None
         typed = self._typed.get(stored.t)
         if typed is None:
             typed = self._typed_decoder(stored.t)

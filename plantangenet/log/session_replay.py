@@ -134,12 +134,8 @@ def _fold_checked(
     session_id = state.session_id
     run = MoveRun(state)
     for sequence, payload in batch:
-        found = checked(payload)
-        if (
-            found is not None
-            and found.type_name in MOVE_TYPE_NAMES
-            and found.session_id == session_id
-        ):
+        found = checked(payload, types=MOVE_TYPE_NAMES)  # the others: decoded below
+        if found is not None and found.session_id == session_id:
             fields = found.fields
             if run.takes(fields.cursor_id, fields.agent_id):
                 run.add(cursor_view(fields), sequence)
