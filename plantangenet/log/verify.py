@@ -76,65 +76,81 @@ async def verify(
     link, or a message that is no event of the session (quarantine it).
     """
     end = await journal.last_sequence(session_id)
-    previous_digest = b""
-    previous_sequence = 0
-    checked = 0
     if end == 0:
         return VerifyResult(session_id, False, 0, problem="the session has no events")
-    #: Messages that are no events of the session: sequence -> (the one before it, why).
-    strays: dict[int, tuple[int, str]] = {}
-    quarantined: set[int] = set()
-    first_break: VerifyResult | None = None
+    chain = _Chain(session_id)
     batches = journal.read_batches(session_id, to_sequence=end)
     async with contextlib.aclosing(batches):
         async for batch in batches:
+            before = chain.checked
             for sequence, payload in batch:
-                checked += 1
-                try:
-                    claimed, raw = _previous_hash(payload, session_id)
-                except DecodeError as exc:
-                    if len(strays) < _MAX_STRAYS:
-                        strays[sequence] = (
-                            previous_sequence,
-                            f"not an event of this session: {exc}",
-                        )
-                    continue
-                if claimed != previous_digest:
-                    if first_break is None:
-                        first_break = VerifyResult(
-                            session_id,
-                            False,
-                            checked,
-                            sequence,
-                            previous_sequence,
-                            _break(previous_sequence),
-                        )
-                    continue  # the events after it may still link past it (a stray before them)
-                if raw.get("t") == "MessageQuarantined":
-                    data = raw.get("d")
-                    number = data.get("sequence") if isinstance(data, dict) else None
-                    if type(number) is int:
-                        quarantined.add(number)
-                previous_digest = hashlib.sha256(payload).digest()
-                previous_sequence = sequence
-                if progress is not None and checked % 1000 == 0:
-                    progress(sequence, end)
+                chain.link(sequence, payload)
+            if progress is not None and chain.checked // 1000 != before // 1000:
+                progress(batch[-1][0], end)  # about every 1,000 events
     if progress is not None:
         progress(end, end)
-    unresolved = sorted(s for s in strays if s not in quarantined)
-    problems = []
-    if unresolved:
-        stray = unresolved[0]
-        before, why = strays[stray]
-        hint = f"; an operator may quarantine it: plantangenet quarantine {session_id} {stray}"
-        problems.append(VerifyResult(session_id, False, checked, stray, before, why + hint))
-    if first_break is not None:
-        problems.append(first_break)
-    if problems:
-        return min(problems, key=lambda result: result.broken_at)
-    return VerifyResult(
-        session_id, True, checked, quarantined=tuple(sorted(quarantined & set(strays)))
-    )
+    return chain.result()
+
+
+class _Chain:
+    """A session's hash chain, checked one stored message at a time (see :func:`verify`)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.previous_digest = b""
+        self.previous_sequence = 0
+        self.checked = 0
+        #: Messages that are no events of the session: sequence -> (the one before it, why).
+        self.strays: dict[int, tuple[int, str]] = {}
+        self.quarantined: set[int] = set()
+        self.first_break: VerifyResult | None = None
+
+    def link(self, sequence: int, payload: bytes) -> None:
+        """Check the message stored at ``sequence`` against the chain so far."""
+        self.checked += 1
+        try:
+            claimed, raw = _previous_hash(payload, self.session_id)
+        except DecodeError as exc:
+            if len(self.strays) < _MAX_STRAYS:
+                why = f"not an event of this session: {exc}"
+                self.strays[sequence] = (self.previous_sequence, why)
+            return
+        if claimed != self.previous_digest:
+            if self.first_break is None:
+                self.first_break = VerifyResult(
+                    self.session_id,
+                    False,
+                    self.checked,
+                    sequence,
+                    self.previous_sequence,
+                    _break(self.previous_sequence),
+                )
+            return  # the events after it may still link past it (a stray before them)
+        if raw.get("t") == "MessageQuarantined":
+            data = raw.get("d")
+            number = data.get("sequence") if isinstance(data, dict) else None
+            if type(number) is int:
+                self.quarantined.add(number)
+        self.previous_digest = hashlib.sha256(payload).digest()
+        self.previous_sequence = sequence
+
+    def result(self) -> VerifyResult:
+        """What the chain shows once every message is linked."""
+        session_id, strays, checked = self.session_id, self.strays, self.checked
+        unresolved = sorted(s for s in strays if s not in self.quarantined)
+        problems = []
+        if unresolved:
+            stray = unresolved[0]
+            before, why = strays[stray]
+            hint = f"; an operator may quarantine it: plantangenet quarantine {session_id} {stray}"
+            problems.append(VerifyResult(session_id, False, checked, stray, before, why + hint))
+        if self.first_break is not None:
+            problems.append(self.first_break)
+        if problems:
+            return min(problems, key=lambda result: result.broken_at)
+        return VerifyResult(
+            session_id, True, checked, quarantined=tuple(sorted(self.quarantined & set(strays)))
+        )
 
 
 #: Any msgpack value as Python values (checked as ``msgpack.unpackb`` checks them: UTF-8
