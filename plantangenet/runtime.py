@@ -45,7 +45,7 @@ from plantangenet.data.compositors import Compositor
 from plantangenet.domain.decide import DEFAULT_LIMITS, Limits, check_id, damage
 from plantangenet.errors import JournalError, UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.log.journal import Journal, JournalConfig
 from plantangenet.log.loop import EventLoopThread
 from plantangenet.log.positions import Position
@@ -561,14 +561,20 @@ class Plantangenet:
         :raises UnknownSession: the session has no events.
         """
         index = CursorIndex()
-        self._fold_events(session_id, index.apply, to_sequence)
+        self._fold_events(session_id, index.apply, to_sequence, index.apply_checked)
         return index
 
     def _fold_events(
-        self, session_id: str, apply: Callable[[Envelope], object], to_sequence: int | None
+        self,
+        session_id: str,
+        apply: Callable[[Envelope], object],
+        to_sequence: int | None,
+        checked: Callable[[CheckedEvent], object] | None = None,
     ) -> None:
         check_id(session_id, "session_id")
-        count = self.loop.run(fold_events(self.journal, session_id, apply, to_sequence=to_sequence))
+        count = self.loop.run(
+            fold_events(self.journal, session_id, apply, checked=checked, to_sequence=to_sequence)
+        )
         if count == 0 and self.loop.run(self.journal.last_sequence(session_id)) == 0:
             raise UnknownSession(f"no events for session {session_id!r}")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plantangenet import CursorIndex, Ledger, Plantangenet, UnknownSession
+from plantangenet import CODEC, CursorIndex, Ledger, Plantangenet, UnknownSession
 from plantangenet.cli import main
 from plantangenet.events import (
     AgentDetached,
@@ -67,6 +67,7 @@ operations = st.lists(
 @given(operations, st.lists(st.tuples(st.sampled_from(AXES), times, times), max_size=20))
 def test_lookups_equal_a_scan(ops: list, probes: list) -> None:  # type: ignore[type-arg]
     index = CursorIndex()
+    from_checked = CursorIndex()  # fed the values the codec checked, no envelope built
     model: dict[str, CursorView] = {}
     for sequence, (op, number, agent, (axes, start, end)) in enumerate(ops, start=1):
         cursor_id, agent_id = f"c{number}", f"a{agent}"
@@ -82,6 +83,9 @@ def test_lookups_equal_a_scan(ops: list, probes: list) -> None:  # type: ignore[
         else:
             continue
         index.apply(envelope(event, sequence))
+        checked = CODEC.checked(CODEC.encode(envelope(event, sequence)), sequence=sequence)
+        assert checked is not None
+        from_checked.apply_checked(checked)
         match event:
             case CursorAdded() | CursorMoved():
                 model[cursor_id] = CursorView(
@@ -95,11 +99,13 @@ def test_lookups_equal_a_scan(ops: list, probes: list) -> None:  # type: ignore[
         if sequence % 7 == 0:
             axis, t, _ = probes[0] if probes else ("ocean", 0.0, 0.0)
             assert [c.cursor_id for c in index.covering(axis, t)] == brute(model, axis, t, t)
-    assert index.cursors == model
+    assert index.cursors == model == from_checked.cursors
+    assert index.sequence == from_checked.sequence
     for axis, a, b in probes:
         lo, hi = min(a, b), max(a, b)
         assert [c.cursor_id for c in index.covering(axis, a)] == brute(model, axis, a, a)
         assert [c.cursor_id for c in index.overlapping(axis, lo, hi)] == brute(model, axis, lo, hi)
+        assert from_checked.overlapping(axis, lo, hi) == index.overlapping(axis, lo, hi)
 
 
 def test_a_parent_axis_covers_its_children_but_not_siblings() -> None:

@@ -13,7 +13,7 @@ from plantangenet.errors import (
     PlantangenetError,
     UnknownSession,
 )
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.log.journal import (
     LIMIT_ENV,
     TIMEOUT_ENV,
@@ -91,9 +91,16 @@ def dump_json(data: Any, out: TextIO) -> None:
     out.write("\n")
 
 
-def fold_projection(args: argparse.Namespace, fold: Callable[[Envelope], None]) -> None:
-    """Fold the session's whole history into ``fold`` (``UnknownSession`` if it has none)."""
+def fold_projection(
+    args: argparse.Namespace,
+    fold: Callable[[Envelope], None],
+    checked: Callable[[CheckedEvent], None] | None = None,
+) -> None:
+    """Fold the session's whole history into ``fold`` (and ``checked``: see
+    :func:`~plantangenet.log.session_replay.fold_events`); ``UnknownSession`` if it has none."""
     with open_runtime(args) as pg, progress_on_stderr() as progress:
-        count = pg.run(fold_events(pg.journal, args.session_id, fold, progress=progress))
+        count = pg.run(
+            fold_events(pg.journal, args.session_id, fold, checked=checked, progress=progress)
+        )
     if count == 0:
         raise UnknownSession(f"no events for session {args.session_id!r}")

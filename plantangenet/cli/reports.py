@@ -251,7 +251,7 @@ def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
     if args.time is not None and args.axis is None:
         raise PlantangenetError("--time needs --axis")
     index = CursorIndex()
-    fold_projection(args, index.apply)
+    fold_projection(args, index.apply, index.apply_checked)
     _write_report(
         args, out, cursors_report(index, args.axis, args.time), describe_cursors, show_cursors
     )

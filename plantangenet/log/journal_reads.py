@@ -99,7 +99,7 @@ class _Reading(_Seeking):
         from_sequence: int = 1,
         to_sequence: int | None = None,
         progress: Callable[[int, int], None] | None = None,
-        checked: Literal[True],
+        checked: bool,
     ) -> AsyncGenerator[list[Envelope | CheckedEvent], None]: ...
 
     async def read_event_batches(

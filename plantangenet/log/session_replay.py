@@ -81,20 +81,30 @@ async def fold_events(
     session_id: str,
     apply: Callable[[Envelope], object],
     *,
+    checked: Callable[[CheckedEvent], object] | None = None,
     to_sequence: int | None = None,
     progress: Progress | None = None,
 ) -> int:
     """Hand each of the session's events, in order, to ``apply`` (a projection's fold
     step: a :class:`~plantangenet.projections.ledger.Ledger`'s ``apply``, say); how many.
 
+    With ``checked``, an event the codec checks without building it goes to ``checked``
+    as its :class:`~plantangenet.events.envelope.CheckedEvent` instead (for a fold that
+    needs only its values: most of a long log), the rest to ``apply``.
     Streams, as :func:`replay` does: memory stays flat however long the session.
     """
     count = 0
-    envelopes = journal.read(session_id, to_sequence=to_sequence, progress=progress)
-    async with contextlib.aclosing(envelopes):
-        async for envelope in envelopes:
-            apply(envelope)
-            count += 1
+    batches = journal.read_event_batches(
+        session_id, to_sequence=to_sequence, progress=progress, checked=checked is not None
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                if isinstance(item, CheckedEvent):
+                    checked(item)  # type: ignore[misc]  # only read so when given
+                else:
+                    apply(item)
+            count += len(batch)
     return count
 
 

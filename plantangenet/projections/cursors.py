@@ -23,8 +23,9 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterable, MutableSequence, Sequence
+from typing import Any
 
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.events.session import (
     AgentDetached,
     CursorAdded,
@@ -163,6 +164,15 @@ class _Axis:
                     out.add(ids[i])
 
 
+#: The events the index folds, by type name.
+_SETS = frozenset({CursorAdded.type_name, CursorMoved.type_name})
+_REMOVED, _DETACHED, _ENDED = (
+    CursorRemoved.type_name,
+    AgentDetached.type_name,
+    SessionEnded.type_name,
+)
+
+
 class CursorIndex:
     """Coverage lookups over a session's cursors; fold envelopes in with :meth:`apply`."""
 
@@ -202,26 +212,33 @@ class CursorIndex:
     def apply(self, envelope: Envelope) -> None:
         """Fold one envelope in (events other than cursor and detach events are ignored)."""
         event = envelope.event
-        if envelope.sequence is not None:
-            self.sequence = envelope.sequence
-        match event:
-            case CursorAdded() | CursorMoved():
-                cursor = cursor_view(event)
-                before = self._cursors.get(cursor.cursor_id)
-                if before is None or before.agent_id != cursor.agent_id:  # a new owner
-                    self._drop(cursor.cursor_id)
-                    self._put(cursor)
-                else:  # a move: the same owner, a new region
-                    self._unindex(before)
-                    self._cursors[cursor.cursor_id] = cursor
-                    self._index(cursor)
-            case CursorRemoved(cursor_id=cursor_id):
+        self._apply(event.type_name, event, envelope.sequence)
+
+    def apply_checked(self, checked: CheckedEvent) -> None:
+        """:meth:`apply` for an event read as its checked values (no envelope built)."""
+        self._apply(checked.type_name, checked.fields, checked.sequence)
+
+    def _apply(self, type_name: str, event: Any, sequence: int | None) -> None:
+        """Fold in the event of type ``type_name`` whose fields ``event`` has."""
+        if sequence is not None:
+            self.sequence = sequence
+        if type_name in _SETS:
+            cursor = cursor_view(event)
+            before = self._cursors.get(cursor.cursor_id)
+            if before is None or before.agent_id != cursor.agent_id:  # a new owner
+                self._drop(cursor.cursor_id)
+                self._put(cursor)
+            else:  # a move: the same owner, a new region
+                self._unindex(before)
+                self._cursors[cursor.cursor_id] = cursor
+                self._index(cursor)
+        elif type_name == _REMOVED:
+            self._drop(event.cursor_id)
+        elif type_name == _DETACHED:
+            for cursor_id in list(self._owned.get(event.agent_id, ())):
                 self._drop(cursor_id)
-            case AgentDetached(agent_id=agent_id):
-                for cursor_id in list(self._owned.get(agent_id, ())):
-                    self._drop(cursor_id)
-            case SessionEnded():  # every agent still attached left with the end
-                self._cursors, self._axes, self._owned = {}, {}, {}
+        elif type_name == _ENDED:  # every agent still attached left with the end
+            self._cursors, self._axes, self._owned = {}, {}, {}
 
     def covering(self, axis: str, time: float) -> list[CursorView]:
         """The cursors watching ``axis`` (or a parent axis) at ``time``, by cursor id."""

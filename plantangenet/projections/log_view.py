@@ -83,7 +83,7 @@ class KeptLog(Protocol):
         from_sequence: int = 1,
         to_sequence: int | None = None,
         progress: Callable[[int, int], None] | None = None,
-        checked: Literal[True],
+        checked: bool,
     ) -> AsyncGenerator[list[Envelope | CheckedEvent], None]: ...
 
     async def page(
