@@ -440,6 +440,7 @@ def test_a_stale_writer_does_not_refuse_pipelined_commands_on_a_state_that_is_go
     a = two_writers[0].session("s")
     a.execute(StartSession())
     b = two_writers[1].session("s")  # B rehydrates now and will not hear of A's writes
+    assert b.state.sequence == 1  # rehydrated (in its own thread) before A writes, as above
     a.execute(AttachAgent(agent_id="bot"))
     a.execute(AddCursor(agent_id="bot", cursor_id="c", axes=("x",), start=0, end=1))
     # B pipelines: the first append is stale (ConcurrencyError); the moves behind it
