@@ -239,13 +239,10 @@ class EventCodec:
         sequence: int | None = None,
         types: Container[str] | None = None,
     ) -> CheckedEvent | None:
-        """The values of the envelope in ``payload`` (stored at ``sequence``), every one
-        checked as :meth:`decode` checks it, but neither the envelope nor its event built
-        (see :class:`CheckedEvent`). ``None`` where :meth:`decode` must decide: a type
-        with map fields or of another version, an older format, anything it would refuse;
-        and an event of a type not in ``types`` (if given), told before its values are
-        checked (a caller that decodes those anyway does not check them twice).
-        """
+        """The :class:`CheckedEvent` of ``payload`` (stored at ``sequence``): every value
+        checked as :meth:`decode` checks it, nothing built. ``None`` where :meth:`decode` must
+        decide (maps, another version or format, anything it refuses) or, told first, for
+        a type not in ``types``."""
         try:
             found = self._typed_stored(payload, types)
             if found is None:
@@ -300,9 +297,8 @@ class EventCodec:
     def _typed_stored(
         self, payload: bytes, types: Container[str] | None = None
     ) -> tuple[Any, _Typed, Authorization | None] | None:
-        """The stored envelope in ``payload``, its type's typed decoders and its
-        authorization, every value checked; ``None`` where the typed path does not apply,
-        or any exception where it refuses."""
+        """The stored envelope in ``payload``, its type's typed decoders and authorization,
+        all checked; ``None`` where the typed path does not apply; raises where it refuses."""
         if len(payload) > self.max_event_bytes:
             return None
         stored = _decode_stored(payload)
