@@ -7,7 +7,14 @@ May import errors only.
 
 from plantangenet.events.base import EVENTS, Event, EventRegistry, Upcaster, event_type
 from plantangenet.events.codec import CODEC, EventCodec
-from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
+from plantangenet.events.envelope import (
+    OPERATOR,
+    Authorization,
+    CheckedEvent,
+    Envelope,
+    new_id,
+    utc_now,
+)
 from plantangenet.events.fields import MetadataValue
 from plantangenet.events.session import (
     SESSION_EVENTS,
@@ -45,6 +52,7 @@ __all__ = [
     "AgentBound",
     "AgentDetached",
     "Authorization",
+    "CheckedEvent",
     "CursorAdded",
     "CursorMoved",
     "CursorRemoved",

@@ -100,10 +100,10 @@ async def fold_events(
     async with contextlib.aclosing(batches):
         async for batch in batches:
             for item in batch:
-                if isinstance(item, CheckedEvent):
-                    checked(item)  # type: ignore[misc]  # only read so when given
-                else:
+                if not isinstance(item, CheckedEvent):
                     apply(item)
+                elif checked is not None:  # (checked values are read only when it is given)
+                    checked(item)
             count += len(batch)
     return count
 
