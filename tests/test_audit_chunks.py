@@ -54,3 +54,16 @@ def test_entries_from_envelopes_and_from_checked_values_are_audit_entries() -> N
         from_checked.fold_checked(checked)
     assert entries(from_envelopes) == expected
     assert entries(from_checked) == expected
+
+
+def test_a_packed_chunk_is_the_msgpack_of_its_columns_and_reads_back() -> None:
+    import msgpack
+
+    chunk = _Chunk()
+    for envelope in stored():
+        chunk.fold(envelope)
+    data = chunk.pack()
+    assert data == msgpack.packb(
+        {"f": 1, "s": chunk.strings, "c": chunk.columns}, use_bin_type=True
+    )
+    assert entries(_Chunk.unpack(data)) == entries(chunk)

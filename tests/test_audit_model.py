@@ -269,6 +269,43 @@ def test_a_catch_up_folds_only_what_was_appended_since(runtime: Plantangenet) ->
     assert runtime.run(again.all_entries()) == full_fold(runtime, "inc")
 
 
+def test_a_checkpoint_lists_only_chunks_already_stored(
+    runtime: Plantangenet, monkeypatch: Any
+) -> None:
+    """Closed chunks are stored while the fold goes on; a slow put still lands before
+    any head that lists its chunk."""
+    import asyncio
+
+    from plantangenet.projections import audit_model as module
+
+    busy_session(runtime, "slow")
+    put, save_head = module._put, module._save_head
+    stored: set[str] = set()
+    heads: list[int] = []
+
+    async def slow_put(kv: Any, key: str, value: bytes) -> None:
+        await asyncio.sleep(0.02)
+        await put(kv, key, value)
+        stored.add(key)
+
+    async def checked_head(*args: Any) -> int:
+        metas = args[5]
+        assert {
+            f"audit.{runtime.journal_config.stream}.slow.c{i}" for i in range(len(metas))
+        } <= stored
+        heads.append(len(metas))
+        revision: int = await save_head(*args)
+        return revision
+
+    monkeypatch.setattr(module, "_put", slow_put)
+    monkeypatch.setattr(module, "_save_head", checked_head)
+    model = runtime.run(audit_model(runtime.journal, "slow", chunk_entries=2, checkpoint_every=5))
+    assert model.entries >= 6 and len(heads) >= 2  # (chunks of two entries, heads every 5 events)
+    monkeypatch.undo()
+    again = runtime.run(audit_model(runtime.journal, "slow", chunk_entries=2))
+    assert again.folded == 0 and runtime.run(again.all_entries()) == full_fold(runtime, "slow")
+
+
 def test_of_two_writers_one_checkpoint_wins_and_the_other_catches_up_from_it(
     runtime: Plantangenet, monkeypatch: Any
 ) -> None:

@@ -15,14 +15,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
+import msgspec
+
 from plantangenet.events.envelope import Authorization, CheckedEvent, Envelope
 from plantangenet.events.policy_values import pattern_matches
 from plantangenet.events.session import AccessDenied
 from plantangenet.projections.audit import AuditEntry, Outcome
-from plantangenet.projections.user_model import _pack, _unpack
+from plantangenet.projections.user_model import _unpack
 
 #: The KV bucket of the audit read models unless told otherwise.
 AUDIT_BUCKET = "plantangenet-audit"
+
+
+_encode = msgspec.msgpack.Encoder().encode
 
 
 #: Bump when what the fold stores changes: older models are rebuilt.
@@ -40,7 +45,8 @@ CHUNK_ENTRIES = 4096
 CHUNK_BYTES = 256 * 1024
 
 
-#: Events folded between two checkpoints (besides one per closed chunk and one at the end).
+#: Events folded between two checkpoints (besides one at the end); closed chunks are
+#: stored as they close, and a checkpoint lists those stored by then.
 CHECKPOINT_EVERY = 20_000
 
 
@@ -257,7 +263,9 @@ class _Chunk:
         return len(self) >= entries or self.size >= size
 
     def pack(self) -> bytes:
-        return _pack({"f": MODEL_FORMAT, "s": self.strings, "c": self.columns})
+        # msgspec writes these values as msgpack.packb(use_bin_type=True) does, byte for
+        # byte (a test holds the two equal), about four times faster.
+        return _encode({"f": MODEL_FORMAT, "s": self.strings, "c": self.columns})
 
     @classmethod
     def unpack(cls, data: bytes, *, to_extend: bool = False) -> _Chunk:

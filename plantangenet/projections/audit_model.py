@@ -48,6 +48,7 @@ chunks one at a time.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -143,6 +144,33 @@ async def _put(kv: Any, key: str, value: bytes) -> None:
         await kv.put(key, value)
     except nats.errors.Error as exc:
         raise JournalError(f"cannot save the audit read model ({key}): {exc}") from exc
+
+
+class _Writes:
+    """Chunk puts in flight while the fold goes on: at most ``limit`` at once (the
+    oldest awaited first), all of them stored before a head may list them."""
+
+    def __init__(self, kv: Any, limit: int = 4) -> None:
+        self._kv = kv
+        self._limit = limit
+        self._pending: collections.deque[asyncio.Task[None]] = collections.deque()
+
+    async def put(self, key: str, data: bytes) -> None:
+        if len(self._pending) >= self._limit:
+            await self._pending.popleft()
+        self._pending.append(asyncio.ensure_future(_put(self._kv, key, data)))
+
+    async def settled(self) -> None:
+        """Once every put so far is stored (:class:`JournalError` if one was not)."""
+        while self._pending:
+            await self._pending.popleft()
+
+    async def abandoned(self) -> None:
+        """Cancel what is still in flight (and take its outcome, so none is left unread)."""
+        pending, self._pending = list(self._pending), collections.deque()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _head(
@@ -323,9 +351,11 @@ async def _catch_up(
     folded = unsaved = 0
     changed = False  # the open chunk differs from the stored one
     stored_digest = _digest(tail.pack()) if len(tail) else ""
+    writes = _Writes(kv)
 
     async def checkpoint() -> None:
         nonlocal revision, saved_position, unsaved, changed, stored_digest
+        await writes.settled()  # every chunk the head lists is stored first
         metas = list(chunks)
         if len(tail):
             if changed:
@@ -341,42 +371,44 @@ async def _catch_up(
         changed = False
 
     stopped = False
-    if last > position:
-        reading = journal.read_event_batches(
-            session_id,
-            from_sequence=position + 1,
-            to_sequence=last,
-            progress=progress,
-            checked=True,  # no envelope built for what the entries need no more of
-        )
-        async with contextlib.aclosing(reading) as batches:
-            async for batch in batches:
-                for item in batch:
-                    if isinstance(item, CheckedEvent):
-                        changed = tail.fold_checked(item) or changed
-                    elif tail.fold(item):
-                        changed = True
-                    position = item.sequence or position
-                    event = item.event_id
-                    folded += 1
-                    unsaved += 1
-                    if tail.full(chunk_entries, chunk_bytes):
-                        data = tail.pack()
-                        await _put(kv, f"{prefix}.c{len(chunks)}", data)
-                        meta = _ChunkMeta(len(tail), tail.columns[_SEQ][-1], _digest(data))
-                        chunks.append(meta)
-                        tail = _Chunk()
-                        changed = False
-                        await checkpoint()
-                    elif unsaved >= checkpoint_every:
-                        await checkpoint()
-                    if stop_after is not None and folded >= stop_after:
-                        stopped = True
+    try:
+        if last > position:
+            reading = journal.read_event_batches(
+                session_id,
+                from_sequence=position + 1,
+                to_sequence=last,
+                progress=progress,
+                checked=True,  # no envelope built for what the entries need no more of
+            )
+            async with contextlib.aclosing(reading) as batches:
+                async for batch in batches:
+                    for item in batch:
+                        if isinstance(item, CheckedEvent):
+                            changed = tail.fold_checked(item) or changed
+                        elif tail.fold(item):
+                            changed = True
+                        position = item.sequence or position
+                        event = item.event_id
+                        folded += 1
+                        unsaved += 1
+                        if tail.full(chunk_entries, chunk_bytes):
+                            data = tail.pack()  # stored while the fold goes on, before any head
+                            await writes.put(f"{prefix}.c{len(chunks)}", data)
+                            meta = _ChunkMeta(len(tail), tail.columns[_SEQ][-1], _digest(data))
+                            chunks.append(meta)
+                            tail = _Chunk()
+                            changed = False
+                        if unsaved >= checkpoint_every:
+                            await checkpoint()
+                        if stop_after is not None and folded >= stop_after:
+                            stopped = True
+                            break
+                    if stopped:
                         break
-                if stopped:
-                    break
-    if not stopped and position != saved_position:
-        await checkpoint()
+        if not stopped and position != saved_position:
+            await checkpoint()
+    finally:
+        await writes.abandoned()  # (a crash, or a failure: nothing more is written)
     return AuditModel(
         session_id,
         position,
