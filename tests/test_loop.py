@@ -142,6 +142,46 @@ def test_a_coroutine_cancelled_before_it_starts_never_runs(loop_thread: EventLoo
     assert ran == [] and future.cancelled()
 
 
+def test_run_then_hands_the_ended_task_to_its_callback_on_the_loop(
+    loop_thread: EventLoopThread,
+) -> None:
+    ended: concurrent.futures.Future[tuple[asyncio.Future[int], bool]] = concurrent.futures.Future()
+    failed: concurrent.futures.Future[asyncio.Future[int]] = concurrent.futures.Future()
+
+    async def answer() -> int:
+        await asyncio.sleep(0.01)
+        return 7
+
+    async def fail() -> int:
+        raise KeyError("nope")
+
+    loop_thread.run_then(answer(), lambda t: ended.set_result((t, loop_thread.in_loop_thread)))
+    loop_thread.run_then(fail(), failed.set_result)
+    task, on_loop = ended.result(5)
+    assert on_loop and task.result() == 7  # read from this thread: the task has ended
+    with pytest.raises(KeyError):
+        failed.result(5).result()
+
+
+def test_run_then_on_a_stopping_loop_still_hears_of_the_cancelled_task() -> None:
+    thread = EventLoopThread(name="test-stopping").start()
+    heard: concurrent.futures.Future[asyncio.Future[None]] = concurrent.futures.Future()
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    thread.run_then(forever(), heard.set_result)
+    assert started.wait(5)
+    thread.stop()
+    assert heard.result(5).cancelled()
+    coro = forever()
+    with pytest.raises(RuntimeError):
+        thread.run_then(coro, print)
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
 def test_a_closed_loop_refuses_work_and_closes_the_coroutine() -> None:
     thread = EventLoopThread(name="test-closed").start()
     thread.stop()

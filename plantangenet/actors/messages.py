@@ -9,6 +9,7 @@ small helpers that resolve replies. Every public name is importable from
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -175,7 +176,8 @@ class ExecuteMany:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Appended:
-    outcome: concurrent.futures.Future[AppendResult]
+    #: The append's task, ended (its outcome read on the actor's thread).
+    outcome: asyncio.Future[AppendResult]
 
 
 @dataclasses.dataclass(slots=True)

@@ -445,14 +445,14 @@ class _SessionDeciding:
         self._in_flight = group
         if group[-1] is self._group_end:  # the next command starts a group
             self._group_events, self._group_end = 0, None
-        future = self.loop.submit(
+        me = self.actor_ref
+        self.loop.run_then(
             self.journal.append_payloads(
                 self.session_id,
                 [envelope for pending in group for envelope in pending.envelopes],
                 [payload for pending in group for payload in pending.payloads],
                 expected_sequence=self.state.sequence,
                 digests=[digest for pending in group for digest in pending.digests],
-            )
+            ),
+            lambda task: _tell(me, _Appended(task)),
         )
-        me = self.actor_ref
-        future.add_done_callback(lambda f: _tell(me, _Appended(f)))

@@ -8,7 +8,7 @@ reading the state at least as recent as a sequence.
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
@@ -112,7 +112,7 @@ class _SessionStoring(_SessionAgents):
 
     # -- storing ---------------------------------------------------------------
 
-    def _appended(self, outcome: concurrent.futures.Future[AppendResult]) -> None:
+    def _appended(self, outcome: asyncio.Future[AppendResult]) -> None:
         group, self._in_flight = self._in_flight or [], None
         for pending in group:
             self._pending.pop(_key(pending.command), None)

@@ -145,6 +145,30 @@ class EventLoopThread:
             raise
         return future
 
+    def run_then(
+        self, coro: Coroutine[Any, Any, T], then: Callable[[asyncio.Future[T]], object]
+    ) -> None:
+        """Run ``coro`` on the loop and call ``then(task)`` there once it ended.
+
+        :meth:`submit` for a caller that only needs to hear of the outcome: no
+        ``concurrent.futures.Future`` and no chaining of one to the task (``then`` may
+        read ``task.result()`` from any thread, since the task has ended). If the loop
+        stops first, the task is cancelled and ``then`` still called. ``then`` must
+        not block; raises ``RuntimeError`` if the loop is closed.
+        """
+        if self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("the event loop is closed")
+
+        def start() -> None:
+            asyncio.ensure_future(coro, loop=self.loop).add_done_callback(then)
+
+        try:
+            self.call_soon(start)
+        except RuntimeError:
+            coro.close()
+            raise
+
     def wrap(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
         """An asyncio future of this loop with ``future``'s outcome (call it on the loop).
 
