@@ -477,6 +477,27 @@ def test_bad_subject_parts_and_invalid_reply_do_not_crash(
         decode_reply(b"\xc1")
 
 
+@pytest.mark.parametrize(
+    ("reply", "refused"),
+    [
+        ("_INBOX.abc.def", None),
+        ("answers.x1", None),
+        ("a..b", "not a subject"),
+        ("a.", "not a subject"),
+        ("a b", "not a subject"),
+        ("a\nb", "not a subject"),
+        ("a.*", "not a subject"),
+        ("a.>", "not a subject"),
+        ("$JS.API.STREAM.LIST", "a system subject"),
+    ],
+)
+def test_a_reply_subject_one_may_not_publish_to_is_refused(
+    service: SessionService, reply: str, refused: str | None
+) -> None:
+    why = service._reply_refusal(reply, crossed=False)
+    assert (why is None) if refused is None else (why is not None and refused in why)
+
+
 def test_two_services_share_a_session_and_every_command_lands_once(
     nats_server: EmbeddedNats,
     journal_config: JournalConfig,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections import deque
 
@@ -35,6 +36,9 @@ log = logging.getLogger("plantangenet.wire.service")
 _REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
 #: Messages taken off the connection between two yields to the event loop.
 _YIELD_EVERY = 64
+
+#: What a subject one may publish to never holds (wildcards, whitespace, an empty token).
+_NOT_IN_A_SUBJECT = re.compile(r"[ \t\r\n*>]|\.\.|\.$")
 _Waiting = Waiting
 
 
@@ -144,7 +148,7 @@ class Ingress(ServiceState):
             return "a system subject"
         if reply.startswith(self._protected) or reply + "." in self._protected:
             return "a subject of the event stream, its live republish, or the commands"
-        if any(c in reply for c in " \t\r\n*>") or ".." in reply or reply.endswith("."):
+        if _NOT_IN_A_SUBJECT.search(reply):
             return "not a subject one may publish to"
         return None
 
