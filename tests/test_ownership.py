@@ -146,6 +146,48 @@ def test_a_live_owner_that_looks_gone_to_a_lagging_watcher_keeps_its_partitions(
         assert live.lost == 0
 
 
+def test_a_live_member_that_takes_nothing_does_not_leave_partitions_unowned(
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    """A third member renews its lease but never takes a partition (stuck, or broken in
+    a way its lease does not show). The others make room for it once; when that room
+    stays free for a lease, they count it as absent and own every partition again."""
+    with services_on(make_runtime, 2) as services:
+        wait_until(lambda: settled(services), timeout=30)
+        runtime = make_runtime()
+        stuck = Ownership(
+            runtime.journal.js,
+            runtime.journal_config.stream,
+            partitions=PARTITIONS,
+            lease_ttl=LEASE,
+        )
+
+        async def take_nothing(partition: int) -> None:
+            return None
+
+        stuck._take = take_nothing  # type: ignore[method-assign]
+        first, second = (s.ownership for s in services)
+        assert first is not None and second is not None
+        released = first.released + second.released
+        runtime.run(stuck.start())
+        try:
+            # Room is made for it (down to the least share of three: 2 each)...
+            wait_until(lambda: first.released + second.released >= released + 4, timeout=LEASE * 4)
+            # ... which it never takes: the two own all eight again, and say why.
+            wait_until(
+                lambda: stuck.member_id in {*first._not_taking, *second._not_taking},
+                timeout=LEASE * 4,
+            )
+            wait_until(lambda: settled(services), timeout=LEASE * 4)
+            assert len(first.owned) + len(second.owned) == PARTITIONS
+            assert {*first._not_taking, *second._not_taking} == {stuck.member_id}  # only it
+            assert stuck.member_id not in first.live_members() + second.live_members()
+            assert stuck.owned == frozenset()
+        finally:
+            runtime.run(stuck.stop())
+            runtime.close()
+
+
 def test_each_session_is_decided_by_its_owner_only(
     make_runtime: Callable[[], Plantangenet], journal_config: JournalConfig, nats_server: object
 ) -> None:

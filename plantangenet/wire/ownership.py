@@ -21,11 +21,14 @@ first). While another live process holds less than ``floor(partitions / live mem
 (it joined when every other one held a full share: 8 partitions, a fifth process), each
 aims at that least share instead, handing back what is above it, and takes nothing
 more. So every process owns between the floor and the ceiling: ownership spreads evenly
-and moves when processes join or leave. A SIGKILLed owner's partitions are taken once
-its member key is ``lease_ttl`` old, a stopped one's at once (:meth:`Ownership.stop`
-frees them). Liveness is what this process's watcher delivered, so before an owner's
-partitions are taken its key is read from the bucket: a stalled loop or a lagging
-watcher does not make a live owner look gone.
+and moves when processes join or leave. A live process that takes none of the room made
+for it (stuck, or broken in a way its lease does not show) would hold the others at the
+floor and leave partitions unowned: once the same members have had partitions left free
+for them for a whole lease, the others count them as absent for ten leases. A SIGKILLed
+owner's partitions are taken once its member key is ``lease_ttl`` old, a stopped one's at
+once (:meth:`Ownership.stop` frees them). Liveness is what this process's watcher
+delivered, so before an owner's partitions are taken its key is read from the bucket: a
+stalled loop or a lagging watcher does not make a live owner look gone.
 
 Nothing here is consensus of our own: every decision is one compare-and-set in
 JetStream. Nor does correctness rest on it: a process that still writes a session it
@@ -68,6 +71,8 @@ DEFAULT_PARTITIONS = 32
 #: Seconds a process's membership lasts without renewal (``serve --lease-ttl``).
 DEFAULT_LEASE_TTL = 3.0
 _MEMBER = "m."
+#: Leases a live member that took no partition left free for it counts as absent.
+_NOT_TAKING_LEASES = 10
 _PARTITION = "p."
 
 
@@ -138,6 +143,11 @@ class Ownership:
         self._watchers: list[Any] = []
         self._tick_lock = asyncio.Lock()
         self._releasing: set[int] = set()
+        #: Live members found taking nothing, and until when they count as absent.
+        self._not_taking: dict[str, float] = {}
+        #: The members partitions are left free for, and since when (the same ones).
+        self._room_for: frozenset[str] | None = None
+        self._room_since = 0.0
         self._stopped = False
         #: Partitions taken, handed back, and lost to another process, since start.
         self.taken = 0
@@ -176,9 +186,12 @@ class Ownership:
         return frozenset(p for p, seen in self._table.items() if seen.value == me)
 
     def live_members(self) -> list[str]:
-        """The members seen renewing within the lease (this one included once joined)."""
+        """The members seen renewing within the lease (this one included once joined),
+        but for those found taking nothing (see the module docs)."""
         now = time.monotonic()
-        return sorted(m for m in self._members if self._live(m, now))
+        return sorted(
+            m for m in self._members if self._live(m, now) and self._not_taking.get(m, 0.0) <= now
+        )
 
     def _live(self, member: str, now: float) -> bool:
         if member == self.member_id:
@@ -296,11 +309,24 @@ class Ownership:
                 return
             await self._renew()
             now = time.monotonic()
-            live = [m for m in {*self._members, self.member_id} if self._live(m, now)]
-            share = math.ceil(self.partitions / max(len(live), 1))
-            least = self.partitions // max(len(live), 1)
             held = collections.Counter(seen.value for seen in self._table.values())
-            if any(held[m] < least for m in live if m != self.member_id):
+            share, least, under = self._shares(now, held)
+            room_for = frozenset(under) if under and self._any_free() else None
+            if room_for != self._room_for:
+                self._room_for, self._room_since = room_for, now
+            elif room_for and now - self._room_since > self.lease_ttl:
+                # Room made for them stayed free for a whole lease: they take nothing.
+                # Counted as absent for a while, so that no partition stays unowned.
+                for member in room_for:
+                    self._not_taking[member] = now + _NOT_TAKING_LEASES * self.lease_ttl
+                    log.warning(
+                        "member %s is live but took no partition left free for it; counted "
+                        "as absent for %.0f s",
+                        member,
+                        _NOT_TAKING_LEASES * self.lease_ttl,
+                    )
+                share, least, under = self._shares(now, held)
+            if under:
                 # Another live process holds less than its least share (it joined when
                 # every other one held its full share): make room down to the least share.
                 share = least
@@ -329,6 +355,23 @@ class Ownership:
                 if not owner or gone[owner]:
                     await self._take(partition)
                     wanted -= 1
+
+    def _shares(self, now: float, held: collections.Counter[str]) -> tuple[int, int, list[str]]:
+        """This process's full and least share among the members counted (live, and not
+        found taking nothing), and the others holding less than the least share."""
+        live = [
+            m
+            for m in {*self._members, self.member_id}
+            if self._live(m, now) and self._not_taking.get(m, 0.0) <= now
+        ]
+        share = math.ceil(self.partitions / max(len(live), 1))
+        least = self.partitions // max(len(live), 1)
+        under = [m for m in live if m != self.member_id and held[m] < least]
+        return share, least, under
+
+    def _any_free(self) -> bool:
+        """Whether a partition is free (handed back, and nobody took it yet)."""
+        return any(not seen.value for seen in self._table.values())
 
     def _preference(self, partition: int) -> bytes:
         """This member's rendezvous order of partitions (its favourites first)."""
