@@ -925,13 +925,15 @@ def test_a_flood_of_refusals_is_recorded_at_a_bounded_rate_and_does_not_starve_o
 def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
     shared: Deployment,
 ) -> None:
-    """Each refusal halves the principal's window, each request served widens it by one:
-    a flood of refused commands has one at a time in the shared session's actor, ahead
-    of the other bots' commands, not ``per_principal``."""
+    """A principal's window starts at ``first_window``; each refusal halves it, each
+    request served widens it by one: a flood of refused commands has one or two at a time
+    in the shared session's actor, even in its first moment, ahead of the other bots'
+    commands, not ``per_principal``."""
     service = shared.service
     args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
     running = {ALICE: 0, MALLORY: 0}
     peak = {ALICE: 0, MALLORY: 0}
+    first = [0]
     answer = service._answer
 
     async def counted(session_id: str, name: str, data: bytes, principal: str, *rest: Any) -> Any:
@@ -965,7 +967,9 @@ def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
 
     async def scenario() -> tuple[dict[str, int], int, int]:
         async with raw(shared, "mallory") as nc, bot(shared, "mallory") as mallory:
-            await wave(nc, 40)  # narrows her window
+            service._window_of.pop(MALLORY, None)  # as if never seen: her first window
+            await wave(nc, 40)  # all sent before the first answer; narrows her window
+            first[0] = peak[MALLORY]
             narrowed = service.window(MALLORY)
             peak[MALLORY] = 0
             codes = await wave(nc, 30)
@@ -981,6 +985,7 @@ def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
     finally:
         del service._answer
     assert codes == {"access_refused": 30}
+    assert 1 <= first[0] <= service.first_window < service.per_principal  # from the start
     assert narrowed == 1 and peak[MALLORY] == 1
     assert widened == service.per_principal
     assert service.window(ALICE) == alices  # another's refusals narrow nobody else's

@@ -259,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests of one principal handled at once (the rest wait their turn)",
     )
     serve.add_argument(
+        "--first-window",
+        type=int,
+        default=2,
+        help="requests of a principal handled at once until some were served (then one more "
+        "per request served, up to --per-principal)",
+    )
+    serve.add_argument(
         "--queued-per-principal",
         type=int,
         default=256,

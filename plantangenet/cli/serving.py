@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 command_prefix=args.command_prefix,
                 lanes=args.lanes,
                 per_principal=args.per_principal,
+                first_window=args.first_window,
                 queued_per_principal=args.queued_per_principal,
                 partitions=args.partitions,
                 lease_ttl=args.lease_ttl,

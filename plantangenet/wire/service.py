@@ -34,11 +34,12 @@ their own, and the queues are served in turn, at most ``per_principal``
 requests of one principal at a time. A principal that floods the service fills
 its own queue (past ``queued_per_principal`` its requests are answered
 ``too_many_requests``) and delays the others only by the CPU its flood takes.
-A principal whose requests are refused runs fewer at once: each refusal halves
-its window, each request served without one widens it by one, back up to
-``per_principal`` (:meth:`SessionService.window`). A flood of refused commands
-on a shared session thus has one of them at a time in the session's actor, not
-``per_principal``, ahead of the other bots' commands.
+A principal's window of requests handled at once starts at ``first_window`` (2)
+and each request served without a refusal widens it by one, up to
+``per_principal``; each refusal halves it (:meth:`SessionService.window`). A
+flood of refused commands on a shared session thus has one or two of them at a
+time in the session's actor, from its first moment, not ``per_principal``, ahead
+of the other bots' commands.
 The operator (requests from the service's own account) is not limited: it
 is trusted, and without accounts (an unauthenticated server) every client is
 the operator.
@@ -148,7 +149,9 @@ class SessionService(Ingress, PassingOn, Answering):
     :param max_in_flight: requests handled at once (more wait in their principals' queues).
     :param conflict_retries: how often a command that lost a race with
         another writer is retried on the caught-up state.
-    :param per_principal: requests of one principal handled at once.
+    :param per_principal: requests of one principal handled at once, at most.
+    :param first_window: requests of a principal handled at once until some of its
+        requests were served (one more per request served, up to ``per_principal``).
     :param queued_per_principal: requests of one principal waiting at most; more are
         answered ``too_many_requests`` at once.
     :param lanes: ingress lanes: connections bots' requests arrive on, one lane per
@@ -173,6 +176,7 @@ class SessionService(Ingress, PassingOn, Answering):
         max_in_flight: int = 1000,
         conflict_retries: int = 8,
         per_principal: int = 16,
+        first_window: int = 2,
         queued_per_principal: int = 256,
         lanes: int = DEFAULT_LANES,
         metrics: ServiceMetrics | None = None,
@@ -187,6 +191,9 @@ class SessionService(Ingress, PassingOn, Answering):
         self.conflict_retries = conflict_retries
         self.max_in_flight = max_in_flight
         self.per_principal = per_principal
+        if type(first_window) is not int or first_window < 1:
+            raise ValueError(f"first_window: a positive integer, got {first_window!r}")
+        self.first_window = min(first_window, per_principal)
         self.queued_per_principal = queued_per_principal
         self.lanes = lanes
         #: Who owns which sessions across processes (``None``: ``partitions=0``).
@@ -221,8 +228,8 @@ class SessionService(Ingress, PassingOn, Answering):
         self._waiting: dict[str, deque[_Waiting]] = {}
         self._turns: deque[str] = deque()
         self._running_of: dict[str, int] = {}
-        #: Principals whose requests were refused lately, and how many of theirs may run
-        #: at once now (below ``per_principal``; see ``Ingress._answered``).
+        #: Principals seen, and how many of theirs may run at once now (see
+        #: ``Ingress._answered``; one not in it: ``first_window``).
         self._window_of: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._busy: dict[str, int] = {}

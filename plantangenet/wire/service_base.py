@@ -28,6 +28,7 @@ class ServiceState:
     conflict_retries: int
     max_in_flight: int
     per_principal: int
+    first_window: int
     queued_per_principal: int
     ownership: Ownership | None
     metrics: ServiceMetrics

@@ -35,7 +35,11 @@ log = logging.getLogger("plantangenet.wire.service")
 
 _REQUEST_INFO = REQUEST_INFO_HEADER.casefold()
 #: Messages taken off the connection between two yields to the event loop.
-_YIELD_EVERY = 64
+_YIELD_EVERY = 8
+
+#: Principals whose windows are remembered, at most (past it, those at full width are
+#: forgotten: they start at ``first_window`` again).
+_WINDOWS_KEPT = 10_000
 
 #: What a subject one may publish to never holds (wildcards, whitespace, an empty token).
 _NOT_IN_A_SUBJECT = re.compile(r"[ \t\r\n*>]|\.\.|\.$")
@@ -117,9 +121,10 @@ class Ingress(ServiceState):
         self._dispatch()
 
     def window(self, principal: str) -> int:
-        """How many requests of ``principal`` may be handled at once now: ``per_principal``,
-        less after refusals (see the module docs of :mod:`plantangenet.wire.service`)."""
-        return self._window_of.get(principal, self.per_principal)
+        """How many requests of ``principal`` may be handled at once now: ``first_window``
+        at first, wider by one per request served (up to ``per_principal``), halved by
+        each refusal (see the module docs of :mod:`plantangenet.wire.service`)."""
+        return self._window_of.get(principal, self.first_window)
 
     def _may_start(self, principal: str) -> bool:
         return principal == OPERATOR or self._running_of.get(principal, 0) < self.window(principal)
@@ -129,14 +134,14 @@ class Ingress(ServiceState):
         halved by a refusal of what it sent or may do, one wider after a request served."""
         if principal == OPERATOR:
             return
-        window = self._window_of.get(principal)
+        window = self._window_of.get(principal, self.first_window)
         if isinstance(failure, CommandRejected | CodecError):
-            self._window_of[principal] = max(1, (window or self.per_principal) // 2)
-        elif window is not None and failure is None:
-            if window + 1 >= self.per_principal:
-                del self._window_of[principal]
-            else:
-                self._window_of[principal] = window + 1
+            self._window_of[principal] = max(1, window // 2)
+        elif failure is None and window < self.per_principal:
+            self._window_of[principal] = window + 1
+            if len(self._window_of) > _WINDOWS_KEPT:  # forget the widest: they start again
+                for seen in [p for p, w in self._window_of.items() if w == self.per_principal]:
+                    del self._window_of[seen]
 
     def _reply_refusal(self, reply: str, crossed: bool) -> str | None:
         """Why the service must not publish on ``reply`` (``None``: it may)."""
