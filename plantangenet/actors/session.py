@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -230,6 +231,17 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         self._next_hook = 0
         #: Reads waiting for this actor's own appends in flight (see ``_read_state``).
         self._readers: list[ReadState] = []
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
+        """The inbox: a ``queue.SimpleQueue`` rather than pykka's ``queue.Queue``.
+
+        pykka's hook for actor implementations; its inbox protocol is ``put``, ``get``
+        and ``empty``, which the C queue has. A ``tell`` to an idle session (twice per
+        command: the command, then its append's acknowledgement) then wakes its thread
+        without the Python ``Condition`` (a lock made per wait, a notify in Python).
+        """
+        return queue.SimpleQueue()
 
     # -- lifecycle -----------------------------------------------------------
 
