@@ -552,7 +552,7 @@ class Plantangenet:
         :raises UnknownSession: the session has no events.
         """
         ledger = Ledger()
-        self._fold_events(session_id, ledger.apply, to_sequence)
+        self._fold_events(session_id, ledger.apply, to_sequence, ledger.apply_checked)
         return ledger
 
     def cursor_index(self, session_id: str, *, to_sequence: int | None = None) -> CursorIndex:

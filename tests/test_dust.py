@@ -110,12 +110,16 @@ def test_random_deposits_and_charges_reconcile(runtime: Plantangenet, ops: list)
             a: v for a, v in model.items() if v
         }
     live.check()
-    replayed = runtime.ledger(session_id)
+    replayed = runtime.ledger(session_id)  # folded from checked values (no envelopes)
     replayed.check()
     assert replayed.balances == live.balances
     assert replayed.movements == live.movements
     assert replayed.refusals == live.refusals
     assert replayed.deposited == live.deposited == sum(model.values())
+    assert replayed.prices == live.prices == PRICES
+    from_envelopes = Ledger.of(runtime.history(session_id))
+    assert (from_envelopes.movements, from_envelopes.refusals) == (live.movements, live.refusals)
+    assert from_envelopes.sequence == replayed.sequence == live.sequence
     runtime.stop_session(session_id)
 
 

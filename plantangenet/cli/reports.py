@@ -260,7 +260,7 @@ def cmd_cursors(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_ledger(args: argparse.Namespace, out: TextIO) -> int:
     ledger = Ledger()
-    fold_projection(args, ledger.apply)
+    fold_projection(args, ledger.apply, ledger.apply_checked)
     report = ledger_report(ledger, args.account)
     _write_report(args, out, report, describe_ledger, show_ledger)
     return 0 if report["reconciles"] else 1

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from plantangenet.events.dust import (
     TREASURY,
@@ -23,7 +23,7 @@ from plantangenet.events.dust import (
     PricesChanged,
     movements,
 )
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 
 MovementKind = Literal["deposit", "grant", "charge"]
 
@@ -57,6 +57,19 @@ class LedgerError(AssertionError):
     """The ledger does not reconcile (a bug, or a log written by something else)."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+#: The dust events a ledger folds, by type name, and their fields.
+_DUST: dict[str, type[Any]] = {
+    cls.type_name: cls
+    for cls in (DustDeposited, DustGranted, DustCharged, ChargeRefused, PricesChanged)
+}
+_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _DUST.values()
+}
+
+
 class Ledger:
     """Balances, movements, refusals and the price table of one session."""
 
@@ -78,10 +91,22 @@ class Ledger:
 
     def apply(self, envelope: Envelope) -> None:
         """Fold one envelope in (non-dust events are ignored)."""
-        event = envelope.event
-        sequence = envelope.sequence or self.sequence
+        self._apply(envelope.event, envelope.sequence, envelope.occurred_at)
+
+    def apply_checked(self, checked: CheckedEvent) -> None:
+        """:meth:`apply` for an event read as its checked values (no envelope built): a
+        dust event's values make its event again; any other moves only the position."""
+        cls = _DUST.get(checked.type_name)
+        if cls is None:  # most of a long log
+            self.sequence = checked.sequence or self.sequence
+            return
+        fields = checked.fields
+        event = cls(**{name: getattr(fields, name) for name in _FIELDS[cls]})
+        self._apply(event, checked.sequence, _EPOCH + timedelta(microseconds=checked.occurred_at))
+
+    def _apply(self, event: Any, sequence: int | None, at: datetime) -> None:
+        sequence = sequence or self.sequence
         self.sequence = sequence
-        at = envelope.occurred_at
         match event:
             case DustDeposited(account=account, amount=amount, memo=memo):
                 self.deposited += amount
