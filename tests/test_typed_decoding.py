@@ -87,6 +87,7 @@ def check_agrees(codec: EventCodec, payload: bytes) -> Envelope | None:
         assert isinstance(full, Envelope), (full, checked)
         assert checked.type_name == full.event.type_name
         assert checked.occurred_at == round(full.occurred_at.timestamp() * 1e6)
+        assert checked.occurred == full.occurred_at
         for name in ("session_id", "event_id", "agent_id", "causation_id", "authorization"):
             assert getattr(checked, name) == getattr(full, name), name
         for f in dataclasses.fields(typing.cast(Any, full.event)):

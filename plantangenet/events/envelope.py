@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from plantangenet.events.base import Event
@@ -142,3 +142,11 @@ class CheckedEvent(NamedTuple):
     revision: int | None
     sequence: int | None
     fields: Any
+
+    @property
+    def occurred(self) -> datetime:
+        """``occurred_at`` as the :class:`Envelope` holds it (a UTC ``datetime``)."""
+        return _EPOCH + timedelta(microseconds=self.occurred_at)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from plantangenet.events.dust import (
@@ -57,9 +57,6 @@ class LedgerError(AssertionError):
     """The ledger does not reconcile (a bug, or a log written by something else)."""
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 #: The dust events a ledger folds, by type name, and their fields.
 _DUST: dict[str, type[Any]] = {
     cls.type_name: cls
@@ -102,7 +99,7 @@ class Ledger:
             return
         fields = checked.fields
         event = cls(**{name: getattr(fields, name) for name in _FIELDS[cls]})
-        self._apply(event, checked.sequence, _EPOCH + timedelta(microseconds=checked.occurred_at))
+        self._apply(event, checked.sequence, checked.occurred)
 
     def _apply(self, event: Any, sequence: int | None, at: datetime) -> None:
         sequence = sequence or self.sequence
