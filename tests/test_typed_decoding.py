@@ -88,7 +88,14 @@ def check_agrees(codec: EventCodec, payload: bytes) -> Envelope | None:
         assert checked.type_name == full.event.type_name
         assert checked.occurred_at == round(full.occurred_at.timestamp() * 1e6)
         assert checked.occurred == full.occurred_at
-        for name in ("session_id", "event_id", "agent_id", "causation_id", "authorization"):
+        for name in (
+            "session_id",
+            "event_id",
+            "agent_id",
+            "causation_id",
+            "correlation_id",
+            "authorization",
+        ):
             assert getattr(checked, name) == getattr(full, name), name
         for f in dataclasses.fields(typing.cast(Any, full.event)):
             value, expected = getattr(checked.fields, f.name), getattr(full.event, f.name)

@@ -257,6 +257,7 @@ class EventCodec:
                     stored.id,
                     stored.a,
                     stored.c,
+                    stored.r,
                     stored.at,
                     authorization,
                     stored.n,

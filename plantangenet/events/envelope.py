@@ -137,6 +137,7 @@ class CheckedEvent(NamedTuple):
     event_id: str
     agent_id: str | None
     causation_id: str
+    correlation_id: str
     occurred_at: int
     authorization: Authorization | None
     revision: int | None
