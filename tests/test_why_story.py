@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -45,8 +46,11 @@ EVERYONE_LOOKS = {
 }
 
 
-def story(runtime: Plantangenet, session_id: str = "s") -> dict[str, int]:
-    """A session whose policy and roles change before the commands asked about.
+def story(
+    runtime: Plantangenet, session_id: str = "s", between: Callable[[], object] | None = None
+) -> dict[str, int]:
+    """A session whose policy and roles change before the commands asked about
+    (``between`` called after each step: another session's events in between, say).
 
     Returns the revisions of the events the tests refer to.
     """
@@ -55,6 +59,8 @@ def story(runtime: Plantangenet, session_id: str = "s") -> dict[str, int]:
     revisions: dict[str, int] = {}
 
     def last() -> int:
+        if between is not None:
+            between()
         return runtime.history(session_id)[-1].revision or 0
 
     session.change_policy(replace=[{**EDITORS, "resources": ["metadata.title"]}])
@@ -85,11 +91,36 @@ def story(runtime: Plantangenet, session_id: str = "s") -> dict[str, int]:
     return revisions
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
 def test_why_names_the_statement_its_policy_change_and_the_role_grant(
-    runtime: Plantangenet,
+    runtime: Plantangenet, interleaved: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = story(runtime)
+    """``why`` reads most of the log as checked values and fetches the events it shows
+    afterwards: interleaved, those events lie between another session's."""
+    between = None
+    if interleaved:
+        other = runtime.session("other")
+        other.start()
+        other.attach("zed")
+        other.add_cursor("zed", "z", ["x"], 0, 1)
+        moves = iter(range(1000))
+
+        def between() -> None:
+            for _ in range(3):
+                n = next(moves)
+                other.move_cursor("zed", "z", ["x"], n, n + 1)
+
+    at = story(runtime, between=between)
     journal = runtime.journal
+    from plantangenet.timetravel import why as module
+
+    fetch, asked = module._fetched, []
+
+    async def fetched(journal: object, session_id: str, sequences: list[int]) -> object:
+        asked.append(sorted(sequences))
+        return await fetch(journal, session_id, sequences)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_fetched", fetched)
 
     allowed = runtime.run(why(journal, "s", at["allowed"]))
     assert allowed.allowed is True
@@ -145,6 +176,7 @@ def test_why_names_the_statement_its_policy_change_and_the_role_grant(
     assert grounds.policy_change is not None
     assert grounds.policy_change.revision == at["first_policy"]
     assert [g.revision for g in grounds.grants] == [at["first_grant"]]
+    assert any(asked)  # events seen as checked values were fetched as envelopes
 
 
 def test_why_follows_a_correlation_id_into_other_sessions(runtime: Plantangenet) -> None:

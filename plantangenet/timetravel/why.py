@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from plantangenet.domain.policy import Statement
@@ -22,7 +22,7 @@ from plantangenet.errors import (
     UnknownPosition,
     UnknownSession,
 )
-from plantangenet.events.envelope import Envelope
+from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.events.session import (
     AccessDenied,
     AgentDetached,
@@ -42,6 +42,11 @@ from plantangenet.projections.views import envelope_record, plain
 
 if TYPE_CHECKING:
     from plantangenet.log.correlations import CorrelationIndex
+
+#: The types of the events :class:`_Sources` folds.
+_SOURCE_TYPES = frozenset(
+    cls.type_name for cls in (PolicyChanged, RoleGranted, RoleRevoked, AgentDetached, SessionEnded)
+)
 
 #: Causation id of an event copied by :func:`plantangenet.timetravel.fork.fork`.
 _FORKED = re.compile(r"fork:([A-Za-z0-9_-]{1,128}):([0-9]+)")
@@ -109,37 +114,69 @@ class _Sources:
 
     def __init__(self) -> None:
         self.statements: dict[str, Statement] = {}
-        self.set_by: dict[str, Envelope] = {}
-        self.granted_by: dict[tuple[str, str], Envelope] = {}
+        self.set_by: dict[str, Ref] = {}
+        self.granted_by: dict[tuple[str, str], Ref] = {}
 
     def see(self, envelope: Envelope) -> None:
-        match envelope.event:
-            case PolicyChanged(statements=statements):
-                before = self.statements
-                self.statements = {s.id: s for s in statements}
-                for statement_id, statement in self.statements.items():
-                    if before.get(statement_id) != statement:
-                        self.set_by[statement_id] = envelope
-                for statement_id in [i for i in self.set_by if i not in self.statements]:
-                    del self.set_by[statement_id]
-            case RoleGranted(agent_id=agent_id, role=role):
-                self.granted_by.setdefault((agent_id, role), envelope)
-            case RoleRevoked(agent_id=agent_id, role=role):
-                self.granted_by.pop((agent_id, role), None)
-            case AgentDetached(agent_id=agent_id):
-                for key in [k for k in self.granted_by if k[0] == agent_id]:
-                    del self.granted_by[key]
-            case SessionEnded():
-                self.granted_by.clear()
-            case _:
-                pass
+        self.see_values(envelope.type_name, envelope.event, envelope)
+
+    def see_values(self, type_name: str, event: Any, ref: Ref) -> None:
+        """Fold one event of type ``type_name`` whose fields ``event`` has (an event, or
+        checked values); ``ref`` is what the grounds name for it (an envelope, or checked
+        values that :func:`why` turns into the envelope at the end)."""
+        if type_name == "PolicyChanged":
+            before = self.statements
+            self.statements = {s.id: s for s in event.statements}
+            for statement_id, statement in self.statements.items():
+                if before.get(statement_id) != statement:
+                    self.set_by[statement_id] = ref
+            for statement_id in [i for i in self.set_by if i not in self.statements]:
+                del self.set_by[statement_id]
+        elif type_name == "RoleGranted":
+            self.granted_by.setdefault((event.agent_id, event.role), ref)
+        elif type_name == "RoleRevoked":
+            self.granted_by.pop((event.agent_id, event.role), None)
+        elif type_name == "AgentDetached":
+            for key in [k for k in self.granted_by if k[0] == event.agent_id]:
+                del self.granted_by[key]
+        elif type_name == "SessionEnded":
+            self.granted_by.clear()
 
     def grounds(
-        self, resource: str, effect: str, statement_id: str | None, agent_id: str | None
+        self,
+        resource: str,
+        effect: str,
+        statement_id: str | None,
+        agent_id: str | None,
+        fetched: Mapping[int, Envelope] | None = None,
     ) -> Grounds:
+        """The grounds of one resource's decision; ``fetched``: the envelopes of events
+        seen as checked values, by sequence (see :meth:`checked_refs`)."""
+        statement, policy_change, roles, grants = self._grounds(statement_id, effect, agent_id)
+        return Grounds(
+            resource,
+            effect,
+            statement_id,
+            agent_id,
+            statement,
+            None if policy_change is None else _envelope(policy_change, fetched),
+            roles,
+            tuple(_envelope(grant, fetched) for grant in grants),
+        )
+
+    def checked_refs(
+        self, effect: str, statement_id: str | None, agent_id: str | None
+    ) -> list[CheckedEvent]:
+        """The events :meth:`grounds` names that were seen as checked values."""
+        _, policy_change, _, grants = self._grounds(statement_id, effect, agent_id)
+        return [r for r in (policy_change, *grants) if isinstance(r, CheckedEvent)]
+
+    def _grounds(
+        self, statement_id: str | None, effect: str, agent_id: str | None
+    ) -> tuple[Statement | None, Ref | None, tuple[str, ...], tuple[Ref, ...]]:
         statement = None if statement_id is None else self.statements.get(statement_id)
         roles: tuple[str, ...] = ()
-        grants: tuple[Envelope, ...] = ()
+        grants: tuple[Ref, ...] = ()
         default_deny = effect == "deny" and statement_id is None
         if agent_id is not None and (
             default_deny or (statement is not None and not statement.for_every_role)
@@ -152,16 +189,19 @@ class _Sources:
             held.sort(key=lambda pair: pair[1].sequence or 0)
             roles = tuple(role for role, _ in held)
             grants = tuple(grant for _, grant in held)
-        return Grounds(
-            resource,
-            effect,
-            statement_id,
-            agent_id,
-            statement,
-            None if statement_id is None else self.set_by.get(statement_id),
-            roles,
-            grants,
-        )
+        policy_change = None if statement_id is None else self.set_by.get(statement_id)
+        return statement, policy_change, roles, grants
+
+
+#: An event as a fold saw it: its envelope, or its checked values.
+Ref = Envelope | CheckedEvent
+
+
+def _envelope(ref: Ref, fetched: Mapping[int, Envelope] | None) -> Envelope:
+    if isinstance(ref, CheckedEvent):
+        assert fetched is not None and ref.sequence is not None
+        return fetched[ref.sequence]
+    return ref
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,34 +296,55 @@ async def why(
     one by :func:`correlated`, a read of every other session.
     """
     target = await event_at(journal, session_id, event, progress=progress)
-    command: list[Envelope] = []
-    chain: list[Envelope] = []
+    seen: list[Ref] = []  # the command's events and the chain's, as read
     sources = _Sources()
     tracking = True
-    async for envelope in journal.read(session_id, progress=progress):
-        if envelope.causation_id == target.causation_id:
-            command.append(envelope)
-            tracking = False  # the decision was taken before the command's first event
-        if envelope.correlation_id == target.correlation_id:
-            chain.append(envelope)
-        if tracking and (envelope.sequence or 0) < (target.sequence or 0):
-            sources.see(envelope)
-    first = command[0] if command else target
+    before = target.sequence or 0
+    # Checked values (no envelope built) for most of the log; the few events the answer
+    # shows are fetched as envelopes afterwards.
+    batches = journal.read_event_batches(session_id, progress=progress, checked=True)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                if item.causation_id == target.causation_id:
+                    tracking = False  # the decision was taken before the command's first event
+                    seen.append(item)
+                elif item.correlation_id == target.correlation_id:
+                    seen.append(item)
+                if tracking and (item.sequence or 0) < before:
+                    if isinstance(item, CheckedEvent):
+                        if item.type_name in _SOURCE_TYPES:
+                            sources.see_values(item.type_name, item.fields, item)
+                    else:
+                        sources.see(item)
+    # What the grounds ask, as (effect, statement, agent, resource).
+    asked: list[tuple[str, str | None, str | None, str]] = []
     allowed: bool | None = None
-    grounds: tuple[Grounds, ...] = ()
+    command_first = next((r for r in seen if r.causation_id == target.causation_id), target)
     match target.event:
         case AccessDenied(agent_id=agent_id, resource=resource, statement_id=statement_id):
             allowed = False
-            grounds = (sources.grounds(resource, "deny", statement_id, agent_id),)
-        case _ if first.authorization is not None:
+            asked.append(("deny", statement_id, agent_id, resource))
+        case _ if command_first.authorization is not None:
             allowed = True
-            auth = first.authorization
-            grounds = tuple(
-                sources.grounds(resource, "allow", statement_id, first.agent_id)
+            auth = command_first.authorization
+            asked.extend(
+                ("allow", statement_id, command_first.agent_id, resource)
                 for resource, statement_id in zip(auth.resources, auth.statements, strict=False)
             )
         case _:
             pass
+    refs = [r for r in seen if isinstance(r, CheckedEvent)]
+    for effect, statement_id, agent_id, _ in asked:
+        refs.extend(sources.checked_refs(effect, statement_id, agent_id))
+    fetched = await _fetched(journal, session_id, [r.sequence or 0 for r in refs])
+    shown = [_envelope(r, fetched) for r in seen]
+    command = [e for e in shown if e.causation_id == target.causation_id]
+    chain = [e for e in shown if e.correlation_id == target.correlation_id]
+    grounds = tuple(
+        sources.grounds(resource, effect, statement_id, agent_id, fetched)
+        for effect, statement_id, agent_id, resource in asked
+    )
     elsewhere: tuple[Envelope, ...] = ()
     if across:
         if index is not None:
@@ -309,6 +370,24 @@ async def why(
         elsewhere,
         across,
     )
+
+
+async def _fetched(journal: Journal, session_id: str, sequences: list[int]) -> dict[int, Envelope]:
+    """The session's events stored at ``sequences`` (read before as checked values), by
+    sequence: a page of the session's messages from each one not fetched yet on."""
+    wanted = sorted(set(sequences))
+    wanted_set = set(wanted)
+    found: dict[int, Envelope] = {}
+    for i, sequence in enumerate(wanted):
+        if sequence in found:
+            continue
+        page = await journal.page(session_id, sequence, max_events=min(len(wanted) - i, 256))
+        for stored, payload in page.messages:
+            if stored in wanted_set:
+                found[stored] = journal.codec.decode(payload, sequence=stored)
+        if sequence not in found:
+            raise UnknownPosition(f"session {session_id}: no event at sequence {sequence} any more")
+    return found
 
 
 async def correlated(
