@@ -326,3 +326,35 @@ def test_the_correlation_index_catches_up_from_its_checkpoint(runtime: Plantange
     scanned = runtime.run(why(journal, "a", revision, across=True))
     indexed = runtime.run(why(journal, "a", revision, across=True, index=index))
     assert indexed.elsewhere == scanned.elsewhere == two.events
+
+
+def test_why_asks_again_when_a_lagging_replica_answers_a_page_without_the_event(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events ``why`` shows are fetched by direct gets, which any replica answers: one
+    that lags the leader is asked again; an event that never comes is named."""
+    from plantangenet.errors import UnknownPosition
+    from plantangenet.log.journal_acks import HistoryPage
+
+    at = story(runtime)
+    journal = runtime.journal
+    expected = runtime.run(why(journal, "s", at["allowed"])).to_dict()
+    page = journal.page
+    calls = {"lagging": 0}
+
+    async def lagging(*args: object, **kwargs: object) -> HistoryPage:
+        calls["lagging"] += 1
+        if calls["lagging"] == 1:
+            return HistoryPage((), 0, True)  # a replica a few events behind
+        return await page(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal, "page", lagging)
+    assert runtime.run(why(journal, "s", at["allowed"])).to_dict() == expected
+    assert calls["lagging"] >= 2
+
+    async def never(*args: object, **kwargs: object) -> HistoryPage:
+        return HistoryPage((), 0, True)
+
+    monkeypatch.setattr(journal, "page", never)
+    with pytest.raises(UnknownPosition, match="no event at sequence"):
+        runtime.run(why(journal, "s", at["allowed"]))

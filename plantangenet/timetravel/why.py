@@ -8,6 +8,7 @@ and :func:`fork_origin` the source of an event a fork copied. Part of time trave
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import re
@@ -374,20 +375,27 @@ async def why(
 
 async def _fetched(journal: Journal, session_id: str, sequences: list[int]) -> dict[int, Envelope]:
     """The session's events stored at ``sequences`` (read before as checked values), by
-    sequence: a page of the session's messages from each one not fetched yet on."""
+    sequence: a page of the session's messages from each one not fetched yet on. (A
+    replica that answers a page may lag the leader by a few events: asked again.)"""
     wanted = sorted(set(sequences))
     wanted_set = set(wanted)
     found: dict[int, Envelope] = {}
     for i, sequence in enumerate(wanted):
-        if sequence in found:
-            continue
-        page = await journal.page(session_id, sequence, max_events=min(len(wanted) - i, 256))
-        for stored, payload in page.messages:
-            if stored in wanted_set:
-                found[stored] = journal.codec.decode(payload, sequence=stored)
+        for attempt in range(_FETCH_ATTEMPTS):
+            if sequence in found:
+                break
+            if attempt:
+                await asyncio.sleep(0.05 * attempt)
+            page = await journal.page(session_id, sequence, max_events=min(len(wanted) - i, 256))
+            for stored, payload in page.messages:
+                if stored in wanted_set:
+                    found[stored] = journal.codec.decode(payload, sequence=stored)
         if sequence not in found:
             raise UnknownPosition(f"session {session_id}: no event at sequence {sequence} any more")
     return found
+
+
+_FETCH_ATTEMPTS = 5
 
 
 async def correlated(
