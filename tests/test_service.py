@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -576,3 +577,28 @@ def test_every_error_code_a_reply_can_carry_is_documented() -> None:
     }
     assert expected <= set(ERROR_CLASSES)
     assert expected - documented == set()
+
+
+def test_stop_ends_even_when_a_subscription_never_drains(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's drain waits for a subscription's queue without a limit: a stop (what
+    SIGTERM runs) bounds every step by its timeout, goes on, and closes its connections."""
+    svc = SessionService(runtime, idle_timeout=300)
+    runtime.run(svc.start())
+    connections = [svc._nc, *svc._lane_connections]
+
+    async def never_drains() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(svc._sub, "drain", never_drains)
+    stopped = threading.Event()
+
+    def stop() -> None:
+        runtime.run(svc.stop(timeout=1.0))
+        stopped.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert stopped.wait(60), "stop waited for a drain that never ends"
+    assert all(nc.is_closed for nc in connections)
+    assert svc._nc is None and svc._lane_connections == []

@@ -92,7 +92,7 @@ import importlib.metadata
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -340,23 +340,31 @@ class SessionService(Ingress, PassingOn, Answering):
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking requests, finish the ones taken (in flight and queued), then return."""
         self._stopping = True
-        await self.registration.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        async def bounded(step: Awaitable[object], what: str) -> None:
+            # Each step of the stop waits at most until the deadline: a subscription whose
+            # drain never ends (nats-py waits for its queue without a limit) stops nothing.
+            try:
+                await asyncio.wait_for(step, max(deadline - loop.time(), 0.1))
+            except TimeoutError:
+                log.warning("stopping: %s did not finish within %.1f s; going on", what, timeout)
+            except Exception:
+                log.debug("stopping: %s failed", what, exc_info=True)
+
+        await bounded(self.registration.stop(), "the services-framework registration")
         for sub in [self._sub, *self._lane_subs]:
             if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.drain()
+                await bounded(sub.drain(), f"draining {sub.subject}")
         self._sub, self._lane_subs = None, []
         if self.ownership is not None:
             # Hand the partitions back (each drained first); what was passed on meanwhile
             # is still taken until the others see it, then the subscription goes.
-            with contextlib.suppress(Exception):
-                await self.ownership.stop()
+            await bounded(self.ownership.stop(), "handing the partitions back")
             if self._forward_sub is not None:
-                with contextlib.suppress(Exception):
-                    await self._forward_sub.drain()
+                await bounded(self._forward_sub.drain(), "draining the passed-on requests")
             self._forward_sub = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         while (self._tasks or self._turns or self._relays) and loop.time() < deadline:
             if self._tasks or self._relays:
                 await asyncio.wait([*self._tasks, *self._relays], timeout=deadline - loop.time())
@@ -368,8 +376,10 @@ class SessionService(Ingress, PassingOn, Answering):
                 await self._reaper
         for nc in [self._nc, *self._lane_connections]:
             if nc is not None:
-                with contextlib.suppress(Exception):
-                    await nc.drain()
+                await bounded(nc.drain(), "draining a connection")
+                if not nc.is_closed:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
         self._nc, self._lane_connections = None, []
         if self.runtime.journal.append_observer == self.metrics.append_seconds.observe:
             self.runtime.journal.append_observer = None
