@@ -125,7 +125,7 @@ class _Sources:
         """Fold one event of type ``type_name`` whose fields ``event`` has (an event, or
         checked values); ``ref`` is what the grounds name for it (an envelope, or checked
         values that :func:`why` turns into the envelope at the end)."""
-        if type_name == "PolicyChanged":
+        if type_name == PolicyChanged.type_name:
             before = self.statements
             self.statements = {s.id: s for s in event.statements}
             for statement_id, statement in self.statements.items():
@@ -133,14 +133,14 @@ class _Sources:
                     self.set_by[statement_id] = ref
             for statement_id in [i for i in self.set_by if i not in self.statements]:
                 del self.set_by[statement_id]
-        elif type_name == "RoleGranted":
+        elif type_name == RoleGranted.type_name:
             self.granted_by.setdefault((event.agent_id, event.role), ref)
-        elif type_name == "RoleRevoked":
+        elif type_name == RoleRevoked.type_name:
             self.granted_by.pop((event.agent_id, event.role), None)
-        elif type_name == "AgentDetached":
+        elif type_name == AgentDetached.type_name:
             for key in [k for k in self.granted_by if k[0] == event.agent_id]:
                 del self.granted_by[key]
-        elif type_name == "SessionEnded":
+        elif type_name == SessionEnded.type_name:
             self.granted_by.clear()
 
     def grounds(
