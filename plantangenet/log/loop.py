@@ -122,9 +122,6 @@ class EventLoopThread:
         As ``asyncio.run_coroutine_threadsafe``: the future holds the coroutine's
         outcome, and cancelling it cancels the coroutine.
         """
-        if self.loop.is_closed():
-            coro.close()
-            raise RuntimeError("the event loop is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def start() -> None:
@@ -138,11 +135,7 @@ class EventLoopThread:
                     future.set_exception(exc)
                 raise
 
-        try:
-            self.call_soon(start)
-        except RuntimeError:
-            coro.close()
-            raise
+        self._start(coro, start)
         return future
 
     def run_then(
@@ -156,13 +149,18 @@ class EventLoopThread:
         stops first, the task is cancelled and ``then`` still called. ``then`` must
         not block; raises ``RuntimeError`` if the loop is closed.
         """
-        if self.loop.is_closed():
-            coro.close()
-            raise RuntimeError("the event loop is closed")
 
         def start() -> None:
             asyncio.ensure_future(coro, loop=self.loop).add_done_callback(then)
 
+        self._start(coro, start)
+
+    def _start(self, coro: Coroutine[Any, Any, Any], start: Callable[[], None]) -> None:
+        """Hand ``start`` (which starts ``coro``) to the loop; a loop that is closed, or
+        closes meanwhile, raises ``RuntimeError`` and ``coro`` is closed (never awaited)."""
+        if self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("the event loop is closed")
         try:
             self.call_soon(start)
         except RuntimeError:
