@@ -183,6 +183,12 @@ def test_a_live_member_that_takes_nothing_does_not_leave_partitions_unowned(
             assert {*first._not_taking, *second._not_taking} == {stuck.member_id}  # only it
             assert stuck.member_id not in first.live_members() + second.live_members()
             assert stuck.owned == frozenset()
+            # Once its time is up it is counted again (and the entry goes: none piles up).
+            counting = first if stuck.member_id in first._not_taking else second
+            counting._not_taking[stuck.member_id] = 0.0
+            services[[first, second].index(counting)].runtime.run(counting.tick())
+            assert stuck.member_id not in counting._not_taking
+            assert stuck.member_id in counting.live_members()
         finally:
             runtime.run(stuck.stop())
             runtime.close()

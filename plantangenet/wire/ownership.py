@@ -189,9 +189,11 @@ class Ownership:
         """The members seen renewing within the lease (this one included once joined),
         but for those found taking nothing (see the module docs)."""
         now = time.monotonic()
-        return sorted(
-            m for m in self._members if self._live(m, now) and self._not_taking.get(m, 0.0) <= now
-        )
+        return sorted(m for m in self._members if self._counted(m, now))
+
+    def _counted(self, member: str, now: float) -> bool:
+        """Live, and not found taking nothing lately (see the module docs)."""
+        return self._live(member, now) and self._not_taking.get(member, 0.0) <= now
 
     def _live(self, member: str, now: float) -> bool:
         if member == self.member_id:
@@ -310,6 +312,8 @@ class Ownership:
             await self._renew()
             now = time.monotonic()
             held = collections.Counter(seen.value for seen in self._table.values())
+            for member in [m for m, until in self._not_taking.items() if until <= now]:
+                del self._not_taking[member]  # counted again (a process gone stays gone)
             share, least, under = self._shares(now, held)
             room_for = frozenset(under) if under and self._any_free() else None
             if room_for != self._room_for:
@@ -359,11 +363,7 @@ class Ownership:
     def _shares(self, now: float, held: collections.Counter[str]) -> tuple[int, int, list[str]]:
         """This process's full and least share among the members counted (live, and not
         found taking nothing), and the others holding less than the least share."""
-        live = [
-            m
-            for m in {*self._members, self.member_id}
-            if self._live(m, now) and self._not_taking.get(m, 0.0) <= now
-        ]
+        live = [m for m in {*self._members, self.member_id} if self._counted(m, now)]
         share = math.ceil(self.partitions / max(len(live), 1))
         least = self.partitions // max(len(live), 1)
         under = [m for m in live if m != self.member_id and held[m] < least]
