@@ -159,7 +159,15 @@ class SplitWriters(RuleBasedStateMachine):
     def submit(self, writer: int, command: Command) -> Future[CommandResult]:
         self.sent[command.command_id] = command
         self.submissions[command.command_id] = self.submissions.get(command.command_id, 0) + 1
-        return self.handles[writer].submit(command)
+        handle = self.handles[writer]
+        if sum(self.submissions.values()) % 2:
+            return handle.submit(command)
+
+        async def on_loop() -> Future[CommandResult]:  # as the service sends: the loop may
+            return handle.submit(command)  # decide it itself (see plantangenet.actors.turns)
+
+        sent: Future[CommandResult] = self.runtimes[writer].run(on_loop())
+        return sent
 
     def settle(
         self, writer: int, command: Command, future: Future[CommandResult], *, alone: bool = False

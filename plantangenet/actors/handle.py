@@ -98,7 +98,12 @@ class SessionHandle:
     def submit(
         self, command: Command, *, behaviour: Agent | None = None
     ) -> concurrent.futures.Future[CommandResult]:
-        """Send ``command``; the future resolves once it is stored (or refused)."""
+        """Send ``command``; the future resolves once it is stored (or refused).
+
+        Sent from the runtime's event-loop thread (as the session service sends), the
+        command may be decided there and then, and its future resolved on that thread
+        (see :mod:`plantangenet.actors.turns`): a done-callback must not block.
+        """
         reply: concurrent.futures.Future[CommandResult] = ReplyFuture()
         self._tell(Execute(command, reply, behaviour), reply)
         return reply
@@ -119,7 +124,8 @@ class SessionHandle:
         (it notices within 64 commands); the ones already decided are stored. Agents
         attached by a batch get their behaviour from the runtime's agent factory. If
         the session is not running, the future raises ``ActorStopped``; if it stops
-        before deciding the batch, each command's outcome is ``ActorStopped``.
+        before deciding the batch, each command's outcome is ``ActorStopped``. Sent from
+        the event loop's thread, it may be decided there, as with :meth:`submit`.
         """
         batch = tuple(commands)
         future: concurrent.futures.Future[tuple[CommandResult | PlantangenetError, ...]]

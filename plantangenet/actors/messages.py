@@ -150,6 +150,9 @@ class _Pending:
     #: Set on the command that ends an append group: the speculative state once its
     #: events were folded in (see ``_keep_decided`` and ``settled``).
     decided: SessionState | None = None
+    #: Decided on the event loop's thread, for callers there only: its acknowledgement
+    #: may then be handled there too (see ``SessionActor._takes_on_loop``).
+    on_loop: bool = False
 
     @property
     def replies(self) -> list[Reply]:
@@ -225,6 +228,17 @@ class _Answer:
 
 class _Deferred(Exception):
     """The query went to its compositor; it is decided when the answer comes back."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Redecide:
+    """Message: decide ``command`` again, on the actor's thread (a refusal decided on the
+    loop's thread asks the log there whether the state it was decided on is stale)."""
+
+    command: Command
+    reply: Reply
+    behaviour: Agent | None
+    composed: _Answer | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import queue
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -61,6 +60,7 @@ from plantangenet.actors.messages import (
     _fail,
     _Pending,
     _Reap,
+    _Redecide,
     _resolve,
     _SummariseRefusals,
 )
@@ -69,6 +69,7 @@ from plantangenet.actors.refusals import RefusalLimit, RefusalMeter
 from plantangenet.actors.replies import Reply
 from plantangenet.actors.session_deciding import _SessionDeciding
 from plantangenet.actors.session_storing import _SessionStoring
+from plantangenet.actors.turns import Turns
 from plantangenet.domain.decide import (
     DEFAULT_LIMITS,
     Limits,
@@ -85,7 +86,7 @@ from plantangenet.errors import (
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.dust import ChargeRefused
 from plantangenet.events.envelope import Envelope
-from plantangenet.events.session import AccessDenied
+from plantangenet.events.session import AccessDenied, AgentAttached
 from plantangenet.log.journal import MAX_EVENTS_PER_APPEND, Journal
 from plantangenet.log.loop import EventLoopThread
 from plantangenet.projections.cursors import CursorIndex
@@ -143,6 +144,8 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
     #: How many recent commands (with their events) each actor keeps to answer retries
     #: at once; older retries are caught by JetStream's duplicate window. Bounds memory.
     remembered_commands = 1_000
+
+    actor_inbox: Turns
 
     def __init__(
         self,
@@ -231,17 +234,59 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         self._next_hook = 0
         #: Reads waiting for this actor's own appends in flight (see ``_read_state``).
         self._readers: list[ReadState] = []
+        self.actor_inbox.actor = self
 
     @staticmethod
-    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
-        """The inbox: a ``queue.SimpleQueue`` rather than pykka's ``queue.Queue``.
+    def _create_actor_inbox() -> Turns:
+        """The inbox: :class:`~plantangenet.actors.turns.Turns`, which lets the event loop
+        handle a message sent on its thread itself when the actor is idle and the message
+        needs nothing the loop cannot give at once (see :meth:`_takes_on_loop`).
 
         pykka's hook for actor implementations; its inbox protocol is ``put``, ``get``
-        and ``empty``, which the C queue has. A ``tell`` to an idle session (twice per
-        command: the command, then its append's acknowledgement) then wakes its thread
-        without the Python ``Condition`` (a lock made per wait, a notify in Python).
+        and ``empty``. A wire command is two messages sent on the loop's thread (the
+        command, then its append's acknowledgement): handled there, neither wakes the
+        actor's thread, nor does its answer wake the loop.
         """
-        return queue.SimpleQueue()
+        return Turns()
+
+    def _handle_receive(self, message: Any) -> Any:
+        """pykka's dispatch of one message on the actor's thread, holding the turn."""
+        inbox = self.actor_inbox
+        with inbox.turn:
+            try:
+                return super()._handle_receive(message)
+            finally:
+                inbox.done()
+
+    def _on_loop_thread(self) -> bool:
+        return self.loop.in_loop_thread
+
+    def _takes_on_loop(self, message: Any) -> bool:
+        """Whether the loop may handle ``message`` itself, the actor being idle.
+
+        Only what needs nothing but the actor's state and never waits: a command (not
+        while the actor must catch up from the log first; a refusal that would ask the
+        log whether the state is stale is decided again on the actor's thread), and a
+        successful append's acknowledgement unless it runs user code (on-change hooks,
+        the agent factory of a newly attached agent), wakes waiting reads, or answers a
+        command decided off the loop (whose caller may not expect the loop's thread).
+        """
+        kind = type(message)
+        if kind is ExecuteMany or kind is Execute:
+            return not self._needs_catch_up
+        if kind is not _Appended or self.hooks or self._readers:
+            return False
+        outcome = message.outcome
+        group = self._in_flight
+        if (
+            group is None
+            or not outcome.done()
+            or outcome.cancelled()
+            or outcome.exception() is not None
+            or not all(pending.on_loop for pending in group)
+        ):
+            return False
+        return not any(type(e.event) is AgentAttached for e in outcome.result().envelopes)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -250,6 +295,8 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
             self._catch_up()
         except PlantangenetError as exc:  # retried, and reported, by the next command
             log.warning("session %s: rehydration failed: %s", self.session_id, exc)
+        finally:
+            self.actor_inbox.done()  # the loop may take turns from now on
 
     def on_stop(self) -> None:
         if self.passivating:
@@ -352,6 +399,10 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
                 self._execute_many(message)
             elif isinstance(message, _Appended):
                 self._appended(message.outcome)
+            elif isinstance(message, _Redecide):
+                self._execute(
+                    message.command, message.reply, message.behaviour, composed=message.composed
+                )
             elif isinstance(message, _Composed):
                 self._composed(message)
             elif isinstance(message, _ComposeTimedOut):

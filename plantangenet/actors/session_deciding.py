@@ -36,6 +36,7 @@ from plantangenet.actors.messages import (
     _key,
     _log_summary_failure,
     _Pending,
+    _Redecide,
     _SummariseRefusals,
     _tell,
     _unrecorded,
@@ -177,6 +178,8 @@ class _SessionDeciding:
             if joined.joined is None:
                 joined.joined = []
             joined.joined.append(reply)
+            if joined.on_loop and not self.loop.in_loop_thread:
+                joined.on_loop = False  # this caller is answered on the actor's thread
             return
         asked = self._composing.get(key)
         if asked is not None:
@@ -246,11 +249,17 @@ class _SessionDeciding:
                 # answer in order, after them (see _Pending.refused).
                 assert isinstance(exc, CommandRejected)
                 pending = _Pending(command, content, (), (), (), reply, refused=exc)
+                pending.on_loop = self.loop.in_loop_thread
                 self._queued.append(pending)
                 self._pending[key] = pending
                 self._flush()
                 return
             unrecorded = isinstance(exc, RecordedRefusal) and not exc.event_recorded
+            if depends_on_state and not rechecked and not unrecorded and self.loop.in_loop_thread:
+                # Whether the state is stale is a round trip to the log: asked, and the
+                # command decided again, on the actor's thread (after what is queued).
+                _tell(self.actor_ref, _Redecide(command, reply, behaviour, composed))
+                return
             if depends_on_state and not rechecked and not unrecorded and self._stale():
                 # Another writer moved the session on: decide again on the log's state
                 # (the command may even be stored already, as a retry of it).
@@ -278,6 +287,7 @@ class _SessionDeciding:
             tuple(digests),
             reply,
             samples=samples,
+            on_loop=self.loop.in_loop_thread,
         )
         self._keep_decided(pending, speculative)
         self._queued.append(pending)

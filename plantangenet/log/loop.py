@@ -90,8 +90,13 @@ class EventLoopThread:
         """Call ``callback(*args)`` on the loop soon (from any thread), after the calls
         handed over before it; raises ``RuntimeError`` if the loop is closed.
 
-        ``callback`` must not block; an exception it raises is logged.
+        ``callback`` must not block; an exception it raises is logged. Called on the
+        loop's own thread with nothing handed over waiting, it is queued on the loop
+        directly (no wake-up needed).
         """
+        if not self._handoffs and self.in_loop_thread:
+            self.loop.call_soon(self._run_one, callback, args)
+            return
         self._handoffs.append((callback, args))
         if self._woken:
             return  # the wake-up on its way runs this call too
@@ -111,10 +116,14 @@ class EventLoopThread:
         handoffs = self._handoffs
         while handoffs:
             callback, args = handoffs.popleft()
-            try:
-                callback(*args)
-            except Exception:
-                log.exception("a call handed to the event loop failed: %r", callback)
+            self._run_one(callback, args)
+
+    @staticmethod
+    def _run_one(callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("a call handed to the event loop failed: %r", callback)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; returns at once.
