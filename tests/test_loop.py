@@ -253,3 +253,22 @@ def test_cancelling_the_wrapped_future_cancels_the_source(loop_thread: EventLoop
 
     loop_thread.submit(give_up()).result(5)
     assert source.cancelled()
+
+
+def test_a_future_ended_on_the_loop_is_copied_at_once_and_calls_from_there_queue_directly(
+    loop_thread: EventLoopThread,
+) -> None:
+    async def scenario() -> tuple[bool, list[str]]:
+        source: concurrent.futures.Future[int] = ReplyFuture()
+        wrapped = loop_thread.wrap(source)
+        source.set_result(3)  # as a session actor answers when the loop takes its turn
+        copied = wrapped.done() and wrapped.result() == 3
+        order: list[str] = []
+        loop_thread.call_soon(order.append, "first")
+        loop_thread.call_soon(order.append, "second")
+        await asyncio.sleep(0)
+        return copied, order
+
+    copied, order = loop_thread.submit(scenario()).result(5)
+    assert copied
+    assert order == ["first", "second"]

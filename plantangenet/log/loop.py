@@ -180,12 +180,15 @@ class EventLoopThread:
         """An asyncio future of this loop with ``future``'s outcome (call it on the loop).
 
         As ``asyncio.wrap_future``, but the outcome crosses to the loop through
-        :meth:`call_soon` (shared wake-ups); cancelling the asyncio future cancels
-        ``future``.
+        :meth:`call_soon` (shared wake-ups), or is copied at once if ``future`` ends on
+        the loop's own thread; cancelling the asyncio future cancels ``future``.
         """
         target: asyncio.Future[T] = self.loop.create_future()
 
         def ended(source: concurrent.futures.Future[T]) -> None:
+            if self.in_loop_thread:  # answered on the loop (see plantangenet.actors.turns)
+                _copy_outcome(source, target)
+                return
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
                 self.call_soon(_copy_outcome, source, target)
 
