@@ -40,6 +40,7 @@ from plantangenet import (
     PlantangenetError,
 )
 from plantangenet.actors.refusals import RefusalLimit
+from plantangenet.actors.session import SessionActor
 from plantangenet.cli import main
 from plantangenet.domain.commands import ProposeChem
 from plantangenet.events import OPERATOR, AccessDenied, Envelope
@@ -298,6 +299,36 @@ def test_a_bot_joins_only_as_itself_and_only_for_itself(shared: Deployment) -> N
 
     run(join_as_herself())
     assert shared.runtime.replay("shared").agents["m3"].principal == MALLORY
+
+
+def test_a_bots_large_batch_is_decided_off_the_event_loop(shared: Deployment) -> None:
+    # The service's event loop decides a small request of an idle session itself (see
+    # plantangenet.actors.turns). A hostile bot's largest batch must not hold the loop
+    # (and every other bot's requests) for its whole length: the session's own thread
+    # decides it, and the loop takes turns again afterwards.
+    def taken() -> int:
+        actor: SessionActor = shared.runtime.session("shared").query(lambda a: a).result(10)
+        return actor.actor_inbox.taken_on_loop
+
+    async def mallory_batch() -> list[Any]:
+        async with bot(shared, "mallory") as mallory:
+            items = [("change_metadata", {"changed": {"note": i}}) for i in range(200)]
+            return await mallory.request_many("shared", items, issued_by="mallory")
+
+    async def alice_moves() -> None:
+        async with bot(shared, "alice") as alice:
+            for i in range(3):
+                await alice.move_cursor("shared", "c", ["x"], i, i + 1, issued_by="alice")
+
+    run(alice_moves())
+    before = taken()
+    outcomes = run(mallory_batch())
+    assert [o for o in outcomes if not (isinstance(o, dict) and o["ok"])] == []
+    assert taken() == before  # neither the batch nor its acknowledgements on the loop
+    assert shared.runtime.replay("shared").metadata["note"] == 199
+    run(alice_moves())
+    assert taken() > before
+    assert shared.intact("shared")
 
 
 def test_batch_items_carrying_another_agent_are_refused_one_by_one(shared: Deployment) -> None:

@@ -94,6 +94,10 @@ from plantangenet.projections.session import SessionState
 
 log = logging.getLogger("plantangenet.session")
 
+#: The most commands one message may carry (a batch, an acknowledged group) for the event
+#: loop to handle it itself (see ``SessionActor._takes_on_loop``).
+ON_LOOP_AT_MOST = 16
+
 
 class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
     """The actor that owns one session: decides, appends, evolves, notifies.
@@ -269,17 +273,23 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         log whether the state is stale is decided again on the actor's thread), and a
         successful append's acknowledgement unless it runs user code (on-change hooks,
         the agent factory of a newly attached agent), wakes waiting reads, or answers a
-        command decided off the loop (whose caller may not expect the loop's thread).
+        command decided off the loop (whose caller may not expect the loop's thread). At
+        most ``ON_LOOP_AT_MOST`` commands at once: a large batch (a bot's up to 256) or a
+        large group commit is handled on the actor's thread, where it shares the
+        interpreter with the loop instead of holding the loop for its whole length.
         """
         kind = type(message)
-        if kind is ExecuteMany or kind is Execute:
+        if kind is Execute:
             return not self._needs_catch_up
+        if kind is ExecuteMany:
+            return len(message.commands) <= ON_LOOP_AT_MOST and not self._needs_catch_up
         if kind is not _Appended or self.hooks or self._readers:
             return False
         outcome = message.outcome
         group = self._in_flight
         if (
             group is None
+            or len(group) > ON_LOOP_AT_MOST
             or not outcome.done()
             or outcome.cancelled()
             or outcome.exception() is not None
