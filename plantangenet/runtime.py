@@ -11,21 +11,16 @@ True
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-
-import nats
-import nats.errors
 
 from plantangenet.actors.agent import Agent
 from plantangenet.actors.handle import SessionHandle
@@ -43,7 +38,7 @@ from plantangenet.actors.session import (
 from plantangenet.data.chems import Chems
 from plantangenet.data.compositors import Compositor
 from plantangenet.domain.decide import DEFAULT_LIMITS, Limits, check_id, damage
-from plantangenet.errors import JournalError, UnknownSession
+from plantangenet.errors import UnknownSession
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import CheckedEvent, Envelope
 from plantangenet.log.journal import Journal, JournalConfig
@@ -52,6 +47,7 @@ from plantangenet.log.positions import Position
 from plantangenet.log.positions import state_at as history_state_at
 from plantangenet.log.replay import Progress
 from plantangenet.log.session_replay import fold_events, replay
+from plantangenet.nats.connect import connect, redact
 from plantangenet.nats.embedded import EmbeddedNats
 from plantangenet.nats.store import SharedStore
 from plantangenet.projections.cursors import CursorIndex
@@ -74,11 +70,6 @@ def default_store_dir() -> Path:
         return Path(configured)
     state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state_home) / "plantangenet" / "nats"
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"(://[^:/@,]+):[^@/,]*@", r"\1:***@", url)
 
 
 def _default_agent(agent_id: str, kind: str) -> Agent:
@@ -242,39 +233,7 @@ class Plantangenet:
         return await self._connect(url, name)
 
     async def _connect(self, url: str, name: str | None = None) -> Any:
-        options: dict[str, Any] = {
-            "name": "plantangenet",
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
-            "connect_timeout": 5,
-            **self.nats_options,
-        }
-        if name is not None:
-            options["name"] = name
-        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        user_error_cb = options.pop("error_cb", None)
-
-        async def error_cb(error: BaseException) -> None:
-            # nats-py keeps retrying a refused login; fail fast instead.
-            if "authorization" in str(error).lower() and not refused.done():
-                refused.set_result(error)
-            if user_error_cb is not None:
-                await user_error_cb(error)
-            else:  # one line per problem (nats-py's default logs a traceback)
-                log.warning("nats: %s", error or type(error).__name__)
-
-        connecting = asyncio.ensure_future(
-            nats.connect(servers=[u.strip() for u in url.split(",")], error_cb=error_cb, **options)
-        )
-        try:
-            racing: set[asyncio.Future[Any]] = {connecting, refused}
-            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-            if not connecting.done():
-                connecting.cancel()
-                raise JournalError(f"NATS at {redact(url)} refused the login: {refused.result()}")
-            return connecting.result()
-        except (OSError, nats.errors.Error) as exc:
-            raise JournalError(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
+        return await connect(url, self.nats_options, name)
 
     def close(self) -> None:
         """Stop every session actor, close the connection, stop the embedded server."""

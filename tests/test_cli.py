@@ -352,3 +352,24 @@ def test_append_timeouts_from_the_options_and_the_environment(
     assert run(["sessions", *opts]) == (2, "")
     err = capsys.readouterr().err
     assert "$PLANTANGENET_ATTEMPT_TIMEOUT: attempt_timeout: must be positive" in err
+
+
+def test_a_nats_server_nobody_answers_at_fails_clearly_and_soon(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nats-py retries a refused connection as long as its reconnect settings allow (for
+    ever here): the first connection gives up after ``CONNECT_WAIT`` with a clear error,
+    not a traceback, and no password in it."""
+    import socket
+
+    from plantangenet.nats import connect
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(connect, "CONNECT_WAIT", 1.5)
+    url = f"nats://bot:secret-pw@127.0.0.1:{port}"
+    assert main(["serve", "--nats-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to NATS" in err and "within 1.5 s" in err
+    assert "secret-pw" not in err and "Traceback" not in err

@@ -602,3 +602,23 @@ def test_stop_ends_even_when_a_subscription_never_drains(
     assert stopped.wait(60), "stop waited for a drain that never ends"
     assert all(nc.is_closed for nc in connections)
     assert svc._nc is None and svc._lane_connections == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"per_principal": 0},
+        {"max_in_flight": 0},
+        {"first_window": 0},
+        {"queued_per_principal": -1},
+        {"conflict_retries": -1},
+        {"per_principal": 2.5},
+    ],
+)
+def test_service_limits_that_would_serve_nobody_are_refused(
+    runtime: Plantangenet, option: dict[str, Any]
+) -> None:
+    # A window of 0 (or no room in flight) would queue every request for ever.
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        SessionService(runtime, **option)

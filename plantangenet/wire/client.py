@@ -47,8 +47,8 @@ from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope
 from plantangenet.log.journal import JournalConfig
 from plantangenet.log.session_replay import replay
+from plantangenet.nats.connect import redact
 from plantangenet.projections.views import plain
-from plantangenet.runtime import redact
 from plantangenet.wire.client_commands import SessionCommands
 from plantangenet.wire.protocol import (
     BATCH,

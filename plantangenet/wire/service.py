@@ -184,6 +184,15 @@ class SessionService(Ingress, PassingOn, Answering):
         partitions: int = 0,
         lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
+        for name, value, least in (
+            ("max_in_flight", max_in_flight, 1),
+            ("per_principal", per_principal, 1),
+            ("first_window", first_window, 1),
+            ("queued_per_principal", queued_per_principal, 0),
+            ("conflict_retries", conflict_retries, 0),
+        ):
+            if type(value) is not int or value < least:
+                raise ValueError(f"{name}: an integer of at least {least}, got {value!r}")
         self.runtime = runtime
         self.command_prefix = command_prefix
         self.queue = queue
@@ -191,8 +200,6 @@ class SessionService(Ingress, PassingOn, Answering):
         self.conflict_retries = conflict_retries
         self.max_in_flight = max_in_flight
         self.per_principal = per_principal
-        if type(first_window) is not int or first_window < 1:
-            raise ValueError(f"first_window: a positive integer, got {first_window!r}")
         self.first_window = min(first_window, per_principal)
         self.queued_per_principal = queued_per_principal
         self.lanes = lanes
