@@ -255,3 +255,34 @@ def test_the_loop_takes_a_turn_only_when_the_actor_is_idle_and_takes_the_message
     turns.put(told("to a stopped actor"))
     assert queued(turns) == ["while the turn is held", "to a stopped actor"]
     assert actor.handled == ["idle", "first"] and turns.taken_on_loop == 2
+
+
+def test_a_refusal_queued_from_another_thread_is_answered_off_the_loop(
+    runtime: Plantangenet,
+) -> None:
+    # A command decided on the loop is in flight; another thread's command is refused on
+    # the state it will make, and waits for it. The acknowledgement would answer that
+    # refusal: it is then handled on the actor's thread, where that caller expects it.
+    session = runtime.session("s")
+    session.start()
+    actor = actor_of(runtime, "s")
+    ghost = MoveCursor(agent_id="ghost", cursor_id="c", axes=("x",), start=0, end=1)
+
+    async def scenario() -> tuple[Any, Any, list[str]]:
+        stored = session.submit(ChangeMetadata(changed={"k": 1}))  # decided here, in flight
+        sent: list[concurrent.futures.Future[CommandResult]] = []
+        sender = threading.Thread(target=lambda: sent.append(session.submit(ghost)))
+        sender.start()
+        sender.join()
+        deadline = time.monotonic() + 10
+        while not any(p.refused for p in list(actor._queued)):  # the loop held on purpose:
+            assert time.monotonic() < deadline  # the acknowledgement waits behind it
+            time.sleep(0.001)
+        answered_on: list[str] = []
+        sent[0].add_done_callback(lambda _: answered_on.append(threading.current_thread().name))
+        return stored, sent[0], answered_on
+
+    stored, refused, answered_on = runtime.run(scenario())
+    stored.result(10)
+    assert refused.exception(10) is not None
+    assert answered_on and answered_on[0] != runtime.loop.name

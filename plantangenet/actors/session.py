@@ -294,6 +294,8 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
             or outcome.cancelled()
             or outcome.exception() is not None
             or not all(pending.on_loop for pending in group)
+            # the refusals queued behind it, answered once it is stored (see ``_flush``)
+            or not all(pending.on_loop for pending in self._queued if pending.refused)
         ):
             return False
         return not any(type(e.event) is AgentAttached for e in outcome.result().envelopes)
