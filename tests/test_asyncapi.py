@@ -28,7 +28,7 @@ from plantangenet.cli import asyncapi, asyncapi_schemas
 from plantangenet.domain.authorize import request_of
 from plantangenet.domain.disclosure import Sample
 from plantangenet.errors import InvalidCommand, PlantangenetError
-from plantangenet.events import CODEC, EVENTS, Authorization, Envelope, Event, codec
+from plantangenet.events import CODEC, EVENTS, Authorization, Envelope, Event, envelope_layout
 from plantangenet.events.codec import ENVELOPE_FORMAT, FINGERPRINT_BYTES
 from plantangenet.projections.session import SessionState, evolve
 from plantangenet.projections.views import plain
@@ -533,7 +533,7 @@ def test_stored_envelope_keys_are_exactly_the_documented_ones(committed: dict[st
     assert "**microseconds**" in envelope["properties"]["at"]["description"]
     assert "SHA-256" in envelope["properties"]["p"]["description"]
     # Each documented key names the codec's own field for it.
-    for key, field in codec._ENVELOPE_FIELDS.items():
+    for key, field in envelope_layout._ENVELOPE_FIELDS.items():
         assert envelope["properties"][key]["x-field"] == field
 
 

@@ -34,7 +34,7 @@ from plantangenet.cli.asyncapi_texts import (
 from plantangenet.domain import commands as c
 from plantangenet.domain.decide import COMMAND_ID_PATTERN, ID_PATTERN
 from plantangenet.domain.disclosure import Sample
-from plantangenet.events import codec
+from plantangenet.events import codec, envelope_layout
 from plantangenet.events.base import EVENTS
 from plantangenet.events.envelope import OPERATOR, Envelope
 from plantangenet.projections.session import SessionState
@@ -104,7 +104,7 @@ class _Components:
 
         Raises :class:`RuntimeError` if the codec's keys are not the ones described here.
         """
-        keys = codec._ENVELOPE_FIELDS
+        keys = envelope_layout._ENVELOPE_FIELDS
         if set(keys) != set(_ENVELOPE_TEXT):
             missing = sorted(set(keys) ^ set(_ENVELOPE_TEXT))
             raise RuntimeError(
@@ -136,9 +136,9 @@ class _Components:
                 if key == "u":
                     schema = {**schema, "maxLength": codec.MAX_PRINCIPAL}
             properties[key] = {**_described(schema, text), "x-field": name}
-        v1 = sorted(codec._V1_KEYS)
-        since_v2 = sorted(codec._V2_KEYS - codec._V1_KEYS)
-        since_v3 = sorted(set(keys) - codec._V2_KEYS)
+        v1 = sorted(envelope_layout._V1_KEYS)
+        since_v2 = sorted(envelope_layout._V2_KEYS - envelope_layout._V1_KEYS)
+        since_v3 = sorted(set(keys) - envelope_layout._V2_KEYS)
 
         def absent(names: list[str]) -> dict[str, Any]:
             return {"not": {"anyOf": [{"required": [k]} for k in names]}}
