@@ -257,6 +257,20 @@ def test_the_loop_takes_a_turn_only_when_the_actor_is_idle_and_takes_the_message
     assert actor.handled == ["idle", "first"] and turns.taken_on_loop == 2
 
 
+def test_a_failing_check_leaves_the_message_to_the_actors_thread() -> None:
+    turns = Turns()
+    actor = turns.actor = FakeActor(turns)
+    turns.done()  # on_start ran
+
+    def broken(message: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    actor.takes = broken
+    turns.put(told("kept"))  # neither lost nor raised at the sender
+    assert queued(turns) == ["kept"] and actor.handled == []
+    assert not turns.turn.locked()
+
+
 def test_a_refusal_queued_from_another_thread_is_answered_off_the_loop(
     runtime: Plantangenet,
 ) -> None:

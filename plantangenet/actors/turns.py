@@ -25,9 +25,12 @@ message on the loop's thread may thus find it handled when ``tell`` returns.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any, Protocol
+
+log = logging.getLogger("plantangenet.session")
 
 
 class TakesTurns(Protocol):
@@ -83,7 +86,12 @@ class Turns:
                 return False
             self._backlog = 1
         try:
-            if actor.actor_stopped.is_set() or not actor._takes_on_loop(message):
+            try:
+                takes = not actor.actor_stopped.is_set() and actor._takes_on_loop(message)
+            except Exception:  # a bug in the check: the actor's thread takes it (and says so)
+                log.exception("%r: deciding where to handle %r failed", actor, type(message))
+                takes = False
+            if not takes:
                 return False
             self.taken_on_loop += 1
             actor.on_receive(message)  # turns every failure into a typed reply or a log line
