@@ -275,6 +275,9 @@ def test_statement_ids_must_be_unique_and_documents_lists() -> None:
     s = {"id": "s", "effect": "allow", "actions": ["read"], "resources": ["*"]}
     with pytest.raises(InvalidPolicy, match="used twice"):
         parse_statements([s, s])
+    b, a = {**s, "id": "b"}, {**s, "id": "a"}
+    with pytest.raises(InvalidPolicy, match="statement id 'a' is used twice"):
+        parse_statements([b, a, b, a])  # the first in order of ids, as always
     with pytest.raises(InvalidPolicy, match="list of statements"):
         parse_statements(s)
     parsed = parse_statements(
