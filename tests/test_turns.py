@@ -23,6 +23,7 @@ from plantangenet import (
     AddCursor,
     AttachAgent,
     ChangeMetadata,
+    ChangePolicy,
     Command,
     CommandResult,
     MoveCursor,
@@ -300,3 +301,17 @@ def test_a_refusal_queued_from_another_thread_is_answered_off_the_loop(
     stored.result(10)
     assert refused.exception(10) is not None
     assert answered_on and answered_on[0] != runtime.loop.name
+
+
+def test_a_policy_sent_on_the_loop_is_decided_on_the_sessions_thread(
+    runtime: Plantangenet,
+) -> None:
+    session = runtime.session("s")
+    session.start()
+    actor = actor_of(runtime, "s")
+    on_loop(runtime, lambda: session.submit(ChangeMetadata(changed={"k": 1}))).result(10)
+    taken = actor.actor_inbox.taken_on_loop
+    assert taken > 0
+    policy = ChangePolicy(replace=[ALLOW_ALL])  # parsing a policy's statements: not the loop's
+    assert on_loop(runtime, lambda: session.submit(policy)).result(10).sequence == 3
+    assert actor.actor_inbox.taken_on_loop == taken

@@ -331,6 +331,34 @@ def test_a_bots_large_batch_is_decided_off_the_event_loop(shared: Deployment) ->
     assert shared.intact("shared")
 
 
+def test_a_bots_large_policy_is_decided_off_the_event_loop(shared: Deployment) -> None:
+    # A bot owns the sessions it starts and may give them any policy: thousands of
+    # statements take tens of milliseconds to parse. The service's event loop must not
+    # hold every other bot's requests for that long: the session's thread decides it.
+    def taken(session_id: str) -> int:
+        actor: SessionActor = shared.runtime.session(session_id).query(lambda a: a).result(10)
+        return actor.actor_inbox.taken_on_loop
+
+    statements = [
+        {"id": f"s{i}", "effect": "allow", "actions": ["cursor.move"], "resources": [f"axis.a{i}"]}
+        for i in range(1500)
+    ]
+
+    async def mallory_policy() -> None:
+        async with bot(shared, "mallory") as mallory:
+            await mallory.open("mallory-own")
+            await mallory.change_metadata("mallory-own", {"k": 1}, issued_by=None)  # on the loop
+            before.append(taken("mallory-own"))
+            await mallory.change_policy("mallory-own", replace=statements)
+
+    before: list[int] = []
+    run(mallory_policy())
+    assert before[0] > 0  # the loop does take this session's turns...
+    assert taken("mallory-own") == before[0]  # ...but not the policy, nor its storing
+    assert len(shared.runtime.replay("mallory-own").policy.statements) == 1500
+    assert shared.intact("mallory-own")
+
+
 def test_batch_items_carrying_another_agent_are_refused_one_by_one(shared: Deployment) -> None:
     async def scenario() -> list[Any]:
         async with bot(shared, "mallory") as mallory:

@@ -70,6 +70,25 @@ from plantangenet.actors.replies import Reply
 from plantangenet.actors.session_deciding import _SessionDeciding
 from plantangenet.actors.session_storing import _SessionStoring
 from plantangenet.actors.turns import Turns
+from plantangenet.domain.commands import (
+    AcceptChem,
+    AddCursor,
+    AttachAgent,
+    BindAgent,
+    ChangeMetadata,
+    Command,
+    DepositDust,
+    DetachAgent,
+    GrantDust,
+    GrantRole,
+    MoveCursor,
+    QueryChem,
+    QueryCursor,
+    RefuseChem,
+    RemoveCursor,
+    RevokeChem,
+    RevokeRole,
+)
 from plantangenet.domain.decide import (
     DEFAULT_LIMITS,
     Limits,
@@ -94,9 +113,34 @@ from plantangenet.projections.session import SessionState
 
 log = logging.getLogger("plantangenet.session")
 
-#: The most commands one message may carry (a batch, an acknowledged group) for the event
-#: loop to handle it itself (see ``SessionActor._takes_on_loop``).
+#: The most commands one message may carry (a batch), or events an acknowledged group, for
+#: the event loop to handle it itself (see ``SessionActor._takes_on_loop``).
 ON_LOOP_AT_MOST = 16
+
+#: The commands the loop may decide itself: those whose deciding costs about the same
+#: whatever the request holds. Not a policy to parse (thousands of statements: tens of
+#: milliseconds), prices, terms, a compositor, nor the end of a session (an event per
+#: agent): those go to the session's thread, which shares the interpreter with the loop.
+LOOP_COMMANDS: frozenset[type[Command]] = frozenset(
+    {
+        MoveCursor,
+        AddCursor,
+        RemoveCursor,
+        ChangeMetadata,
+        AttachAgent,
+        DetachAgent,
+        BindAgent,
+        GrantRole,
+        RevokeRole,
+        DepositDust,
+        GrantDust,
+        QueryCursor,
+        AcceptChem,
+        RefuseChem,
+        RevokeChem,
+        QueryChem,
+    }
+)
 
 
 class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
@@ -277,16 +321,23 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         successful append's acknowledgement unless it runs user code (on-change hooks,
         the agent factory of a newly attached agent), wakes waiting reads, or answers a
         command decided off the loop (whose caller may not expect the loop's thread). At
-        most ``ON_LOOP_AT_MOST`` commands at once: a large batch (a bot's up to 256) or a
-        large group commit is handled on the actor's thread, where it shares the
-        interpreter with the loop instead of holding the loop for its whole length.
+        most ``ON_LOOP_AT_MOST`` commands (or events acknowledged) at once, and only the
+        commands in ``LOOP_COMMANDS``: a large batch (a bot's up to 256), a policy of
+        thousands of statements or a large group commit is handled on the actor's thread,
+        where it shares the interpreter with the loop instead of holding the loop for its
+        whole length.
         """
         kind = type(message)
         if kind is Execute:
-            return not self._queued and not self._needs_catch_up
+            return (
+                type(message.command) in LOOP_COMMANDS
+                and not self._queued
+                and not self._needs_catch_up
+            )
         if kind is ExecuteMany:
             return (
                 len(message.commands) <= ON_LOOP_AT_MOST
+                and all(type(command) in LOOP_COMMANDS for command in message.commands)
                 and not self._queued
                 and not self._needs_catch_up
             )
@@ -296,7 +347,7 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         group = self._in_flight
         if (
             group is None
-            or len(group) > ON_LOOP_AT_MOST
+            or sum(len(pending.envelopes) for pending in group) > ON_LOOP_AT_MOST
             or not outcome.done()
             or outcome.cancelled()
             or outcome.exception() is not None
