@@ -28,8 +28,10 @@ from plantangenet import (
     CommandResult,
     MoveCursor,
     Plantangenet,
+    QueryCursor,
     StartSession,
 )
+from plantangenet.actors.messages import Execute
 from plantangenet.actors.session import SessionActor
 from plantangenet.actors.turns import Turns
 from plantangenet.nats.embedded import EmbeddedNats
@@ -315,3 +317,17 @@ def test_a_policy_sent_on_the_loop_is_decided_on_the_sessions_thread(
     policy = ChangePolicy(replace=[ALLOW_ALL])  # parsing a policy's statements: not the loop's
     assert on_loop(runtime, lambda: session.submit(policy)).result(10).sequence == 3
     assert actor.actor_inbox.taken_on_loop == taken
+
+
+def test_the_first_data_query_of_an_actor_is_not_the_loops(runtime: Plantangenet) -> None:
+    # Its first look at the cursors builds their index, every cursor of the session: the
+    # session's thread does that; once built, queries are cheap enough for the loop.
+    session = runtime.session("s")
+    session.start()
+    actor = actor_of(runtime, "s")
+    query = QueryCursor(agent_id="a", cursor_id="c", compositor="sea")
+    told = Execute(query, concurrent.futures.Future())
+    assert actor._cursor_index is None
+    assert not actor._takes_on_loop(told)
+    session.query(lambda a: a.cursor_index).result(10)  # built on the session's thread
+    assert actor._takes_on_loop(told)

@@ -328,18 +328,15 @@ class SessionActor(_SessionDeciding, _SessionStoring, pykka.ThreadingActor):
         whole length.
         """
         kind = type(message)
-        if kind is Execute:
+        if kind is Execute or kind is ExecuteMany:
+            commands = (message.command,) if kind is Execute else message.commands
             return (
-                type(message.command) in LOOP_COMMANDS
+                len(commands) <= ON_LOOP_AT_MOST
+                and all(type(command) in LOOP_COMMANDS for command in commands)
                 and not self._queued
                 and not self._needs_catch_up
-            )
-        if kind is ExecuteMany:
-            return (
-                len(message.commands) <= ON_LOOP_AT_MOST
-                and all(type(command) in LOOP_COMMANDS for command in message.commands)
-                and not self._queued
-                and not self._needs_catch_up
+                # a data query's first look at the cursors builds their index (all of them)
+                and (self._cursor_index is not None or QueryCursor not in map(type, commands))
             )
         if kind is not _Appended or self.hooks or self._readers:
             return False
