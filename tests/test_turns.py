@@ -29,6 +29,7 @@ from plantangenet import (
     MoveCursor,
     Plantangenet,
     QueryCursor,
+    SessionHandle,
     StartSession,
 )
 from plantangenet.actors.messages import Execute
@@ -46,6 +47,13 @@ ALLOW_ALL = {"id": "everything", "effect": "allow", "actions": ["*"], "resources
 def actor_of(pg: Plantangenet, session_id: str) -> SessionActor:
     actor: SessionActor = pg.session(session_id).query(lambda a: a).result(10)
     return actor
+
+
+def started(pg: Plantangenet) -> tuple[SessionHandle, SessionActor]:
+    """Session ``s``, started, and its actor."""
+    session = pg.session("s")
+    session.start()
+    return session, actor_of(pg, "s")
 
 
 def on_loop(pg: Plantangenet, send: Callable[[], Any]) -> Any:
@@ -280,9 +288,7 @@ def test_a_refusal_queued_from_another_thread_is_answered_off_the_loop(
     # A command decided on the loop is in flight; another thread's command is refused on
     # the state it will make, and waits for it. The acknowledgement would answer that
     # refusal: it is then handled on the actor's thread, where that caller expects it.
-    session = runtime.session("s")
-    session.start()
-    actor = actor_of(runtime, "s")
+    session, actor = started(runtime)
     ghost = MoveCursor(agent_id="ghost", cursor_id="c", axes=("x",), start=0, end=1)
 
     async def scenario() -> tuple[Any, Any, list[str]]:
@@ -308,9 +314,7 @@ def test_a_refusal_queued_from_another_thread_is_answered_off_the_loop(
 def test_a_policy_sent_on_the_loop_is_decided_on_the_sessions_thread(
     runtime: Plantangenet,
 ) -> None:
-    session = runtime.session("s")
-    session.start()
-    actor = actor_of(runtime, "s")
+    session, actor = started(runtime)
     on_loop(runtime, lambda: session.submit(ChangeMetadata(changed={"k": 1}))).result(10)
     taken = actor.actor_inbox.taken_on_loop
     assert taken > 0
@@ -322,9 +326,7 @@ def test_a_policy_sent_on_the_loop_is_decided_on_the_sessions_thread(
 def test_the_first_data_query_of_an_actor_is_not_the_loops(runtime: Plantangenet) -> None:
     # Its first look at the cursors builds their index, every cursor of the session: the
     # session's thread does that; once built, queries are cheap enough for the loop.
-    session = runtime.session("s")
-    session.start()
-    actor = actor_of(runtime, "s")
+    session, actor = started(runtime)
     query = QueryCursor(agent_id="a", cursor_id="c", compositor="sea")
     told = Execute(query, concurrent.futures.Future())
     assert actor._cursor_index is None
