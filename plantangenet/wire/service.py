@@ -356,7 +356,11 @@ class SessionService(Ingress, PassingOn, Answering):
             try:
                 await asyncio.wait_for(step, max(deadline - loop.time(), 0.1))
             except TimeoutError:
-                log.warning("stopping: %s did not finish within %.1f s; going on", what, timeout)
+                log.warning(
+                    "stopping: %s did not finish by the stop's deadline (%.1f s); going on",
+                    what,
+                    timeout,
+                )
             except Exception:
                 log.debug("stopping: %s failed", what, exc_info=True)
 
