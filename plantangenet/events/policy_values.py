@@ -171,9 +171,16 @@ class Statement:
         return outcome if isinstance(outcome, bool) else None
 
     def _fits(self, action: str, resource: str) -> bool:
-        return any(pattern_matches(p, action) for p in self.actions) and any(
-            pattern_matches(p, resource) for p in self.resources
-        )
+        # Plain loops: this runs for every statement a command's roles reach.
+        for pattern in self.actions:
+            if pattern_matches(pattern, action):
+                break
+        else:
+            return False
+        for pattern in self.resources:  # noqa: SIM110 (any() with a generator is slower)
+            if pattern_matches(pattern, resource):
+                return True
+        return False
 
     def _outcome(self, context: Mapping[str, Any]) -> bool | str:
         """:meth:`test`, with for ``None`` the first condition that cannot be evaluated and why."""
