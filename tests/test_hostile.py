@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet.errors import InvalidCommand
 from plantangenet.events.base import EVENTS
 from plantangenet.log.verify import verify
 from plantangenet.projections.views import plain
@@ -40,7 +41,9 @@ from plantangenet.wire.protocol import (
     COMMANDS,
     ERROR_CLASSES,
     QUERIES,
+    SIDE_FIELDS,
     command_subject,
+    decode_request,
     encode_request,
 )
 from plantangenet.wire.service import SessionService
@@ -545,3 +548,28 @@ def test_the_state_of_a_session_larger_than_a_reply_gets_an_answer(
     small = wire.request(command_subject("big", "state"), b"", timeout=5)
     assert small["ok"] is True
     assert small["state"]["metadata"] == {f"k5-{j}": "x" * 60_000 for j in range(3)}
+
+
+def test_a_request_missing_required_fields_names_the_first_one() -> None:
+    """Each command decoded from a request with no args: refused naming the first field
+    (in the command's own order) a request must give, or decoded if it needs none."""
+    payload = encode_request({}, command_id="c-1")
+    checked = 0
+    for name, cls in COMMANDS.items():
+        given_by_service = {"command_id", "issued_by", "correlation_id", "context", "principal"}
+        side = SIDE_FIELDS.get(cls)
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in given_by_service
+            and f.name != side
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if required:
+            with pytest.raises(InvalidCommand, match=rf"^args\.{required[0]}: missing"):
+                decode_request(name, payload, session_id="s-1")
+            checked += 1
+        else:
+            assert type(decode_request(name, payload, session_id="s-1")) is cls
+    assert checked > 10

@@ -258,7 +258,12 @@ def encode_batch(commands: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
     return payload
 
 
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:  # most of a request's values: nothing to convert
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -388,7 +393,7 @@ def _command(
     if type(args) is not dict:
         raise InvalidCommand("args: must be a map")
     cls = COMMANDS[name]
-    fields, sequences = _shape(cls)
+    fields, sequences, required = _shape(cls)
     values: dict[str, Any] = {}
     side = SIDE_FIELDS.get(cls)
     for key, value in args.items():
@@ -404,12 +409,9 @@ def _command(
         if session_id is None:
             raise InvalidCommand(f"{name} is sent to a session (its acting side)")
         values[side] = session_id
-    for key, f in fields.items():
-        if key in _BASE_FIELDS:
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and key not in values:
-            raise InvalidCommand(f"args.{key}: missing (required by {name})")
+    if not required.issubset(values):
+        key = next(k for k in fields if k in required and k not in values)
+        raise InvalidCommand(f"args.{key}: missing (required by {name})")
     return cls(
         command_id=command_id,
         issued_by=issued_by,
@@ -420,18 +422,28 @@ def _command(
     )
 
 
-_SHAPES: dict[type[c.Command], tuple[dict[str, dataclasses.Field[Any]], frozenset[str]]] = {}
+_Shape = tuple[dict[str, dataclasses.Field[Any]], frozenset[str], frozenset[str]]
+_SHAPES: dict[type[c.Command], _Shape] = {}
 
 
-def _shape(cls: type[c.Command]) -> tuple[dict[str, dataclasses.Field[Any]], frozenset[str]]:
-    """A command class's fields, and those of them that hold sequences (a request's lists
-    become tuples there); resolving the annotations is slow: cached per class."""
+def _shape(cls: type[c.Command]) -> _Shape:
+    """A command class's fields, those of them that hold sequences (a request's lists
+    become tuples there), and those a request must give (no default, not set by the
+    service); resolving the annotations is slow: cached per class."""
     shape = _SHAPES.get(cls)
     if shape is None:
         hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         shape = _SHAPES[cls] = (
-            {f.name: f for f in dataclasses.fields(cls)},
+            fields,
             frozenset(name for name, tp in hints.items() if _is_sequence(tp)),
+            frozenset(
+                key
+                for key, f in fields.items()
+                if key not in _BASE_FIELDS
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ),
         )
     return shape
 
