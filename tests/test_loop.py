@@ -163,6 +163,33 @@ def test_run_then_hands_the_ended_task_to_its_callback_on_the_loop(
         failed.result(5).result()
 
 
+def test_run_then_on_the_loop_creates_the_task_at_once_and_keeps_the_order(
+    loop_thread: EventLoopThread,
+) -> None:
+    order: list[str] = []
+    seen: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+    ended = threading.Event()
+
+    async def step(name: str) -> None:
+        order.append(name)
+        if len(order) == 3:
+            ended.set()
+
+    def on_loop() -> None:
+        before = len(asyncio.all_tasks())
+        loop_thread.run_then(step("first"), lambda _: None)
+        created = len(asyncio.all_tasks())  # no turn of the loop in between
+        loop_thread.call_soon(order.append, "queued")
+        loop_thread.run_then(step("second"), lambda _: None)
+        seen.set_result((before, created))
+
+    loop_thread.call_soon(on_loop)
+    before, created = seen.result(5)
+    assert created == before + 1
+    assert ended.wait(5)
+    assert order == ["first", "queued", "second"]
+
+
 def test_run_then_on_a_stopping_loop_still_hears_of_the_cancelled_task() -> None:
     thread = EventLoopThread(name="test-stopping").start()
     heard: concurrent.futures.Future[asyncio.Future[None]] = concurrent.futures.Future()

@@ -156,12 +156,17 @@ class EventLoopThread:
         ``concurrent.futures.Future`` and no chaining of one to the task (``then`` may
         read ``task.result()`` from any thread, since the task has ended). If the loop
         stops first, the task is cancelled and ``then`` still called. ``then`` must
-        not block; raises ``RuntimeError`` if the loop is closed.
+        not block; raises ``RuntimeError`` if the loop is closed. Called on the loop's own
+        thread with nothing handed over waiting, the task is created at once (its first
+        step is queued on the loop as any task's is).
         """
 
         def start() -> None:
             asyncio.ensure_future(coro, loop=self.loop).add_done_callback(then)
 
+        if not self._handoffs and self.in_loop_thread and not self.loop.is_closed():
+            start()  # what call_soon would queue, without the extra turn of the loop
+            return
         self._start(coro, start)
 
     def _start(self, coro: Coroutine[Any, Any, Any], start: Callable[[], None]) -> None:
