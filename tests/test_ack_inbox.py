@@ -170,3 +170,50 @@ def test_a_cancelled_request_leaves_nothing_waiting(connected: Connected) -> Non
 
     connected.run(scenario())
     assert connected.inbox.waiting == 0
+
+
+def test_each_request_times_out_at_its_own_deadline_whatever_the_order_sent(
+    connected: Connected,
+) -> None:
+    """One timer serves every request: a shorter timeout sent after a longer one still
+    expires first, each within the timer's granularity of its own deadline."""
+
+    async def timed(subject: str, timeout: float) -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await connected.inbox.request(subject, b"x", timeout, {})
+            return "answered", loop.time() - started
+        except nats.errors.TimeoutError:
+            return "timed out", loop.time() - started
+
+    async def scenario() -> list[tuple[str, float]]:
+        return list(
+            await asyncio.gather(
+                timed("echo.silent", 1.2),
+                timed("echo.silent", 0.3),
+                timed("echo.d", 5),
+                timed("echo.silent", 0.6),
+            )
+        )
+
+    outcomes = connected.run(scenario())
+    assert [o for o, _ in outcomes] == ["timed out", "timed out", "answered", "timed out"]
+    for (_, took), timeout in zip(outcomes, [1.2, 0.3, None, 0.6], strict=True):
+        if timeout is not None:  # not before its deadline, and not long after it
+            assert timeout <= took < timeout + 0.5
+    assert connected.inbox.waiting == 0
+
+
+def test_answered_requests_do_not_pile_up_in_the_timer(connected: Connected) -> None:
+    """Deadlines of answered requests leave the heap once it is mostly theirs."""
+
+    async def scenario() -> None:
+        for lo in range(0, 12_000, 500):
+            await asyncio.gather(
+                *(connected.inbox.request("echo.e", b"", 60, {}) for _ in range(lo, lo + 500))
+            )
+
+    connected.run(scenario())
+    assert connected.inbox.waiting == 0
+    assert len(connected.inbox._deadlines) <= 4096 + 500

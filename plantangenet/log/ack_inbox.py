@@ -9,7 +9,9 @@ key by key, and for the answer a header dict, a ``Msg``, a queue and a task.
 :class:`AckInbox` asks the same question more cheaply: one direct subscription to
 ``<inbox>.*`` for the connection's life (answers go from nats-py's parser to the
 waiting append, see :mod:`plantangenet.log.deliveries`), a counter for tokens, one
-timer per append, and the message's frame built in one pass
+timer for all the appends waiting (their deadlines in a heap of plain tuples: an
+asyncio timer per append cost its creation, its cancelling and the event loop's
+heap of timers compared in Python), and the message's frame built in one pass
 (:func:`~plantangenet.log.frames.request_frame`, falling back to nats-py's
 ``publish`` for anything that is not plain ASCII). An answer is its payload: all
 the journal reads of an acknowledgement.
@@ -28,6 +30,7 @@ of other accounts cannot publish (README, "Locking it down").
 from __future__ import annotations
 
 import asyncio
+import heapq
 from typing import Any
 
 import nats.errors
@@ -35,10 +38,8 @@ import nats.errors
 from plantangenet.log.deliveries import NO_RESPONDERS, status_code, subscribe_direct
 from plantangenet.log.frames import request_frame, send_frames
 
-
-def _expire(future: asyncio.Future[bytes]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())
+#: Seconds an expired request may wait to be told so, at most (the timer's granularity).
+SWEEP_EVERY = 0.02
 
 
 class AckInbox:
@@ -47,7 +48,16 @@ class AckInbox:
     Use it on the connection's event loop only.
     """
 
-    __slots__ = ("_count", "_nc", "_opening", "_prefix", "_token_at", "_waiting")
+    __slots__ = (
+        "_count",
+        "_deadlines",
+        "_nc",
+        "_opening",
+        "_prefix",
+        "_sweep",
+        "_token_at",
+        "_waiting",
+    )
 
     def __init__(self, nc: Any) -> None:
         self._nc = nc
@@ -56,6 +66,10 @@ class AckInbox:
         self._opening = asyncio.Lock()
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self._count = 0
+        #: ``(deadline, count)`` of requests sent (answered ones stay until they are due
+        #: or the heap is compacted), and the timer that expires the due ones.
+        self._deadlines: list[tuple[float, int]] = []
+        self._sweep: asyncio.TimerHandle | None = None
 
     @property
     def prefix(self) -> str | None:
@@ -103,7 +117,7 @@ class AckInbox:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._waiting[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        self._expire_at(loop, loop.time() + timeout, self._count)
         try:
             nc = self._nc
             frame = request_frame(subject, reply, headers, payload)
@@ -111,5 +125,30 @@ class AckInbox:
                 await nc.publish(subject, payload, reply=reply, headers=headers)
             return await future
         finally:
-            timer.cancel()
             del self._waiting[token]
+
+    def _expire_at(self, loop: asyncio.AbstractEventLoop, deadline: float, count: int) -> None:
+        """Time the request ``count`` out at ``deadline`` (see the module docstring)."""
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self._waiting) + 4096:  # mostly answered: compact
+            deadlines[:] = [e for e in deadlines if b"%d" % e[1] in self._waiting]
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, (deadline, count))
+        sweep = self._sweep
+        if sweep is None or deadline < sweep.when():
+            if sweep is not None:
+                sweep.cancel()
+            self._sweep = loop.call_at(deadline, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the requests whose deadline passed with ``TimeoutError``; sleep till the next."""
+        self._sweep = None
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            future = self._waiting.get(b"%d" % heapq.heappop(deadlines)[1])
+            if future is not None and not future.done():
+                future.set_exception(nats.errors.TimeoutError())
+        if deadlines:
+            due = max(deadlines[0][0], now + SWEEP_EVERY)
+            self._sweep = loop.call_at(due, self._expire_due, loop)
