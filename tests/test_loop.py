@@ -299,3 +299,19 @@ def test_a_future_ended_on_the_loop_is_copied_at_once_and_calls_from_there_queue
     copied, order = loop_thread.submit(scenario()).result(5)
     assert copied
     assert order == ["first", "second"]
+
+
+def test_in_loop_thread_is_true_only_on_the_running_loops_thread() -> None:
+    thread = EventLoopThread(name="test-ident")
+    assert not thread.in_loop_thread  # not started yet
+    thread.start()
+    asked: concurrent.futures.Future[bool] = concurrent.futures.Future()
+    thread.call_soon(lambda: asked.set_result(thread.in_loop_thread))
+    assert asked.result(5) and not thread.in_loop_thread
+    thread.stop()
+    # Another thread started later may get the ended thread's identifier: still not it.
+    later: list[bool] = []
+    other = threading.Thread(target=lambda: later.append(thread.in_loop_thread))
+    other.start()
+    other.join()
+    assert later == [False]

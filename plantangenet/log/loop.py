@@ -51,6 +51,9 @@ class EventLoopThread:
     def __init__(self, name: str = "plantangenet-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        #: The loop thread's identifier once it runs (``in_loop_thread`` is asked several
+        #: times per command: one C call, not ``threading.current_thread()``).
+        self._ident: int | None = None
         self._started = threading.Event()
         #: Calls handed over from other threads, run in order on the loop.
         self._handoffs: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -58,6 +61,7 @@ class EventLoopThread:
         self._woken = False
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
         self.loop.run_forever()
@@ -69,6 +73,7 @@ class EventLoopThread:
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
+        self._ident = None  # an identifier may be reused by a thread started later
 
     @property
     def name(self) -> str:
@@ -84,7 +89,7 @@ class EventLoopThread:
     @property
     def in_loop_thread(self) -> bool:
         """Whether the caller is running on the loop's own thread."""
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._ident
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """Call ``callback(*args)`` on the loop soon (from any thread), after the calls
