@@ -622,3 +622,51 @@ def test_service_limits_that_would_serve_nobody_are_refused(
     name = next(iter(option))
     with pytest.raises(ValueError, match=name):
         SessionService(runtime, **option)
+
+
+def test_the_bot_client_retries_the_same_request_and_names_what_went_wrong(
+    nats_server: EmbeddedNats, journal_config: JournalConfig
+) -> None:
+    """Replies come back on one subscription: a request with no reply is sent again with
+    the same bytes (the same command id) and the first reply wins; no reply at all, or
+    nobody serving the subject, is a ``JournalError`` naming it."""
+    prefix = "botclient-t"
+
+    async def scenario() -> tuple[list[bytes], dict[str, Any], str, str]:
+        responder = await nats.connect(nats_server.url)
+        seen: list[bytes] = []
+
+        async def answer_the_second_try(msg: Any) -> None:
+            seen.append(msg.data)
+            if len(seen) >= 2:  # the first try's reply is lost
+                reply = msgpack.packb({"ok": True, "seq": 7}, use_bin_type=True)
+                await responder.publish(msg.reply, reply, headers={"Note": "ignored"})
+
+        await responder.subscribe(f"{prefix}.s1.attach", cb=answer_the_second_try)
+
+        async def never_answer(msg: Any) -> None:
+            seen.append(b"silent")
+
+        await responder.subscribe(f"{prefix}.s1.silent", cb=never_answer)
+        await responder.flush()
+        bot = await BotClient.connect(
+            nats_server.url, journal=journal_config, command_prefix=prefix, timeout=0.4, retries=2
+        )
+        try:
+            reply = await bot.request("s1", "attach", {"agent_id": "a1"})
+            with pytest.raises(JournalError) as silent:
+                await bot.request("s1", "silent")
+            with pytest.raises(JournalError) as nobody:
+                await bot.request("s1", "nobody")
+            assert bot._replies.waiting == 0
+        finally:
+            await bot.close()
+            await responder.close()
+        return seen, reply, str(silent.value), str(nobody.value)
+
+    seen, reply, silent, nobody = asyncio.run(scenario())
+    assert seen[2:] == [b"silent"] * 3  # three tries
+    assert len(seen) == 5 and seen[0] == seen[1]  # the same command, sent again
+    assert reply["seq"] == 7
+    assert "no reply to silent on s1 after 3 tries" in silent
+    assert f"no session service is serving {prefix}.s1.nobody" in nobody

@@ -1,7 +1,9 @@
-"""Where appends' acknowledgements come back: one inbox, one table of waiting appends.
+"""Where answers to requests come back: one inbox, one table of waiting requests.
 
 An append's last message is a request: JetStream answers it with the
-acknowledgement. nats-py's ``request`` does per call what a busy journal does a
+acknowledgement; a bot's command is a request the session service answers
+(:class:`~plantangenet.wire.client.BotClient` sends its requests through an
+:class:`AckInbox` too). nats-py's ``request`` does per call what a busy journal does a
 thousand times a second: two random bytes from the OS for the token (a system call,
 during which the event loop's thread gives up the GIL to whichever session thread
 wants it), a ``wait_for`` with its own future and task machinery, header validation
@@ -24,7 +26,10 @@ nats-py's own error, or the wait with the timeout.
 
 Whoever can publish on the inbox could answer in JetStream's place: it is the
 connection's own (``_INBOX.<random>``), in the service's NATS account, where bots
-of other accounts cannot publish (README, "Locking it down").
+of other accounts cannot publish (README, "Locking it down"). A bot's inbox is in
+its own account (``_INBOX_<user>.<random>``), where only that account's clients and
+the service's replies (through the import's reply mapping) can publish, as for
+nats-py's own ``request``.
 """
 
 from __future__ import annotations
@@ -107,7 +112,11 @@ class AckInbox:
             future.set_result(data)
 
     async def request(
-        self, subject: str, payload: bytes, timeout: float, headers: dict[str, str]
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         """Publish ``payload`` on ``subject``; the answer's payload (see the module docstring)."""
         prefix = self._prefix if self._prefix is not None else await self._open()

@@ -24,7 +24,7 @@ its acknowledgement comes back on (see :mod:`plantangenet.log.ack_inbox`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _VISIBLE = re.compile(r"[!-~]+")
@@ -66,17 +66,25 @@ def batch_frames(
 
 
 def request_frame(
-    subject: str, reply: str, headers: dict[str, str], payload: bytes
+    subject: str, reply: str, headers: Mapping[str, str] | None, payload: bytes
 ) -> bytes | None:
-    """The ``HPUB`` frame of one message asking for an answer on ``reply``, or ``None``.
+    """The ``HPUB`` frame of one message asking for an answer on ``reply`` (``PUB`` if
+    ``headers`` is ``None``, as nats-py's ``publish``), or ``None``.
 
-    Used for an append's last message (its commit, which JetStream acknowledges).
-    ``None`` means some name or value is not plain visible ASCII: publish through
-    nats-py instead.
+    Used for an append's last message (its commit, which JetStream acknowledges) and a
+    bot's request. ``None`` means some name or value is not plain visible ASCII:
+    publish through nats-py instead.
     """
     visible = _VISIBLE.fullmatch
     if not visible(subject) or not visible(reply):
         return None
+    if headers is None:
+        return b"PUB %s %s %d\r\n%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(payload),
+            payload,
+        )
     lines = ["NATS/1.0\r\n"]
     for key, value in headers.items():
         if not _TOKEN.fullmatch(key) or not visible(value):

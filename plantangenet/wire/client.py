@@ -45,6 +45,7 @@ from plantangenet.errors import (
 )
 from plantangenet.events.codec import CODEC, EventCodec
 from plantangenet.events.envelope import Envelope
+from plantangenet.log.ack_inbox import AckInbox
 from plantangenet.log.journal import JournalConfig
 from plantangenet.log.session_replay import replay
 from plantangenet.nats.connect import redact
@@ -107,6 +108,10 @@ class BotClient(SessionCommands):
         self.timeout = timeout
         self.retries = retries
         self._owns_connection = False
+        #: Replies come back on one subscription of the connection (the journal's own
+        #: request path: no per-request timer, ``Msg``, queue or task; see
+        #: :mod:`plantangenet.log.ack_inbox`).
+        self._replies = AckInbox(nc)
 
     @classmethod
     async def connect(cls, url: str, *, agent_id: str | None = None, **kwargs: Any) -> Self:
@@ -229,7 +234,7 @@ class BotClient(SessionCommands):
         subject = command_subject(session_id, name, self.command_prefix)
         for attempt in range(self.retries + 1):
             try:
-                msg = await self.nc.request(subject, payload, timeout=self.timeout)
+                answer = await self._replies.request(subject, payload, self.timeout)
             except nats.errors.TimeoutError:
                 if attempt == self.retries:
                     raise JournalError(
@@ -238,7 +243,7 @@ class BotClient(SessionCommands):
                 continue  # same command id: the service applies it at most once
             except nats.errors.NoRespondersError:
                 raise JournalError(f"no session service is serving {subject}") from None
-            return decode_reply(msg.data)
+            return decode_reply(answer)
         raise AssertionError("unreachable")
 
     async def open(
