@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from plantangenet import EmbeddedNats
 from plantangenet.log.ack_inbox import AckInbox
-from plantangenet.log.frames import request_frame
+from plantangenet.log.frames import publish_frame, request_frame
 from tests.test_frames import nats_py_frames
 
 visible = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
@@ -70,6 +70,18 @@ def test_values_that_need_escaping_get_no_request_frame(
     subject: str, reply: str, headers: dict[str, str]
 ) -> None:
     assert request_frame(subject, reply, headers, b"x") is None
+    if " " not in reply:  # the same subject and headers as a reply of the service
+        assert publish_frame(subject, headers or None, b"x") is None
+
+
+@pytest.mark.parametrize(
+    "subject", ["_R_.a\r\nPUB plantangenet.events.s 1\r\nx", "_R_.a b", "_R_.é", ""]
+)
+def test_a_reply_subject_that_could_carry_another_command_gets_no_frame(subject: str) -> None:
+    """What the service would publish on falls back to nats-py (which refuses it) rather
+    than become protocol text of its own."""
+    assert publish_frame(subject, None, b"x") is None
+    assert publish_frame(subject, {"traceparent": "00-1-2-01"}, b"x") is None
 
 
 class Connected:

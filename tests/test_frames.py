@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from nats.aio.client import Client
 
 from plantangenet import AgentAttached, ConcurrencyError, DuplicateCommand, SessionStarted
 from plantangenet.log import journal as journal_module
-from plantangenet.log.frames import batch_frames, send_frames
+from plantangenet.log.frames import batch_frames, publish_frame, request_frame, send_frames
 from tests.conftest import AsyncJournal
 from tests.test_journal import env, read
 
@@ -35,7 +36,10 @@ def parse(frames: bytes) -> list[tuple[str, bytes, bytes]]:
 
 
 def nats_py_frames(
-    subject: str, headers: list[dict[str, str]], payloads: list[bytes], reply: str = ""
+    subject: str,
+    headers: Sequence[dict[str, str] | None],
+    payloads: Sequence[bytes],
+    reply: str = "",
 ) -> bytes:
     """What nats-py's own publish path queues for the same messages."""
     nc = Client()
@@ -53,6 +57,43 @@ def nats_py_frames(
 
     asyncio.run(publish_all())
     return b"".join(sent)
+
+
+#: An HTTP token: what nats-py accepts as a header name.
+token = st.text(
+    st.sampled_from(
+        "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    subject=visible,
+    reply=st.none() | visible,
+    headers=st.none() | st.dictionaries(token, visible, max_size=4),
+    payload=st.binary(max_size=300),
+)
+def test_a_message_frame_is_byte_for_byte_what_nats_py_sends(
+    subject: str, reply: str | None, headers: dict[str, str] | None, payload: bytes
+) -> None:
+    """A reply of the service (no reply subject) and a request (one): with headers or
+    none (then ``PUB``, as nats-py), the bytes nats-py's publish queues (nats-py writes
+    an empty reply subject as a second space: the same words)."""
+    if reply is None:
+        ours = publish_frame(subject, headers, payload)
+    else:
+        ours = request_frame(subject, reply, headers, payload)
+    assert ours is not None
+
+    def words(frame: bytes) -> tuple[list[bytes], bytes]:
+        line, rest = frame.split(b"\r\n", 1)
+        return line.split(b" "), rest
+
+    theirs = words(nats_py_frames(subject, [headers], [payload], reply=reply or ""))
+    assert words(ours) == ([w for w in theirs[0] if w], theirs[1])
 
 
 @settings(max_examples=60, deadline=None)

@@ -18,7 +18,9 @@ over the server's limit, or the installed nats-py lacks the write queue these us
 nats-py's ``publish`` instead: that path raises nats-py's own errors.
 
 :func:`request_frame` builds the commit's frame the same way, with the reply subject
-its acknowledgement comes back on (see :mod:`plantangenet.log.ack_inbox`).
+its acknowledgement comes back on (see :mod:`plantangenet.log.ack_inbox`), and a bot
+client's request; :func:`publish_frame` a message without a reply subject (the
+session service's replies).
 """
 
 from __future__ import annotations
@@ -75,16 +77,26 @@ def request_frame(
     bot's request. ``None`` means some name or value is not plain visible ASCII:
     publish through nats-py instead.
     """
+    if not _VISIBLE.fullmatch(reply):
+        return None
+    return _frame(subject, reply.encode() + b" ", headers, payload)
+
+
+def publish_frame(subject: str, headers: Mapping[str, str] | None, payload: bytes) -> bytes | None:
+    """The frame of one message without a reply subject (the session service's replies),
+    as :func:`request_frame`."""
+    return _frame(subject, b"", headers, payload)
+
+
+def _frame(
+    subject: str, reply: bytes, headers: Mapping[str, str] | None, payload: bytes
+) -> bytes | None:
+    """``reply`` is the reply subject and a space, or empty."""
     visible = _VISIBLE.fullmatch
-    if not visible(subject) or not visible(reply):
+    if not visible(subject):
         return None
     if headers is None:
-        return b"PUB %s %s %d\r\n%s\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            len(payload),
-            payload,
-        )
+        return b"PUB %s %s%d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload)
     lines = ["NATS/1.0\r\n"]
     for key, value in headers.items():
         if not _TOKEN.fullmatch(key) or not visible(value):
@@ -93,9 +105,9 @@ def request_frame(
     lines.append("\r\n")
     header = "".join(lines).encode()
     size = len(header)
-    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+    return b"HPUB %s %s%d %d\r\n%s%s\r\n" % (
         subject.encode(),
-        reply.encode(),
+        reply,
         size,
         size + len(payload),
         header,

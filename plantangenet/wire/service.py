@@ -105,6 +105,7 @@ from plantangenet.errors import (
     StorageExhausted,
     TooManyRequests,
 )
+from plantangenet.log.frames import publish_frame, send_frames
 from plantangenet.runtime import Plantangenet
 from plantangenet.wire.metrics import ServiceMetrics
 from plantangenet.wire.micro import EndpointCounts, Registration
@@ -464,7 +465,9 @@ class SessionService(Ingress, PassingOn, Answering):
         nc = getattr(msg, "_client", None) or self._nc
         if msg.reply and nc is not None:
             try:
-                await nc.publish(msg.reply, reply, headers=headers)
+                frame = publish_frame(msg.reply, headers, reply)
+                if frame is None or not await send_frames(nc, frame, (reply,), flush=True):
+                    await nc.publish(msg.reply, reply, headers=headers)
             except Exception:
                 log.warning("could not reply on %s", msg.reply, exc_info=True)
 
