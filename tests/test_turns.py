@@ -85,6 +85,40 @@ def test_wire_commands_are_handled_on_the_loop(
     assert actor.state.cursors["c"].start == 19
 
 
+def test_an_append_decided_on_the_loop_is_sent_without_a_task(
+    runtime: Plantangenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the loop, a single event's append goes out at once (``append_now``); from the
+    actor's thread, as a task (``run_then``). Either way the log holds every event."""
+    from plantangenet.actors import session_deciding
+    from plantangenet.log.append_now import append_now as real
+
+    sent_now: list[bool] = []
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        sent = real(*args, **kwargs)
+        sent_now.append(sent)
+        return sent
+
+    monkeypatch.setattr(session_deciding, "append_now", counted)
+    session, _ = started(runtime)
+    session.attach("bot")
+    session.execute(ChangePolicy(replace=(ALLOW_ALL,)))
+    session.execute(AddCursor(agent_id="bot", cursor_id="c", axes=("x",), start=0, end=1))
+    assert sent_now == []  # from this thread: the actor's thread sends them, as tasks
+
+    def move(i: int) -> Callable[[], concurrent.futures.Future[CommandResult]]:
+        command = MoveCursor(agent_id="bot", cursor_id="c", axes=("x",), start=i, end=i + 1)
+        return lambda: session.submit(command)
+
+    # One at a time: each finds the actor idle (one sent behind an append in flight would
+    # be queued for the actor's thread).
+    sequences = [on_loop(runtime, move(i)).result(10).sequence for i in range(1, 6)]
+    assert sequences == list(range(5, 10))
+    assert sent_now == [True] * 5
+    assert runtime.replay("s") == session.state
+
+
 def test_commands_from_other_threads_stay_on_the_actors_thread(runtime: Plantangenet) -> None:
     session = runtime.session("s")
     session.start()

@@ -8,6 +8,7 @@ in groups of at most ``max_batch`` events.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -69,7 +70,8 @@ from plantangenet.errors import (
 from plantangenet.events.base import Event
 from plantangenet.events.codec import EventCodec
 from plantangenet.events.envelope import OPERATOR, Authorization, Envelope, new_id, utc_now
-from plantangenet.log.journal import Journal
+from plantangenet.log.append_now import append_now
+from plantangenet.log.journal import AppendResult, Journal
 from plantangenet.log.loop import EventLoopThread
 from plantangenet.projections.session import SessionState, evolve
 
@@ -456,13 +458,30 @@ class _SessionDeciding:
         if group[-1] is self._group_end:  # the next command starts a group
             self._group_events, self._group_end = 0, None
         me = self.actor_ref
+        envelopes = [envelope for pending in group for envelope in pending.envelopes]
+        payloads = [payload for pending in group for payload in pending.payloads]
+        digests = [digest for pending in group for digest in pending.digests]
+
+        def then(task: asyncio.Future[AppendResult]) -> None:
+            _tell(me, _Appended(task))
+
+        if self.loop.in_loop_thread and append_now(
+            self.journal,
+            self.session_id,
+            envelopes,
+            payloads,
+            expected_sequence=self.state.sequence,
+            digests=digests,
+            then=then,
+        ):
+            return  # sent from the loop, no task (plantangenet.log.append_now)
         self.loop.run_then(
             self.journal.append_payloads(
                 self.session_id,
-                [envelope for pending in group for envelope in pending.envelopes],
-                [payload for pending in group for payload in pending.payloads],
+                envelopes,
+                payloads,
                 expected_sequence=self.state.sequence,
-                digests=[digest for pending in group for digest in pending.digests],
+                digests=digests,
             ),
-            lambda task: _tell(me, _Appended(task)),
+            then,
         )

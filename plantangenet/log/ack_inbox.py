@@ -36,15 +36,52 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
 
 from plantangenet.log.deliveries import NO_RESPONDERS, status_code, subscribe_direct
-from plantangenet.log.frames import request_frame, send_frames
+from plantangenet.log.frames import queue_frames, request_frame, send_frames
+
+log = logging.getLogger("plantangenet.log.ack_inbox")
 
 #: Seconds an expired request may wait to be told so, at most (the timer's granularity).
 SWEEP_EVERY = 0.02
+
+#: ``answered(payload, None)`` or ``answered(None, error)``: see :meth:`AckInbox.request_now`.
+Answered = Callable[[bytes | None, BaseException | None], None]
+
+
+class _Answer:
+    """A request of :meth:`AckInbox.request_now` waiting: told its outcome once, as a
+    future would be (it leaves the table of waiting requests then)."""
+
+    __slots__ = ("_answered", "_done", "_table", "_token")
+
+    def __init__(self, table: dict[bytes, Any], token: bytes, answered: Answered) -> None:
+        self._table = table
+        self._token = token
+        self._answered = answered
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, payload: bytes) -> None:
+        self._end(payload, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._end(None, error)
+
+    def _end(self, payload: bytes | None, error: BaseException | None) -> None:
+        self._done = True
+        del self._table[self._token]
+        try:
+            self._answered(payload, error)
+        except Exception:
+            log.exception("a request's answer could not be handed over")
 
 
 class AckInbox:
@@ -69,7 +106,7 @@ class AckInbox:
         self._prefix: str | None = None
         self._token_at = 0
         self._opening = asyncio.Lock()
-        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        self._waiting: dict[bytes, asyncio.Future[bytes] | _Answer] = {}
         self._count = 0
         #: ``(deadline, count)`` of requests sent (answered ones stay until they are due
         #: or the heap is compacted), and the timer that expires the due ones.
@@ -135,6 +172,33 @@ class AckInbox:
             return await future
         finally:
             del self._waiting[token]
+
+    def request_now(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str],
+        answered: Answered,
+    ) -> bool:
+        """:meth:`request` without a coroutine, for a caller on the loop: send now and call
+        ``answered(payload, None)`` with the answer, or ``answered(None, error)`` with what
+        :meth:`request` raises, on the loop. ``False`` (nothing sent, ``answered`` never
+        called) where it would have to wait: the inbox not open yet, a frame nats-py must
+        build, a full write buffer; then use :meth:`request`."""
+        prefix = self._prefix
+        if prefix is None:
+            return False
+        count = self._count + 1
+        frame = request_frame(subject, f"{prefix}{count}", headers, payload)
+        if frame is None or not queue_frames(self._nc, frame, (payload,)):
+            return False
+        self._count = count
+        token = b"%d" % count
+        self._waiting[token] = _Answer(self._waiting, token, answered)
+        loop = asyncio.get_running_loop()
+        self._expire_at(loop, loop.time() + timeout, count)
+        return True
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, deadline: float, count: int) -> None:
         """Time the request ``count`` out at ``deadline`` (see the module docstring)."""

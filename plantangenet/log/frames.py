@@ -25,6 +25,7 @@ session service's replies).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -138,4 +139,36 @@ async def send_frames(
         flush_queue = getattr(nc, "_flush_queue", None)
         if flush_queue is not None and flush_queue.empty():
             await nc._flush_pending()
+    return True
+
+
+def queue_frames(nc: Any, frames: bytes, payloads: Sequence[bytes]) -> bool:
+    """:func:`send_frames` (with ``flush``) without waiting: ``frames`` join the
+    connection's pending writes and its writer is woken, as nats-py's ``publish`` does;
+    ``False`` (nothing queued) wherever that could have to wait (a full write buffer, a
+    writer not running) or cannot be done: then the caller takes the waiting path."""
+    pending = getattr(nc, "_pending", None)
+    flush_queue = getattr(nc, "_flush_queue", None)
+    flusher = getattr(nc, "_flusher_task", None)
+    if (
+        type(pending) is not list
+        or flush_queue is None
+        or flusher is None
+        or flusher.done()
+        or not nc.is_connected
+        or nc.is_draining_pubs
+        or max(map(len, payloads), default=0) > nc.max_payload
+    ):
+        return False
+    size = len(frames)
+    limit = getattr(nc, "_max_pending_size", 0)
+    if limit > 0 and nc._pending_data_size + size > limit:
+        return False  # nats-py would flush and wait first
+    pending.append(frames)
+    nc._pending_data_size += size
+    stats = nc.stats
+    stats["out_msgs"] += len(payloads)
+    stats["out_bytes"] += sum(map(len, payloads))
+    if flush_queue.empty():
+        flush_queue.put_nowait(asyncio.get_running_loop().create_future())
     return True

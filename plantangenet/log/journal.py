@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +57,7 @@ from plantangenet.log.journal_acks import (
     _msg_id,
     _msg_ids,
     _parse_ack,
+    stored_result,
 )
 from plantangenet.log.journal_acks import AppendResult as AppendResult
 from plantangenet.log.journal_acks import HistoryPage as HistoryPage
@@ -328,17 +328,7 @@ class Journal(_Reading):
         finally:
             if observer is not None:
                 observer(time.perf_counter() - started)
-        first_seq = last_seq - len(envelopes) + 1
-        if digests is None:
-            digests = [
-                e.digest or hashlib.sha256(p).digest()
-                for e, p in zip(envelopes, payloads, strict=True)
-            ]
-        stored = tuple(
-            e.stored_at(first_seq + i, digest)
-            for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
-        )
-        return AppendResult(session_id, stored)
+        return stored_result(session_id, envelopes, payloads, digests, last_seq)
 
     async def _append_with_retries(
         self,
@@ -348,8 +338,14 @@ class Journal(_Reading):
         expected_sequence: int,
         payloads: Sequence[bytes],
         commit: dict[str, str],
+        prior: bytes | BaseException | None = None,
+        started: float | None = None,
     ) -> int:
         """Send an append until it is acknowledged; the stream sequence of its last message.
+
+        ``prior``: the outcome of a first attempt already sent at loop time ``started``
+        (its acknowledgement's payload, or what it raised; see
+        :mod:`plantangenet.log.append_now`): the attempts go on from there.
 
         Each attempt waits ``attempt_timeout`` for its acknowledgement; the attempts
         together at most ``ack_timeout``. An attempt that times out (a stream leader
@@ -366,10 +362,11 @@ class Journal(_Reading):
         """
         config = self.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.ack_timeout
+        begun = loop.time() if started is None else started
+        deadline = begun + config.ack_timeout
         # A late append asks the server whether its store can write: a full disk is never
         # answered (see JournalConfig.monitor_url), so it is named, not waited out.
-        probe_at = loop.time() + STORE_PROBE_AFTER
+        probe_at = begun + STORE_PROBE_AFTER
         attempts = 0
         timed_out = asked = False
         pause = _RETRY_PAUSE
@@ -377,9 +374,14 @@ class Journal(_Reading):
             attempts += 1
             attempt = min(config.attempt_timeout, max(deadline - loop.time(), 0.001))
             try:
-                reply = await self._send_append(
-                    subject, msg_ids, expected_sequence, payloads, commit, attempt
-                )
+                if prior is None:
+                    reply = await self._send_append(
+                        subject, msg_ids, expected_sequence, payloads, commit, attempt
+                    )
+                elif isinstance(prior, BaseException):
+                    raise prior
+                else:
+                    reply = prior
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
                 if isinstance(exc, nats.errors.TimeoutError):
                     timed_out = True
@@ -410,6 +412,8 @@ class Journal(_Reading):
                 continue
             except nats.errors.Error as exc:
                 raise JournalError(f"append to {session_id} failed: {exc}") from exc
+            finally:
+                prior = None
             if b"error" in reply and _error_code(reply) == _BATCH_INCOMPLETE:
                 # Some of the batch's messages never reached the leader (a leader change,
                 # a store that stopped answering): send the whole batch again.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import json
 import re
 import urllib.error
@@ -81,6 +82,27 @@ class AppendResult:
     def last_sequence(self) -> int:
         """The stream sequence of the last stored event."""
         return self.envelopes[-1].sequence or 0
+
+
+def stored_result(
+    session_id: str,
+    envelopes: Sequence[Envelope],
+    payloads: Sequence[bytes],
+    digests: Sequence[bytes] | None,
+    last_seq: int,
+) -> AppendResult:
+    """The append's envelopes as stored: their sequences (the last is ``last_seq``) and
+    digests (computed from the payloads where not given)."""
+    first_seq = last_seq - len(envelopes) + 1
+    if digests is None:
+        digests = [
+            e.digest or hashlib.sha256(p).digest() for e, p in zip(envelopes, payloads, strict=True)
+        ]
+    stored = tuple(
+        e.stored_at(first_seq + i, digest)
+        for i, (e, digest) in enumerate(zip(envelopes, digests, strict=True))
+    )
+    return AppendResult(session_id, stored)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
