@@ -670,3 +670,39 @@ def test_the_bot_client_retries_the_same_request_and_names_what_went_wrong(
     assert reply["seq"] == 7
     assert "no reply to silent on s1 after 3 tries" in silent
     assert f"no session service is serving {prefix}.s1.nobody" in nobody
+
+
+def test_a_lanes_reader_lets_the_loop_run_between_messages_of_one_read() -> None:
+    """A flooded lane's reader (nats-py's parser awaits ``_process_msg`` per message of a
+    read) gives the loop back every 16 messages: other work runs in between."""
+    from plantangenet.wire.service_ingress import yield_between_messages
+
+    class Reader:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        async def _process_msg(self, *args: Any) -> None:
+            self.seen += 1
+
+    async def scenario(yielding: bool) -> list[int]:
+        nc = Reader()
+        if yielding:
+            yield_between_messages(nc)
+        others_ran_at: list[int] = []
+        done = False
+
+        async def other_work() -> None:
+            while not done:
+                others_ran_at.append(nc.seen)
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)  # it has run once, before the read
+        for _ in range(64):  # one read's messages, as the parser hands them over
+            await nc._process_msg(1, b"s", b"r", b"x", None)
+        done = True
+        await other
+        return others_ran_at
+
+    assert asyncio.run(scenario(False)) == [0]  # nothing in between: one long turn
+    assert asyncio.run(scenario(True)) == [0, 16, 32, 48, 64]

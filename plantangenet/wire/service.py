@@ -122,7 +122,7 @@ from plantangenet.wire.protocol import (
     traceparent,
 )
 from plantangenet.wire.service_answers import Answering
-from plantangenet.wire.service_ingress import Ingress, _Waiting
+from plantangenet.wire.service_ingress import Ingress, _Waiting, yield_between_messages
 from plantangenet.wire.service_routing import PassingOn
 
 log = logging.getLogger("plantangenet.wire.service")
@@ -322,6 +322,7 @@ class SessionService(Ingress, PassingOn, Answering):
         self._sub = await self._subscribe(nc, self.endpoints[0])
         for lane in range(self.lanes):
             lane_nc = await self.runtime.open_connection(f"plantangenet-serve-lane-{lane}")
+            yield_between_messages(lane_nc)  # a flooded lane's reader takes short turns
             self._lane_connections.append(lane_nc)
             self._lane_subs.append(await self._subscribe(lane_nc, self.endpoints[lane + 1]))
         await self.registration.start(nc)

@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections import deque
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -44,6 +45,30 @@ _WINDOWS_KEPT = 10_000
 #: What a subject one may publish to never holds (wildcards, whitespace, an empty token).
 _NOT_IN_A_SUBJECT = re.compile(r"[ \t\r\n*>]|\.\.|\.$")
 _Waiting = Waiting
+
+
+def yield_between_messages(nc: Any, every: int = _YIELD_EVERY * 2) -> None:
+    """Make ``nc``'s reader let the loop run other work after every ``every`` messages.
+
+    nats-py's reader parses a whole read (up to 32 KiB: dozens of requests) in one turn
+    of the loop; on a lane that one bot floods, that turn is what every other bot's
+    request, acknowledgement and reply waits behind. Yielding inside it (its
+    ``_process_msg``, awaited per message since nats-py 2.0) bounds the wait by
+    ``every`` messages instead. A connection without that method is left as it is.
+    """
+    original = getattr(nc, "_process_msg", None)
+    if original is None:
+        return
+    taken = 0
+
+    async def process(*args: Any) -> None:
+        nonlocal taken
+        await original(*args)
+        taken += 1
+        if taken % every == 0:
+            await asyncio.sleep(0)
+
+    nc._process_msg = process
 
 
 class Ingress(ServiceState):
