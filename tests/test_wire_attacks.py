@@ -709,6 +709,64 @@ def test_a_forged_acknowledgement_never_reaches_the_services_appends(shared: Dep
     assert shared.intact("alice-private")
 
 
+def test_a_forged_reply_never_reaches_another_bots_client(shared: Deployment) -> None:
+    """The bot client's replies come back on one inbox with counted tokens (an
+    ``AckInbox``). Mallory knows (worst case) alice's inbox and the tokens she uses next,
+    and floods them with replies saying every command succeeded, while alice's commands
+    are refused: the server refuses every one of mallory's publishes, and alice hears the
+    service."""
+    forged = msgpack.packb({"ok": True, "seq": 999_999_999, "id": "x"}, use_bin_type=True)
+
+    async def scenario() -> tuple[list[str], list[str], int]:
+        async with raw(shared, "mallory") as nc, bot(shared, "alice") as alice:
+            await alice.state("shared")  # opens alice's reply inbox
+            inbox = alice._replies
+            prefix = inbox.prefix
+            assert prefix is not None  # in alice's account, whatever its name
+            stop = asyncio.Event()
+
+            async def forge() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(nats.errors.Error):
+                        first = inbox.sent + 1
+                        for token in range(first, first + 40):
+                            await nc.publish(f"{prefix}{token}", forged)
+                        await nc.flush()
+                    await asyncio.sleep(0.005)
+
+            forger = asyncio.ensure_future(forge())
+            codes: list[str] = []
+            try:
+                await asyncio.sleep(0.05)
+                for i in range(8):  # refused: her agent may not move mallory's cursor
+                    try:
+                        await alice.request(
+                            "shared",
+                            "move_cursor",
+                            {
+                                "agent_id": "mallory",
+                                "cursor_id": "m",
+                                "axes": ["x"],
+                                "start": i,
+                                "end": i + 1,
+                            },
+                        )
+                        codes.append("ok")
+                    except PlantangenetError as exc:
+                        codes.append(exc.code)
+            finally:
+                stop.set()
+                await forger
+            return codes, list(nc.violations), inbox.sent
+
+    codes, violations, sent = run(scenario())
+    assert len(codes) == 8 and "ok" not in codes  # the service's refusals, not her forgeries
+    assert sent >= 9
+    # The server refused her every forgery (a bot publishes only its own requests), and
+    # nothing she sent could stand in for the service's answers.
+    assert violations and all("permissions violation for publish" in v for v in violations)
+
+
 def test_a_bot_cannot_reach_or_follow_sessions_it_was_not_given(shared: Deployment) -> None:
     async def scenario() -> tuple[str, list[Any]]:
         async with raw(shared, "mallory") as nc:
