@@ -126,15 +126,13 @@ async def send_frames(
     queued (as nats-py's ``publish`` does); without it the frames go with the next
     publish.
     """
+    if flush and queue_frames(nc, frames, payloads):
+        return True  # the common case: nothing to wait for
     send = getattr(nc, "_send_command", None)
-    if send is None or not nc.is_connected or nc.is_draining_pubs:
-        return False
-    if max(map(len, payloads), default=0) > nc.max_payload:
+    if send is None or not _sendable(nc, payloads):
         return False
     await send(frames)
-    stats = nc.stats
-    stats["out_msgs"] += len(payloads)
-    stats["out_bytes"] += sum(map(len, payloads))
+    _count(nc, payloads)
     if flush:
         flush_queue = getattr(nc, "_flush_queue", None)
         if flush_queue is not None and flush_queue.empty():
@@ -155,9 +153,7 @@ def queue_frames(nc: Any, frames: bytes, payloads: Sequence[bytes]) -> bool:
         or flush_queue is None
         or flusher is None
         or flusher.done()
-        or not nc.is_connected
-        or nc.is_draining_pubs
-        or max(map(len, payloads), default=0) > nc.max_payload
+        or not _sendable(nc, payloads)
     ):
         return False
     size = len(frames)
@@ -166,9 +162,23 @@ def queue_frames(nc: Any, frames: bytes, payloads: Sequence[bytes]) -> bool:
         return False  # nats-py would flush and wait first
     pending.append(frames)
     nc._pending_data_size += size
-    stats = nc.stats
-    stats["out_msgs"] += len(payloads)
-    stats["out_bytes"] += sum(map(len, payloads))
+    _count(nc, payloads)
     if flush_queue.empty():
         flush_queue.put_nowait(asyncio.get_running_loop().create_future())
     return True
+
+
+def _sendable(nc: Any, payloads: Sequence[bytes]) -> bool:
+    """Whether nats-py's ``publish`` would send these payloads now (else it raises)."""
+    return bool(
+        nc.is_connected
+        and not nc.is_draining_pubs
+        and max(map(len, payloads), default=0) <= nc.max_payload
+    )
+
+
+def _count(nc: Any, payloads: Sequence[bytes]) -> None:
+    """Count the messages sent, as nats-py's ``publish`` does."""
+    stats = nc.stats
+    stats["out_msgs"] += len(payloads)
+    stats["out_bytes"] += sum(map(len, payloads))
