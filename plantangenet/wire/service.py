@@ -28,7 +28,9 @@ can make the service publish into the log.
 **Fairness.** Bots' requests arrive on *ingress lanes*: connections of the
 service of their own, one per lane, each bot account on its lane (see
 :mod:`plantangenet.wire.access`), so a bot that floods the service queues behind
-itself on the socket, not in front of the others. Taking a message off a
+itself on the socket, not in front of the others, and a lane's reader gives the
+loop back every 16 messages of a read (``yield_between_messages``), so a flooded
+lane's 32 KiB reads do not hold the others' turns. Taking a message off a
 connection costs little and never waits: each principal's requests queue on
 their own, and the queues are served in turn, at most ``per_principal``
 requests of one principal at a time. A principal that floods the service fills
