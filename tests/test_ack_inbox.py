@@ -229,3 +229,43 @@ def test_answered_requests_do_not_pile_up_in_the_timer(connected: Connected) -> 
     connected.run(scenario())
     assert connected.inbox.waiting == 0
     assert len(connected.inbox._deadlines) <= 4096 + 500
+
+
+def test_a_request_sent_from_an_expired_ones_answer_keeps_a_single_timer(
+    connected: Connected,
+) -> None:
+    """An answer may send the next request at once (an append's retry, a session's next
+    append): from inside the timer's own sweep too. The inbox still keeps one timer, and
+    the new request still expires at its own deadline."""
+    inbox = connected.inbox
+
+    async def scenario() -> tuple[BaseException | None, float, int]:
+        await inbox.request("echo.a", b"", 5, {})  # opens the inbox
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        sent_at: list[float] = []
+
+        def second(_reply: bytes | None, error: BaseException | None) -> None:
+            done.set_result(error)
+
+        def first(_reply: bytes | None, error: BaseException | None) -> None:
+            assert isinstance(error, nats.errors.TimeoutError)
+            sent_at.append(loop.time())
+            assert inbox.request_now("echo.silent", b"y", 0.3, {}, second)
+
+        for _ in range(3):  # answered ones, due later: the heap is not empty
+            assert inbox.request_now("echo.b", b"", 30, {}, lambda _r, _e: None)
+        assert inbox.request_now("echo.silent", b"x", 0.1, {}, first)
+        error = await asyncio.wait_for(done, 5)
+        took = loop.time() - sent_at[0]
+        sweeps = [
+            h
+            for h in loop._scheduled  # type: ignore[attr-defined]
+            if not h.cancelled() and h._callback == inbox._expire_due
+        ]
+        return error, took, len(sweeps)
+
+    error, took, sweeps = connected.run(scenario())
+    assert isinstance(error, nats.errors.TimeoutError)
+    assert 0.3 <= took < 0.3 + 0.2
+    assert sweeps == 1

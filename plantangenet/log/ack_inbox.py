@@ -222,6 +222,10 @@ class AckInbox:
             future = self._waiting.get(b"%d" % heapq.heappop(deadlines)[1])
             if future is not None and not future.done():
                 future.set_exception(nats.errors.TimeoutError())
-        if deadlines:
+        if deadlines:  # the next sweep: unless one told here armed it early enough
             due = max(deadlines[0][0], now + SWEEP_EVERY)
-            self._sweep = loop.call_at(due, self._expire_due, loop)
+            sweep = self._sweep
+            if sweep is None or sweep.when() > due:
+                if sweep is not None:
+                    sweep.cancel()
+                self._sweep = loop.call_at(due, self._expire_due, loop)
