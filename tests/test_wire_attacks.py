@@ -44,6 +44,7 @@ from plantangenet.actors.session import SessionActor
 from plantangenet.cli import main
 from plantangenet.domain.commands import ProposeChem
 from plantangenet.events import OPERATOR, AccessDenied, Envelope
+from plantangenet.log.ack_inbox import AckInbox
 from plantangenet.log.verify import VerifyResult, verify
 from plantangenet.wire.client import BotClient, new_command_id
 from plantangenet.wire.protocol import command_subject, encode_request
@@ -669,38 +670,49 @@ def test_a_bot_cannot_publish_into_the_event_stream(shared: Deployment) -> None:
     assert shared.counts() == before
 
 
+@contextlib.asynccontextmanager
+async def forging(nc: Any, inbox: AckInbox, forged: bytes) -> AsyncIterator[None]:
+    """While the block runs, ``nc`` floods the next 40 tokens of ``inbox`` (whose prefix
+    and counter a worst-case attacker knows) with ``forged`` answers."""
+    prefix = inbox.prefix
+    assert prefix is not None  # opened before
+    stop = asyncio.Event()
+
+    async def forge() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(nats.errors.Error):
+                first = inbox.sent + 1
+                for token in range(first, first + 40):
+                    await nc.publish(f"{prefix}{token}", forged)
+                await nc.flush()
+            await asyncio.sleep(0.005)
+
+    forger = asyncio.ensure_future(forge())
+    try:
+        await asyncio.sleep(0.05)
+        yield
+    finally:
+        stop.set()
+        await forger
+
+
 def test_a_forged_acknowledgement_never_reaches_the_services_appends(shared: Deployment) -> None:
     """Mallory knows (worst case) the inbox the service's appends are acknowledged on and
     the tokens it uses next, and floods them with acknowledgements of a made-up sequence
     while alice works: what she publishes stays in her own account."""
-    acks = shared.runtime.journal._acks
-    prefix = acks.prefix
-    assert prefix is not None  # the set-up's appends opened it
+    acks = shared.runtime.journal._acks  # opened by the set-up's appends
     forged = json.dumps({"stream": STREAM, "seq": 999_999_999}).encode()
 
     async def scenario() -> list[dict[str, Any]]:
-        async with raw(shared, "mallory") as nc, bot(shared, "alice") as alice:
-            stop = asyncio.Event()
-
-            async def forge() -> None:
-                while not stop.is_set():
-                    with contextlib.suppress(nats.errors.Error):
-                        first = acks.sent + 1
-                        for token in range(first, first + 40):
-                            await nc.publish(f"{prefix}{token}", forged)
-                        await nc.flush()
-                    await asyncio.sleep(0.005)
-
-            forger = asyncio.ensure_future(forge())
-            try:
-                await asyncio.sleep(0.05)
-                return [
-                    await alice.change_metadata("alice-private", {"k": i}, issued_by=None)
-                    for i in range(8)
-                ]
-            finally:
-                stop.set()
-                await forger
+        async with (
+            raw(shared, "mallory") as nc,
+            bot(shared, "alice") as alice,
+            forging(nc, acks, forged),
+        ):
+            return [
+                await alice.change_metadata("alice-private", {"k": i}, issued_by=None)
+                for i in range(8)
+            ]
 
     replies = run(scenario())
     stored = {e.causation_id: e.sequence for e in shared.history("alice-private")}
@@ -720,24 +732,8 @@ def test_a_forged_reply_never_reaches_another_bots_client(shared: Deployment) ->
     async def scenario() -> tuple[list[str], list[str], int]:
         async with raw(shared, "mallory") as nc, bot(shared, "alice") as alice:
             await alice.state("shared")  # opens alice's reply inbox
-            inbox = alice._replies
-            prefix = inbox.prefix
-            assert prefix is not None  # in alice's account, whatever its name
-            stop = asyncio.Event()
-
-            async def forge() -> None:
-                while not stop.is_set():
-                    with contextlib.suppress(nats.errors.Error):
-                        first = inbox.sent + 1
-                        for token in range(first, first + 40):
-                            await nc.publish(f"{prefix}{token}", forged)
-                        await nc.flush()
-                    await asyncio.sleep(0.005)
-
-            forger = asyncio.ensure_future(forge())
             codes: list[str] = []
-            try:
-                await asyncio.sleep(0.05)
+            async with forging(nc, alice._replies, forged):
                 for i in range(8):  # refused: her agent may not move mallory's cursor
                     try:
                         await alice.request(
@@ -754,10 +750,7 @@ def test_a_forged_reply_never_reaches_another_bots_client(shared: Deployment) ->
                         codes.append("ok")
                     except PlantangenetError as exc:
                         codes.append(exc.code)
-            finally:
-                stop.set()
-                await forger
-            return codes, list(nc.violations), inbox.sent
+            return codes, list(nc.violations), alice._replies.sent
 
     codes, violations, sent = run(scenario())
     assert len(codes) == 8 and "ok" not in codes  # the service's refusals, not her forgeries
