@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1030,6 +1031,64 @@ def test_a_flood_of_refusals_is_recorded_at_a_bounded_rate_and_does_not_starve_o
     counted = sum(s.count for s in summaries)  # type: ignore[attr-defined]
     assert recorded + counted == codes.get("access_refused", 0)  # every refusal accounted for
     assert len(new) < 3 * (REFUSALS.burst + REFUSALS.rate * (elapsed + 1))  # not one per request
+
+
+def test_a_flooded_lanes_reader_gives_the_loop_back_every_16_messages(
+    shared: Deployment,
+) -> None:
+    """Mallory bursts 2,000 refused requests onto her lane at once. Watched from the
+    service's own loop once per turn, no lane connection's reader handles more than 16
+    messages in one turn (``yield_between_messages``): without it, a reader parses
+    whole 32 KiB reads, one after another, in a single turn that every other bot's
+    request, acknowledgement and reply waits behind."""
+    flood = 2000
+    args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
+    lanes = shared.service._lane_connections
+    loop = shared.runtime.loop
+    turns: list[tuple[int, ...]] = []
+    watching = [True]
+
+    def watch() -> None:  # once per turn of the service's loop
+        turns.append(tuple(nc.stats["in_msgs"] for nc in lanes))
+        if watching[0]:
+            loop.loop.call_soon(watch)
+
+    async def scenario() -> int:
+        async with raw(shared, "mallory") as nc:
+            inbox = nc.new_inbox()
+            answered = asyncio.Event()
+            count = [0]
+
+            async def replied(_msg: Any) -> None:
+                count[0] += 1
+                if count[0] == flood:
+                    answered.set()
+
+            await nc.subscribe(inbox + ".*", cb=replied, pending_msgs_limit=10 * flood)
+            payloads = [
+                encode_request(args, command_id=new_command_id(), issued_by="alice")
+                for _ in range(flood)
+            ]
+            for i, payload in enumerate(payloads):
+                await nc.publish(
+                    command_subject("shared", "move_cursor"), payload, reply=f"{inbox}.{i}"
+                )
+            await nc.flush()
+            await asyncio.wait_for(answered.wait(), 120)
+            return count[0]
+
+    loop.call_soon(watch)
+    try:
+        assert run(scenario()) == flood
+    finally:
+        watching[0] = False
+    taken = [
+        after[i] - before[i]
+        for before, after in itertools.pairwise(turns)
+        for i in range(len(lanes))
+    ]
+    assert sum(taken) >= flood  # the burst went through the watched lanes
+    assert max(taken) <= 16
 
 
 def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
