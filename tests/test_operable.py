@@ -219,6 +219,8 @@ def test_serve_with_metrics_port_and_log_level(
             "0",
             "--log-level",
             "INFO",
+            "--gc-young",
+            "5000",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -227,14 +229,21 @@ def test_serve_with_metrics_port_and_log_level(
     )
     try:
         assert process.stdout is not None and process.stderr is not None
-        lines = [process.stdout.readline() for _ in range(3)]
+        lines = [process.stdout.readline() for _ in range(4)]
         assert "listening" in lines[0], lines
         assert "registered as NATS service plantangenet" in lines[1], lines
         found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", lines[2])
         assert found, lines
+        collector = re.search(
+            r"garbage collector: young generation collected every 5,000 "
+            r"allocations .*; ([\d,]+) startup objects frozen",
+            lines[3],
+        )
+        assert collector and int(collector.group(1).replace(",", "")) > 10_000, lines
         with_client(nats_server.url, journal_config, lambda bot: bot.open("served", {}))
         samples = scrape(int(found.group(1)))
         assert samples[("plantangenet_requests_total", (("name", "start"),))] >= 1
+        assert samples[("python_gc_collections_total", (("generation", "0"),))] >= 0
         process.terminate()
         _, err = process.communicate(timeout=30)
         assert "INFO plantangenet.wire.service: serving" in err

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from plantangenet.cli import output
+from plantangenet.cli.collector import SERVE_YOUNG_THRESHOLD
 from plantangenet.cli.demo import cmd_demo
 from plantangenet.cli.reading import cmd_audit, cmd_history, cmd_sessions
 from plantangenet.cli.reports import cmd_cursors, cmd_ledger, cmd_quarantine, cmd_verify
@@ -68,6 +69,17 @@ def _limit(name: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
 
     return parse
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (bad values: exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 # -- entry point ----------------------------------------------------------------------
@@ -320,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         metavar="ADDRESS",
         help="address the metrics listen on (default: 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    serve.add_argument(
+        "--gc-young",
+        type=_count,
+        default=SERVE_YOUNG_THRESHOLD,
+        metavar="N",
+        help="collect Python's young generation every N net allocations (default "
+        f"{SERVE_YOUNG_THRESHOLD}; Python's own is 700; 0: keep Python's); what startup "
+        "allocated is frozen either way",
     )
     serve.add_argument(
         "--log-level",

@@ -9,6 +9,9 @@ import signal
 import threading
 from typing import Any, TextIO
 
+from prometheus_client import GCCollector
+
+from plantangenet.cli.collector import settle_collector
 from plantangenet.cli.common import (
     open_runtime,
 )
@@ -73,6 +76,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 f"{registration.version} (id {registration.id}; $SRV.PING/INFO/STATS)\n"
             )
             if args.metrics_port is not None:
+                # The process's collections beside the service's counters (one per process).
+                GCCollector(registry=service.metrics.registry)
                 try:
                     port = service.metrics.serve(args.metrics_port, args.metrics_address)
                 except OSError as exc:
@@ -84,6 +89,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(
                     f"plantangenet serve: metrics on http://{args.metrics_address}:{port}/metrics\n"
                 )
+            collector = settle_collector(args.gc_young)
+            out.write(f"plantangenet serve: garbage collector: {collector.describe()}\n")
             out.flush()
             try:
                 while not stop.wait(0.2):
