@@ -107,7 +107,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
 
 #: A raw responder: answers every request with its payload, on one connection.
 ECHO = r"""
-import asyncio, sys
+import asyncio, gc, sys
 import nats
 
 async def main(url: str, subject: str) -> None:
@@ -119,6 +119,9 @@ async def main(url: str, subject: str) -> None:
     await nc.subscribe(subject, cb=echo, pending_msgs_limit=1_000_000,
                        pending_bytes_limit=1024 ** 3)
     await nc.flush()
+    gc.collect()  # the collector as `plantangenet serve` sets it (plantangenet.cli.collector)
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await nc.close()
