@@ -138,9 +138,18 @@ def owning_services(
             runtime.run(service.start())
         least, most = partitions // count, -(-partitions // count)
 
+        probes = [f"probe-{i}" for i in range(16 * partitions)]  # every partition, surely
+
         def spread() -> bool:
             owned = [len(s.ownership.owned) if s.ownership else 0 for s in services]
-            return sum(owned) == partitions and all(least <= n <= most for n in owned)
+            if sum(owned) != partitions or not all(least <= n <= most for n in owned):
+                return False
+            # ... and every service sees the same owner for every partition (until then, a
+            # request could be served where it arrives, starting a second actor).
+            views = [
+                [s.ownership.owner_of(p) if s.ownership else None for p in probes] for s in services
+            ]
+            return None not in views[0] and all(view == views[0] for view in views)
 
         wait_until(spread)
         yield services
