@@ -251,6 +251,46 @@ def test_a_bot_cannot_speak_as_another_bots_agent(shared: Deployment) -> None:
     assert event.agent_id == "alice" and event.event.agent_id == "alice"
 
 
+def test_a_forged_by_answered_without_a_task_is_refused_the_same(shared: Deployment) -> None:
+    """The shared session's actor runs in the service, so a single command to it is
+    answered from the actor's callback, with no task (``service_direct``): mallory's
+    commands as alice's agent, sent that way, are refused and recorded with her
+    principal exactly as on the task's way, and change nothing of alice's."""
+    service = shared.service
+    assert service.runtime.running_session("shared") is not None
+    tasks: list[str] = []
+    handle = service._handle
+
+    async def counted(msg: Any, *args: Any, **kw: Any) -> None:
+        tasks.append(msg.subject)
+        await handle(msg, *args, **kw)
+
+    before = shared.runtime.replay("shared")
+    denied = len(refusals_by(shared, "shared", MALLORY))
+    service._handle = counted  # type: ignore[method-assign]
+    try:
+        errors = [
+            refused(
+                lambda m, i=i: m.request(  # type: ignore[misc]
+                    "shared",
+                    "move_cursor",
+                    {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": i, "end": 9},
+                    issued_by="alice",
+                )
+            )
+            for i in range(3)
+        ]
+    finally:
+        del service._handle
+    assert tasks == []  # none took the task's way
+    assert all(isinstance(e, AccessRefused) and "another principal" in str(e) for e in errors)
+    assert shared.runtime.replay("shared").cursors == before.cursors
+    recorded = refusals_by(shared, "shared", MALLORY)[denied:]
+    assert [(type(e.event).__name__, e.agent_id) for e in recorded] == [
+        ("AccessDenied", "alice")
+    ] * 3
+
+
 OWNER_FORM = [
     ("grant_role", {"agent_id": "mallory", "role": "writer"}),
     (
@@ -1103,17 +1143,25 @@ def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
     running = {ALICE: 0, MALLORY: 0}
     peak = {ALICE: 0, MALLORY: 0}
     first = [0]
-    answer = service._answer
+    handle = shared.runtime.session("shared")
+    submit_many = handle.submit_many
 
-    async def counted(session_id: str, name: str, data: bytes, principal: str, *rest: Any) -> Any:
-        if principal in running:
+    def counted(commands: Any) -> Any:
+        """The commands in the shared session's actor at once, by principal (a request's
+        command reaches it here, whether a task or the actor's callback answers it)."""
+        batch = tuple(commands)
+        principals = [c.principal for c in batch if c.principal in running]
+        for principal in principals:
             running[principal] += 1
             peak[principal] = max(peak[principal], running[principal])
-        try:
-            return await answer(session_id, name, data, principal, *rest)
-        finally:
-            if principal in running:
+
+        def ended(_: Any) -> None:
+            for principal in principals:
                 running[principal] -= 1
+
+        outcome = submit_many(batch)
+        outcome.add_done_callback(ended)
+        return outcome
 
     async def wave(nc: Any, count: int) -> dict[str, int]:
         inbox = nc.new_inbox()
@@ -1148,11 +1196,11 @@ def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
             return codes, narrowed, service.window(MALLORY)
 
     alices = service.window(ALICE)
-    service._answer = counted  # type: ignore[method-assign,assignment]
+    handle.submit_many = counted  # type: ignore[method-assign]
     try:
         codes, narrowed, widened = run(scenario())
     finally:
-        del service._answer
+        del handle.submit_many
     assert codes == {"access_refused": 30}
     assert 1 <= first[0] <= service.first_window < service.per_principal  # from the start
     assert narrowed == 1 and peak[MALLORY] == 1

@@ -82,7 +82,9 @@ latency counts. Its Prometheus metrics (:mod:`plantangenet.wire.metrics`) are in
 :attr:`SessionService.metrics`; ``plantangenet serve --metrics-port`` serves them.
 
 Nothing here blocks the event loop: requests become tasks, actors are reached
-through futures.
+through futures. A single command to a session whose actor runs here needs no task:
+it goes to the actor at once and is answered from the callback that receives the
+actor's outcome (:mod:`plantangenet.wire.service_direct`).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ from plantangenet.wire.protocol import (
     traceparent,
 )
 from plantangenet.wire.service_answers import Answering
+from plantangenet.wire.service_direct import Direct
 from plantangenet.wire.service_ingress import Ingress, _Waiting, yield_between_messages
 from plantangenet.wire.service_routing import PassingOn
 
@@ -143,7 +146,7 @@ def _version() -> str:
         return "0.0.0"
 
 
-class SessionService(Ingress, PassingOn, Answering):
+class SessionService(Ingress, PassingOn, Answering, Direct):
     """Serves commands for any session over NATS.
 
     :param runtime: a started :class:`~plantangenet.runtime.Plantangenet`.
@@ -233,6 +236,9 @@ class SessionService(Ingress, PassingOn, Answering):
         self._lane_connections: list[Any] = []
         self._lane_subs: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests answered by their actor's callback, not a task (see service_direct).
+        self._direct = 0
+        self._dispatching = False
         #: Requests waiting, per principal, and the principals with some waiting that
         #: may start one now, in the order they are served (round robin).
         self._waiting: dict[str, deque[_Waiting]] = {}
@@ -274,7 +280,7 @@ class SessionService(Ingress, PassingOn, Answering):
             sessions_open=lambda: runtime.open_sessions,
             consumers_in_use=lambda: runtime.journal.consumers_in_use,
             requests_waiting=self._waiting_now,
-            requests_in_flight=lambda: len(self._tasks),
+            requests_in_flight=lambda: len(self._tasks) + self._direct,
             partitions_owned=lambda: len(self.ownership.owned) if self.ownership else 0,
         )
         #: The endpoints reported to ``$SRV.INFO``/``$SRV.STATS``: the command subject,
@@ -380,7 +386,9 @@ class SessionService(Ingress, PassingOn, Answering):
             if self._forward_sub is not None:
                 await bounded(self._forward_sub.drain(), "draining the passed-on requests")
             self._forward_sub = None
-        while (self._tasks or self._turns or self._relays) and loop.time() < deadline:
+        while (self._tasks or self._direct or self._turns or self._relays) and (
+            loop.time() < deadline
+        ):
             if self._tasks or self._relays:
                 await asyncio.wait([*self._tasks, *self._relays], timeout=deadline - loop.time())
             else:
@@ -413,33 +421,60 @@ class SessionService(Ingress, PassingOn, Answering):
             session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
             check_id(session_id, "session_id")
             self._busy[session_id] = self._busy.get(session_id, 0) + 1
-            reply = await self._answer(
-                session_id, name, msg.data, principal, trace[1] if trace else None
+            reply = self._sized(
+                name,
+                await self._answer(
+                    session_id, name, msg.data, principal, trace[1] if trace else None
+                ),
             )
-            limit = self._max_payload()
-            if len(reply) > limit:
-                raise ReplyTooLarge(
-                    f"the reply to {name} is {len(reply)} bytes; this connection carries at "
-                    f"most {limit}"
-                )
-        except PlantangenetError as exc:
-            self.failed += 1
+        except Exception as exc:
             failure = exc
-            reply = error_reply(exc)
-            self._storage_refused(exc)
-        except Exception as exc:  # a bug: answer, log, keep serving
-            log.exception("request on %s failed", msg.subject)
-            self.failed += 1
-            failure = exc
-            reply = error_reply(exc)
+            reply = self._failure_reply(exc, msg.subject)
         finally:
-            if session_id in self._busy:
-                self._busy[session_id] -= 1
-                if self._running(session_id) is not None:  # an actor serves it: keep it warm
-                    self._last_used[session_id] = time.monotonic()
-                elif not self._busy[session_id]:  # answered without an actor: nothing to keep
-                    del self._busy[session_id]
-                    self._last_used.pop(session_id, None)
+            self._unbusy(session_id)
+        headers = self._count_answer(endpoint, principal, name, failure, trace)
+        await self._reply(msg, reply, headers)
+        endpoint.processing_ns += time.perf_counter_ns() - taken
+
+    def _sized(self, name: str, reply: bytes) -> bytes:
+        """``reply``, if the connection carries it (else ``ReplyTooLarge``)."""
+        limit = self._max_payload()
+        if len(reply) > limit:
+            raise ReplyTooLarge(
+                f"the reply to {name} is {len(reply)} bytes; this connection carries at "
+                f"most {limit}"
+            )
+        return reply
+
+    def _failure_reply(self, failure: Exception, subject: str) -> bytes:
+        """The error reply of a request that ``failure`` ended, counted (a bug: logged)."""
+        self.failed += 1
+        if isinstance(failure, PlantangenetError):
+            self._storage_refused(failure)
+        else:  # a bug: answer, log, keep serving
+            log.error("request on %s failed", subject, exc_info=failure)
+        return error_reply(failure)
+
+    def _unbusy(self, session_id: str) -> None:
+        """A request of ``session_id`` ended: keep the session warm if an actor serves it."""
+        if session_id in self._busy:
+            self._busy[session_id] -= 1
+            if self._running(session_id) is not None:  # an actor serves it: keep it warm
+                self._last_used[session_id] = time.monotonic()
+            elif not self._busy[session_id]:  # answered without an actor: nothing to keep
+                del self._busy[session_id]
+                self._last_used.pop(session_id, None)
+
+    def _count_answer(
+        self,
+        endpoint: EndpointCounts,
+        principal: str,
+        name: str,
+        failure: BaseException | None,
+        trace: tuple[str, str] | None,
+    ) -> dict[str, str] | None:
+        """Count a request answered (its principal's window, the metrics); the reply's
+        headers (its ``traceparent``, if it came with one)."""
         self.handled += 1
         self._answered(principal, failure)
         self.metrics.request(name)
@@ -447,8 +482,7 @@ class SessionService(Ingress, PassingOn, Answering):
             code = failure.code if isinstance(failure, PlantangenetError) else "error"
             endpoint.failed(f"{code}: {failure}"[:500])
             self.metrics.refusal(code)
-        await self._reply(msg, reply, {TRACEPARENT_HEADER: trace[0]} if trace else None)
-        endpoint.processing_ns += time.perf_counter_ns() - taken
+        return {TRACEPARENT_HEADER: trace[0]} if trace else None
 
     def _storage_refused(self, error: BaseException) -> None:
         """Count a command the log had no room for; log the first one, clearly, once."""

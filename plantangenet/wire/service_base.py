@@ -47,6 +47,8 @@ class ServiceState:
     _relays: set[asyncio.Task[None]]
     _relaying_of: dict[str, int]
     _tasks: set[asyncio.Task[None]]
+    _direct: int
+    _dispatching: bool
     _waiting: dict[str, deque[Waiting]]
     _turns: deque[str]
     _running_of: dict[str, int]
@@ -65,6 +67,27 @@ class ServiceState:
         ) -> None: ...
 
         def _max_payload(self) -> int: ...
+
+        def _sized(self, name: str, reply: bytes) -> bytes: ...
+
+        def _failure_reply(self, failure: Exception, subject: str) -> bytes: ...
+
+        def _unbusy(self, session_id: str) -> None: ...
+
+        def _count_answer(
+            self,
+            endpoint: EndpointCounts,
+            principal: str,
+            name: str,
+            failure: BaseException | None,
+            trace: tuple[str, str] | None,
+        ) -> dict[str, str] | None: ...
+
+        def _request_ended(self, principal: str) -> None: ...
+
+        def _start_direct(
+            self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str
+        ) -> bool: ...
 
         def _running(self, session_id: str) -> SessionHandle | None: ...
 

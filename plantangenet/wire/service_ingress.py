@@ -184,8 +184,17 @@ class Ingress(ServiceState):
 
     def _dispatch(self) -> None:
         """Start waiting requests, one principal at a time, in turn."""
+        if self._dispatching:
+            return  # called back by a request answered at once: the loop below goes on
+        self._dispatching = True
+        try:
+            self._start_turns()
+        finally:
+            self._dispatching = False
+
+    def _start_turns(self) -> None:
         turns = self._turns
-        while turns and len(self._tasks) < self.max_in_flight:
+        while turns and len(self._tasks) + self._direct < self.max_in_flight:
             principal = turns.popleft()
             if not self._may_start(principal):
                 continue  # its window narrowed meanwhile: its next turn comes when one ends
@@ -196,12 +205,18 @@ class Ingress(ServiceState):
                 turns.append(principal)  # its next request: after everyone else's
             elif not waiting:
                 del self._waiting[principal]
+            if self._start_direct(*request, principal):
+                continue  # answered by its actor's callback (see service_direct)
             task = asyncio.create_task(self._handle(*request, principal=principal))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._done, principal=principal))
 
     def _done(self, task: asyncio.Task[None], principal: str) -> None:
         self._tasks.discard(task)
+        self._request_ended(principal)
+
+    def _request_ended(self, principal: str) -> None:
+        """One of ``principal``'s requests was answered: start what may start now."""
         running = self._running_of[principal] - 1
         if running:
             self._running_of[principal] = running

@@ -1,0 +1,155 @@
+"""A command to a session whose actor runs here, answered without a task (see
+:mod:`plantangenet.wire.service`).
+
+Most requests a busy service takes are one command (a move, an attach, a grant) to a
+session it serves already. As a task, each costs the task's creation and first step,
+the asyncio future its actor's answer is copied into, the task's wake-up once the
+answer comes, its done-callback, and a chain of coroutine frames: turns of the loop
+on the thread that does everything else. :meth:`Direct._start_direct` instead sends
+such a command to the actor at once and answers the bot from the callback that
+receives the actor's outcome (on the loop's thread; an outcome set on the actor's own
+thread is handed over to it): the same reply, counts, windows and retries as the
+task's. Anything else (a batch, a query, a chem step, history, a session with no actor
+running here, a request that does not decode) goes the task's way, which answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from plantangenet.actors.handle import SessionHandle
+from plantangenet.domain.commands import Command, DiscloseChem, QueryCursor
+from plantangenet.domain.decide import check_id
+from plantangenet.errors import ConcurrencyError, PlantangenetError
+from plantangenet.log.frames import publish_frame, queue_frames
+from plantangenet.wire.micro import EndpointCounts
+from plantangenet.wire.protocol import (
+    BATCH,
+    CHEM_STEPS,
+    QUERIES,
+    decode_request,
+    ok_reply,
+    parse_subject,
+    traceparent,
+)
+from plantangenet.wire.relayed import RELAYED
+from plantangenet.wire.service_answers import _traced
+from plantangenet.wire.service_base import ServiceState
+
+log = logging.getLogger("plantangenet.wire.service")
+
+#: Requests that are never one command to an actor: the task answers them.
+_NOT_DIRECT = frozenset({"history", BATCH, RELAYED, *QUERIES, *CHEM_STEPS})
+
+
+@dataclass(slots=True)
+class _Asked:
+    """A command sent to its session's actor, and what answering its request needs."""
+
+    msg: Msg
+    endpoint: EndpointCounts
+    taken: int
+    principal: str
+    session_id: str
+    name: str
+    trace: tuple[str, str] | None
+    handle: SessionHandle
+    command: Command
+    attempt: int = 0
+
+
+class Direct(ServiceState):
+    """Methods of :class:`~plantangenet.wire.service.SessionService` (a mixin of it)."""
+
+    def _start_direct(self, msg: Msg, endpoint: EndpointCounts, taken: int, principal: str) -> bool:
+        """Send ``msg``'s command to its session's actor and answer it once decided, if
+        it is one command to a session whose actor runs here; whether it was sent."""
+        try:
+            session_id, name, _ = parse_subject(msg.subject, self.command_prefix)
+            check_id(session_id, "session_id")
+        except PlantangenetError:
+            return False
+        if name in _NOT_DIRECT:
+            return False
+        handle = self._running(session_id)
+        if handle is None:
+            return False
+        trace = traceparent(msg.headers)
+        try:
+            command = _traced(
+                decode_request(name, msg.data, principal, session_id), trace[1] if trace else None
+            )
+        except Exception:
+            return False  # the task decodes it again, and answers what refuses it
+        if isinstance(command, QueryCursor | DiscloseChem):
+            return False  # its answer's size is bounded by the task (see Answering)
+        self.metrics.command(type(command).__name__)
+        self._busy[session_id] = self._busy.get(session_id, 0) + 1
+        self._direct += 1
+        asked = _Asked(msg, endpoint, taken, principal, session_id, name, trace, handle, command)
+        self._ask(asked)
+        return True
+
+    def _ask(self, asked: _Asked) -> None:
+        outcome = asked.handle.submit_many((asked.command,))
+        outcome.add_done_callback(functools.partial(self._decided, asked))
+
+    def _decided(self, asked: _Asked, outcome: concurrent.futures.Future[Any]) -> None:
+        """The actor's outcome of ``asked``: answer its request (on the loop's thread)."""
+        loop = self.runtime.loop
+        if not loop.in_loop_thread:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to answer
+                loop.call_soon(self._decided, asked, outcome)
+            return
+        try:
+            (answer,) = outcome.result()
+        except Exception as exc:  # the actor stopped before deciding it
+            answer = exc
+        if isinstance(answer, ConcurrencyError):
+            self.metrics.conflicts.inc()
+            if asked.attempt < self.conflict_retries:  # again, on the caught-up state
+                asked.attempt += 1
+                self._ask(asked)
+                return
+        failure: Exception | None = answer if isinstance(answer, Exception) else None
+        if failure is None:
+            try:
+                reply = self._sized(asked.name, ok_reply(answer))
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            reply = self._failure_reply(failure, asked.msg.subject)
+        self._unbusy(asked.session_id)
+        headers = self._count_answer(
+            asked.endpoint, asked.principal, asked.name, failure, asked.trace
+        )
+        self._reply_now(asked.msg, reply, headers)
+        asked.endpoint.processing_ns += time.perf_counter_ns() - asked.taken
+        self._direct -= 1
+        self._request_ended(asked.principal)
+
+    def _reply_now(self, msg: Msg, reply: bytes, headers: dict[str, str] | None) -> None:
+        """:meth:`_reply` without waiting where the connection takes it at once (else as a
+        task of its own, kept until it ends)."""
+        nc = getattr(msg, "_client", None) or self._nc
+        if not msg.reply or nc is None:
+            return
+        frame = publish_frame(msg.reply, headers, reply)
+        try:
+            if frame is not None and queue_frames(nc, frame, (reply,)):
+                return
+        except Exception:
+            log.warning("could not reply on %s", msg.reply, exc_info=True)
+            return
+        task = asyncio.create_task(self._reply(msg, reply, headers))
+        self._tasks.add(task)  # stop() waits for it
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,187 @@
+"""A command to a session whose actor runs in the service is answered without a task
+(:mod:`plantangenet.wire.service_direct`): the same replies, counts and retries as the
+task's way, which still answers everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import nats
+
+from plantangenet import EmbeddedNats, JournalConfig, Plantangenet
+from plantangenet.actors.future import ReplyFuture
+from plantangenet.domain.commands import AttachAgent
+from plantangenet.errors import AccessRefused, PlantangenetError
+from plantangenet.events.envelope import OPERATOR
+from plantangenet.wire.client import BotClient
+from plantangenet.wire.service import SessionService
+from plantangenet.wire.service_direct import _Asked
+from tests.conftest import with_client
+
+
+def handled_by_tasks(service: SessionService) -> list[str]:
+    """The subjects of the requests the service answers through a task, from now on."""
+    subjects: list[str] = []
+    handle = service._handle
+
+    async def counted(msg: Any, *args: Any, **kw: Any) -> None:
+        subjects.append(msg.subject.rsplit(".", 1)[-1])
+        await handle(msg, *args, **kw)
+
+    service._handle = counted  # type: ignore[method-assign]
+    return subjects
+
+
+def test_a_command_to_a_running_session_takes_no_task_and_the_rest_do(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    async def body(bot: BotClient) -> tuple[list[str], list[Any], list[Any]]:
+        await bot.open("d1")  # started through a task: no actor ran for it before
+        tasks = handled_by_tasks(service)
+        first = await bot.attach("d1")
+        second = await bot.attach("d1", "b")
+        together = await asyncio.gather(*(bot.attach("d1", f"b{i}") for i in range(20)))
+        refused: list[Any] = []
+        try:
+            await bot.attach("d1")  # attached already: a refusal, answered at once
+        except PlantangenetError as exc:
+            refused.append(exc)
+        await bot.state("d1")
+        await bot.request_many("d1", [("detach", {"agent_id": "a"})])
+        return tasks, [first, second, *together], refused
+
+    tasks, replies, refused = with_client(nats_server.url, journal_config, body, agent_id="a")
+    assert tasks == ["state", "batch"]  # the 23 single commands took none
+    assert sorted(r["seq"] for r in replies) == list(range(2, 24))
+    assert [type(e).__name__ for e in refused] == ["AgentAlreadyAttached"]
+    assert service.handled == 2 + 25  # open's two requests, then these
+    assert service.failed == 1
+    assert service._direct == 0 and not service._tasks and not service._running_of
+    assert service.endpoints[0].requests == service.handled
+
+
+def test_a_lost_race_is_retried_on_the_caught_up_state(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    service: SessionService,
+    make_runtime: Callable[[], Plantangenet],
+) -> None:
+    """Another writer stores behind the actor's back: the actor's next append loses the
+    race, and the command is decided again on the state caught up from the log."""
+    other = make_runtime()
+
+    async def body(bot: BotClient) -> tuple[list[str], dict[str, Any]]:
+        await bot.open("d2")
+        await bot.attach("d2", "a")  # the service's actor runs now
+        tasks = handled_by_tasks(service)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: other.session("d2").execute(AttachAgent(agent_id="b"))
+        )
+        reply = await bot.attach("d2", "c")
+        return tasks, reply
+
+    tasks, reply = with_client(nats_server.url, journal_config, body)
+    assert tasks == []
+    assert reply["seq"] == 4  # after b's, stored by the other writer at 3
+    assert service.metrics.conflicts._value.get() == 1
+    attached = [
+        e.event.agent_id  # type: ignore[attr-defined]
+        for e in other.history("d2")
+        if e.type_name == "AgentAttached"
+    ]
+    assert attached == ["a", "b", "c"]
+
+
+def test_a_retry_limit_of_zero_answers_the_lost_race(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, make_runtime: Callable[[], Any]
+) -> None:
+    runtime, other = make_runtime(), make_runtime()
+    service = SessionService(runtime, conflict_retries=0)
+    runtime.run(service.start())
+    try:
+
+        async def body(bot: BotClient) -> str:
+            await bot.open("d3")
+            await bot.attach("d3", "a")
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: other.session("d3").execute(AttachAgent(agent_id="b"))
+            )
+            try:
+                await bot.attach("d3", "c")
+            except PlantangenetError as exc:
+                return exc.code
+            return "stored"
+
+        code = with_client(nats_server.url, journal_config, body, retries=0)
+    finally:
+        runtime.run(service.stop())
+    assert code == "concurrency_conflict"
+    assert service.metrics.conflicts._value.get() == 1
+    assert service._direct == 0 and not service._running_of
+
+
+def test_an_outcome_set_on_the_actors_thread_is_answered_on_the_loop(
+    nats_server: EmbeddedNats, runtime: Plantangenet, service: SessionService
+) -> None:
+    """An actor deciding on its own thread sets the outcome there; the reply, the counts
+    and the next turns are the loop's (nothing of the service is touched elsewhere)."""
+    loop_thread: list[int] = []
+    counted: list[int] = []
+    count_answer = service._count_answer
+
+    def on_which_thread(*args: Any) -> Any:
+        counted.append(threading.get_ident())
+        return count_answer(*args)
+
+    service._count_answer = on_which_thread  # type: ignore[method-assign,assignment]
+
+    async def scenario() -> dict[str, Any]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            await nc.flush()
+            outcome: concurrent.futures.Future[Any] = ReplyFuture()
+            msg = SimpleNamespace(subject="plantangenet.cmd.d4.attach", reply=inbox, headers=None)
+            asked = _Asked(
+                msg,  # type: ignore[arg-type]
+                service.endpoints[0],
+                0,
+                OPERATOR,
+                "d4",
+                "attach",
+                None,
+                runtime.session("d4"),
+                AttachAgent(agent_id="a"),
+            )
+
+            def start() -> None:  # on the loop, as _start_direct does
+                loop_thread.append(threading.get_ident())
+                service._running_of[OPERATOR] = 1
+                service._direct += 1
+                outcome.add_done_callback(lambda f: service._decided(asked, f))
+
+            await asyncio.wrap_future(runtime.loop.submit(_call(start)))
+            setter = threading.Thread(
+                target=outcome.set_result, args=((AccessRefused("refused on the actor"),),)
+            )
+            setter.start()
+            setter.join()
+            return msgpack.unpackb((await sub.next_msg(timeout=10)).data)  # type: ignore[no-any-return]
+        finally:
+            await nc.close()
+
+    reply = asyncio.run(scenario())
+    assert reply["ok"] is False and reply["error"]["code"] == "access_refused"
+    assert counted == loop_thread  # counted once, on the loop's thread
+    assert service._direct == 0 and not service._running_of
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
