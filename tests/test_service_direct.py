@@ -22,7 +22,7 @@ from plantangenet.events.envelope import OPERATOR
 from plantangenet.wire.client import BotClient
 from plantangenet.wire.service import SessionService
 from plantangenet.wire.service_direct import _Asked
-from tests.conftest import with_client
+from tests.conftest import wait_until, with_client
 
 
 def handled_by_tasks(service: SessionService) -> list[str]:
@@ -62,7 +62,7 @@ def test_a_command_to_a_running_session_takes_no_task_and_the_rest_do(
     assert [type(e).__name__ for e in refused] == ["AgentAlreadyAttached"]
     assert service.handled == 2 + 25  # open's two requests, then these
     assert service.failed == 1
-    assert service._direct == 0 and not service._tasks and not service._running_of
+    wait_until(lambda: service._direct == 0 and not service._tasks and not service._running_of)
     assert service.endpoints[0].requests == service.handled
 
 
@@ -123,7 +123,7 @@ def test_a_retry_limit_of_zero_answers_the_lost_race(
         runtime.run(service.stop())
     assert code == "concurrency_conflict"
     assert service.metrics.conflicts._value.get() == 1
-    assert service._direct == 0 and not service._running_of
+    wait_until(lambda: service._direct == 0 and not service._running_of)
 
 
 def test_an_outcome_set_on_the_actors_thread_is_answered_on_the_loop(
@@ -180,8 +180,67 @@ def test_an_outcome_set_on_the_actors_thread_is_answered_on_the_loop(
     reply = asyncio.run(scenario())
     assert reply["ok"] is False and reply["error"]["code"] == "access_refused"
     assert counted == loop_thread  # counted once, on the loop's thread
-    assert service._direct == 0 and not service._running_of
+    wait_until(lambda: service._direct == 0 and not service._running_of)
 
 
 async def _call(fn: Callable[[], None]) -> None:
     fn()
+
+
+def test_a_failure_while_answering_still_ends_the_requests_turn(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    """A bug in answering (here: counting the answer raises once) leaves that request
+    unanswered, logged, but its principal's turn ends and the service serves on."""
+    count_answer = service._count_answer
+    broken = [1]
+
+    def once(*args: Any) -> Any:
+        if broken:
+            broken.pop()
+            raise RuntimeError("a bug while answering")
+        return count_answer(*args)
+
+    async def body(bot: BotClient) -> tuple[str, dict[str, Any]]:
+        await bot.open("d5")
+        service._count_answer = once  # type: ignore[method-assign,assignment]
+        try:
+            await bot.attach("d5", "a")
+            lost = "answered"
+        except PlantangenetError as exc:
+            lost = f"{exc.code}: {exc}"
+        return lost, await bot.attach("d5", "b")
+
+    lost, reply = with_client(
+        nats_server.url, journal_config, body, agent_id="a", timeout=1.0, retries=0
+    )
+    assert lost.startswith("journal_error: no reply to attach") and not broken
+    assert reply["seq"] == 3  # "a" was stored (seq 2), then "b"
+    wait_until(lambda: service._direct == 0 and not service._running_of)
+
+
+def test_a_command_the_actor_cannot_be_told_takes_the_tasks_way(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    async def body(bot: BotClient) -> tuple[list[str], dict[str, Any]]:
+        await bot.open("d6")
+        handle = service.runtime.session("d6")
+        submit_many = handle.submit_many
+        refusing = [1]
+
+        def once(commands: Any) -> Any:
+            if refusing:
+                refusing.pop()
+                raise RuntimeError("the actor's inbox refused it")
+            return submit_many(commands)
+
+        handle.submit_many = once  # type: ignore[method-assign]
+        tasks = handled_by_tasks(service)
+        try:
+            return tasks, await bot.attach("d6", "a")
+        finally:
+            del handle.submit_many
+
+    tasks, reply = with_client(nats_server.url, journal_config, body, agent_id="a")
+    assert tasks == ["attach"] and reply["seq"] == 2
+    wait_until(lambda: not (service._direct or service._running_of or service._busy.get("d6")))

@@ -96,7 +96,13 @@ class Direct(ServiceState):
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         self._direct += 1
         asked = _Asked(msg, endpoint, taken, principal, session_id, name, trace, handle, command)
-        self._ask(asked)
+        try:
+            self._ask(asked)
+        except Exception:  # not sent (nothing was decided): the task's way answers it
+            log.warning("could not tell session %s a command", session_id, exc_info=True)
+            self._direct -= 1
+            self._unbusy(session_id)
+            return False
         return True
 
     def _ask(self, asked: _Asked) -> None:
@@ -118,8 +124,19 @@ class Direct(ServiceState):
             self.metrics.conflicts.inc()
             if asked.attempt < self.conflict_retries:  # again, on the caught-up state
                 asked.attempt += 1
-                self._ask(asked)
-                return
+                try:
+                    self._ask(asked)
+                    return
+                except Exception as exc:
+                    answer = exc
+        try:
+            self._answer_direct(asked, answer)
+        finally:  # whatever happened answering it, its turn ends
+            self._direct -= 1
+            self._request_ended(asked.principal)
+
+    def _answer_direct(self, asked: _Asked, answer: Any) -> None:
+        """Answer ``asked``'s request with the actor's ``answer`` (a result or an error)."""
         failure: Exception | None = answer if isinstance(answer, Exception) else None
         if failure is None:
             try:
@@ -134,8 +151,6 @@ class Direct(ServiceState):
         )
         self._reply_now(asked.msg, reply, headers)
         asked.endpoint.processing_ns += time.perf_counter_ns() - asked.taken
-        self._direct -= 1
-        self._request_ended(asked.principal)
 
     def _reply_now(self, msg: Msg, reply: bytes, headers: dict[str, str] | None) -> None:
         """:meth:`_reply` without waiting where the connection takes it at once (else as a
