@@ -267,21 +267,26 @@ def test_a_forged_by_answered_without_a_task_is_refused_the_same(shared: Deploym
 
     before = shared.runtime.replay("shared")
     denied = len(refusals_by(shared, "shared", MALLORY))
+
+    def forged(start: int) -> Any:
+        # Each as from a principal refused no more than once (a second refusal in a row
+        # narrows her window: then a task answers; see the test after this one).
+        service._window_of.pop(MALLORY, None)
+        return refused(
+            lambda m: m.request(
+                "shared",
+                "move_cursor",
+                {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": start, "end": 9},
+                issued_by="alice",
+            )
+        )
+
     service._handle = counted  # type: ignore[method-assign]
     try:
-        errors = [
-            refused(
-                lambda m, i=i: m.request(  # type: ignore[misc]
-                    "shared",
-                    "move_cursor",
-                    {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": i, "end": 9},
-                    issued_by="alice",
-                )
-            )
-            for i in range(3)
-        ]
+        errors = [forged(i) for i in range(3)]
     finally:
         del service._handle
+        service._window_of.pop(MALLORY, None)
     assert tasks == []  # none took the task's way
     assert all(isinstance(e, AccessRefused) and "another principal" in str(e) for e in errors)
     assert shared.runtime.replay("shared").cursors == before.cursors
@@ -289,6 +294,40 @@ def test_a_forged_by_answered_without_a_task_is_refused_the_same(shared: Deploym
     assert [(type(e.event).__name__, e.agent_id) for e in recorded] == [
         ("AccessDenied", "alice")
     ] * 3
+
+
+def test_a_principal_refused_lately_is_answered_by_tasks_not_at_once(
+    shared: Deployment,
+) -> None:
+    """A refusal decided without a task is answered at once, and the next refusal after
+    it: a flood answered that way would be decided request by request in one turn of the
+    loop, never queueing behind the one in hand nor overflowing. So once refusals narrow
+    a principal's window below ``first_window``, its commands take the task's way."""
+    service = shared.service
+    tasks: list[str] = []
+    handle = service._handle
+
+    async def counted(msg: Any, *args: Any, **kw: Any) -> None:
+        tasks.append(msg.subject)
+        await handle(msg, *args, **kw)
+
+    args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
+
+    def forged() -> Any:
+        return refused(lambda m: m.request("shared", "move_cursor", args, issued_by="alice"))
+
+    service._handle = counted  # type: ignore[method-assign]
+    try:
+        service._window_of[MALLORY] = service.first_window  # as if never refused
+        assert isinstance(forged(), AccessRefused)
+        at_once = len(tasks)
+        narrowed = service.window(MALLORY)
+        assert isinstance(forged(), AccessRefused)
+    finally:
+        del service._handle
+        service._window_of.pop(MALLORY, None)
+    assert at_once == 0 and narrowed == service.first_window // 2
+    assert len(tasks) == 1  # narrowed: the task's way
 
 
 OWNER_FORM = [

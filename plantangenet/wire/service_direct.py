@@ -10,7 +10,12 @@ such a command to the actor at once and answers the bot from the callback that
 receives the actor's outcome (on the loop's thread; an outcome set on the actor's own
 thread is handed over to it): the same reply, counts, windows and retries as the
 task's. Anything else (a batch, a query, a chem step, history, a session with no actor
-running here, a request that does not decode) goes the task's way, which answers it.
+running here, a request that does not decode) goes the task's way, which answers it; so
+do the requests of a principal whose window refusals narrowed (see
+:meth:`SessionService.window <plantangenet.wire.service.SessionService.window>`): a
+refusal is answered at once, and answered at once one after the other, a flood of them
+would be decided one by one in a single turn of the loop instead of queueing behind the
+one in hand and overflowing cheaply (``too_many_requests``).
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ class Direct(ServiceState):
         except PlantangenetError:
             return False
         if name in _NOT_DIRECT:
+            return False
+        if self._window_of.get(principal, self.first_window) < self.first_window:
+            # Refused lately: its requests take the task's way, whose turns end no sooner
+            # than the loop's next (a refusal is answered at once, and a flood of them
+            # must queue, and overflow, behind the one in hand; see Ingress._enqueue).
             return False
         handle = self._running(session_id)
         if handle is None:
