@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +22,7 @@ from plantangenet.domain.commands import AttachAgent
 from plantangenet.errors import AccessRefused, PlantangenetError
 from plantangenet.events.envelope import OPERATOR
 from plantangenet.wire.client import BotClient
+from plantangenet.wire.protocol import command_subject, encode_request
 from plantangenet.wire.service import SessionService
 from plantangenet.wire.service_direct import _Asked
 from tests.conftest import wait_until, with_client
@@ -244,3 +247,42 @@ def test_a_command_the_actor_cannot_be_told_takes_the_tasks_way(
     tasks, reply = with_client(nats_server.url, journal_config, body, agent_id="a")
     assert tasks == ["attach"] and reply["seq"] == 2
     wait_until(lambda: not (service._direct or service._running_of or service._busy.get("d6")))
+
+
+def test_a_request_answered_at_once_ends_its_turn_on_the_loops_next(
+    nats_server: EmbeddedNats, runtime: Plantangenet, service: SessionService
+) -> None:
+    """Two duplicates of a stored command, queued for one principal: the actor answers
+    both at once, inside the dispatch; their turns end on the loop's next turn (as a
+    task's would), not within it, so what that principal sends meanwhile queues."""
+    payload = encode_request({"agent_id": "a"}, command_id="d7-attach-a")
+
+    async def store_it() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            start = encode_request({}, command_id="d7-start")
+            for name, data in (("start", start), ("attach", payload)):
+                reply = await nc.request(command_subject("d7", name), data, timeout=10)
+                assert msgpack.unpackb(reply.data)["ok"], reply.data
+        finally:
+            await nc.close()
+
+    asyncio.run(store_it())
+    handled = service.handled
+
+    def duplicate() -> Any:
+        msg = SimpleNamespace(
+            subject=command_subject("d7", "attach"), reply="", data=payload, headers=None
+        )
+        return (msg, service.endpoints[0], time.perf_counter_ns())
+
+    async def dispatch_two() -> tuple[int, int]:
+        service._waiting[OPERATOR] = deque([duplicate(), duplicate()])
+        service._turns.append(OPERATOR)
+        service._dispatch()
+        return service.handled - handled, service._running_of.get(OPERATOR, 0)
+
+    answered, running = runtime.run(dispatch_two())
+    assert answered == 2  # both answered within the dispatch
+    assert running == 2  # ... and their turns still held until the loop's next
+    wait_until(lambda: not service._running_of and not service._waiting)

@@ -1055,6 +1055,71 @@ def test_a_statement_for_every_role_covers_an_agent_without_one(deployment: Depl
 # -- refusals cost the refused ------------------------------------------------------------------
 
 
+def test_a_burst_of_requests_answered_at_once_still_queues_behind_the_one_in_hand(
+    shared: Deployment,
+) -> None:
+    """A refusal past the recorded rate is answered at once. Mallory, her rate spent,
+    bursts forged commands at the shared session: the rest of the burst must queue behind
+    the one in hand and overflow (``too_many_requests``), not be decided one by one by
+    the session's actor in a single turn of the loop (1,438-1,479 of 1,500 were, before
+    answers at once held the turn and a narrowed window meant a task)."""
+    burst = 1500
+    handle = shared.runtime.session("shared")
+    submit_many = handle.submit_many
+    reached = [0]
+
+    def counted(commands: Any) -> Any:
+        batch = tuple(commands)
+        reached[0] += sum(1 for c in batch if c.principal == MALLORY)
+        return submit_many(batch)
+
+    args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
+
+    async def fire(nc: Any, count: int) -> dict[str, int]:
+        """Send ``count`` forged moves at once; the codes of their answers."""
+        inbox = nc.new_inbox()
+        codes: dict[str, int] = {}
+        done = asyncio.Event()
+
+        async def replied(msg: Any) -> None:
+            code = msgpack.unpackb(msg.data)["error"]["code"]
+            codes[code] = codes.get(code, 0) + 1
+            if sum(codes.values()) == count:
+                done.set()
+
+        sub = await nc.subscribe(inbox + ".*", cb=replied, pending_msgs_limit=10 * count)
+        payloads = [
+            encode_request(args, command_id=new_command_id(), issued_by="alice")
+            for _ in range(count)
+        ]
+        for i, payload in enumerate(payloads):
+            await nc.publish(command_subject("shared", "move_cursor"), payload, f"{inbox}.{i}")
+        await nc.flush()
+        await asyncio.wait_for(done.wait(), 60)
+        await sub.unsubscribe()
+        return codes
+
+    async def scenario() -> dict[str, int]:
+        async with raw(shared, "mallory") as nc:
+            # Her refusals past the recorded rate are answered at once, not stored: spend
+            # the rate first (sent one by one, so none overflows), then burst.
+            for _ in range(REFUSALS.burst + 10):
+                await fire(nc, 1)
+            reached[0] = 0
+            codes = await fire(nc, burst)
+            await asyncio.sleep(REFUSALS.interval * 3)  # its summary is stored an interval on
+            return codes
+
+    handle.submit_many = counted  # type: ignore[method-assign]
+    try:
+        codes = run(scenario())
+    finally:
+        del handle.submit_many
+        shared.service._window_of.pop(MALLORY, None)
+    assert set(codes) == {"access_refused", "too_many_requests"}, codes
+    assert reached[0] == codes["access_refused"] < burst // 2, (reached, codes)
+
+
 def test_a_flood_of_refusals_is_recorded_at_a_bounded_rate_and_does_not_starve_others(
     shared: Deployment,
 ) -> None:
@@ -1097,7 +1162,9 @@ def test_a_flood_of_refusals_is_recorded_at_a_bounded_rate_and_does_not_starve_o
             await asyncio.sleep(REFUSALS.interval * 3)  # the last summary comes an interval on
             return codes, moved, order.index("alice's five"), elapsed
 
-    before = shared.count("shared")
+    # The session's last stream sequence (not its count of events: other sessions share
+    # the stream, so its sequences run ahead of its count).
+    before = max((e.sequence or 0) for e in shared.history("shared"))
     denied_before = len(refusals_by(shared, "shared", MALLORY))
     codes, moved, alice_place, elapsed = run(scenario())
     assert moved == 5 and alice_place == 0
