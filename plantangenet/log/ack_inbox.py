@@ -158,12 +158,9 @@ class AckInbox:
         """Publish ``payload`` on ``subject``; the answer's payload (see the module docstring)."""
         prefix = self._prefix if self._prefix is not None else await self._open()
         self._count += 1
-        token = b"%d" % self._count
         reply = f"{prefix}{self._count}"
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        self._waiting[token] = future
-        self._expire_at(loop, loop.time() + timeout, self._count)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        token = self._wait_for(self._count, future, timeout)
         try:
             nc = self._nc
             frame = request_frame(subject, reply, headers, payload)
@@ -195,10 +192,19 @@ class AckInbox:
             return False
         self._count = count
         token = b"%d" % count
-        self._waiting[token] = _Answer(self._waiting, token, answered)
+        self._wait_for(count, _Answer(self._waiting, token, answered), timeout)
+        return True
+
+    def _wait_for(
+        self, count: int, waiter: asyncio.Future[bytes] | _Answer, timeout: float
+    ) -> bytes:
+        """Register ``waiter`` for the answer to request ``count``, due in ``timeout``
+        seconds; its token."""
+        token = b"%d" % count
+        self._waiting[token] = waiter
         loop = asyncio.get_running_loop()
         self._expire_at(loop, loop.time() + timeout, count)
-        return True
+        return token
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, deadline: float, count: int) -> None:
         """Time the request ``count`` out at ``deadline`` (see the module docstring)."""
