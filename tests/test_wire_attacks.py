@@ -142,6 +142,31 @@ async def raw(deployment: Deployment, who: str) -> AsyncIterator[Any]:
         await nc.close()
 
 
+async def forged_moves(nc: Any, count: int, args: dict[str, Any]) -> dict[str, int]:
+    """``count`` moves of ``args`` as alice's agent, sent at once on ``nc`` (mallory's raw
+    connection) before any answer comes: the codes of their answers."""
+    inbox = nc.new_inbox()
+    codes: dict[str, int] = {}
+    done = asyncio.Event()
+
+    async def replied(msg: Any) -> None:
+        code = msgpack.unpackb(msg.data)["error"]["code"]
+        codes[code] = codes.get(code, 0) + 1
+        if sum(codes.values()) == count:
+            done.set()
+
+    sub = await nc.subscribe(inbox + ".*", cb=replied, pending_msgs_limit=10 * count + 1000)
+    payloads = [
+        encode_request(args, command_id=new_command_id(), issued_by="alice") for _ in range(count)
+    ]
+    for i, payload in enumerate(payloads):
+        await nc.publish(command_subject("shared", "move_cursor"), payload, f"{inbox}.{i}")
+    await nc.flush()
+    await asyncio.wait_for(done.wait(), 60)
+    await sub.unsubscribe()
+    return codes
+
+
 def refused(call: Callable[[BotClient], Awaitable[Any]], who: str = "mallory") -> Any:
     """The error ``call(bot)`` raises (it must raise a PlantangenetError)."""
 
@@ -1075,38 +1100,14 @@ def test_a_burst_of_requests_answered_at_once_still_queues_behind_the_one_in_han
 
     args = {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1}
 
-    async def fire(nc: Any, count: int) -> dict[str, int]:
-        """Send ``count`` forged moves at once; the codes of their answers."""
-        inbox = nc.new_inbox()
-        codes: dict[str, int] = {}
-        done = asyncio.Event()
-
-        async def replied(msg: Any) -> None:
-            code = msgpack.unpackb(msg.data)["error"]["code"]
-            codes[code] = codes.get(code, 0) + 1
-            if sum(codes.values()) == count:
-                done.set()
-
-        sub = await nc.subscribe(inbox + ".*", cb=replied, pending_msgs_limit=10 * count)
-        payloads = [
-            encode_request(args, command_id=new_command_id(), issued_by="alice")
-            for _ in range(count)
-        ]
-        for i, payload in enumerate(payloads):
-            await nc.publish(command_subject("shared", "move_cursor"), payload, f"{inbox}.{i}")
-        await nc.flush()
-        await asyncio.wait_for(done.wait(), 60)
-        await sub.unsubscribe()
-        return codes
-
     async def scenario() -> dict[str, int]:
         async with raw(shared, "mallory") as nc:
             # Her refusals past the recorded rate are answered at once, not stored: spend
             # the rate first (sent one by one, so none overflows), then burst.
             for _ in range(REFUSALS.burst + 10):
-                await fire(nc, 1)
+                await forged_moves(nc, 1, args)
             reached[0] = 0
-            codes = await fire(nc, burst)
+            codes = await forged_moves(nc, burst, args)
             await asyncio.sleep(REFUSALS.interval * 3)  # its summary is stored an interval on
             return codes
 
@@ -1269,33 +1270,14 @@ def test_a_principal_whose_requests_are_refused_has_one_handled_at_a_time(
         outcome.add_done_callback(ended)
         return outcome
 
-    async def wave(nc: Any, count: int) -> dict[str, int]:
-        inbox = nc.new_inbox()
-        codes: dict[str, int] = {}
-        done = asyncio.Event()
-
-        async def replied(msg: Any) -> None:
-            code = msgpack.unpackb(msg.data)["error"]["code"]
-            codes[code] = codes.get(code, 0) + 1
-            if sum(codes.values()) == count:
-                done.set()
-
-        sub = await nc.subscribe(inbox + ".*", cb=replied)
-        for i in range(count):
-            payload = encode_request(args, command_id=new_command_id(), issued_by="alice")
-            await nc.publish(command_subject("shared", "move_cursor"), payload, f"{inbox}.{i}")
-        await asyncio.wait_for(done.wait(), 60)
-        await sub.unsubscribe()
-        return codes
-
     async def scenario() -> tuple[dict[str, int], int, int]:
         async with raw(shared, "mallory") as nc, bot(shared, "mallory") as mallory:
             service._window_of.pop(MALLORY, None)  # as if never seen: her first window
-            await wave(nc, 40)  # all sent before the first answer; narrows her window
+            await forged_moves(nc, 40, args)  # all sent before the first answer; narrows her window
             first[0] = peak[MALLORY]
             narrowed = service.window(MALLORY)
             peak[MALLORY] = 0
-            codes = await wave(nc, 30)
+            codes = await forged_moves(nc, 30, args)
             for _ in range(service.per_principal):  # requests served widen it again
                 await mallory.state("mallory-own")
             await asyncio.sleep(REFUSALS.interval * 3)  # the last summary comes an interval on
