@@ -36,15 +36,15 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from plantangenet.actors.handle import SessionHandle
-from plantangenet.domain.commands import Command, DiscloseChem, QueryCursor
+from plantangenet.domain.commands import Command
 from plantangenet.domain.decide import check_id
 from plantangenet.errors import ConcurrencyError, PlantangenetError
 from plantangenet.log.frames import publish_frame, queue_frames
 from plantangenet.wire.micro import EndpointCounts
 from plantangenet.wire.protocol import (
     BATCH,
-    CHEM_STEPS,
     QUERIES,
+    UNBATCHED,
     decode_request,
     ok_reply,
     parse_subject,
@@ -56,8 +56,10 @@ from plantangenet.wire.service_base import ServiceState
 
 log = logging.getLogger("plantangenet.wire.service")
 
-#: Requests that are never one command to an actor: the task answers them.
-_NOT_DIRECT = frozenset({"history", BATCH, RELAYED, *QUERIES, *CHEM_STEPS})
+#: Requests that are never one plain command to an actor, told by name before anything
+#: is decoded: history, batches, queries, chem steps, and the data queries whose answer
+#: the task bounds by the connection's size (see Answering). The task answers them.
+_NOT_DIRECT = frozenset({"history", BATCH, RELAYED, *QUERIES, *UNBATCHED})
 
 
 @dataclass(slots=True)
@@ -103,8 +105,6 @@ class Direct(ServiceState):
             )
         except Exception:
             return False  # the task decodes it again, and answers what refuses it
-        if isinstance(command, QueryCursor | DiscloseChem):
-            return False  # its answer's size is bounded by the task (see Answering)
         self.metrics.command(type(command).__name__)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         self._direct += 1
