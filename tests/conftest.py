@@ -151,7 +151,9 @@ def owning_services(
             ]
             return None not in views[0] and all(view == views[0] for view in views)
 
-        wait_until(spread)
+        # A member found taking nothing is counted absent for 20 s (see ownership): the
+        # spread can take that long on a loaded machine.
+        wait_until(spread, timeout=40)
         yield services
     finally:
         for service in services:
