@@ -130,10 +130,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+def spawn(code: str, *args: str, nice: int = 0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -186,12 +187,12 @@ async def measure(
 
 
 async def library_round(
-    pg: Plantangenet, lock: LockedDownNats, flood: int, quiet: int
+    pg: Plantangenet, lock: LockedDownNats, flood: int, quiet: int, nice: int
 ) -> dict[str, Any]:
     before = pg.sessions().get(SESSION, 0)
     alice = await BotClient.connect(lock.bot_url("alice"), agent_id="alice", retries=0)
     subject = command_subject(SESSION, "move_cursor")
-    mallory = spawn(MALLORY, lock.bot_url("mallory"), str(flood), subject)
+    mallory = spawn(MALLORY, lock.bot_url("mallory"), str(flood), subject, nice=nice)
     try:
 
         async def move(i: int) -> Any:
@@ -218,7 +219,7 @@ async def library_round(
     }
 
 
-async def raw_round(lock: LockedDownNats, flood: int, quiet: int) -> dict[str, Any]:
+async def raw_round(lock: LockedDownNats, flood: int, quiet: int, nice: int) -> dict[str, Any]:
     subject = command_subject(SESSION, "move_cursor")
     payload = encode_request(
         {"agent_id": "alice", "cursor_id": "c", "axes": ["x"], "start": 0, "end": 1},
@@ -226,7 +227,7 @@ async def raw_round(lock: LockedDownNats, flood: int, quiet: int) -> dict[str, A
         issued_by="alice",
     )
     alice = await nats.connect(lock.bot_url("alice"))
-    mallory = spawn(MALLORY, lock.bot_url("mallory"), str(flood), subject)
+    mallory = spawn(MALLORY, lock.bot_url("mallory"), str(flood), subject, nice=nice)
     try:
 
         async def echo(i: int) -> Any:
@@ -275,6 +276,13 @@ def run() -> int:
     parser.add_argument("--flood", type=int, default=10_000)
     parser.add_argument("--quiet", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--mallory-nice",
+        type=int,
+        default=0,
+        help="run mallory's process at this niceness: a flood sent from another machine, "
+        "whose sending costs this one's cores nothing, is nearer 19 than 0",
+    )
     args = parser.parse_args()
     print(h.environment_line())
     rows = []
@@ -296,7 +304,9 @@ def run() -> int:
                 prepare(lock)
                 with Plantangenet.open(nats_url=lock.service_url) as pg:
                     for _ in range(args.repeats):
-                        result = asyncio.run(library_round(pg, lock, args.flood, args.quiet))
+                        result = asyncio.run(
+                            library_round(pg, lock, args.flood, args.quiet, args.mallory_nice)
+                        )
                         rows.append(("library", result))
                         print(json.dumps(["library", result]), flush=True)
             finally:
@@ -307,7 +317,7 @@ def run() -> int:
             echo_m = spawn(ECHO, lock.service_url, "plantangenet.cmd.1.*.*.*")
             try:
                 for _ in range(args.repeats):
-                    result = asyncio.run(raw_round(lock, args.flood, args.quiet))
+                    result = asyncio.run(raw_round(lock, args.flood, args.quiet, args.mallory_nice))
                     rows.append(("raw echo", result))
                     print(json.dumps(["raw", result]), flush=True)
             finally:
