@@ -286,3 +286,32 @@ def test_a_request_answered_at_once_ends_its_turn_on_the_loops_next(
     assert answered == 2  # both answered within the dispatch
     assert running == 2  # ... and their turns still held until the loop's next
     wait_until(lambda: not service._running_of and not service._waiting)
+
+
+def test_a_reply_the_connection_cannot_take_at_once_is_sent_by_a_task_with_its_frame(
+    nats_server: EmbeddedNats,
+    journal_config: JournalConfig,
+    service: SessionService,
+    monkeypatch: Any,
+) -> None:
+    """A full write buffer (``queue_frames`` says no): the reply goes out through
+    ``_reply`` as a task of its own, with the frame built once, and arrives."""
+    import plantangenet.wire.service_direct as direct
+
+    frames: list[bytes | None] = []
+    reply = service._reply
+
+    async def traced(msg: Any, answer: bytes, headers: Any = None, frame: Any = None) -> None:
+        frames.append(frame)
+        await reply(msg, answer, headers, frame)
+
+    async def body(bot: BotClient) -> dict[str, Any]:
+        await bot.open("d9")
+        await bot.attach("d9", "a")  # the service's actor runs now
+        monkeypatch.setattr(direct, "queue_frames", lambda *a: False)
+        service._reply = traced  # type: ignore[method-assign,assignment]
+        return await bot.attach("d9", "b")
+
+    answer = with_client(nats_server.url, journal_config, body)
+    assert answer["seq"] == 3
+    assert len(frames) == 1 and frames[0] is not None and b"PUB " in frames[0]

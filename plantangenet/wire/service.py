@@ -497,12 +497,20 @@ class SessionService(Ingress, PassingOn, Answering, Direct):
                 error,
             )
 
-    async def _reply(self, msg: Msg, reply: bytes, headers: dict[str, str] | None = None) -> None:
-        """Answer on the connection the request came on (a flood's replies stay in its lane)."""
+    async def _reply(
+        self,
+        msg: Msg,
+        reply: bytes,
+        headers: dict[str, str] | None = None,
+        frame: bytes | None = None,
+    ) -> None:
+        """Answer on the connection the request came on (a flood's replies stay in its lane).
+
+        ``frame``: the reply's frame, if the caller built it already."""
         nc = getattr(msg, "_client", None) or self._nc
         if msg.reply and nc is not None:
             try:
-                frame = publish_frame(msg.reply, headers, reply)
+                frame = frame or publish_frame(msg.reply, headers, reply)
                 if frame is None or not await send_frames(nc, frame, (reply,), flush=True):
                     await nc.publish(msg.reply, reply, headers=headers)
             except Exception:

@@ -63,7 +63,11 @@ class ServiceState:
         ) -> None: ...
 
         async def _reply(
-            self, msg: Msg, reply: bytes, headers: dict[str, str] | None = None
+            self,
+            msg: Msg,
+            reply: bytes,
+            headers: dict[str, str] | None = None,
+            frame: bytes | None = None,
         ) -> None: ...
 
         def _max_payload(self) -> int: ...

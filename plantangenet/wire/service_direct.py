@@ -184,6 +184,6 @@ class Direct(ServiceState):
         except Exception:
             log.warning("could not reply on %s", msg.reply, exc_info=True)
             return
-        task = asyncio.create_task(self._reply(msg, reply, headers))
+        task = asyncio.create_task(self._reply(msg, reply, headers, frame))
         self._tasks.add(task)  # stop() waits for it
         task.add_done_callback(self._tasks.discard)
