@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -11,6 +12,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +36,7 @@ from plantangenet import (
 from plantangenet.events import MessageQuarantined, new_id, utc_now
 from plantangenet.events.envelope import CheckedEvent
 from plantangenet.log.journal import AppendResult, HistoryPage, InvalidJournalConfig
+from plantangenet.log.server_version import OLDEST_SERVER, check_server_version
 from tests.conftest import AsyncJournal, LateCreates, wait_until
 
 
@@ -353,6 +356,37 @@ def test_ensure_stream_still_refuses_a_stream_with_other_subjects(journal: Async
 
     with pytest.raises(JournalError, match="exists with subjects"):
         journal.run(scenario())
+
+
+def test_ensure_stream_refuses_a_server_older_than_it_needs_naming_both_versions(
+    journal: AsyncJournal,
+) -> None:
+    """A server before 2.15 refuses (2.12-2.14) or ignores (before 2.12) the atomic
+    batches the journal appends: it is refused up front, and no stream is made."""
+    j = journal.journal
+    server = journal.nc._current_server
+    assert server is not None
+    real = server.server_version
+    assert real is not None and tuple(map(int, real.split(".")[:2])) >= OLDEST_SERVER
+    check_server_version(journal.nc)  # the wheel's server is recent enough
+
+    async def scenario(version: str) -> None:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await j.js.delete_stream(j.config.stream)
+        server.server_version = version  # what its INFO would have said
+        try:
+            await j.ensure_stream()
+        finally:
+            server.server_version = real
+
+    for version in ["2.14.6", "2.12.0", "2.11.9", "1.4.1"]:
+        with pytest.raises(JournalError, match=rf"runs nats-server {version}; .* 2\.15 or later"):
+            journal.run(scenario(version))
+        with pytest.raises(nats.js.errors.NotFoundError):
+            journal.run(j.js.stream_info(j.config.stream))
+    for version in ["2.15.0", "2.15.1-beta.2", "2.16.0", "3.0.0", "my-own-build"]:
+        journal.run(scenario(version))
+        assert journal.run(j.js.stream_info(j.config.stream)).config.allow_atomic
 
 
 def test_live_prefix_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:

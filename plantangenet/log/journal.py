@@ -80,6 +80,7 @@ from plantangenet.log.journal_reads import READER_INACTIVE_THRESHOLD as READER_I
 from plantangenet.log.journal_reads import _Reading
 from plantangenet.log.journal_seek import DEFAULT_PAGE_BYTES as DEFAULT_PAGE_BYTES
 from plantangenet.log.journal_seek import DEFAULT_PAGE_EVENTS as DEFAULT_PAGE_EVENTS
+from plantangenet.log.server_version import check_server_version
 
 #: Seconds an append waits for its acknowledgement before asking the server's health
 #: whether its store can write (then again every as many seconds, until ``ack_timeout``).
@@ -150,6 +151,7 @@ class Journal(_Reading):
         settings are kept as they are. Limits are never set on a stream that discards
         old messages when full (that would drop history): that is an error.
         """
+        check_server_version(self.nc)
         cfg = self.config
         config = StreamConfig(
             name=cfg.stream,
