@@ -774,6 +774,7 @@ def test_config_serves_a_bot(tmp_path: Path, changes: dict[str, Any], principal:
                 await msg.respond((principal_from_headers(msg.headers) or "").encode())
 
             await svc.subscribe("plantangenet.cmd.>", cb=answer)
+            await svc.flush()  # the server has the subscription before the bot asks
             bot = await nats.connect(url, user="b1", password="pw1")
             try:
                 reply = await bot.request("plantangenet.cmd.s1.state", b"", timeout=2)
