@@ -47,6 +47,7 @@ from plantangenet.wire.protocol import (
     encode_request,
 )
 from plantangenet.wire.service import SessionService
+from tests.conftest import with_client
 
 #: Error codes a reply may carry; ``error`` (an unexpected exception) is a bug.
 CODES = set(ERROR_CLASSES) - {"error"}
@@ -456,6 +457,31 @@ def test_subjects_nats_lets_through_reach_the_service_and_get_an_answer(
     with pytest.raises(nats.errors.NoRespondersError):  # an empty token matches no `*`
         wire.request(command_subject("", "start"), payload)
     assert runtime.sessions() == {}
+
+
+def test_a_bot_client_refuses_a_session_id_no_subject_carries_before_sending(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, service: SessionService
+) -> None:
+    """A space or CR/LF is no subject (a CR/LF could inject protocol), a dot or a
+    wildcard another session's (or every one's): the client raises the refusal the
+    service would give, sends nothing and subscribes to nothing, and goes on working."""
+    bad = ["a b", "a\r\nPUB x 1\r\nz", "a\tb", "", "ok.dot", "*", ">", "x" * 129]
+
+    async def body(bot: BotClient) -> tuple[list[str], dict[str, Any]]:
+        refused = []
+        for session_id in bad:
+            with pytest.raises(InvalidCommand, match="session_id must be") as request:
+                await bot.request(session_id, "start", {"metadata": {}})
+            with pytest.raises(InvalidCommand, match="session_id must be"):
+                await anext(aiter(bot.events(session_id)))
+            refused.append(str(request.value))
+        return refused, await bot.open("fine")
+
+    handled = service.handled
+    refused, state = with_client(nats_server.url, journal_config, body)
+    assert len(refused) == len(bad)
+    assert service.handled == handled + 2  # only open's start and state came
+    assert state["session_id"] == "fine" and state["sequence"] >= 1
 
 
 # -- hostile values in ids and errors (once bugs, now answered) ----------------------------

@@ -36,6 +36,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from plantangenet.domain.checks import check_id
 from plantangenet.errors import (
     DecodeError,
     JournalError,
@@ -231,6 +232,9 @@ class BotClient(SessionCommands):
         return results
 
     async def _send(self, session_id: str, name: str, payload: bytes) -> dict[str, Any]:
+        # Refused here as the service would refuse it, before it becomes a subject: an
+        # id with a space is no subject at all, one with a dot another session's.
+        check_id(session_id, "session_id")
         subject = command_subject(session_id, name, self.command_prefix)
         for attempt in range(self.retries + 1):
             try:
@@ -358,6 +362,7 @@ class BotClient(SessionCommands):
         (and logged): the session itself refuses commands until it is quarantined.
         Runs until the caller stops iterating.
         """
+        check_id(session_id, "session_id")  # a wildcard would follow every session
         live: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def take(msg: Msg) -> None:
