@@ -9,7 +9,7 @@ the journal refuses such a server up front, naming both versions.
 
 from __future__ import annotations
 
-from typing import Any
+from nats.aio.client import Client as NATS
 
 from plantangenet.errors import JournalError
 
@@ -18,7 +18,7 @@ from plantangenet.errors import JournalError
 OLDEST_SERVER = (2, 15)
 
 
-def check_server_version(nc: Any) -> None:
+def check_server_version(nc: NATS) -> None:
     """Raise :class:`JournalError` if the server ``nc`` (a connected nats-py client) is
     connected to is older than :data:`OLDEST_SERVER`.
 
@@ -37,7 +37,7 @@ def check_server_version(nc: Any) -> None:
         url = nc.connected_url
         raise JournalError(
             f"the NATS server{f' at {url.geturl()}' if url else ''} runs nats-server "
-            f"{'.'.join(map(str, found))}.{version.patch}; plantangenet needs {oldest} or "
+            f"{version.major}.{version.minor}.{version.patch}; plantangenet needs {oldest} or "
             "later (a command's events are one atomic batch carrying Nats-Msg-Id, which "
             "older servers refuse or store one by one)"
         )
