@@ -55,3 +55,24 @@ def test_every_room_says_what_it_holds_and_may_use() -> None:
         assert doc, f"{where} has no docstring"
         if init.parent.parent == PACKAGE:  # a room of the package, not a folder inside one
             assert "May import" in doc, f"{where} does not say what the room may import"
+
+
+def test_docker_compose_runs_a_nats_server_the_journal_accepts() -> None:
+    """The cluster in docker-compose.yml is a server version the journal does not refuse
+    (it ran 2.12 once, which refuses a command's atomic batch)."""
+    import yaml
+
+    from plantangenet.log.server_version import OLDEST_SERVER
+
+    compose = yaml.safe_load((PACKAGE.parent / "docker-compose.yml").read_text())
+    images = {
+        name: service["image"]
+        for name, service in compose["services"].items()
+        if name.startswith("nats-")
+    }
+    assert sorted(images) == ["nats-1", "nats-2", "nats-3"]
+    for image in images.values():
+        repository, tag = image.split(":")
+        assert repository == "nats"
+        major, minor = (int(part) for part in tag.split("-")[0].split(".")[:2])
+        assert (major, minor) >= OLDEST_SERVER, image
