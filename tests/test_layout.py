@@ -60,7 +60,7 @@ def test_every_room_says_what_it_holds_and_may_use() -> None:
 def test_docker_compose_runs_a_nats_server_the_journal_accepts() -> None:
     """The cluster in docker-compose.yml is a server version the journal does not refuse
     (it ran 2.12 once, which refuses a command's atomic batch)."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from plantangenet.log.server_version import OLDEST_SERVER
 
