@@ -95,6 +95,22 @@ def test_unknown_session_is_a_clear_error(
     assert "no events for session 'nope'" in err
 
 
+def test_a_range_with_no_events_says_so_and_where_the_session_ends(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, capsys: Any
+) -> None:
+    opts = external(nats_server, journal_config)
+    assert run(["demo", "--session-id", "r1", "--json", *opts])[0] == 0
+    capsys.readouterr()
+    for bounds in (["--from", "100"], ["--from", "seq:100", "--to", "seq:200"]):
+        status, text = run(["history", "r1", *opts, *bounds])
+        assert status == 2 and text == ""
+        err = capsys.readouterr().err
+        assert "session 'r1' has no events from" in err
+        assert "its last event: revision 20, sequence 20" in err
+    status, _ = run(["history", "nope", *opts, "--from", "3"])
+    assert status == 2 and "no events for session 'nope'" in capsys.readouterr().err
+
+
 #: The command line in a process of its own, on the embedded server (no NATS_URL).
 CLI = [sys.executable, "-m", "plantangenet"]
 EMBEDDED_ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}

@@ -82,10 +82,25 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
         with open_runtime(args) as pg:
             count = pg.run(_print_history(pg, args, out, progress))
             if count == 0:
-                raise PlantangenetError(f"no events for session {args.session_id!r}")
+                raise PlantangenetError(_nothing_read(pg, args))
     finally:
         progress.close()
     return 0
+
+
+def _nothing_read(pg: Plantangenet, args: argparse.Namespace) -> str:
+    """Why ``history`` listed nothing: no such session, or nothing in the range asked."""
+    session_id = args.session_id
+    asked = args.from_position or args.to_position
+    last = pg.run(pg.journal.last_sequence(session_id)) if asked else 0
+    if last == 0:
+        return f"no events for session {session_id!r}"
+    event = pg.run(pg.journal.event_stored_at(session_id, last))
+    at = f"revision {event.revision}, sequence {last}" if event else f"sequence {last}"
+    return (
+        f"session {session_id!r} has no events from {args.from_position or 'its first'} "
+        f"to {args.to_position or 'its last'} (its last event: {at})"
+    )
 
 
 #: ``history`` on a terminal: the details take what the other columns leave.
