@@ -389,3 +389,42 @@ def test_a_nats_server_nobody_answers_at_fails_clearly_and_soon(
     err = capsys.readouterr().err
     assert "cannot connect to NATS" in err and "within 1.5 s" in err
     assert "secret-pw" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "bad", "good", "said"),
+    [
+        ("serve", "--per-principal", "0", "1", "must be 1 or more"),
+        ("serve", "--first-window", "0", "1", "must be 1 or more"),
+        ("serve", "--queued-per-principal", "-5", "0", "must be 0 or more"),
+        ("serve", "--lanes", "0", "1024", "must be 1 to 1024"),
+        ("serve", "--partitions", "-1", "0", "must be 0 to 4096"),
+        ("serve", "--partitions", "4097", "4096", "must be 0 to 4096"),
+        ("serve", "--metrics-port", "70000", "0", "must be 0 to 65535"),
+        ("serve", "--lease-ttl", "0.1", "0.2", "must be more than 0.1 seconds"),
+        ("serve", "--idle-timeout", "0", "0.5", "must be more than 0 seconds"),
+        ("serve", "--idle-timeout", "nan", "inf?", "must be more than 0 seconds"),
+        ("serve", "--compositor-timeout", "-1", "0", "must be more than 0 seconds (or 0: no"),
+        ("serve", "--per-principal", "x", "16", "not a whole number"),
+        ("nats-config", "--lanes", "0", "8", "must be 1 to 1024"),
+        ("cursors", "--time", "nan", "-3.5", "must be a finite number"),
+    ],
+)
+def test_a_number_out_of_range_is_refused_at_parse_time_naming_the_option(
+    command: str, option: str, bad: str, good: str, said: str, capsys: Any
+) -> None:
+    """Once a traceback from deep inside (a ValueError of the service, an OverflowError
+    of the metrics socket), or accepted and wrong (--idle-timeout 0 passivated every
+    session at once)."""
+    parser = build_parser()
+    given = {"cursors": ["s"], "nats-config": ["--service-password", "p"]}.get(command, [])
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args([command, *given, option, bad])
+    assert exited.value.code == 2
+    assert f"argument {option}: {said}" in capsys.readouterr().err
+    if good != "inf?":
+        parsed = parser.parse_args([command, *given, option, good])
+        assert str(getattr(parsed, option[2:].replace("-", "_"))) in (good, str(float(good)))
+    else:
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, *given, option, "inf"])

@@ -13,6 +13,7 @@ external server or cluster instead of the embedded one.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,14 +72,55 @@ def _limit(name: str) -> Callable[[str], int]:
     return parse
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number, 0 or more (bad values: exit 2)."""
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``) (bad values: exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _duration(more_than: float = 0.0, *, zero: str = "") -> Callable[[str], float]:
+    """An argparse type: seconds, more than ``more_than``; ``zero`` says what 0 means
+    where 0 is allowed too (bad values: exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if zero and value == 0:
+            return value
+        if not value > more_than or value == float("inf"):  # (nan is not > anything)
+            raise argparse.ArgumentTypeError(
+                f"must be more than {more_than:g} seconds{f' (or 0: {zero})' if zero else ''}, "
+                f"got {text}"
+            )
+        return value
+
+    return parse
+
+
+_count = _whole(0)
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (bad values: exit 2)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -261,44 +303,47 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(run=cmd_audit)
     serve = sub.add_parser("serve", parents=[common], help="serve sessions to bots over NATS")
     serve.add_argument(
-        "--idle-timeout", type=float, default=300.0, help="stop session actors idle this long (s)"
+        "--idle-timeout",
+        type=_duration(),
+        default=300.0,
+        help="stop session actors idle this long (s)",
     )
     serve.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     serve.add_argument(
         "--per-principal",
-        type=int,
+        type=_whole(1),
         default=16,
         help="requests of one principal handled at once (the rest wait their turn)",
     )
     serve.add_argument(
         "--first-window",
-        type=int,
+        type=_whole(1),
         default=2,
         help="requests of a principal handled at once until some were served (then one more "
         "per request served, up to --per-principal)",
     )
     serve.add_argument(
         "--queued-per-principal",
-        type=int,
+        type=_count,
         default=256,
         help="requests of one principal waiting at most (more: too_many_requests)",
     )
     serve.add_argument(
         "--lanes",
-        type=int,
+        type=_whole(1, 1024),
         default=DEFAULT_LANES,
         help="ingress lanes (connections bots' requests arrive on); as nats-config --lanes",
     )
     serve.add_argument(
         "--partitions",
-        type=int,
+        type=_whole(0, 4096),
         default=DEFAULT_PARTITIONS,
         help="partitions sessions hash into, each owned by one serve process of the stream "
         f"at a time (default {DEFAULT_PARTITIONS}; 0: any process serves any session)",
     )
     serve.add_argument(
         "--lease-ttl",
-        type=float,
+        type=_duration(0.1),
         default=DEFAULT_LEASE_TTL,
         metavar="SECONDS",
         help="a dead process's partitions are taken over this long after its last renewal "
@@ -313,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--compositor-timeout",
-        type=float,
+        type=_duration(zero="no limit"),
         default=None,
         metavar="SECONDS",
         help="a compositor answering later answers compositor_failed, recording nothing "
@@ -321,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port",
-        type=int,
+        type=_whole(0, 65535),
         default=None,
         metavar="PORT",
         help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (0: any free port; "
@@ -379,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument("--command-prefix", default=DEFAULT_COMMAND_PREFIX)
     access.add_argument(
         "--lanes",
-        type=int,
+        type=_whole(1, 1024),
         default=DEFAULT_LANES,
         help="ingress lanes of the service (as serve --lanes): bot i arrives on lane i mod N",
     )
@@ -422,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cursors.add_argument("session_id")
     cursors.add_argument("--axis", help="only cursors watching this axis (or a parent axis)")
-    cursors.add_argument("--time", type=float, help="... at this time (needs --axis)")
+    cursors.add_argument("--time", type=_finite, help="... at this time (needs --axis)")
     cursors.set_defaults(run=cmd_cursors)
     ledger = sub.add_parser(
         "ledger", parents=[common], help="a session's dust balances and movements"
