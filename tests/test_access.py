@@ -44,6 +44,7 @@ from plantangenet import (
     EmbeddedNats,
     EmbeddedServerError,
     JournalConfig,
+    JournalError,
     Plantangenet,
     PlantangenetError,
 )
@@ -67,6 +68,7 @@ from plantangenet.wire.access import (
     server_config,
     write_config,
 )
+from plantangenet.wire.client import BotClient
 
 STREAM = "PLANTANGENET"
 # Characters that matter to the config parser ($ variables, quotes, braces, comments)
@@ -404,6 +406,41 @@ def test_bot_cannot_command_other_sessions(deployment: Deployment) -> None:
     error, answered = asyncio.run(scenario())
     assert error == 'nats: permissions violation for publish to "plantangenet.cmd.b.state"'
     assert answered == 1
+
+
+def test_a_bot_client_the_server_says_no_to_is_told_so_and_does_not_ask_again(
+    deployment: Deployment,
+) -> None:
+    """A wrong password fails at once (nats-py alone retried it for ~2 minutes); a
+    request to a session the bot's account does not reach is sent once, not once per
+    retry, and refused naming the server's permissions violation."""
+
+    async def scenario() -> list[str]:
+        with pytest.raises(JournalError, match="refused the login"):
+            await BotClient.connect(deployment.url, user="alice", password="wrong")
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        async with service(deployment.url):
+            bot = await BotClient.connect(
+                deployment.url,
+                user="alice",
+                password=PASSWORDS["alice"],
+                error_cb=on_error,
+                timeout=0.5,
+                retries=3,
+            )
+            try:
+                with pytest.raises(JournalError, match=r"state on B: the NATS server refused it"):
+                    await bot.state("B")
+            finally:
+                await bot.close()
+        return errors
+
+    errors = asyncio.run(scenario())
+    assert errors == ['nats: permissions violation for publish to "plantangenet.cmd.b.state"']
 
 
 def test_two_bots_each_carry_their_own_identity(deployment: Deployment) -> None:

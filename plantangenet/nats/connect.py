@@ -21,20 +21,47 @@ log = logging.getLogger("plantangenet.runtime")
 CONNECT_WAIT = 20.0
 
 
+class DeniedSubjects:
+    """The subjects the server refused a connection (its permissions violations, as
+    nats-py hands them to ``error_cb``, subject lower-cased): a request that timed out
+    can tell whether the server never carried it. The last 256 are kept."""
+
+    _VIOLATION = re.compile(r'permissions violation for (?:publish to|subscription to) "([^"]*)"')
+
+    def __init__(self) -> None:
+        self._denied: dict[str, str] = {}
+
+    def note(self, error: BaseException) -> None:
+        """Keep ``error`` if it is a permissions violation naming a subject."""
+        found = self._VIOLATION.search(str(error))
+        if found is not None:
+            if len(self._denied) >= 256:
+                self._denied.clear()
+            self._denied[found[1]] = str(error)
+
+    def denial(self, subject: str) -> str | None:
+        """The server's error refusing ``subject``, if it sent one."""
+        return self._denied.get(subject.lower())
+
+
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for messages and logs)."""
     return re.sub(r"(://[^:/@,]+):[^@/,]*@", r"\1:***@", url)
 
 
 async def connect(
-    url: str, nats_options: dict[str, Any], name: str | None = None, wait: float | None = None
+    url: str,
+    nats_options: dict[str, Any],
+    name: str | None = None,
+    wait: float | None = None,
+    denied: DeniedSubjects | None = None,
 ) -> Any:
     """A ``nats.aio.client.Client`` connected to ``url`` (comma-separated servers).
 
     It reconnects for ever once connected. A refused login fails at once, and a first
     connection that no server accepts within ``wait`` seconds (default
     :data:`CONNECT_WAIT`) fails with a ``JournalError`` naming the URL (its password
-    redacted).
+    redacted). ``denied``, if given, notes the permissions violations the server sends.
     """
     wait = CONNECT_WAIT if wait is None else wait
     options: dict[str, Any] = {
@@ -53,6 +80,8 @@ async def connect(
         # nats-py keeps retrying a refused login; fail fast instead.
         if "authorization" in str(error).lower() and not refused.done():
             refused.set_result(error)
+        if denied is not None:
+            denied.note(error)
         if user_error_cb is not None:
             await user_error_cb(error)
         else:  # one line per problem (nats-py's default logs a traceback)

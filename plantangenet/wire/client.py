@@ -49,7 +49,8 @@ from plantangenet.events.envelope import Envelope
 from plantangenet.log.ack_inbox import AckInbox
 from plantangenet.log.journal import JournalConfig
 from plantangenet.log.session_replay import replay
-from plantangenet.nats.connect import redact
+from plantangenet.nats.connect import DeniedSubjects
+from plantangenet.nats.connect import connect as connect_nats
 from plantangenet.projections.views import plain
 from plantangenet.wire.client_commands import SessionCommands
 from plantangenet.wire.protocol import (
@@ -113,13 +114,17 @@ class BotClient(SessionCommands):
         #: request path: no per-request timer, ``Msg``, queue or task; see
         #: :mod:`plantangenet.log.ack_inbox`).
         self._replies = AckInbox(nc)
+        #: What the server refused this client's connection (set by :meth:`connect`).
+        self._denied: DeniedSubjects | None = None
 
     @classmethod
     async def connect(cls, url: str, *, agent_id: str | None = None, **kwargs: Any) -> Self:
         """Connect to ``url`` (comma-separated for a cluster) and make a client.
 
         Keyword arguments other than the client's own go to ``nats.connect``
-        (``user``, ``password``, ``inbox_prefix``...).
+        (``user``, ``password``, ``inbox_prefix``...). A refused login raises
+        :class:`~plantangenet.errors.JournalError` at once, a server that accepts no
+        connection within 20 s too; once connected, the client reconnects for ever.
         """
         own = {
             k: kwargs.pop(k)
@@ -129,11 +134,14 @@ class BotClient(SessionCommands):
         if "user" in kwargs and "inbox_prefix" not in kwargs:
             # Bots may only subscribe to their own inboxes (see plantangenet.wire.access).
             kwargs["inbox_prefix"] = "_INBOX_" + str(kwargs["user"])
-        try:
-            nc = await nats.connect(servers=[u.strip() for u in url.split(",")], **kwargs)
-        except (OSError, nats.errors.Error) as exc:
-            raise JournalError(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
+        # A refused login fails at once, an unreachable server within CONNECT_WAIT, as
+        # the runtime's connections do (nats-py alone retried a wrong password for ~2
+        # minutes, a traceback each time); once connected it reconnects for ever.
+        name = kwargs.pop("name", "plantangenet-bot")
+        denied = DeniedSubjects()
+        nc = await connect_nats(url, kwargs, name=name, denied=denied)
         client = cls(nc, agent_id=agent_id, **own)
+        client._denied = denied
         client._owns_connection = True
         return client
 
@@ -240,6 +248,12 @@ class BotClient(SessionCommands):
             try:
                 answer = await self._replies.request(subject, payload, self.timeout)
             except nats.errors.TimeoutError:
+                denial = self._denied and self._denied.denial(subject)
+                if denial:  # never carried: sending it again would be refused again
+                    raise JournalError(
+                        f"{name} on {session_id}: the NATS server refused it ({denial}); "
+                        "this bot's account does not reach that session"
+                    ) from None
                 if attempt == self.retries:
                     raise JournalError(
                         f"no reply to {name} on {session_id} after {attempt + 1} tries"
