@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,27 @@ def test_demo_json_output(nats_server: EmbeddedNats, journal_config: JournalConf
     assert sorted(report["state"]["agents"]) == ["tide-bot", "viewer"]
     assert len(report["events"]) == 20
     assert report["audit_equal"] is True and report["intact"] is True
+
+
+def test_two_demos_started_in_the_same_second_get_sessions_of_their_own(
+    nats_server: EmbeddedNats, journal_config: JournalConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plantangenet.cli.demo as demo
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Frozen:
+            return cls(2026, 12, 5, 3, 33, 36, tzinfo=tz)
+
+    monkeypatch.setattr(demo, "datetime", Frozen)
+    reports = []
+    for _ in range(2):
+        status, text = run(["demo", "--json", *external(nats_server, journal_config)])
+        assert status == 0
+        reports.append(json.loads(text))
+    ids = [r["session_id"] for r in reports]
+    assert ids[0] != ids[1] and all(i.startswith("demo-20261205-033336-") for i in ids)
+    assert all(r["equal"] and r["intact"] for r in reports)
 
 
 def test_unknown_session_is_a_clear_error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -71,7 +72,11 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             out.write(text + "\n")
             out.flush()
 
-    session_id = args.session_id or datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
+    # The time, and a random suffix: two demos started in the same second on one store
+    # once picked one id, and the second failed with "session ... already exists".
+    session_id = args.session_id or (
+        datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    )
     with open_runtime(args) as pg:
         store = pg.store
         where = (
